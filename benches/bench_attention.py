@@ -1,0 +1,838 @@
+"""bench_attention.py: flashattn_c's attention forward against every PyTorch SDPA backend.
+
+For each config (q (B, S, Hq, D), k/v (B, S, Hkv, D), bf16 or fp16, causal or not):
+  1. inputs are drawn once on the GPU (torch.randn);
+  2. each of our kernel families runs once on them and is checked against a float64 reference
+     computed on the GPU in chunks (DESIGN.md section 6): max|ours - ref| <= 2 max|peer - ref|
+     + 2 max|(ref + 0.3 - 0.3) - ref|, no NaN, where peer is the same attention done naively at
+     the input precision (scores and probabilities rounded to the input dtype, as
+     FlashAttention-3's tests do). The output buffer is poisoned with NaN first, so an element
+     left unwritten fails. A failing impl gets its row and is not timed;
+  3. ours, SDPA default dispatch and SDPA pinned to FLASH_ATTENTION, CUDNN_ATTENTION and
+     EFFICIENT_ATTENTION (torch.nn.attention.sdpa_kernel) are timed interleaved: every
+     repetition runs each impl once, starting from a rotating impl, so clock drift and
+     thermal state hit all of them alike. A backend that refuses the shape is skipped with
+     its reason. SDPA gets the (B, H, S, D) views q.transpose(1, 2) of the same memory.
+
+Throughput mode (default): CUDA events per repetition. Before each repetition a GPU busy-wait
+(torch.cuda._sleep) holds the stream while the host enqueues the repetition's calls, so the
+events time back-to-back kernels, not Python's launch rate; short kernels run several calls
+per repetition. Repetitions are cut (down to 10) when a config would exceed
+--max-seconds-per-config. No L2 flush between repetitions.
+Latency mode: time.perf_counter around N calls plus one synchronize, per repetition: the
+end-to-end cost of a call from Python, argument handling and launch included.
+
+Statistics: median of the repetitions and a distribution-free 95% confidence interval of the
+median from order statistics (binomial, exact; see bench_lib.median_ci). TFLOP/s =
+4 B Hq Sq Sk D / time, halved for causal. speedup_vs_X = X's median time / this impl's.
+
+Usage (from the repository root, flashattn_c built and importable, torch with CUDA):
+    python benches/bench_attention.py --suite all --save-csv --plot
+    python benches/bench_attention.py --suite fa --dtype bf16 --causal 0 --impl sm90
+    python benches/bench_attention.py --mode latency                    # seed shapes
+    python benches/bench_attention.py --suite fa --configs-limit 3      # quick look
+    python benches/bench_attention.py --dry-run                         # list configs, no GPU
+    python benches/bench_attention.py --report benches/results/X.csv --plot   # re-report a CSV
+
+Outputs: progress on stderr; the run header and the summary tables on stdout; with
+--save-csv, DIR/fa_<GPU>_<date>.csv (one row per (config, impl)) and a sidecar .json header;
+with --plot, DIR/fa_<GPU>_<date>_<suite>.png per suite fa/llm. Exit status: 0, 1 when one of
+our impls failed on some config, 2 when the benchmark cannot run (no torch, GPU or module).
+"""
+import argparse
+import contextlib
+import datetime
+import functools
+import gc
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import warnings
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+import bench_lib as bl  # noqa: E402
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def one_line(text, limit=300):
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------------------------
+# Arguments and the plan
+# --------------------------------------------------------------------------------------------
+
+def parse_int_list(text):
+    """'512,1k,16k' -> [512, 1024, 16384]."""
+    values = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if not item:
+            continue
+        values.append(int(float(item[:-1]) * 1024) if item.endswith("k") else int(item))
+    return values
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="flashattn_c attention forward vs PyTorch SDPA (default dispatch and "
+                    "each backend): correctness gate, interleaved timing, CSV, summary, plot.")
+    p.add_argument("--suite", default=None,
+                   help="seed | fa | llm | all, or a comma list (default: all; seed in "
+                        "latency mode)")
+    p.add_argument("--dtype", default="both", help="bf16 | fp16 | both (default both)")
+    p.add_argument("--causal", default="both", help="0 | 1 | both (default both)")
+    p.add_argument("--repeats", type=int, default=30, help="timed repetitions (default 30)")
+    p.add_argument("--warmup", type=int, default=10, help="warm-up calls per impl (default 10)")
+    p.add_argument("--mode", choices=("throughput", "latency", "both"), default="throughput",
+                   help="throughput: CUDA events; latency: Python wall clock per call; "
+                        "both: throughput for --suite, then latency for the seed shapes")
+    p.add_argument("--impl", default=None,
+                   help="our kernel families, comma list of sm90, sm80, auto (kernel=None), "
+                        "or none (default: every family of this build that runs on this GPU)")
+    p.add_argument("--baselines", default="default,flash,cudnn,efficient",
+                   help="SDPA baselines, comma list of default, flash, cudnn, efficient, or "
+                        "none (default: all four)")
+    p.add_argument("--save-csv", action="store_true", help="write the CSV and its .json header")
+    p.add_argument("--output-dir", default=os.path.join(REPO, "benches", "results"),
+                   help="where CSV, JSON and PNG go (default benches/results/)")
+    p.add_argument("--plot", action="store_true",
+                   help="PNG per suite fa/llm: TFLOP/s vs seqlen, bars per impl (matplotlib)")
+    p.add_argument("--configs-limit", "--limit", dest="configs_limit", type=int, default=None,
+                   help="at most N configs per suite, for quick runs")
+    p.add_argument("--head-dims", default=None, help="only these head dims, e.g. 64,128")
+    p.add_argument("--seqlens", default=None, help="only these seqlens, e.g. 512,4k")
+    p.add_argument("--max-seconds-per-config", type=float, default=5.0,
+                   help="time budget of the timed repetitions of one config; repetitions "
+                        "are reduced (to no fewer than 10) to fit (default 5)")
+    p.add_argument("--latency-calls", type=int, default=100,
+                   help="calls per repetition in latency mode (default 100; fewer for slow "
+                        "kernels)")
+    p.add_argument("--ref-chunk-elems", type=int, default=1 << 26,
+                   help="score elements per float64 reference chunk (bounds its memory)")
+    p.add_argument("--seed", type=int, default=0, help="input RNG seed (default 0)")
+    p.add_argument("--device", type=int, default=0, help="CUDA device ordinal (default 0)")
+    p.add_argument("--no-poison", action="store_true",
+                   help="check ours without out= (no NaN-poisoned output buffer)")
+    p.add_argument("--git-commit", default=None,
+                   help="commit to record when the tree has no .git (default: git rev-parse)")
+    p.add_argument("--dry-run", action="store_true", help="print the configs and exit")
+    p.add_argument("--report", metavar="CSV", default=None,
+                   help="print the summary (and --plot) of an existing CSV; needs no GPU")
+    args = p.parse_args(argv)
+    try:
+        args.dtypes = bl.parse_choice_list(args.dtype, ("bf16", "fp16"))
+        args.causals = [bool(int(c)) for c in bl.parse_choice_list(args.causal, ("0", "1"))]
+        if args.baselines.strip() == "none":
+            args.baseline_list = []
+        else:
+            args.baseline_list = bl.parse_choice_list(args.baselines, bl.SDPA_BACKENDS,
+                                                      all_word="all")
+        if args.impl is None:
+            args.families = None
+        elif args.impl.strip() == "none":
+            args.families = []
+        else:
+            args.families = bl.parse_choice_list(args.impl, bl.OUR_CHOICES, both_word="",
+                                                 all_word="")
+        default_suite = "seed" if args.mode == "latency" else "all"
+        args.suites = bl.parse_choice_list(args.suite or default_suite, bl.SUITES)
+        args.head_dim_filter = parse_int_list(args.head_dims) if args.head_dims else None
+        args.seqlen_filter = parse_int_list(args.seqlens) if args.seqlens else None
+    except ValueError as e:
+        p.error(str(e))
+    if args.repeats < 1 or args.warmup < 0:
+        p.error("--repeats must be >= 1 and --warmup >= 0")
+    return args
+
+
+def build_plan(args):
+    """[(mode, Config)] in run order."""
+    def configs(suites):
+        out = []
+        for suite in suites:
+            out += bl.suite_configs(suite, args.dtypes, args.causals, args.head_dim_filter,
+                                    args.seqlen_filter, args.configs_limit)
+        return out
+    if args.mode == "both":
+        return ([("throughput", c) for c in configs(args.suites)]
+                + [("latency", c) for c in configs(["seed"])])
+    return [(args.mode, c) for c in configs(args.suites)]
+
+
+# --------------------------------------------------------------------------------------------
+# Environment and header
+# --------------------------------------------------------------------------------------------
+
+def run_text(cmd, timeout=15):
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
+def nvidia_smi_info(props, device_index):
+    """driver_version, clocks.sm, clocks.max.sm of this GPU (matched by UUID), or {}."""
+    fields = ["uuid", "driver_version", "clocks.sm", "clocks.max.sm"]
+    text = run_text(["nvidia-smi", "--query-gpu=" + ",".join(fields),
+                     "--format=csv,noheader,nounits"])
+    if not text:
+        return {}
+    lines = [dict(zip(fields, [x.strip() for x in line.split(",")]))
+             for line in text.splitlines() if line.strip()]
+    uuid = str(getattr(props, "uuid", "") or "").lower()
+    for info in lines:
+        if uuid and info.get("uuid", "").lower().endswith(uuid):
+            return info
+    if len(lines) == 1:
+        return lines[0]
+    if "CUDA_VISIBLE_DEVICES" not in os.environ and device_index < len(lines):
+        return lines[device_index]
+    return {"driver_version": lines[0].get("driver_version")}
+
+
+def driver_from_libcuda():
+    try:
+        import ctypes
+        lib = ctypes.CDLL("libcuda.so.1")
+        version = ctypes.c_int()
+        if lib.cuDriverGetVersion(ctypes.byref(version)) == 0:
+            return "cuda-driver-api %d.%d" % (version.value // 1000, (version.value % 1000) // 10)
+    except OSError:
+        pass
+    return "unknown"
+
+
+def git_commit(override, build_info):
+    if override:
+        return override
+    head = run_text(["git", "-C", REPO, "rev-parse", "HEAD"])
+    if head:
+        dirty = run_text(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"])
+        return head + ("-dirty" if dirty else "")
+    for key in ("git_commit", "commit"):
+        if isinstance(build_info, dict) and build_info.get(key):
+            return str(build_info[key])
+    return "unknown"
+
+
+def collect_env(torch, fa, args, build_info):
+    props = torch.cuda.get_device_properties(args.device)
+    smi = nvidia_smi_info(props, args.device)
+    now = datetime.datetime.now()
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    env = {
+        "gpu": props.name,
+        "sm_count": props.multi_processor_count,
+        "driver": smi.get("driver_version") or driver_from_libcuda(),
+        "cuda": torch.version.cuda,
+        "torch": torch.__version__,
+        "cudnn": str(cudnn) if cudnn is not None else "none",
+        "git_commit": git_commit(args.git_commit, build_info),
+        "date": now.isoformat(timespec="seconds"),
+    }
+    header = dict(env)
+    header.update({
+        "compute_capability": "%d.%d" % (props.major, props.minor),
+        "clocks_sm_mhz": smi.get("clocks.sm"),
+        "clocks_max_sm_mhz": smi.get("clocks.max.sm"),
+        "flashattn_c_file": getattr(fa, "__file__", None),
+        "flashattn_c_version": getattr(fa, "__version__", None),
+        "build_info": build_info,
+        "python": sys.version.split()[0],
+        "argv": sys.argv,
+        "timing": "throughput: CUDA events per repetition after a GPU busy-wait that lets the "
+                  "host enqueue ahead; calls_per_rep back-to-back calls per repetition; impls "
+                  "interleaved, rotating start; no L2 flush. latency: perf_counter around N "
+                  "calls + one synchronize",
+        "ci95": "order statistics of the median, exact binomial(n, 1/2) coverage >= 0.95 "
+                "(ci95_coverage column); [min, max] when n <= 5",
+        "correctness": "max|ours-ref| <= 2 max|peer-ref| + 2 max|(ref+0.3-0.3)-ref|, no NaN; "
+                       "ref float64 on the GPU; peer: scores, softmax and output rounded to "
+                       "the input dtype (torch matmul at the input dtype)",
+    })
+    return env, header, now.strftime("%Y-%m-%d")
+
+
+def print_header(header):
+    print("# flashattn_c attention benchmark")
+    for key, value in header.items():
+        if key in ("argv",):
+            value = " ".join(value)
+        elif isinstance(value, (dict, list)):
+            value = json.dumps(value, default=str)
+        print("# %s: %s" % (key, value))
+    sys.stdout.flush()
+
+
+def import_flashattn():
+    """The installed module, else the in-tree build (python setup.py build_ext --inplace)."""
+    try:
+        import flashattn_c
+        return flashattn_c, None
+    except ImportError as first:
+        if REPO not in sys.path:
+            sys.path.insert(0, REPO)
+            try:
+                import flashattn_c
+                return flashattn_c, None
+            except ImportError as second:
+                return None, second
+        return None, first
+
+
+# --------------------------------------------------------------------------------------------
+# Impls
+# --------------------------------------------------------------------------------------------
+
+class Impl:
+    """One thing timed on a config: a call, the context it runs in, and what became of it."""
+
+    def __init__(self, name, call, context=contextlib.nullcontext, family=None):
+        self.name = name
+        self.call = call
+        self.context = context
+        self.family = family
+        self.status = bl.STATUS_OK
+        self.output = None          # (B, Sq, Hq, D) view of the first call's output
+        self.launch = None          # fa.last_launch() after the correctness call
+        self.max_abs_err = None
+        self.tol = None
+        self.samples = []
+        self.calls_per_rep = None
+        self.est_gpu_ms = None
+        self.est_host_ms = None
+        self.hold_ms = 0.0
+
+    @property
+    def ok(self):
+        return self.status == bl.STATUS_OK
+
+
+class GpuHold:
+    """A GPU busy-wait on the current stream (torch.cuda._sleep), calibrated in ms."""
+
+    def __init__(self, torch):
+        self.torch = torch
+        self.sleep = getattr(torch.cuda, "_sleep", None)
+        self.cycles_per_ms = None
+        if self.sleep is not None:
+            self.sleep(10000)
+            torch.cuda.synchronize()
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            self.sleep(2_000_000)
+            end.record()
+            end.synchronize()
+            ms = start.elapsed_time(end)
+            if ms > 0:
+                self.cycles_per_ms = 2_000_000 / ms
+        self.available = self.cycles_per_ms is not None
+
+    def __call__(self, ms):
+        if self.available and ms > 0:
+            self.sleep(int(ms * self.cycles_per_ms))
+
+
+class Bench:
+    def __init__(self, torch, fa, args, env):
+        self.torch = torch
+        self.fa = fa
+        self.args = args
+        self.env = env
+        self.device = torch.device("cuda", args.device)
+        self.hold = GpuHold(torch)
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        self.sdpa_kernel = sdpa_kernel
+        self.backends = {"flash": SDPBackend.FLASH_ATTENTION,
+                         "cudnn": SDPBackend.CUDNN_ATTENTION,
+                         "efficient": SDPBackend.EFFICIENT_ATTENTION}
+
+    # ---- inputs and impls -------------------------------------------------------------------
+
+    def make_inputs(self, cfg, index):
+        torch = self.torch
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.dtype]
+        torch.manual_seed(self.args.seed * 1000003 + index)
+        q = torch.randn(cfg.B, cfg.Sq, cfg.Hq, cfg.D, device=self.device, dtype=dtype)
+        k = torch.randn(cfg.B, cfg.Sk, cfg.Hkv, cfg.D, device=self.device, dtype=dtype)
+        v = torch.randn(cfg.B, cfg.Sk, cfg.Hkv, cfg.D, device=self.device, dtype=dtype)
+        return q, k, v
+
+    def make_impls(self, cfg, q, k, v, families):
+        impls = []
+        for fam in families:
+            kernel = None if fam == "auto" else fam
+            call = functools.partial(self.fa.attention, q, k, v, causal=cfg.causal, kernel=kernel)
+            impls.append(Impl(bl.our_impl_name(fam), call, family=fam))
+        sdpa = self.torch.nn.functional.scaled_dot_product_attention
+        qs, ks, vs = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        kwargs = {"is_causal": cfg.causal}
+        if cfg.Hq != cfg.Hkv:
+            kwargs["enable_gqa"] = True
+        for backend in self.args.baseline_list:
+            call = functools.partial(sdpa, qs, ks, vs, **kwargs)
+            if backend == "default":
+                context = contextlib.nullcontext
+            else:
+                context = functools.partial(self.sdpa_kernel, self.backends[backend])
+            impls.append(Impl("sdpa_" + backend, call, context))
+        return impls
+
+    # ---- first calls: outputs for the correctness check -------------------------------------
+
+    def first_call_ours(self, impl, cfg, q, k, v):
+        torch, fa = self.torch, self.fa
+        kernel = None if impl.family == "auto" else impl.family
+        try:
+            if self.args.no_poison:
+                result = fa.attention(q, k, v, causal=cfg.causal, kernel=kernel)
+                out = result if isinstance(result, torch.Tensor) else torch.from_dlpack(result)
+            else:
+                out = torch.full_like(q, float("nan"))
+                fa.attention(q, k, v, causal=cfg.causal, kernel=kernel, out=out)
+            launch = fa.last_launch()
+            torch.cuda.synchronize()
+        except Exception as e:  # the library's own errors: a row that says what it raised
+            impl.status = "failed-call: %s: %s" % (type(e).__name__, one_line(e))
+            return
+        impl.launch = dict(launch) if launch else None
+        if tuple(out.shape) != tuple(q.shape):
+            impl.status = "failed-call: output shape %s, expected %s" % (tuple(out.shape),
+                                                                         tuple(q.shape))
+            return
+        ran = (impl.launch or {}).get("family")
+        if kernel is not None and ran != kernel:
+            impl.status = "failed-launch: asked for family %s, last_launch() reports %s" % (
+                kernel, ran)
+            return
+        # The events are recorded on torch's current stream; a kernel on another stream
+        # would not be inside them. Handles 0 and 1 both name the legacy default stream.
+        ran_stream = (impl.launch or {}).get("stream")
+        torch_stream = torch.cuda.current_stream().cuda_stream
+        if ran_stream is not None and ran_stream != torch_stream and not (
+                ran_stream in (0, 1) and torch_stream in (0, 1)):
+            impl.status = ("failed-launch: ran on stream %#x, torch's current stream is %#x "
+                           "(CUDA events would not time it)" % (ran_stream, torch_stream))
+            return
+        impl.output = out
+
+    def first_call_sdpa(self, impl):
+        torch = self.torch
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                with impl.context():
+                    out = impl.call()
+                torch.cuda.synchronize()
+            except torch.cuda.OutOfMemoryError as e:
+                impl.status = "failed-call: OutOfMemoryError: %s" % one_line(e, 150)
+                return
+            except RuntimeError as e:
+                text = str(e)
+                refusals = ("no available kernel", "no viable backend", "not supported")
+                if any(r in text.lower() for r in refusals):
+                    reasons = [str(w.message) for w in caught] + [text]
+                    impl.status = "skipped: " + one_line("; ".join(reasons))
+                else:
+                    impl.status = "failed-call: RuntimeError: " + one_line(text)
+                return
+        impl.output = out.transpose(1, 2)
+
+    # ---- correctness ------------------------------------------------------------------------
+
+    def reference_errors(self, cfg, q, k, v, outputs):
+        """max|out - ref| per output, max|peer - ref|, max|(ref+0.3-0.3) - ref|; ref in float64,
+        computed chunk by chunk (bl.reference_chunks) so memory stays bounded."""
+        torch = self.torch
+        B, Sq, Hq, D = q.shape
+        Sk, Hkv = k.shape[1], k.shape[2]
+        group = Hq // Hkv
+        scale = 1.0 / math.sqrt(D)
+        zero = torch.zeros((), dtype=torch.float64, device=q.device)
+        errs = {name: zero.clone() for name in outputs}
+        peer_err, round_err = zero.clone(), zero.clone()
+        rows = torch.arange(Sq, device=q.device)
+        cols = torch.arange(Sk, device=q.device)
+        kv_key = None
+        for (b, h0, h1, r0, r1) in bl.reference_chunks(B, Hq, Sq, Sk, self.args.ref_chunk_elems):
+            if kv_key != (b, h0, h1):
+                kv_heads = torch.arange(h0, h1, device=q.device) // group
+                k_lp = k[b].index_select(1, kv_heads).permute(1, 0, 2)     # (hc, Sk, D)
+                v_lp = v[b].index_select(1, kv_heads).permute(1, 0, 2)
+                k64, v64 = k_lp.double(), v_lp.double()
+                kv_key = (b, h0, h1)
+            q_lp = q[b, r0:r1, h0:h1].permute(1, 0, 2)                      # (hc, rows, D)
+            mask = None
+            if cfg.causal:   # bottom-right aligned: key j visible to query i if j <= i + Sk - Sq
+                mask = cols[None, :] > (rows[r0:r1, None] + (Sk - Sq))
+            s64 = torch.matmul(q_lp.double(), k64.transpose(1, 2)).mul_(scale)
+            if mask is not None:
+                s64.masked_fill_(mask, float("-inf"))
+            ref = torch.matmul(torch.softmax(s64, dim=-1), v64)            # (hc, rows, D)
+            del s64
+            s_lp = torch.matmul(q_lp, k_lp.transpose(1, 2)).float().mul_(scale)
+            if mask is not None:
+                s_lp.masked_fill_(mask, float("-inf"))
+            peer = torch.matmul(torch.softmax(s_lp, dim=-1).to(q.dtype), v_lp)
+            del s_lp
+            peer_err = torch.maximum(peer_err, (peer.double() - ref).abs().max())
+            round_err = torch.maximum(round_err, ((ref + 0.3) - 0.3 - ref).abs().max())
+            del peer
+            for name, out in outputs.items():
+                o = out[b, r0:r1, h0:h1].permute(1, 0, 2).double()
+                errs[name] = torch.maximum(errs[name], (o - ref).abs().max())
+            del ref
+        return ({name: e.item() for name, e in errs.items()}, peer_err.item(), round_err.item())
+
+    def check(self, cfg, q, k, v, impls):
+        outputs = {im.name: im.output for im in impls if im.ok and im.output is not None}
+        if not outputs:
+            return
+        errs, peer_err, round_err = self.reference_errors(cfg, q, k, v, outputs)
+        for im in impls:
+            if im.name not in errs:
+                continue
+            im.max_abs_err = errs[im.name]
+            if bl.is_ours(im.name):
+                nonfinite = not bool(self.torch.isfinite(im.output).all().item())
+                passed, im.tol = bl.correctness_verdict(im.max_abs_err, peer_err, round_err,
+                                                        nonfinite)
+                if not passed:
+                    im.status = bl.STATUS_FAILED_CORRECTNESS
+        for im in impls:
+            im.output = None
+
+    # ---- timing -----------------------------------------------------------------------------
+
+    def _drop(self, impl, exc):
+        impl.status = "failed-call: %s: %s" % (type(exc).__name__, one_line(exc))
+        impl.samples = []
+
+    def time_throughput(self, impls):
+        torch, args = self.torch, self.args
+        Event = functools.partial(torch.cuda.Event, enable_timing=True)
+        active = [im for im in impls if im.ok]
+        for _ in range(args.warmup):
+            for im in list(active):
+                try:
+                    with im.context():
+                        im.call()
+                except Exception as e:
+                    self._drop(im, e)
+                    active.remove(im)
+        torch.cuda.synchronize()
+        est_calls = 3
+        for im in list(active):
+            try:
+                with im.context():
+                    self.hold(2.0)
+                    start, end = Event(), Event()
+                    t0 = time.perf_counter()
+                    start.record()
+                    for _ in range(est_calls):
+                        im.call()
+                    end.record()
+                    host_s = time.perf_counter() - t0
+                torch.cuda.synchronize()
+            except Exception as e:
+                self._drop(im, e)
+                active.remove(im)
+                continue
+            im.est_gpu_ms = start.elapsed_time(end) / est_calls
+            im.est_host_ms = host_s * 1e3 / est_calls
+            im.calls_per_rep = bl.calls_per_rep(im.est_gpu_ms)
+            im.hold_ms = (bl.hold_ms(im.est_host_ms, im.calls_per_rep)
+                          if self.hold.available else 0.0)
+        round_ms = sum(im.est_gpu_ms * im.calls_per_rep + im.hold_ms for im in active)
+        repeats = bl.repeats_within_budget(args.repeats, round_ms, args.max_seconds_per_config)
+        for r in range(repeats):
+            if not active:
+                break
+            shift = r % len(active)
+            pending = []
+            for im in active[shift:] + active[:shift]:
+                try:
+                    with im.context():
+                        self.hold(im.hold_ms)
+                        start, end = Event(), Event()
+                        start.record()
+                        for _ in range(im.calls_per_rep):
+                            im.call()
+                        end.record()
+                    pending.append((im, start, end))
+                except Exception as e:
+                    self._drop(im, e)
+            torch.cuda.synchronize()
+            for im, start, end in pending:
+                if im.ok:
+                    im.samples.append(start.elapsed_time(end) / im.calls_per_rep)
+            active = [im for im in active if im.ok]
+
+    def time_latency(self, impls):
+        torch, args = self.torch, self.args
+        active = [im for im in impls if im.ok]
+        for im in list(active):
+            try:
+                with im.context():
+                    torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    for _ in range(max(1, args.warmup)):
+                        im.call()
+                    torch.cuda.synchronize()
+                    per_call_ms = (time.perf_counter() - t0) * 1e3 / max(1, args.warmup)
+            except Exception as e:
+                self._drop(im, e)
+                active.remove(im)
+                continue
+            # Slow kernels get fewer calls per repetition: about 20 ms of calls at least 5.
+            im.calls_per_rep = int(min(args.latency_calls, max(5, 20.0 / max(per_call_ms, 1e-6))))
+            im.est_gpu_ms = per_call_ms
+        round_ms = sum(im.est_gpu_ms * im.calls_per_rep for im in active)
+        repeats = bl.repeats_within_budget(args.repeats, round_ms, args.max_seconds_per_config)
+        for r in range(repeats):
+            if not active:
+                break
+            shift = r % len(active)
+            for im in active[shift:] + active[:shift]:
+                try:
+                    with im.context():
+                        torch.cuda.synchronize()
+                        t0 = time.perf_counter()
+                        for _ in range(im.calls_per_rep):
+                            im.call()
+                        torch.cuda.synchronize()
+                        t1 = time.perf_counter()
+                    im.samples.append((t1 - t0) * 1e3 / im.calls_per_rep)
+                except Exception as e:
+                    self._drop(im, e)
+            active = [im for im in active if im.ok]
+
+    # ---- one config -------------------------------------------------------------------------
+
+    def run_config(self, mode, cfg, index, families):
+        q, k, v = self.make_inputs(cfg, index)
+        impls = self.make_impls(cfg, q, k, v, families)
+        for im in impls:
+            if bl.is_ours(im.name):
+                self.first_call_ours(im, cfg, q, k, v)
+            else:
+                self.first_call_sdpa(im)
+        self.check(cfg, q, k, v, impls)
+        gc.collect()
+        gc.disable()
+        try:
+            if mode == "latency":
+                self.time_latency(impls)
+            else:
+                self.time_throughput(impls)
+        finally:
+            gc.enable()
+        return self.rows(mode, cfg, impls)
+
+    def rows(self, mode, cfg, impls):
+        rows = []
+        for im in impls:
+            fields = {"status": im.status, "max_abs_err": im.max_abs_err, "tol": im.tol}
+            if im.ok and not im.samples:
+                fields["status"] = "failed-call: no timing samples"
+            if im.ok and im.samples:
+                lo, hi, coverage = bl.median_ci(im.samples)
+                med = bl.median(im.samples)
+                fields.update(median_ms=med, ci95_lo_ms=lo, ci95_hi_ms=hi, ci95_coverage=coverage,
+                              tflops=bl.tflops(cfg.flops(), med), repeats=len(im.samples),
+                              calls_per_rep=im.calls_per_rep)
+            if im.launch:
+                L = im.launch
+                fields.update(kernel=L.get("kernel"), block=L.get("block"), grid=L.get("grid"),
+                              smem_bytes=L.get("smem_bytes"), regs=L.get("regs"),
+                              stages=L.get("stages"))
+                if L.get("block_m") is not None and L.get("block_n") is not None:
+                    fields["tile"] = "%sx%s" % (L["block_m"], L["block_n"])
+            rows.append(bl.make_row(self.env, cfg, im.name, mode, **fields))
+        return bl.fill_speedups(rows)
+
+
+def describe_rows(rows):
+    for r in rows:
+        if r["status"] == bl.STATUS_OK:
+            err = ("  err %.2e" % r["max_abs_err"]) if r.get("max_abs_err") is not None else ""
+            tol = (" <= %.2e" % r["tol"]) if r.get("tol") is not None else ""
+            log("    %-15s %9.4f ms  %7.1f TFLOP/s  (%d reps x %d calls)%s%s"
+                % (r["impl"], r["median_ms"], r["tflops"] or 0.0, r["repeats"] or 0,
+                   r["calls_per_rep"] or 0, err, tol))
+        else:
+            extra = ""
+            if r.get("max_abs_err") is not None or r.get("tol") is not None:
+                extra = "  (err %s, tol %s)" % tuple(
+                    "%.3e" % x if x is not None else "-" for x in (r.get("max_abs_err"), r.get("tol")))
+            log("    %-15s %s%s" % (r["impl"], r["status"], extra))
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+def plot_all(rows, stem_path, gpu_name=""):
+    written = []
+    for suite in ("fa", "llm"):
+        if not any(r.get("suite") == suite for r in rows):
+            continue
+        path = bl.plot_suite(rows, suite, "%s_%s.png" % (stem_path, suite), gpu_name)
+        if path is None:
+            try:
+                import matplotlib  # noqa: F401
+                log("[bench] plot %s: no throughput rows with status ok" % suite)
+            except ImportError:
+                log("[bench] --plot: matplotlib is not importable; no plot written "
+                    "(pip install matplotlib)")
+                return written
+        else:
+            written.append(path)
+    if not written and not any(r.get("suite") in ("fa", "llm") for r in rows):
+        log("[bench] --plot: plots cover the fa and llm suites; none in this run")
+    return written
+
+
+def report(args):
+    rows = bl.read_csv(args.report)
+    print(bl.format_summary(rows))
+    if args.plot:
+        for path in plot_all(rows, os.path.splitext(args.report)[0],
+                             rows[0].get("gpu", "") if rows else ""):
+            print("plot: %s" % path)
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.report:
+        return report(args)
+    plan = build_plan(args)
+    if args.dry_run:
+        for i, (mode, cfg) in enumerate(plan):
+            print("%3d  %-10s %-5s %s  (%.3g GFLOP)" % (i + 1, mode, cfg.suite, cfg.label(),
+                                                       cfg.flops() / 1e9))
+        print("%d configs" % len(plan))
+        return 0
+    if not plan:
+        log("bench_attention: no config matches the filters")
+        return 2
+
+    try:
+        import torch
+    except ImportError as e:
+        log("bench_attention: PyTorch is not importable (%s). The GPU benchmark needs torch with "
+            "CUDA for inputs, baselines and timing; --dry-run and --report CSV run without it."
+            % e)
+        return 2
+    if not torch.cuda.is_available():
+        log("bench_attention: torch %s sees no CUDA GPU (torch.cuda.is_available() is False). "
+            "Run this on a machine with an NVIDIA GPU and a driver." % torch.__version__)
+        return 2
+    if args.device >= torch.cuda.device_count():
+        log("bench_attention: --device %d, but torch sees %d GPU(s)"
+            % (args.device, torch.cuda.device_count()))
+        return 2
+    fa, err = import_flashattn()
+    if fa is None:
+        log("bench_attention: flashattn_c is not importable (%s). Build it first: pip install . "
+            "(or python setup.py build_ext --inplace)." % err)
+        return 2
+    torch.cuda.set_device(args.device)
+    cc = torch.cuda.get_device_capability(args.device)
+    build_info = fa.build_info()
+    families, errors = bl.resolve_families(args.families, build_info.get("families"), cc)
+    if errors and (args.families is None or args.families):
+        for e in errors:
+            log("bench_attention: %s" % e)
+        if args.families is None:
+            log("bench_attention: use --impl none to time the SDPA baselines alone")
+        return 2
+
+    env, header, date_str = collect_env(torch, fa, args, build_info)
+    header["families"] = families
+    header["baselines"] = ["sdpa_" + b for b in args.baseline_list]
+    header["configs"] = len(plan)
+    print_header(header)
+
+    csv_writer = json_path = None
+    stem_path = None
+    if args.save_csv or args.plot:
+        os.makedirs(args.output_dir, exist_ok=True)
+        tag = "latency" if args.mode == "latency" else ""
+        stem = bl.result_stem(env["gpu"], date_str, tag)
+        csv_path = bl.unique_path(args.output_dir, stem, ".csv")
+        stem_path = os.path.splitext(csv_path)[0]
+        if args.save_csv:
+            csv_writer = bl.CsvWriter(csv_path)
+            json_path = stem_path + ".json"
+            with open(json_path, "w") as f:
+                json.dump(header, f, indent=2, default=str)
+            log("[bench] writing %s (+ %s)" % (csv_path, os.path.basename(json_path)))
+
+    bench = Bench(torch, fa, args, env)
+    if not bench.hold.available:
+        log("[bench] torch.cuda._sleep is missing: short kernels are timed at the host's "
+            "launch rate")
+    n_impls = len(families) + len(args.baseline_list)
+    progress = bl.Progress([bl.config_cost(cfg, n_impls) for _, cfg in plan])
+    all_rows = []
+    context_lost = False
+    t_start = time.monotonic()
+    for index, (mode, cfg) in enumerate(plan):
+        log(progress.line(index, "%s %s %s" % (mode, cfg.suite, cfg.label())))
+        try:
+            rows = bench.run_config(mode, cfg, index, families)
+        except Exception as e:   # a dead config must not lose the rows measured so far
+            reason = "failed-call: config aborted: %s: %s" % (type(e).__name__, one_line(e))
+            names = [bl.our_impl_name(f) for f in families] + ["sdpa_" + b
+                                                               for b in args.baseline_list]
+            rows = [bl.make_row(env, cfg, n, mode, status=reason) for n in names]
+            try:
+                torch.cuda.synchronize()
+                torch.cuda.empty_cache()
+            except Exception:
+                context_lost = True
+        describe_rows(rows)
+        all_rows += rows
+        if csv_writer:
+            csv_writer.write(rows)
+        if context_lost:
+            log("[bench] the CUDA context is unusable after the error above; stopping")
+            break
+    elapsed = time.monotonic() - t_start
+    if csv_writer:
+        csv_writer.close()
+
+    print(bl.format_summary(all_rows))
+    print("\n# elapsed %.1f s, %d configs" % (elapsed, len(plan)))
+    if json_path:
+        header["elapsed_s"] = round(elapsed, 1)
+        header["finished"] = not context_lost
+        header["summary"] = {"%s/%s" % k: v for k, v in bl.summarize(all_rows).items()}
+        with open(json_path, "w") as f:
+            json.dump(header, f, indent=2, default=str)
+    if args.plot:
+        for path in plot_all(all_rows, stem_path, env["gpu"]):
+            print("# plot: %s" % path)
+    if args.save_csv:
+        print("# csv: %s" % csv_writer.path)
+    failed_ours = [r for r in all_rows if bl.is_ours(r["impl"]) and r["status"] != bl.STATUS_OK]
+    return 1 if (failed_ours or context_lost) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

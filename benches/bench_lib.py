@@ -1,0 +1,741 @@
+"""bench_lib: the pure-Python half of the attention benchmark (no torch, no GPU needed).
+
+What lives here: the benchmark suites (attention shapes), the FLOP count, the statistics
+(median and its 95% confidence interval), the correctness rule, the timing plan arithmetic,
+the CSV schema and I/O, the summary maths and tables, and the plots. bench_attention.py does
+the GPU work and calls into this module; tests/test_bench_lib.py checks it without a GPU.
+
+Shapes follow flashattn_c: q (B, Sq, Hq, D), k and v (B, Sk, Hkv, D); Hq % Hkv == 0.
+Every suite has Sq == Sk, so bottom-right causal (ours) and top-left causal (SDPA) agree.
+
+    python -m pytest tests/test_bench_lib.py        # the CPU tests
+    python benches/bench_attention.py --dry-run     # list the configs this module defines
+
+Standard library only at import; numpy and matplotlib are imported inside the functions that
+need them.
+"""
+import csv
+import dataclasses
+import math
+import os
+import re
+import time
+
+# --------------------------------------------------------------------------------------------
+# Implementations and the CSV schema
+# --------------------------------------------------------------------------------------------
+
+OUR_FAMILIES = ("sm90", "sm80")           # kernel families of flashattn_c, fastest first
+OUR_CHOICES = OUR_FAMILIES + ("auto",)    # "auto" = kernel=None: the library picks
+SDPA_BACKENDS = ("default", "flash", "cudnn", "efficient")
+BASELINES = tuple("sdpa_" + b for b in SDPA_BACKENDS)
+
+
+def our_impl_name(family):
+    return "ours_" + family
+
+
+def is_ours(impl):
+    return impl.startswith("ours_")
+
+
+MODES = ("throughput", "latency")
+
+# The required columns, in order; the columns after them add audit detail.
+CSV_FIELDS = (
+    "gpu", "sm_count", "driver", "cuda", "torch", "cudnn", "git_commit", "date",
+    "suite", "dtype", "B", "Hq", "Hkv", "Sq", "Sk", "D", "causal", "impl", "status",
+    "median_ms", "ci95_lo_ms", "ci95_hi_ms", "tflops",
+    "speedup_vs_sdpa_default", "speedup_vs_sdpa_flash", "speedup_vs_sdpa_cudnn",
+    "speedup_vs_sdpa_efficient",
+    "max_abs_err", "tol", "kernel", "block", "grid", "smem_bytes",
+    # extras
+    "mode", "repeats", "calls_per_rep", "ci95_coverage", "regs", "tile", "stages",
+)
+ENV_FIELDS = ("gpu", "sm_count", "driver", "cuda", "torch", "cudnn", "git_commit", "date")
+INT_FIELDS = ("sm_count", "B", "Hq", "Hkv", "Sq", "Sk", "D", "causal", "smem_bytes",
+              "repeats", "calls_per_rep", "regs", "stages")
+FLOAT_FIELDS = ("median_ms", "ci95_lo_ms", "ci95_hi_ms", "tflops",
+                "speedup_vs_sdpa_default", "speedup_vs_sdpa_flash", "speedup_vs_sdpa_cudnn",
+                "speedup_vs_sdpa_efficient", "max_abs_err", "tol", "ci95_coverage")
+CONFIG_KEY_FIELDS = ("mode", "suite", "dtype", "B", "Hq", "Hkv", "Sq", "Sk", "D", "causal")
+
+STATUS_OK = "ok"
+STATUS_FAILED_CORRECTNESS = "failed-correctness"
+# Other statuses: "failed-call: <exception>", "failed-launch: <why>", "skipped: <reason>".
+
+DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16"}
+
+# --------------------------------------------------------------------------------------------
+# Suites
+# --------------------------------------------------------------------------------------------
+
+FA_TOKENS = 16384          # batch * seqlen, as in the FlashAttention papers' benchmark
+FA_HIDDEN = 2048           # heads * head_dim
+FA_HEAD_DIMS = (64, 128, 256)
+FA_SEQLENS = (512, 1024, 2048, 4096, 8192, 16384)
+SEED_SHAPES = ((1, 1, 32, 64), (1, 1, 64, 64), (1, 1, 128, 64), (1, 1, 256, 64),
+               (1, 1, 512, 64), (4, 8, 128, 64))            # (B, H, S, D)
+LLM_TOKENS = 16384
+LLM_HEADS = ((32, 8), (64, 8), (28, 4))                      # (heads_q, heads_kv), GQA
+LLM_HEAD_DIM = 128
+LLM_SEQLENS = (1024, 2048, 4096, 8192, 16384)
+SUITES = ("seed", "fa", "llm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    suite: str
+    dtype: str        # "bf16" | "fp16"
+    B: int
+    Hq: int
+    Hkv: int
+    Sq: int
+    Sk: int
+    D: int
+    causal: bool
+
+    def flops(self):
+        return attention_flops(self.B, self.Hq, self.Sq, self.Sk, self.D, self.causal)
+
+    def label(self):
+        mask = "causal" if self.causal else "full"
+        heads = str(self.Hq) if self.Hq == self.Hkv else "%d/%d" % (self.Hq, self.Hkv)
+        seq = str(self.Sq) if self.Sq == self.Sk else "%dx%d" % (self.Sq, self.Sk)
+        return "%s %s B=%d H=%s S=%s D=%d" % (self.dtype, mask, self.B, heads, seq, self.D)
+
+
+def _shapes(suite):
+    """(B, Hq, Hkv, S, D) tuples of one suite."""
+    if suite == "seed":
+        return [(b, h, h, s, d) for (b, h, s, d) in SEED_SHAPES]
+    if suite == "fa":
+        return [(FA_TOKENS // s, FA_HIDDEN // d, FA_HIDDEN // d, s, d)
+                for d in FA_HEAD_DIMS for s in FA_SEQLENS]
+    if suite == "llm":
+        return [(LLM_TOKENS // s, hq, hkv, s, LLM_HEAD_DIM)
+                for (hq, hkv) in LLM_HEADS for s in LLM_SEQLENS]
+    raise ValueError("unknown suite %r, expected one of %s" % (suite, ", ".join(SUITES)))
+
+
+def suite_configs(suite, dtypes=("bf16", "fp16"), causals=(False, True),
+                  head_dims=None, seqlens=None, limit=None):
+    """The configs of one suite, ordered dtype, causal, shape; optional filters and a cap."""
+    configs = []
+    for dtype in dtypes:
+        if dtype not in DTYPE_NAMES:
+            raise ValueError("unknown dtype %r, expected bf16 or fp16" % (dtype,))
+        for causal in causals:
+            for (b, hq, hkv, s, d) in _shapes(suite):
+                if head_dims and d not in head_dims:
+                    continue
+                if seqlens and s not in seqlens:
+                    continue
+                cfg = Config(suite, dtype, b, hq, hkv, s, s, d, bool(causal))
+                # Bottom-right and top-left causal masks coincide only when Sq == Sk.
+                assert cfg.Sq == cfg.Sk, cfg
+                assert cfg.Hq % cfg.Hkv == 0, cfg
+                configs.append(cfg)
+    if limit is not None and limit >= 0:
+        configs = configs[:limit]
+    return configs
+
+
+def parse_choice_list(text, choices, both_word="both", all_word="all"):
+    """'a,b' -> ['a', 'b'] checked against choices; 'both'/'all' -> all choices."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if len(items) == 1 and items[0] in (both_word, all_word):
+        return list(choices)
+    for item in items:
+        if item not in choices:
+            raise ValueError("%r is not one of %s" % (item, ", ".join(map(str, choices))))
+    return items
+
+
+# --------------------------------------------------------------------------------------------
+# FLOPs
+# --------------------------------------------------------------------------------------------
+
+def attention_flops(B, Hq, Sq, Sk, D, causal):
+    """Two matrix products of 2*Sq*Sk*D flops per head; causal counts half (the convention
+    of the FlashAttention benchmarks, exact only in the limit of long sequences)."""
+    flops = 4 * B * Hq * Sq * Sk * D
+    return flops / 2 if causal else float(flops)
+
+
+def tflops(flops, ms):
+    if ms is None or not ms > 0:
+        return None
+    return flops / (ms * 1e-3) / 1e12
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------
+
+def median(samples):
+    xs = sorted(samples)
+    n = len(xs)
+    if n == 0:
+        raise ValueError("median of no samples")
+    mid = n // 2
+    return xs[mid] if n % 2 else 0.5 * (xs[mid - 1] + xs[mid])
+
+
+def _binom_half_cdf(k, n):
+    """P(X <= k) for X ~ Binomial(n, 1/2), exact in integers."""
+    if k < 0:
+        return 0.0
+    return sum(math.comb(n, i) for i in range(0, min(k, n) + 1)) / 2 ** n
+
+
+def median_ci(samples, confidence=0.95):
+    """Distribution-free confidence interval of the median from order statistics.
+
+    With x(1) <= ... <= x(n), the interval [x(j), x(n+1-j)] contains the true median with
+    probability P(j <= X <= n-j), X ~ Binomial(n, 1/2), for any continuous distribution:
+    the median lies below x(j) only if fewer than j samples fall below it. The largest j
+    whose coverage is >= confidence is used. Exact and deterministic (no resampling, no
+    seed). With n <= 5 no j reaches 95%; then the interval is [min, max] and the coverage
+    returned says how far short it falls.
+
+    Returns (lo, hi, coverage).
+    """
+    xs = sorted(samples)
+    n = len(xs)
+    if n == 0:
+        raise ValueError("confidence interval of no samples")
+    best_j, best_cov = 1, 1.0 - 2.0 * _binom_half_cdf(0, n)
+    for j in range(1, n // 2 + 1):
+        coverage = 1.0 - 2.0 * _binom_half_cdf(j - 1, n)
+        if coverage >= confidence:
+            best_j, best_cov = j, coverage
+        else:
+            break
+    return xs[best_j - 1], xs[n - best_j], best_cov
+
+
+def geomean(values):
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    if any(not v > 0 for v in vals):
+        raise ValueError("geometric mean needs positive values, got %r" % (vals,))
+    return math.exp(sum(math.log(v) for v in vals) / len(vals))
+
+
+# --------------------------------------------------------------------------------------------
+# Correctness (DESIGN.md section 6, FlashAttention-3's rule)
+# --------------------------------------------------------------------------------------------
+
+def correctness_tolerance(peer_err, rounding_err):
+    """2 * max|peer - ref| + 2 * max|(ref + 0.3 - 0.3) - ref|."""
+    return 2.0 * peer_err + 2.0 * rounding_err
+
+
+def correctness_verdict(ours_err, peer_err, rounding_err, nonfinite=False):
+    """(passed, tol). NaN anywhere (a NaN error, or nonfinite=True) fails."""
+    tol = correctness_tolerance(peer_err, rounding_err)
+    if nonfinite or math.isnan(ours_err) or math.isnan(tol):
+        return False, tol
+    return ours_err <= tol, tol
+
+
+def array_errors(ours, peer, ref):
+    """The rule's three maxima and a non-finite flag from numpy arrays of one shape.
+
+    ref should be float64 (or float32); ours and peer are upcast to ref's dtype."""
+    import numpy as np
+    ref = np.asarray(ref)
+    ours = np.asarray(ours).astype(ref.dtype)
+    peer = np.asarray(peer).astype(ref.dtype)
+    if ours.shape != ref.shape or peer.shape != ref.shape:
+        raise ValueError("shapes differ: ours %s, peer %s, ref %s"
+                         % (ours.shape, peer.shape, ref.shape))
+    nonfinite = bool(not np.isfinite(ours).all())
+    ours_err = float(np.max(np.abs(ours - ref))) if ours.size else 0.0
+    peer_err = float(np.max(np.abs(peer - ref))) if ref.size else 0.0
+    rounding_err = float(np.max(np.abs((ref + 0.3) - 0.3 - ref))) if ref.size else 0.0
+    return ours_err, peer_err, rounding_err, nonfinite
+
+
+def check_arrays(ours, peer, ref):
+    """(passed, ours_err, tol) of the correctness rule on numpy arrays."""
+    ours_err, peer_err, rounding_err, nonfinite = array_errors(ours, peer, ref)
+    passed, tol = correctness_verdict(ours_err, peer_err, rounding_err, nonfinite)
+    return passed, ours_err, tol
+
+
+def reference_chunks(B, Hq, Sq, Sk, budget_elems):
+    """Chunks (b, h0, h1, r0, r1) covering (B, Hq, Sq) so that one chunk's score matrix,
+    (h1-h0) * (r1-r0) * Sk elements, stays within budget_elems (at least one row)."""
+    rows = max(1, min(Sq, budget_elems // max(1, Sk)))
+    heads = max(1, min(Hq, budget_elems // max(1, rows * Sk)))
+    chunks = []
+    for b in range(B):
+        for h0 in range(0, Hq, heads):
+            for r0 in range(0, Sq, rows):
+                chunks.append((b, h0, min(Hq, h0 + heads), r0, min(Sq, r0 + rows)))
+    return chunks
+
+
+# --------------------------------------------------------------------------------------------
+# Timing plan
+# --------------------------------------------------------------------------------------------
+
+def calls_per_rep(est_gpu_ms, target_ms=0.3, max_calls=32):
+    """How many back-to-back calls one timed repetition holds, so that a short kernel's
+    repetition is long against the event timer's resolution."""
+    if not est_gpu_ms or est_gpu_ms <= 0 or math.isnan(est_gpu_ms):
+        return max_calls
+    return int(max(1, min(max_calls, math.ceil(target_ms / est_gpu_ms))))
+
+
+def hold_ms(host_ms_per_call, calls):
+    """GPU busy-wait before a timed repetition: long enough for the host to enqueue all its
+    calls, so the events time back-to-back kernels, not the Python launch rate."""
+    return 1.25 * host_ms_per_call * calls + 0.05
+
+
+def repeats_within_budget(requested, round_ms, budget_s, min_repeats=10):
+    """Repetitions that fit the per-config time budget, never fewer than min_repeats (or the
+    requested count, if that is smaller)."""
+    floor = min(requested, min_repeats)
+    if round_ms <= 0:
+        return requested
+    fit = int(budget_s * 1e3 // round_ms)
+    return max(floor, min(requested, fit))
+
+
+# --------------------------------------------------------------------------------------------
+# Which of our kernel families run here
+# --------------------------------------------------------------------------------------------
+
+def family_runs_on(family, compiled_archs, cc):
+    """(runs, reason). sm90: wgmma/TMA kernels built for sm_90a run only on cc 9.0.
+    sm80: mma.sync kernels, SASS per arch plus PTX of the lowest, run on any cc >= 8.0."""
+    major, minor = cc
+    cc_num = 10 * major + minor
+    if compiled_archs is not None and len(compiled_archs) == 0:
+        return False, "family %s is not in this build" % family
+    if family == "sm90":
+        if (major, minor) != (9, 0):
+            return False, "sm90 kernels need compute capability 9.0, this GPU is %d.%d" % cc
+        if compiled_archs is not None and 90 not in compiled_archs:
+            return False, "sm90 kernels were not compiled for arch 90 (build has %s)" % (
+                compiled_archs,)
+        return True, ""
+    if family == "sm80":
+        if cc_num < 80:
+            return False, "sm80 kernels need compute capability >= 8.0, this GPU is %d.%d" % cc
+        return True, ""
+    if family == "auto":
+        return True, ""
+    return False, "unknown family %r" % (family,)
+
+
+def resolve_families(requested, built_families, cc):
+    """Our families to run: requested (a list, or None for every family that runs here).
+
+    built_families: build_info()["families"], e.g. {"sm80": [80, 90], "sm90": [90]}, or None
+    when the build does not say. Returns (families, errors); an explicitly requested family
+    that cannot run is an error, never silently dropped."""
+    def archs_of(fam):
+        if fam == "auto" or built_families is None:
+            return None
+        return list(built_families.get(fam, []))
+
+    if requested is None:
+        chosen = [f for f in OUR_FAMILIES if family_runs_on(f, archs_of(f), cc)[0]]
+        errors = [] if chosen else ["no kernel family of this build runs on compute capability "
+                                    "%d.%d (build: %s)" % (cc[0], cc[1], built_families)]
+        return chosen, errors
+    chosen, errors = [], []
+    for fam in requested:
+        runs, why = family_runs_on(fam, archs_of(fam), cc)
+        if runs:
+            if fam not in chosen:
+                chosen.append(fam)
+        else:
+            errors.append(why)
+    return chosen, errors
+
+
+# --------------------------------------------------------------------------------------------
+# Result files
+# --------------------------------------------------------------------------------------------
+
+def gpu_short_name(name):
+    """'NVIDIA H100 80GB HBM3' -> 'H100', 'NVIDIA A100-SXM4-80GB' -> 'A100',
+    'NVIDIA GeForce RTX 4090' -> 'RTX4090'. Letters and digits only."""
+    words = [w for w in re.split(r"\s+", name.strip()) if w]
+    words = [w for w in words if w.upper() not in ("NVIDIA", "GEFORCE", "TESLA")]
+    picked = []
+    for w in words:
+        picked.append(w.split("-")[0])
+        if any(c.isdigit() for c in w):
+            break
+    short = re.sub(r"[^A-Za-z0-9]", "", "".join(picked))
+    return short or "GPU"
+
+
+def result_stem(gpu_name, date_str, mode_tag=""):
+    """File name stem carrying GPU and date: fa_H100_2026-11-21 (fa_latency_... etc.)."""
+    tag = ("_" + mode_tag) if mode_tag else ""
+    return "fa%s_%s_%s" % (tag, gpu_short_name(gpu_name), date_str)
+
+
+def unique_path(directory, stem, ext):
+    """directory/stem.ext, or stem_2.ext, stem_3.ext... so no earlier run is overwritten."""
+    path = os.path.join(directory, stem + ext)
+    n = 2
+    while os.path.exists(path):
+        path = os.path.join(directory, "%s_%d%s" % (stem, n, ext))
+        n += 1
+    return path
+
+
+def _fmt(field, value):
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if field == "tflops":
+            return "%.2f" % value
+        if field in ("max_abs_err", "tol"):
+            return "%.3e" % value
+        if field == "ci95_coverage":
+            return "%.4f" % value
+        return "%.6g" % value
+    if isinstance(value, (tuple, list)):
+        return "x".join(str(v) for v in value)
+    return str(value)
+
+
+class CsvWriter:
+    """Appends rows as configs finish (so a cut-off run keeps what it measured)."""
+
+    def __init__(self, path):
+        self.path = path
+        self._file = open(path, "w", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=CSV_FIELDS, extrasaction="raise")
+        self._writer.writeheader()
+        self._file.flush()
+
+    def write(self, rows):
+        for row in rows:
+            self._writer.writerow({f: _fmt(f, row.get(f)) for f in CSV_FIELDS})
+        self._file.flush()
+
+    def close(self):
+        self._file.close()
+
+
+def write_csv(path, rows):
+    writer = CsvWriter(path)
+    try:
+        writer.write(rows)
+    finally:
+        writer.close()
+
+
+def _parse(field, text):
+    if text == "":
+        return None
+    if field in INT_FIELDS:
+        try:
+            return int(text)
+        except ValueError:
+            return text
+    if field in FLOAT_FIELDS:
+        return float(text)
+    return text
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return [{k: _parse(k, v) for k, v in row.items()} for row in reader]
+
+
+def make_row(env, cfg, impl, mode, **fields):
+    """One CSV row: the run's environment, the config, the impl, and measured fields."""
+    row = {f: None for f in CSV_FIELDS}
+    row.update({f: env.get(f) for f in ENV_FIELDS})
+    row.update(suite=cfg.suite, dtype=cfg.dtype, B=cfg.B, Hq=cfg.Hq, Hkv=cfg.Hkv, Sq=cfg.Sq,
+               Sk=cfg.Sk, D=cfg.D, causal=int(cfg.causal), impl=impl, mode=mode)
+    for key, value in fields.items():
+        if key not in row:
+            raise KeyError("not a CSV field: %s" % key)
+        row[key] = value
+    return row
+
+
+def config_key(row):
+    return tuple(row.get(f) for f in CONFIG_KEY_FIELDS)
+
+
+def row_label(row):
+    return Config(row["suite"], row["dtype"], int(row["B"]), int(row["Hq"]), int(row["Hkv"]),
+                  int(row["Sq"]), int(row["Sk"]), int(row["D"]), bool(row["causal"])).label()
+
+
+def fill_speedups(rows):
+    """speedup_vs_<baseline> = baseline median time / this impl's median time, for the rows
+    of one config; empty where either side has no time."""
+    by_impl = {r["impl"]: r for r in rows}
+    for row in rows:
+        mine = row.get("median_ms") if row.get("status") == STATUS_OK else None
+        for base in BASELINES:
+            b = by_impl.get(base)
+            theirs = b.get("median_ms") if b is not None and b.get("status") == STATUS_OK else None
+            row["speedup_vs_" + base] = (theirs / mine) if (mine and theirs) else None
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Summary
+# --------------------------------------------------------------------------------------------
+
+def group_configs(rows):
+    """{config key: {impl: row}} in first-seen order."""
+    groups = {}
+    for row in rows:
+        groups.setdefault(config_key(row), {})[row["impl"]] = row
+    return groups
+
+
+def summarize(rows, baseline="sdpa_default"):
+    """Per (mode, suite) and per our impl: geometric-mean speedup vs SDPA default and vs SDPA
+    flash, the worst config (lowest speedup vs `baseline`) and ok/total counts.
+
+    Returns {(mode, suite): {impl: {"geomean_vs_sdpa_default", "geomean_vs_sdpa_flash",
+    "n_vs_sdpa_default", "n_vs_sdpa_flash", "worst_label", "worst_speedup", "ok", "total"}}}."""
+    out = {}
+    for key, impls in group_configs(rows).items():
+        mode, suite = key[0], key[1]
+        per_suite = out.setdefault((mode, suite), {})
+        for impl, row in impls.items():
+            if not is_ours(impl):
+                continue
+            s = per_suite.setdefault(impl, {"vs_sdpa_default": [], "vs_sdpa_flash": [],
+                                            "worst_label": None, "worst_speedup": None,
+                                            "ok": 0, "total": 0})
+            s["total"] += 1
+            if row.get("status") == STATUS_OK:
+                s["ok"] += 1
+            for base in ("sdpa_default", "sdpa_flash"):
+                v = row.get("speedup_vs_" + base)
+                if v is not None:
+                    s["vs_" + base].append(v)
+            w = row.get("speedup_vs_" + baseline)
+            if w is not None and (s["worst_speedup"] is None or w < s["worst_speedup"]):
+                s["worst_speedup"], s["worst_label"] = w, row_label(row)
+    for per_suite in out.values():
+        for s in per_suite.values():
+            for base in ("sdpa_default", "sdpa_flash"):
+                vals = s.pop("vs_" + base)
+                s["geomean_vs_" + base] = geomean(vals)
+                s["n_vs_" + base] = len(vals)
+    return out
+
+
+def _cell(row, mode):
+    if row is None:
+        return "-"
+    status = row.get("status") or ""
+    if status == STATUS_OK:
+        if mode == "latency":
+            return "%.1fus" % (row["median_ms"] * 1e3)
+        t = row.get("tflops")
+        return "%.1f" % t if t is not None else "-"
+    if status.startswith("skipped"):
+        return "skip"
+    return "FAIL"
+
+
+def _table(header, body):
+    widths = [max(len(str(r[i])) for r in [header] + body) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                       for i, (c, w) in enumerate(zip(r, widths))) for r in [header] + body]
+    return lines
+
+
+def _x(v):
+    return "%.2fx" % v if v is not None else "-"
+
+
+def format_summary(rows):
+    """The printed report: per (mode, suite) a table, then one line per our impl with the
+    geometric-mean speedups and the worst config."""
+    lines = []
+    groups = group_configs(rows)
+    summary = summarize(rows)
+    impl_order = [our_impl_name(f) for f in OUR_CHOICES] + list(BASELINES)
+    seen = []
+    for key in groups:
+        if (key[0], key[1]) not in seen:
+            seen.append((key[0], key[1]))
+    for mode, suite in seen:
+        keys = [k for k in groups if k[0] == mode and k[1] == suite]
+        present = [i for i in impl_order if any(i in groups[k] for k in keys)]
+        present += sorted({i for k in keys for i in groups[k]} - set(present))
+        ours = [i for i in present if is_ours(i)]
+        unit = "us per call, Python wall clock" if mode == "latency" else "TFLOP/s"
+        lines.append("")
+        lines.append("== suite %s, %s (%s; speedup = SDPA time / ours) ==" % (suite, mode, unit))
+        header = ["config"] + present
+        for o in ours:
+            header += ["%s/default" % o[5:], "%s/flash" % o[5:]]
+        body = []
+        for k in keys:
+            impls = groups[k]
+            any_row = next(iter(impls.values()))
+            line = [row_label(any_row)] + [_cell(impls.get(i), mode) for i in present]
+            for o in ours:
+                r = impls.get(o) or {}
+                line += [_x(r.get("speedup_vs_sdpa_default")), _x(r.get("speedup_vs_sdpa_flash"))]
+            body.append(line)
+        lines += _table(header, body)
+        for o in ours:
+            s = summary.get((mode, suite), {}).get(o)
+            if s is None:
+                continue
+            worst = ("worst %s (%s vs sdpa_default)" % (s["worst_label"], _x(s["worst_speedup"]))
+                     if s["worst_label"] else "worst: -")
+            lines.append("%s %s %s: geomean %s vs sdpa_default (%d configs), %s vs sdpa_flash "
+                         "(%d configs); %d/%d ok; %s"
+                         % (suite, mode, o, _x(s["geomean_vs_sdpa_default"]),
+                            s["n_vs_sdpa_default"], _x(s["geomean_vs_sdpa_flash"]),
+                            s["n_vs_sdpa_flash"], s["ok"], s["total"], worst))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Progress
+# --------------------------------------------------------------------------------------------
+
+def config_cost(cfg, n_impls):
+    """Relative wall-time weight of a config for the ETA: work plus a fixed per-config part
+    (correctness, warm-up, launch-bound repetitions of tiny shapes)."""
+    return n_impls * (cfg.flops() + 2e10)
+
+
+class Progress:
+    """'config i/N, elapsed, ETA' lines; the ETA scales elapsed time by remaining work."""
+
+    def __init__(self, costs, clock=time.monotonic):
+        self.costs = list(costs)
+        self.total = float(sum(self.costs)) or 1.0
+        self.done = 0.0
+        self.clock = clock
+        self.start = clock()
+
+    def eta_s(self, finished):
+        done = sum(self.costs[:finished])
+        elapsed = self.clock() - self.start
+        if done <= 0:
+            return None
+        return elapsed * (self.total - done) / done
+
+    def line(self, index, label):
+        """Line for config number index (0-based) about to start."""
+        elapsed = self.clock() - self.start
+        eta = self.eta_s(index)
+        eta_txt = "%.0fs" % eta if eta is not None else "?"
+        return "[bench] config %d/%d %s | elapsed %.0fs, ETA %s" % (
+            index + 1, len(self.costs), label, elapsed, eta_txt)
+
+
+# --------------------------------------------------------------------------------------------
+# Plots (FlashAttention papers' style: TFLOP/s vs seqlen, grouped bars per impl)
+# --------------------------------------------------------------------------------------------
+
+IMPL_COLORS = {
+    "ours_sm90": "#d62728", "ours_sm80": "#ff7f0e", "ours_auto": "#8c564b",
+    "sdpa_default": "#1f77b4", "sdpa_flash": "#2ca02c", "sdpa_cudnn": "#9467bd",
+    "sdpa_efficient": "#7f7f7f",
+}
+
+
+def plot_panels(rows, suite):
+    """Throughput rows of one suite grouped for plotting.
+
+    Returns (panels, impls): panels is an ordered list of (title, {seqlen: {impl: tflops}}),
+    one panel per head_dim (fa) or head ratio (llm) x causal, and x dtype when both appear."""
+    sel = [r for r in rows if r.get("suite") == suite and r.get("mode", "throughput") ==
+           "throughput" and r.get("status") == STATUS_OK and r.get("tflops") is not None]
+    dtypes = sorted({r["dtype"] for r in sel})
+    impl_order = [our_impl_name(f) for f in OUR_CHOICES] + list(BASELINES)
+    impls = [i for i in impl_order if any(r["impl"] == i for r in sel)]
+    impls += sorted({r["impl"] for r in sel} - set(impls))
+    panels = {}
+    for r in sel:
+        if suite == "llm":
+            group = (r["Hq"], r["Hkv"], r["D"])
+            gtxt = "%d/%d heads, head dim %d" % group
+        else:
+            group = (r["D"],)
+            gtxt = "head dim %d" % r["D"]
+        mask = "causal" if r["causal"] else "non-causal"
+        title = gtxt + ", " + mask + ((", " + r["dtype"]) if len(dtypes) > 1 else "")
+        key = (r["dtype"], int(bool(r["causal"])), group)
+        panel = panels.setdefault(key, (title, {}))
+        panel[1].setdefault(int(r["Sq"]), {})[r["impl"]] = float(r["tflops"])
+    ordered = [panels[k] for k in sorted(panels)]
+    return ordered, impls
+
+
+def _seq_label(s):
+    return "%dk" % (s // 1024) if s >= 1024 and s % 1024 == 0 else str(s)
+
+
+def plot_suite(rows, suite, path, gpu_name=""):
+    """Write one PNG for a suite. Returns the path, or None when matplotlib is missing or
+    there is nothing to plot."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    panels, impls = plot_panels(rows, suite)
+    if not panels:
+        return None
+    ncols = min(3, len(panels))
+    nrows = int(math.ceil(len(panels) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 4.2 * nrows), squeeze=False)
+    width = 0.8 / max(1, len(impls))
+    for idx, (title, data) in enumerate(panels):
+        ax = axes[idx // ncols][idx % ncols]
+        seqs = sorted(data)
+        for j, impl in enumerate(impls):
+            xs, ys = [], []
+            for i, s in enumerate(seqs):
+                if impl in data[s]:
+                    xs.append(i + (j - (len(impls) - 1) / 2) * width)
+                    ys.append(data[s][impl])
+            bars = ax.bar(xs, ys, width, label=impl, color=IMPL_COLORS.get(impl))
+            for bar, y in zip(bars, ys):
+                ax.text(bar.get_x() + bar.get_width() / 2, y, "%.0f" % y, ha="center",
+                        va="bottom", fontsize=6, rotation=90)
+        ax.set_xticks(range(len(seqs)))
+        ax.set_xticklabels([_seq_label(s) for s in seqs])
+        ax.set_xlabel("sequence length")
+        ax.set_ylabel("TFLOP/s")
+        ax.set_title(title, fontsize=10)
+        top = max((v for d in data.values() for v in d.values()), default=1.0)
+        ax.set_ylim(0, top * 1.18)
+    for idx in range(len(panels), nrows * ncols):
+        axes[idx // ncols][idx % ncols].axis("off")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(impls), fontsize=9)
+    fig.suptitle("Attention forward, suite %s%s" % (suite, (", " + gpu_name) if gpu_name else ""),
+                 y=0.995, fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,34 @@
+/*
+ * fa_internal.h -- error reporting shared by the C sources behind flashattn.h.
+ * Errors are thread-local: a message buffer and the CUDA code of the last failed call, read
+ * back through fa_last_error() / fa_last_cuda_error(). Never printed, never fatal.
+ */
+#ifndef FA_INTERNAL_H
+#define FA_INTERNAL_H
+
+#include "flashattn.h"
+
+/* Sets this thread's error message (printf-style) and returns `status`. */
+fa_status fa_fail(fa_status status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* Records a failed CUDA call ("what" at file:line) and returns FA_ERR_CUDA. */
+fa_status fa_fail_cuda(cudaError_t err, const char *what, const char *file, int line);
+
+#define FA_CUDA_TRY(call)                                                  \
+    do {                                                                   \
+        cudaError_t fa_err_ = (call);                                      \
+        if (fa_err_ != cudaSuccess)                                        \
+            return fa_fail_cuda(fa_err_, #call, __FILE__, __LINE__);       \
+    } while (0)
+
+/* True when the params describe no work (an empty output, nothing to launch). */
+static inline int fa_params_empty(const fa_params *p)
+{
+    return p->batch == 0 || p->heads_q == 0 || p->seqlen_q == 0;
+}
+
+#endif /* FA_INTERNAL_H */

@@ -1,0 +1,122 @@
+/*
+ * flashattn.h -- the plain C API of flashattn_c: exact softmax attention, forward pass.
+ *
+ *   out[b, i, h, :] = sum_j P[b, h, i, j] * v[b, j, h / G, :]
+ *   P[b, h, i, :]   = softmax_j(softmax_scale * q[b, i, h, :] . k[b, j, h / G, :])   (masked j excluded)
+ *   lse[b, h, i]    = log sum_j exp(softmax_scale * q . k)                            (natural log)
+ *
+ *   q, out : (batch, seqlen_q, heads_q,  head_dim)    any strides, head_dim stride 1
+ *   k, v   : (batch, seqlen_k, heads_kv, head_dim)    any strides, head_dim stride 1
+ *   lse    : float32 (batch, heads_q, seqlen_q), contiguous, optional (NULL = not written)
+ *   G = heads_q / heads_kv: consecutive q heads share one kv head (GQA / MQA).
+ *
+ * causal: key j is visible to query i when j <= i + seqlen_k - seqlen_q (bottom-right
+ * aligned, as FlashAttention >= 2.1). A row that sees no key (causal with seqlen_q >
+ * seqlen_k, or seqlen_k == 0) gets out = 0 and lse = -inf.
+ *
+ * Usable from C with no Python: include this header, link the library's objects and the
+ * CUDA runtime (tools/fa_selftest.c is such a program). Nothing here exits or prints,
+ * except the opt-in launch log (FLASHATTN_C_LOG_LAUNCH=1, one stderr line per launch).
+ */
+#ifndef FLASHATTN_H
+#define FLASHATTN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { FA_FLOAT16 = 0, FA_BFLOAT16 = 1, FA_FLOAT32 = 2 } fa_dtype;
+
+/* Which kernel family runs a GPU call. AUTO picks the fastest family built for the device. */
+typedef enum { FA_KERNEL_AUTO = 0, FA_KERNEL_SM80 = 1, FA_KERNEL_SM90 = 2 } fa_kernel_family;
+
+typedef enum {
+    FA_OK = 0,
+    FA_ERR_INVALID_ARGUMENT,   /* sizes, strides, scale or pointers are wrong */
+    FA_ERR_UNSUPPORTED,        /* valid attention, but not something this build computes */
+    FA_ERR_NO_KERNEL_FOR_ARCH, /* the device's architecture has no kernel in this build */
+    FA_ERR_LAUNCH_CONFIG,      /* the computed launch breaks the contract or a device limit */
+    FA_ERR_CUDA,               /* a CUDA runtime call failed: fa_last_cuda_error() has its code */
+} fa_status;
+
+typedef struct {
+    const void *q, *k, *v;
+    void *out;
+    float *lse;                          /* NULL: not written */
+    /* Strides in elements; the head_dim stride is 1 by contract. */
+    int64_t q_batch_stride, q_row_stride, q_head_stride;
+    int64_t k_batch_stride, k_row_stride, k_head_stride;
+    int64_t v_batch_stride, v_row_stride, v_head_stride;
+    int64_t o_batch_stride, o_row_stride, o_head_stride;
+    int batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim;
+    /* Variable-length batches (cumulative offsets, batch + 1 entries). Reserved: must be
+     * NULL today; kernels take per-batch lengths from fa_seqlen_q()/fa_seqlen_k()-style
+     * helpers so that they need no change when these are filled in. */
+    const int32_t *cu_seqlens_q, *cu_seqlens_k;
+    fa_dtype dtype;
+    float softmax_scale;                 /* finite, >= 0; 1/sqrt(head_dim) is the usual value */
+    int causal;
+    fa_kernel_family family;
+} fa_params;
+
+/* What a device offers the launch logic. From the GPU (fa_device_query) or from a table of
+ * nominal devices (fa_device_nominal), so launch configurations can be computed without one. */
+typedef struct {
+    int major, minor;        /* compute capability */
+    int sm_count;
+    int smem_optin;          /* max dynamic shared memory per block after opt-in, bytes */
+    int max_grid[3];
+} fa_device;
+
+#define FA_KERNEL_NAME_MAX 64
+
+/* One launch: computed by fa_launch_config, recorded by fa_forward. */
+typedef struct {
+    char kernel[FA_KERNEL_NAME_MAX];  /* e.g. "fwd_sm90_hd128_bf16_causal" */
+    fa_kernel_family family;
+    unsigned grid[3], block[3];
+    size_t smem_bytes;                /* dynamic shared memory */
+    int regs;                         /* registers per thread; -1 when no GPU was asked */
+    int arch_major, arch_minor;       /* the device the config is for */
+    int device;                       /* CUDA ordinal; -1 for a nominal device */
+    uintptr_t stream;
+    int block_m, block_n, stages, head_dim_padded;
+} fa_launch;
+
+/* Pure host: check params (GPU rules) and compute the launch for `dev`. Touches no CUDA API. */
+fa_status fa_launch_config(const fa_params *p, const fa_device *dev, fa_launch *cfg);
+
+/* Validate, configure, check the kernel image and launch on the current device. Asynchronous
+ * on `stream`; records the launch (fa_last_launch) only when it was issued. */
+fa_status fa_forward(const fa_params *p, cudaStream_t stream);
+
+/* The C reference: host pointers, float16/bfloat16/float32, float32 accumulation,
+ * the same tiled online softmax and semantics as the kernels. Blocking. */
+fa_status fa_forward_cpu(const fa_params *p);
+
+/* Checks shared by every path; gpu != 0 adds the GPU-only rules (dtype, alignment). */
+fa_status fa_check_params(const fa_params *p, int gpu);
+
+fa_status fa_device_query(int device, fa_device *out);
+fa_status fa_device_nominal(int major, int minor, fa_device *out);
+
+/* Thread-local: the last launch this thread issued. Returns 0 when there was none. */
+int fa_last_launch(fa_launch *out);
+/* Thread-local: the message and CUDA code of this thread's last failed call. */
+const char *fa_last_error(void);
+cudaError_t fa_last_cuda_error(void);
+const char *fa_status_name(fa_status s);
+
+/* Compiled SASS targets of a family, as compute-capability numbers (90 = sm_90 or sm_90a):
+ * returns how many were written to archs[0..max). */
+int fa_family_archs(fa_kernel_family family, int *archs, int max);
+const char *fa_family_name(fa_kernel_family family);   /* "sm80", "sm90" */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FLASHATTN_H */

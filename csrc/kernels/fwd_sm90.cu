@@ -1,0 +1,648 @@
+/*
+ * fwd_sm90.cu -- FlashAttention forward for Hopper (sm_90a): warp-specialised TMA + wgmma.
+ *
+ *   out[b, i, h, :] = softmax_j(scale * q[b, i, h, :] . k[b, j, h/G, :]) v[b, j, h/G, :]
+ *   q, out (batch, seqlen_q, heads_q, head_dim); k, v (batch, seqlen_k, heads_kv, head_dim);
+ *   any element strides with unit head_dim stride; float16 or bfloat16; head_dim a multiple of
+ *   8 up to 256 (run as 64, 128 or 256 with zero padding); lse float32 (batch, heads_q, seqlen_q).
+ *
+ * CTA = 384 threads = 3 warpgroups, persistent over 128-row query tiles (sm90_scheduler.cuh):
+ *   warpgroup 0, producer: one thread issues every TMA load -- Q once per tile into a single
+ *     buffer, K and V blocks into a ring of FA_SM90_STAGES slots with full/empty mbarriers.
+ *     It keeps 24 registers (setmaxnreg) so the consumers can hold 240.
+ *   warpgroups 1 and 2, consumers: 64 query rows each. S = Q K^T by wgmma with both operands
+ *     in shared memory (K-major, 128-byte swizzle); online softmax in registers; O += P V by
+ *     wgmma with P in registers (the S accumulator fragment packed to 16 bit is the A fragment)
+ *     and V read transposed (MN-major) straight from its row-major tile. Epilogue: stmatrix
+ *     into the warpgroup's half of the Q buffer, TMA store (sm90_epilogue.cuh).
+ * Overlaps, each a compile-time switch (-D...=0 builds the variant without it):
+ *   FA_SM90_PINGPONG          the consumer warpgroups take turns issuing their GEMMs (named
+ *                             barriers), so one's softmax runs under the other's GEMMs
+ *                             (head_dim <= 128; FA_SM90_PINGPONG_HD256 for 256);
+ *   FA_SM90_INTRA_WG_OVERLAP  S_next = Q K_{j-1}^T and O += P_j V_j are issued together; the
+ *                             softmax of S_next runs while P_j V_j is still in flight.
+ *
+ * Build: nvcc -c -O3 -std=c++17 --use_fast_math -Xptxas -v -lineinfo -Xcompiler -fPIC \
+ *          -gencode arch=compute_90a,code=sm_90a -I csrc csrc/kernels/fwd_sm90.cu
+ * The tensor maps are encoded per call through the runtime's driver entry point, so nothing
+ * links libcuda and the module loads on a machine without a driver.
+ */
+#include <cuda.h>  // CUtensorMap and the cuTensorMapEncodeTiled types only; no libcuda symbol is linked
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cfloat>
+#include <cstdint>
+#include <cstring>
+
+#include "../launch_contract.h"
+#include "kernels.h"
+#include "sm90_epilogue.cuh"
+#include "sm90_mask.cuh"
+#include "sm90_ptx.cuh"
+#include "sm90_scheduler.cuh"
+#include "sm90_softmax.cuh"
+#include "sm90_tiles.h"
+#include "sm90_wgmma.cuh"
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#error "fwd_sm90.cu uses wgmma and setmaxnreg: build it for sm_90a (-gencode arch=compute_90a,code=sm_90a)"
+#endif
+
+#ifndef FA_SM90_PINGPONG
+#define FA_SM90_PINGPONG 1
+#endif
+#ifndef FA_SM90_PINGPONG_HD256
+#define FA_SM90_PINGPONG_HD256 0
+#endif
+#ifndef FA_SM90_INTRA_WG_OVERLAP
+#define FA_SM90_INTRA_WG_OVERLAP 1
+#endif
+
+// 128 * 24 + 256 * 240 = 64512 <= 65536 registers of the SM.
+#define FA_SM90_PRODUCER_REGS 24
+#define FA_SM90_CONSUMER_REGS 240
+
+static_assert(FA_THREADS_PER_BLOCK == 384 && FA_NUM_WARPGROUPS == 3, "1 producer + 2 consumer warpgroups");
+static_assert(FA_NUM_CONSUMER_WARPGROUPS == 2, "two consumer warpgroups of 64 query rows");
+static_assert(128 * FA_SM90_PRODUCER_REGS + 256 * FA_SM90_CONSUMER_REGS <= 65536, "register file budget");
+
+namespace fa_sm90 {
+
+struct KernelParams {  // CUtensorMap carries its own 128-byte alignment
+    CUtensorMap tmap_q;  // (head_dim, seqlen_q, heads_q, batch), box 64 x 128
+    CUtensorMap tmap_k;  // (head_dim, seqlen_k, heads_kv, batch), box 64 x block_n
+    CUtensorMap tmap_v;  // as k
+    CUtensorMap tmap_o;  // (head_dim, seqlen_q, heads_q, batch), box 64 x 64 (one warpgroup's rows)
+    float *lse;          // NULL: not written
+    SchedulerArgs sched;
+    float scale_log2;  // softmax_scale * log2(e), > 0
+};
+
+// Named barrier ids (0 is __syncthreads).
+enum : uint32_t {
+    kBarPingpongBase = 1,  // + consumer index: "this warpgroup may issue its GEMMs"
+    kBarEpilogueBase = 3,  // + consumer index: the warpgroup's own 128 threads
+};
+
+template <int kHeadDim_, int kBlockN_, bool kCausal_, bool kBf16_>
+struct Config {
+    static constexpr int kHeadDim = kHeadDim_;
+    static constexpr int kBlockN = kBlockN_;
+    static constexpr bool kCausal = kCausal_;
+    static constexpr bool kBf16 = kBf16_;
+    static constexpr int kBlockM = FA_SM90_BLOCK_M;
+    static constexpr int kStages = FA_SM90_STAGES;
+    static constexpr int kChunks = kHeadDim / 64;  // 64-column (128-byte) swizzle chunks
+    static constexpr uint32_t kQChunkBytes = kBlockM * 128;
+    static constexpr uint32_t kKVChunkBytes = kBlockN * 128;
+    static constexpr uint32_t kQBytes = kChunks * kQChunkBytes;
+    static constexpr uint32_t kKVSlotBytes = kChunks * kKVChunkBytes;
+    static constexpr uint32_t kWgRowsBytes = 64 * 128;  // offset of consumer 1's rows in a Q chunk
+    static constexpr uint32_t kOffQ = 0;
+    static constexpr uint32_t kOffK = kOffQ + kQBytes;
+    static constexpr uint32_t kOffV = kOffK + kStages * kKVSlotBytes;
+    static constexpr uint32_t kOffBar = kOffV + kStages * kKVSlotBytes;
+    static constexpr uint32_t kSmemBytes = kOffBar + FA_SM90_BARRIER_BYTES + FA_SM90_SMEM_ALIGN;
+    static constexpr bool kPingpong = FA_SM90_PINGPONG && (kHeadDim <= 128 || FA_SM90_PINGPONG_HD256);
+    static constexpr bool kIntraWgOverlap = FA_SM90_INTRA_WG_OVERLAP;
+
+    // mbarrier slots (8 bytes each).
+    static constexpr int kBarQFull = 0, kBarQEmpty = 1;
+    static constexpr int kBarKFull = 2, kBarKEmpty = 2 + kStages;
+    static constexpr int kBarVFull = 2 + 2 * kStages, kBarVEmpty = 2 + 3 * kStages;
+    static constexpr int kNumBars = 2 + 4 * kStages;
+
+    static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "instantiated head dims");
+    static_assert(kBlockN % 16 == 0 && kBlockN >= 16 && kBlockN <= 256, "block_n: 16-key steps, one TMA box");
+    static_assert(kQChunkBytes % 1024 == 0 && kKVChunkBytes % 1024 == 0 && kWgRowsBytes % 1024 == 0,
+                  "every swizzled tile starts on a 1024-byte boundary (descriptor base offset 0)");
+    static_assert(kNumBars * 8 <= FA_SM90_BARRIER_BYTES, "mbarriers fit their area");
+    static_assert((size_t)kSmemBytes == FA_SM90_SMEM_BYTES(kHeadDim, kBlockN, kStages),
+                  "kernel layout and sm90_tiles.h agree on the shared-memory size");
+    static_assert(kKVChunkBytes < (1u << 18), "LBO fits the descriptor's 14-bit field");
+};
+
+// Consumer warps that release a ring slot: every consumer warp arrives once, after its own wait.
+constexpr uint32_t kSlotReleaseArrivals = FA_NUM_CONSUMER_WARPGROUPS * FA_WARPS_PER_WARPGROUP;
+
+// S (64 x kBlockN) = Q rows of this warpgroup x K^T; first k-step overwrites (scale-d 0).
+template <class Cfg>
+__device__ __forceinline__ void issue_qk(float (&s)[Cfg::kBlockN / 2], uint32_t q_rows, uint32_t k_slot) {
+#pragma unroll
+    for (int kk = 0; kk < Cfg::kHeadDim / 16; ++kk) {
+        // k-step kk: 16 columns = 32 bytes inside 64-column chunk kk / 4. Moving the start address
+        // inside a swizzle atom is allowed: the swizzle XOR uses address bits [7:9], unchanged.
+        const uint32_t off_q = (kk / 4) * Cfg::kQChunkBytes + (kk % 4) * 32;
+        const uint32_t off_k = (kk / 4) * Cfg::kKVChunkBytes + (kk % 4) * 32;
+        const uint64_t desc_q = make_smem_desc(q_rows + off_q, 16, 1024);
+        const uint64_t desc_k = make_smem_desc(k_slot + off_k, 16, 1024);
+        Wgmma<Cfg::kBlockN>::template ss<Cfg::kBf16>(s, desc_q, desc_k, kk > 0 ? 1 : 0);
+    }
+}
+
+// O (64 x kHeadDim) += P (registers) x V; V is the MN-major B operand (transpose-B).
+template <class Cfg>
+__device__ __forceinline__ void issue_pv(float (&o)[Cfg::kHeadDim / 2], const uint32_t (&p)[Cfg::kBlockN / 4],
+                                         uint32_t v_slot, bool first) {
+#pragma unroll
+    for (int kk = 0; kk < Cfg::kBlockN / 16; ++kk) {
+        // k-step kk: keys 16kk..16kk+15 = 16 rows of 128 bytes in every 64-column chunk;
+        // LBO steps over the chunks along N (head_dim), SBO over 8-key groups along K.
+        const uint64_t desc_v = make_smem_desc(v_slot + kk * 2048, Cfg::kKVChunkBytes, 1024);
+        Wgmma<Cfg::kHeadDim>::template rs<Cfg::kBf16>(o, p[4 * kk + 0], p[4 * kk + 1], p[4 * kk + 2],
+                                                       p[4 * kk + 3], desc_v, (first && kk == 0) ? 0 : 1);
+    }
+}
+
+template <class Cfg>
+__device__ __forceinline__ void pingpong_sync(int consumer) {
+    if constexpr (Cfg::kPingpong) bar_sync(kBarPingpongBase + consumer, 2 * 128);
+}
+
+template <class Cfg>
+__device__ __forceinline__ void pingpong_arrive(int consumer) {
+    if constexpr (Cfg::kPingpong) bar_arrive(kBarPingpongBase + (consumer ^ 1), 2 * 128);
+}
+
+// Ring position: slot and the parity of its current phase.
+struct RingPos {
+    int slot;
+    uint32_t phase;
+    __device__ __forceinline__ void advance(int stages) {
+        if (++slot == stages) {
+            slot = 0;
+            phase ^= 1u;
+        }
+    }
+};
+
+// ------------------------------------------------------------------------------------------ producer
+
+template <class Cfg>
+__device__ __forceinline__ void producer_load_kv(const KernelParams &prm, uint32_t smem, RingPos &pos, int n_block,
+                                                 const TileCoord &tc) {
+    const uint32_t bars = smem + Cfg::kOffBar;
+    const uint32_t k_full = bars + 8 * (Cfg::kBarKFull + pos.slot);
+    const uint32_t k_empty = bars + 8 * (Cfg::kBarKEmpty + pos.slot);
+    const uint32_t v_full = bars + 8 * (Cfg::kBarVFull + pos.slot);
+    const uint32_t v_empty = bars + 8 * (Cfg::kBarVEmpty + pos.slot);
+    const uint32_t k_dst = smem + Cfg::kOffK + pos.slot * Cfg::kKVSlotBytes;
+    const uint32_t v_dst = smem + Cfg::kOffV + pos.slot * Cfg::kKVSlotBytes;
+    const int row = n_block * Cfg::kBlockN;
+
+    mbarrier_wait(k_empty, pos.phase ^ 1u);
+    mbarrier_arrive_expect_tx(k_full, Cfg::kKVSlotBytes);
+#pragma unroll
+    for (int c = 0; c < Cfg::kChunks; ++c)
+        cp_async_bulk_tensor_4d_g2s(k_dst + c * Cfg::kKVChunkBytes, &prm.tmap_k, k_full, 64 * c, row, tc.head_kv,
+                                    tc.batch);
+    mbarrier_wait(v_empty, pos.phase ^ 1u);
+    mbarrier_arrive_expect_tx(v_full, Cfg::kKVSlotBytes);
+#pragma unroll
+    for (int c = 0; c < Cfg::kChunks; ++c)
+        cp_async_bulk_tensor_4d_g2s(v_dst + c * Cfg::kKVChunkBytes, &prm.tmap_v, v_full, 64 * c, row, tc.head_kv,
+                                    tc.batch);
+    pos.advance(Cfg::kStages);
+}
+
+// One thread. Visits exactly the tiles and key blocks the consumers visit, in the same order.
+template <class Cfg>
+__device__ __forceinline__ void producer(const KernelParams &prm, uint32_t smem) {
+    const SchedulerArgs &sched = prm.sched;
+    const uint32_t bars = smem + Cfg::kOffBar;
+    prefetch_tensormap(&prm.tmap_q);
+    prefetch_tensormap(&prm.tmap_k);
+    prefetch_tensormap(&prm.tmap_v);
+    prefetch_tensormap(&prm.tmap_o);
+    RingPos kv{0, 0u};
+    uint32_t q_phase = 0;
+    for (int tile = blockIdx.x; tile < sched.num_tiles; tile += gridDim.x) {
+        const TileCoord tc = decode_tile(sched, tile);
+        const SeqLengths len = seq_lengths(sched, tc.batch);
+        if (tc.m_block * Cfg::kBlockM >= len.len_q) continue;
+        const KeyBlockRange range =
+            key_block_range<Cfg::kBlockM, Cfg::kBlockN, Cfg::kCausal>(tc.m_block, len.len_q, len.len_k);
+        // The first K/V block goes out before Q: its slot is freed by the previous tile's main
+        // loop, while the Q buffer is only free after the previous tile's epilogue.
+        if (range.n_max > 0) producer_load_kv<Cfg>(prm, smem, kv, range.n_max - 1, tc);
+        mbarrier_wait(bars + 8 * Cfg::kBarQEmpty, q_phase ^ 1u);
+        mbarrier_arrive_expect_tx(bars + 8 * Cfg::kBarQFull, Cfg::kQBytes);
+#pragma unroll
+        for (int c = 0; c < Cfg::kChunks; ++c)
+            cp_async_bulk_tensor_4d_g2s(smem + Cfg::kOffQ + c * Cfg::kQChunkBytes, &prm.tmap_q,
+                                        bars + 8 * Cfg::kBarQFull, 64 * c, tc.m_block * Cfg::kBlockM, tc.head_q,
+                                        tc.batch);
+        q_phase ^= 1u;
+        for (int n = range.n_max - 2; n >= 0; --n) producer_load_kv<Cfg>(prm, smem, kv, n, tc);
+    }
+}
+
+// ------------------------------------------------------------------------------------------ consumers
+
+template <class Cfg>
+struct ConsumerRing {
+    uint32_t bars;
+    uint32_t k_base, v_base;
+    RingPos k, v;
+    int lane;
+
+    __device__ __forceinline__ uint32_t wait_k() {
+        mbarrier_wait(bars + 8 * (Cfg::kBarKFull + k.slot), k.phase);
+        return k_base + k.slot * Cfg::kKVSlotBytes;
+    }
+    __device__ __forceinline__ uint32_t wait_v() {
+        mbarrier_wait(bars + 8 * (Cfg::kBarVFull + v.slot), v.phase);
+        return v_base + v.slot * Cfg::kKVSlotBytes;
+    }
+    // After this warp's wgmma_wait covering the slot's last reader.
+    __device__ __forceinline__ void release_k() {
+        if (lane == 0) mbarrier_arrive(bars + 8 * (Cfg::kBarKEmpty + k.slot));
+        k.advance(Cfg::kStages);
+    }
+    __device__ __forceinline__ void release_v() {
+        if (lane == 0) mbarrier_arrive(bars + 8 * (Cfg::kBarVEmpty + v.slot));
+        v.advance(Cfg::kStages);
+    }
+};
+
+// Runs the key blocks n_max-1 .. 0 of one tile; leaves O (unnormalised), m and l.
+template <class Cfg>
+__device__ __forceinline__ void consumer_mainloop(ConsumerRing<Cfg> &ring, const KeyBlockRange &range,
+                                                  uint32_t q_rows, int consumer, int row0, const SeqLengths &len,
+                                                  float scale_log2, float (&o)[Cfg::kHeadDim / 2],
+                                                  float (&m)[2], float (&l)[2]) {
+    constexpr int kNs = Cfg::kBlockN / 2;
+    float s[kNs];
+    uint32_t p[kNs / 2];
+    float corr[2];
+    const int lane = ring.lane;
+
+    if constexpr (Cfg::kIntraWgOverlap) {
+        const int n_top = range.n_max - 1;
+        {
+            const uint32_t k_slot = ring.wait_k();
+            pingpong_sync<Cfg>(consumer);
+            wgmma_fence();
+            issue_qk<Cfg>(s, q_rows, k_slot);
+            wgmma_commit_group();
+            pingpong_arrive<Cfg>(consumer);
+            wgmma_wait_group<0>();
+            fence_operands(s);
+            ring.release_k();
+            if (n_top >= range.n_mask_lo)
+                mask_scores<Cfg::kBlockN, Cfg::kCausal>(s, n_top, row0, len.len_q, len.len_k, lane);
+            online_softmax(s, m, l, scale_log2, corr);
+            pack_probs<Cfg::kBf16>(s, p);
+        }
+#pragma unroll 1
+        for (int n = n_top - 1; n >= 0; --n) {
+            const uint32_t k_slot = ring.wait_k();
+            const uint32_t v_slot = ring.wait_v();
+            pingpong_sync<Cfg>(consumer);
+            fence_operands(o);
+            fence_operands(p);
+            wgmma_fence();
+            issue_qk<Cfg>(s, q_rows, k_slot);  // S_next = Q K_n^T
+            wgmma_commit_group();
+            issue_pv<Cfg>(o, p, v_slot, n == n_top - 1);  // O += P_{n+1} V_{n+1}
+            wgmma_commit_group();
+            pingpong_arrive<Cfg>(consumer);
+            wgmma_wait_group<1>();  // S_next is done; P V may still run
+            fence_operands(s);
+            ring.release_k();
+            if (n >= range.n_mask_lo) mask_scores<Cfg::kBlockN, Cfg::kCausal>(s, n, row0, len.len_q, len.len_k, lane);
+            online_softmax(s, m, l, scale_log2, corr);
+            wgmma_wait_group<0>();  // P V done: O and the P registers are free again
+            fence_operands(o);
+            fence_operands(p);
+            ring.release_v();
+            rescale_rows(o, corr);
+            pack_probs<Cfg::kBf16>(s, p);
+        }
+        {
+            const uint32_t v_slot = ring.wait_v();
+            pingpong_sync<Cfg>(consumer);
+            fence_operands(o);
+            fence_operands(p);
+            wgmma_fence();
+            issue_pv<Cfg>(o, p, v_slot, n_top == 0);
+            wgmma_commit_group();
+            pingpong_arrive<Cfg>(consumer);
+            wgmma_wait_group<0>();
+            fence_operands(o);
+            ring.release_v();
+        }
+    } else {
+#pragma unroll 1
+        for (int n = range.n_max - 1; n >= 0; --n) {
+            const bool first = n == range.n_max - 1;
+            const uint32_t k_slot = ring.wait_k();
+            pingpong_sync<Cfg>(consumer);
+            wgmma_fence();
+            issue_qk<Cfg>(s, q_rows, k_slot);
+            wgmma_commit_group();
+            pingpong_arrive<Cfg>(consumer);
+            wgmma_wait_group<0>();
+            fence_operands(s);
+            ring.release_k();
+            if (n >= range.n_mask_lo) mask_scores<Cfg::kBlockN, Cfg::kCausal>(s, n, row0, len.len_q, len.len_k, lane);
+            online_softmax(s, m, l, scale_log2, corr);
+            if (!first) rescale_rows(o, corr);
+            pack_probs<Cfg::kBf16>(s, p);
+            const uint32_t v_slot = ring.wait_v();
+            pingpong_sync<Cfg>(consumer);
+            fence_operands(o);
+            fence_operands(p);
+            wgmma_fence();
+            issue_pv<Cfg>(o, p, v_slot, first);
+            wgmma_commit_group();
+            pingpong_arrive<Cfg>(consumer);
+            wgmma_wait_group<0>();
+            fence_operands(o);
+            ring.release_v();
+        }
+    }
+}
+
+template <class Cfg>
+__device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem, int consumer_idx, int warp_in_wg,
+                                         int lane) {
+    const SchedulerArgs &sched = prm.sched;
+    const int tid_in_wg = warp_in_wg * 32 + lane;
+    const uint32_t bars = smem + Cfg::kOffBar;
+    // This warpgroup's 64 Q rows; after the main loop the same bytes stage its O rows.
+    const uint32_t q_rows = smem + Cfg::kOffQ + consumer_idx * Cfg::kWgRowsBytes;
+
+    ConsumerRing<Cfg> ring;
+    ring.bars = bars;
+    ring.k_base = smem + Cfg::kOffK;
+    ring.v_base = smem + Cfg::kOffV;
+    ring.k = RingPos{0, 0u};
+    ring.v = RingPos{0, 0u};
+    ring.lane = lane;
+
+    float o[Cfg::kHeadDim / 2];
+    uint32_t q_phase = 0;
+
+    // Consumer 0 issues first: consumer 1 hands it the first turn.
+    if (Cfg::kPingpong && consumer_idx == 1) bar_arrive(kBarPingpongBase + 0, 2 * 128);
+
+#pragma unroll 1
+    for (int tile = blockIdx.x; tile < sched.num_tiles; tile += gridDim.x) {
+        const TileCoord tc = decode_tile(sched, tile);
+        const SeqLengths len = seq_lengths(sched, tc.batch);
+        if (tc.m_block * Cfg::kBlockM >= len.len_q) continue;
+        const KeyBlockRange range =
+            key_block_range<Cfg::kBlockM, Cfg::kBlockN, Cfg::kCausal>(tc.m_block, len.len_q, len.len_k);
+        const int wg_row0 = tc.m_block * Cfg::kBlockM + consumer_idx * 64;  // first query row of this warpgroup
+        const int row0 = wg_row0 + warp_in_wg * 16 + (lane >> 2);          // this thread's first row
+
+        float m[2] = {-INFINITY, -INFINITY};
+        float l[2] = {0.f, 0.f};
+        mbarrier_wait(bars + 8 * Cfg::kBarQFull, q_phase);
+        q_phase ^= 1u;
+        if (range.n_max > 0)
+            consumer_mainloop<Cfg>(ring, range, q_rows, consumer_idx, row0, len, prm.scale_log2, o, m, l);
+
+        float inv_l[2], lse[2];
+        softmax_finalize(m, l, prm.scale_log2, inv_l, lse);
+
+        // Every warp of this warpgroup has retired its last Q K^T, so its Q rows can take O.
+        bar_sync(kBarEpilogueBase + consumer_idx, 128);
+        stage_output<Cfg::kHeadDim, Cfg::kBf16>(o, inv_l, range.n_max > 0, q_rows, Cfg::kQChunkBytes, warp_in_wg,
+                                                lane);
+        fence_proxy_async_shared_cta();
+        bar_sync(kBarEpilogueBase + consumer_idx, 128);
+        if (tid_in_wg == 0) {
+#pragma unroll
+            for (int c = 0; c < Cfg::kChunks; ++c)
+                cp_async_bulk_tensor_4d_s2g(&prm.tmap_o, q_rows + c * Cfg::kQChunkBytes, 64 * c, wg_row0, tc.head_q,
+                                            tc.batch);
+            cp_async_bulk_commit_group();
+            // The producer may overwrite the Q buffer once both warpgroups' stores have read it.
+            cp_async_bulk_wait_group_read_0();
+            mbarrier_arrive(bars + 8 * Cfg::kBarQEmpty);
+        }
+        float *lse_head = prm.lse ? prm.lse + ((int64_t)tc.batch * sched.heads_q + tc.head_q) * sched.seqlen_q
+                                  : nullptr;
+        store_lse(lse_head, row0, len.len_q, lse, lane);
+    }
+
+    // Consumer 1 arrived once more than consumer 0 synced (its hand-over at the start).
+    if (Cfg::kPingpong && consumer_idx == 0) bar_sync(kBarPingpongBase + 0, 2 * 128);
+    if (tid_in_wg == 0) cp_async_bulk_wait_group_0();
+}
+
+template <class Cfg>
+__global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_kernel(const __grid_constant__ KernelParams prm) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ uint8_t smem_raw[];
+    // 128-byte swizzled tiles must start on 1024-byte boundaries; the launch reserves the slack.
+    const uint32_t smem = (smem_addr(smem_raw) + (FA_SM90_SMEM_ALIGN - 1)) & ~(uint32_t)(FA_SM90_SMEM_ALIGN - 1);
+    const uint32_t bars = smem + Cfg::kOffBar;
+    const int warp = threadIdx.x / FA_WARP_SIZE;
+    const int lane = threadIdx.x % FA_WARP_SIZE;
+    const int warpgroup = warp / FA_WARPS_PER_WARPGROUP;
+
+    if (threadIdx.x == 0) {
+        mbarrier_init(bars + 8 * Cfg::kBarQFull, 1);
+        mbarrier_init(bars + 8 * Cfg::kBarQEmpty, FA_NUM_CONSUMER_WARPGROUPS);
+#pragma unroll
+        for (int st = 0; st < Cfg::kStages; ++st) {
+            mbarrier_init(bars + 8 * (Cfg::kBarKFull + st), 1);
+            mbarrier_init(bars + 8 * (Cfg::kBarKEmpty + st), kSlotReleaseArrivals);
+            mbarrier_init(bars + 8 * (Cfg::kBarVFull + st), 1);
+            mbarrier_init(bars + 8 * (Cfg::kBarVEmpty + st), kSlotReleaseArrivals);
+        }
+        fence_mbarrier_init();
+    }
+    __syncthreads();
+
+    if (warpgroup == 0) {
+        setmaxnreg_dec<FA_SM90_PRODUCER_REGS>();
+        if (warp == 0 && lane == 0) producer<Cfg>(prm, smem);
+        return;
+    }
+    setmaxnreg_inc<FA_SM90_CONSUMER_REGS>();
+    consumer<Cfg>(prm, smem, warpgroup - 1, warp % FA_WARPS_PER_WARPGROUP, lane);
+#endif
+}
+
+}  // namespace fa_sm90
+
+// ------------------------------------------------------------------------------------------ host
+
+namespace {
+
+using fa_sm90::Config;
+using fa_sm90::KernelParams;
+
+// Whether this file carries sm_90a SASS (the kernels are empty stubs for any other target).
+constexpr bool built_for_sm90() {
+#if defined(__CUDA_ARCH_LIST__)
+    constexpr int archs[] = {__CUDA_ARCH_LIST__};
+    for (int a : archs)
+        if (a == 900) return true;
+#endif
+    return false;
+}
+
+// Calls f(Config<...>{}) for the instantiation that serves (head_dim, dtype, causal); returns
+// false when there is none.
+template <class F>
+bool dispatch(const fa_params *p, F &&f) {
+    const int hd = fa_sm90_head_dim_padded(p->head_dim);
+    const bool causal = p->causal != 0;
+    const bool bf16 = p->dtype == FA_BFLOAT16;
+    if (hd == 0 || (p->dtype != FA_FLOAT16 && p->dtype != FA_BFLOAT16)) return false;
+#define FA_SM90_CASE(HD, CAUSAL, BF16)                                              \
+    if (hd == HD && causal == CAUSAL && bf16 == BF16) {                             \
+        f(Config<HD, FA_SM90_BLOCK_N(HD, CAUSAL), CAUSAL, BF16>{});                 \
+        return true;                                                                \
+    }
+    FA_SM90_CASE(64, false, false) FA_SM90_CASE(64, false, true)
+    FA_SM90_CASE(64, true, false) FA_SM90_CASE(64, true, true)
+    FA_SM90_CASE(128, false, false) FA_SM90_CASE(128, false, true)
+    FA_SM90_CASE(128, true, false) FA_SM90_CASE(128, true, true)
+    FA_SM90_CASE(256, false, false) FA_SM90_CASE(256, false, true)
+    FA_SM90_CASE(256, true, false) FA_SM90_CASE(256, true, true)
+#undef FA_SM90_CASE
+    return false;
+}
+
+typedef CUresult (*EncodeTiledFn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
+                                  const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
+                                  CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// cuTensorMapEncodeTiled from the driver the runtime already loaded (ABI of CUDA 12.0);
+// resolved once, a failure is retried on the next call.
+EncodeTiledFn encode_tiled_fn() {
+    static std::atomic<EncodeTiledFn> cached{nullptr};
+    EncodeTiledFn fn = cached.load(std::memory_order_acquire);
+    if (fn != nullptr) return fn;
+    void *sym = nullptr;
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+#if CUDART_VERSION >= 12050
+    const cudaError_t err =
+        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &sym, 12000, cudaEnableDefault, &found);
+#else
+    const cudaError_t err = cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &sym, cudaEnableDefault, &found);
+#endif
+    if (err != cudaSuccess || found != cudaDriverEntryPointSuccess || sym == nullptr) {
+        (void)cudaGetLastError();  // the failure is reported as the launch's status, not left behind
+        return nullptr;
+    }
+    fn = reinterpret_cast<EncodeTiledFn>(sym);
+    cached.store(fn, std::memory_order_release);
+    return fn;
+}
+
+// A 4-D map over a (head_dim, rows, heads, batch) tensor with element strides (1, row, head,
+// batch), box (64, box_rows, 1, 1), 128-byte swizzle, zero fill outside the tensor.
+bool encode_map(EncodeTiledFn encode, CUtensorMap *map, CUtensorMapDataType dtype, const void *base, int head_dim,
+                int rows, int heads, int batch, int64_t row_stride, int64_t head_stride, int64_t batch_stride,
+                int box_rows) {
+    // Empty extents never get a box issued; TMA just needs a legal map.
+    const cuuint64_t dims[4] = {(cuuint64_t)head_dim, (cuuint64_t)(rows > 0 ? rows : 1),
+                                (cuuint64_t)(heads > 0 ? heads : 1), (cuuint64_t)(batch > 0 ? batch : 1)};
+    const int64_t elem_strides[3] = {row_stride, head_stride, batch_stride};
+    cuuint64_t strides[3];
+    for (int i = 0; i < 3; ++i) {
+        const int64_t bytes = elem_strides[i] * 2;
+        // The stride of an extent-1 dimension is never used; replace any value TMA would refuse.
+        const bool legal = bytes > 0 && bytes % 16 == 0 && bytes < ((int64_t)1 << 40);
+        strides[i] = legal || dims[i + 1] != 1 ? (cuuint64_t)bytes : (cuuint64_t)16;
+    }
+    const cuuint32_t box[4] = {64u, (cuuint32_t)box_rows, 1u, 1u};
+    const cuuint32_t unit[4] = {1u, 1u, 1u, 1u};
+    return encode(map, dtype, 4, const_cast<void *>(base), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                  CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+}  // namespace
+
+extern "C" const void *fa_sm90_kernel_fn(const fa_params *p, const fa_tile *t) {
+    (void)t;
+    if (!built_for_sm90() || p == nullptr) return nullptr;
+    const void *fn = nullptr;
+    dispatch(p, [&](auto cfg) {
+        using Cfg = decltype(cfg);
+        fn = reinterpret_cast<const void *>(&fa_sm90::fwd_kernel<Cfg>);
+    });
+    return fn;
+}
+
+extern "C" cudaError_t fa_sm90_launch(const fa_params *p, const fa_launch *cfg, cudaStream_t stream) {
+    if (!built_for_sm90() || p == nullptr || cfg == nullptr) return cudaErrorInvalidValue;
+    EncodeTiledFn encode = encode_tiled_fn();
+    if (encode == nullptr) return cudaErrorInvalidValue;
+
+    cudaError_t status = cudaErrorInvalidValue;
+    const bool found = dispatch(p, [&](auto cfg_tag) {
+        using Cfg = decltype(cfg_tag);
+        // The launch config must describe this instantiation (launch.c and sm90_tiles.h agree).
+        if (cfg->block_n != Cfg::kBlockN || cfg->block_m != Cfg::kBlockM ||
+            cfg->head_dim_padded != Cfg::kHeadDim || cfg->smem_bytes < Cfg::kSmemBytes)
+            return;
+        KernelParams prm;
+        std::memset(&prm, 0, sizeof(prm));
+        const CUtensorMapDataType dt = Cfg::kBf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+        // seqlen_k == 0 may come with NULL k/v and zero strides. No K/V box is issued then,
+        // but the encoder wants a legal map: describe q's memory instead.
+        const bool no_keys = p->seqlen_k == 0;
+        const bool ok =
+            encode_map(encode, &prm.tmap_q, dt, p->q, p->head_dim, p->seqlen_q, p->heads_q, p->batch,
+                       p->q_row_stride, p->q_head_stride, p->q_batch_stride, Cfg::kBlockM) &&
+            (no_keys
+                 ? encode_map(encode, &prm.tmap_k, dt, p->q, p->head_dim, 1, p->heads_q, p->batch,
+                              p->q_row_stride, p->q_head_stride, p->q_batch_stride, Cfg::kBlockN) &&
+                       encode_map(encode, &prm.tmap_v, dt, p->q, p->head_dim, 1, p->heads_q, p->batch,
+                                  p->q_row_stride, p->q_head_stride, p->q_batch_stride, Cfg::kBlockN)
+                 : encode_map(encode, &prm.tmap_k, dt, p->k, p->head_dim, p->seqlen_k, p->heads_kv,
+                              p->batch, p->k_row_stride, p->k_head_stride, p->k_batch_stride,
+                              Cfg::kBlockN) &&
+                       encode_map(encode, &prm.tmap_v, dt, p->v, p->head_dim, p->seqlen_k, p->heads_kv,
+                                  p->batch, p->v_row_stride, p->v_head_stride, p->v_batch_stride,
+                                  Cfg::kBlockN)) &&
+            encode_map(encode, &prm.tmap_o, dt, p->out, p->head_dim, p->seqlen_q, p->heads_q, p->batch,
+                       p->o_row_stride, p->o_head_stride, p->o_batch_stride, 64);
+        if (!ok) return;
+        prm.lse = p->lse;
+        fa_sm90::SchedulerArgs &s = prm.sched;
+        s.batch = p->batch;
+        s.heads_q = p->heads_q;
+        s.heads_kv = p->heads_kv;
+        s.seqlen_q = p->seqlen_q;
+        s.seqlen_k = p->seqlen_k;
+        s.cu_seqlens_q = p->cu_seqlens_q;
+        s.cu_seqlens_k = p->cu_seqlens_k;
+        s.num_m_blocks = (p->seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM;
+        s.num_tiles = s.num_m_blocks * p->heads_q * p->batch;
+        s.causal = Cfg::kCausal ? 1 : 0;
+        // A zero scale would turn masked scores into -inf * 0 = NaN; FLT_MIN gives the same
+        // uniform softmax (every scaled score rounds to 0).
+        const float scale_log2 = p->softmax_scale * 1.4426950408889634f;
+        prm.scale_log2 = scale_log2 > FLT_MIN ? scale_log2 : FLT_MIN;
+
+        const dim3 grid(cfg->grid[0], cfg->grid[1], cfg->grid[2]);
+        const dim3 block(cfg->block[0], cfg->block[1], cfg->block[2]);
+        fa_sm90::fwd_kernel<Cfg><<<grid, block, cfg->smem_bytes, stream>>>(prm);
+        status = cudaGetLastError();
+    });
+    return found ? status : cudaErrorInvalidValue;
+}
+
+extern "C" int fa_sm90_archs(int *archs, int max) {
+    int n = 0;
+#if defined(__CUDA_ARCH_LIST__)
+    constexpr int list[] = {__CUDA_ARCH_LIST__};
+    for (int a : list)
+        if (a == 900 && n < max && archs != nullptr) archs[n++] = a / 10;
+#else
+    (void)archs;
+    (void)max;
+#endif
+    return n;
+}

@@ -1,0 +1,41 @@
+/*
+ * kernels.h -- what a kernel family gives the launch logic (launch.c).
+ *
+ * Each family (fwd_sm80.cu, fwd_sm90.cu) implements, with C linkage:
+ *   fa_<fam>_tile(...)      in <fam>_tiles.h: pure host tile choice + shared-memory bytes
+ *   fa_<fam>_kernel_fn(...) the __global__ function a launch would run, NULL if not compiled
+ *   fa_<fam>_launch(...)    the one <<<>>> site of the family; returns cudaGetLastError()
+ *   fa_<fam>_archs(...)     the SASS targets the file was compiled for (__CUDA_ARCH_LIST__)
+ * launch.c validates everything (block, smem, arch, grid) before it calls fa_<fam>_launch.
+ */
+#ifndef FA_KERNELS_H
+#define FA_KERNELS_H
+
+#include "../flashattn.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A family's tile for one (head_dim, dtype, causal). */
+typedef struct {
+    int block_m;          /* query rows per CTA tile */
+    int block_n;          /* key rows per main-loop step */
+    int stages;           /* K/V pipeline depth */
+    int head_dim_padded;  /* head_dim rounded up to the instantiated size (64, 128, 256) */
+    size_t smem_bytes;    /* dynamic shared memory of the launch */
+    int persistent;       /* 1: grid = min(tiles, SMs), the kernel loops over tiles */
+} fa_tile;
+
+const void *fa_sm80_kernel_fn(const fa_params *p, const fa_tile *t);
+cudaError_t fa_sm80_launch(const fa_params *p, const fa_launch *cfg, cudaStream_t stream);
+int fa_sm80_archs(int *archs, int max);
+
+const void *fa_sm90_kernel_fn(const fa_params *p, const fa_tile *t);
+cudaError_t fa_sm90_launch(const fa_params *p, const fa_launch *cfg, cudaStream_t stream);
+int fa_sm90_archs(int *archs, int max);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FA_KERNELS_H */

@@ -1,0 +1,61 @@
+/*
+ * sm90_epilogue.cuh -- writes one consumer warpgroup's 64 x D output rows and their LSE.
+ *
+ * O is normalised in registers (times 1/rowsum), converted to 16-bit and written with stmatrix
+ * into the warpgroup's own 64-row half of the Q tile (no longer read by then), laid out as
+ * TMA's 128-byte swizzle expects: [D/64 chunks][128 rows][128 bytes], 16-byte unit u of row r
+ * stored at unit u ^ (r % 8). That XOR spreads the 8 row addresses of each stmatrix phase over
+ * all 32 banks. One thread then issues a TMA store per 64-column chunk; TMA clips rows past
+ * seqlen_q and columns past head_dim, so only real elements reach global memory.
+ * LSE goes straight from registers (one lane of each quad).
+ * Device-only; included by fwd_sm90.cu.
+ */
+#ifndef FA_SM90_EPILOGUE_CUH
+#define FA_SM90_EPILOGUE_CUH
+
+#include <stdint.h>
+
+#include "sm90_ptx.cuh"
+#include "sm90_softmax.cuh"
+
+namespace fa_sm90 {
+
+// region: shared address of this warpgroup's rows in chunk 0 (1024-byte aligned);
+// chunk_bytes: distance between 64-column chunks of the Q tile. has_keys == false writes zeros
+// without reading o (a tile that saw no key never ran a wgmma, so o is undefined).
+template <int kHeadDim, bool kBf16>
+__device__ __forceinline__ void stage_output(const float (&o)[kHeadDim / 2], const float (&inv_l)[2], bool has_keys,
+                                             uint32_t region, uint32_t chunk_bytes, int warp_in_wg, int lane) {
+    const int mat = lane >> 3;   // which of the four 8x8 matrices this lane addresses
+    const int row = 16 * warp_in_wg + (mat & 1) * 8 + (lane & 7);
+    const uint32_t row_addr = region + (uint32_t)row * 128u;
+#pragma unroll
+    for (int i = 0; i < kHeadDim / 16; ++i) {
+        float v[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            // Elements 0,1 and 4,5 are row g; 2,3 and 6,7 are row g + 8.
+            const float f = inv_l[(e >> 1) & 1];
+            v[e] = has_keys ? o[8 * i + e] * f : 0.f;
+        }
+        const uint32_t r0 = pack2<kBf16>(v[0], v[1]);  // rows 0-7,  columns 16i .. 16i+7
+        const uint32_t r1 = pack2<kBf16>(v[2], v[3]);  // rows 8-15, columns 16i .. 16i+7
+        const uint32_t r2 = pack2<kBf16>(v[4], v[5]);  // rows 0-7,  columns 16i+8 .. 16i+15
+        const uint32_t r3 = pack2<kBf16>(v[6], v[7]);  // rows 8-15, columns 16i+8 .. 16i+15
+        const int unit_global = 2 * i + (mat >> 1);     // 8-column group this lane's row address covers
+        const uint32_t addr = row_addr + (uint32_t)(unit_global >> 3) * chunk_bytes +
+                              ((uint32_t)((unit_global & 7) ^ (row & 7)) << 4);
+        stmatrix_x4(addr, r0, r1, r2, r3);
+    }
+}
+
+// lse_head: this (batch, head)'s LSE row (NULL: not written); rows at or past len_q are skipped.
+__device__ __forceinline__ void store_lse(float *lse_head, int row0, int len_q, const float (&lse)[2], int lane) {
+    if (lse_head == nullptr || (lane & 3) != 0) return;
+    if (row0 < len_q) lse_head[row0] = lse[0];
+    if (row0 + 8 < len_q) lse_head[row0 + 8] = lse[1];
+}
+
+}  // namespace fa_sm90
+
+#endif /* FA_SM90_EPILOGUE_CUH */

@@ -1,0 +1,68 @@
+/*
+ * sm90_scheduler.cuh -- the persistent tile order of the sm90 kernel and the per-batch lengths.
+ *
+ * A tile is (batch, head_q, m_block): 128 query rows of one head. num_tiles =
+ * ceil(max_seqlen_q / 128) * heads_q * batch; CTA c handles tiles c, c + gridDim.x, ... in a fixed
+ * order, so the result never depends on timing (no atomics, deterministic).
+ *   causal: m_block descending is the outer index, so the tiles with the most key blocks run
+ *           first and the short ones fill the tail (longest-processing-time first);
+ *   full:   (batch, head) outer, m_block inner, so CTAs running at the same time share one
+ *           head's K/V in L2.
+ * Lengths come from seq_lengths(), which reads cu_seqlens when given (variable-length batches,
+ * reserved today) and the uniform lengths otherwise; the main loop never assumes that all
+ * batches share one length. Device-only; included by fwd_sm90.cu.
+ */
+#ifndef FA_SM90_SCHEDULER_CUH
+#define FA_SM90_SCHEDULER_CUH
+
+#include <stdint.h>
+
+namespace fa_sm90 {
+
+struct SchedulerArgs {
+    int batch, heads_q, heads_kv;
+    int seqlen_q, seqlen_k;            // uniform lengths (the maxima when cu_seqlens are given)
+    const int32_t *cu_seqlens_q;       // NULL: every batch has seqlen_q rows
+    const int32_t *cu_seqlens_k;
+    int num_m_blocks;                  // ceil(seqlen_q / 128)
+    int num_tiles;
+    int causal;
+};
+
+struct TileCoord {
+    int batch, head_q, head_kv, m_block;
+};
+
+struct SeqLengths {
+    int len_q, len_k;
+};
+
+__device__ __forceinline__ SeqLengths seq_lengths(const SchedulerArgs &s, int b) {
+    SeqLengths l;
+    l.len_q = s.cu_seqlens_q ? s.cu_seqlens_q[b + 1] - s.cu_seqlens_q[b] : s.seqlen_q;
+    l.len_k = s.cu_seqlens_k ? s.cu_seqlens_k[b + 1] - s.cu_seqlens_k[b] : s.seqlen_k;
+    return l;
+}
+
+__device__ __forceinline__ TileCoord decode_tile(const SchedulerArgs &s, int tile) {
+    const int heads_batches = s.heads_q * s.batch;
+    int hb, m_block;
+    if (s.causal) {
+        m_block = s.num_m_blocks - 1 - tile / heads_batches;
+        hb = tile % heads_batches;
+    } else {
+        hb = tile / s.num_m_blocks;
+        m_block = tile % s.num_m_blocks;
+    }
+    TileCoord t;
+    t.batch = hb / s.heads_q;
+    t.head_q = hb % s.heads_q;
+    // Consecutive q heads share a kv head (GQA / MQA).
+    t.head_kv = t.head_q / (s.heads_q / s.heads_kv);
+    t.m_block = m_block;
+    return t;
+}
+
+}  // namespace fa_sm90
+
+#endif /* FA_SM90_SCHEDULER_CUH */

@@ -1,0 +1,88 @@
+/*
+ * sm90_tiles.h -- tile table of the sm90 (Hopper) FlashAttention forward family.
+ *
+ * One CTA computes a block_m x head_dim tile of out for one (batch, head): 128 query rows,
+ * 64 per consumer warpgroup, looping over key blocks of block_n rows held in a ring of
+ * `stages` shared-memory slots. Pure C (no CUDA includes), so launch.c can compute a launch
+ * configuration without a GPU; fwd_sm90.cu instantiates its kernels from the same macros.
+ *
+ * Shared memory of one CTA (bytes; 16-bit elements; D = head_dim_padded, N = block_n):
+ *     Q tile               128 * D * 2            (also stages O for the TMA store)
+ *     K ring      stages *   N * D * 2
+ *     V ring      stages *   N * D * 2
+ *     mbarriers            FA_SM90_BARRIER_BYTES
+ *     alignment slack      1024                    (128-byte swizzle wants 1024-byte tiles)
+ *   D=64,  N=192 (full):    16384 + 2*2*24576 + 128 + 1024 = 115840
+ *   D=64,  N=128 (causal):  16384 + 2*2*16384 + 128 + 1024 =  83072
+ *   D=128, N=176 (full):    32768 + 2*2*45056 + 128 + 1024 = 214144
+ *   D=128, N=128 (causal):  32768 + 2*2*32768 + 128 + 1024 = 164992
+ *   D=256, N=80  (both):    65536 + 2*2*40960 + 128 + 1024 = 230528   (opt-in limit 232448)
+ *
+ * Usage: fa_tile t; if (fa_sm90_tile(head_dim, dtype, causal, &t) == 0) ... t.smem_bytes ...
+ */
+#ifndef FA_SM90_TILES_H
+#define FA_SM90_TILES_H
+
+#include "../launch_contract.h"
+#include "kernels.h"
+
+#define FA_SM90_BLOCK_M 128
+#define FA_SM90_STAGES 2
+#define FA_SM90_BARRIER_BYTES 128
+#define FA_SM90_SMEM_ALIGN 1024
+
+/* Key-block rows per head dim. A multiple of 16 (one wgmma k-step of P V) and at most 256
+ * (one TMA box, one wgmma N). Full (non-causal) attention takes the wider block where the
+ * register and shared-memory budget allows it; causal keeps 128 so fewer keys are masked. */
+#define FA_SM90_BLOCK_N_HD64 192
+#define FA_SM90_BLOCK_N_HD64_CAUSAL 128
+#define FA_SM90_BLOCK_N_HD128 176
+#define FA_SM90_BLOCK_N_HD128_CAUSAL 128
+#define FA_SM90_BLOCK_N_HD256 80
+#define FA_SM90_BLOCK_N_HD256_CAUSAL 80
+
+#define FA_SM90_BLOCK_N(hd, causal)                                                      \
+    ((hd) == 64    ? ((causal) ? FA_SM90_BLOCK_N_HD64_CAUSAL : FA_SM90_BLOCK_N_HD64)      \
+     : (hd) == 128 ? ((causal) ? FA_SM90_BLOCK_N_HD128_CAUSAL : FA_SM90_BLOCK_N_HD128)    \
+                   : ((causal) ? FA_SM90_BLOCK_N_HD256_CAUSAL : FA_SM90_BLOCK_N_HD256))
+
+#define FA_SM90_Q_BYTES(hd) ((size_t)FA_SM90_BLOCK_M * (size_t)(hd) * 2u)
+#define FA_SM90_KV_SLOT_BYTES(hd, bn) ((size_t)(bn) * (size_t)(hd) * 2u)
+#define FA_SM90_SMEM_BYTES(hd, bn, stages)                                               \
+    (FA_SM90_Q_BYTES(hd) + 2u * (size_t)(stages) * FA_SM90_KV_SLOT_BYTES(hd, bn) +       \
+     (size_t)FA_SM90_BARRIER_BYTES + (size_t)FA_SM90_SMEM_ALIGN)
+
+FA_STATIC_ASSERT(FA_SM90_BLOCK_M == 64 * FA_NUM_CONSUMER_WARPGROUPS,
+                 "each consumer warpgroup owns 64 query rows (the wgmma M)");
+FA_STATIC_ASSERT(FA_SM90_SMEM_BYTES(256, FA_SM90_BLOCK_N_HD256, FA_SM90_STAGES) <= 232448,
+                 "head_dim 256 tile fits the 227 KB opt-in shared memory");
+FA_STATIC_ASSERT(FA_SM90_SMEM_BYTES(128, FA_SM90_BLOCK_N_HD128, FA_SM90_STAGES) <= 232448,
+                 "head_dim 128 tile fits the 227 KB opt-in shared memory");
+FA_STATIC_ASSERT(FA_SM90_SMEM_BYTES(64, FA_SM90_BLOCK_N_HD64, FA_SM90_STAGES) <= 232448,
+                 "head_dim 64 tile fits the 227 KB opt-in shared memory");
+FA_STATIC_ASSERT(FA_SM90_BLOCK_N_HD64 % 16 == 0 && FA_SM90_BLOCK_N_HD64_CAUSAL % 16 == 0 &&
+                 FA_SM90_BLOCK_N_HD128 % 16 == 0 && FA_SM90_BLOCK_N_HD128_CAUSAL % 16 == 0 &&
+                 FA_SM90_BLOCK_N_HD256 % 16 == 0 && FA_SM90_BLOCK_N_HD256_CAUSAL % 16 == 0,
+                 "block_n is a whole number of 16-key wgmma k-steps");
+
+/* head_dim rounded up to the instantiated size; 0 when head_dim is not a multiple of 8 in [8, 256]. */
+static inline int fa_sm90_head_dim_padded(int head_dim) {
+    if (head_dim < 8 || head_dim > 256 || head_dim % 8 != 0) return 0;
+    return head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : 256;
+}
+
+/* Fills *t for a 16-bit (float16 / bfloat16) problem. Returns -1, leaving *t untouched, when
+ * head_dim is not a multiple of 8 in [8, 256] or dtype is not a 16-bit type. */
+static inline int fa_sm90_tile(int head_dim, fa_dtype dtype, int causal, fa_tile *t) {
+    int hd = fa_sm90_head_dim_padded(head_dim);
+    if (hd == 0 || (dtype != FA_FLOAT16 && dtype != FA_BFLOAT16) || t == NULL) return -1;
+    t->block_m = FA_SM90_BLOCK_M;
+    t->block_n = FA_SM90_BLOCK_N(hd, causal != 0);
+    t->stages = FA_SM90_STAGES;
+    t->head_dim_padded = hd;
+    t->smem_bytes = FA_SM90_SMEM_BYTES(hd, t->block_n, FA_SM90_STAGES);
+    t->persistent = 1;
+    return 0;
+}
+
+#endif /* FA_SM90_TILES_H */

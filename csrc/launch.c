@@ -1,0 +1,575 @@
+/*
+ * launch.c -- from fa_params to a validated, recorded kernel launch.
+ *
+ *   fa_check_params   every rule on sizes, strides, dtype and scale (one place for all callers)
+ *   fa_launch_config  family choice + tile + grid/block/smem for a device, checked against the
+ *                     launch contract (block (384,1,1)) and the device's limits; pure host
+ *   fa_forward        the above for the current GPU, then: kernel image present for this arch,
+ *                     dynamic smem opt-in, launch, record (fa_last_launch), optional stderr log
+ *
+ * Families are compiled in by setup.py (FA_WITH_SM80, FA_WITH_SM90). A request the build or
+ * the device cannot serve is an error naming both sides; nothing ever falls back silently.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fa_internal.h"
+#include "launch_contract.h"
+#include "kernels/kernels.h"
+#ifdef FA_WITH_SM80
+#include "kernels/sm80_tiles.h"
+#endif
+#ifdef FA_WITH_SM90
+#include "kernels/sm90_tiles.h"
+#endif
+
+/* ------------------------------------------------------------------------------------------ */
+/* Thread-local error state and launch record                                                  */
+
+static _Thread_local char tl_error[512];
+static _Thread_local cudaError_t tl_cuda_error = cudaSuccess;
+static _Thread_local fa_launch tl_last_launch;
+static _Thread_local int tl_has_last_launch = 0;
+
+fa_status fa_fail(fa_status status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tl_error, sizeof tl_error, fmt, ap);
+    va_end(ap);
+    if (status != FA_ERR_CUDA)
+        tl_cuda_error = cudaSuccess;
+    return status;
+}
+
+fa_status fa_fail_cuda(cudaError_t err, const char *what, const char *file, int line)
+{
+    tl_cuda_error = err;
+    /* Clear a non-sticky error so the next call does not trip over it. */
+    (void)cudaGetLastError();
+    return fa_fail(FA_ERR_CUDA, "%s failed at %s:%d: %s: %s", what, file, line,
+                   cudaGetErrorName(err), cudaGetErrorString(err));
+}
+
+const char *fa_last_error(void) { return tl_error; }
+cudaError_t fa_last_cuda_error(void) { return tl_cuda_error; }
+
+int fa_last_launch(fa_launch *out)
+{
+    if (!tl_has_last_launch)
+        return 0;
+    *out = tl_last_launch;
+    return 1;
+}
+
+const char *fa_status_name(fa_status s)
+{
+    switch (s) {
+    case FA_OK: return "FA_OK";
+    case FA_ERR_INVALID_ARGUMENT: return "FA_ERR_INVALID_ARGUMENT";
+    case FA_ERR_UNSUPPORTED: return "FA_ERR_UNSUPPORTED";
+    case FA_ERR_NO_KERNEL_FOR_ARCH: return "FA_ERR_NO_KERNEL_FOR_ARCH";
+    case FA_ERR_LAUNCH_CONFIG: return "FA_ERR_LAUNCH_CONFIG";
+    case FA_ERR_CUDA: return "FA_ERR_CUDA";
+    }
+    return "FA_ERR_UNKNOWN";
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Parameter rules                                                                             */
+
+static const char *dtype_name(fa_dtype d)
+{
+    switch (d) {
+    case FA_FLOAT16: return "float16";
+    case FA_BFLOAT16: return "bfloat16";
+    case FA_FLOAT32: return "float32";
+    }
+    return "unknown";
+}
+
+static const char *dtype_short(fa_dtype d) { return d == FA_BFLOAT16 ? "bf16" : "fp16"; }
+
+/* 16-byte vector loads and TMA boxes need aligned bases and strides of whole 16-byte units.
+ * The stride of a dimension of extent 1 is never used, so it is not checked. */
+static fa_status check_gpu_layout(const char *name, const void *ptr, int batch, int64_t sb,
+                                  int rows, int64_t sr, int heads, int64_t sh)
+{
+    const int64_t unit = 8; /* elements of a 16-bit dtype in 16 bytes */
+    if (((uintptr_t)ptr) % 16 != 0)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                       "%s must be 16-byte aligned for the GPU kernels, got address %p", name, ptr);
+    if ((batch > 1 && sb % unit) || (rows > 1 && sr % unit) || (heads > 1 && sh % unit))
+        return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                       "%s strides must be multiples of 8 elements (16 bytes) for the GPU kernels, "
+                       "got (batch %lld, seq %lld, head %lld)",
+                       name, (long long)sb, (long long)sr, (long long)sh);
+    return FA_OK;
+}
+
+fa_status fa_check_params(const fa_params *p, int gpu)
+{
+    if (!p)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT, "params must not be NULL");
+    if (p->batch < 0 || p->seqlen_q < 0 || p->seqlen_k < 0 || p->heads_q < 0 || p->heads_kv < 0)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                       "sizes must be >= 0, got batch %d, seqlen_q %d, seqlen_k %d, heads_q %d, "
+                       "heads_kv %d", p->batch, p->seqlen_q, p->seqlen_k, p->heads_q, p->heads_kv);
+    if (p->head_dim < 8 || p->head_dim > 256 || p->head_dim % 8 != 0)
+        return fa_fail(FA_ERR_UNSUPPORTED,
+                       "head_dim must be a multiple of 8 in [8, 256], got %d", p->head_dim);
+    if (p->heads_q > 0 && (p->heads_kv == 0 || p->heads_q % p->heads_kv != 0))
+        return fa_fail(FA_ERR_INVALID_ARGUMENT, "heads_q (%d) must be a multiple of heads_kv (%d)",
+                       p->heads_q, p->heads_kv);
+    if (!isfinite(p->softmax_scale) || p->softmax_scale < 0.0f)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT, "softmax_scale must be finite and >= 0, got %g",
+                       (double)p->softmax_scale);
+    if (p->cu_seqlens_q || p->cu_seqlens_k)
+        return fa_fail(FA_ERR_UNSUPPORTED,
+                       "variable-length batches (cu_seqlens_q/cu_seqlens_k) are not supported yet");
+    if (p->dtype != FA_FLOAT16 && p->dtype != FA_BFLOAT16 && p->dtype != FA_FLOAT32)
+        return fa_fail(FA_ERR_UNSUPPORTED, "unsupported dtype code %d", (int)p->dtype);
+    if (gpu && p->dtype == FA_FLOAT32)
+        return fa_fail(FA_ERR_UNSUPPORTED,
+                       "float32 runs only on the host reference path; the GPU kernels take "
+                       "float16 or bfloat16");
+    if (fa_params_empty(p))
+        return FA_OK;
+    /* An empty k/v (seqlen_k == 0) may come with NULL data: it is never read. */
+    int has_keys = p->seqlen_k > 0;
+    if (!p->q || !p->out || (has_keys && (!p->k || !p->v)))
+        return fa_fail(FA_ERR_INVALID_ARGUMENT, "q, k, v and out pointers must not be NULL");
+    if (gpu) {
+        fa_status s;
+        if ((s = check_gpu_layout("q", p->q, p->batch, p->q_batch_stride, p->seqlen_q,
+                                  p->q_row_stride, p->heads_q, p->q_head_stride)) != FA_OK ||
+            (has_keys && (s = check_gpu_layout("k", p->k, p->batch, p->k_batch_stride, p->seqlen_k,
+                                               p->k_row_stride, p->heads_kv, p->k_head_stride)) != FA_OK) ||
+            (has_keys && (s = check_gpu_layout("v", p->v, p->batch, p->v_batch_stride, p->seqlen_k,
+                                               p->v_row_stride, p->heads_kv, p->v_head_stride)) != FA_OK) ||
+            (s = check_gpu_layout("out", p->out, p->batch, p->o_batch_stride, p->seqlen_q,
+                                  p->o_row_stride, p->heads_q, p->o_head_stride)) != FA_OK)
+            return s;
+        if (p->lse && ((uintptr_t)p->lse) % 4 != 0)
+            return fa_fail(FA_ERR_INVALID_ARGUMENT, "lse must be 4-byte aligned");
+    }
+    return FA_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Devices                                                                                     */
+
+/* Nominal devices: what launch_config(arch=...) computes for when no GPU is asked.
+ * smem_optin = cudaDevAttrMaxSharedMemoryPerBlockOptin of the named part. */
+static const struct {
+    int major, minor, sm_count, smem_optin;
+    const char *example;
+} nominal_devices[] = {
+    {8, 0, 108, 166912, "A100"},
+    {8, 6, 84, 101376, "RTX 3090 / A40"},
+    {8, 9, 58, 101376, "L4"},
+    {9, 0, 132, 232448, "H100 SXM / H200"},
+    {10, 0, 148, 232448, "B200"},
+    {12, 0, 170, 101376, "RTX 5090"},
+};
+
+fa_status fa_device_nominal(int major, int minor, fa_device *out)
+{
+    for (size_t i = 0; i < sizeof nominal_devices / sizeof nominal_devices[0]; i++) {
+        if (nominal_devices[i].major == major && nominal_devices[i].minor == minor) {
+            out->major = major;
+            out->minor = minor;
+            out->sm_count = nominal_devices[i].sm_count;
+            out->smem_optin = nominal_devices[i].smem_optin;
+            out->max_grid[0] = 2147483647;
+            out->max_grid[1] = 65535;
+            out->max_grid[2] = 65535;
+            return FA_OK;
+        }
+    }
+    return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                   "no nominal device for sm_%d%d; known: sm_80 (A100), sm_86, sm_89 (L4), "
+                   "sm_90 (H100/H200), sm_100 (B200), sm_120", major, minor);
+}
+
+#define FA_MAX_DEVICES 64
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static fa_device device_cache[FA_MAX_DEVICES];
+static int device_cached[FA_MAX_DEVICES];
+
+fa_status fa_device_query(int device, fa_device *out)
+{
+    if (device < 0 || device >= FA_MAX_DEVICES)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT, "device ordinal %d out of range", device);
+    pthread_mutex_lock(&cache_lock);
+    int cached = device_cached[device];
+    if (cached)
+        *out = device_cache[device];
+    pthread_mutex_unlock(&cache_lock);
+    if (cached)
+        return FA_OK;
+
+    fa_device d;
+    FA_CUDA_TRY(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, device));
+    FA_CUDA_TRY(cudaDeviceGetAttribute(&d.minor, cudaDevAttrComputeCapabilityMinor, device));
+    FA_CUDA_TRY(cudaDeviceGetAttribute(&d.sm_count, cudaDevAttrMultiProcessorCount, device));
+    FA_CUDA_TRY(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                                       device));
+    FA_CUDA_TRY(cudaDeviceGetAttribute(&d.max_grid[0], cudaDevAttrMaxGridDimX, device));
+    FA_CUDA_TRY(cudaDeviceGetAttribute(&d.max_grid[1], cudaDevAttrMaxGridDimY, device));
+    FA_CUDA_TRY(cudaDeviceGetAttribute(&d.max_grid[2], cudaDevAttrMaxGridDimZ, device));
+
+    pthread_mutex_lock(&cache_lock);
+    device_cache[device] = d;
+    device_cached[device] = 1;
+    pthread_mutex_unlock(&cache_lock);
+    *out = d;
+    return FA_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Families                                                                                    */
+
+const char *fa_family_name(fa_kernel_family family)
+{
+    switch (family) {
+    case FA_KERNEL_AUTO: return "auto";
+    case FA_KERNEL_SM80: return "sm80";
+    case FA_KERNEL_SM90: return "sm90";
+    }
+    return "unknown";
+}
+
+static int family_built(fa_kernel_family family)
+{
+#ifdef FA_WITH_SM80
+    if (family == FA_KERNEL_SM80)
+        return 1;
+#endif
+#ifdef FA_WITH_SM90
+    if (family == FA_KERNEL_SM90)
+        return 1;
+#endif
+    (void)family;
+    return 0;
+}
+
+int fa_family_archs(fa_kernel_family family, int *archs, int max)
+{
+#ifdef FA_WITH_SM80
+    if (family == FA_KERNEL_SM80)
+        return fa_sm80_archs(archs, max);
+#endif
+#ifdef FA_WITH_SM90
+    if (family == FA_KERNEL_SM90)
+        return fa_sm90_archs(archs, max);
+#endif
+    (void)family; (void)archs; (void)max;
+    return 0;
+}
+
+/* "sm_80, sm_90" for error messages. */
+static void format_archs(fa_kernel_family family, char *buf, size_t len)
+{
+    int archs[16];
+    int n = fa_family_archs(family, archs, 16);
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < n && used < len; i++)
+        used += (size_t)snprintf(buf + used, len - used, "%ssm_%d%s", i ? ", " : "", archs[i],
+                                 (family == FA_KERNEL_SM90 && archs[i] == 90) ? "a" : "");
+    if (n == 0)
+        snprintf(buf, len, "none");
+}
+
+/* Which family serves `requested` on a device of compute capability major.minor. sm90 kernels
+ * are sm_90a code: they run on sm_90 only. sm80 kernels run on sm_80 and newer (SASS for the
+ * built targets, PTX for later ones). */
+static fa_status choose_family(fa_kernel_family requested, int major, int minor,
+                               fa_kernel_family *chosen)
+{
+    if (major < 8)
+        return fa_fail(FA_ERR_NO_KERNEL_FOR_ARCH,
+                       "GPU sm_%d%d is not supported: flashattn_c needs sm_80 (Ampere) or newer",
+                       major, minor);
+    if (requested == FA_KERNEL_AUTO) {
+        if (major == 9 && minor == 0 && family_built(FA_KERNEL_SM90))
+            *chosen = FA_KERNEL_SM90;
+        else if (family_built(FA_KERNEL_SM80))
+            *chosen = FA_KERNEL_SM80;
+        else
+            return fa_fail(FA_ERR_NO_KERNEL_FOR_ARCH,
+                           "this build has no kernel family for sm_%d%d (families built: %s%s)",
+                           major, minor, family_built(FA_KERNEL_SM90) ? "sm90 " : "",
+                           family_built(FA_KERNEL_SM80) ? "sm80" : "");
+        return FA_OK;
+    }
+    if (requested != FA_KERNEL_SM80 && requested != FA_KERNEL_SM90)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT, "unknown kernel family code %d", (int)requested);
+    if (!family_built(requested))
+        return fa_fail(FA_ERR_NO_KERNEL_FOR_ARCH,
+                       "kernel family %s is not in this build (set FLASHATTN_C_ARCHS when building)",
+                       fa_family_name(requested));
+    if (requested == FA_KERNEL_SM90 && !(major == 9 && minor == 0)) {
+        char built[64];
+        format_archs(FA_KERNEL_SM90, built, sizeof built);
+        return fa_fail(FA_ERR_NO_KERNEL_FOR_ARCH,
+                       "kernel family sm90 is built for %s only; this GPU is sm_%d%d", built,
+                       major, minor);
+    }
+    *chosen = requested;
+    return FA_OK;
+}
+
+static int family_tile(fa_kernel_family family, const fa_params *p, fa_tile *t)
+{
+    memset(t, 0, sizeof *t);
+#ifdef FA_WITH_SM80
+    if (family == FA_KERNEL_SM80)
+        return fa_sm80_tile(p->head_dim, p->dtype, p->causal, t);
+#endif
+#ifdef FA_WITH_SM90
+    if (family == FA_KERNEL_SM90)
+        return fa_sm90_tile(p->head_dim, p->dtype, p->causal, t);
+#endif
+    (void)family; (void)p;
+    return -1;
+}
+
+static const void *family_kernel_fn(fa_kernel_family family, const fa_params *p, const fa_tile *t)
+{
+#ifdef FA_WITH_SM80
+    if (family == FA_KERNEL_SM80)
+        return fa_sm80_kernel_fn(p, t);
+#endif
+#ifdef FA_WITH_SM90
+    if (family == FA_KERNEL_SM90)
+        return fa_sm90_kernel_fn(p, t);
+#endif
+    (void)family; (void)p; (void)t;
+    return NULL;
+}
+
+static cudaError_t family_launch(fa_kernel_family family, const fa_params *p,
+                                 const fa_launch *cfg, cudaStream_t stream)
+{
+#ifdef FA_WITH_SM80
+    if (family == FA_KERNEL_SM80)
+        return fa_sm80_launch(p, cfg, stream);
+#endif
+#ifdef FA_WITH_SM90
+    if (family == FA_KERNEL_SM90)
+        return fa_sm90_launch(p, cfg, stream);
+#endif
+    (void)family; (void)p; (void)cfg; (void)stream;
+    return cudaErrorInvalidDeviceFunction;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Launch configuration                                                                        */
+
+/* The contract, checked on every config before it can be launched. */
+static fa_status validate_launch(const fa_launch *cfg, const fa_device *dev)
+{
+    if (cfg->block[0] != FA_THREADS_PER_BLOCK || cfg->block[1] != 1 || cfg->block[2] != 1)
+        return fa_fail(FA_ERR_LAUNCH_CONFIG, "%s: block must be (%d,1,1), got (%u,%u,%u)",
+                       cfg->kernel, FA_THREADS_PER_BLOCK, cfg->block[0], cfg->block[1],
+                       cfg->block[2]);
+    if (cfg->smem_bytes > (size_t)dev->smem_optin)
+        return fa_fail(FA_ERR_LAUNCH_CONFIG,
+                       "%s needs %zu bytes of shared memory; sm_%d%d allows %d per block",
+                       cfg->kernel, cfg->smem_bytes, dev->major, dev->minor, dev->smem_optin);
+    for (int i = 0; i < 3; i++)
+        if (cfg->grid[i] < 1 || cfg->grid[i] > (unsigned)dev->max_grid[i])
+            return fa_fail(FA_ERR_LAUNCH_CONFIG,
+                           "%s: grid (%u,%u,%u) exceeds the device limit (%d,%d,%d) in dimension "
+                           "%c (batch is grid.z and heads_q grid.y for this family)",
+                           cfg->kernel, cfg->grid[0], cfg->grid[1], cfg->grid[2],
+                           dev->max_grid[0], dev->max_grid[1], dev->max_grid[2], "xyz"[i]);
+    return FA_OK;
+}
+
+fa_status fa_launch_config(const fa_params *p, const fa_device *dev, fa_launch *cfg)
+{
+    fa_status s = fa_check_params(p, 1);
+    if (s != FA_OK)
+        return s;
+    fa_kernel_family family = FA_KERNEL_AUTO;
+    if ((s = choose_family(p->family, dev->major, dev->minor, &family)) != FA_OK)
+        return s;
+    fa_tile t;
+    if (family_tile(family, p, &t) != 0)
+        return fa_fail(FA_ERR_UNSUPPORTED, "kernel family %s has no tile for head_dim %d",
+                       fa_family_name(family), p->head_dim);
+
+    memset(cfg, 0, sizeof *cfg);
+    snprintf(cfg->kernel, sizeof cfg->kernel, "fwd_%s_hd%d_%s%s", fa_family_name(family),
+             t.head_dim_padded, dtype_short(p->dtype), p->causal ? "_causal" : "");
+    cfg->family = family;
+    cfg->block[0] = FA_THREADS_PER_BLOCK;
+    cfg->block[1] = 1;
+    cfg->block[2] = 1;
+    cfg->smem_bytes = t.smem_bytes;
+    cfg->regs = -1;
+    cfg->arch_major = dev->major;
+    cfg->arch_minor = dev->minor;
+    cfg->device = -1;
+    cfg->block_m = t.block_m;
+    cfg->block_n = t.block_n;
+    cfg->stages = t.stages;
+    cfg->head_dim_padded = t.head_dim_padded;
+
+    /* Empty problems launch nothing; keep a well-formed config for introspection. */
+    int64_t m_blocks = p->seqlen_q > 0 ? ((int64_t)p->seqlen_q + t.block_m - 1) / t.block_m : 1;
+    int64_t heads = p->heads_q > 0 ? p->heads_q : 1;
+    int64_t batch = p->batch > 0 ? p->batch : 1;
+    if (t.persistent) {
+        int64_t tiles = m_blocks * heads * batch;
+        cfg->grid[0] = (unsigned)(tiles < dev->sm_count ? tiles : dev->sm_count);
+        cfg->grid[1] = 1;
+        cfg->grid[2] = 1;
+    } else {
+        if (m_blocks > dev->max_grid[0] || heads > dev->max_grid[1] || batch > dev->max_grid[2])
+            return fa_fail(FA_ERR_LAUNCH_CONFIG,
+                           "%s: grid (%lld,%lld,%lld) = (query blocks, heads_q, batch) exceeds the "
+                           "device limit (%d,%d,%d)",
+                           cfg->kernel, (long long)m_blocks, (long long)heads, (long long)batch,
+                           dev->max_grid[0], dev->max_grid[1], dev->max_grid[2]);
+        cfg->grid[0] = (unsigned)m_blocks;
+        cfg->grid[1] = (unsigned)heads;
+        cfg->grid[2] = (unsigned)batch;
+    }
+    return validate_launch(cfg, dev);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Per-kernel attributes: queried once per (kernel, device)                                    */
+
+typedef struct {
+    const void *fn;
+    int device;
+    int regs;
+    int max_threads;
+    size_t static_smem;
+    size_t smem_opted_in;
+} kernel_attrs;
+
+#define FA_MAX_KERNEL_ATTRS 256
+static kernel_attrs attrs_cache[FA_MAX_KERNEL_ATTRS];
+static int attrs_count;
+
+/* Looks up or queries fn's attributes and raises its dynamic smem limit to `smem` if needed.
+ * A missing kernel image for this device is reported with the built and the device's archs. */
+static fa_status prepare_kernel(const void *fn, int device, const fa_device *dev,
+                                const fa_launch *cfg, int *regs_out)
+{
+    pthread_mutex_lock(&cache_lock);
+    kernel_attrs *a = NULL;
+    for (int i = 0; i < attrs_count; i++)
+        if (attrs_cache[i].fn == fn && attrs_cache[i].device == device)
+            a = &attrs_cache[i];
+    kernel_attrs local = {fn, device, 0, 0, 0, 0};
+    if (a)
+        local = *a;
+    pthread_mutex_unlock(&cache_lock);
+
+    if (!a) {
+        struct cudaFuncAttributes attr;
+        cudaError_t err = cudaFuncGetAttributes(&attr, fn);
+        if (err == cudaErrorInvalidDeviceFunction || err == cudaErrorNoKernelImageForDevice) {
+            char built[64];
+            format_archs(cfg->family, built, sizeof built);
+            (void)cudaGetLastError();
+            return fa_fail(FA_ERR_NO_KERNEL_FOR_ARCH,
+                           "%s has no kernel image for this GPU (sm_%d%d); family %s is built for "
+                           "%s (%s)",
+                           cfg->kernel, dev->major, dev->minor, fa_family_name(cfg->family), built,
+                           cudaGetErrorName(err));
+        }
+        if (err != cudaSuccess)
+            return fa_fail_cuda(err, "cudaFuncGetAttributes", __FILE__, __LINE__);
+        local.regs = attr.numRegs;
+        local.max_threads = attr.maxThreadsPerBlock;
+        local.static_smem = attr.sharedSizeBytes;
+    }
+    if (local.max_threads < FA_THREADS_PER_BLOCK)
+        return fa_fail(FA_ERR_LAUNCH_CONFIG,
+                       "%s can run at most %d threads per block (%d registers per thread); the "
+                       "launch contract needs %d",
+                       cfg->kernel, local.max_threads, local.regs, FA_THREADS_PER_BLOCK);
+    if (local.static_smem + cfg->smem_bytes > (size_t)dev->smem_optin)
+        return fa_fail(FA_ERR_LAUNCH_CONFIG,
+                       "%s needs %zu static + %zu dynamic bytes of shared memory; the GPU allows %d",
+                       cfg->kernel, local.static_smem, cfg->smem_bytes, dev->smem_optin);
+    if (cfg->smem_bytes > local.smem_opted_in) {
+        FA_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)cfg->smem_bytes));
+        local.smem_opted_in = cfg->smem_bytes;
+    }
+
+    pthread_mutex_lock(&cache_lock);
+    if (!a && attrs_count < FA_MAX_KERNEL_ATTRS)
+        attrs_cache[attrs_count++] = local;
+    else if (a)
+        *a = local;
+    pthread_mutex_unlock(&cache_lock);
+    *regs_out = local.regs;
+    return FA_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Forward                                                                                     */
+
+static int log_launches(void)
+{
+    const char *v = getenv("FLASHATTN_C_LOG_LAUNCH");
+    return v && v[0] && strcmp(v, "0") != 0;
+}
+
+fa_status fa_forward(const fa_params *p, cudaStream_t stream)
+{
+    fa_status s = fa_check_params(p, 1);
+    if (s != FA_OK)
+        return s;
+    if (fa_params_empty(p))
+        return FA_OK;
+
+    int device;
+    FA_CUDA_TRY(cudaGetDevice(&device));
+    fa_device dev;
+    if ((s = fa_device_query(device, &dev)) != FA_OK)
+        return s;
+    fa_launch cfg;
+    if ((s = fa_launch_config(p, &dev, &cfg)) != FA_OK)
+        return s;
+
+    fa_tile t;
+    family_tile(cfg.family, p, &t);
+    const void *fn = family_kernel_fn(cfg.family, p, &t);
+    if (!fn)
+        return fa_fail(FA_ERR_UNSUPPORTED, "%s is not instantiated in this build", cfg.kernel);
+    if ((s = prepare_kernel(fn, device, &dev, &cfg, &cfg.regs)) != FA_OK)
+        return s;
+    cfg.device = device;
+    cfg.stream = (uintptr_t)stream;
+
+    cudaError_t err = family_launch(cfg.family, p, &cfg, stream);
+    if (err != cudaSuccess)
+        return fa_fail_cuda(err, cfg.kernel, __FILE__, __LINE__);
+
+    tl_last_launch = cfg;
+    tl_has_last_launch = 1;
+    if (log_launches())
+        fprintf(stderr,
+                "[flashattn_c] %s grid=(%u,%u,%u) block=(%u,%u,%u) smem=%zu regs=%d sm_%d%d "
+                "stream=0x%llx B=%d Sq=%d Sk=%d Hq=%d Hkv=%d D=%d %s\n",
+                cfg.kernel, cfg.grid[0], cfg.grid[1], cfg.grid[2], cfg.block[0], cfg.block[1],
+                cfg.block[2], cfg.smem_bytes, cfg.regs, cfg.arch_major, cfg.arch_minor,
+                (unsigned long long)cfg.stream, p->batch, p->seqlen_q, p->seqlen_k, p->heads_q,
+                p->heads_kv, p->head_dim, dtype_name(p->dtype));
+    return FA_OK;
+}

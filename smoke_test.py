@@ -1,0 +1,185 @@
+"""smoke_test.py -- the go/no-go before any benchmark (about 30 s on a GPU).
+
+Checks, one PASS/FAIL line each, non-zero exit on any FAIL:
+  1. import     flashattn_c imports and reports its build
+  2. config     the compiled launch contract is 384 threads / 12 warps / 3 warpgroups, and a kernel
+                family is built for this GPU's architecture
+  3. launch     one call: last_launch() and the FLASHATTN_C_LOG_LAUNCH line show block=(384,1,1)
+                and the expected kernel for this GPU (sm90 family on sm_90 when built)
+  4. correct    one small and one medium shape against a float64 reference (FA3 tolerance rule)
+  5. speed      a few timed iterations vs PyTorch SDPA's flash backend (FlashAttention-2) on one
+                medium shape; FAIL below --floor (default 0.5x)
+
+    python smoke_test.py [--floor 0.5] [--kernel sm80|sm90]
+Without a GPU it says so and exits 2.
+"""
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+
+RESULTS = []
+
+
+def report(name, ok, detail):
+    RESULTS.append(ok)
+    print(f"{'PASS' if ok else 'FAIL'}  {name:8s} {detail}", flush=True)
+    return ok
+
+
+def capture_stderr(fn):
+    """Runs fn() with the process's fd 2 redirected to a file (the C launch log writes there)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            result = fn()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        return result, tmp.read()
+
+
+def expected_family(fa, cc, forced):
+    if forced:
+        return forced
+    return "sm90" if cc == (9, 0) and fa.build_info()["families"].get("sm90") else "sm80"
+
+
+def check_correct(fa, torch, family, shape, causal):
+    batch, seqlen, heads, head_dim = shape
+    q, k, v = (torch.randn(batch, seqlen, heads, head_dim, device="cuda", dtype=torch.bfloat16)
+               for _ in range(3))
+    out = torch.full_like(q, float("nan"))
+    fa.attention(q, k, v, causal=causal, out=out, kernel=family)
+    scale = head_dim ** -0.5
+    i = torch.arange(seqlen, device="cuda")
+    mask = (i[None, :] <= i[:, None]) if causal else torch.ones(seqlen, seqlen, dtype=torch.bool,
+                                                                   device="cuda")
+
+    def naive(q, k, v, upcast):
+        s = torch.einsum("bihd,bjhd->bhij", q, k) * scale
+        s = s.masked_fill(~mask, float("-inf"))
+        p = torch.softmax(s if upcast else s.float(), -1)
+        return torch.einsum("bhij,bjhd->bihd", p if upcast else p.to(v.dtype), v)
+
+    ref = naive(q.double(), k.double(), v.double(), True)
+    peer = naive(q, k, v, False)
+    ref32 = ref.float()
+    tol = 2 * (peer.double() - ref).abs().max().item() + \
+        2 * ((ref32 + 0.3 - 0.3) - ref32).abs().max().item()
+    err = (out.double() - ref).abs().max().item()
+    ok = not torch.isnan(out).any().item() and err <= tol
+    return report("correct", ok, f"B={batch} S={seqlen} H={heads} D={head_dim} causal={causal}: "
+                                 f"max err {err:.2e} <= tol {tol:.2e}" if ok else
+                  f"B={batch} S={seqlen} H={heads} D={head_dim}: max err {err:.2e} > tol {tol:.2e}"
+                  " or NaN")
+
+
+def time_ms(torch, fn, iters):
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--floor", type=float, default=0.5,
+                    help="minimum speed ratio vs SDPA's flash backend (default 0.5)")
+    ap.add_argument("--kernel", choices=["sm80", "sm90"], default=None,
+                    help="force a kernel family (default: what attention() picks)")
+    args = ap.parse_args()
+
+    try:
+        import flashattn_c as fa
+        info = fa.build_info()
+    except Exception as exc:  # a broken build is the finding here
+        report("import", False, f"{type(exc).__name__}: {exc}")
+        return 1
+    report("import", True, f"flashattn_c {fa.__version__}, families {info['families']}")
+
+    try:
+        import torch
+    except ImportError:
+        print("FAIL  no PyTorch: the smoke test needs torch for references and the SDPA baseline")
+        return 2
+    if not torch.cuda.is_available():
+        print("FAIL  no CUDA GPU: the smoke test checks GPU kernels and needs one")
+        return 2
+    cc = torch.cuda.get_device_capability()
+    family = expected_family(fa, cc, args.kernel)
+
+    contract = (info["threads_per_block"], info["warps_per_block"], info["warpgroups"])
+    archs = info["families"].get(family) or []
+    runs_here = bool(archs) and (cc == (9, 0) if family == "sm90" else cc[0] >= 8)
+    report("config", contract == (384, 12, 3) and runs_here,
+           f"threads/warps/warpgroups {contract}, family {family} built for {archs}, "
+           f"GPU {torch.cuda.get_device_name()} sm_{cc[0]}{cc[1]}")
+
+    q = torch.randn(2, 512, 8, 128, device="cuda", dtype=torch.bfloat16)
+    os.environ["FLASHATTN_C_LOG_LAUNCH"] = "1"
+    try:
+        _, log = capture_stderr(lambda: (fa.attention(q, q, q, kernel=args.kernel),
+                                         torch.cuda.synchronize()))
+    except Exception as exc:
+        report("launch", False, f"{type(exc).__name__}: {exc}")
+        return 1
+    finally:
+        os.environ.pop("FLASHATTN_C_LOG_LAUNCH", None)
+    last = fa.last_launch() or {}
+    lines = [l for l in log.splitlines() if l.startswith("[flashattn_c] ")]
+    ok = (last.get("block") == (384, 1, 1) and last.get("family") == family and len(lines) == 1
+          and "block=(384,1,1)" in lines[0] and last.get("kernel", "?") in lines[0])
+    report("launch", ok, lines[0] if lines else f"no launch log line; last_launch={last}")
+
+    check_correct(fa, torch, args.kernel, (1, 77, 2, 64), causal=True)
+    check_correct(fa, torch, args.kernel, (2, 1024, 8, 128), causal=False)
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    import torch.nn.functional as F
+
+    batch, seqlen, heads, head_dim = 4, 2048, 16, 128
+    q, k, v = (torch.randn(batch, seqlen, heads, head_dim, device="cuda", dtype=torch.bfloat16)
+               for _ in range(3))
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+
+    def ours():
+        fa.attention(q, k, v, kernel=args.kernel)
+
+    def flash():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            F.scaled_dot_product_attention(qt, kt, vt)
+
+    for fn in (ours, flash, ours, flash):
+        fn()
+    torch.cuda.synchronize()
+    t_ours, t_flash = [], []
+    for _ in range(5):
+        t_ours.append(time_ms(torch, ours, 5))
+        t_flash.append(time_ms(torch, flash, 5))
+    ms_ours, ms_flash = statistics.median(t_ours), statistics.median(t_flash)
+    timed = (fa.last_launch() or {}).get("kernel", "?")
+    flops = 4 * batch * heads * seqlen * seqlen * head_dim
+    ratio = ms_flash / ms_ours
+    report("speed", ratio >= args.floor,
+           f"B={batch} S={seqlen} H={heads} D={head_dim} bf16: ours {ms_ours:.3f} ms "
+           f"({flops / ms_ours / 1e9:.0f} TFLOP/s, {timed}), "
+           f"SDPA flash {ms_flash:.3f} ms ({flops / ms_flash / 1e9:.0f} TFLOP/s): "
+           f"{ratio:.2f}x (floor {args.floor}x)")
+    failed = RESULTS.count(False)
+    print(f"smoke test: {len(RESULTS) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,461 @@
+"""CPU tests of benches/bench_lib.py: suites, FLOPs, statistics, the correctness rule, the
+timing plan, the CSV schema, the summary maths and the plot grouping. No torch, no GPU.
+
+    python -m pytest tests/test_bench_lib.py -q
+"""
+import csv
+import importlib.util
+import math
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+BENCHES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benches")
+sys.path.insert(0, BENCHES)
+import bench_lib as bl  # noqa: E402
+
+
+# ---- suites ---------------------------------------------------------------------------------
+
+def test_fa_suite_tokens_and_hidden():
+    configs = bl.suite_configs("fa")
+    assert len(configs) == 3 * 6 * 2 * 2          # head dims x seqlens x causal x dtype
+    for c in configs:
+        assert c.B * c.Sq == 16384
+        assert c.Hq * c.D == 2048
+        assert c.Hq == c.Hkv and c.Sq == c.Sk
+    assert sorted({c.D for c in configs}) == [64, 128, 256]
+    assert sorted({c.Sq for c in configs}) == [512, 1024, 2048, 4096, 8192, 16384]
+    assert {(c.dtype, c.causal) for c in configs} == {("bf16", False), ("bf16", True),
+                                                       ("fp16", False), ("fp16", True)}
+
+
+def test_seed_suite_shapes():
+    configs = bl.suite_configs("seed", dtypes=["bf16"], causals=[False])
+    shapes = [(c.B, c.Hq, c.Hkv, c.Sq, c.Sk, c.D) for c in configs]
+    assert shapes == [(1, 1, 1, s, s, 64) for s in (32, 64, 128, 256, 512)] + [
+        (4, 8, 8, 128, 128, 64)]
+
+
+def test_llm_suite_is_gqa_with_dividing_ratios():
+    configs = bl.suite_configs("llm")
+    assert configs
+    ratios = {(c.Hq, c.Hkv) for c in configs}
+    assert {(32, 8), (64, 8), (28, 4)} <= ratios
+    for c in configs:
+        assert c.Hq % c.Hkv == 0 and c.Hq > c.Hkv
+        assert c.Sq == c.Sk
+        assert c.B * c.Sq == 16384
+        assert 2048 <= c.Sq <= 16384 or c.Sq == 1024
+
+
+def test_every_suite_has_equal_seqlens_so_causal_conventions_agree():
+    for suite in bl.SUITES:
+        for c in bl.suite_configs(suite):
+            assert c.Sq == c.Sk, c
+
+
+def test_suite_filters_and_limit():
+    got = bl.suite_configs("fa", dtypes=["fp16"], causals=[True], head_dims=[128],
+                           seqlens=[4096])
+    assert [(c.dtype, c.causal, c.D, c.Sq, c.B, c.Hq) for c in got] == [
+        ("fp16", True, 128, 4096, 4, 16)]
+    assert len(bl.suite_configs("fa", limit=5)) == 5
+    with pytest.raises(ValueError):
+        bl.suite_configs("nope")
+    with pytest.raises(ValueError):
+        bl.suite_configs("fa", dtypes=["fp32"])
+
+
+def test_parse_choice_list():
+    assert bl.parse_choice_list("both", ("bf16", "fp16")) == ["bf16", "fp16"]
+    assert bl.parse_choice_list("fa,llm", bl.SUITES) == ["fa", "llm"]
+    assert bl.parse_choice_list("all", bl.SUITES) == list(bl.SUITES)
+    with pytest.raises(ValueError):
+        bl.parse_choice_list("fa,xyz", bl.SUITES)
+
+
+# ---- FLOPs ----------------------------------------------------------------------------------
+
+def test_flops_formula_and_causal_half():
+    assert bl.attention_flops(2, 3, 5, 7, 11, False) == 4 * 2 * 3 * 5 * 7 * 11
+    assert bl.attention_flops(2, 3, 5, 7, 11, True) == 4 * 2 * 3 * 5 * 7 * 11 / 2
+    c = bl.Config("fa", "bf16", 1, 16, 16, 16384, 16384, 128, False)
+    assert c.flops() == 4 * 16 * 16384 ** 2 * 128
+    # 1 ms for 1e12 flops is 1000 TFLOP/s
+    assert bl.tflops(1e12, 1.0) == pytest.approx(1000.0)
+    assert bl.tflops(1e12, 0.0) is None
+
+
+def test_tflops_matches_anchor_row():
+    # anchors/sdpa_h200.csv: bf16 B=1 H=16 S=16384 D=128 full, cudnn 3.53882 ms -> 621.4
+    flops = bl.attention_flops(1, 16, 16384, 16384, 128, False)
+    assert bl.tflops(flops, 3.53882) == pytest.approx(621.4, abs=0.1)
+
+
+# ---- statistics -----------------------------------------------------------------------------
+
+def test_median():
+    assert bl.median([3, 1, 2]) == 2
+    assert bl.median([4, 1, 3, 2]) == 2.5
+    with pytest.raises(ValueError):
+        bl.median([])
+
+
+def test_median_ci_order_statistics_n30():
+    # Ranks 10 and 21 of 30 (binomial coverage 0.957), the textbook table value.
+    samples = list(range(1, 31))
+    random.Random(0).shuffle(samples)
+    lo, hi, coverage = bl.median_ci(samples)
+    assert (lo, hi) == (10, 21)
+    assert coverage == pytest.approx(1 - 2 * sum(math.comb(30, i) for i in range(10)) / 2 ** 30)
+    assert 0.95 <= coverage < 0.96
+
+
+def test_median_ci_small_n_falls_back_to_range():
+    lo, hi, coverage = bl.median_ci([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert (lo, hi) == (1.0, 5.0)
+    assert coverage == pytest.approx(1 - 2 / 32)
+    lo, hi, coverage = bl.median_ci([2.0, 1.0, 3.0, 5.0, 4.0, 6.0])     # n=6: [min, max] is 96.9%
+    assert (lo, hi) == (1.0, 6.0) and coverage >= 0.95
+
+
+def test_median_ci_contains_median_and_is_narrower_with_more_samples():
+    rng = random.Random(1)
+    xs = [rng.gauss(1.0, 0.1) for _ in range(200)]
+    lo, hi, _ = bl.median_ci(xs)
+    assert lo <= bl.median(xs) <= hi
+    lo30, hi30, _ = bl.median_ci(xs[:30])
+    assert hi - lo < hi30 - lo30
+
+
+def test_median_ci_empirical_coverage():
+    # The true median of U(0,1) is 0.5; the interval must hold it about 95.7% of the time.
+    rng = random.Random(2)
+    trials, hits = 3000, 0
+    for _ in range(trials):
+        lo, hi, _ = bl.median_ci([rng.random() for _ in range(30)])
+        hits += lo <= 0.5 <= hi
+    assert 0.94 <= hits / trials <= 0.975
+
+
+def test_geomean():
+    assert bl.geomean([2.0, 8.0]) == pytest.approx(4.0)
+    assert bl.geomean([1.5]) == pytest.approx(1.5)
+    assert bl.geomean([]) is None
+    assert bl.geomean([None, 4.0, None, 1.0]) == pytest.approx(2.0)
+    with pytest.raises(ValueError):
+        bl.geomean([1.0, 0.0])
+
+
+# ---- correctness rule -----------------------------------------------------------------------
+
+def test_correctness_verdict_scalars():
+    ok, tol = bl.correctness_verdict(1e-3, 1e-3, 0.0)
+    assert ok and tol == pytest.approx(2e-3)
+    ok, tol = bl.correctness_verdict(2.1e-3, 1e-3, 0.0)
+    assert not ok
+    ok, _ = bl.correctness_verdict(2.1e-3, 1e-3, 1e-4)        # rounding term widens it
+    assert ok
+    assert not bl.correctness_verdict(float("nan"), 1.0, 1.0)[0]
+    assert not bl.correctness_verdict(0.0, 1.0, 1.0, nonfinite=True)[0]
+
+
+def _synthetic(seed=0):
+    np = pytest.importorskip("numpy")
+    rng = np.random.default_rng(seed)
+    ref = rng.standard_normal((2, 64, 4, 32))
+    peer = (ref.astype(np.float16)).astype(np.float64)      # rounding error of fp16
+    return np, rng, ref, peer
+
+
+def test_check_arrays_passes_for_output_as_good_as_peer():
+    np, rng, ref, peer = _synthetic()
+    ours = ref + rng.uniform(-1, 1, ref.shape) * np.abs(peer - ref).max() * 1.5
+    passed, err, tol = bl.check_arrays(ours, peer, ref)
+    assert passed and err <= tol
+
+
+def test_check_arrays_fails_for_bad_output():
+    np, rng, ref, peer = _synthetic(1)
+    ours = ref.copy()
+    ours[1, 3, 2, 5] += 10 * np.abs(peer - ref).max()
+    passed, err, tol = bl.check_arrays(ours, peer, ref)
+    assert not passed and err > tol
+
+
+def test_check_arrays_fails_on_nan_and_unwritten_poison():
+    np, rng, ref, peer = _synthetic(2)
+    ours = ref.copy()
+    ours[0, 0, 0, 0] = np.nan
+    assert not bl.check_arrays(ours, peer, ref)[0]
+    ours = ref.copy()
+    ours[0, 0, 0, 0] = np.inf
+    assert not bl.check_arrays(ours, peer, ref)[0]
+
+
+def test_rounding_term_matches_definition():
+    np, rng, ref, peer = _synthetic(3)
+    ref32 = ref.astype(np.float32)
+    _, _, rounding, _ = bl.array_errors(ref32, ref32, ref32)
+    expected = float(np.max(np.abs((ref32 + np.float32(0.3)) - np.float32(0.3) - ref32)))
+    assert rounding == pytest.approx(expected)
+    assert rounding > 0                          # float32 does lose bits in +0.3 -0.3
+
+
+def test_check_arrays_shape_mismatch():
+    np, rng, ref, peer = _synthetic(4)
+    with pytest.raises(ValueError):
+        bl.check_arrays(ref[:1], peer, ref)
+
+
+def test_reference_chunks_cover_everything_within_budget():
+    for (B, Hq, Sq, Sk, budget) in [(2, 3, 17, 19, 100), (1, 32, 16384, 16384, 1 << 26),
+                                    (32, 32, 512, 512, 1 << 26), (1, 1, 5, 1000, 10)]:
+        chunks = bl.reference_chunks(B, Hq, Sq, Sk, budget)
+        covered = set()
+        for (b, h0, h1, r0, r1) in chunks:
+            assert h1 > h0 and r1 > r0
+            assert (h1 - h0) * (r1 - r0) * Sk <= max(budget, Sk)
+            if B * Hq * Sq <= 20000:
+                for h in range(h0, h1):
+                    for r in range(r0, r1):
+                        assert (b, h, r) not in covered
+                        covered.add((b, h, r))
+        if B * Hq * Sq <= 20000:
+            assert len(covered) == B * Hq * Sq
+        else:
+            assert sum((h1 - h0) * (r1 - r0) for (_, h0, h1, r0, r1) in chunks) == B * Hq * Sq
+
+
+# ---- timing plan ----------------------------------------------------------------------------
+
+def test_calls_per_rep():
+    assert bl.calls_per_rep(5.0) == 1
+    assert bl.calls_per_rep(0.01) == 30
+    assert bl.calls_per_rep(0.001) == 32            # capped
+    assert bl.calls_per_rep(0.0) == 32
+
+
+def test_repeats_within_budget():
+    assert bl.repeats_within_budget(30, 10.0, 5.0) == 30        # 300 ms of 5 s
+    assert bl.repeats_within_budget(30, 250.0, 5.0) == 20       # 20 rounds fit
+    assert bl.repeats_within_budget(30, 5000.0, 5.0) == 10      # floor
+    assert bl.repeats_within_budget(5, 5000.0, 5.0) == 5        # never above requested
+
+
+def test_hold_covers_host_enqueue():
+    assert bl.hold_ms(0.02, 30) > 0.02 * 30
+
+
+# ---- which families run ---------------------------------------------------------------------
+
+BUILT = {"sm80": [80, 90], "sm90": [90]}
+
+
+def test_resolve_families_default_per_device():
+    assert bl.resolve_families(None, BUILT, (9, 0)) == (["sm90", "sm80"], [])
+    assert bl.resolve_families(None, BUILT, (8, 9)) == (["sm80"], [])
+    assert bl.resolve_families(None, BUILT, (8, 0)) == (["sm80"], [])
+    assert bl.resolve_families(None, {"sm80": [80, 90]}, (9, 0)) == (["sm80"], [])
+    fams, errors = bl.resolve_families(None, BUILT, (7, 5))
+    assert fams == [] and errors
+
+
+def test_resolve_families_explicit():
+    assert bl.resolve_families(["sm80", "sm90"], BUILT, (9, 0)) == (["sm80", "sm90"], [])
+    fams, errors = bl.resolve_families(["sm90"], BUILT, (8, 6))
+    assert fams == [] and "9.0" in errors[0]
+    fams, errors = bl.resolve_families(["sm90"], {"sm80": [80]}, (9, 0))
+    assert fams == [] and errors
+    assert bl.resolve_families(["auto"], BUILT, (8, 0)) == (["auto"], [])
+
+
+# ---- result files and CSV -------------------------------------------------------------------
+
+def test_gpu_short_name_and_stem():
+    assert bl.gpu_short_name("NVIDIA H100 80GB HBM3") == "H100"
+    assert bl.gpu_short_name("NVIDIA H200") == "H200"
+    assert bl.gpu_short_name("NVIDIA A100-SXM4-80GB") == "A100"
+    assert bl.gpu_short_name("NVIDIA GeForce RTX 4090") == "RTX4090"
+    assert bl.result_stem("NVIDIA H100 PCIe", "2026-11-21") == "fa_H100_2026-11-21"
+    assert bl.result_stem("NVIDIA H100", "2026-11-21", "latency") == "fa_latency_H100_2026-11-21"
+
+
+def test_unique_path(tmp_path):
+    first = bl.unique_path(str(tmp_path), "fa_X", ".csv")
+    open(first, "w").close()
+    second = bl.unique_path(str(tmp_path), "fa_X", ".csv")
+    assert first != second and second.endswith("fa_X_2.csv")
+
+
+REQUIRED = ["gpu", "sm_count", "driver", "cuda", "torch", "cudnn", "git_commit", "date", "suite",
+            "dtype", "B", "Hq", "Hkv", "Sq", "Sk", "D", "causal", "impl", "status", "median_ms",
+            "ci95_lo_ms", "ci95_hi_ms", "tflops", "speedup_vs_sdpa_default",
+            "speedup_vs_sdpa_flash", "speedup_vs_sdpa_cudnn", "speedup_vs_sdpa_efficient",
+            "max_abs_err", "tol", "kernel", "block", "grid", "smem_bytes"]
+
+ENV = {"gpu": "NVIDIA H100 80GB HBM3", "sm_count": 132, "driver": "580.0", "cuda": "13.0",
+       "torch": "2.11.0", "cudnn": "91900", "git_commit": "abc", "date": "2026-11-21T10:00:00"}
+
+
+def _config_rows(cfg, times, mode="throughput"):
+    """Rows of one config from {impl: median ms or a status string}."""
+    rows = []
+    for impl, t in times.items():
+        if isinstance(t, str):
+            rows.append(bl.make_row(ENV, cfg, impl, mode, status=t))
+        else:
+            rows.append(bl.make_row(ENV, cfg, impl, mode, status="ok", median_ms=t,
+                                    ci95_lo_ms=t * 0.99, ci95_hi_ms=t * 1.01,
+                                    tflops=bl.tflops(cfg.flops(), t)))
+    return bl.fill_speedups(rows)
+
+
+def test_csv_schema_one_row_per_config_and_impl(tmp_path):
+    assert list(bl.CSV_FIELDS[:len(REQUIRED)]) == REQUIRED
+    configs = bl.suite_configs("fa", dtypes=["bf16"], causals=[False], head_dims=[128])[:3]
+    impls = ["ours_sm90", "ours_sm80"] + list(bl.BASELINES)
+    rows = []
+    for cfg in configs:
+        rows += _config_rows(cfg, {i: 1.0 + 0.1 * n for n, i in enumerate(impls)})
+    rows[0].update(kernel="fwd_sm90_hd128_bf16", block=(384, 1, 1), grid=(132, 1, 1),
+                   smem_bytes=180000)
+    path = str(tmp_path / "out.csv")
+    bl.write_csv(path, rows)
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        body = list(reader)
+    assert header == list(bl.CSV_FIELDS)
+    assert len(body) == len(configs) * len(impls)
+    keys = {(r[header.index("Sq")], r[header.index("impl")]) for r in body}
+    assert len(keys) == len(body)                          # one row per (config, impl)
+    assert body[0][header.index("block")] == "384x1x1"
+    back = bl.read_csv(path)
+    assert back[0]["Sq"] == configs[0].Sq and back[0]["smem_bytes"] == 180000
+    assert back[0]["median_ms"] == pytest.approx(1.0)
+    assert back[1]["kernel"] is None                       # empty for the others
+    with pytest.raises(KeyError):
+        bl.make_row(ENV, configs[0], "ours_sm90", "throughput", not_a_field=1)
+
+
+def test_fill_speedups():
+    cfg = bl.Config("fa", "bf16", 1, 16, 16, 16384, 16384, 128, False)
+    rows = _config_rows(cfg, {"ours_sm90": 2.0, "sdpa_default": 3.0, "sdpa_flash": 5.0,
+                              "sdpa_cudnn": 2.0, "sdpa_efficient": "skipped: no"})
+    ours = rows[0]
+    assert ours["speedup_vs_sdpa_default"] == pytest.approx(1.5)
+    assert ours["speedup_vs_sdpa_flash"] == pytest.approx(2.5)
+    assert ours["speedup_vs_sdpa_cudnn"] == pytest.approx(1.0)
+    assert ours["speedup_vs_sdpa_efficient"] is None
+    assert rows[1]["speedup_vs_sdpa_default"] == pytest.approx(1.0)
+    failed = _config_rows(cfg, {"ours_sm90": "failed-correctness", "sdpa_default": 3.0})
+    assert failed[0]["speedup_vs_sdpa_default"] is None
+
+
+# ---- summary --------------------------------------------------------------------------------
+
+def test_summary_geomean_and_worst():
+    cfgs = bl.suite_configs("fa", dtypes=["bf16"], causals=[False], head_dims=[64])[:3]
+    rows = []
+    rows += _config_rows(cfgs[0], {"ours_sm90": 1.0, "sdpa_default": 2.0, "sdpa_flash": 3.0})
+    rows += _config_rows(cfgs[1], {"ours_sm90": 1.0, "sdpa_default": 0.5, "sdpa_flash": 3.0})
+    rows += _config_rows(cfgs[2], {"ours_sm90": "failed-correctness", "sdpa_default": 1.0,
+                                   "sdpa_flash": 1.0})
+    s = bl.summarize(rows)[("throughput", "fa")]["ours_sm90"]
+    assert s["geomean_vs_sdpa_default"] == pytest.approx(1.0)      # sqrt(2 * 0.5)
+    assert s["geomean_vs_sdpa_flash"] == pytest.approx(3.0)
+    assert s["n_vs_sdpa_default"] == 2
+    assert s["worst_speedup"] == pytest.approx(0.5)
+    assert s["worst_label"] == cfgs[1].label()
+    assert (s["ok"], s["total"]) == (2, 3)
+    text = bl.format_summary(rows)
+    assert "geomean 1.00x vs sdpa_default" in text and "3.00x vs sdpa_flash" in text
+    assert cfgs[1].label() in text and "FAIL" in text
+
+
+def test_summary_separates_suites_and_modes():
+    fa = bl.suite_configs("fa", dtypes=["bf16"], causals=[False])[0]
+    seed = bl.suite_configs("seed", dtypes=["bf16"], causals=[False])[0]
+    rows = (_config_rows(fa, {"ours_sm80": 1.0, "sdpa_default": 2.0})
+            + _config_rows(seed, {"ours_sm80": 1.0, "sdpa_default": 4.0})
+            + _config_rows(seed, {"ours_sm80": 1.0, "sdpa_default": 8.0}, mode="latency"))
+    s = bl.summarize(rows)
+    assert s[("throughput", "fa")]["ours_sm80"]["geomean_vs_sdpa_default"] == pytest.approx(2.0)
+    assert s[("throughput", "seed")]["ours_sm80"]["geomean_vs_sdpa_default"] == pytest.approx(4.0)
+    assert s[("latency", "seed")]["ours_sm80"]["geomean_vs_sdpa_default"] == pytest.approx(8.0)
+    assert "us" in bl.format_summary(rows)
+
+
+# ---- progress -------------------------------------------------------------------------------
+
+def test_progress_eta_scales_with_work():
+    now = [0.0]
+    p = bl.Progress([1.0, 1.0, 2.0], clock=lambda: now[0])
+    assert p.eta_s(0) is None
+    now[0] = 10.0
+    assert p.eta_s(1) == pytest.approx(30.0)           # 1 of 4 units took 10 s
+    assert "config 2/3" in p.line(1, "x")
+
+
+# ---- plots ----------------------------------------------------------------------------------
+
+def _plot_rows():
+    rows = []
+    for cfg in bl.suite_configs("fa", dtypes=["bf16"], head_dims=[64, 128], seqlens=[512, 1024]):
+        rows += _config_rows(cfg, {"ours_sm90": 1.0, "sdpa_default": 1.2,
+                                   "sdpa_efficient": "skipped: x"})
+    return rows
+
+
+def test_plot_panels_grouping():
+    panels, impls = bl.plot_panels(_plot_rows(), "fa")
+    assert impls == ["ours_sm90", "sdpa_default"]
+    assert len(panels) == 4                          # head_dim {64,128} x causal {0,1}
+    titles = [t for t, _ in panels]
+    assert "head dim 64, non-causal" in titles and "head dim 128, causal" in titles
+    for _, data in panels:
+        assert sorted(data) == [512, 1024]
+        assert set(data[512]) == {"ours_sm90", "sdpa_default"}
+
+
+def test_plot_writes_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = bl.plot_suite(_plot_rows(), "fa", str(tmp_path / "p.png"), "NVIDIA H100")
+    assert path and os.path.getsize(path) > 1000
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- the CLI without a GPU ------------------------------------------------------------------
+
+SCRIPT = os.path.join(BENCHES, "bench_attention.py")
+
+
+def test_cli_dry_run_lists_configs():
+    res = subprocess.run([sys.executable, SCRIPT, "--dry-run", "--suite", "fa", "--dtype", "bf16",
+                          "--causal", "0"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().endswith("18 configs")
+
+
+def test_cli_report_reprints_a_csv(tmp_path):
+    path = str(tmp_path / "r.csv")
+    bl.write_csv(path, _plot_rows())
+    res = subprocess.run([sys.executable, SCRIPT, "--report", path], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "geomean 1.20x vs sdpa_default" in res.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is not None,
+                    reason="torch is installed here; the no-torch message is not reachable")
+def test_cli_without_torch_exits_nonzero_with_message():
+    res = subprocess.run([sys.executable, SCRIPT, "--suite", "seed"], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode != 0
+    assert "PyTorch is not importable" in res.stderr

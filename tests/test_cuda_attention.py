@@ -1,0 +1,269 @@
+"""GPU kernels against a float64 reference (DESIGN.md section 6), for every family this GPU runs.
+
+Skipped with a reason where there is no CUDA GPU or no PyTorch (the reference is computed with
+torch on the device). Each case: fresh random inputs (x5 where stated), output poisoned with NaN
+through out= and fully overwritten, the FA3 tolerance rule on out, lse within 1e-3 (-inf rows
+exact), no NaN.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import flashattn_c as fa
+from conftest import gpu_unavailable_reason
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(gpu_unavailable_reason() is not None,
+                       reason=str(gpu_unavailable_reason())),
+]
+
+FAMILIES = ["sm80", "sm90"]
+DTYPES = ["float16", "bfloat16"]
+LSE_ATOL = 1e-3
+
+
+def require_family(family):
+    import torch
+
+    cc = torch.cuda.get_device_capability()
+    if not fa.build_info()["families"].get(family):
+        pytest.skip(f"family {family} is not in this build")
+    if family == "sm90" and cc != (9, 0):
+        pytest.skip(f"family sm90 needs an sm_90 GPU, this one is sm_{cc[0]}{cc[1]}")
+    if cc[0] < 8:
+        pytest.skip("needs sm_80 or newer")
+
+
+def tdtype(name):
+    import torch
+
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def make_inputs(batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype, q_scale=1.0,
+                kv_scale=1.0, sdpa_layout=False):
+    """q, k, v on the GPU; sdpa_layout stores (B, H, S, D) and returns the transposed views."""
+    import torch
+
+    dt = tdtype(dtype)
+
+    def rand(b, s, h, scale):
+        if sdpa_layout:
+            x = torch.randn(b, h, s, head_dim, device="cuda", dtype=torch.float32) * scale
+            return x.to(dt).transpose(1, 2)
+        return (torch.randn(b, s, h, head_dim, device="cuda", dtype=torch.float32) * scale).to(dt)
+
+    return (rand(batch, seqlen_q, heads_q, q_scale), rand(batch, seqlen_k, heads_kv, kv_scale),
+            rand(batch, seqlen_k, heads_kv, kv_scale))
+
+
+def reference(q, k, v, causal, scale, upcast):
+    """Naive attention: upcast=True in float64 (the reference), else at the input precision (the
+    peer: scores in the input dtype, softmax in float32, probabilities rounded to the input dtype)."""
+    import torch
+
+    Sq, Hq, Sk, Hk = q.shape[1], q.shape[2], k.shape[1], k.shape[2]
+    if upcast:
+        q, k, v = q.double(), k.double(), v.double()
+    k = k.repeat_interleave(Hq // Hk, dim=2)
+    v = v.repeat_interleave(Hq // Hk, dim=2)
+    scores = torch.einsum("bihd,bjhd->bhij", q * scale if not upcast else q, k)
+    if upcast:
+        scores = scores * scale
+    i = torch.arange(Sq, device=q.device)[:, None]
+    j = torch.arange(Sk, device=q.device)[None, :]
+    visible = (j <= i + Sk - Sq) if causal else torch.ones(Sq, Sk, dtype=torch.bool, device=q.device)
+    scores = scores.masked_fill(~visible, float("-inf"))
+    work = scores if upcast else scores.float()
+    lse = torch.logsumexp(work, dim=-1) if Sk else torch.full(work.shape[:-1], float("-inf"),
+                                                               device=q.device, dtype=work.dtype)
+    empty = torch.isneginf(lse)[..., None]
+    probs = torch.where(empty, torch.zeros_like(work), torch.exp(work - lse[..., None]))
+    if not upcast:
+        probs = probs.to(v.dtype)
+    out = torch.einsum("bhij,bjhd->bihd", probs, v)
+    return out, lse
+
+
+def run_and_check(family, q, k, v, causal, softmax_scale=None):
+    import torch
+
+    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+    out = torch.full(q.shape, float("nan"), dtype=q.dtype, device="cuda")
+    got, lse = fa.attention(q, k, v, causal=causal, softmax_scale=softmax_scale, return_lse=True,
+                            out=out, kernel=family)
+    assert got is out
+    torch.cuda.synchronize()
+    launch = fa.last_launch()
+    if q.numel():
+        assert launch["family"] == family and launch["block"] == (384, 1, 1)
+    assert isinstance(lse, torch.Tensor) and lse.dtype == torch.float32
+    assert lse.shape == (q.shape[0], q.shape[2], q.shape[1])
+    assert not torch.isnan(out).any(), "output has NaN (unwritten or computed)"
+
+    ref, ref_lse = reference(q, k, v, causal, scale, upcast=True)
+    peer, _ = reference(q, k, v, causal, scale, upcast=False)
+    ref32 = ref.float()
+    noise = ((ref32 + 0.3 - 0.3) - ref32).abs().max().item() if ref.numel() else 0.0
+    tol = 2 * (peer.double() - ref).abs().max().item() + 2 * noise if ref.numel() else 0.0
+    err = (out.double() - ref).abs().max().item() if ref.numel() else 0.0
+    assert err <= tol, f"max |ours - ref| {err:.3e} > tolerance {tol:.3e} ({launch['kernel']})"
+
+    ref_inf = torch.isneginf(ref_lse)
+    assert torch.equal(torch.isneginf(lse), ref_inf), "lse is -inf on different rows"
+    assert not torch.isnan(lse).any()
+    if (~ref_inf).any():
+        lse_err = (lse.double()[~ref_inf] - ref_lse[~ref_inf]).abs().max().item()
+        assert lse_err <= LSE_ATOL, f"max |lse - ref| {lse_err:.3e}"
+    return out, lse
+
+
+SEQLENS = [1, 17, 113, 127, 129, 239, 1023, 1025, 4224]
+PAIRS = [(113, 203), (239, 1), (1, 239), (799, 3), (1024, 1023)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("seqlen", SEQLENS)
+def test_square_seqlens(family, dtype, causal, head_dim, seqlen):
+    require_family(family)
+    batch = 1 if seqlen > 2048 else 2
+    run_and_check(family, *make_inputs(batch, seqlen, seqlen, 2, 2, head_dim, dtype), causal)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("pair", PAIRS, ids=lambda p: f"{p[0]}x{p[1]}")
+def test_seqlen_q_differs_from_seqlen_k(family, dtype, causal, head_dim, pair):
+    require_family(family)
+    run_and_check(family, *make_inputs(2, pair[0], pair[1], 2, 2, head_dim, dtype), causal)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("heads", [(6, 2), (8, 1)], ids=["gqa6:2", "mqa8:1"])
+def test_batch9_gqa(family, dtype, causal, heads):
+    require_family(family)
+    run_and_check(family, *make_inputs(9, 257, 300, heads[0], heads[1], 128, dtype), causal)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_sdpa_layout_strided_views(family, dtype, causal, head_dim):
+    require_family(family)
+    q, k, v = make_inputs(2, 333, 333, 4, 2, head_dim, dtype, sdpa_layout=True)
+    assert not q.is_contiguous() and q.stride(-1) == 1
+    run_and_check(family, q, k, v, causal)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_large_magnitude_inputs(family, dtype, causal):
+    require_family(family)
+    run_and_check(family, *make_inputs(2, 511, 511, 4, 4, 128, dtype, q_scale=5.0, kv_scale=3.0),
+                  causal)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("head_dim", [8, 40, 72, 200])
+def test_padded_head_dims(family, head_dim):
+    require_family(family)
+    run_and_check(family, *make_inputs(2, 150, 170, 2, 1, head_dim, "bfloat16"), True)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_empty_keys_and_fully_masked_rows(family):
+    import torch
+
+    require_family(family)
+    q, k, v = make_inputs(1, 9, 0, 2, 2, 64, "float16")
+    out, lse = run_and_check(family, q, k, v, False)
+    assert torch.all(out == 0) and torch.all(torch.isneginf(lse))
+    q, k, v = make_inputs(1, 300, 100, 2, 2, 64, "float16")
+    out, lse = run_and_check(family, q, k, v, True)
+    assert torch.all(out[:, :200] == 0) and torch.all(torch.isneginf(lse[:, :, :200]))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_deterministic_bitwise(family):
+    import torch
+
+    require_family(family)
+    q, k, v = make_inputs(3, 1000, 1000, 8, 2, 128, "bfloat16")
+    o1, l1 = fa.attention(q, k, v, causal=True, return_lse=True, kernel=family)
+    o2, l2 = fa.attention(q, k, v, causal=True, return_lse=True, kernel=family)
+    assert torch.equal(o1, o2) and torch.equal(l1, l2)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_non_default_stream(family):
+    import torch
+
+    require_family(family)
+    q, k, v = make_inputs(2, 700, 700, 4, 4, 64, "float16")
+    expected = fa.attention(q, k, v, kernel=family)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        got = fa.attention(q, k, v, kernel=family)
+        assert fa.last_launch()["stream"] == stream.cuda_stream
+    explicit = fa.attention(q, k, v, kernel=family, stream=stream)
+    stream.synchronize()
+    assert torch.equal(got, expected) and torch.equal(explicit, expected)
+
+
+def test_numpy_host_inputs_run_on_the_gpu(rng):
+    q = rng.standard_normal((2, 65, 4, 64)).astype(np.float16)
+    k = rng.standard_normal((2, 80, 2, 64)).astype(np.float16)
+    v = rng.standard_normal((2, 80, 2, 64)).astype(np.float16)
+    out = fa.attention(q, k, v, causal=True)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float16
+    assert fa.last_launch()["block"] == (384, 1, 1)
+    host = fa.attention(q, k, v, causal=True, device="cpu")
+    assert np.max(np.abs(out.astype(np.float32) - host.astype(np.float32))) < 5e-3
+
+
+def test_cupy_inputs_give_cupy_outputs():
+    cp = pytest.importorskip("cupy")
+    q = cp.random.standard_normal((1, 100, 2, 64)).astype(cp.float16)
+    out = fa.attention(q, q, q)
+    assert isinstance(out, cp.ndarray) and out.shape == q.shape
+    host = fa.attention(cp.asnumpy(q), cp.asnumpy(q), cp.asnumpy(q), device="cpu")
+    assert np.max(np.abs(cp.asnumpy(out).astype(np.float32) - host.astype(np.float32))) < 5e-3
+
+
+def test_auto_dispatch_uses_the_hopper_kernel_on_sm90():
+    import torch
+
+    q, k, v = make_inputs(1, 128, 128, 2, 2, 128, "bfloat16")
+    fa.attention(q, k, v)
+    expected = "sm90" if (torch.cuda.get_device_capability() == (9, 0)
+                          and fa.build_info()["families"].get("sm90")) else "sm80"
+    assert fa.last_launch()["family"] == expected
+
+
+def test_launch_log_line_names_kernel_and_block():
+    code = (
+        "import torch, flashattn_c as fa\n"
+        "q = torch.randn(1, 256, 2, 128, device='cuda', dtype=torch.bfloat16)\n"
+        "fa.attention(q, q, q, causal=True)\n"
+        "torch.cuda.synchronize()\n"
+    )
+    env = dict(os.environ, FLASHATTN_C_LOG_LAUNCH="1")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("[flashattn_c] fwd_")]
+    assert len(lines) == 1, proc.stderr
+    assert "block=(384,1,1)" in lines[0] and "_hd128_bf16_causal" in lines[0]
