@@ -3,7 +3,9 @@
 #   build in place, C self-test, smoke test, GPU tests, a benchmark, SASS evidence.
 # Logs (and the benchmark's CSV/PNG) go to $OUT (default /tmp/flashattn_c_out); the last lines
 # printed are a summary. Steps can be picked: tools/gpu_check.sh build selftest smoke tests bench sass
-# Environment: BENCH_ARGS (extra bench_attention.py flags), PYTEST_ARGS (extra pytest flags).
+# Environment: BENCH_ARGS (bench_attention.py flags), PYTEST_ARGS (extra pytest flags),
+# SELFTEST_ARGS; every step runs under a timeout (a hung kernel must not eat the whole call):
+# SELFTEST_TIMEOUT (per family), SMOKE_TIMEOUT, TESTS_TIMEOUT, BENCH_TIMEOUT, in seconds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/flashattn_c_out}
@@ -32,14 +34,18 @@ fi
 
 if want selftest; then
     s=$SECONDS
-    { tools/build_selftest.sh && tools/fa_selftest ${SELFTEST_ARGS:-}; } >"$OUT/selftest.log" 2>&1
-    rc=$?
-    note "selftest rc=$rc in $((SECONDS - s)) s: $(tail -1 "$OUT/selftest.log")"
+    tools/build_selftest.sh >"$OUT/selftest.log" 2>&1
+    for fam in sm80 sm90; do
+        timeout "${SELFTEST_TIMEOUT:-150}" tools/fa_selftest --family $fam ${SELFTEST_ARGS:-} \
+            >>"$OUT/selftest.log" 2>&1
+        rc=$?
+        note "selftest $fam rc=$rc in $((SECONDS - s)) s: $(tail -1 "$OUT/selftest.log")"
+    done
 fi
 
 if want smoke; then
     s=$SECONDS
-    $PY smoke_test.py >"$OUT/smoke.log" 2>&1
+    timeout "${SMOKE_TIMEOUT:-120}" $PY smoke_test.py >"$OUT/smoke.log" 2>&1
     rc=$?
     note "smoke rc=$rc in $((SECONDS - s)) s"
     cat "$OUT/smoke.log"
@@ -47,15 +53,16 @@ fi
 
 if want tests; then
     s=$SECONDS
-    $PY -m pytest -q -p no:cacheprovider -rs ${PYTEST_ARGS:-} tests >"$OUT/pytest.log" 2>&1
+    timeout "${TESTS_TIMEOUT:-400}" $PY -m pytest -q -p no:cacheprovider -rfEs ${PYTEST_ARGS:-} tests \
+        >"$OUT/pytest.log" 2>&1
     rc=$?
     note "pytest rc=$rc in $((SECONDS - s)) s: $(grep -E '(passed|failed|error)' "$OUT/pytest.log" | tail -1)"
 fi
 
 if want bench; then
     s=$SECONDS
-    $PY benches/bench_attention.py --save-csv --output-dir "$OUT" ${BENCH_ARGS:---suite fa --plot} \
-        >"$OUT/bench.log" 2>&1
+    timeout "${BENCH_TIMEOUT:-420}" $PY benches/bench_attention.py --save-csv --output-dir "$OUT" \
+        ${BENCH_ARGS:---suite fa --plot} >"$OUT/bench.log" 2>&1
     rc=$?
     note "bench rc=$rc in $((SECONDS - s)) s"
 fi
