@@ -3,8 +3,11 @@
 # `python setup.py build_ext --inplace` compiled into build/: no second nvcc pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tmp=$(ls -d build/temp.*/ 2>/dev/null | head -1)
-[ -n "$tmp" ] || { echo "build/temp.* not found: run python setup.py build_ext --inplace first" >&2; exit 2; }
+tmp=""
+for d in build/obj/ build/temp.*/; do
+    [ -f "${d}csrc/launch.o" ] && { tmp=$d; break; }
+done
+[ -n "$tmp" ] || { echo "no build objects: run python setup.py build_ext --inplace --build-temp build/obj first" >&2; exit 2; }
 cuda=${CUDA_HOME:-$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")}
 lib=$cuda/lib64; [ -f "$lib/libcudart_static.a" ] || lib=$cuda/lib
 gcc -O2 -std=c11 -Wall -Icsrc -I"$cuda/include" tools/fa_selftest.c \
