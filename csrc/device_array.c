@@ -13,6 +13,10 @@
  * (their manager_ctx holds a strong reference). A stream given as an object is kept alive by
  * the array; a raw integer stream handle must outlive it, as with CuPy's external streams.
  *
+ * FLASHATTN_C_EXACT_ALLOC=1 swaps the stream-ordered pool for cudaMalloc / cudaFree of exactly
+ * nbytes, so compute-sanitizer's memcheck sees the true bounds of every output (device_array.h);
+ * a.allocator says which of the two an array uses.
+ *
  * Part of the flashattn_c._C extension (built by setup.py with the other C sources in csrc/).
  */
 #define PY_SSIZE_T_CLEAN
@@ -23,6 +27,7 @@
 #define NO_IMPORT_ARRAY
 #include <numpy/arrayobject.h>
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,6 +116,46 @@ static void device_guard_exit(device_guard *g)
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Allocation modes (FLASHATTN_C_EXACT_ALLOC, see device_array.h)                              */
+
+int fa_exact_alloc_requested(void)
+{
+    const char *value = getenv(FA_EXACT_ALLOC_ENV);
+    if (!value)
+        return 0;
+    static const char *const yes[] = {"1", "true", "yes", "on"};
+    for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++) {
+        const char *a = value, *b = yes[i];
+        while (*a && *b && tolower((unsigned char)*a) == *b) {
+            a++;
+            b++;
+        }
+        if (!*a && !*b)
+            return 1;
+    }
+    return 0;
+}
+
+cudaError_t fa_device_buffer_alloc(void **ptr, size_t nbytes, cudaStream_t stream, int exact)
+{
+    *ptr = NULL;
+    if (nbytes == 0)
+        return cudaSuccess;
+    cudaError_t err = exact ? cudaMalloc(ptr, nbytes) : cudaMallocAsync(ptr, nbytes, stream);
+    if (err != cudaSuccess)
+        *ptr = NULL;
+    return err;
+}
+
+cudaError_t fa_device_buffer_free(void *ptr, cudaStream_t stream, int exact)
+{
+    if (!ptr)
+        return cudaSuccess;
+    /* cudaFree waits for the device to finish the work that may still use ptr. */
+    return exact ? cudaFree(ptr) : cudaFreeAsync(ptr, stream);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Construction and destruction                                                                */
 
 fa_device_array *fa_device_array_new(PyTypeObject *type, int ndim, const int64_t *shape,
@@ -147,14 +192,13 @@ fa_device_array *fa_device_array_new(PyTypeObject *type, int ndim, const int64_t
     a->device = device;
     a->stream = stream;
     a->stream_owner = (stream_owner && stream_owner != Py_None) ? Py_NewRef(stream_owner) : NULL;
+    a->exact_alloc = fa_exact_alloc_requested();
     return a;
 }
 
 cudaError_t fa_device_array_allocate(fa_device_array *a)
 {
-    if (a->nbytes == 0)
-        return cudaSuccess;
-    return cudaMallocAsync(&a->ptr, a->nbytes, (cudaStream_t)a->stream);
+    return fa_device_buffer_alloc(&a->ptr, a->nbytes, (cudaStream_t)a->stream, a->exact_alloc);
 }
 
 static void da_dealloc(fa_device_array *self)
@@ -165,7 +209,7 @@ static void da_dealloc(fa_device_array *self)
          * from a destructor; at interpreter exit the runtime may already be unloading. */
         device_guard g;
         if (device_guard_enter(&g, self->device) == cudaSuccess)
-            (void)cudaFreeAsync(self->ptr, (cudaStream_t)self->stream);
+            (void)fa_device_buffer_free(self->ptr, (cudaStream_t)self->stream, self->exact_alloc);
         device_guard_exit(&g);
         (void)cudaGetLastError();
         self->ptr = NULL;
@@ -265,6 +309,12 @@ static PyObject *da_get_stream(fa_device_array *self, void *c)
 {
     (void)c;
     return PyLong_FromUnsignedLongLong((unsigned long long)self->stream);
+}
+
+static PyObject *da_get_allocator(fa_device_array *self, void *c)
+{
+    (void)c;
+    return PyUnicode_FromString(self->exact_alloc ? "cudaMalloc" : "cudaMallocAsync");
 }
 
 static PyObject *da_get_cai(fa_device_array *self, void *c)
@@ -655,6 +705,9 @@ static PyGetSetDef da_getset[] = {
     {"ndim", (getter)da_get_ndim, NULL, "Number of dimensions.", NULL},
     {"stream", (getter)da_get_stream, NULL,
      "Handle of the stream the memory is ordered on (0 = legacy default stream).", NULL},
+    {"allocator", (getter)da_get_allocator, NULL,
+     "'cudaMallocAsync' (the stream-ordered pool, the default) or 'cudaMalloc' (exact-size\n"
+     "allocations, chosen with FLASHATTN_C_EXACT_ALLOC=1 when the array was made).", NULL},
     {"__cuda_array_interface__", (getter)da_get_cai, NULL,
      "CUDA array interface v3 (float16 / float32 only: bfloat16 has no type string).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -669,7 +722,8 @@ static PyType_Slot da_slots[] = {
      (void *)"Owning device buffer returned by flashattn_c.attention for device inputs of no\n"
              "known framework (torch and CuPy inputs get their own type back through it).\n\n"
              "Allocated with cudaMallocAsync on the launch stream and freed with cudaFreeAsync\n"
-             "on the same stream once neither the array nor any DLPack export of it is alive.\n"
+             "on the same stream once neither the array nor any DLPack export of it is alive\n"
+             "(cudaMalloc / cudaFree of exactly nbytes under FLASHATTN_C_EXACT_ALLOC=1).\n"
              "A stream passed as an object is kept alive by the array; a raw integer handle\n"
              "must outlive it. Not constructible from Python."},
     {0, NULL},

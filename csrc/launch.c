@@ -92,6 +92,9 @@ static const char *dtype_name(fa_dtype d)
     return "unknown";
 }
 
+/* Largest sequence length the GPU kernels take: 2^31 minus room for rounding up to a block. */
+#define FA_MAX_SEQLEN (INT32_MAX - 65536)
+
 static const char *dtype_short(fa_dtype d) { return d == FA_BFLOAT16 ? "bf16" : "fp16"; }
 
 /* 16-byte vector loads and TMA boxes need aligned bases and strides of whole 16-byte units.
@@ -133,6 +136,11 @@ fa_status fa_check_params(const fa_params *p, int gpu)
                        "variable-length batches (cu_seqlens_q/cu_seqlens_k) are not supported yet");
     if (p->dtype != FA_FLOAT16 && p->dtype != FA_BFLOAT16 && p->dtype != FA_FLOAT32)
         return fa_fail(FA_ERR_UNSUPPORTED, "unsupported dtype code %d", (int)p->dtype);
+    /* Kernels round row counts up to whole blocks in 32-bit ints: keep headroom for that. */
+    if (gpu && (p->seqlen_q > FA_MAX_SEQLEN || p->seqlen_k > FA_MAX_SEQLEN))
+        return fa_fail(FA_ERR_UNSUPPORTED,
+                       "seqlen_q (%d) and seqlen_k (%d) must be at most %d for the GPU kernels",
+                       p->seqlen_q, p->seqlen_k, FA_MAX_SEQLEN);
     if (gpu && p->dtype == FA_FLOAT32)
         return fa_fail(FA_ERR_UNSUPPORTED,
                        "float32 runs only on the host reference path; the GPU kernels take "
@@ -429,6 +437,11 @@ fa_status fa_launch_config(const fa_params *p, const fa_device *dev, fa_launch *
     int64_t batch = p->batch > 0 ? p->batch : 1;
     if (t.persistent) {
         int64_t tiles = m_blocks * heads * batch;
+        /* The persistent scheduler numbers tiles with 32-bit ints. */
+        if (tiles > INT32_MAX)
+            return fa_fail(FA_ERR_LAUNCH_CONFIG,
+                           "%s: %lld tiles (query blocks x heads_q x batch) exceed the scheduler's "
+                           "limit of %d", cfg->kernel, (long long)tiles, INT32_MAX);
         cfg->grid[0] = (unsigned)(tiles < dev->sm_count ? tiles : dev->sm_count);
         cfg->grid[1] = 1;
         cfg->grid[2] = 1;

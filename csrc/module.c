@@ -438,6 +438,7 @@ typedef struct {
     int return_lse;
     uintptr_t stream;
     int device_index; /* device= asked for, -1 when not */
+    int exact_alloc;  /* FLASHATTN_C_EXACT_ALLOC, read with the GIL held */
     /* device path: results */
     fa_device_array *out_da, *lse_da;
     /* host paths: destinations owned by new NumPy arrays */
@@ -469,12 +470,14 @@ static void run_device_inputs(job *j)
     if (j->err.kind)
         return;
 
-    /* __cuda_array_interface__ does not say where the memory is: ask the driver. */
+    /* Ask the driver where each pointer lives: __cuda_array_interface__ does not say, and a
+     * DLPack producer's claim of kDLCUDA is checked rather than trusted (a host address handed
+     * to the kernel would fault, or silently read host memory). */
     for (int i = 0; i < 4; i++) {
         fa_tensor *t = j->views[i];
         if (!t)
             continue;
-        if (t->device_id < 0 && t->data) {
+        if (t->data) {
             struct cudaPointerAttributes attr;
             cudaError_t err = cudaPointerGetAttributes(&attr, t->data);
             if (err != cudaSuccess) {
@@ -483,9 +486,14 @@ static void run_device_inputs(job *j)
             }
             if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged) {
                 fail(&j->err, ERR_VALUE,
-                     "%s.__cuda_array_interface__ points to memory that is not on a GPU "
-                     "(cudaMemoryType %d)",
+                     "%s points to memory that is not on a GPU (cudaMemoryType %d), though its "
+                     "producer says it is",
                      t->name, (int)attr.type);
+                return;
+            }
+            if (t->device_id >= 0 && t->device_id != attr.device) {
+                fail(&j->err, ERR_VALUE, "%s claims cuda:%d but its memory is on cuda:%d",
+                     t->name, t->device_id, attr.device);
                 return;
             }
             t->device_id = attr.device;
@@ -564,15 +572,16 @@ static void run_host_on_gpu(job *j)
     }
 
     /* Allocations first: nothing is copied to a GPU that cannot hold the whole problem. */
-    CUDA_OR_FAIL(&j->err, cudaMallocAsync(&d_q, q_bytes, stream));
-    if (kv_bytes && !j->err.kind)
-        CUDA_OR_FAIL(&j->err, cudaMallocAsync(&d_k, kv_bytes, stream));
-    if (kv_bytes && !j->err.kind)
-        CUDA_OR_FAIL(&j->err, cudaMallocAsync(&d_v, kv_bytes, stream));
+    const int exact = j->exact_alloc;
+    CUDA_OR_FAIL(&j->err, fa_device_buffer_alloc(&d_q, q_bytes, stream, exact));
     if (!j->err.kind)
-        CUDA_OR_FAIL(&j->err, cudaMallocAsync(&d_out, q_bytes, stream));
-    if (lse_bytes && !j->err.kind)
-        CUDA_OR_FAIL(&j->err, cudaMallocAsync(&d_lse, lse_bytes, stream));
+        CUDA_OR_FAIL(&j->err, fa_device_buffer_alloc(&d_k, kv_bytes, stream, exact));
+    if (!j->err.kind)
+        CUDA_OR_FAIL(&j->err, fa_device_buffer_alloc(&d_v, kv_bytes, stream, exact));
+    if (!j->err.kind)
+        CUDA_OR_FAIL(&j->err, fa_device_buffer_alloc(&d_out, q_bytes, stream, exact));
+    if (!j->err.kind)
+        CUDA_OR_FAIL(&j->err, fa_device_buffer_alloc(&d_lse, lse_bytes, stream, exact));
 
     fa_tensor *inputs[3] = {q, k, v};
     void *device_bufs[3] = {d_q, d_k, d_v};
@@ -627,8 +636,7 @@ static void run_host_on_gpu(job *j)
 
     void *device_all[5] = {d_q, d_k, d_v, d_out, d_lse};
     for (int i = 0; i < 5; i++)
-        if (device_all[i])
-            (void)cudaFreeAsync(device_all[i], stream);
+        (void)fa_device_buffer_free(device_all[i], stream, exact);
     if (j->err.kind)
         (void)cudaStreamSynchronize(stream); /* the host buffers must outlive queued copies */
     for (int i = 0; i < 4; i++)
@@ -840,6 +848,7 @@ static PyObject *py_forward(PyObject *module, PyObject *args, PyObject *kwargs)
     j.return_lse = return_lse;
     j.stream = stream;
     j.device_index = device_index;
+    j.exact_alloc = fa_exact_alloc_requested();
 
     if (on_device) {
         /* The inputs' device is settled in run_device_inputs when only the driver knows it. */

@@ -257,6 +257,11 @@ static int fill_from_dltensor(fa_tensor *t, const DLTensor *dl)
         PyErr_Format(PyExc_ValueError, "%s: DLPack tensor has ndim %d", t->name, (int)dl->ndim);
         return -1;
     }
+    if (dl->ndim > 0 && !dl->shape) {
+        PyErr_Format(PyExc_ValueError, "%s: DLPack tensor has ndim %d but no shape", t->name,
+                     (int)dl->ndim);
+        return -1;
+    }
     t->ndim = dl->ndim;
     if (t->ndim <= FA_TENSOR_MAX_DIMS) {
         for (int d = 0; d < t->ndim; d++)
@@ -492,9 +497,19 @@ static int import_cai(PyObject *obj, PyObject *cai, fa_tensor *t)
     PyObject *strides = PyDict_GetItemString(cai, "strides"); /* borrowed, may be absent */
     PyObject *mask = PyDict_GetItemString(cai, "mask");       /* borrowed, may be absent */
     PyObject *stream = PyDict_GetItemString(cai, "stream");   /* borrowed, may be absent */
+    PyObject *version = PyDict_GetItemString(cai, "version"); /* borrowed */
     if (!shape || !typestr || !data) {
         PyErr_Format(PyExc_TypeError,
                      "%s.__cuda_array_interface__ must have 'shape', 'typestr' and 'data'", name);
+        return -1;
+    }
+    /* v2 and v3 are what this reader knows ('stream' is v3); anything else is not guessed at. */
+    long version_number = version && PyLong_CheckExact(version) ? PyLong_AsLong(version) : -1;
+    if (version_number != 2 && version_number != 3) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError,
+                     "%s.__cuda_array_interface__['version'] must be 2 or 3, got %.50R", name,
+                     version ? version : Py_None);
         return -1;
     }
     if (!PyTuple_Check(shape)) {

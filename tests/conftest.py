@@ -35,3 +35,30 @@ def torch_cuda():
     import torch
 
     return torch
+
+
+# ================================================================================================
+# Reliability tests (tests/test_reliability_*.py): measured numbers worth keeping.
+# A test calls record_number("leaks/gpu", "device memory growth", 0, "bytes over 10000 calls");
+# at the end of the session every recorded line is printed (seen with -s) and, when $OUT is set,
+# appended to $OUT/reliability_numbers.txt.
+# ================================================================================================
+
+
+@pytest.fixture(scope="session")
+def record_number():
+    lines = []
+
+    def record(test, what, value, unit=""):
+        lines.append(f"{test}: {what} = {value} {unit}".rstrip())
+
+    yield record
+    if not lines:
+        return
+    text = "\n".join(["[flashattn_c reliability numbers]"] + lines) + "\n"
+    sys.stdout.write("\n" + text)
+    out_dir = os.environ.get("OUT")
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "reliability_numbers.txt"), "a") as f:
+            f.write(text)

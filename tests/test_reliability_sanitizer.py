@@ -1,0 +1,106 @@
+"""The small-shape GPU subset run under compute-sanitizer (marker `sanitizer`; tools/sanitize.sh
+runs it under memcheck, racecheck, synccheck and initcheck).
+
+Both kernel families, float16 and bfloat16, causal and not, ragged seqlens (1, 17, 129, 239),
+GQA and MQA, padded head_dims (8, 40, 72), head_dim 256, seqlen_k 0, an SDPA-layout (strided)
+input, outputs both as fresh DeviceArrays and through out=. The inputs are made on the host and
+copied in, and the check runs on the host (NumPy float64 reference, FA3 rule): the only kernels
+launched are ours, so a sanitizer report points at them. Every buffer is exactly its size when
+run as tools/sanitize.sh does (PYTORCH_NO_CUDA_MEMORY_CACHING=1 for torch, FLASHATTN_C_EXACT_ALLOC=1
+for DeviceArrays), so a read or write past the end is an error memcheck can see; initcheck sees
+an output element the kernel never wrote when it is copied back.
+
+Also an ordinary GPU test (each case takes milliseconds without a sanitizer); skipped with a
+reason where there is no GPU.
+
+    tools/sanitize.sh                                       # all four tools
+    python -m pytest -q -m sanitizer tests                  # the subset, no sanitizer
+"""
+import os
+
+import numpy as np
+import pytest
+
+import flashattn_c as fa
+from flashattn_c import _C
+from conftest import gpu_unavailable_reason
+from test_reliability_support import check_host_result, round_to_bf16
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.sanitizer,
+    pytest.mark.skipif(gpu_unavailable_reason() is not None, reason=str(gpu_unavailable_reason())),
+]
+
+# batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype, causal, layout, output
+CASES = [
+    (2, 17, 17, 2, 2, 64, "float16", False, "compact", "out"),
+    (1, 129, 129, 2, 1, 128, "bfloat16", True, "compact", "alloc"),
+    (1, 239, 1, 2, 2, 64, "float16", True, "compact", "alloc"),      # rows with no key
+    (1, 1, 239, 4, 2, 256, "bfloat16", False, "compact", "out"),
+    (2, 129, 239, 6, 2, 128, "float16", True, "sdpa", "alloc"),      # GQA 6:2, strided q/k/v
+    (1, 17, 129, 2, 2, 40, "bfloat16", False, "compact", "out"),     # head_dim padded to 64
+    (1, 33, 0, 2, 2, 64, "float16", True, "compact", "alloc"),       # seqlen_k 0
+    (1, 1, 1, 1, 1, 8, "bfloat16", True, "compact", "out"),          # head_dim 8
+    (1, 239, 17, 8, 1, 72, "bfloat16", True, "compact", "alloc"),    # MQA 8:1, head_dim 72
+    (1, 200, 300, 2, 2, 256, "float16", False, "compact", "out"),    # several tiles of 256
+]
+
+
+def case_id(c):
+    return (f"b{c[0]}_q{c[1]}_k{c[2]}_h{c[3]}:{c[4]}_d{c[5]}_{c[6][:4]}"
+            f"{'_causal' if c[7] else ''}_{c[8]}_{c[9]}")
+
+
+def exact_values(rng, shape, dtype):
+    x = rng.standard_normal(shape).astype(np.float32)
+    return round_to_bf16(x) if dtype == "bfloat16" else x.astype(np.float16).astype(np.float32)
+
+
+def to_device(torch, values, dtype, layout):
+    """A device tensor holding exactly `values`, made by host conversion and one copy (no kernel
+    launch): the SDPA layout is a (B, H, S, D) buffer seen transposed."""
+    host = torch.from_numpy(values)
+    if layout == "sdpa":
+        host = host.transpose(1, 2).contiguous()
+    device = host.to(getattr(torch, dtype)).cuda()
+    return device.transpose(1, 2) if layout == "sdpa" else device
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("family", ["sm80", "sm90"])
+def test_small_shapes(rng, family, case):
+    import torch
+
+    from test_cuda_attention import require_family
+
+    require_family(family)
+    B, Sq, Sk, Hq, Hkv, D, dtype, causal, layout, output = case
+    q = exact_values(rng, (B, Sq, Hq, D), dtype)
+    k = exact_values(rng, (B, Sk, Hkv, D), dtype)
+    v = exact_values(rng, (B, Sk, Hkv, D), dtype)
+    dq, dk, dv = (to_device(torch, a, dtype, layout) for a in (q, k, v))
+    out = None
+    if output == "out":
+        out = torch.from_numpy(np.full(q.shape, np.nan, np.float32)).to(getattr(torch, dtype))
+        out = out.cuda()
+    kernel = {"sm80": _C.KERNEL_SM80, "sm90": _C.KERNEL_SM90}[family]
+    stream = torch.cuda.current_stream().cuda_stream
+    if output == "alloc":
+        arrays = _C.forward(dq, dk, dv, causal=causal, return_lse=True, stream=stream,
+                            kernel=kernel)
+        exact = os.environ.get("FLASHATTN_C_EXACT_ALLOC") == "1"
+        for array in arrays:
+            assert array.allocator == ("cudaMalloc" if exact else "cudaMallocAsync")
+        got, lse = (torch.from_dlpack(a) for a in arrays)
+    else:
+        got, lse = _C.forward(dq, dk, dv, out, causal=causal, return_lse=True, stream=stream,
+                              kernel=kernel)
+        assert got is out
+        lse = torch.from_dlpack(lse)
+    torch.cuda.synchronize()
+    launch = fa.last_launch()
+    assert launch["family"] == family and launch["block"] == (384, 1, 1)
+    values = got.cpu().float().numpy()
+    lse_host = lse.cpu().numpy()
+    check_host_result(values, lse_host, q, k, v, causal, None, dtype)
