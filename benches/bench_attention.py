@@ -44,6 +44,7 @@ import contextlib
 import datetime
 import functools
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -422,7 +423,7 @@ class Bench:
         # would not be inside them. Handles 0 and 1 both name the legacy default stream.
         ran_stream = (impl.launch or {}).get("stream")
         torch_stream = torch.cuda.current_stream().cuda_stream
-        if ran_stream is not None and ran_stream != torch_stream and not (
+        if isinstance(ran_stream, int) and ran_stream != torch_stream and not (
                 ran_stream in (0, 1) and torch_stream in (0, 1)):
             impl.status = ("failed-launch: ran on stream %#x, torch's current stream is %#x "
                            "(CUDA events would not time it)" % (ran_stream, torch_stream))
@@ -692,13 +693,11 @@ def plot_all(rows, stem_path, gpu_name=""):
             continue
         path = bl.plot_suite(rows, suite, "%s_%s.png" % (stem_path, suite), gpu_name)
         if path is None:
-            try:
-                import matplotlib  # noqa: F401
-                log("[bench] plot %s: no throughput rows with status ok" % suite)
-            except ImportError:
+            if importlib.util.find_spec("matplotlib") is None:
                 log("[bench] --plot: matplotlib is not importable; no plot written "
                     "(pip install matplotlib)")
                 return written
+            log("[bench] plot %s: no throughput rows with status ok" % suite)
         else:
             written.append(path)
     if not written and not any(r.get("suite") in ("fa", "llm") for r in rows):

@@ -707,7 +707,8 @@ def plot_suite(rows, suite, path, gpu_name=""):
         return None
     ncols = min(3, len(panels))
     nrows = int(math.ceil(len(panels) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 4.2 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 4.2 * nrows + 0.9),
+                             squeeze=False)
     width = 0.8 / max(1, len(impls))
     for idx, (title, data) in enumerate(panels):
         ax = axes[idx // ncols][idx % ncols]
@@ -732,10 +733,12 @@ def plot_suite(rows, suite, path, gpu_name=""):
     for idx in range(len(panels), nrows * ncols):
         axes[idx // ncols][idx % ncols].axis("off")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(impls), fontsize=9)
+    top_in = 4.2 * nrows + 0.9                    # figure height in inches
     fig.suptitle("Attention forward, suite %s%s" % (suite, (", " + gpu_name) if gpu_name else ""),
-                 y=0.995, fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+                 y=1 - 0.12 / top_in, va="top", fontsize=11)
+    fig.legend(handles, labels, loc="upper center", ncol=len(impls), fontsize=9,
+               bbox_to_anchor=(0.5, 1 - 0.42 / top_in))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.85 / top_in))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -49,7 +49,7 @@ def test_llm_suite_is_gqa_with_dividing_ratios():
         assert c.Hq % c.Hkv == 0 and c.Hq > c.Hkv
         assert c.Sq == c.Sk
         assert c.B * c.Sq == 16384
-        assert 2048 <= c.Sq <= 16384 or c.Sq == 1024
+        assert 1024 <= c.Sq <= 16384
 
 
 def test_every_suite_has_equal_seqlens_so_causal_conventions_agree():
