@@ -11,7 +11,6 @@ without it.
     NaN in k[b, j, hk, :]          every row of batch b, in the q heads of kv head hk, that sees
                                    key j (all of them without causal; i >= j - (Sk - Sq) with)
     NaN in v[b, j, hk, d]          column d of those rows; lse is unchanged
-On the GPU an affected row's lse comes out -inf instead of NaN (see test_gpu_nan_row_lse_is_nan).
 
 Runs without a GPU (fake producers from tests/test_interop.py, calls that stop before any CUDA
 call); the GPU cases skip with a reason. Calls that may crash the interpreter or poison the CUDA
@@ -593,10 +592,6 @@ def test_gpu_nan_and_inf_reach_only_the_rows_that_read_them(rng, family, dtype, 
 
 
 @needs_torch_gpu
-@pytest.mark.xfail(strict=True, reason=(
-    "the kernels finish a row with lse = l > 0 ? m + log(l) : -inf (fwd_sm80.cu epilogue, "
-    "sm90_softmax.cuh softmax_finalize): a NaN row sum fails l > 0 and reports -inf, the value "
-    "for 'saw no key', where the host reference (cpu_reference.c) gives NaN"))
 @pytest.mark.parametrize("family", ["sm80", "sm90"])
 def test_gpu_nan_row_lse_is_nan(rng, family):
     results = run_gpu_nan_case(rng, family, "bfloat16", "q_nan", False)

@@ -1,7 +1,7 @@
 /*
  * fwd_sm80.cu -- FlashAttention forward for Ampere and newer (sm_80, sm_86, sm_89; also runs
- * on sm_90): mma.sync m16n8k16 tensor cores, ldmatrix, a 2-stage cp.async K/V pipeline,
- * online softmax in base 2, 384 threads = 12 warps per CTA.
+ * on sm_90): mma.sync m16n8k16 tensor cores, ldmatrix, a cp.async K/V ring (mbarriers or
+ * __syncthreads), online softmax in base 2, 384 threads = 12 warps per CTA.
  *
  *   q, out (batch, seqlen_q, heads_q, head_dim), k, v (batch, seqlen_k, heads_kv, head_dim),
  *   any element strides with unit head_dim stride; fp16 or bf16 in, fp32 accumulation;
@@ -15,13 +15,26 @@
  *     -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
  *     -gencode arch=compute_80,code=compute_80 -I csrc csrc/kernels/fwd_sm80.cu -o fwd_sm80.o
  *
- * One CTA computes BLOCK_M query rows of one (batch, head). Each warp owns 16 rows (and, for
- * head_dim 256, one half of the head_dim columns; see sm80_tiles.h). Q goes to registers once
- * (A fragments); K/V blocks of BLOCK_N keys stream through 2 smem stages, one __syncthreads per
- * block; within a block, S = Q K^T, the online softmax and O += P V run per SUB_N keys, with P
- * staying in registers as the A operand. Key blocks are walked from the last visible one down
- * to block 0, so the blocks that need a mask (the causal diagonal and the ragged end of
- * seqlen_k) all come first and every later block runs unmasked.
+ * One CTA computes BLOCK_M query rows of one (batch, head); the tile table (sm80_tiles.h)
+ * gives each warp 16 rows (and, for head_dim 256, one half of the head_dim columns). Q goes to
+ * registers once (A fragments); K/V blocks of BLOCK_N keys stream through a ring of smem
+ * stages; within a block, S = Q K^T, the online softmax and O += P V run per SUB_N keys, with
+ * P staying in registers as the A operand. Key blocks are walked from the last visible one
+ * down to block 0, so the blocks that need a mask (the causal diagonal and the ragged end of
+ * seqlen_k) all come first and every later block runs unmasked; in those masked blocks a warp
+ * skips the sub-blocks none of its rows sees, and a warp whose rows all lie past seqlen_q
+ * computes nothing.
+ *
+ * K/V pipelines (chosen per head_dim in sm80_tiles.h):
+ *   mbarrier ring (MBAR 1): block i (in visiting order) is copied by warpgroup i % 3 alone; a
+ *     full mbarrier per stage completes when those copies land (cp.async.mbarrier.arrive), an
+ *     empty one when all 12 warps have read the stage. There is no block-wide barrier in the
+ *     main loop, so warps drift apart and one warp's softmax overlaps another's mmas.
+ *   __syncthreads ring (MBAR 0): every thread copies, one barrier per block; the S exchange
+ *     of head_dim 256 (D_SPLIT 2) relies on that barrier.
+ * The template also covers 32 query rows per warp (ROW_TILES 2) and warps splitting each key
+ * block with a merge in the epilogue (KEY_SPLIT > 1); the table does not use them: they
+ * measured slower (sm80_tiles.h).
  */
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
@@ -43,58 +56,80 @@ namespace fa_sm80 {
 
 constexpr int kThreads = FA_THREADS_PER_BLOCK;
 constexpr int kWarps = FA_NUM_WARPS_PER_BLOCK;
-constexpr int kRowsPerWarp = FA_SM80_ROWS_PER_WARP;
 static_assert(kWarps * FA_WARP_SIZE == kThreads, "12 warps of 32 threads");
 static_assert(kThreads == 384 && kWarps == 12, "the sm80 layout is written for 384 threads");
 
 template <int HDP> struct TileOf;
-template <> struct TileOf<64> {
-    static constexpr int block_n = FA_SM80_HD64_BLOCK_N, sub_n = FA_SM80_HD64_SUB_N,
-                         d_split = FA_SM80_HD64_D_SPLIT;
-};
-template <> struct TileOf<128> {
-    static constexpr int block_n = FA_SM80_HD128_BLOCK_N, sub_n = FA_SM80_HD128_SUB_N,
-                         d_split = FA_SM80_HD128_D_SPLIT;
-};
-template <> struct TileOf<256> {
-    static constexpr int block_n = FA_SM80_HD256_BLOCK_N, sub_n = FA_SM80_HD256_SUB_N,
-                         d_split = FA_SM80_HD256_D_SPLIT;
-};
+#define FA_SM80_TILE_OF(HD)                                                                    \
+    template <> struct TileOf<HD> {                                                            \
+        static constexpr int block_n = FA_SM80_HD##HD##_BLOCK_N, sub_n = FA_SM80_HD##HD##_SUB_N, \
+                             row_tiles = FA_SM80_HD##HD##_ROW_TILES,                           \
+                             key_split = FA_SM80_HD##HD##_KEY_SPLIT,                           \
+                             d_split = FA_SM80_HD##HD##_D_SPLIT,                               \
+                             stages = FA_SM80_HD##HD##_STAGES,                                 \
+                             qk_ahead = FA_SM80_HD##HD##_QK_AHEAD,                             \
+                             mbar = FA_SM80_HD##HD##_MBAR;                                     \
+    };
+FA_SM80_TILE_OF(64)
+FA_SM80_TILE_OF(128)
+FA_SM80_TILE_OF(256)
+#undef FA_SM80_TILE_OF
 
 template <int HDP>
 struct Config {
+    using T = TileOf<HDP>;
     static constexpr int kHeadDim = HDP;
-    static constexpr int kBlockN = TileOf<HDP>::block_n;
-    static constexpr int kSubN = TileOf<HDP>::sub_n;
-    static constexpr int kSubs = kBlockN / kSubN;
-    static constexpr int kDSplit = TileOf<HDP>::d_split;
-    static constexpr int kBlockM = FA_SM80_BLOCK_M(kDSplit);
-    static constexpr int kRowGroups = kWarps / kDSplit;
+    static constexpr int kMT = T::row_tiles;       /* m16 tiles of query rows per warp */
+    static constexpr int kKS = T::key_split;       /* warps splitting each key block */
+    static constexpr int kDS = T::d_split;         /* warps splitting head_dim */
+    static constexpr int kStages = T::stages;
+    static constexpr int kBlockN = T::block_n;
+    static constexpr int kSubN = T::sub_n;
+    static constexpr int kPartN = kBlockN / kKS;   /* keys of a block one warp covers */
+    static constexpr int kSubs = kPartN / kSubN;
+    static constexpr int kWarpRows = 16 * kMT;
+    static constexpr int kBlockM = FA_SM80_BLOCK_M(kMT, kKS, kDS);
+    static constexpr int kRowGroups = kWarps / (kKS * kDS);
     /* head_dim columns a warp reduces over in Q K^T and owns in O */
-    static constexpr int kWarpDim = HDP / kDSplit;
+    static constexpr int kWarpDim = HDP / kDS;
     static constexpr int kRowBytes = FA_SM80_ROW_BYTES(HDP);
     static constexpr int kKVBytes = FA_SM80_KV_BYTES(HDP, kBlockN);
     static constexpr int kStageBytes = FA_SM80_STAGE_BYTES(HDP, kBlockN);
-    static constexpr int kQOffset = FA_SM80_Q_OFFSET(HDP, kBlockN);
-    static constexpr int kXchgOffset = FA_SM80_XCHG_OFFSET(HDP, kBlockN);
-    static constexpr int kSmemBytes = FA_SM80_SMEM_BYTES(HDP, kBlockN, kDSplit);
-    /* 16-byte chunks per smem row; a pass of 384 threads covers kRowsPerPass whole rows */
+    static constexpr int kQOffset = FA_SM80_Q_OFFSET(HDP, kBlockN, kStages);
+    static constexpr int kXchgOffset = FA_SM80_XCHG_OFFSET(HDP, kBlockN, kStages);
+    static constexpr int kMergeOOffset = FA_SM80_MERGE_O_OFFSET(HDP, kBlockM);
+    static constexpr int kMergeMLOffset = FA_SM80_MERGE_ML_OFFSET(HDP, kBlockM, kKS);
+    static constexpr int kSmemBytes = FA_SM80_SMEM_BYTES(HDP, kBlockN, kMT, kKS, kDS, kStages);
+    /* 16-byte chunks per smem row; a pass of all 384 threads covers kRowsPerPass whole rows */
     static constexpr int kChunksPerRow = HDP / 8;
     static constexpr int kRowsPerPass = kThreads / kChunksPerRow;
-    static constexpr int kSTiles = kSubN / 8;     /* n8 tiles of S per warp and sub-block */
-    static constexpr int kOTiles = kWarpDim / 8;  /* n8 tiles of O per warp */
+    static constexpr int kSTiles = kSubN / 8;     /* n8 tiles of S per m16 tile and sub-block */
+    static constexpr int kOTiles = kWarpDim / 8;  /* n8 tiles of O per m16 tile */
     static constexpr int kQSteps = kWarpDim / 16; /* k16 steps of Q K^T */
     static constexpr int kPSteps = kSubN / 16;    /* k16 steps of P V per sub-block */
+    static constexpr bool kQKAhead = T::qk_ahead != 0 && kSubs > 1;
+    /* K/V pipeline: false, every thread loads and one __syncthreads per block; true, the
+       block at visiting index i is loaded by warpgroup i % 3 alone, full/empty mbarriers per
+       stage replace the block-wide barrier */
+    static constexpr bool kMbar = T::mbar != 0;
+    static constexpr int kLoadThreads = kMbar ? kThreads / FA_NUM_WARPGROUPS : kThreads;
 
-    static_assert(kRowGroups * kRowsPerWarp == kBlockM, "warps tile BLOCK_M exactly");
-    static_assert(kRowGroups * kDSplit == kWarps, "every warp has a role");
-    static_assert(kDSplit == 1 || kDSplit == 2, "pairs of warps share a row group at most");
+    static_assert(kRowGroups * kKS * kDS == kWarps, "every warp has a role");
+    static_assert(kRowGroups * kWarpRows == kBlockM, "warps tile BLOCK_M exactly");
+    static_assert(kMT == 1 || kMT == 2, "16 or 32 query rows per warp");
+    static_assert(kDS == 1 || kDS == 2, "pairs of warps share head_dim at most");
+    static_assert(kDS == 1 || (kKS == 1 && kMT == 1), "head_dim split runs alone");
+    static_assert(kStages >= 2 && kStages <= 4, "cp.async ring of 2 to 4 stages");
     static_assert(kThreads % kChunksPerRow == 0, "a load pass covers whole rows");
     /* the swizzle permutes chunks within 128-byte groups; a warp's columns start on one */
     static_assert(kWarpDim % 64 == 0, "a warp's head_dim slice spans whole 128-byte groups");
-    static_assert(kSubN % 16 == 0 && kBlockN % kSubN == 0, "sub-blocks are whole k16 steps");
+    static_assert(kBlockN % kKS == 0 && kPartN % kSubN == 0, "parts are whole sub-blocks");
+    static_assert(kSubN % 16 == 0, "sub-blocks are whole k16 steps");
     /* the exchange buffer holds one sub-block and is reused only after a __syncthreads */
-    static_assert(kDSplit == 1 || kSubs == 1, "split head_dim runs one sub-block per block");
+    static_assert(kDS == 1 || kSubs == 1, "split head_dim runs one sub-block per block");
+    static_assert(kDS == 1 || !kQKAhead, "the S exchange runs on the plain path only");
+    /* the exchange buffer is rewritten only after a block-wide barrier */
+    static_assert(kDS == 1 || !kMbar, "split head_dim needs the __syncthreads pipeline");
     static_assert(kSmemBytes <= FA_SM80_SMEM_LIMIT, "fits 99 KB of shared memory");
     static_assert(kQOffset + kBlockM * kRowBytes <= kSmemBytes, "Q fits its region");
 };
@@ -132,6 +167,14 @@ __device__ __forceinline__ int reread_thread_index()
     return tid;
 }
 
+/* blockIdx.x, read afresh (as reread_thread_index). */
+__device__ __forceinline__ int reread_block_index_x()
+{
+    int bx;
+    asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(bx));
+    return bx;
+}
+
 /* Byte offset, inside smem row `row`, of the row's logical 16-byte chunk `chunk`. The XOR
    spreads the 8 rows an ldmatrix phase reads (and the 8 chunks a cp.async phase writes) over
    all 32 banks. */
@@ -164,44 +207,73 @@ __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[
         mma_m16n8k16_f16(d, a, b0, b1);
 }
 
-/* This thread's share of copying rows [first_row, first_row + ROWS) of a (rows x head_dim)
-   tensor slice at `base` into swizzled smem at `dst`: 16-byte chunk tid % kChunksPerRow of
-   tile rows tid / kChunksPerRow + i * kRowsPerPass. Rows at or past row_end and chunks past
-   head_dim (col_ok false) are zero-filled (src-size 0); their source address is clamped into
-   row 0 of the slice, which exists whenever a tile is loaded, and is not read. */
-template <class C, int ROWS>
+/* Thread t's share (of THREADS copying threads) of copying rows [first_row, first_row + ROWS)
+   of a (rows x head_dim) tensor slice at `base` into swizzled smem at `dst`: 16-byte chunk
+   t % kChunksPerRow of tile rows t / kChunksPerRow + i * (THREADS / kChunksPerRow). Rows at or
+   past row_end and chunks past head_dim (col_ok false) are zero-filled (src-size 0); their
+   source address is clamped into row 0 of the slice, which exists whenever a tile is loaded,
+   and is not read. */
+template <class C, int ROWS, int THREADS>
 __device__ __forceinline__ void load_tile_async(uint32_t dst, const uint16_t *base,
                                                 int64_t row_stride, int first_row, int row_end,
-                                                bool col_ok, int tid)
+                                                bool col_ok, int t)
 {
-    const int chunk = tid % C::kChunksPerRow;
-    const int r_first = tid / C::kChunksPerRow;
+    constexpr int kRowsPerPass = THREADS / C::kChunksPerRow;
+    constexpr int kPasses = (ROWS + kRowsPerPass - 1) / kRowsPerPass;
+    static_assert(THREADS % C::kChunksPerRow == 0, "a load pass covers whole rows");
+    const int chunk = t % C::kChunksPerRow;
+    const int r_first = t / C::kChunksPerRow;
     const int col = col_ok ? chunk * 8 : 0;
-#pragma unroll
-    for (int i = 0; i < (ROWS + C::kRowsPerPass - 1) / C::kRowsPerPass; ++i) {
-        const int r = r_first + i * C::kRowsPerPass;
-        if (ROWS % C::kRowsPerPass == 0 || r < ROWS) {
-            const int row = first_row + r;
-            const bool ok = col_ok && row < row_end;
-            const uint16_t *src = base + static_cast<int64_t>(ok ? row : 0) * row_stride + col;
-            cp_async_16(dst + r * C::kRowBytes + swizzle(r, chunk), src, ok ? 16u : 0u);
+    /* Passes step the source pointer. Where a pass spans a multiple of 8 rows (every K/V
+       load) the loop is unrolled 4 times, not fully: a loader warpgroup's 128 threads issue up
+       to 24 copies per block, and with all their addresses computed up front ptxas spills at
+       head_dim 128. Not unrolled at all measured slower. */
+    const uint16_t *src = base + static_cast<int64_t>(first_row + r_first) * row_stride + col;
+    const int64_t pass_stride = static_cast<int64_t>(kRowsPerPass) * row_stride;
+#pragma unroll(kRowsPerPass % 8 == 0 ? 4 : kPasses)
+    for (int i = 0; i < kPasses; ++i) {
+        const int r = r_first + i * kRowsPerPass;
+        if (ROWS % kRowsPerPass == 0 || r < ROWS) {
+            const bool ok = col_ok && first_row + r < row_end;
+            cp_async_16(dst + r * C::kRowBytes + swizzle(r, chunk), ok ? src : base + col,
+                        ok ? 16u : 0u);
         }
+        src += pass_stride;
     }
+}
+
+/* K and V rows [key0, key0 + BLOCK_N) of this (batch, kv_head) into the stage at `dst`, by
+   the kLoadThreads threads of the block's loaders (t = thread index among them). */
+template <class C>
+__device__ __forceinline__ void load_kv_block(uint32_t dst, const fa_params &p,
+                                              uint32_t batch_kv_head, int key0, int seqlen_k,
+                                              bool col_ok, int t)
+{
+    load_tile_async<C, C::kBlockN, C::kLoadThreads>(
+        dst, kv_slice(p.k, p.k_batch_stride, p.k_head_stride, batch_kv_head), p.k_row_stride,
+        key0, seqlen_k, col_ok, t);
+    load_tile_async<C, C::kBlockN, C::kLoadThreads>(
+        dst + C::kKVBytes, kv_slice(p.v, p.v_batch_stride, p.v_head_stride, batch_kv_head),
+        p.v_row_stride, key0, seqlen_k, col_ok, t);
 }
 
 template <int HDP, bool BF16, bool CAUSAL>
 __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const fa_params p)
 {
     using C = Config<HDP>;
+    constexpr int MT = C::kMT;
     extern __shared__ __align__(128) unsigned char smem[];
     const uint32_t smem_base = smem_addr(smem);
 
     const int tid = threadIdx.x;
     const int lane = tid & 31;
     const int warp = tid >> 5;
-    const int row_group = warp / C::kDSplit;
-    const int d_half = warp % C::kDSplit;
-    const int d_first = d_half * C::kWarpDim; /* first head_dim column of this warp */
+    /* warp = (part * kRowGroups + row_group) * kDS + d_half: with a key split the parts are
+       whole warpgroups (part = tid / 128 for 3 parts), cheap to recompute */
+    const int d_half = warp % C::kDS;
+    const int row_group = (warp / C::kDS) % C::kRowGroups;
+    const int part = warp / (C::kDS * C::kRowGroups); /* this warp's share of each key block */
+    const int d_first = d_half * C::kWarpDim;      /* first head_dim column of this warp */
 
     const int m_block = CAUSAL ? static_cast<int>(gridDim.x - 1 - blockIdx.x)
                                : static_cast<int>(blockIdx.x);
@@ -242,104 +314,164 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
     /* a thread whose 16-byte chunk lies past head_dim copies zeros (see load_tile_async) */
     const bool copy_col_ok = (tid % C::kChunksPerRow) * 8 < head_dim;
 
-    /* ---- prologue: Q and the first K/V block, then Q into A fragments ---- */
-    load_tile_async<C, C::kBlockM>(smem_base + C::kQOffset, q_ptr, p.q_row_stride, row0, seqlen_q,
-                                   copy_col_ok, tid);
-    if (n_end > 0) {
-        const int key0 = (n_end - 1) * C::kBlockN;
-        load_tile_async<C, C::kBlockN>(
-            smem_base, kv_slice(p.k, p.k_batch_stride, p.k_head_stride, batch_kv_head),
-            p.k_row_stride, key0, seqlen_k, copy_col_ok, tid);
-        load_tile_async<C, C::kBlockN>(
-            smem_base + C::kKVBytes,
-            kv_slice(p.v, p.v_batch_stride, p.v_head_stride, batch_kv_head), p.v_row_stride, key0,
-            seqlen_k, copy_col_ok, tid);
+    /* mbarriers of the kMbar pipeline: full[s] completes when the loaders' copies into stage
+       s have landed, empty[s] when all 12 warps are done reading it */
+    __shared__ __align__(8) uint64_t stage_bars[2 * C::kStages];
+    const uint32_t full_bar = smem_addr(stage_bars);
+    const uint32_t empty_bar = full_bar + C::kStages * 8;
+    const int warpgroup = warp / FA_WARPS_PER_WARPGROUP;
+    const int wg_tid = tid % C::kLoadThreads;
+
+    /* ---- prologue: Q and key blocks 0 .. STAGES-2 ---- */
+    if constexpr (C::kMbar) {
+        if (tid < C::kStages) {
+            mbar_init(full_bar + tid * 8, C::kLoadThreads);
+            mbar_init(empty_bar + tid * 8, kWarps);
+        }
+        __syncthreads(); /* the barriers are initialized before anyone arrives */
     }
+    load_tile_async<C, C::kBlockM, kThreads>(smem_base + C::kQOffset, q_ptr, p.q_row_stride,
+                                             row0, seqlen_q, copy_col_ok, tid);
     cp_async_commit_group();
-    cp_async_wait_group<0>();
+#pragma unroll
+    for (int s = 0; s < C::kStages - 1; ++s) {
+        const uint32_t dst = smem_base + s * C::kStageBytes;
+        const int key0 = (n_end - 1 - s) * C::kBlockN;
+        if constexpr (C::kMbar) {
+            if (s < n_end && warpgroup == s % FA_NUM_WARPGROUPS) {
+                load_kv_block<C>(dst, p, batch_kv_head, key0, seqlen_k, copy_col_ok, wg_tid);
+                cp_async_mbar_arrive(full_bar + s * 8);
+            }
+        } else {
+            /* groups: Q with block 0, then one per block */
+            if (s < n_end)
+                load_kv_block<C>(dst, p, batch_kv_head, key0, seqlen_k, copy_col_ok, tid);
+            cp_async_commit_group();
+        }
+    }
+    if constexpr (C::kMbar)
+        cp_async_wait_group<0>(); /* the Q group; K/V copies are tracked by the mbarriers */
+    else
+        cp_async_wait_group<C::kStages - 2>();
     __syncthreads();
 
-    uint32_t q_frag[C::kQSteps][4];
-    {
+    uint32_t q_frag[MT][C::kQSteps][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
         /* ldmatrix x4 matrices: rows 0-7 / 8-15 of the m16 tile at columns +0, then +8 */
-        const int r = row_group * kRowsPerWarp + (lane & 7) + ((lane >> 3) & 1) * 8;
+        const int r = row_group * C::kWarpRows + mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
         const uint32_t row_addr = smem_base + C::kQOffset + r * C::kRowBytes;
 #pragma unroll
         for (int ks = 0; ks < C::kQSteps; ++ks) {
             const int chunk = d_first / 8 + 2 * ks + (lane >> 4);
-            ldmatrix_x4(q_frag[ks], row_addr + swizzle(r, chunk));
+            ldmatrix_x4(q_frag[mt][ks], row_addr + swizzle(r, chunk));
         }
     }
 
-    /* Per-lane ldmatrix offsets inside a stage, shared by K and V. Lanes 8i..8i+7 address
-       matrix i = (rows 0-7 | 8-15) x (columns +0 | +8) as: i=0 rows 0-7 @ +0, i=1 rows 0-7 @ +8,
-       i=2 rows 8-15 @ +0, i=3 rows 8-15 @ +8 (rows are keys).
-       K (plain): r0, r1 = b0, b1 of key tile 2n; r2, r3 = b0, b1 of key tile 2n+1.
-       V (.trans): r0, r2 = b0, b1 of head_dim tile 2n; r1, r3 = b0, b1 of head_dim tile 2n+1.
-       The XOR only touches the low 3 chunk bits, so chunk 8*h + c maps to 8*h + (c ^ (lane & 7)):
-       four offsets cover every k16 step (two chunks) of a 128-byte group, and the group and
-       tile offsets are compile-time constants. */
-    uint32_t lane_off[4];
+    if constexpr (C::kMbar)
+        __syncthreads(); /* Q is in registers: its region (the last stage) may be refilled */
+
+    /* Per-lane ldmatrix offsets inside a stage (rows are keys). Lanes 8i..8i+7 give the row
+       addresses of matrix i; each x4 load fills four consecutive registers, and an mma takes
+       its two B registers consecutive, so the matrix order differs:
+       K (plain), k_lane_off: i = 0..3 at (rows 0-7, +0), (rows 0-7, +8), (rows 8-15, +0),
+         (rows 8-15, +8) columns: r0, r1 = b0, b1 of key tile 2n; r2, r3 of key tile 2n+1.
+       V (.trans), v_lane_off: i = 0..3 at (rows 0-7, +0), (rows 8-15, +0), (rows 0-7, +8),
+         (rows 8-15, +8): r0, r1 = b0, b1 of head_dim tile 2n; r2, r3 of tile 2n+1.
+       Chunk 8*h + c lands at 8*h + (c ^ (lane & 7)), and for the two chunks 2j, 2j+1 of k16
+       step j within a 128-byte group that is (2j ^ c0) with c0 = col_bit ^ (lane & 7): the
+       offset of step j is lane_off ^ (j << 5), one register for all steps; the group and tile
+       offsets are compile-time constants. */
+    uint32_t k_lane_off, v_lane_off;
     {
-        const int row = (lane & 7) + (lane >> 4) * 8;
-        const int col_bit = (lane >> 3) & 1;
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-            lane_off[j] =
-                row * C::kRowBytes + d_first * 2 + (((2 * j + col_bit) ^ (lane & 7)) << 4);
+        const int part_row = part * C::kPartN + (lane & 7);
+        const int k_bit = (lane >> 3) & 1, v_bit = lane >> 4;
+        k_lane_off = (part_row + (lane >> 4) * 8) * C::kRowBytes + d_first * 2 +
+                     ((k_bit ^ (lane & 7)) << 4);
+        v_lane_off = (part_row + k_bit * 8) * C::kRowBytes + d_first * 2 +
+                     ((v_bit ^ (lane & 7)) << 4);
     }
 
-    float o_acc[C::kOTiles][4];
+    float o_acc[MT][C::kOTiles][4];
 #pragma unroll
-    for (int t = 0; t < C::kOTiles; ++t)
-        o_acc[t][0] = o_acc[t][1] = o_acc[t][2] = o_acc[t][3] = 0.f;
-    /* running max (raw score units) and this lane's partial row sums, rows g and g+8 */
-    float m_lo = -INFINITY, m_hi = -INFINITY;
-    float l_lo = 0.f, l_hi = 0.f;
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int t = 0; t < C::kOTiles; ++t)
+            o_acc[mt][t][0] = o_acc[mt][t][1] = o_acc[mt][t][2] = o_acc[mt][t][3] = 0.f;
+    /* per m16 tile: running max (raw score units) and this lane's partial row sums, for rows
+       g ([0]) and g+8 ([1]) */
+    float m_run[MT][2], l_run[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        m_run[mt][0] = m_run[mt][1] = -INFINITY;
+        l_run[mt][0] = l_run[mt][1] = 0.f;
+    }
 
 #pragma unroll 1
     for (int it = 0; it < n_end; ++it) {
         const int kb = n_end - 1 - it;
-        /* Block kb has landed for this thread; the barrier makes it visible to all and
-           proves every warp is done with the other stage (block kb+1, or Q when it == 0). */
-        cp_async_wait_group<0>();
-        __syncthreads();
-        if (it + 1 < n_end) {
-            const uint32_t next = smem_base + ((it + 1) & 1) * C::kStageBytes;
-            const int key0 = (kb - 1) * C::kBlockN;
-            load_tile_async<C, C::kBlockN>(
-                next, kv_slice(p.k, p.k_batch_stride, p.k_head_stride, batch_kv_head),
-                p.k_row_stride, key0, seqlen_k, copy_col_ok, tid);
-            load_tile_async<C, C::kBlockN>(
-                next + C::kKVBytes, kv_slice(p.v, p.v_batch_stride, p.v_head_stride, batch_kv_head),
-                p.v_row_stride, key0, seqlen_k, copy_col_ok, tid);
+        if constexpr (C::kMbar) {
+            /* The loaders of block it + STAGES - 1 refill the stage read in iteration it - 1
+               once every warp has released it; then block it is waited for. */
+            const int load_it = it + C::kStages - 1;
+            const int load_tid = reread_thread_index();
+            if (load_it < n_end && load_tid / C::kLoadThreads == load_it % FA_NUM_WARPGROUPS) {
+                const int ls = load_it % C::kStages;
+                if (it >= 1)
+                    mbar_wait(empty_bar + ls * 8, ((it - 1) / C::kStages) & 1);
+                const int t = load_tid % C::kLoadThreads;
+                load_kv_block<C>(smem_base + ls * C::kStageBytes, p, batch_kv_head,
+                                 (kb - (C::kStages - 1)) * C::kBlockN, seqlen_k,
+                                 (t % C::kChunksPerRow) * 8 < head_dim, t);
+                cp_async_mbar_arrive(full_bar + ls * 8);
+            }
+            mbar_wait(full_bar + (it % C::kStages) * 8, (it / C::kStages) & 1);
+        } else {
+            /* Block kb has landed for this thread; the barrier makes it visible to all and
+               proves every warp is done with the stage refilled next (read in iteration
+               it - 1, or Q when it == 0). */
+            cp_async_wait_group<C::kStages - 2>();
+            __syncthreads();
+            if (it + C::kStages - 1 < n_end)
+                load_kv_block<C>(smem_base + ((it + C::kStages - 1) % C::kStages) *
+                                                 C::kStageBytes,
+                                 p, batch_kv_head, (kb - (C::kStages - 1)) * C::kBlockN,
+                                 seqlen_k, copy_col_ok, tid);
+            cp_async_commit_group();
         }
-        cp_async_commit_group();
-        const uint32_t stage = smem_base + (it & 1) * C::kStageBytes;
+        const uint32_t stage = smem_base + (it % C::kStages) * C::kStageBytes;
+        const bool masked = it < n_masked;
+        /* a warp whose rows all lie past seqlen_q (the last tile) has nothing to compute */
+        const bool warp_active = row0 + row_group * C::kWarpRows < seqlen_q;
 
-#pragma unroll
-        for (int sub = 0; sub < C::kSubs; ++sub) {
+        /* The four steps of a sub-block, in the order the two loops below run them. */
+        auto qk = [&](float (&s)[MT][C::kSTiles][4], int sub) {
             const uint32_t k_rows = stage + sub * C::kSubN * C::kRowBytes;
-            const uint32_t v_rows = stage + C::kKVBytes + sub * C::kSubN * C::kRowBytes;
-
             /* S = Q K^T over this warp's head_dim columns, kSubN keys */
-            float s[C::kSTiles][4];
 #pragma unroll
-            for (int t = 0; t < C::kSTiles; ++t)
-                s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.f;
+            for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-            for (int n = 0; n < C::kSTiles / 2; ++n) {
+                for (int t = 0; t < C::kSTiles; ++t)
+                    s[mt][t][0] = s[mt][t][1] = s[mt][t][2] = s[mt][t][3] = 0.f;
+            /* k16 steps outermost: every S tile is an independent accumulator chain, so
+               kSTiles * MT mmas are in flight between dependent ones */
 #pragma unroll
-                for (int ks = 0; ks < C::kQSteps; ++ks) {
+            for (int ks = 0; ks < C::kQSteps; ++ks) {
+#pragma unroll
+                for (int n = 0; n < C::kSTiles / 2; ++n) {
                     uint32_t b[4];
-                    ldmatrix_x4(b, k_rows + lane_off[ks & 3] + (ks >> 2) * 128 +
+                    ldmatrix_x4(b, k_rows + (k_lane_off ^ ((ks & 3) << 5)) + (ks >> 2) * 128 +
                                        n * 16 * C::kRowBytes);
-                    mma_m16n8k16<BF16>(s[2 * n], q_frag[ks], b[0], b[1]);
-                    mma_m16n8k16<BF16>(s[2 * n + 1], q_frag[ks], b[2], b[3]);
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        mma_m16n8k16<BF16>(s[mt][2 * n], q_frag[mt][ks], b[0], b[1]);
+                        mma_m16n8k16<BF16>(s[mt][2 * n + 1], q_frag[mt][ks], b[2], b[3]);
+                    }
                 }
             }
-
-            if constexpr (C::kDSplit == 2) {
+        };
+        auto exchange = [&](float (&s)[MT][C::kSTiles][4]) {
+            if constexpr (C::kDS == 2) {
                 /* Each warp of the pair holds S over half of head_dim, in the same fragment
                    layout; swap halves through smem. a + b == b + a exactly, so both warps get
                    the same S and make identical softmax decisions. The next write to this
@@ -349,163 +481,337 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
                 const float4 *theirs = xchg + (warp ^ 1) * (C::kSTiles * 32);
 #pragma unroll
                 for (int t = 0; t < C::kSTiles; ++t)
-                    mine[t * 32 + lane] = make_float4(s[t][0], s[t][1], s[t][2], s[t][3]);
+                    mine[t * 32 + lane] =
+                        make_float4(s[0][t][0], s[0][t][1], s[0][t][2], s[0][t][3]);
                 bar_sync(1 + row_group, 2 * FA_WARP_SIZE);
 #pragma unroll
                 for (int t = 0; t < C::kSTiles; ++t) {
                     const float4 other = theirs[t * 32 + lane];
-                    s[t][0] += other.x;
-                    s[t][1] += other.y;
-                    s[t][2] += other.z;
-                    s[t][3] += other.w;
+                    s[0][t][0] += other.x;
+                    s[0][t][1] += other.y;
+                    s[0][t][2] += other.z;
+                    s[0][t][3] += other.w;
                 }
             }
-
-            if (it < n_masked) {
-                /* Rows g and g+8 of the warp's m16 tile see keys below their limits. Computed
-                   here rather than kept across the loop: registers are the scarce resource. */
-                const int row_lo = row0 + row_group * kRowsPerWarp + (lane >> 2);
+        };
+        auto apply_mask = [&](float (&s)[MT][C::kSTiles][4], int key_first) {
+            /* c0, c1 are keys 2t, 2t+1 of row g; c2, c3 the same keys of row g+8. Limits
+               are computed here rather than kept across the loop: registers are the
+               scarce resource. */
+            const int key_base = key_first + 2 * (lane & 3);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                const int row_lo =
+                    row0 + row_group * C::kWarpRows + mt * 16 + (lane >> 2);
                 int limit_lo = seqlen_k, limit_hi = seqlen_k;
                 if (CAUSAL) {
                     limit_lo = min(seqlen_k, row_lo + seqlen_k - seqlen_q + 1);
                     limit_hi = min(seqlen_k, row_lo + 8 + seqlen_k - seqlen_q + 1);
                 }
-                /* c0, c1 are keys 2t, 2t+1 of row g; c2, c3 the same keys of row g+8 */
-                const int key_base = kb * C::kBlockN + sub * C::kSubN + 2 * (lane & 3);
 #pragma unroll
                 for (int t = 0; t < C::kSTiles; ++t) {
                     const int key = key_base + t * 8;
-                    if (key >= limit_lo) s[t][0] = -INFINITY;
-                    if (key + 1 >= limit_lo) s[t][1] = -INFINITY;
-                    if (key >= limit_hi) s[t][2] = -INFINITY;
-                    if (key + 1 >= limit_hi) s[t][3] = -INFINITY;
+                    if (key >= limit_lo) s[mt][t][0] = -INFINITY;
+                    if (key + 1 >= limit_lo) s[mt][t][1] = -INFINITY;
+                    if (key >= limit_hi) s[mt][t][2] = -INFINITY;
+                    if (key + 1 >= limit_hi) s[mt][t][3] = -INFINITY;
                 }
             }
-
+        };
+        auto softmax_pv = [&](float (&s)[MT][C::kSTiles][4], int sub) {
+            const uint32_t v_rows = stage + C::kKVBytes + sub * C::kSubN * C::kRowBytes;
             /* Online softmax: new row max over the quad of lanes sharing a row */
-            float mx_lo = m_lo, mx_hi = m_hi;
+            float mx[MT][2], base[MT][2];
+            bool moved = false;
 #pragma unroll
-            for (int t = 0; t < C::kSTiles; ++t) {
-                mx_lo = fmaxf(mx_lo, fmaxf(s[t][0], s[t][1]));
-                mx_hi = fmaxf(mx_hi, fmaxf(s[t][2], s[t][3]));
-            }
-            mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
-            mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
-            mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
-            mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
-            /* A row with no visible key so far keeps max -inf: subtract 0 instead, so that
-               -inf - -inf never happens; its p and correction both come out exp2(-inf) = 0. */
-            const float base_lo = (mx_lo == -INFINITY) ? 0.f : mx_lo * scale_log2;
-            const float base_hi = (mx_hi == -INFINITY) ? 0.f : mx_hi * scale_log2;
-            /* Once the maxima settle most sub-blocks move none of the warp's 32 rows; the
-               rescale (a multiply by exactly 1 then) is skipped warp-uniformly. */
-            if (__any_sync(0xffffffffu, mx_lo != m_lo || mx_hi != m_hi)) {
-                const float corr_lo = exp2f(m_lo * scale_log2 - base_lo);
-                const float corr_hi = exp2f(m_hi * scale_log2 - base_hi);
-                l_lo *= corr_lo;
-                l_hi *= corr_hi;
+            for (int mt = 0; mt < MT; ++mt) {
+                mx[mt][0] = m_run[mt][0];
+                mx[mt][1] = m_run[mt][1];
 #pragma unroll
-                for (int t = 0; t < C::kOTiles; ++t) {
-                    o_acc[t][0] *= corr_lo;
-                    o_acc[t][1] *= corr_lo;
-                    o_acc[t][2] *= corr_hi;
-                    o_acc[t][3] *= corr_hi;
+                for (int t = 0; t < C::kSTiles; ++t) {
+                    mx[mt][0] = fmaxf(mx[mt][0], fmaxf(s[mt][t][0], s[mt][t][1]));
+                    mx[mt][1] = fmaxf(mx[mt][1], fmaxf(s[mt][t][2], s[mt][t][3]));
+                }
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    mx[mt][h] = fmaxf(mx[mt][h], __shfl_xor_sync(0xffffffffu, mx[mt][h], 1));
+                    mx[mt][h] = fmaxf(mx[mt][h], __shfl_xor_sync(0xffffffffu, mx[mt][h], 2));
+                    /* A row with no visible key so far keeps max -inf: subtract 0 instead, so
+                       -inf - -inf never happens; its p and correction both come out 0. */
+                    base[mt][h] = (mx[mt][h] == -INFINITY) ? 0.f : mx[mt][h] * scale_log2;
+                    moved |= mx[mt][h] != m_run[mt][h];
                 }
             }
-            m_lo = mx_lo;
-            m_hi = mx_hi;
-
-            /* the cross-lane row sum waits for the epilogue: rescaling is linear */
+            /* Once the maxima settle most sub-blocks move none of the warp's rows; the
+               rescale (a multiply by exactly 1 then) is skipped warp-uniformly. */
+            if (__any_sync(0xffffffffu, moved)) {
 #pragma unroll
-            for (int t = 0; t < C::kSTiles; ++t) {
-                s[t][0] = exp2f(fmaf(s[t][0], scale_log2, -base_lo));
-                s[t][1] = exp2f(fmaf(s[t][1], scale_log2, -base_lo));
-                s[t][2] = exp2f(fmaf(s[t][2], scale_log2, -base_hi));
-                s[t][3] = exp2f(fmaf(s[t][3], scale_log2, -base_hi));
-                l_lo += s[t][0] + s[t][1];
-                l_hi += s[t][2] + s[t][3];
+                for (int mt = 0; mt < MT; ++mt) {
+                    const float corr_lo = exp2f(m_run[mt][0] * scale_log2 - base[mt][0]);
+                    const float corr_hi = exp2f(m_run[mt][1] * scale_log2 - base[mt][1]);
+                    l_run[mt][0] *= corr_lo;
+                    l_run[mt][1] *= corr_hi;
+#pragma unroll
+                    for (int t = 0; t < C::kOTiles; ++t) {
+                        o_acc[mt][t][0] *= corr_lo;
+                        o_acc[mt][t][1] *= corr_lo;
+                        o_acc[mt][t][2] *= corr_hi;
+                        o_acc[mt][t][3] *= corr_hi;
+                    }
+                }
             }
 
-            /* P as A fragments: key tiles 2k, 2k+1 of the C layout are the k16 A layout */
-            uint32_t p_frag[C::kPSteps][4];
+            /* p = exp2(s * scale_log2 - base) as A fragments: key tiles 2k, 2k+1 of the C
+               layout are the k16 A layout. The cross-lane row sum waits for the epilogue:
+               rescaling is linear. */
+            uint32_t p_frag[MT][C::kPSteps][4];
 #pragma unroll
-            for (int k = 0; k < C::kPSteps; ++k) {
-                p_frag[k][0] = pack2<BF16>(s[2 * k][0], s[2 * k][1]);
-                p_frag[k][1] = pack2<BF16>(s[2 * k][2], s[2 * k][3]);
-                p_frag[k][2] = pack2<BF16>(s[2 * k + 1][0], s[2 * k + 1][1]);
-                p_frag[k][3] = pack2<BF16>(s[2 * k + 1][2], s[2 * k + 1][3]);
+            for (int mt = 0; mt < MT; ++mt) {
+                m_run[mt][0] = mx[mt][0];
+                m_run[mt][1] = mx[mt][1];
+#pragma unroll
+                for (int t = 0; t < C::kSTiles; ++t) {
+                    s[mt][t][0] = exp2f(fmaf(s[mt][t][0], scale_log2, -base[mt][0]));
+                    s[mt][t][1] = exp2f(fmaf(s[mt][t][1], scale_log2, -base[mt][0]));
+                    s[mt][t][2] = exp2f(fmaf(s[mt][t][2], scale_log2, -base[mt][1]));
+                    s[mt][t][3] = exp2f(fmaf(s[mt][t][3], scale_log2, -base[mt][1]));
+                    l_run[mt][0] += s[mt][t][0] + s[mt][t][1];
+                    l_run[mt][1] += s[mt][t][2] + s[mt][t][3];
+                }
+#pragma unroll
+                for (int k = 0; k < C::kPSteps; ++k) {
+                    p_frag[mt][k][0] = pack2<BF16>(s[mt][2 * k][0], s[mt][2 * k][1]);
+                    p_frag[mt][k][1] = pack2<BF16>(s[mt][2 * k][2], s[mt][2 * k][3]);
+                    p_frag[mt][k][2] = pack2<BF16>(s[mt][2 * k + 1][0], s[mt][2 * k + 1][1]);
+                    p_frag[mt][k][3] = pack2<BF16>(s[mt][2 * k + 1][2], s[mt][2 * k + 1][3]);
+                }
             }
 
-            /* O += P V over this warp's head_dim columns */
+            /* O += P V over this warp's head_dim columns. With two m16 tiles, head_dim tiles
+               outermost: every P fragment is then needed from the first mma on, which keeps
+               the compiler from overlapping the exp2 of later keys with the mmas, an overlap
+               that costs more registers than 32 rows per warp leave. */
 #pragma unroll
-            for (int k = 0; k < C::kPSteps; ++k) {
+            for (int i = 0; i < C::kPSteps * (C::kOTiles / 2); ++i) {
+                const int k = MT == 1 ? i / (C::kOTiles / 2) : i % C::kPSteps;
+                const int n = MT == 1 ? i % (C::kOTiles / 2) : i / C::kPSteps;
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, v_rows + (v_lane_off ^ ((n & 3) << 5)) + (n >> 2) * 128 +
+                                         k * 16 * C::kRowBytes);
 #pragma unroll
-                for (int n = 0; n < C::kOTiles / 2; ++n) {
-                    uint32_t b[4];
-                    ldmatrix_x4_trans(b, v_rows + lane_off[n & 3] + (n >> 2) * 128 +
-                                             k * 16 * C::kRowBytes);
-                    mma_m16n8k16<BF16>(o_acc[2 * n], p_frag[k], b[0], b[2]);
-                    mma_m16n8k16<BF16>(o_acc[2 * n + 1], p_frag[k], b[1], b[3]);
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma_m16n8k16<BF16>(o_acc[mt][2 * n], p_frag[mt][k], b[0], b[1]);
+                    mma_m16n8k16<BF16>(o_acc[mt][2 * n + 1], p_frag[mt][k], b[2], b[3]);
+                }
+            }
+        };
+
+        if (warp_active) {
+            if (!C::kQKAhead || masked) {
+#pragma unroll
+                for (int sub = 0; sub < C::kSubs; ++sub) {
+                    const int key_first = kb * C::kBlockN + part * C::kPartN + sub * C::kSubN;
+                    if (masked) {
+                        /* skip a sub-block no row of this warp sees (warp-uniform) */
+                        int key_end = seqlen_k;
+                        if (CAUSAL)
+                            key_end = min(seqlen_k, row0 + (row_group + 1) * C::kWarpRows +
+                                                        seqlen_k - seqlen_q);
+                        if (key_first >= key_end)
+                            continue;
+                    }
+                    float s[MT][C::kSTiles][4];
+                    qk(s, sub);
+                    exchange(s);
+                    if (masked)
+                        apply_mask(s, key_first);
+                    softmax_pv(s, sub);
+                }
+            } else {
+                /* Unmasked blocks: S of the next sub-block is computed before the softmax of this
+                   one, so its mmas run on the tensor cores while this warp works through the
+                   exp2s and shuffles. */
+                float s_next[MT][C::kSTiles][4];
+                qk(s_next, 0);
+#pragma unroll
+                for (int sub = 0; sub < C::kSubs; ++sub) {
+                    float s[MT][C::kSTiles][4];
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                        for (int t = 0; t < C::kSTiles; ++t)
+#pragma unroll
+                            for (int e = 0; e < 4; ++e)
+                                s[mt][t][e] = s_next[mt][t][e];
+                    if (sub + 1 < C::kSubs)
+                        qk(s_next, sub + 1);
+                    softmax_pv(s, sub);
                 }
             }
         }
+        if constexpr (C::kMbar) {
+            __syncwarp();
+            if (lane == 0)
+                mbar_arrive(empty_bar + (it % C::kStages) * 8);
+        }
     }
 
-    /* ---- epilogue: normalize, LSE, stage O through smem, 16-byte stores ---- */
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
-    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
-    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
-    const float inv_lo = l_lo > 0.f ? 1.f / l_lo : 0.f;
-    const float inv_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
-
-    const int row_lo = row0 + row_group * kRowsPerWarp + (lane >> 2);
-    const int row_hi = row_lo + 8;
-    if (p.lse != nullptr && d_half == 0 && (lane & 3) == 0) {
-        float *lse_row = p.lse + (static_cast<int64_t>(batch) * p.heads_q + head) * seqlen_q;
-        if (row_lo < seqlen_q)
-            lse_row[row_lo] = l_lo > 0.f ? m_lo * p.softmax_scale + __logf(l_lo) : -INFINITY;
-        if (row_hi < seqlen_q)
-            lse_row[row_hi] = l_hi > 0.f ? m_hi * p.softmax_scale + __logf(l_hi) : -INFINITY;
-    }
-
-    __syncthreads(); /* every warp is done reading the K/V stages that O now overwrites */
-    {
-        const int r = row_group * kRowsPerWarp + (lane >> 2); /* r and r + 8 share a swizzle */
-        unsigned char *row_lo_ptr = smem + r * C::kRowBytes + (lane & 3) * 4;
-        unsigned char *row_hi_ptr = row_lo_ptr + 8 * C::kRowBytes;
+    /* ---- epilogue: merge the key-split parts, normalize, LSE, stage O, 16-byte stores ---- */
+    /* Indices re-read rather than held across the main loop (see reread_thread_index). */
+    const int e_tid = reread_thread_index();
+    const int e_lane = e_tid & 31;
+    const int e_d_half = (e_tid >> 5) % C::kDS;
+    const int e_row_group = ((e_tid >> 5) / C::kDS) % C::kRowGroups;
+    const int e_part = (e_tid >> 5) / (C::kDS * C::kRowGroups);
+    const int e_d_first = e_d_half * C::kWarpDim;
+    const int e_row0 = (CAUSAL ? static_cast<int>(gridDim.x) - 1 - reread_block_index_x()
+                               : reread_block_index_x()) *
+                       C::kBlockM;
+    const int e_head = blockIdx.y;
+    const int e_batch = blockIdx.z;
+    /* scale[mt][h]: what this warp's O rows are multiplied by (1 / row sum, merged) */
+    float scale[MT][2];
 #pragma unroll
-        for (int t = 0; t < C::kOTiles; ++t) {
-            const uint32_t off = swizzle(r, d_first / 8 + t);
-            *reinterpret_cast<uint32_t *>(row_lo_ptr + off) =
-                pack2<BF16>(o_acc[t][0] * inv_lo, o_acc[t][1] * inv_lo);
-            *reinterpret_cast<uint32_t *>(row_hi_ptr + off) =
-                pack2<BF16>(o_acc[t][2] * inv_hi, o_acc[t][3] * inv_hi);
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            l_run[mt][h] += __shfl_xor_sync(0xffffffffu, l_run[mt][h], 1);
+            l_run[mt][h] += __shfl_xor_sync(0xffffffffu, l_run[mt][h], 2);
+            scale[mt][h] = l_run[mt][h] != 0.f ? 1.f / l_run[mt][h] : 0.f;
+        }
+
+    __syncthreads(); /* every warp is done reading the K/V stages that the epilogue reuses */
+    if constexpr (C::kKS > 1) {
+        /* Each e_part's (max, sum) per row, then every e_part rescales its O to the common max
+           and the total sum; parts 1.. hand their O to e_part 0, which adds them in a fixed
+           order (bitwise deterministic). */
+        float2 *ml = reinterpret_cast<float2 *>(smem + C::kMergeMLOffset);
+        const int r_lo = e_row_group * C::kWarpRows + (e_lane >> 2);
+        if ((e_lane & 3) == 0) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                ml[e_part * C::kBlockM + r_lo + mt * 16] = make_float2(m_run[mt][0], l_run[mt][0]);
+                ml[e_part * C::kBlockM + r_lo + mt * 16 + 8] =
+                    make_float2(m_run[mt][1], l_run[mt][1]);
+            }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int r = r_lo + mt * 16 + h * 8;
+                float m_tot = -INFINITY;
+#pragma unroll
+                for (int k = 0; k < C::kKS; ++k)
+                    m_tot = fmaxf(m_tot, ml[k * C::kBlockM + r].x);
+                const float base_tot = (m_tot == -INFINITY) ? 0.f : m_tot * scale_log2;
+                float l_tot = 0.f;
+#pragma unroll
+                for (int k = 0; k < C::kKS; ++k) {
+                    const float2 v = ml[k * C::kBlockM + r];
+                    l_tot += v.y * exp2f(v.x * scale_log2 - base_tot);
+                }
+                const float own = exp2f(m_run[mt][h] * scale_log2 - base_tot);
+                scale[mt][h] = l_tot != 0.f ? own / l_tot : 0.f;
+                m_run[mt][h] = m_tot;
+                l_run[mt][h] = l_tot;
+            }
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int t = 0; t < C::kOTiles; ++t) {
+                o_acc[mt][t][0] *= scale[mt][0];
+                o_acc[mt][t][1] *= scale[mt][0];
+                o_acc[mt][t][2] *= scale[mt][1];
+                o_acc[mt][t][3] *= scale[mt][1];
+            }
+        float4 *merge_o = reinterpret_cast<float4 *>(smem + C::kMergeOOffset);
+        constexpr int kPartFloat4s = C::kRowGroups * MT * C::kOTiles * 32;
+        const int frag_base = (e_row_group * MT * C::kOTiles) * 32 + e_lane;
+        if (e_part != 0) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int t = 0; t < C::kOTiles; ++t)
+                    merge_o[(e_part - 1) * kPartFloat4s + frag_base + (mt * C::kOTiles + t) * 32] =
+                        make_float4(o_acc[mt][t][0], o_acc[mt][t][1], o_acc[mt][t][2],
+                                    o_acc[mt][t][3]);
+        }
+        __syncthreads();
+        if (e_part == 0) {
+#pragma unroll
+            for (int k = 1; k < C::kKS; ++k)
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int t = 0; t < C::kOTiles; ++t) {
+                        const float4 other = merge_o[(k - 1) * kPartFloat4s + frag_base +
+                                                     (mt * C::kOTiles + t) * 32];
+                        o_acc[mt][t][0] += other.x;
+                        o_acc[mt][t][1] += other.y;
+                        o_acc[mt][t][2] += other.z;
+                        o_acc[mt][t][3] += other.w;
+                    }
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+            scale[mt][0] = scale[mt][1] = 1.f;
+    }
+
+    if (e_part == 0) {
+        const int r_lo = e_row_group * C::kWarpRows + (e_lane >> 2);
+        if (p.lse != nullptr && e_d_half == 0 && (e_lane & 3) == 0) {
+            float *lse_row =
+                p.lse + (static_cast<int64_t>(e_batch) * p.heads_q + e_head) * seqlen_q + e_row0;
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int r = r_lo + mt * 16 + h * 8;
+                    if (e_row0 + r < seqlen_q)
+                        lse_row[r] = l_run[mt][h] != 0.f
+                                         ? m_run[mt][h] * p.softmax_scale + __logf(l_run[mt][h])
+                                         : -INFINITY;
+                }
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+            const int r = r_lo + mt * 16; /* r and r + 8 share a swizzle */
+            unsigned char *row_lo_ptr = smem + r * C::kRowBytes + (e_lane & 3) * 4;
+            unsigned char *row_hi_ptr = row_lo_ptr + 8 * C::kRowBytes;
+#pragma unroll
+            for (int t = 0; t < C::kOTiles; ++t) {
+                const uint32_t off = swizzle(r, e_d_first / 8 + t);
+                *reinterpret_cast<uint32_t *>(row_lo_ptr + off) = pack2<BF16>(
+                    o_acc[mt][t][0] * scale[mt][0], o_acc[mt][t][1] * scale[mt][0]);
+                *reinterpret_cast<uint32_t *>(row_hi_ptr + off) = pack2<BF16>(
+                    o_acc[mt][t][2] * scale[mt][1], o_acc[mt][t][3] * scale[mt][1]);
+            }
         }
     }
     __syncthreads();
     {
         uint16_t *o_ptr = static_cast<uint16_t *>(p.out) +
-                          static_cast<int64_t>(batch) * p.o_batch_stride +
-                          static_cast<int64_t>(head) * p.o_head_stride;
-        const int rows_valid = min(C::kBlockM, seqlen_q - row0);
+                          static_cast<int64_t>(e_batch) * p.o_batch_stride +
+                          static_cast<int64_t>(e_head) * p.o_head_stride;
+        const int rows_valid = min(C::kBlockM, seqlen_q - e_row0);
         const int store_tid = reread_thread_index();
         const int chunk = store_tid % C::kChunksPerRow;
         const int r_first = store_tid / C::kChunksPerRow;
         if (chunk * 8 < head_dim) {
 #pragma unroll
-            for (int i = 0; i < C::kBlockM / C::kRowsPerPass; ++i) {
+            for (int i = 0; i < (C::kBlockM + C::kRowsPerPass - 1) / C::kRowsPerPass; ++i) {
                 const int r = r_first + i * C::kRowsPerPass;
                 if (r < rows_valid) {
                     const uint4 val = *reinterpret_cast<const uint4 *>(
                         smem + r * C::kRowBytes + swizzle(r, chunk));
                     uint16_t *dst =
-                        o_ptr + static_cast<int64_t>(row0 + r) * p.o_row_stride + chunk * 8;
+                        o_ptr + static_cast<int64_t>(e_row0 + r) * p.o_row_stride + chunk * 8;
                     *reinterpret_cast<uint4 *>(dst) = val;
                 }
             }
         }
-        static_assert(C::kBlockM % C::kRowsPerPass == 0, "the store passes cover BLOCK_M");
     }
 }
 

@@ -7,20 +7,32 @@
  *   8 up to 256 (run as 64, 128 or 256 with zero padding); lse float32 (batch, heads_q, seqlen_q).
  *
  * CTA = 384 threads = 3 warpgroups, persistent over 128-row query tiles (sm90_scheduler.cuh):
- *   warpgroup 0, producer: one thread issues every TMA load -- Q once per tile into a single
- *     buffer, K and V blocks into a ring of FA_SM90_STAGES slots with full/empty mbarriers.
+ *   warpgroup 0, producer: one thread issues every TMA load -- per tile the two 64-row halves
+ *     of Q (one per consumer warpgroup, each with its own full/empty mbarrier pair), K and V
+ *     blocks into a ring of FA_SM90_STAGES(head_dim) slots with full/empty mbarriers.
  *     It keeps 24 registers (setmaxnreg) so the consumers can hold 240.
  *   warpgroups 1 and 2, consumers: 64 query rows each. S = Q K^T by wgmma with both operands
  *     in shared memory (K-major, 128-byte swizzle); online softmax in registers; O += P V by
  *     wgmma with P in registers (the S accumulator fragment packed to 16 bit is the A fragment)
  *     and V read transposed (MN-major) straight from its row-major tile. Epilogue: stmatrix
- *     into the warpgroup's half of the Q buffer, TMA store (sm90_epilogue.cuh).
- * Overlaps, each a compile-time switch (-D...=0 builds the variant without it):
- *   FA_SM90_PINGPONG          the consumer warpgroups take turns issuing their GEMMs (named
- *                             barriers), so one's softmax runs under the other's GEMMs
- *                             (head_dim <= 128; FA_SM90_PINGPONG_HD256 for 256);
- *   FA_SM90_INTRA_WG_OVERLAP  S_next = Q K_{j-1}^T and O += P_j V_j are issued together; the
- *                             softmax of S_next runs while P_j V_j is still in flight.
+ *     into a staging area, TMA store (sm90_epilogue.cuh). Where shared memory allows (head_dim
+ *     64, head_dim 128 causal) O has a staging buffer of its own and each warpgroup frees its Q
+ *     rows right after its last Q K^T, so the next tile's Q load overlaps this tile's tail;
+ *     otherwise O is staged in the warpgroup's Q rows, freed once the store has read them.
+ * Overlaps and variants, each a compile-time switch (-D...=0 builds the variant without it;
+ * the per-head-dim defaults are the measured best, benches/NOTES.md):
+ *   FA_SM90_PINGPONG[_HD64|_HD64_CAUSAL|_HD128|_HD256]  the consumer warpgroups take turns
+ *                             issuing their GEMMs (named barriers), so one's softmax runs under
+ *                             the other's GEMMs (on: head_dim 64 full, 128; off: 64 causal, 256);
+ *   FA_SM90_INTRA_WG_OVERLAP  S_next = Q K_{j-1}^T and O += P_j V_j are issued together in one
+ *                             turn; the softmax of S_next follows while P_j V_j is in flight;
+ *   FA_SM90_SPLIT_SOFTMAX_WAIT[_HD64|_HD128|_HD256]  keeps the softmax of S_next ahead of the
+ *                             wait for P_j V_j in the SASS (ptxas otherwise hoists that wait
+ *                             above the softmax; see consumer_mainloop); on for head_dim 128;
+ *   FA_SM90_O_STAGING         (sm90_tiles.h) the separate O staging buffer described above;
+ *   FA_SM90_MAX_CHAINS        independent chains of the row max (1);
+ *   FA_SM90_POLY_EXP2_HD{64,128,256}  eighths of the exponentials on the FMA pipe (0);
+ *   FA_SM90_STAGES_HD*, FA_SM90_BLOCK_N_HD* (sm90_tiles.h)  ring depth and key-block size.
  *
  * Build: nvcc -c -O3 -std=c++17 --use_fast_math -Xptxas -v -lineinfo -Xcompiler -fPIC \
  *          -gencode arch=compute_90a,code=sm_90a -I csrc csrc/kernels/fwd_sm90.cu
@@ -49,14 +61,51 @@
 #error "fwd_sm90.cu uses wgmma and setmaxnreg: build it for sm_90a (-gencode arch=compute_90a,code=sm_90a)"
 #endif
 
+// Pingpong per head dim: FA_SM90_PINGPONG=0 turns it off everywhere.
 #ifndef FA_SM90_PINGPONG
 #define FA_SM90_PINGPONG 1
+#endif
+#ifndef FA_SM90_PINGPONG_HD64
+#define FA_SM90_PINGPONG_HD64 1
+#endif
+#ifndef FA_SM90_PINGPONG_HD64_CAUSAL
+#define FA_SM90_PINGPONG_HD64_CAUSAL 0
+#endif
+#ifndef FA_SM90_PINGPONG_HD128
+#define FA_SM90_PINGPONG_HD128 1
 #endif
 #ifndef FA_SM90_PINGPONG_HD256
 #define FA_SM90_PINGPONG_HD256 0
 #endif
 #ifndef FA_SM90_INTRA_WG_OVERLAP
 #define FA_SM90_INTRA_WG_OVERLAP 1
+#endif
+// Per head dim; FA_SM90_SPLIT_SOFTMAX_WAIT=0 turns it off everywhere.
+#ifndef FA_SM90_SPLIT_SOFTMAX_WAIT
+#define FA_SM90_SPLIT_SOFTMAX_WAIT 1
+#endif
+#ifndef FA_SM90_SPLIT_SOFTMAX_WAIT_HD64
+#define FA_SM90_SPLIT_SOFTMAX_WAIT_HD64 0
+#endif
+#ifndef FA_SM90_SPLIT_SOFTMAX_WAIT_HD128
+#define FA_SM90_SPLIT_SOFTMAX_WAIT_HD128 1
+#endif
+#ifndef FA_SM90_SPLIT_SOFTMAX_WAIT_HD256
+#define FA_SM90_SPLIT_SOFTMAX_WAIT_HD256 0
+#endif
+// Independent chains of the row max (sm90_softmax.cuh): 1, 2 or 4.
+#ifndef FA_SM90_MAX_CHAINS
+#define FA_SM90_MAX_CHAINS 1
+#endif
+// Eighths of the exponentials computed on the FMA pipe instead of MUFU (sm90_softmax.cuh).
+#ifndef FA_SM90_POLY_EXP2_HD64
+#define FA_SM90_POLY_EXP2_HD64 0
+#endif
+#ifndef FA_SM90_POLY_EXP2_HD128
+#define FA_SM90_POLY_EXP2_HD128 0
+#endif
+#ifndef FA_SM90_POLY_EXP2_HD256
+#define FA_SM90_POLY_EXP2_HD256 0
 #endif
 
 // 128 * 24 + 256 * 240 = 64512 <= 65536 registers of the SM.
@@ -70,7 +119,7 @@ static_assert(128 * FA_SM90_PRODUCER_REGS + 256 * FA_SM90_CONSUMER_REGS <= 65536
 namespace fa_sm90 {
 
 struct KernelParams {  // CUtensorMap carries its own 128-byte alignment
-    CUtensorMap tmap_q;  // (head_dim, seqlen_q, heads_q, batch), box 64 x 128
+    CUtensorMap tmap_q;  // (head_dim, seqlen_q, heads_q, batch), box 64 x 64 (one warpgroup's rows)
     CUtensorMap tmap_k;  // (head_dim, seqlen_k, heads_kv, batch), box 64 x block_n
     CUtensorMap tmap_v;  // as k
     CUtensorMap tmap_o;  // (head_dim, seqlen_q, heads_q, batch), box 64 x 64 (one warpgroup's rows)
@@ -92,26 +141,44 @@ struct Config {
     static constexpr bool kCausal = kCausal_;
     static constexpr bool kBf16 = kBf16_;
     static constexpr int kBlockM = FA_SM90_BLOCK_M;
-    static constexpr int kStages = FA_SM90_STAGES;
+    static constexpr int kStages = FA_SM90_STAGES(kHeadDim);
     static constexpr int kChunks = kHeadDim / 64;  // 64-column (128-byte) swizzle chunks
     static constexpr uint32_t kQChunkBytes = kBlockM * 128;
     static constexpr uint32_t kKVChunkBytes = kBlockN * 128;
     static constexpr uint32_t kQBytes = kChunks * kQChunkBytes;
     static constexpr uint32_t kKVSlotBytes = kChunks * kKVChunkBytes;
     static constexpr uint32_t kWgRowsBytes = 64 * 128;  // offset of consumer 1's rows in a Q chunk
+    static constexpr bool kOStaging = FA_SM90_HAS_O_STAGING(kHeadDim, kBlockN, kStages);
+    static constexpr uint32_t kOChunkBytes = 64 * 128;         // one warpgroup's 64 rows of a chunk
+    static constexpr uint32_t kOWgBytes = kChunks * kOChunkBytes;
     static constexpr uint32_t kOffQ = 0;
     static constexpr uint32_t kOffK = kOffQ + kQBytes;
     static constexpr uint32_t kOffV = kOffK + kStages * kKVSlotBytes;
-    static constexpr uint32_t kOffBar = kOffV + kStages * kKVSlotBytes;
+    static constexpr uint32_t kOffO = kOffV + kStages * kKVSlotBytes;
+    static constexpr uint32_t kOffBar = kOffO + (kOStaging ? 2 * kOWgBytes : 0);
     static constexpr uint32_t kSmemBytes = kOffBar + FA_SM90_BARRIER_BYTES + FA_SM90_SMEM_ALIGN;
-    static constexpr bool kPingpong = FA_SM90_PINGPONG && (kHeadDim <= 128 || FA_SM90_PINGPONG_HD256);
+    static constexpr bool kPingpong =
+        FA_SM90_PINGPONG && (kHeadDim == 64    ? (kCausal ? FA_SM90_PINGPONG_HD64_CAUSAL : FA_SM90_PINGPONG_HD64)
+                             : kHeadDim == 128 ? FA_SM90_PINGPONG_HD128
+                                               : FA_SM90_PINGPONG_HD256);
     static constexpr bool kIntraWgOverlap = FA_SM90_INTRA_WG_OVERLAP;
+    static constexpr bool kSplitSoftmaxWait =
+        FA_SM90_SPLIT_SOFTMAX_WAIT && (kHeadDim == 64    ? FA_SM90_SPLIT_SOFTMAX_WAIT_HD64
+                                       : kHeadDim == 128 ? FA_SM90_SPLIT_SOFTMAX_WAIT_HD128
+                                                         : FA_SM90_SPLIT_SOFTMAX_WAIT_HD256);
+    static constexpr int kMaxChains = FA_SM90_MAX_CHAINS;
+    static constexpr int kPolyEighths = kHeadDim == 64    ? FA_SM90_POLY_EXP2_HD64
+                                        : kHeadDim == 128 ? FA_SM90_POLY_EXP2_HD128
+                                                          : FA_SM90_POLY_EXP2_HD256;
 
-    // mbarrier slots (8 bytes each).
-    static constexpr int kBarQFull = 0, kBarQEmpty = 1;
-    static constexpr int kBarKFull = 2, kBarKEmpty = 2 + kStages;
-    static constexpr int kBarVFull = 2 + 2 * kStages, kBarVEmpty = 2 + 3 * kStages;
-    static constexpr int kNumBars = 2 + 4 * kStages;
+    // mbarrier slots (8 bytes each). Q has one full/empty pair per consumer warpgroup (its 64 rows).
+    static constexpr int kBarQFull = 0, kBarQEmpty = 2;
+    static constexpr int kBarKFull = 4, kBarKEmpty = 4 + kStages;
+    static constexpr int kBarVFull = 4 + 2 * kStages, kBarVEmpty = 4 + 3 * kStages;
+    static constexpr int kNumBars = 4 + 4 * kStages;
+    // Arrivals that free a warpgroup's Q rows: each of its warps after its last Q K^T (O has its
+    // own staging buffer), or its store thread once the TMA store has read O staged in Q.
+    static constexpr uint32_t kQReleaseArrivals = kOStaging ? FA_WARPS_PER_WARPGROUP : 1;
 
     static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "instantiated head dims");
     static_assert(kBlockN % 16 == 0 && kBlockN >= 16 && kBlockN <= 256, "block_n: 16-key steps, one TMA box");
@@ -224,15 +291,19 @@ __device__ __forceinline__ void producer(const KernelParams &prm, uint32_t smem)
         const KeyBlockRange range =
             key_block_range<Cfg::kBlockM, Cfg::kBlockN, Cfg::kCausal>(tc.m_block, len.len_q, len.len_k);
         // The first K/V block goes out before Q: its slot is freed by the previous tile's main
-        // loop, while the Q buffer is only free after the previous tile's epilogue.
+        // loop, while each Q half is free only once its warpgroup is done with the previous tile.
         if (range.n_max > 0) producer_load_kv<Cfg>(prm, smem, kv, range.n_max - 1, tc);
-        mbarrier_wait(bars + 8 * Cfg::kBarQEmpty, q_phase ^ 1u);
-        mbarrier_arrive_expect_tx(bars + 8 * Cfg::kBarQFull, Cfg::kQBytes);
 #pragma unroll
-        for (int c = 0; c < Cfg::kChunks; ++c)
-            cp_async_bulk_tensor_4d_g2s(smem + Cfg::kOffQ + c * Cfg::kQChunkBytes, &prm.tmap_q,
-                                        bars + 8 * Cfg::kBarQFull, 64 * c, tc.m_block * Cfg::kBlockM, tc.head_q,
-                                        tc.batch);
+        for (int wg = 0; wg < FA_NUM_CONSUMER_WARPGROUPS; ++wg) {
+            const uint32_t q_full = bars + 8 * (Cfg::kBarQFull + wg);
+            mbarrier_wait(bars + 8 * (Cfg::kBarQEmpty + wg), q_phase ^ 1u);
+            mbarrier_arrive_expect_tx(q_full, Cfg::kQBytes / 2);
+#pragma unroll
+            for (int c = 0; c < Cfg::kChunks; ++c)
+                cp_async_bulk_tensor_4d_g2s(smem + Cfg::kOffQ + c * Cfg::kQChunkBytes + wg * Cfg::kWgRowsBytes,
+                                            &prm.tmap_q, q_full, 64 * c, tc.m_block * Cfg::kBlockM + 64 * wg,
+                                            tc.head_q, tc.batch);
+        }
         q_phase ^= 1u;
         for (int n = range.n_max - 2; n >= 0; --n) producer_load_kv<Cfg>(prm, smem, kv, n, tc);
     }
@@ -266,12 +337,20 @@ struct ConsumerRing {
     }
 };
 
+// The warpgroup's Q rows are no longer read: where O has its own staging buffer, each warp
+// frees them after the wait that retired its last Q K^T, so the producer loads the next tile's
+// rows while this tile finishes. Branch-free: it sits inside the key loop.
+template <class Cfg>
+__device__ __forceinline__ void release_q_after_last_qk(uint32_t bars, int consumer, int lane, bool last) {
+    if constexpr (Cfg::kOStaging) mbarrier_arrive_if(bars + 8 * (Cfg::kBarQEmpty + consumer), last && lane == 0);
+}
+
 // Runs the key blocks n_max-1 .. 0 of one tile; leaves O (unnormalised), m and l.
 template <class Cfg>
 __device__ __forceinline__ void consumer_mainloop(ConsumerRing<Cfg> &ring, const KeyBlockRange &range,
-                                                  uint32_t q_rows, int consumer, int row0, const SeqLengths &len,
-                                                  float scale_log2, float (&o)[Cfg::kHeadDim / 2],
-                                                  float (&m)[2], float (&l)[2]) {
+                                                  uint32_t q_rows, int consumer, int row0,
+                                                  const SeqLengths &len, float scale_log2,
+                                                  float (&o)[Cfg::kHeadDim / 2], float (&m)[2], float (&l)[2]) {
     constexpr int kNs = Cfg::kBlockN / 2;
     float s[kNs];
     uint32_t p[kNs / 2];
@@ -280,8 +359,8 @@ __device__ __forceinline__ void consumer_mainloop(ConsumerRing<Cfg> &ring, const
 
     if constexpr (Cfg::kIntraWgOverlap) {
         const int n_top = range.n_max - 1;
+        uint32_t k_slot = ring.wait_k();
         {
-            const uint32_t k_slot = ring.wait_k();
             pingpong_sync<Cfg>(consumer);
             wgmma_fence();
             issue_qk<Cfg>(s, q_rows, k_slot);
@@ -290,14 +369,19 @@ __device__ __forceinline__ void consumer_mainloop(ConsumerRing<Cfg> &ring, const
             wgmma_wait_group<0>();
             fence_operands(s);
             ring.release_k();
+            release_q_after_last_qk<Cfg>(ring.bars, consumer, lane, n_top == 0);
             if (n_top >= range.n_mask_lo)
                 mask_scores<Cfg::kBlockN, Cfg::kCausal>(s, n_top, row0, len.len_q, len.len_k, lane);
-            online_softmax(s, m, l, scale_log2, corr);
+            online_softmax<Cfg::kPolyEighths, Cfg::kMaxChains>(s, m, l, scale_log2, corr);
             pack_probs<Cfg::kBf16>(s, p);
         }
+        // O starts here, not at the first P V: an accumulator that is live through the first
+        // block's softmax (the wgmma operands are read-write) costs 64-128 registers there.
+#pragma unroll
+        for (int i = 0; i < Cfg::kHeadDim / 2; ++i) o[i] = 0.f;
 #pragma unroll 1
         for (int n = n_top - 1; n >= 0; --n) {
-            const uint32_t k_slot = ring.wait_k();
+            if (!Cfg::kSplitSoftmaxWait || n == n_top - 1) k_slot = ring.wait_k();
             const uint32_t v_slot = ring.wait_v();
             pingpong_sync<Cfg>(consumer);
             fence_operands(o);
@@ -305,14 +389,21 @@ __device__ __forceinline__ void consumer_mainloop(ConsumerRing<Cfg> &ring, const
             wgmma_fence();
             issue_qk<Cfg>(s, q_rows, k_slot);  // S_next = Q K_n^T
             wgmma_commit_group();
-            issue_pv<Cfg>(o, p, v_slot, n == n_top - 1);  // O += P_{n+1} V_{n+1}
+            issue_pv<Cfg>(o, p, v_slot, false);  // O += P_{n+1} V_{n+1}
             wgmma_commit_group();
             pingpong_arrive<Cfg>(consumer);
             wgmma_wait_group<1>();  // S_next is done; P V may still run
             fence_operands(s);
             ring.release_k();
+            release_q_after_last_qk<Cfg>(ring.bars, consumer, lane, n == 0);
             if (n >= range.n_mask_lo) mask_scores<Cfg::kBlockN, Cfg::kCausal>(s, n, row0, len.len_q, len.len_k, lane);
-            online_softmax(s, m, l, scale_log2, corr);
+            online_softmax<Cfg::kPolyEighths, Cfg::kMaxChains>(s, m, l, scale_log2, corr);
+            if constexpr (Cfg::kSplitSoftmaxWait) {
+                // ptxas hoists wgmma.wait_group 0 to the top of its basic block, which would make
+                // the softmax wait for P V. Waiting here for the next K block ends the basic block,
+                // so the exponentials stay ahead of the wait and run under P V.
+                if (n > 0) k_slot = ring.wait_k();
+            }
             wgmma_wait_group<0>();  // P V done: O and the P registers are free again
             fence_operands(o);
             fence_operands(p);
@@ -326,7 +417,7 @@ __device__ __forceinline__ void consumer_mainloop(ConsumerRing<Cfg> &ring, const
             fence_operands(o);
             fence_operands(p);
             wgmma_fence();
-            issue_pv<Cfg>(o, p, v_slot, n_top == 0);
+            issue_pv<Cfg>(o, p, v_slot, false);
             wgmma_commit_group();
             pingpong_arrive<Cfg>(consumer);
             wgmma_wait_group<0>();
@@ -346,8 +437,9 @@ __device__ __forceinline__ void consumer_mainloop(ConsumerRing<Cfg> &ring, const
             wgmma_wait_group<0>();
             fence_operands(s);
             ring.release_k();
+            release_q_after_last_qk<Cfg>(ring.bars, consumer, lane, n == 0);
             if (n >= range.n_mask_lo) mask_scores<Cfg::kBlockN, Cfg::kCausal>(s, n, row0, len.len_q, len.len_k, lane);
-            online_softmax(s, m, l, scale_log2, corr);
+            online_softmax<Cfg::kPolyEighths, Cfg::kMaxChains>(s, m, l, scale_log2, corr);
             if (!first) rescale_rows(o, corr);
             pack_probs<Cfg::kBf16>(s, p);
             const uint32_t v_slot = ring.wait_v();
@@ -371,7 +463,9 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
     const SchedulerArgs &sched = prm.sched;
     const int tid_in_wg = warp_in_wg * 32 + lane;
     const uint32_t bars = smem + Cfg::kOffBar;
-    // This warpgroup's 64 Q rows; after the main loop the same bytes stage its O rows.
+    const uint32_t q_full = bars + 8 * (Cfg::kBarQFull + consumer_idx);
+    const uint32_t q_empty = bars + 8 * (Cfg::kBarQEmpty + consumer_idx);
+    // This warpgroup's 64 Q rows; without a staging buffer the same bytes stage its O rows.
     const uint32_t q_rows = smem + Cfg::kOffQ + consumer_idx * Cfg::kWgRowsBytes;
 
     ConsumerRing<Cfg> ring;
@@ -400,29 +494,37 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
 
         float m[2] = {-INFINITY, -INFINITY};
         float l[2] = {0.f, 0.f};
-        mbarrier_wait(bars + 8 * Cfg::kBarQFull, q_phase);
+        mbarrier_wait(q_full, q_phase);
         q_phase ^= 1u;
         if (range.n_max > 0)
             consumer_mainloop<Cfg>(ring, range, q_rows, consumer_idx, row0, len, prm.scale_log2, o, m, l);
+        else
+            release_q_after_last_qk<Cfg>(bars, consumer_idx, lane, true);  // a tile that sees no key never reads Q
 
         float inv_l[2], lse[2];
         softmax_finalize(m, l, prm.scale_log2, inv_l, lse);
 
-        // Every warp of this warpgroup has retired its last Q K^T, so its Q rows can take O.
+        // O goes through its staging rows: every warp of this warpgroup has retired its last
+        // Q K^T, so its Q rows can take O; a staging buffer of its own must first have been read
+        // by the previous tile's store.
+        const uint32_t o_rows = Cfg::kOStaging ? smem + Cfg::kOffO + consumer_idx * Cfg::kOWgBytes : q_rows;
+        const uint32_t o_chunk_bytes = Cfg::kOStaging ? Cfg::kOChunkBytes : Cfg::kQChunkBytes;
+        if (Cfg::kOStaging && tid_in_wg == 0) cp_async_bulk_wait_group_read_0();
         bar_sync(kBarEpilogueBase + consumer_idx, 128);
-        stage_output<Cfg::kHeadDim, Cfg::kBf16>(o, inv_l, range.n_max > 0, q_rows, Cfg::kQChunkBytes, warp_in_wg,
-                                                lane);
+        stage_output<Cfg::kHeadDim, Cfg::kBf16>(o, inv_l, range.n_max > 0, o_rows, o_chunk_bytes, warp_in_wg, lane);
         fence_proxy_async_shared_cta();
         bar_sync(kBarEpilogueBase + consumer_idx, 128);
         if (tid_in_wg == 0) {
 #pragma unroll
             for (int c = 0; c < Cfg::kChunks; ++c)
-                cp_async_bulk_tensor_4d_s2g(&prm.tmap_o, q_rows + c * Cfg::kQChunkBytes, 64 * c, wg_row0, tc.head_q,
+                cp_async_bulk_tensor_4d_s2g(&prm.tmap_o, o_rows + c * o_chunk_bytes, 64 * c, wg_row0, tc.head_q,
                                             tc.batch);
             cp_async_bulk_commit_group();
-            // The producer may overwrite the Q buffer once both warpgroups' stores have read it.
-            cp_async_bulk_wait_group_read_0();
-            mbarrier_arrive(bars + 8 * Cfg::kBarQEmpty);
+            if constexpr (!Cfg::kOStaging) {
+                // The producer may overwrite these Q rows once the store has read them.
+                cp_async_bulk_wait_group_read_0();
+                mbarrier_arrive(q_empty);
+            }
         }
         float *lse_head = prm.lse ? prm.lse + ((int64_t)tc.batch * sched.heads_q + tc.head_q) * sched.seqlen_q
                                   : nullptr;
@@ -446,8 +548,11 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_kernel(const __gr
     const int warpgroup = warp / FA_WARPS_PER_WARPGROUP;
 
     if (threadIdx.x == 0) {
-        mbarrier_init(bars + 8 * Cfg::kBarQFull, 1);
-        mbarrier_init(bars + 8 * Cfg::kBarQEmpty, FA_NUM_CONSUMER_WARPGROUPS);
+#pragma unroll
+        for (int wg = 0; wg < FA_NUM_CONSUMER_WARPGROUPS; ++wg) {
+            mbarrier_init(bars + 8 * (Cfg::kBarQFull + wg), 1);
+            mbarrier_init(bars + 8 * (Cfg::kBarQEmpty + wg), Cfg::kQReleaseArrivals);
+        }
 #pragma unroll
         for (int st = 0; st < Cfg::kStages; ++st) {
             mbarrier_init(bars + 8 * (Cfg::kBarKFull + st), 1);
@@ -594,7 +699,7 @@ extern "C" cudaError_t fa_sm90_launch(const fa_params *p, const fa_launch *cfg, 
         const bool no_keys = p->seqlen_k == 0;
         const bool ok =
             encode_map(encode, &prm.tmap_q, dt, p->q, p->head_dim, p->seqlen_q, p->heads_q, p->batch,
-                       p->q_row_stride, p->q_head_stride, p->q_batch_stride, Cfg::kBlockM) &&
+                       p->q_row_stride, p->q_head_stride, p->q_batch_stride, 64) &&
             (no_keys
                  ? encode_map(encode, &prm.tmap_k, dt, p->q, p->head_dim, 1, p->heads_q, p->batch,
                               p->q_row_stride, p->q_head_stride, p->q_batch_stride, Cfg::kBlockN) &&

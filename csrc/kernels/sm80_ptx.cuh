@@ -1,7 +1,7 @@
 /*
  * sm80_ptx.cuh -- inline-PTX wrappers used by fwd_sm80.cu, one per instruction, named after it.
- * Needs sm_80 or newer (cp.async, bf16 mma). Included by fwd_sm80.cu only; shared-memory
- * operands are 32-bit shared-window addresses (__cvta_generic_to_shared).
+ * Needs sm_80 or newer (cp.async, bf16 mma, mbarrier). Included by fwd_sm80.cu only;
+ * shared-memory operands are 32-bit shared-window addresses (__cvta_generic_to_shared).
  *
  * Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16", 16-bit A/B, f32 C/D), with
  * g = lane / 4 and t = lane % 4; the lower-indexed element sits in the low half of a register:
@@ -83,6 +83,40 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait_group()
 {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+/* mbarrier (shared-memory 64-bit barrier object, sm_80): a phase completes once `count`
+   arrivals have been made; waiters poll for the completion of the phase of a given parity. */
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count)
+{
+    asm volatile("mbarrier.init.shared.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive(uint32_t bar)
+{
+    asm volatile("{\n .reg .b64 state;\n mbarrier.arrive.shared.b64 state, [%0];\n}\n" ::"r"(bar)
+                 : "memory");
+}
+
+/* Returns once the phase of parity `parity` of the barrier has completed: a test_wait poll
+   loop (sm_80 has no try_wait). */
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity)
+{
+    asm volatile("{\n"
+                 " .reg .pred done;\n"
+                 "wait_%=:\n"
+                 " mbarrier.test_wait.parity.shared.b64 done, [%0], %1;\n"
+                 " @!done bra wait_%=;\n"
+                 "}\n" ::"r"(bar),
+                 "r"(parity)
+                 : "memory");
+}
+
+/* One arrival on the barrier once every cp.async this thread issued so far has landed; the
+   barrier's count includes it (.noinc). */
+__device__ __forceinline__ void cp_async_mbar_arrive(uint32_t bar)
+{
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];\n" ::"r"(bar) : "memory");
 }
 
 /* Barrier over a subset of the block: `threads` (a multiple of 32) threads arrive at `id`. */

@@ -7,28 +7,40 @@
  *   in [8, 256]. head_dim runs on the next instantiated size (64, 128, 256): the missing columns
  *   are zero-filled on load and never stored. dtype and causal do not change the tile.
  *
- * Thread layout (launch_contract.h): 12 warps, each owning 16 query rows.
- *   head_dim 64, 128:  D_SPLIT 1, BLOCK_M = 12 * 16 = 192; a warp computes S and O for its
- *                      rows over the whole head_dim.
- *   head_dim 256:      D_SPLIT 2, BLOCK_M = 6 * 16 = 96; the two warps of a row group each
- *                      compute S over one half of head_dim, add the partner's partial S from
- *                      shared memory (both then hold the same full S), and each accumulates
- *                      one half of the O columns. 16 x 256 fp32 O per warp (128 registers) plus
- *                      Q fragments would not fit the 168-register budget of 384 threads.
+ * Thread layout (launch_contract.h): 12 warps. A warp owns ROW_TILES m16 tiles of query rows;
+ * the warps that share those rows split the work one of two ways:
+ *   KEY_SPLIT k: k warps share a row group and each takes its own 1/k of every key block, with
+ *                its own running max, sum and O, merged through shared memory after the last
+ *                key block.
+ *   D_SPLIT 2:   (head_dim 256) the two warps of a row group each compute S over one half of
+ *                head_dim, add the partner's partial S from shared memory (both then hold the
+ *                same full S), and each accumulates one half of the O columns: 16 x 256 fp32 O
+ *                per warp (128 registers) plus Q fragments would not fit 168 registers.
+ *   BLOCK_M = 12 / (KEY_SPLIT * D_SPLIT) * 16 * ROW_TILES.
+ * The table uses ROW_TILES 1 and KEY_SPLIT 1 (16 rows per warp, BLOCK_M 192, or 96 with
+ * D_SPLIT 2). 32 rows per warp halve the ldmatrix traffic per mma, but need 2 x (O + Q) =
+ * 4 x head_dim / 4 registers per lane: 96 at head_dim 64 (which then needs SUB_N 16 to fit,
+ * and measured 10-20% slower than 16 rows, with KEY_SPLIT 3 and BLOCK_M 128), 192 at head_dim
+ * 128, past the 168-register budget of 384 threads. KEY_SPLIT 2 or 3 at head_dim 128 (BLOCK_M
+ * 96, 64) also measured slower.
  *
  * Shared memory (bytes; rows are head_dim_padded * 2 bytes, XOR-swizzled in 16-byte chunks):
  *   stage s at s * STAGE_BYTES: K block (BLOCK_N rows) then V block (BLOCK_N rows)
  *   S exchange (D_SPLIT 2 only) after the stages: 12 warps * 16 rows * BLOCK_N * 4 bytes
- *   Q (BLOCK_M rows) at STAGE_BYTES: overlaps stage 1 (and the exchange), which are first
- *     written after every warp has moved Q into registers
- *   O staging for the store (BLOCK_M rows) at 0, after the last K/V block was read
- *   total = max(STAGES * STAGE_BYTES + XCHG, STAGE_BYTES + Q, O)
+ *   Q (BLOCK_M rows) at (STAGES - 1) * STAGE_BYTES: overlaps the last stage (and the
+ *     exchange), which are first written after every warp has moved Q into registers
+ *   epilogue, after the last K/V block was read: O staging for the store (BLOCK_M rows) at 0;
+ *     with KEY_SPLIT k > 1 then the fp32 O fragments of the k - 1 other parts and one (max,
+ *     sum) pair per part and row
+ *   total = max(STAGES * STAGE_BYTES + XCHG, (STAGES - 1) * STAGE_BYTES + Q, epilogue),
+ *   plus 2 * STAGES 8-byte mbarriers in static shared memory
  *
- *   hd  BLOCK_M BLOCK_N SUB_N  stage = 2*BN*hd*2  stages+xchg      Q at 1 stage   total
- *   64   192     128    128    32768             65536 + 0        32768 + 24576  65536
- *   128  192      64     32    32768             65536 + 0        32768 + 49152  81920
- *   256   96      32     32    32768             65536 + 24576    32768 + 49152  90112
- *   every total <= 101376 (99 KB: the opt-in limit of sm_86/sm_89, e.g. an L4).
+ *   hd  BLOCK_M BLOCK_N SUB_N stages stage  stages+xchg    Q region       epilogue  total
+ *   64   192     128     64     2    32768  65536 + 0      32768 + 24576  24576     65536
+ *   128  192      96     48     2    49152  98304 + 0      49152 + 49152  49152     98304
+ *   256   96      32     32     2    32768  65536 + 24576  32768 + 49152  49152     90112
+ *   every total (+ 32 bytes of mbarriers) <= 101376 (99 KB: the opt-in limit of sm_86/sm_89,
+ *   e.g. an L4).
  */
 #ifndef FA_SM80_TILES_H
 #define FA_SM80_TILES_H
@@ -36,78 +48,106 @@
 #include "kernels.h"
 #include "../launch_contract.h"
 
-#define FA_SM80_ROWS_PER_WARP 16
-#define FA_SM80_STAGES 2
 #define FA_SM80_SMEM_LIMIT 101376
 
-/* BLOCK_N: key rows per pipeline stage (one barrier per block). SUB_N: key columns of S a
-   warp holds at once; the online softmax runs per sub-block. For head_dim 128, 16 x 64 fp32 S
-   next to 64 O and 32 Q registers leaves ptxas too little room under 168, so S is computed
-   32 keys at a time while the stage stays 64 keys deep. */
+/* Per head_dim_padded:
+   BLOCK_N   key rows per pipeline stage;
+   SUB_N     key columns of S a warp holds at once: the online softmax runs per sub-block (a
+             warp of a key split owns BLOCK_N / KEY_SPLIT keys of each block, in sub-blocks);
+   STAGES    depth of the cp.async ring;
+   MBAR      1: the mbarrier ring, one warpgroup loads each block and no block-wide barrier
+             runs in the main loop; 0: every thread loads, one __syncthreads per block (the S
+             exchange of D_SPLIT 2 needs it);
+   QK_AHEAD  1: in unmasked blocks S of the next sub-block is computed before the softmax of
+             the current one (needs BLOCK_N / SUB_N >= 2 and registers for two S). */
 #define FA_SM80_HD64_BLOCK_N 128
-#define FA_SM80_HD64_SUB_N 128
+#define FA_SM80_HD64_SUB_N 64
+#define FA_SM80_HD64_ROW_TILES 1
+#define FA_SM80_HD64_KEY_SPLIT 1
 #define FA_SM80_HD64_D_SPLIT 1
-#define FA_SM80_HD128_BLOCK_N 64
-#define FA_SM80_HD128_SUB_N 32
+#define FA_SM80_HD64_STAGES 2
+#define FA_SM80_HD64_MBAR 1
+#define FA_SM80_HD64_QK_AHEAD 1
+#define FA_SM80_HD128_BLOCK_N 96
+#define FA_SM80_HD128_SUB_N 48
+#define FA_SM80_HD128_ROW_TILES 1
+#define FA_SM80_HD128_KEY_SPLIT 1
 #define FA_SM80_HD128_D_SPLIT 1
+#define FA_SM80_HD128_STAGES 2
+#define FA_SM80_HD128_MBAR 1
+#define FA_SM80_HD128_QK_AHEAD 0
 #define FA_SM80_HD256_BLOCK_N 32
 #define FA_SM80_HD256_SUB_N 32
+#define FA_SM80_HD256_ROW_TILES 1
+#define FA_SM80_HD256_KEY_SPLIT 1
 #define FA_SM80_HD256_D_SPLIT 2
+#define FA_SM80_HD256_STAGES 2
+#define FA_SM80_HD256_MBAR 0
+#define FA_SM80_HD256_QK_AHEAD 0
 
 #define FA_SM80_MAX(a, b) ((a) > (b) ? (a) : (b))
 
 /* Layout arithmetic shared by the host table and the kernel (16-bit elements). */
-#define FA_SM80_BLOCK_M(d_split) (FA_NUM_WARPS_PER_BLOCK / (d_split) * FA_SM80_ROWS_PER_WARP)
+#define FA_SM80_BLOCK_M(mt, ks, ds) (FA_NUM_WARPS_PER_BLOCK / ((ks) * (ds)) * 16 * (mt))
 #define FA_SM80_ROW_BYTES(hdp) ((hdp) * 2)
 #define FA_SM80_KV_BYTES(hdp, bn) ((bn) * FA_SM80_ROW_BYTES(hdp))
 #define FA_SM80_STAGE_BYTES(hdp, bn) (2 * FA_SM80_KV_BYTES(hdp, bn))
-#define FA_SM80_Q_OFFSET(hdp, bn) FA_SM80_STAGE_BYTES(hdp, bn)
-#define FA_SM80_XCHG_OFFSET(hdp, bn) (FA_SM80_STAGES * FA_SM80_STAGE_BYTES(hdp, bn))
-#define FA_SM80_XCHG_BYTES(bn, d_split) \
-    ((d_split) > 1 ? FA_NUM_WARPS_PER_BLOCK * FA_SM80_ROWS_PER_WARP * (bn) * 4 : 0)
-#define FA_SM80_SMEM_BYTES(hdp, bn, d_split)                                                  \
-    FA_SM80_MAX(FA_SM80_MAX(FA_SM80_XCHG_OFFSET(hdp, bn) + FA_SM80_XCHG_BYTES(bn, d_split),   \
-                            FA_SM80_Q_OFFSET(hdp, bn) +                                       \
-                                FA_SM80_BLOCK_M(d_split) * FA_SM80_ROW_BYTES(hdp)),           \
-                FA_SM80_BLOCK_M(d_split) * FA_SM80_ROW_BYTES(hdp))
+#define FA_SM80_Q_OFFSET(hdp, bn, st) (((st) - 1) * FA_SM80_STAGE_BYTES(hdp, bn))
+#define FA_SM80_XCHG_OFFSET(hdp, bn, st) ((st) * FA_SM80_STAGE_BYTES(hdp, bn))
+#define FA_SM80_XCHG_BYTES(bn, ds) ((ds) > 1 ? FA_NUM_WARPS_PER_BLOCK * 16 * (bn) * 4 : 0)
+/* epilogue: O staging, then (key split) the other parts' fp32 O, then (max, sum) per part */
+#define FA_SM80_MERGE_O_OFFSET(hdp, bm) ((bm) * FA_SM80_ROW_BYTES(hdp))
+#define FA_SM80_MERGE_ML_OFFSET(hdp, bm, ks) \
+    (FA_SM80_MERGE_O_OFFSET(hdp, bm) + ((ks) - 1) * (bm) * (hdp) * 4)
+#define FA_SM80_EPILOGUE_BYTES(hdp, bm, ks) \
+    ((ks) > 1 ? FA_SM80_MERGE_ML_OFFSET(hdp, bm, ks) + (ks) * (bm) * 8 \
+              : (bm) * FA_SM80_ROW_BYTES(hdp))
+#define FA_SM80_SMEM_BYTES(hdp, bn, mt, ks, ds, st)                                            \
+    FA_SM80_MAX(FA_SM80_MAX(FA_SM80_XCHG_OFFSET(hdp, bn, st) + FA_SM80_XCHG_BYTES(bn, ds),     \
+                            FA_SM80_Q_OFFSET(hdp, bn, st) +                                    \
+                                FA_SM80_BLOCK_M(mt, ks, ds) * FA_SM80_ROW_BYTES(hdp)),         \
+                FA_SM80_EPILOGUE_BYTES(hdp, FA_SM80_BLOCK_M(mt, ks, ds), ks))
 
-FA_STATIC_ASSERT(FA_SM80_SMEM_BYTES(64, FA_SM80_HD64_BLOCK_N, FA_SM80_HD64_D_SPLIT) == 65536,
-                 "hd64 layout matches the table above");
-FA_STATIC_ASSERT(FA_SM80_SMEM_BYTES(128, FA_SM80_HD128_BLOCK_N, FA_SM80_HD128_D_SPLIT) == 81920,
-                 "hd128 layout matches the table above");
-FA_STATIC_ASSERT(FA_SM80_SMEM_BYTES(256, FA_SM80_HD256_BLOCK_N, FA_SM80_HD256_D_SPLIT) == 90112,
-                 "hd256 layout matches the table above");
-FA_STATIC_ASSERT(FA_SM80_SMEM_BYTES(256, FA_SM80_HD256_BLOCK_N, FA_SM80_HD256_D_SPLIT) <=
-                     FA_SM80_SMEM_LIMIT,
-                 "every sm80 config fits 99 KB of shared memory");
+#define FA_SM80_SMEM_BYTES_OF(HD)                                                              \
+    FA_SM80_SMEM_BYTES(HD, FA_SM80_HD##HD##_BLOCK_N, FA_SM80_HD##HD##_ROW_TILES,                \
+                       FA_SM80_HD##HD##_KEY_SPLIT, FA_SM80_HD##HD##_D_SPLIT,                    \
+                       FA_SM80_HD##HD##_STAGES)
+#define FA_SM80_BLOCK_M_OF(HD) \
+    FA_SM80_BLOCK_M(FA_SM80_HD##HD##_ROW_TILES, FA_SM80_HD##HD##_KEY_SPLIT, FA_SM80_HD##HD##_D_SPLIT)
+
+FA_STATIC_ASSERT(FA_SM80_SMEM_BYTES_OF(64) == 65536, "hd64 layout matches the table above");
+FA_STATIC_ASSERT(FA_SM80_SMEM_BYTES_OF(128) == 98304, "hd128 layout matches the table above");
+FA_STATIC_ASSERT(FA_SM80_SMEM_BYTES_OF(256) == 90112, "hd256 layout matches the table above");
+FA_STATIC_ASSERT(FA_SM80_SMEM_BYTES_OF(128) + 2 * FA_SM80_HD128_STAGES * 8 <= FA_SM80_SMEM_LIMIT,
+                 "every sm80 config fits 99 KB of shared memory, mbarriers included");
 
 /* Fills *t for (head_dim, dtype, causal); returns 0, or -1 if head_dim is not a multiple of 8
    in [8, 256]. Pure arithmetic: the launch logic and CI tests call it without a GPU. */
 static inline int fa_sm80_tile(int head_dim, fa_dtype dtype, int causal, fa_tile *t)
 {
-    int hdp, block_n, d_split;
     (void)dtype;
     (void)causal;
     if (t == NULL || head_dim < 8 || head_dim > 256 || head_dim % 8 != 0)
         return -1;
     if (head_dim <= 64) {
-        hdp = 64;
-        block_n = FA_SM80_HD64_BLOCK_N;
-        d_split = FA_SM80_HD64_D_SPLIT;
+        t->head_dim_padded = 64;
+        t->block_m = FA_SM80_BLOCK_M_OF(64);
+        t->block_n = FA_SM80_HD64_BLOCK_N;
+        t->stages = FA_SM80_HD64_STAGES;
+        t->smem_bytes = (size_t)FA_SM80_SMEM_BYTES_OF(64);
     } else if (head_dim <= 128) {
-        hdp = 128;
-        block_n = FA_SM80_HD128_BLOCK_N;
-        d_split = FA_SM80_HD128_D_SPLIT;
+        t->head_dim_padded = 128;
+        t->block_m = FA_SM80_BLOCK_M_OF(128);
+        t->block_n = FA_SM80_HD128_BLOCK_N;
+        t->stages = FA_SM80_HD128_STAGES;
+        t->smem_bytes = (size_t)FA_SM80_SMEM_BYTES_OF(128);
     } else {
-        hdp = 256;
-        block_n = FA_SM80_HD256_BLOCK_N;
-        d_split = FA_SM80_HD256_D_SPLIT;
+        t->head_dim_padded = 256;
+        t->block_m = FA_SM80_BLOCK_M_OF(256);
+        t->block_n = FA_SM80_HD256_BLOCK_N;
+        t->stages = FA_SM80_HD256_STAGES;
+        t->smem_bytes = (size_t)FA_SM80_SMEM_BYTES_OF(256);
     }
-    t->block_m = FA_SM80_BLOCK_M(d_split);
-    t->block_n = block_n;
-    t->stages = FA_SM80_STAGES;
-    t->head_dim_padded = hdp;
-    t->smem_bytes = (size_t)FA_SM80_SMEM_BYTES(hdp, block_n, d_split);
     t->persistent = 0;
     return 0;
 }

@@ -2,8 +2,10 @@
  * sm90_epilogue.cuh -- writes one consumer warpgroup's 64 x D output rows and their LSE.
  *
  * O is normalised in registers (times 1/rowsum), converted to 16-bit and written with stmatrix
- * into the warpgroup's own 64-row half of the Q tile (no longer read by then), laid out as
- * TMA's 128-byte swizzle expects: [D/64 chunks][128 rows][128 bytes], 16-byte unit u of row r
+ * into a staging area of 64 rows: a buffer of its own where shared memory allows (its rows of
+ * the Q tile are then free as soon as its last Q K^T retired), else the warpgroup's own 64-row
+ * half of the Q tile (no longer read by then). Either is laid out as TMA's 128-byte swizzle
+ * expects: [D/64 chunks][64 rows][128 bytes] (chunks chunk_bytes apart), 16-byte unit u of row r
  * stored at unit u ^ (r % 8). That XOR spreads the 8 row addresses of each stmatrix phase over
  * all 32 banks. One thread then issues a TMA store per 64-column chunk; TMA clips rows past
  * seqlen_q and columns past head_dim, so only real elements reach global memory.
@@ -21,7 +23,7 @@
 namespace fa_sm90 {
 
 // region: shared address of this warpgroup's rows in chunk 0 (1024-byte aligned);
-// chunk_bytes: distance between 64-column chunks of the Q tile. has_keys == false writes zeros
+// chunk_bytes: distance between 64-column chunks of the staging area. has_keys == false writes zeros
 // without reading o (a tile that saw no key never ran a wgmma, so o is undefined).
 template <int kHeadDim, bool kBf16>
 __device__ __forceinline__ void stage_output(const float (&o)[kHeadDim / 2], const float (&inv_l)[2], bool has_keys,

@@ -35,6 +35,19 @@ FA_DEV void mbarrier_arrive(uint32_t bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
 
+// Arrives only where pred holds, without a branch (a divergent branch inside the main loop
+// would cost a convergence barrier there).
+FA_DEV void mbarrier_arrive_if(uint32_t bar, bool pred) {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %1, 0;\n"
+        "@p mbarrier.arrive.shared::cta.b64 _, [%0];\n"
+        "}\n" ::"r"(bar),
+        "r"((uint32_t)pred)
+        : "memory");
+}
+
 FA_DEV void mbarrier_arrive_expect_tx(uint32_t bar, uint32_t tx_bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(tx_bytes)
                  : "memory");

@@ -3,12 +3,20 @@
  *
  * Each thread holds two rows (see sm90_mask.cuh for the fragment layout); the four threads of
  * a quad (lanes 4g..4g+3) share a row, so a row max takes two xor-shuffles. Base 2 with the
- * scale folded in: P = exp2(s * scale_log2 - m * scale_log2), one FFMA + one MUFU.EX2 each,
+ * scale folded in: P = exp2(s * scale_log2 - m * scale_log2), one FFMA + one exponential each,
  * with m the running row max of the raw scores. The row sum stays per thread until
  * finalize. A row with no visible key keeps m = -inf and l = 0: its P are exactly 0 (the max
  * is replaced by 0 before the subtraction, so -inf - -inf never happens), and finalize gives
  * out = 0, lse = -inf. scale_log2 is > 0 (the launcher clamps a zero scale to FLT_MIN), so
  * -inf * scale_log2 stays -inf.
+ *
+ * Exponentials: MUFU.EX2 runs 16 lanes per clock per SM, so by those rates the exponentials of
+ * a head_dim 64 tile take about as long as its two GEMMs. kPolyEighths of every 8 eight-column
+ * groups of a row can instead be computed on the FMA pipe (exp2_fma: round-to-nearest split
+ * x = n + f, degree-3 polynomial for 2^f on [-0.5, 0.5], n added to the exponent bits; relative
+ * error 1.0e-4, below the rounding of P to bf16 (2^-9) and fp16 (2^-11)). Measured slower at
+ * 1/8, 2/8 and 3/8 on an H200 (benches/NOTES.md): the softmax is bound by issue and latency,
+ * not by MUFU, so the default is 0.
  * Device-only; included by fwd_sm90.cu.
  */
 #ifndef FA_SM90_SOFTMAX_CUH
@@ -30,26 +38,55 @@ __device__ __forceinline__ float quad_sum(float x) {
     return x;
 }
 
+// 2^x for x <= 0 (x = -inf included) without MUFU. x is clamped to -127 so that n >= -127:
+// x in [-127, -126.5) gives n = -127 and f >= 0, so p >= 1 and the sum of exponent fields is
+// >= 0 (a denormal or exactly 0, never a wrapped sign); x = -127 (every masked score) gives
+// f = 0, p = 1.0 exactly and the result +0.0, as MUFU.EX2.FTZ gives.
+__device__ __forceinline__ float exp2_fma(float x) {
+    constexpr float kRoundShift = 12582912.f;  // 1.5 * 2^23: x + it holds round(x) in its low mantissa bits
+    constexpr float kC1 = 0.69328290f, kC2 = 0.24221097f, kC3 = 0.05500893f;
+    x = fmaxf(x, -127.f);
+    const float shifted = __fadd_rn(x, kRoundShift);
+    const float n = __fadd_rn(shifted, -kRoundShift);
+    const float f = __fadd_rn(x, -n);
+    float p = fmaf(kC3, f, kC2);
+    p = fmaf(p, f, kC1);
+    p = fmaf(p, f, 1.f);
+    // The shifted float's bits are 0x4B400000 + n; shifted left by 23 the constant part leaves
+    // the 32-bit word and n lands in the exponent field.
+    return __int_as_float(__float_as_int(p) + (__float_as_int(shifted) << 23));
+}
+
 // Scores -> unnormalised probabilities in place. corr[r] = exp2((m_old - m_new) * scale_log2)
 // rescales what was accumulated under the old max (0 when the old max was -inf).
-template <int kNs>
+// kMaxChains independent chains for the row max: it is on the critical path before any
+// exponential (the order of a max does not change its value).
+template <int kPolyEighths, int kMaxChains, int kNs>
 __device__ __forceinline__ void online_softmax(float (&s)[kNs], float (&m)[2], float (&l)[2], float scale_log2,
                                                float (&corr)[2]) {
+    static_assert(kPolyEighths >= 0 && kPolyEighths <= 8, "eighths of the exponentials on the FMA pipe");
+    static_assert(kMaxChains == 1 || kMaxChains == 2 || kMaxChains == 4, "1, 2 or 4 max chains");
+    constexpr int kGroups = kNs / 4;  // 8-column groups per row
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        float mx = m[r];
+        float mx[4] = {m[r], -INFINITY, -INFINITY, -INFINITY};
 #pragma unroll
-        for (int i = 0; i < kNs / 4; ++i) mx = fmaxf(mx, fmaxf(s[4 * i + 2 * r], s[4 * i + 2 * r + 1]));
-        mx = quad_max(mx);
-        const float m_scaled = mx == -INFINITY ? 0.f : mx * scale_log2;
+        for (int i = 0; i < kGroups; ++i)
+            mx[i % kMaxChains] = fmaxf(mx[i % kMaxChains], fmaxf(s[4 * i + 2 * r], s[4 * i + 2 * r + 1]));
+        float row_max = mx[0];
+#pragma unroll
+        for (int c = 1; c < kMaxChains; ++c) row_max = fmaxf(row_max, mx[c]);
+        row_max = quad_max(row_max);
+        const float m_scaled = row_max == -INFINITY ? 0.f : row_max * scale_log2;
         corr[r] = exp2f(m[r] * scale_log2 - m_scaled);
-        m[r] = mx;
+        m[r] = row_max;
         float sum = 0.f;
 #pragma unroll
-        for (int i = 0; i < kNs / 4; ++i) {
+        for (int i = 0; i < kGroups; ++i) {
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-                float p = exp2f(fmaf(s[4 * i + 2 * r + e], scale_log2, -m_scaled));
+                const float x = fmaf(s[4 * i + 2 * r + e], scale_log2, -m_scaled);
+                const float p = (i % 8) < kPolyEighths ? exp2_fma(x) : exp2f(x);
                 s[4 * i + 2 * r + e] = p;
                 sum += p;
             }
@@ -99,9 +136,11 @@ __device__ __forceinline__ void softmax_finalize(const float (&m)[2], const floa
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         const float sum = quad_sum(l[r]);
-        const bool has_keys = sum > 0.f;
-        inv_l[r] = has_keys ? 1.f / sum : 0.f;
-        lse[r] = has_keys ? (m[r] * scale_log2) * kLn2 + logf(sum) : -INFINITY;
+        // Sums are >= 0: exactly 0 means no key was seen; a NaN sum (NaN inputs) falls
+        // through to NaN output and NaN lse rather than passing for an empty row.
+        const bool empty = sum == 0.f;
+        inv_l[r] = empty ? 0.f : 1.f / sum;
+        lse[r] = empty ? -INFINITY : (m[r] * scale_log2) * kLn2 + logf(sum);
     }
 }
 

@@ -6,17 +6,21 @@
  * `stages` shared-memory slots. Pure C (no CUDA includes), so launch.c can compute a launch
  * configuration without a GPU; fwd_sm90.cu instantiates its kernels from the same macros.
  *
- * Shared memory of one CTA (bytes; 16-bit elements; D = head_dim_padded, N = block_n):
- *     Q tile               128 * D * 2            (also stages O for the TMA store)
- *     K ring      stages *   N * D * 2
- *     V ring      stages *   N * D * 2
+ * Shared memory of one CTA (bytes; 16-bit elements; D = head_dim_padded, N = block_n,
+ * S = stages):
+ *     Q tile               128 * D * 2            (one 64-row half per consumer warpgroup)
+ *     K ring           S *   N * D * 2
+ *     V ring           S *   N * D * 2
+ *     O staging            128 * D * 2 or 0        (only where it fits the opt-in limit; else
+ *                                                   each warpgroup stages O in its Q rows)
  *     mbarriers            FA_SM90_BARRIER_BYTES
  *     alignment slack      1024                    (128-byte swizzle wants 1024-byte tiles)
- *   D=64,  N=192 (full):    16384 + 2*2*24576 + 128 + 1024 = 115840
- *   D=64,  N=128 (causal):  16384 + 2*2*16384 + 128 + 1024 =  83072
- *   D=128, N=176 (full):    32768 + 2*2*45056 + 128 + 1024 = 214144
- *   D=128, N=128 (causal):  32768 + 2*2*32768 + 128 + 1024 = 164992
- *   D=256, N=80  (both):    65536 + 2*2*40960 + 128 + 1024 = 230528   (opt-in limit 232448)
+ *   D=64,  N=128, S=2 (both):    16384 + 2*2*16384 + 16384 + 256 + 1024 =  99584
+ *   D=128, N=176, S=2 (full):    32768 + 2*2*45056 +     0 + 256 + 1024 = 214272
+ *   D=128, N=128, S=2 (causal):  32768 + 2*2*32768 + 32768 + 256 + 1024 = 197888
+ *   D=256, N=80,  S=2 (both):    65536 + 2*2*40960 +     0 + 256 + 1024 = 230656
+ * (opt-in limit 232448). head_dim 64 leaves room for up to 4 stages (165120; measured no
+ * faster than 2).
  *
  * Usage: fa_tile t; if (fa_sm90_tile(head_dim, dtype, causal, &t) == 0) ... t.smem_bytes ...
  */
@@ -27,39 +31,81 @@
 #include "kernels.h"
 
 #define FA_SM90_BLOCK_M 128
-#define FA_SM90_STAGES 2
-#define FA_SM90_BARRIER_BYTES 128
+#define FA_SM90_BARRIER_BYTES 256
 #define FA_SM90_SMEM_ALIGN 1024
 
-/* Key-block rows per head dim. A multiple of 16 (one wgmma k-step of P V) and at most 256
- * (one TMA box, one wgmma N). Full (non-causal) attention takes the wider block where the
- * register and shared-memory budget allows it; causal keeps 128 so fewer keys are masked. */
-#define FA_SM90_BLOCK_N_HD64 192
+/* K/V ring depth per head dim (-D overrides build the variants). head_dim 128 and 256 fill the
+ * shared memory with 2 stages; head_dim 64 could take up to 4. */
+#ifndef FA_SM90_STAGES_HD64
+#define FA_SM90_STAGES_HD64 2
+#endif
+#ifndef FA_SM90_STAGES_HD128
+#define FA_SM90_STAGES_HD128 2
+#endif
+#ifndef FA_SM90_STAGES_HD256
+#define FA_SM90_STAGES_HD256 2
+#endif
+#define FA_SM90_STAGES(hd) \
+    ((hd) == 64 ? FA_SM90_STAGES_HD64 : (hd) == 128 ? FA_SM90_STAGES_HD128 : FA_SM90_STAGES_HD256)
+
+/* Key-block rows per head dim (-D overrides build the variants). A multiple of 16 (one wgmma
+ * k-step of P V) and at most 256 (one TMA box, one wgmma N). head_dim 128 full attention takes
+ * the wider 176 (measured better from seqlen 2k up; 128 is better at 512-1k); causal keeps 128
+ * so fewer keys are masked. head_dim 64 uses 128 both ways: measured equal to 192 from 8k up
+ * and up to 14% faster below (192 also wastes a third of its last block at seqlen 512, 1k). */
+#ifndef FA_SM90_BLOCK_N_HD64
+#define FA_SM90_BLOCK_N_HD64 128
+#endif
+#ifndef FA_SM90_BLOCK_N_HD64_CAUSAL
 #define FA_SM90_BLOCK_N_HD64_CAUSAL 128
+#endif
+#ifndef FA_SM90_BLOCK_N_HD128
 #define FA_SM90_BLOCK_N_HD128 176
+#endif
+#ifndef FA_SM90_BLOCK_N_HD128_CAUSAL
 #define FA_SM90_BLOCK_N_HD128_CAUSAL 128
+#endif
+#ifndef FA_SM90_BLOCK_N_HD256
 #define FA_SM90_BLOCK_N_HD256 80
+#endif
+#ifndef FA_SM90_BLOCK_N_HD256_CAUSAL
 #define FA_SM90_BLOCK_N_HD256_CAUSAL 80
+#endif
 
 #define FA_SM90_BLOCK_N(hd, causal)                                                      \
     ((hd) == 64    ? ((causal) ? FA_SM90_BLOCK_N_HD64_CAUSAL : FA_SM90_BLOCK_N_HD64)      \
      : (hd) == 128 ? ((causal) ? FA_SM90_BLOCK_N_HD128_CAUSAL : FA_SM90_BLOCK_N_HD128)    \
                    : ((causal) ? FA_SM90_BLOCK_N_HD256_CAUSAL : FA_SM90_BLOCK_N_HD256))
 
+/* 1: give O a staging buffer of its own where it fits (see above); 0: always stage in Q. */
+#ifndef FA_SM90_O_STAGING
+#define FA_SM90_O_STAGING 1
+#endif
+#define FA_SM90_SMEM_OPTIN_LIMIT 232448 /* H100 / H200: 227 KB per block after opt-in */
+
 #define FA_SM90_Q_BYTES(hd) ((size_t)FA_SM90_BLOCK_M * (size_t)(hd) * 2u)
 #define FA_SM90_KV_SLOT_BYTES(hd, bn) ((size_t)(bn) * (size_t)(hd) * 2u)
-#define FA_SM90_SMEM_BYTES(hd, bn, stages)                                               \
+#define FA_SM90_SMEM_BYTES_NO_O(hd, bn, stages)                                          \
     (FA_SM90_Q_BYTES(hd) + 2u * (size_t)(stages) * FA_SM90_KV_SLOT_BYTES(hd, bn) +       \
      (size_t)FA_SM90_BARRIER_BYTES + (size_t)FA_SM90_SMEM_ALIGN)
+#define FA_SM90_HAS_O_STAGING(hd, bn, stages)                                            \
+    (FA_SM90_O_STAGING &&                                                                \
+     FA_SM90_SMEM_BYTES_NO_O(hd, bn, stages) + FA_SM90_Q_BYTES(hd) <= FA_SM90_SMEM_OPTIN_LIMIT)
+#define FA_SM90_SMEM_BYTES(hd, bn, stages)                                               \
+    (FA_SM90_SMEM_BYTES_NO_O(hd, bn, stages) +                                           \
+     (FA_SM90_HAS_O_STAGING(hd, bn, stages) ? FA_SM90_Q_BYTES(hd) : (size_t)0))
 
 FA_STATIC_ASSERT(FA_SM90_BLOCK_M == 64 * FA_NUM_CONSUMER_WARPGROUPS,
                  "each consumer warpgroup owns 64 query rows (the wgmma M)");
-FA_STATIC_ASSERT(FA_SM90_SMEM_BYTES(256, FA_SM90_BLOCK_N_HD256, FA_SM90_STAGES) <= 232448,
+FA_STATIC_ASSERT(FA_SM90_SMEM_BYTES(256, FA_SM90_BLOCK_N_HD256, FA_SM90_STAGES(256)) <= FA_SM90_SMEM_OPTIN_LIMIT,
                  "head_dim 256 tile fits the 227 KB opt-in shared memory");
-FA_STATIC_ASSERT(FA_SM90_SMEM_BYTES(128, FA_SM90_BLOCK_N_HD128, FA_SM90_STAGES) <= 232448,
+FA_STATIC_ASSERT(FA_SM90_SMEM_BYTES(128, FA_SM90_BLOCK_N_HD128, FA_SM90_STAGES(128)) <= FA_SM90_SMEM_OPTIN_LIMIT,
                  "head_dim 128 tile fits the 227 KB opt-in shared memory");
-FA_STATIC_ASSERT(FA_SM90_SMEM_BYTES(64, FA_SM90_BLOCK_N_HD64, FA_SM90_STAGES) <= 232448,
+FA_STATIC_ASSERT(FA_SM90_SMEM_BYTES(64, FA_SM90_BLOCK_N_HD64, FA_SM90_STAGES(64)) <= FA_SM90_SMEM_OPTIN_LIMIT,
                  "head_dim 64 tile fits the 227 KB opt-in shared memory");
+FA_STATIC_ASSERT(FA_SM90_STAGES_HD64 >= 2 && FA_SM90_STAGES_HD64 <= 4 && FA_SM90_STAGES_HD128 >= 2 &&
+                 FA_SM90_STAGES_HD128 <= 4 && FA_SM90_STAGES_HD256 >= 2 && FA_SM90_STAGES_HD256 <= 4,
+                 "2 to 4 K/V stages (the mbarrier area holds 4 + 4 * 4 barriers)");
 FA_STATIC_ASSERT(FA_SM90_BLOCK_N_HD64 % 16 == 0 && FA_SM90_BLOCK_N_HD64_CAUSAL % 16 == 0 &&
                  FA_SM90_BLOCK_N_HD128 % 16 == 0 && FA_SM90_BLOCK_N_HD128_CAUSAL % 16 == 0 &&
                  FA_SM90_BLOCK_N_HD256 % 16 == 0 && FA_SM90_BLOCK_N_HD256_CAUSAL % 16 == 0,
@@ -78,9 +124,9 @@ static inline int fa_sm90_tile(int head_dim, fa_dtype dtype, int causal, fa_tile
     if (hd == 0 || (dtype != FA_FLOAT16 && dtype != FA_BFLOAT16) || t == NULL) return -1;
     t->block_m = FA_SM90_BLOCK_M;
     t->block_n = FA_SM90_BLOCK_N(hd, causal != 0);
-    t->stages = FA_SM90_STAGES;
+    t->stages = FA_SM90_STAGES(hd);
     t->head_dim_padded = hd;
-    t->smem_bytes = FA_SM90_SMEM_BYTES(hd, t->block_n, FA_SM90_STAGES);
+    t->smem_bytes = FA_SM90_SMEM_BYTES(hd, t->block_n, t->stages);
     t->persistent = 1;
     return 0;
 }
