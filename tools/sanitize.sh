@@ -100,8 +100,10 @@ fi
 status=0
 for tool in $TOOLS; do
     rc=$(cat "$LOG_DIR/$tool.rc" 2>/dev/null || echo 1)
-    summary=$(grep -E "ERROR SUMMARY: [0-9]+ error" "$LOG_DIR/$tool.sanitizer.log" 2>/dev/null |
-              tail -n 1)
+    # memcheck/synccheck/initcheck end with "ERROR SUMMARY: N errors"; racecheck with
+    # "RACECHECK SUMMARY: H hazards displayed (N errors, W warnings)".
+    summary=$(grep -E "(ERROR|RACECHECK) SUMMARY: .*[0-9]+ errors?" "$LOG_DIR/$tool.sanitizer.log" \
+              2>/dev/null | tail -n 1)
     errors=$(grep -oE "[0-9]+ error" <<<"$summary" | grep -oE "[0-9]+")
     last=$(grep -E "[0-9]+ (passed|failed|error)" "$LOG_DIR/$tool.pytest.log" | tail -n 1)
     count() { grep -oE "[0-9]+ $1" <<<"$last" | grep -oE "[0-9]+" || echo 0; }
@@ -114,7 +116,7 @@ for tool in $TOOLS; do
     if [ -z "$errors" ]; then
         errors=0
         verdict=FAIL
-        why="no ERROR SUMMARY in $tool.sanitizer.log"
+        why="no error summary in $tool.sanitizer.log"
     fi
     [ "$errors" -gt 0 ] && { verdict=FAIL; why="sanitizer errors"; }
     [ "$rc" = 124 ] || [ "$rc" = 137 ] && { verdict=FAIL; why="timed out after ${TIMEOUT}s"; }
