@@ -441,6 +441,7 @@ typedef struct {
     int exact_alloc;  /* FLASHATTN_C_EXACT_ALLOC, read with the GIL held */
     /* device path: results */
     fa_device_array *out_da, *lse_da;
+    float *lse_ptr; /* caller-owned lse buffer (lse_ptr=), used instead of lse_da */
     /* host paths: destinations owned by new NumPy arrays */
     void *out_host;
     float *lse_host;
@@ -540,6 +541,8 @@ static void run_device_inputs(job *j)
     if (!j->err.kind && j->lse_da) {
         CUDA_OR_FAIL(&j->err, fa_device_array_allocate(j->lse_da));
         j->p.lse = (float *)j->lse_da->ptr;
+    } else if (j->lse_ptr) {
+        j->p.lse = j->lse_ptr;
     }
     if (!j->err.kind)
         fail_status(&j->err, fa_forward(&j->p, stream));
@@ -760,17 +763,30 @@ static PyObject *py_forward(PyObject *module, PyObject *args, PyObject *kwargs)
     static char *kwlist[] = {"q",      "k",           "v",            "out",
                              "causal", "softmax_scale", "return_lse", "stream",
                              "device_kind", "device_index", "kernel",  "stream_owner",
-                             NULL};
+                             "layouts", "lse_ptr", NULL};
     fa_module_state *st = module_state(module);
     PyObject *q_obj, *k_obj, *v_obj, *out_obj = Py_None, *scale_obj = Py_None;
-    PyObject *stream_obj = Py_None, *stream_owner = Py_None;
+    PyObject *stream_obj = Py_None, *stream_owner = Py_None, *layouts = Py_None;
+    unsigned long long lse_ptr = 0;
     int causal = 0, return_lse = 0, device_kind = DEVICE_AUTO, device_index = -1;
     int kernel = FA_KERNEL_AUTO;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|O$pOpOiiiO:forward", kwlist, &q_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|O$pOpOiiiOOK:forward", kwlist, &q_obj,
                                      &k_obj, &v_obj, &out_obj, &causal, &scale_obj, &return_lse,
                                      &stream_obj, &device_kind, &device_index, &kernel,
-                                     &stream_owner))
+                                     &stream_owner, &layouts, &lse_ptr))
         return NULL;
+    /* layouts (internal, from flashattn_c._api): per argument q, k, v, out, a layout tuple read
+     * off a torch tensor, or None for the generic import. lse_ptr (internal): a caller-owned
+     * contiguous float32 (batch, heads_q, seqlen_q) buffer on the inputs' GPU, 16-byte aligned,
+     * that receives lse instead of a new DeviceArray. */
+    if (layouts != Py_None && (!PyTuple_Check(layouts) || PyTuple_GET_SIZE(layouts) != 4)) {
+        PyErr_SetString(PyExc_TypeError, "layouts must be None or a 4-tuple (q, k, v, out)");
+        return NULL;
+    }
+    if (lse_ptr && (!return_lse || lse_ptr % 16)) {
+        PyErr_SetString(PyExc_ValueError, "lse_ptr needs return_lse and a 16-byte aligned address");
+        return NULL;
+    }
 
     if (device_kind != DEVICE_AUTO && device_kind != DEVICE_CPU && device_kind != DEVICE_CUDA) {
         PyErr_Format(PyExc_ValueError, "device_kind must be 0 (auto), 1 (cpu) or 2 (cuda), got %d",
@@ -802,11 +818,18 @@ static PyObject *py_forward(PyObject *module, PyObject *args, PyObject *kwargs)
     job j;
     memset(&j, 0, sizeof j);
 
-    if (fa_tensor_import(q_obj, "q", dlpack_stream, 0, q) < 0 ||
-        fa_tensor_import(k_obj, "k", dlpack_stream, 0, k) < 0 ||
-        fa_tensor_import(v_obj, "v", dlpack_stream, 0, v) < 0 ||
-        (out && fa_tensor_import(out_obj, "out", dlpack_stream, 1, out) < 0))
-        goto done;
+    PyObject *objs[4] = {q_obj, k_obj, v_obj, out_obj};
+    static const char *const names[4] = {"q", "k", "v", "out"};
+    for (int i = 0; i < 4; i++) {
+        if (i == 3 && !out)
+            break;
+        PyObject *layout = layouts != Py_None ? PyTuple_GET_ITEM(layouts, i) : Py_None;
+        int rc = layout != Py_None
+                     ? fa_tensor_from_layout(objs[i], layout, names[i], &views[i])
+                     : fa_tensor_import(objs[i], names[i], dlpack_stream, i == 3, &views[i]);
+        if (rc < 0)
+            goto done;
+    }
 
     call_args a = {q, k, v, out, device_kind, device_index, -1};
     if (validate(&a) < 0)
@@ -859,7 +882,7 @@ static PyObject *py_forward(PyObject *module, PyObject *args, PyObject *kwargs)
             if (!out_da)
                 goto done;
         }
-        if (return_lse) {
+        if (return_lse && !lse_ptr) {
             lse_da = fa_device_array_new(st->DeviceArray, 3, lse_shape, FA_FLOAT32, device, stream,
                                          stream_owner);
             if (!lse_da)
@@ -867,6 +890,7 @@ static PyObject *py_forward(PyObject *module, PyObject *args, PyObject *kwargs)
         }
         j.out_da = out_da;
         j.lse_da = lse_da;
+        j.lse_ptr = (float *)(uintptr_t)lse_ptr;
         if (!empty) {
             Py_BEGIN_ALLOW_THREADS
             run_device_inputs(&j);
@@ -878,9 +902,13 @@ static PyObject *py_forward(PyObject *module, PyObject *args, PyObject *kwargs)
         }
         out_result = out ? Py_NewRef(out_obj) : (PyObject *)out_da;
         out_da = NULL;
-        lse_result = return_lse ? (PyObject *)lse_da : Py_NewRef(Py_None);
+        lse_result = return_lse && lse_da ? (PyObject *)lse_da : Py_NewRef(Py_None);
         lse_da = NULL;
     } else {
+        if (lse_ptr) {
+            PyErr_SetString(PyExc_ValueError, "lse_ptr is for device inputs only");
+            goto done;
+        }
         if (!out) {
             out_result = new_host_array(4, q->shape, host_typenum(p->dtype));
             if (!out_result)

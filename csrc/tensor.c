@@ -737,3 +737,38 @@ int fa_tensor_import(PyObject *obj, const char *name, uintptr_t dlpack_stream, i
     }
     return 0;
 }
+
+int fa_tensor_from_layout(PyObject *obj, PyObject *layout, const char *name, fa_tensor *t)
+{
+    memset(t, 0, sizeof *t);
+    t->name = name;
+    t->protocol = "layout";
+    t->device_id = -1;
+    t->dtype = FA_DTYPE_NONE;
+    unsigned long long ptr;
+    PyObject *shape, *strides; /* borrowed */
+    int dtype, device;
+    if (!PyArg_ParseTuple(layout, "KO!O!ii:layout", &ptr, &PyTuple_Type, &shape, &PyTuple_Type,
+                          &strides, &dtype, &device))
+        return -1;
+    if (PyTuple_GET_SIZE(strides) != PyTuple_GET_SIZE(shape) ||
+        (dtype != FA_FLOAT16 && dtype != FA_BFLOAT16 && dtype != FA_FLOAT32) || device < 0) {
+        PyErr_Format(PyExc_ValueError, "%s: malformed layout %R", name, layout);
+        return -1;
+    }
+    t->ndim = (int)PyTuple_GET_SIZE(shape);
+    for (int d = 0; d < t->ndim && d < FA_TENSOR_MAX_DIMS; d++) {
+        t->shape[d] = PyLong_AsLongLong(PyTuple_GET_ITEM(shape, d));
+        t->strides[d] = PyLong_AsLongLong(PyTuple_GET_ITEM(strides, d));
+    }
+    if (PyErr_Occurred())
+        return -1;
+    t->dtype = dtype;
+    t->itemsize = fa_dtype_itemsize((fa_dtype)dtype);
+    snprintf(t->dtype_name, sizeof t->dtype_name, "%s", fa_dtype_str((fa_dtype)dtype));
+    t->on_device = 1;
+    t->device_id = device;
+    t->data = (void *)(uintptr_t)ptr;
+    t->owner = Py_NewRef(obj);
+    return 0;
+}

@@ -137,6 +137,12 @@ typedef struct {
 int fa_tensor_import(PyObject *obj, const char *name, uintptr_t dlpack_stream, int for_output,
                      fa_tensor *t);
 
+/* Fills *t from a layout tuple (data_ptr, shape, strides, dtype, device) that the Python layer
+ * read off a device tensor of a framework it recognises (torch.Tensor), sparing the DLPack
+ * round trip; strides in elements, dtype an fa_dtype code, device a CUDA ordinal. The view keeps
+ * obj alive. Returns 0, or -1 with a Python exception set and *t empty. */
+int fa_tensor_from_layout(PyObject *obj, PyObject *layout, const char *name, fa_tensor *t);
+
 /* Gives back what the view holds (DLPack deleter, references). Safe on an empty or already
  * released view. Needs the GIL. */
 void fa_tensor_release(fa_tensor *t);

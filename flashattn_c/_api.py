@@ -120,6 +120,54 @@ def _as_framework(result, framework):
     return result
 
 
+_TORCH_DTYPE_CODES = {}
+
+
+def _torch_layout(torch, t):
+    """(data_ptr, shape, strides, dtype code, device) of a CUDA torch tensor of a GPU dtype, else
+    None. Read at C speed off the tensor: the DLPack exchange costs several microseconds of
+    Python per array in torch, more than the kernel itself at small sizes."""
+    if not _TORCH_DTYPE_CODES:
+        _TORCH_DTYPE_CODES.update({torch.float16: _C.FLOAT16, torch.bfloat16: _C.BFLOAT16})
+    if not isinstance(t, torch.Tensor) or not t.is_cuda:
+        return None
+    code = _TORCH_DTYPE_CODES.get(t.dtype)
+    if code is None:
+        return None
+    return (t.data_ptr(), t.shape, t.stride(), code, t.device.index)
+
+
+def _torch_current_stream(torch, device):
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    return raw(device.index) if raw is not None else torch.cuda.current_stream(device).cuda_stream
+
+
+def _torch_attention(q, k, v, causal, softmax_scale, return_lse, out, device_kind, device_index,
+                     kernel_code):
+    """attention() for CUDA torch tensors on torch's current stream: layouts read off the
+    tensors, outputs from torch's allocator (so they are ordered on that same stream). Returns
+    None when an argument is not such a tensor: the general path then takes the call (and names
+    what is wrong). Validation is the C layer's, as for every other input."""
+    torch = sys.modules["torch"]
+    if q.dim() != 4:
+        return None
+    arrays = (q, k, v) if out is None else (q, k, v, out)
+    layouts = [_torch_layout(torch, a) for a in arrays]
+    if None in layouts:
+        return None
+    device = q.device
+    result = out if out is not None else torch.empty(q.shape, dtype=q.dtype, device=device)
+    if out is None:
+        layouts.append(_torch_layout(torch, result))
+    lse = (torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32, device=device)
+           if return_lse else None)
+    _C.forward(q, k, v, result, causal=bool(causal), softmax_scale=softmax_scale,
+               return_lse=bool(return_lse), stream=_torch_current_stream(torch, device),
+               device_kind=device_kind, device_index=device_index, kernel=kernel_code,
+               layouts=tuple(layouts), lse_ptr=lse.data_ptr() if lse is not None else 0)
+    return (result, lse) if return_lse else result
+
+
 def attention(q, k, v, *, causal=False, softmax_scale=None, return_lse=False, out=None,
               stream=None, device=None, kernel=None):
     """Exact softmax attention, forward: out = softmax(softmax_scale * q k^T [masked]) v.
@@ -188,6 +236,11 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, return_lse=False, ou
         if stream is not None:
             raise ValueError("stream= orders GPU work; device='cpu' runs the host reference")
     framework = _framework(q)
+    if framework == "torch" and stream is None and device_kind != _C.DEVICE_CPU:
+        fast = _torch_attention(q, k, v, causal, softmax_scale, return_lse, out, device_kind,
+                                device_index, kernel_code)
+        if fast is not None:
+            return fast
     if stream is None:
         handle, owner = _current_stream(q, framework) if device_kind != _C.DEVICE_CPU else (0, None)
     else:
