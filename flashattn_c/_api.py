@@ -142,6 +142,19 @@ def _torch_current_stream(torch, device):
     return raw(device.index) if raw is not None else torch.cuda.current_stream(device).cuda_stream
 
 
+def _torch_empty(torch, shape, dtype, device):
+    """An output from torch's allocator; running out of memory is a CudaError, as it is for
+    DeviceArray outputs (cudaErrorMemoryAllocation = 2)."""
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    try:
+        return torch.empty(shape, dtype=dtype, device=device)
+    except oom as exc:
+        error = CudaError(f"allocating a {dtype} output of shape {tuple(shape)} on {device} "
+                          f"failed: cudaErrorMemoryAllocation: out of memory ({exc})")
+        error.cuda_error = 2
+        raise error from exc
+
+
 def _torch_attention(q, k, v, causal, softmax_scale, return_lse, out, device_kind, device_index,
                      kernel_code):
     """attention() for CUDA torch tensors on torch's current stream: layouts read off the
@@ -156,10 +169,10 @@ def _torch_attention(q, k, v, causal, softmax_scale, return_lse, out, device_kin
     if None in layouts:
         return None
     device = q.device
-    result = out if out is not None else torch.empty(q.shape, dtype=q.dtype, device=device)
+    result = out if out is not None else _torch_empty(torch, q.shape, q.dtype, device)
     if out is None:
         layouts.append(_torch_layout(torch, result))
-    lse = (torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32, device=device)
+    lse = (_torch_empty(torch, (q.shape[0], q.shape[2], q.shape[1]), torch.float32, device)
            if return_lse else None)
     _C.forward(q, k, v, result, causal=bool(causal), softmax_scale=softmax_scale,
                return_lse=bool(return_lse), stream=_torch_current_stream(torch, device),
