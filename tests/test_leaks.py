@@ -10,13 +10,13 @@ where there is a GPU and the CudaError path where there is none.
 """
 import gc
 import sys
-import tracemalloc
 
 import numpy as np
 import pytest
 
 import flashattn_c as fa
 from test_interop import KDL_CUDA, FakeDLPack, NumpyProducer, host_dlpack
+from test_reliability_support import traced_growth
 
 CALLS = 1000
 SLACK_BYTES = 64 * 1024  # allocator caches, interned objects; a leak grows with CALLS
@@ -28,16 +28,7 @@ def assert_flat(call, watched):
         call()
     gc.collect()
     refcounts = [sys.getrefcount(obj) for obj in watched]
-    tracemalloc.start()
-    try:
-        gc.collect()
-        before = tracemalloc.get_traced_memory()[0]
-        for _ in range(CALLS):
-            call()
-        gc.collect()
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+    grown = traced_growth(call, CALLS)
     assert [sys.getrefcount(obj) for obj in watched] == refcounts
     assert grown < SLACK_BYTES, f"traced memory grew by {grown} bytes over {CALLS} calls"
 

@@ -22,7 +22,6 @@ buffers, __cuda_array_interface__ inputs and failing calls, in under a minute.
 import gc
 import sys
 import time
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -32,7 +31,7 @@ from conftest import gpu_unavailable_reason
 from flashattn_c import _C
 from test_interop import KDL_CUDA, FakeDLPack, NumpyProducer, host_dlpack
 from test_reliability_hostile import HostileDLPack, Producer, raiser
-from test_reliability_support import rss_bytes
+from test_reliability_support import rss_bytes, traced_growth
 
 ITERATIONS = 10_000
 TRACED_ITERATIONS = 1_000
@@ -42,6 +41,15 @@ RSS_SLACK = {"cpu": 1 << 20, "gpu": 2 << 20}  # ~100 / ~200 bytes per iteration;
 TRACED_SLACK = 64 << 10   # 64 KiB of traced Python memory: 64 bytes per iteration
 DEVICE_SLACK = 16 << 20   # 16 MiB of device memory
 
+
+
+def expect_failure(call, error):
+    """A bad call must raise `error` (the leak loops count failing calls too)."""
+    try:
+        call()
+    except error:
+        return
+    raise AssertionError("a failing call did not fail")
 
 def measure(step, watched, record, label, *, device_free=None, rss_slack=RSS_SLACK["cpu"]):
     """Runs step() WARMUP times, then ITERATIONS times watching RSS (and device memory when
@@ -62,27 +70,14 @@ def measure(step, watched, record, label, *, device_free=None, rss_slack=RSS_SLA
     rss_growth = rss_bytes() - rss_before if rss_before is not None else None
     dev_drop = dev_before - device_free() if device_free else None
 
-    # Interpreter free lists keep recently freed small objects (they stay "traced" where they
-    # were first allocated) until they fill, whatever the code does: the first run absorbs that.
-    tracemalloc.start()
-    try:
-        for _ in range(TRACED_ITERATIONS):
-            step()
-        gc.collect()
-        traced_before = tracemalloc.get_traced_memory()[0]
-        for _ in range(TRACED_ITERATIONS):
-            step()
-        gc.collect()
-        traced_growth = tracemalloc.get_traced_memory()[0] - traced_before
-    finally:
-        tracemalloc.stop()
+    traced = traced_growth(step, TRACED_ITERATIONS, settle=TRACED_ITERATIONS)
 
     after = [sys.getrefcount(obj) for obj in watched]  # counted exactly as `refcounts` was
     refcount_change = [a - b for a, b in zip(after, refcounts)]
     record(label, "iterations", ITERATIONS, f"({seconds:.2f} s, {1e6 * seconds / ITERATIONS:.0f} "
                                             "us per iteration)")
     record(label, "RSS growth", rss_growth, f"bytes over {ITERATIONS} iterations")
-    record(label, "traced Python memory growth", traced_growth,
+    record(label, "traced Python memory growth", traced,
            f"bytes over {TRACED_ITERATIONS} iterations")
     if device_free:
         record(label, "device free memory drop", dev_drop, f"bytes over {ITERATIONS} iterations")
@@ -92,7 +87,7 @@ def measure(step, watched, record, label, *, device_free=None, rss_slack=RSS_SLA
     if rss_growth is not None:
         assert rss_growth < rss_slack, (f"RSS grew by {rss_growth} bytes over {ITERATIONS} "
                                         "iterations")
-    assert traced_growth < TRACED_SLACK, (f"traced memory grew by {traced_growth} bytes over "
+    assert traced < TRACED_SLACK, (f"traced memory grew by {traced} bytes over "
                                           f"{TRACED_ITERATIONS} iterations")
     if device_free:
         assert dev_drop < DEVICE_SLACK, (f"free device memory dropped by {dev_drop} bytes over "
@@ -155,12 +150,7 @@ def test_cpu_paths_lose_nothing(rng, record_number):
             (lambda: fa.attention(refusing, fake_kv, fake_kv), BufferError),
             (lambda: fa.attention(producers[0], k[:, :5], v, device="cpu"), ValueError),
         ]:
-            try:
-                call()
-            except error:
-                pass
-            else:
-                raise AssertionError("a failing call did not fail")
+            expect_failure(call, error)
 
     for p in ctypes_producers + bf16:
         p.deleter_calls = 0
@@ -224,12 +214,7 @@ def test_gpu_paths_lose_nothing(record_number):
             ] + ([(lambda: fa.attention(too_many_heads, too_many_heads, too_many_heads,
                                         kernel="sm80"), RuntimeError)]
                  if too_many_heads is not None else []):
-                try:
-                    call()
-                except error:
-                    pass
-                else:
-                    raise AssertionError("a failing call did not fail")
+                expect_failure(call, error)
         return got
 
     def device_free():

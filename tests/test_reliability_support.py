@@ -18,12 +18,14 @@ What lives here:
 The self-checks below run everywhere (no GPU):
     python -m pytest -q tests/test_reliability_support.py
 """
+import gc
 import json
 import os
 import random
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,6 +153,25 @@ def sampled_rows_check(q, k, v, out, lse, rows, causal, softmax_scale=None):
 
 # ------------------------------------------------------------------------------------------------
 # Process-level measurements
+
+
+def traced_growth(step, iterations, settle=0):
+    """Bytes of Python memory still traced after `iterations` more calls of step() (garbage
+    collected before and after): the tracemalloc half of every leak test. `settle` calls run
+    traced first and are not counted: interpreter free lists keep recently freed small objects
+    traced where they were first allocated until they fill, whatever the code does."""
+    tracemalloc.start()
+    try:
+        for _ in range(settle):
+            step()
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(iterations):
+            step()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
 
 
 def rss_bytes():
