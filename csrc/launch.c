@@ -252,32 +252,40 @@ const char *fa_family_name(fa_kernel_family family)
     return "unknown";
 }
 
-static int family_built(fa_kernel_family family)
-{
+/* What each kernel family built into this library provides (kernels/kernels.h). */
+typedef struct {
+    fa_kernel_family family;
+    int (*tile)(int head_dim, fa_dtype dtype, int causal, fa_tile *t);
+    const void *(*kernel_fn)(const fa_params *p, const fa_tile *t);
+    cudaError_t (*launch)(const fa_params *p, const fa_launch *cfg, cudaStream_t stream);
+    int (*archs)(int *archs, int max);
+} family_ops;
+
+static const family_ops built_families[] = {
 #ifdef FA_WITH_SM80
-    if (family == FA_KERNEL_SM80)
-        return 1;
+    {FA_KERNEL_SM80, fa_sm80_tile, fa_sm80_kernel_fn, fa_sm80_launch, fa_sm80_archs},
 #endif
 #ifdef FA_WITH_SM90
-    if (family == FA_KERNEL_SM90)
-        return 1;
+    {FA_KERNEL_SM90, fa_sm90_tile, fa_sm90_kernel_fn, fa_sm90_launch, fa_sm90_archs},
 #endif
-    (void)family;
-    return 0;
+    {FA_KERNEL_AUTO, NULL, NULL, NULL, NULL}, /* end; also keeps the array non-empty */
+};
+
+/* The built family's operations, or NULL when `family` is not in this build. */
+static const family_ops *find_family(fa_kernel_family family)
+{
+    for (const family_ops *f = built_families; f->tile; f++)
+        if (f->family == family)
+            return f;
+    return NULL;
 }
+
+static int family_built(fa_kernel_family family) { return find_family(family) != NULL; }
 
 int fa_family_archs(fa_kernel_family family, int *archs, int max)
 {
-#ifdef FA_WITH_SM80
-    if (family == FA_KERNEL_SM80)
-        return fa_sm80_archs(archs, max);
-#endif
-#ifdef FA_WITH_SM90
-    if (family == FA_KERNEL_SM90)
-        return fa_sm90_archs(archs, max);
-#endif
-    (void)family; (void)archs; (void)max;
-    return 0;
+    const family_ops *f = find_family(family);
+    return f ? f->archs(archs, max) : 0;
 }
 
 /* "sm_80, sm_90" for error messages. */
@@ -311,9 +319,8 @@ static fa_status choose_family(fa_kernel_family requested, int major, int minor,
             *chosen = FA_KERNEL_SM80;
         else
             return fa_fail(FA_ERR_NO_KERNEL_FOR_ARCH,
-                           "this build has no kernel family for sm_%d%d (families built: %s%s)",
-                           major, minor, family_built(FA_KERNEL_SM90) ? "sm90 " : "",
-                           family_built(FA_KERNEL_SM80) ? "sm80" : "");
+                           "this build has no kernel family for sm_%d%d (families built: %s)",
+                           major, minor, family_built(FA_KERNEL_SM90) ? "sm90 only" : "none");
         return FA_OK;
     }
     if (requested != FA_KERNEL_SM80 && requested != FA_KERNEL_SM90)
@@ -331,50 +338,6 @@ static fa_status choose_family(fa_kernel_family requested, int major, int minor,
     }
     *chosen = requested;
     return FA_OK;
-}
-
-static int family_tile(fa_kernel_family family, const fa_params *p, fa_tile *t)
-{
-    memset(t, 0, sizeof *t);
-#ifdef FA_WITH_SM80
-    if (family == FA_KERNEL_SM80)
-        return fa_sm80_tile(p->head_dim, p->dtype, p->causal, t);
-#endif
-#ifdef FA_WITH_SM90
-    if (family == FA_KERNEL_SM90)
-        return fa_sm90_tile(p->head_dim, p->dtype, p->causal, t);
-#endif
-    (void)family; (void)p;
-    return -1;
-}
-
-static const void *family_kernel_fn(fa_kernel_family family, const fa_params *p, const fa_tile *t)
-{
-#ifdef FA_WITH_SM80
-    if (family == FA_KERNEL_SM80)
-        return fa_sm80_kernel_fn(p, t);
-#endif
-#ifdef FA_WITH_SM90
-    if (family == FA_KERNEL_SM90)
-        return fa_sm90_kernel_fn(p, t);
-#endif
-    (void)family; (void)p; (void)t;
-    return NULL;
-}
-
-static cudaError_t family_launch(fa_kernel_family family, const fa_params *p,
-                                 const fa_launch *cfg, cudaStream_t stream)
-{
-#ifdef FA_WITH_SM80
-    if (family == FA_KERNEL_SM80)
-        return fa_sm80_launch(p, cfg, stream);
-#endif
-#ifdef FA_WITH_SM90
-    if (family == FA_KERNEL_SM90)
-        return fa_sm90_launch(p, cfg, stream);
-#endif
-    (void)family; (void)p; (void)cfg; (void)stream;
-    return cudaErrorInvalidDeviceFunction;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -410,7 +373,8 @@ fa_status fa_launch_config(const fa_params *p, const fa_device *dev, fa_launch *
     if ((s = choose_family(p->family, dev->major, dev->minor, &family)) != FA_OK)
         return s;
     fa_tile t;
-    if (family_tile(family, p, &t) != 0)
+    memset(&t, 0, sizeof t);
+    if (find_family(family)->tile(p->head_dim, p->dtype, p->causal, &t) != 0)
         return fa_fail(FA_ERR_UNSUPPORTED, "kernel family %s has no tile for head_dim %d",
                        fa_family_name(family), p->head_dim);
 
@@ -560,9 +524,11 @@ fa_status fa_forward(const fa_params *p, cudaStream_t stream)
     if ((s = fa_launch_config(p, &dev, &cfg)) != FA_OK)
         return s;
 
+    const family_ops *ops = find_family(cfg.family); /* fa_launch_config chose a built one */
     fa_tile t;
-    family_tile(cfg.family, p, &t);
-    const void *fn = family_kernel_fn(cfg.family, p, &t);
+    memset(&t, 0, sizeof t);
+    ops->tile(p->head_dim, p->dtype, p->causal, &t);
+    const void *fn = ops->kernel_fn(p, &t);
     if (!fn)
         return fa_fail(FA_ERR_UNSUPPORTED, "%s is not instantiated in this build", cfg.kernel);
     if ((s = prepare_kernel(fn, device, &dev, &cfg, &cfg.regs)) != FA_OK)
@@ -570,7 +536,7 @@ fa_status fa_forward(const fa_params *p, cudaStream_t stream)
     cfg.device = device;
     cfg.stream = (uintptr_t)stream;
 
-    cudaError_t err = family_launch(cfg.family, p, &cfg, stream);
+    cudaError_t err = ops->launch(p, &cfg, stream);
     if (err != cudaSuccess)
         return fa_fail_cuda(err, cfg.kernel, __FILE__, __LINE__);
 

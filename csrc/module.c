@@ -1090,12 +1090,16 @@ static PyObject *py_build_info(PyObject *module, PyObject *unused)
 static PyMethodDef module_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))py_forward, METH_VARARGS | METH_KEYWORDS,
      "forward(q, k, v, out=None, *, causal=False, softmax_scale=None, return_lse=False,\n"
-     "        stream=0, device_kind=0, device_index=-1, kernel=0, stream_owner=None)\n"
+     "        stream=0, device_kind=0, device_index=-1, kernel=0, stream_owner=None,\n"
+     "        layouts=None, lse_ptr=0)\n"
      "--\n\n"
      "Low-level attention forward; flashattn_c.attention is the public entry point.\n"
      "device_kind: 0 = where the inputs live (host inputs run on the GPU), 1 = the host C\n"
      "reference, 2 = the GPU. kernel: 0 = auto, 1 = sm80, 2 = sm90. stream: a cudaStream_t\n"
      "as an int (0 = legacy default). stream_owner is kept alive by the DeviceArrays made.\n"
+     "layouts (internal): per argument (q, k, v, out) a (data_ptr, shape, strides, dtype,\n"
+     "device) tuple read off a torch tensor, or None; lse_ptr (internal): a caller-owned\n"
+     "float32 (batch, heads_q, seqlen_q) device buffer that receives lse (lse is then None).\n"
      "Returns (out, lse or None): DeviceArrays for device inputs, NumPy arrays for host\n"
      "inputs (bfloat16 as uint16 bit patterns); a given `out` is returned as is."},
     {"launch_config", (PyCFunction)(void (*)(void))py_launch_config,
