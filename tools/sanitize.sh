@@ -23,7 +23,9 @@
 #     SANITIZE_SELECT    a pytest -k expression narrowing the subset (e.g. "sm90 and float16")
 #     SANITIZE_PARALLEL  1 (default): the tools run side by side on the GPU; 0: one at a time
 #     SANITIZE_TIMEOUT   seconds allowed per tool (default 220); a tool that runs out FAILs
-#     OUT                logs go to $OUT/sanitizer (default /tmp/flashattn_c_out/sanitizer)
+#     SANITIZE_LOG_DIR   the per-tool logs (default /tmp/flashattn_c_sanitizer)
+#     OUT                when set, the logs are also packed into one file there,
+#                        $OUT/sanitizer-logs.tar.gz (a device call returns few files)
 # Exit status: 0 when every tool passed, 1 otherwise.
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -32,8 +34,9 @@ PYTHON=${PYTHON:-python}
 TOOLS=${SANITIZE_TOOLS:-"memcheck racecheck synccheck initcheck"}
 TIMEOUT=${SANITIZE_TIMEOUT:-220}
 PARALLEL=${SANITIZE_PARALLEL:-1}
-LOG_DIR=${OUT:-/tmp/flashattn_c_out}/sanitizer
+LOG_DIR=${SANITIZE_LOG_DIR:-/tmp/flashattn_c_sanitizer}
 mkdir -p "$LOG_DIR"
+rm -f "$LOG_DIR"/*.flags "$LOG_DIR"/*.log "$LOG_DIR"/*.rc  # this script's own files only
 
 find_sanitizer() {
     if [ -n "${COMPUTE_SANITIZER:-}" ]; then echo "$COMPUTE_SANITIZER"; return; fi
@@ -127,4 +130,9 @@ for tool in $TOOLS; do
     echo "$tool: $verdict ($errors errors, $tests tests)"
 done
 echo "sanitize.sh: logs and flags used in $LOG_DIR" >&2
+if [ -n "${OUT:-}" ]; then
+    mkdir -p "$OUT"
+    tar -czf "$OUT/sanitizer-logs.tar.gz" -C "$LOG_DIR" . &&
+        echo "sanitize.sh: packed into $OUT/sanitizer-logs.tar.gz" >&2
+fi
 exit $status
