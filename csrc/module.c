@@ -448,6 +448,26 @@ typedef struct {
     call_error err;
 } job;
 
+/* A stream belongs to one GPU: a launch into another GPU's stream fails, or with peer access
+ * reads every operand across the link. Handles 0-2 (legacy and per-thread default streams)
+ * name the current device's default stream, which becomes the target's after cudaSetDevice.
+ * Returns 0, or -1 with j->err set: "stream belongs to cuda:X but <who><relation> cuda:Y". */
+static int check_stream_device(job *j, int target, const char *who, const char *relation)
+{
+    if (j->stream <= 2)
+        return 0;
+    int stream_device = -1;
+    CUDA_OR_FAIL(&j->err, cudaStreamGetDevice((cudaStream_t)j->stream, &stream_device));
+    if (j->err.kind)
+        return -1;
+    if (stream_device != target) {
+        fail(&j->err, ERR_VALUE, "stream belongs to cuda:%d but %s%s cuda:%d", stream_device, who,
+             relation, target);
+        return -1;
+    }
+    return 0;
+}
+
 /* Makes `ours` wait for the work pending on a producer's stream. */
 static void wait_for_stream(job *j, cudaStream_t ours, uintptr_t producer)
 {
@@ -518,6 +538,8 @@ static void run_device_inputs(job *j)
              target_src ? target_src->name : "q", target, j->device_index);
         return;
     }
+    if (check_stream_device(j, target, target_src ? target_src->name : "q", " is on") < 0)
+        return;
     if (j->out_da)
         j->out_da->device = target;
     if (j->lse_da)
@@ -568,6 +590,9 @@ static void run_host_on_gpu(job *j)
     if (j->err.kind)
         return;
     const int target = j->device_index >= 0 ? j->device_index : previous;
+    if (check_stream_device(j, target, j->device_index >= 0 ? "device=" : "the current device",
+                            j->device_index >= 0 ? " selects" : " is") < 0)
+        return;
     if (target != previous) {
         CUDA_OR_FAIL(&j->err, cudaSetDevice(target));
         if (j->err.kind)

@@ -215,7 +215,8 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, return_lse=False, ou
             imported through DLPack are ordered before this stream by their producer; a
             __cuda_array_interface__ 'stream' is waited on with an event. The call returns
             as soon as the work is enqueued (device inputs). A stream given as an object is
-            kept alive by the returned DeviceArray; a raw int handle must outlive it.
+            kept alive by the returned DeviceArray; a raw int handle must outlive it. A stream
+            of another GPU than the one the call runs on raises ValueError.
         device: None (where the inputs live: device arrays on their GPU, host arrays are copied
             to the current GPU and back), "cuda" / "cuda:N" / N (that GPU; device inputs must
             already be there), or "cpu" (the C reference on host arrays, blocking). Nothing ever

@@ -449,9 +449,9 @@ def two_gpus():
 @pytest.mark.skipif(not two_gpus(), reason="needs two CUDA GPUs and PyTorch")
 def test_inputs_on_another_gpu_than_the_stream():
     """Inputs on cuda:1 run on cuda:1; device='cuda:0' is refused by name; a stream of cuda:0 is
-    refused (ValueError or CudaError) or gives the right result, and either way the same call
-    on the inputs' own stream still works afterwards. In a child process: a launch into the
-    wrong device's context may poison it."""
+    refused by name before anything is enqueued, for device inputs and for host inputs computed
+    on cuda:1; the same call on the inputs' own stream still works afterwards. In a child
+    process: were the check missing, a launch into the wrong device's context could poison it."""
     report = run_isolated("""
         import torch, flashattn_c as fa
         q = torch.randn(1, 64, 2, 64, device="cuda:1", dtype=torch.float16)
@@ -461,13 +461,12 @@ def test_inputs_on_another_gpu_than_the_stream():
         exc = expect_raise(lambda: fa.attention(q, q, q, device="cuda:0"))
         facts["named"] = (type(exc).__name__, str(exc))
         stream0 = torch.cuda.Stream(device="cuda:0")
-        def wrong_stream():
-            got = fa.attention(q, q, q, stream=stream0)
-            torch.cuda.synchronize(0)
-            torch.cuda.synchronize(1)
-            facts["wrong_stream_equal"] = bool(torch.equal(got.to("cuda:1"), expected))
-        exc = expect_raise(wrong_stream)
-        facts["wrong_stream"] = None if exc is None else (type(exc).__name__, str(exc))
+        exc = expect_raise(lambda: fa.attention(q, q, q, stream=stream0))
+        facts["wrong_stream"] = None if exc is None else [type(exc).__name__, str(exc)]
+        host = q.cpu().numpy()
+        exc = expect_raise(lambda: fa.attention(host, host, host, device="cuda:1",
+                                                stream=stream0))
+        facts["wrong_stream_host"] = None if exc is None else [type(exc).__name__, str(exc)]
         again = fa.attention(q, q, q)
         torch.cuda.synchronize(1)
         facts["again_equal"] = bool(torch.equal(again, expected))
@@ -477,10 +476,9 @@ def test_inputs_on_another_gpu_than_the_stream():
     facts = report["result"]
     assert facts["device"] == "cuda:1" and facts["launch_device"] == 1
     assert facts["named"] == ["ValueError", "q is on cuda:1 but device='cuda:0' was given"]
-    if facts["wrong_stream"] is not None:
-        assert facts["wrong_stream"][0] in ("ValueError", "CudaError"), facts["wrong_stream"]
-    else:
-        assert facts["wrong_stream_equal"], "a stream of another GPU gave a wrong result"
+    assert facts["wrong_stream"] == ["ValueError", "stream belongs to cuda:0 but q is on cuda:1"]
+    assert facts["wrong_stream_host"] == [
+        "ValueError", "stream belongs to cuda:0 but device= selects cuda:1"]
     assert facts["again_equal"], "the module stopped working after the wrong-stream call"
 
 

@@ -324,9 +324,15 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
 
     /* ---- prologue: Q and key blocks 0 .. STAGES-2 ---- */
     if constexpr (C::kMbar) {
-        if (tid < C::kStages) {
-            mbar_init(full_bar + tid * 8, C::kLoadThreads);
-            mbar_init(empty_bar + tid * 8, kThreads);
+        /* One thread, constant offsets: ptxas then counts every barrier object
+           (EIATTR_NUM_MBARRIERS), which compute-sanitizer sizes its barrier tracking by; with
+           offsets from tid it counted 2 of the 4 and racecheck/synccheck lost track of them. */
+        if (tid == 0) {
+#pragma unroll
+            for (int s = 0; s < C::kStages; ++s) {
+                mbar_init(full_bar + s * 8, C::kLoadThreads);
+                mbar_init(empty_bar + s * 8, kThreads);
+            }
         }
         __syncthreads(); /* the barriers are initialized before anyone arrives */
     }
@@ -469,6 +475,14 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
                     }
                 }
             }
+        };
+        /* A pair with nothing to compute in a sub-block still meets at its exchange barrier,
+           so every warp passes the same barriers in the same order. Skipping it is harmless on
+           the hardware (the pair skips together), but racecheck then pairs accesses across a
+           later __syncthreads (it reported the epilogue's O staging racing with its read). */
+        auto skip_exchange = [&]() {
+            if constexpr (C::kDS == 2)
+                bar_sync(1 + row_group, 2 * FA_WARP_SIZE);
         };
         auto exchange = [&](float (&s)[MT][C::kSTiles][4]) {
             if constexpr (C::kDS == 2) {
@@ -617,8 +631,10 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
                         if (CAUSAL)
                             key_end = min(seqlen_k, row0 + (row_group + 1) * C::kWarpRows +
                                                         seqlen_k - seqlen_q);
-                        if (key_first >= key_end)
+                        if (key_first >= key_end) {
+                            skip_exchange();
                             continue;
+                        }
                     }
                     float s[MT][C::kSTiles][4];
                     qk(s, sub);
@@ -648,6 +664,10 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
                     softmax_pv(s, sub);
                 }
             }
+        } else {
+#pragma unroll
+            for (int sub = 0; sub < C::kSubs; ++sub)
+                skip_exchange();
         }
         if constexpr (C::kMbar)
             /* Every thread releases its own reads of the stage (a single lane after __syncwarp
