@@ -255,7 +255,7 @@ const char *fa_family_name(fa_kernel_family family)
 /* What each kernel family built into this library provides (kernels/kernels.h). */
 typedef struct {
     fa_kernel_family family;
-    int (*tile)(int head_dim, fa_dtype dtype, int causal, fa_tile *t);
+    int (*tile)(const fa_params *p, fa_tile *t);
     const void *(*kernel_fn)(const fa_params *p, const fa_tile *t);
     cudaError_t (*launch)(const fa_params *p, const fa_launch *cfg, cudaStream_t stream);
     int (*archs)(int *archs, int max);
@@ -374,7 +374,7 @@ fa_status fa_launch_config(const fa_params *p, const fa_device *dev, fa_launch *
         return s;
     fa_tile t;
     memset(&t, 0, sizeof t);
-    if (find_family(family)->tile(p->head_dim, p->dtype, p->causal, &t) != 0)
+    if (find_family(family)->tile(p, &t) != 0)
         return fa_fail(FA_ERR_UNSUPPORTED, "kernel family %s has no tile for head_dim %d",
                        fa_family_name(family), p->head_dim);
 
@@ -527,7 +527,7 @@ fa_status fa_forward(const fa_params *p, cudaStream_t stream)
     const family_ops *ops = find_family(cfg.family); /* fa_launch_config chose a built one */
     fa_tile t;
     memset(&t, 0, sizeof t);
-    ops->tile(p->head_dim, p->dtype, p->causal, &t);
+    ops->tile(p, &t);
     const void *fn = ops->kernel_fn(p, &t);
     if (!fn)
         return fa_fail(FA_ERR_UNSUPPORTED, "%s is not instantiated in this build", cfg.kernel);

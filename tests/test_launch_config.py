@@ -71,6 +71,18 @@ def test_sm90_family_is_persistent_on_h100(head_dim, causal, seqlen):
     assert cfg["grid"] == (min(tiles, SM_COUNT[H100]), 1, 1)
 
 
+@needs_sm90
+@pytest.mark.parametrize("seqlen_k, causal, block_n", [
+    (1, False, 128), (1024, False, 128), (1025, False, 176), (16384, False, 176),
+    (1024, True, 128), (16384, True, 128)])
+def test_sm90_head_dim_128_block_follows_seqlen_k(seqlen_k, causal, block_n):
+    """Full attention over at most 1024 keys runs 128-key blocks (512 and 1024 keys are whole
+    blocks); longer runs 176; causal always 128. Only seqlen_k decides, not seqlen_q."""
+    cfg = config(H100, "sm90", head_dim=128, causal=causal, seqlen_q=4096, seqlen_k=seqlen_k)
+    assert cfg["block_n"] == block_n
+    assert cfg["smem_bytes"] == (197888 if block_n == 128 else 214272)
+
+
 def test_auto_picks_the_fastest_family_built_for_the_device():
     expected_h100 = "sm90" if built("sm90") else "sm80"
     assert config(H100)["family"] == expected_h100

@@ -32,7 +32,9 @@
  *   FA_SM90_O_STAGING         (sm90_tiles.h) the separate O staging buffer described above;
  *   FA_SM90_MAX_CHAINS        independent chains of the row max (1);
  *   FA_SM90_POLY_EXP2_HD{64,128,256}  eighths of the exponentials on the FMA pipe (0);
- *   FA_SM90_STAGES_HD*, FA_SM90_BLOCK_N_HD* (sm90_tiles.h)  ring depth and key-block size.
+ *   FA_SM90_STAGES_HD*, FA_SM90_BLOCK_N_HD* (sm90_tiles.h)  ring depth and key-block size;
+ *   FA_SM90_SHORT_SEQLEN_K    (sm90_tiles.h) head_dim 128 full attention over at most this many
+ *                             keys runs its own 128-key-block instance (1024; 0 turns it off).
  *
  * Build: nvcc -c -O3 -std=c++17 --use_fast_math -Xptxas -v -lineinfo -Xcompiler -fPIC \
  *          -gencode arch=compute_90a,code=sm_90a -I csrc csrc/kernels/fwd_sm90.cu
@@ -600,18 +602,24 @@ bool dispatch(const fa_params *p, F &&f) {
     const int hd = fa_sm90_head_dim_padded(p->head_dim);
     const bool causal = p->causal != 0;
     const bool bf16 = p->dtype == FA_BFLOAT16;
+    const bool short_keys = FA_SM90_SHORT_KEYS(p->seqlen_k);
     if (hd == 0 || (p->dtype != FA_FLOAT16 && p->dtype != FA_BFLOAT16)) return false;
-#define FA_SM90_CASE(HD, CAUSAL, BF16)                                              \
-    if (hd == HD && causal == CAUSAL && bf16 == BF16) {                             \
-        f(Config<HD, FA_SM90_BLOCK_N(HD, CAUSAL), CAUSAL, BF16>{});                 \
-        return true;                                                                \
+    // Only head_dim 128 full attention has a block size of its own for short key sequences.
+#define FA_SM90_CASE(HD, CAUSAL, SHORT, BF16)                                                   \
+    if (hd == HD && causal == CAUSAL && bf16 == BF16 &&                                         \
+        (HD != 128 || CAUSAL || short_keys == SHORT)) {                                         \
+        f(Config<HD, FA_SM90_BLOCK_N(HD, CAUSAL, SHORT), CAUSAL, BF16>{});                      \
+        return true;                                                                            \
     }
-    FA_SM90_CASE(64, false, false) FA_SM90_CASE(64, false, true)
-    FA_SM90_CASE(64, true, false) FA_SM90_CASE(64, true, true)
-    FA_SM90_CASE(128, false, false) FA_SM90_CASE(128, false, true)
-    FA_SM90_CASE(128, true, false) FA_SM90_CASE(128, true, true)
-    FA_SM90_CASE(256, false, false) FA_SM90_CASE(256, false, true)
-    FA_SM90_CASE(256, true, false) FA_SM90_CASE(256, true, true)
+    FA_SM90_CASE(64, false, false, false) FA_SM90_CASE(64, false, false, true)
+    FA_SM90_CASE(64, true, false, false) FA_SM90_CASE(64, true, false, true)
+    FA_SM90_CASE(128, false, false, false) FA_SM90_CASE(128, false, false, true)
+#if FA_SM90_SHORT_SEQLEN_K > 0
+    FA_SM90_CASE(128, false, true, false) FA_SM90_CASE(128, false, true, true)
+#endif
+    FA_SM90_CASE(128, true, false, false) FA_SM90_CASE(128, true, false, true)
+    FA_SM90_CASE(256, false, false, false) FA_SM90_CASE(256, false, false, true)
+    FA_SM90_CASE(256, true, false, false) FA_SM90_CASE(256, true, false, true)
 #undef FA_SM90_CASE
     return false;
 }

@@ -2,7 +2,7 @@
  * kernels.h -- what a kernel family gives the launch logic (launch.c).
  *
  * Each family (fwd_sm80.cu, fwd_sm90.cu) implements, with C linkage:
- *   fa_<fam>_tile(...)      in <fam>_tiles.h: pure host tile choice + shared-memory bytes
+ *   fa_<fam>_tile(p, &t)    in <fam>_tiles.h: pure host tile choice + shared-memory bytes
  *   fa_<fam>_kernel_fn(...) the __global__ function a launch would run, NULL if not compiled
  *   fa_<fam>_launch(...)    the one <<<>>> site of the family; returns cudaGetLastError()
  *   fa_<fam>_archs(...)     the SASS targets the file was compiled for (__CUDA_ARCH_LIST__)
@@ -17,7 +17,7 @@
 extern "C" {
 #endif
 
-/* A family's tile for one (head_dim, dtype, causal). */
+/* A family's tile for one problem (its head_dim, dtype, causal and, for sm90, seqlen_k). */
 typedef struct {
     int block_m;          /* query rows per CTA tile */
     int block_n;          /* key rows per main-loop step */

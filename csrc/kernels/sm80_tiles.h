@@ -3,7 +3,7 @@
  * fwd_sm80.cu): block sizes and the shared-memory layout, as plain C so the launch logic and
  * the CPU tests compute a launch without a GPU. The kernel templates read the same macros.
  *
- *   fa_sm80_tile(head_dim, dtype, causal, &tile) -> 0, or -1 unless head_dim is a multiple of 8
+ *   fa_sm80_tile(&params, &tile) -> 0, or -1 unless params.head_dim is a multiple of 8
  *   in [8, 256]. head_dim runs on the next instantiated size (64, 128, 256): the missing columns
  *   are zero-filled on load and never stored. dtype and causal do not change the tile.
  *
@@ -123,11 +123,12 @@ FA_STATIC_ASSERT(FA_SM80_SMEM_BYTES_OF(128) + 2 * FA_SM80_HD128_STAGES * 8 <= FA
 
 /* Fills *t for (head_dim, dtype, causal); returns 0, or -1 if head_dim is not a multiple of 8
    in [8, 256]. Pure arithmetic: the launch logic and CI tests call it without a GPU. */
-static inline int fa_sm80_tile(int head_dim, fa_dtype dtype, int causal, fa_tile *t)
+static inline int fa_sm80_tile(const fa_params *p, fa_tile *t)
 {
-    (void)dtype;
-    (void)causal;
-    if (t == NULL || head_dim < 8 || head_dim > 256 || head_dim % 8 != 0)
+    if (p == NULL || t == NULL)
+        return -1;
+    const int head_dim = p->head_dim;
+    if (head_dim < 8 || head_dim > 256 || head_dim % 8 != 0)
         return -1;
     if (head_dim <= 64) {
         t->head_dim_padded = 64;

@@ -17,12 +17,13 @@
  *     alignment slack      1024                    (128-byte swizzle wants 1024-byte tiles)
  *   D=64,  N=128, S=2 (both):    16384 + 2*2*16384 + 16384 + 256 + 1024 =  99584
  *   D=128, N=176, S=2 (full):    32768 + 2*2*45056 +     0 + 256 + 1024 = 214272
- *   D=128, N=128, S=2 (causal):  32768 + 2*2*32768 + 32768 + 256 + 1024 = 197888
+ *   D=128, N=128, S=2 (causal, and full with seqlen_k <= 1024):
+ *                                32768 + 2*2*32768 + 32768 + 256 + 1024 = 197888
  *   D=256, N=80,  S=2 (both):    65536 + 2*2*40960 +     0 + 256 + 1024 = 230656
  * (opt-in limit 232448). head_dim 64 leaves room for up to 4 stages (165120; measured no
  * faster than 2).
  *
- * Usage: fa_tile t; if (fa_sm90_tile(head_dim, dtype, causal, &t) == 0) ... t.smem_bytes ...
+ * Usage: fa_tile t; if (fa_sm90_tile(&params, &t) == 0) ... t.smem_bytes ...
  */
 #ifndef FA_SM90_TILES_H
 #define FA_SM90_TILES_H
@@ -72,10 +73,25 @@
 #define FA_SM90_BLOCK_N_HD256_CAUSAL 80
 #endif
 
-#define FA_SM90_BLOCK_N(hd, causal)                                                      \
+/* head_dim 128 full attention over at most FA_SM90_SHORT_SEQLEN_K keys takes 128-key blocks:
+ * 512 and 1024 keys are then whole blocks, where 176 leaves a part-filled last block (H200,
+ * bf16, one run against FA_SM90_SHORT_SEQLEN_K=0: 525 vs 489 TFLOP/s at 512 keys, 608 vs 583 at
+ * 1k; benches/NOTES.md). Longer sequences keep 176. FA_SM90_SHORT_SEQLEN_K=0 turns it off. */
+#ifndef FA_SM90_BLOCK_N_HD128_SHORT
+#define FA_SM90_BLOCK_N_HD128_SHORT 128
+#endif
+#ifndef FA_SM90_SHORT_SEQLEN_K
+#define FA_SM90_SHORT_SEQLEN_K 1024
+#endif
+
+#define FA_SM90_BLOCK_N(hd, causal, short_keys)                                          \
     ((hd) == 64    ? ((causal) ? FA_SM90_BLOCK_N_HD64_CAUSAL : FA_SM90_BLOCK_N_HD64)      \
-     : (hd) == 128 ? ((causal) ? FA_SM90_BLOCK_N_HD128_CAUSAL : FA_SM90_BLOCK_N_HD128)    \
+     : (hd) == 128 ? ((causal)       ? FA_SM90_BLOCK_N_HD128_CAUSAL                       \
+                      : (short_keys) ? FA_SM90_BLOCK_N_HD128_SHORT                        \
+                                     : FA_SM90_BLOCK_N_HD128)                             \
                    : ((causal) ? FA_SM90_BLOCK_N_HD256_CAUSAL : FA_SM90_BLOCK_N_HD256))
+/* Whether a problem with seqlen_k keys counts as short (the third argument above). */
+#define FA_SM90_SHORT_KEYS(seqlen_k) (FA_SM90_SHORT_SEQLEN_K > 0 && (seqlen_k) <= FA_SM90_SHORT_SEQLEN_K)
 
 /* 1: give O a staging buffer of its own where it fits (see above); 0: always stage in Q. */
 #ifndef FA_SM90_O_STAGING
@@ -101,6 +117,8 @@ FA_STATIC_ASSERT(FA_SM90_SMEM_BYTES(256, FA_SM90_BLOCK_N_HD256, FA_SM90_STAGES(2
                  "head_dim 256 tile fits the 227 KB opt-in shared memory");
 FA_STATIC_ASSERT(FA_SM90_SMEM_BYTES(128, FA_SM90_BLOCK_N_HD128, FA_SM90_STAGES(128)) <= FA_SM90_SMEM_OPTIN_LIMIT,
                  "head_dim 128 tile fits the 227 KB opt-in shared memory");
+FA_STATIC_ASSERT(FA_SM90_SMEM_BYTES(128, FA_SM90_BLOCK_N_HD128_SHORT, FA_SM90_STAGES(128)) <= FA_SM90_SMEM_OPTIN_LIMIT,
+                 "head_dim 128 short-sequence tile fits the 227 KB opt-in shared memory");
 FA_STATIC_ASSERT(FA_SM90_SMEM_BYTES(64, FA_SM90_BLOCK_N_HD64, FA_SM90_STAGES(64)) <= FA_SM90_SMEM_OPTIN_LIMIT,
                  "head_dim 64 tile fits the 227 KB opt-in shared memory");
 FA_STATIC_ASSERT(FA_SM90_STAGES_HD64 >= 2 && FA_SM90_STAGES_HD64 <= 4 && FA_SM90_STAGES_HD128 >= 2 &&
@@ -108,6 +126,7 @@ FA_STATIC_ASSERT(FA_SM90_STAGES_HD64 >= 2 && FA_SM90_STAGES_HD64 <= 4 && FA_SM90
                  "2 to 4 K/V stages (the mbarrier area holds 4 + 4 * 4 barriers)");
 FA_STATIC_ASSERT(FA_SM90_BLOCK_N_HD64 % 16 == 0 && FA_SM90_BLOCK_N_HD64_CAUSAL % 16 == 0 &&
                  FA_SM90_BLOCK_N_HD128 % 16 == 0 && FA_SM90_BLOCK_N_HD128_CAUSAL % 16 == 0 &&
+                 FA_SM90_BLOCK_N_HD128_SHORT % 16 == 0 &&
                  FA_SM90_BLOCK_N_HD256 % 16 == 0 && FA_SM90_BLOCK_N_HD256_CAUSAL % 16 == 0,
                  "block_n is a whole number of 16-key wgmma k-steps");
 
@@ -117,13 +136,15 @@ static inline int fa_sm90_head_dim_padded(int head_dim) {
     return head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : 256;
 }
 
-/* Fills *t for a 16-bit (float16 / bfloat16) problem. Returns -1, leaving *t untouched, when
- * head_dim is not a multiple of 8 in [8, 256] or dtype is not a 16-bit type. */
-static inline int fa_sm90_tile(int head_dim, fa_dtype dtype, int causal, fa_tile *t) {
-    int hd = fa_sm90_head_dim_padded(head_dim);
-    if (hd == 0 || (dtype != FA_FLOAT16 && dtype != FA_BFLOAT16) || t == NULL) return -1;
+/* Fills *t for a 16-bit (float16 / bfloat16) problem (head_dim, dtype, causal and seqlen_k of
+ * *p). Returns -1, leaving *t untouched, when head_dim is not a multiple of 8 in [8, 256] or
+ * dtype is not a 16-bit type. */
+static inline int fa_sm90_tile(const fa_params *p, fa_tile *t) {
+    if (p == NULL || t == NULL) return -1;
+    int hd = fa_sm90_head_dim_padded(p->head_dim);
+    if (hd == 0 || (p->dtype != FA_FLOAT16 && p->dtype != FA_BFLOAT16)) return -1;
     t->block_m = FA_SM90_BLOCK_M;
-    t->block_n = FA_SM90_BLOCK_N(hd, causal != 0);
+    t->block_n = FA_SM90_BLOCK_N(hd, p->causal != 0, FA_SM90_SHORT_KEYS(p->seqlen_k));
     t->stages = FA_SM90_STAGES(hd);
     t->head_dim_padded = hd;
     t->smem_bytes = FA_SM90_SMEM_BYTES(hd, t->block_n, t->stages);
