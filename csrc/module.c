@@ -253,6 +253,56 @@ static int check_unit_head_stride(const fa_tensor *t)
     return 0;
 }
 
+/* Bytes [*lo, *hi) that a view's elements occupy; an empty view occupies none (*lo == *hi). */
+static void tensor_span(const fa_tensor *t, uintptr_t *lo, uintptr_t *hi)
+{
+    *lo = *hi = (uintptr_t)t->data;
+    if (fa_tensor_numel(t) == 0)
+        return;
+    const int64_t es = fa_dtype_itemsize(t->dtype);
+    int64_t first = 0, last = 0; /* element offsets of the lowest and highest element */
+    for (int d = 0; d < t->ndim; d++) {
+        const int64_t reach = (t->shape[d] - 1) * t->strides[d];
+        if (reach < 0)
+            first += reach;
+        else
+            last += reach;
+    }
+    *lo = (uintptr_t)((const char *)t->data + first * es);
+    *hi = (uintptr_t)((const char *)t->data + (last + 1) * es);
+}
+
+/* Whether a view's elements fill its span (no gaps), so two such views whose spans meet
+ * certainly share bytes. */
+static int tensor_dense(const fa_tensor *t, uintptr_t lo, uintptr_t hi)
+{
+    return (int64_t)(hi - lo) == fa_tensor_numel(t) * fa_dtype_itemsize(t->dtype);
+}
+
+/* The kernels read q, k and v while they write out: a shared byte would be read after it was
+ * overwritten. Refused where both views are dense and their spans meet (then they certainly
+ * share bytes, e.g. out=q). Views with gaps, e.g. interleaved halves of one packed buffer,
+ * may meet without sharing a byte; as with torch's out= checks, they are not judged. */
+static int check_out_overlap(const fa_tensor *out, fa_tensor *const inputs[3])
+{
+    uintptr_t out_lo, out_hi;
+    tensor_span(out, &out_lo, &out_hi);
+    if (out_lo == out_hi || !tensor_dense(out, out_lo, out_hi))
+        return 0;
+    for (int i = 0; i < 3; i++) {
+        uintptr_t lo, hi;
+        tensor_span(inputs[i], &lo, &hi);
+        if (lo < out_hi && out_lo < hi && tensor_dense(inputs[i], lo, hi)) {
+            PyErr_Format(PyExc_ValueError,
+                         "out overlaps %s in memory: attention cannot write its result over an "
+                         "input it is still reading",
+                         inputs[i]->name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int validate(call_args *a)
 {
     fa_tensor *q = a->q, *k = a->k, *v = a->v, *out = a->out;
@@ -351,6 +401,9 @@ static int validate(call_args *a)
             return -1;
         }
         if (check_unit_head_stride(out) < 0)
+            return -1;
+        fa_tensor *const inputs[3] = {q, k, v};
+        if (check_out_overlap(out, inputs) < 0)
             return -1;
     }
     return 0;

@@ -206,8 +206,9 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, return_lse=False, ou
             seqlen_q > seqlen_k, or seqlen_k == 0) gets out = 0 and lse = -inf, never NaN.
         softmax_scale: default 1/sqrt(head_dim); must be finite and >= 0.
         return_lse: also return lse; the call then returns (out, lse).
-        out: an array to write the result into (q's shape and dtype, writable, on q's device);
-            it is returned as given. Nothing is written to it when the call raises.
+        out: an array to write the result into (q's shape and dtype, writable, on q's device,
+            sharing no memory with q, k or v: ValueError where it certainly does); it is
+            returned as given. Nothing is written to it when the call raises.
         stream: where the GPU work is enqueued: an int cudaStream_t (0 = legacy default
             stream), or an object with __cuda_stream__() -> (version, handle), .cuda_stream
             (torch.cuda.Stream) or .ptr (cupy.cuda.Stream). Default: the current stream of the

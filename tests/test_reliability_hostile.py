@@ -409,6 +409,48 @@ def test_read_only_device_out_is_refused():
 
 
 # ------------------------------------------------------------------------------------------------
+# out sharing memory with an input
+
+OVERLAP = (r"^out overlaps {} in memory: attention cannot write its result over an input it is "
+           r"still reading$")
+
+
+@pytest.mark.parametrize("device", [None, "cpu"], ids=["gpu-path", "host-reference"])
+def test_out_over_an_input_is_refused_before_any_work(host_qkv, device):
+    """out=q, and out half-way into a buffer that also holds k: refused by name, nothing
+    written. Disjoint halves of one buffer and interleaved views (gaps between their elements)
+    are not refused."""
+    q, k, v = host_qkv
+    before = q.copy()
+    with pytest.raises(ValueError, match=OVERLAP.format("q")):
+        fa.attention(q, k, v, out=q, device=device)
+    assert np.array_equal(q, before)
+    shared = np.zeros(2 * q.size, np.float16)
+    k_in_shared = shared[:k.size].reshape(k.shape)
+    k_in_shared[...] = k
+    with pytest.raises(ValueError, match=OVERLAP.format("k")):
+        fa.attention(q, k_in_shared, v, out=shared[k.size // 2:][:q.size].reshape(q.shape),
+                     device=device)
+    if device == "cpu":
+        expected = fa.attention(q, k, v, device="cpu")
+        after = shared[-q.size:].reshape(q.shape)
+        assert np.array_equal(fa.attention(q, k_in_shared, v, out=after, device="cpu"), expected)
+        packed = np.zeros(q.shape[:3] + (2 * q.shape[3],), np.float16)
+        packed[..., :q.shape[3]] = q
+        got = fa.attention(packed[..., :q.shape[3]], k, v, out=packed[..., q.shape[3]:],
+                           device="cpu")
+        assert np.array_equal(got, expected)
+
+
+def test_out_over_a_device_input_is_refused():
+    q = FakeCAI(Q_SHAPE, ptr=FAKE_DEVICE_PTR)
+    k = FakeCAI(KV_SHAPE, ptr=FAKE_DEVICE_PTR + 2 ** 20)
+    v = FakeCAI(KV_SHAPE, ptr=FAKE_DEVICE_PTR + 2 ** 21)
+    with pytest.raises(ValueError, match=OVERLAP.format("v")):
+        fa.attention(q, k, v, out=FakeCAI(Q_SHAPE, ptr=FAKE_DEVICE_PTR + 2 ** 21 + 64))
+
+
+# ------------------------------------------------------------------------------------------------
 # float64
 
 
