@@ -491,9 +491,10 @@ def two_gpus():
 @pytest.mark.skipif(not two_gpus(), reason="needs two CUDA GPUs and PyTorch")
 def test_inputs_on_another_gpu_than_the_stream():
     """Inputs on cuda:1 run on cuda:1; device='cuda:0' is refused by name; a stream of cuda:0 is
-    refused by name before anything is enqueued, for device inputs and for host inputs computed
-    on cuda:1; the same call on the inputs' own stream still works afterwards. In a child
-    process: were the check missing, a launch into the wrong device's context could poison it."""
+    refused before anything is enqueued: torch tensors by torch's own DLPack export (its
+    BufferError, passed on unchanged), other device arrays and host inputs computed on cuda:1 by
+    name; the same call on the inputs' own stream still works afterwards. In a child process:
+    were the check missing, a launch into the wrong device's context could poison it."""
     report = run_isolated("""
         import torch, flashattn_c as fa
         q = torch.randn(1, 64, 2, 64, device="cuda:1", dtype=torch.float16)
@@ -504,6 +505,12 @@ def test_inputs_on_another_gpu_than_the_stream():
         facts["named"] = (type(exc).__name__, str(exc))
         stream0 = torch.cuda.Stream(device="cuda:0")
         exc = expect_raise(lambda: fa.attention(q, q, q, stream=stream0))
+        facts["wrong_stream_torch"] = None if exc is None else type(exc).__name__
+        class CudaArrayView:  # the same memory through __cuda_array_interface__ (no stream rules)
+            def __init__(self, t):
+                self.__cuda_array_interface__ = t.__cuda_array_interface__
+        view = CudaArrayView(q)
+        exc = expect_raise(lambda: fa.attention(view, view, view, stream=stream0))
         facts["wrong_stream"] = None if exc is None else [type(exc).__name__, str(exc)]
         host = q.cpu().numpy()
         exc = expect_raise(lambda: fa.attention(host, host, host, device="cuda:1",
@@ -518,6 +525,7 @@ def test_inputs_on_another_gpu_than_the_stream():
     facts = report["result"]
     assert facts["device"] == "cuda:1" and facts["launch_device"] == 1
     assert facts["named"] == ["ValueError", "q is on cuda:1 but device='cuda:0' was given"]
+    assert facts["wrong_stream_torch"] == "BufferError"
     assert facts["wrong_stream"] == ["ValueError", "stream belongs to cuda:0 but q is on cuda:1"]
     assert facts["wrong_stream_host"] == [
         "ValueError", "stream belongs to cuda:0 but device= selects cuda:1"]
