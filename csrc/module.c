@@ -490,6 +490,8 @@ typedef struct {
     fa_tensor *views[4]; /* q, k, v, out (out NULL when allocated here) */
     int return_lse;
     uintptr_t stream;
+    int stream_on_inputs_device; /* layouts= (torch fast path): torch's current stream of the
+                                    tensors' own device, so check_stream_device has no work */
     int device_index; /* device= asked for, -1 when not */
     int exact_alloc;  /* FLASHATTN_C_EXACT_ALLOC, read with the GIL held */
     /* device path: results */
@@ -507,7 +509,7 @@ typedef struct {
  * Returns 0, or -1 with j->err set: "stream belongs to cuda:X but <who><relation> cuda:Y". */
 static int check_stream_device(job *j, int target, const char *who, const char *relation)
 {
-    if (j->stream <= 2)
+    if (j->stream <= 2 || j->stream_on_inputs_device)
         return 0;
     int stream_device = -1;
     CUDA_OR_FAIL(&j->err, cudaStreamGetDevice((cudaStream_t)j->stream, &stream_device));
@@ -948,6 +950,7 @@ static PyObject *py_forward(PyObject *module, PyObject *args, PyObject *kwargs)
     j.views[3] = out;
     j.return_lse = return_lse;
     j.stream = stream;
+    j.stream_on_inputs_device = layouts != Py_None;
     j.device_index = device_index;
     j.exact_alloc = fa_exact_alloc_requested();
 
@@ -1176,7 +1179,8 @@ static PyMethodDef module_methods[] = {
      "reference, 2 = the GPU. kernel: 0 = auto, 1 = sm80, 2 = sm90. stream: a cudaStream_t\n"
      "as an int (0 = legacy default). stream_owner is kept alive by the DeviceArrays made.\n"
      "layouts (internal): per argument (q, k, v, out) a (data_ptr, shape, strides, dtype,\n"
-     "device) tuple read off a torch tensor, or None; lse_ptr (internal): a caller-owned\n"
+     "device) tuple read off a torch tensor, or None; the stream must then be torch's current\n"
+     "stream of the tensors' device (it is not checked again); lse_ptr (internal): a caller-owned\n"
      "float32 (batch, heads_q, seqlen_q) device buffer that receives lse (lse is then None).\n"
      "Returns (out, lse or None): DeviceArrays for device inputs, NumPy arrays for host\n"
      "inputs (bfloat16 as uint16 bit patterns); a given `out` is returned as is."},
