@@ -602,12 +602,12 @@ bool dispatch(const fa_params *p, F &&f) {
     const int hd = fa_sm90_head_dim_padded(p->head_dim);
     const bool causal = p->causal != 0;
     const bool bf16 = p->dtype == FA_BFLOAT16;
-    const bool short_keys = FA_SM90_SHORT_KEYS(p->seqlen_k);
     if (hd == 0 || (p->dtype != FA_FLOAT16 && p->dtype != FA_BFLOAT16)) return false;
-    // Only head_dim 128 full attention has a block size of its own for short key sequences.
+    // The block size fa_sm90_tile chose for this problem picks among a head dim's instances.
+    const int block_n = FA_SM90_BLOCK_N(hd, causal, FA_SM90_SHORT_KEYS(p->seqlen_k));
 #define FA_SM90_CASE(HD, CAUSAL, SHORT, BF16)                                                   \
     if (hd == HD && causal == CAUSAL && bf16 == BF16 &&                                         \
-        (HD != 128 || CAUSAL || short_keys == SHORT)) {                                         \
+        block_n == FA_SM90_BLOCK_N(HD, CAUSAL, SHORT)) {                                        \
         f(Config<HD, FA_SM90_BLOCK_N(HD, CAUSAL, SHORT), CAUSAL, BF16>{});                      \
         return true;                                                                            \
     }

@@ -121,8 +121,9 @@ FA_STATIC_ASSERT(FA_SM80_SMEM_BYTES_OF(256) == 90112, "hd256 layout matches the 
 FA_STATIC_ASSERT(FA_SM80_SMEM_BYTES_OF(128) + 2 * FA_SM80_HD128_STAGES * 8 <= FA_SM80_SMEM_LIMIT,
                  "every sm80 config fits 99 KB of shared memory, mbarriers included");
 
-/* Fills *t for (head_dim, dtype, causal); returns 0, or -1 if head_dim is not a multiple of 8
-   in [8, 256]. Pure arithmetic: the launch logic and CI tests call it without a GPU. */
+/* Fills *t for p's head_dim (dtype, causal and sequence lengths do not change the tile);
+   returns 0, or -1 if head_dim is not a multiple of 8 in [8, 256]. Pure arithmetic: the launch
+   logic and CI tests call it without a GPU. */
 static inline int fa_sm80_tile(const fa_params *p, fa_tile *t)
 {
     if (p == NULL || t == NULL)
