@@ -177,6 +177,34 @@ def test_large_magnitude_inputs(family, dtype, causal):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_row_max_rising_across_key_blocks(family, causal, head_dim):
+    """Key blocks are visited from the last down; here the lower keys score ever higher, for some
+    query rows three times more than for others, so running row maxima move up by far more than
+    2^8 in the middle of a row, in some warps and not in their neighbours (the lazy and
+    speculative softmax of the sm90 family must then rescale, per warp)."""
+    import torch
+
+    require_family(family)
+    q, k, v = make_inputs(2, 700, 700, 2, 2, head_dim, "bfloat16")
+    key_ramp = torch.linspace(4.0, 0.25, 700, device="cuda")[None, :, None, None]
+    row_gain = torch.where(torch.arange(700, device="cuda") % 128 < 48, 3.0, 1.0)[None, :, None, None]
+    k = (k.float() * key_ramp).to(k.dtype)
+    q = (q.float() * row_gain).to(q.dtype)
+    run_and_check(family, q, k, v, causal)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sm90_causal_tile_order_over_several_l2_sections(dtype):
+    """sm90 causal tiles run in sections of (batch, head) pairs whose K/V fit 32 MB of L2 (and
+    at least 32 pairs): 1024 keys of head_dim 128 are 0.5 MB of K and V per head, so 72 heads
+    make a section of 64 and a short last one of 8. Every tile must be computed exactly once."""
+    require_family("sm90")
+    run_and_check("sm90", *make_inputs(2, 1024, 1024, 36, 36, 128, dtype), True)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("head_dim", [8, 40, 72, 200])
 def test_padded_head_dims(family, head_dim):
     require_family(family)

@@ -34,7 +34,15 @@
  *   FA_SM90_POLY_EXP2_HD{64,128,256}  eighths of the exponentials on the FMA pipe (0);
  *   FA_SM90_STAGES_HD*, FA_SM90_BLOCK_N_HD* (sm90_tiles.h)  ring depth and key-block size;
  *   FA_SM90_SHORT_SEQLEN_K    (sm90_tiles.h) head_dim 128 full attention over at most this many
- *                             keys runs its own 128-key-block instance (1024; 0 turns it off).
+ *                             keys runs its own 128-key-block instance (1024; 0 turns it off);
+ *   FA_SM90_LAZY_RESCALE[_HD64|_HD64_CAUSAL|_HD128|_HD256]  softmax form (sm90_softmax.cuh):
+ *                             0 eager, 1 lazy (O rescaled only when a row max outgrows its
+ *                             reference by 2^8), 2 speculative (lazy, exponentials ahead of the
+ *                             max check); 2 for head_dim 64 full, 0 for 64 causal, 1 otherwise;
+ *   FA_SM90_WG_KEY_RANGE      causal without pingpong (head_dim 256): each consumer warpgroup
+ *                             skips the key blocks above its own rows' diagonal;
+ *   FA_SM90_L2_SECTION_BYTES, FA_SM90_MIN_SECTION_PAIRS  causal tile order in L2 sections of
+ *                             heads (sm90_scheduler.cuh).
  *
  * Build: nvcc -c -O3 -std=c++17 --use_fast_math -Xptxas -v -lineinfo -Xcompiler -fPIC \
  *          -gencode arch=compute_90a,code=sm_90a -I csrc csrc/kernels/fwd_sm90.cu
@@ -110,6 +118,43 @@
 #define FA_SM90_POLY_EXP2_HD256 0
 #endif
 
+// Softmax form per head dim (sm90_softmax.cuh): 0 eager (O rescaled every block), 1 lazy in
+// place (O rescaled only when a row's max outgrows its reference by 2^8), 2 speculative (lazy,
+// with the exponentials ahead of the max check; needs the P registers free during the softmax,
+// so not with FA_SM90_SPLIT_SOFTMAX_WAIT). FA_SM90_LAZY_RESCALE=0 turns both off everywhere.
+#ifndef FA_SM90_LAZY_RESCALE
+#define FA_SM90_LAZY_RESCALE 1
+#endif
+#ifndef FA_SM90_LAZY_RESCALE_HD64
+#define FA_SM90_LAZY_RESCALE_HD64 2
+#endif
+#ifndef FA_SM90_LAZY_RESCALE_HD64_CAUSAL
+#define FA_SM90_LAZY_RESCALE_HD64_CAUSAL 0
+#endif
+#ifndef FA_SM90_LAZY_RESCALE_HD128
+#define FA_SM90_LAZY_RESCALE_HD128 1
+#endif
+#ifndef FA_SM90_LAZY_RESCALE_HD256
+#define FA_SM90_LAZY_RESCALE_HD256 1
+#endif
+
+// Causal without pingpong: each consumer warpgroup visits only the key blocks its own 64 rows
+// see, and hands the tile's others straight back to the producer (0: both visit the tile's).
+// With pingpong the two warpgroups must take the same number of turns, so they share the range.
+#ifndef FA_SM90_WG_KEY_RANGE
+#define FA_SM90_WG_KEY_RANGE 1
+#endif
+
+// Causal tile order (sm90_scheduler.cuh): the share of L2 (bytes) whose worth of K/V one
+// section of (batch, head) pairs may hold (H100 and H200 have 50 MB), and the fewest pairs a
+// section may have (fewer: one section over all). FA_SM90_L2_SECTION_BYTES=0 turns sections off.
+#ifndef FA_SM90_L2_SECTION_BYTES
+#define FA_SM90_L2_SECTION_BYTES (32ll << 20)
+#endif
+#ifndef FA_SM90_MIN_SECTION_PAIRS
+#define FA_SM90_MIN_SECTION_PAIRS 32
+#endif
+
 // 128 * 24 + 256 * 240 = 64512 <= 65536 registers of the SM.
 #define FA_SM90_PRODUCER_REGS 24
 #define FA_SM90_CONSUMER_REGS 240
@@ -169,6 +214,16 @@ struct Config {
                                        : kHeadDim == 128 ? FA_SM90_SPLIT_SOFTMAX_WAIT_HD128
                                                          : FA_SM90_SPLIT_SOFTMAX_WAIT_HD256);
     static constexpr int kMaxChains = FA_SM90_MAX_CHAINS;
+    // Only where a key block is narrower than the tile can a block boundary fall between the two
+    // warpgroups' diagonals; elsewhere it is only more code (head_dim 64 causal, 128-key blocks,
+    // measured 2-9% slower with it).
+    static constexpr bool kWgKeyRange = FA_SM90_WG_KEY_RANGE && kCausal && !kPingpong && kBlockN < kBlockM;
+    static constexpr int kSoftmaxForm =
+        FA_SM90_LAZY_RESCALE
+            ? (kHeadDim == 64    ? (kCausal ? FA_SM90_LAZY_RESCALE_HD64_CAUSAL : FA_SM90_LAZY_RESCALE_HD64)
+               : kHeadDim == 128 ? FA_SM90_LAZY_RESCALE_HD128
+                                 : FA_SM90_LAZY_RESCALE_HD256)
+            : 0;
     static constexpr int kPolyEighths = kHeadDim == 64    ? FA_SM90_POLY_EXP2_HD64
                                         : kHeadDim == 128 ? FA_SM90_POLY_EXP2_HD128
                                                           : FA_SM90_POLY_EXP2_HD256;
@@ -186,6 +241,9 @@ struct Config {
     static_assert(kBlockN % 16 == 0 && kBlockN >= 16 && kBlockN <= 256, "block_n: 16-key steps, one TMA box");
     static_assert(kQChunkBytes % 1024 == 0 && kKVChunkBytes % 1024 == 0 && kWgRowsBytes % 1024 == 0,
                   "every swizzled tile starts on a 1024-byte boundary (descriptor base offset 0)");
+    static_assert(kSoftmaxForm >= 0 && kSoftmaxForm <= 2, "eager, lazy or speculative softmax");
+    static_assert(!(kSoftmaxForm == 2 && kSplitSoftmaxWait && kIntraWgOverlap),
+                  "the speculative softmax writes P while the split wait keeps the previous P V in flight");
     static_assert(kNumBars * 8 <= FA_SM90_BARRIER_BYTES, "mbarriers fit their area");
     static_assert((size_t)kSmemBytes == FA_SM90_SMEM_BYTES(kHeadDim, kBlockN, kStages),
                   "kernel layout and sm90_tiles.h agree on the shared-memory size");
@@ -399,19 +457,35 @@ __device__ __forceinline__ void consumer_mainloop(ConsumerRing<Cfg> &ring, const
             ring.release_k();
             release_q_after_last_qk<Cfg>(ring.bars, consumer, lane, n == 0);
             if (n >= range.n_mask_lo) mask_scores<Cfg::kBlockN, Cfg::kCausal>(s, n, row0, len.len_q, len.len_k, lane);
-            online_softmax<Cfg::kPolyEighths, Cfg::kMaxChains>(s, m, l, scale_log2, corr);
-            if constexpr (Cfg::kSplitSoftmaxWait) {
-                // ptxas hoists wgmma.wait_group 0 to the top of its basic block, which would make
-                // the softmax wait for P V. Waiting here for the next K block ends the basic block,
-                // so the exponentials stay ahead of the wait and run under P V.
-                if (n > 0) k_slot = ring.wait_k();
+            if constexpr (Cfg::kSoftmaxForm == 2) {
+                // The exponentials go straight into P, so P V must be done first (where ptxas
+                // put this wait anyway when the softmax came before it in the source).
+                wgmma_wait_group<0>();
+                fence_operands(o);
+                fence_operands(p);
+                ring.release_v();
+                if (online_softmax_speculative<Cfg::kPolyEighths, Cfg::kMaxChains, Cfg::kBf16>(s, m, l, scale_log2,
+                                                                                               corr, p))
+                    rescale_rows(o, corr);
+            } else {
+                bool rescale = true;
+                if constexpr (Cfg::kSoftmaxForm == 1)
+                    rescale = online_softmax_lazy<Cfg::kPolyEighths, Cfg::kMaxChains>(s, m, l, scale_log2, corr);
+                else
+                    online_softmax<Cfg::kPolyEighths, Cfg::kMaxChains>(s, m, l, scale_log2, corr);
+                if constexpr (Cfg::kSplitSoftmaxWait) {
+                    // ptxas hoists wgmma.wait_group 0 to the top of its basic block, which would
+                    // make the softmax wait for P V. Waiting here for the next K block ends the
+                    // basic block, so the exponentials stay ahead of the wait and run under P V.
+                    if (n > 0) k_slot = ring.wait_k();
+                }
+                wgmma_wait_group<0>();  // P V done: O and the P registers are free again
+                fence_operands(o);
+                fence_operands(p);
+                ring.release_v();
+                if (rescale) rescale_rows(o, corr);
+                pack_probs<Cfg::kBf16>(s, p);
             }
-            wgmma_wait_group<0>();  // P V done: O and the P registers are free again
-            fence_operands(o);
-            fence_operands(p);
-            ring.release_v();
-            rescale_rows(o, corr);
-            pack_probs<Cfg::kBf16>(s, p);
         }
         {
             const uint32_t v_slot = ring.wait_v();
@@ -494,14 +568,33 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
         const int wg_row0 = tc.m_block * Cfg::kBlockM + consumer_idx * 64;  // first query row of this warpgroup
         const int row0 = wg_row0 + warp_in_wg * 16 + (lane >> 2);          // this thread's first row
 
+        // The producer loads the tile's key blocks; this warpgroup's rows may see fewer of them.
+        KeyBlockRange wg_range = range;
+        if constexpr (Cfg::kWgKeyRange) {
+            wg_range = causal_key_block_range_rows<Cfg::kBlockN>(wg_row0, min(wg_row0 + 64, len.len_q), len.len_q,
+                                                                 len.len_k);
+            // Derived from the warpgroup index, the range is not provably warp-uniform to the
+            // compiler, which then keeps the loop bounds in vector registers (head_dim 256
+            // causal spilled); broadcast from lane 0 it is.
+            wg_range.n_max = __shfl_sync(0xffffffffu, wg_range.n_max, 0);
+            wg_range.n_mask_lo = __shfl_sync(0xffffffffu, wg_range.n_mask_lo, 0);
+        }
+#pragma unroll 1
+        for (int n = range.n_max - 1; n >= wg_range.n_max; --n) {  // blocks above this warpgroup's diagonal
+            ring.wait_k();
+            ring.release_k();
+            ring.wait_v();
+            ring.release_v();
+        }
+
         float m[2] = {-INFINITY, -INFINITY};
         float l[2] = {0.f, 0.f};
         mbarrier_wait(q_full, q_phase);
         q_phase ^= 1u;
-        if (range.n_max > 0)
-            consumer_mainloop<Cfg>(ring, range, q_rows, consumer_idx, row0, len, prm.scale_log2, o, m, l);
+        if (wg_range.n_max > 0)
+            consumer_mainloop<Cfg>(ring, wg_range, q_rows, consumer_idx, row0, len, prm.scale_log2, o, m, l);
         else
-            release_q_after_last_qk<Cfg>(bars, consumer_idx, lane, true);  // a tile that sees no key never reads Q
+            release_q_after_last_qk<Cfg>(bars, consumer_idx, lane, true);  // rows that see no key never read Q
 
         float inv_l[2], lse[2];
         softmax_finalize(m, l, prm.scale_log2, inv_l, lse);
@@ -513,7 +606,7 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
         const uint32_t o_chunk_bytes = Cfg::kOStaging ? Cfg::kOChunkBytes : Cfg::kQChunkBytes;
         if (Cfg::kOStaging && tid_in_wg == 0) cp_async_bulk_wait_group_read_0();
         bar_sync(kBarEpilogueBase + consumer_idx, 128);
-        stage_output<Cfg::kHeadDim, Cfg::kBf16>(o, inv_l, range.n_max > 0, o_rows, o_chunk_bytes, warp_in_wg, lane);
+        stage_output<Cfg::kHeadDim, Cfg::kBf16>(o, inv_l, wg_range.n_max > 0, o_rows, o_chunk_bytes, warp_in_wg, lane);
         fence_proxy_async_shared_cta();
         bar_sync(kBarEpilogueBase + consumer_idx, 128);
         if (tid_in_wg == 0) {
@@ -734,6 +827,9 @@ extern "C" cudaError_t fa_sm90_launch(const fa_params *p, const fa_launch *cfg, 
         s.num_m_blocks = (p->seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM;
         s.num_tiles = s.num_m_blocks * p->heads_q * p->batch;
         s.causal = Cfg::kCausal ? 1 : 0;
+        s.hb_per_section = fa_sm90::causal_section_pairs(p->seqlen_k, Cfg::kHeadDim, p->heads_q, p->heads_kv,
+                                                         p->heads_q * p->batch, FA_SM90_L2_SECTION_BYTES,
+                                                         FA_SM90_MIN_SECTION_PAIRS);
         // A zero scale would turn masked scores into -inf * 0 = NaN; FLT_MIN gives the same
         // uniform softmax (every scaled score rounds to 0).
         const float scale_log2 = p->softmax_scale * 1.4426950408889634f;

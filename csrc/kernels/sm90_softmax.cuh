@@ -10,6 +10,13 @@
  * out = 0, lse = -inf. scale_log2 is > 0 (the launcher clamps a zero scale to FLT_MIN), so
  * -inf * scale_log2 stays -inf.
  *
+ * Three forms, chosen per head dim in fwd_sm90.cu. Eager (online_softmax): m follows every
+ * block, so O is rescaled every block. Lazy (online_softmax_lazy): m is a reference that moves
+ * only when a block's max exceeds it by more than 2^8, so most blocks skip the O rescale (64
+ * to 128 FMULs per thread at head_dim 128-256). Speculative (online_softmax_speculative): lazy,
+ * with the exponentials computed against the reference before the block max is known, which
+ * takes the max off the critical path (head_dim 64, where the softmax is the bound).
+ *
  * Exponentials: MUFU.EX2 runs 16 lanes per clock per SM, so by those rates the exponentials of
  * a head_dim 64 tile take about as long as its two GEMMs. kPolyEighths of every 8 eight-column
  * groups of a row can instead be computed on the FMA pipe (exp2_fma: round-to-nearest split
@@ -57,6 +64,12 @@ __device__ __forceinline__ float exp2_fma(float x) {
     return __int_as_float(__float_as_int(p) + (__float_as_int(shifted) << 23));
 }
 
+// exp2 on the FMA pipe for the first kPolyEighths of every eight 8-column groups, MUFU otherwise.
+template <int kPolyEighths>
+__device__ __forceinline__ float exp2_split(float x, int group) {
+    return (group % 8) < kPolyEighths ? exp2_fma(x) : exp2f(x);
+}
+
 // Scores -> unnormalised probabilities in place. corr[r] = exp2((m_old - m_new) * scale_log2)
 // rescales what was accumulated under the old max (0 when the old max was -inf).
 // kMaxChains independent chains for the row max: it is on the critical path before any
@@ -95,6 +108,29 @@ __device__ __forceinline__ void online_softmax(float (&s)[kNs], float (&m)[2], f
     }
 }
 
+// The lazy forms below need both rows' maxima before any exponential (one decision per warp),
+// so they compute them apart; the eager form above keeps max and exponentials of a row in one
+// pass, which lets ptxas overlap row 1's max with row 0's exponentials (composed from the
+// pieces below, it measured up to 13% slower at head_dim 64 causal).
+
+// Row maxima of this block's scores alone (both rows of the thread, completed across the quad).
+template <int kMaxChains, int kNs>
+__device__ __forceinline__ void block_row_max(const float (&s)[kNs], float (&bmax)[2]) {
+    static_assert(kMaxChains == 1 || kMaxChains == 2 || kMaxChains == 4, "1, 2 or 4 max chains");
+    constexpr int kGroups = kNs / 4;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float mx[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+#pragma unroll
+        for (int i = 0; i < kGroups; ++i)
+            mx[i % kMaxChains] = fmaxf(mx[i % kMaxChains], fmaxf(s[4 * i + 2 * r], s[4 * i + 2 * r + 1]));
+        float row_max = mx[0];
+#pragma unroll
+        for (int c = 1; c < kMaxChains; ++c) row_max = fmaxf(row_max, mx[c]);
+        bmax[r] = quad_max(row_max);
+    }
+}
+
 // Multiplies each accumulator row by its factor (O under the old max -> O under the new max).
 template <int kNo>
 __device__ __forceinline__ void rescale_rows(float (&o)[kNo], const float (&f)[2]) {
@@ -126,6 +162,95 @@ template <bool kBf16, int kNs>
 __device__ __forceinline__ void pack_probs(const float (&s)[kNs], uint32_t (&p)[kNs / 2]) {
 #pragma unroll
     for (int j = 0; j < kNs / 2; ++j) p[j] = pack2<kBf16>(s[2 * j], s[2 * j + 1]);
+}
+
+// Lazy rescaling. The running max m is only a reference: a row whose block scores stay within
+// 2^FA_SM90_LAZY_RESCALE_LOG2 of it is exponentiated against it unchanged, so its
+// probabilities may exceed 1 (up to 256: exact in fp32 sums and in 16-bit P, whose precision
+// is relative) and neither its O nor its l needs rescaling. O / l and lse = m * scale + log(l)
+// are the same for any reference. Every decision is per row (a quad shares its row max), so a
+// row's result never depends on its neighbours (a NaN row leaves the others bitwise as they
+// were); only whether the warp runs the O rescale at all, by 1.0 for the rows that keep their
+// reference, is decided per warp.
+#define FA_SM90_LAZY_RESCALE_LOG2 8.0f
+
+// Whether a row whose reference max is m must move it for a block whose max is bmax: also
+// from a reference of -inf (no key seen yet), and for NaN.
+__device__ __forceinline__ bool outgrows(float bmax, float m, float scale_log2) {
+    return !((bmax - m) * scale_log2 <= FA_SM90_LAZY_RESCALE_LOG2);
+}
+
+// In place, max first. Returns whether any row of the warp moved its max: O must then be
+// rescaled by corr (1 for the rows that did not). Warp-uniform.
+template <int kPolyEighths, int kMaxChains, int kNs>
+__device__ __forceinline__ bool online_softmax_lazy(float (&s)[kNs], float (&m)[2], float (&l)[2], float scale_log2,
+                                                    float (&corr)[2]) {
+    constexpr int kGroups = kNs / 4;
+    float bmax[2];
+    block_row_max<kMaxChains>(s, bmax);
+    bool grow[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        grow[r] = outgrows(bmax[r], m[r], scale_log2);
+        const float m_new = grow[r] ? fmaxf(m[r], bmax[r]) : m[r];
+        const float m_scaled = m_new == -INFINITY ? 0.f : m_new * scale_log2;
+        corr[r] = grow[r] ? exp2f(m[r] * scale_log2 - m_scaled) : 1.f;
+        m[r] = m_new;
+        float sum = 0.f;
+#pragma unroll
+        for (int i = 0; i < kGroups; ++i) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const float p = exp2_split<kPolyEighths>(fmaf(s[4 * i + 2 * r + e], scale_log2, -m_scaled), i);
+                s[4 * i + 2 * r + e] = p;
+                sum += p;
+            }
+        }
+        l[r] = grow[r] ? fmaf(l[r], corr[r], sum) : l[r] + sum;
+    }
+    return __any_sync(0xffffffffu, grow[0] || grow[1]);
+}
+
+// Speculative: where every row of the warp already has a finite reference, the exponentials
+// run against it straight into the packed P fragment (p, see pack_probs) while the block max
+// is only checked, so the max is off the critical path; s is kept for a block where some row
+// outgrows its reference, which then takes the lazy form (bitwise the same values for the
+// rows that keep theirs: same exponentials, same order of the sum). Needs p free at entry (no
+// P V still reading it). Returns whether O must be rescaled by corr. Warp-uniform.
+template <int kPolyEighths, int kMaxChains, bool kBf16, int kNs>
+__device__ __forceinline__ bool online_softmax_speculative(float (&s)[kNs], float (&m)[2], float (&l)[2],
+                                                           float scale_log2, float (&corr)[2],
+                                                           uint32_t (&p)[kNs / 2]) {
+    constexpr int kGroups = kNs / 4;
+    if (__all_sync(0xffffffffu, m[0] != -INFINITY && m[1] != -INFINITY)) {
+        float sum[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const float m_scaled = m[r] * scale_log2;
+            sum[r] = 0.f;
+#pragma unroll
+            for (int i = 0; i < kGroups; ++i) {
+                const float p0 = exp2_split<kPolyEighths>(fmaf(s[4 * i + 2 * r], scale_log2, -m_scaled), i);
+                const float p1 = exp2_split<kPolyEighths>(fmaf(s[4 * i + 2 * r + 1], scale_log2, -m_scaled), i);
+                sum[r] += p0;
+                sum[r] += p1;
+                p[2 * i + r] = pack2<kBf16>(p0, p1);
+            }
+        }
+        float bmax[2];
+        block_row_max<kMaxChains>(s, bmax);
+        if (!__any_sync(0xffffffffu, outgrows(bmax[0], m[0], scale_log2) || outgrows(bmax[1], m[1], scale_log2))) {
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                l[r] += sum[r];
+                corr[r] = 1.f;
+            }
+            return false;
+        }
+    }
+    const bool rescale = online_softmax_lazy<kPolyEighths, kMaxChains>(s, m, l, scale_log2, corr);
+    pack_probs<kBf16>(s, p);
+    return rescale;
 }
 
 // Completes the row sums across the quad; inv_l = 1/l (0 for an empty row) and the natural-log
