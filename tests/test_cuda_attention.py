@@ -182,8 +182,8 @@ def test_large_magnitude_inputs(family, dtype, causal):
 def test_row_max_rising_across_key_blocks(family, causal, head_dim):
     """Key blocks are visited from the last down; here the lower keys score ever higher, for some
     query rows three times more than for others, so running row maxima move up by far more than
-    2^8 in the middle of a row, in some warps and not in their neighbours (the lazy and
-    speculative softmax of the sm90 family must then rescale, per warp)."""
+    2^8 in the middle of a row, for some rows of a warp and not for their neighbours (the lazy
+    softmax of the sm90 family must then move those rows' maxima and rescale their O)."""
     import torch
 
     require_family(family)

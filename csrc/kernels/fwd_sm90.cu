@@ -35,10 +35,9 @@
  *   FA_SM90_STAGES_HD*, FA_SM90_BLOCK_N_HD* (sm90_tiles.h)  ring depth and key-block size;
  *   FA_SM90_SHORT_SEQLEN_K    (sm90_tiles.h) head_dim 128 full attention over at most this many
  *                             keys runs its own 128-key-block instance (1024; 0 turns it off);
- *   FA_SM90_LAZY_RESCALE[_HD64|_HD64_CAUSAL|_HD128|_HD256]  softmax form (sm90_softmax.cuh):
- *                             0 eager, 1 lazy (O rescaled only when a row max outgrows its
- *                             reference by 2^8), 2 speculative (lazy, exponentials ahead of the
- *                             max check); 2 for head_dim 64 full, 0 for 64 causal, 1 otherwise;
+ *   FA_SM90_LAZY_RESCALE[_HD64|_HD128|_HD256]  softmax form (sm90_softmax.cuh): 0 eager,
+ *                             1 lazy (O rescaled only when a row max outgrows its reference by
+ *                             2^8); lazy for head_dim 128 and 256;
  *   FA_SM90_WG_KEY_RANGE      causal without pingpong (head_dim 256): each consumer warpgroup
  *                             skips the key blocks above its own rows' diagonal;
  *   FA_SM90_L2_SECTION_BYTES, FA_SM90_MIN_SECTION_PAIRS  causal tile order in L2 sections of
@@ -118,18 +117,16 @@
 #define FA_SM90_POLY_EXP2_HD256 0
 #endif
 
-// Softmax form per head dim (sm90_softmax.cuh): 0 eager (O rescaled every block), 1 lazy in
-// place (O rescaled only when a row's max outgrows its reference by 2^8), 2 speculative (lazy,
-// with the exponentials ahead of the max check; needs the P registers free during the softmax,
-// so not with FA_SM90_SPLIT_SOFTMAX_WAIT). FA_SM90_LAZY_RESCALE=0 turns both off everywhere.
+// Softmax form per head dim (sm90_softmax.cuh): 0 eager (O rescaled every block), 1 lazy (O
+// rescaled only when a row's max outgrows its reference by 2^8). FA_SM90_LAZY_RESCALE=0 turns
+// it off everywhere. Head_dim 64 stays eager: its softmax is the bound, and both the lazy form
+// and a speculative one (exponentials ahead of the max check) measured no faster there
+// (benches/NOTES.md, sm90 v4).
 #ifndef FA_SM90_LAZY_RESCALE
 #define FA_SM90_LAZY_RESCALE 1
 #endif
 #ifndef FA_SM90_LAZY_RESCALE_HD64
-#define FA_SM90_LAZY_RESCALE_HD64 2
-#endif
-#ifndef FA_SM90_LAZY_RESCALE_HD64_CAUSAL
-#define FA_SM90_LAZY_RESCALE_HD64_CAUSAL 0
+#define FA_SM90_LAZY_RESCALE_HD64 0
 #endif
 #ifndef FA_SM90_LAZY_RESCALE_HD128
 #define FA_SM90_LAZY_RESCALE_HD128 1
@@ -219,11 +216,10 @@ struct Config {
     // measured 2-9% slower with it).
     static constexpr bool kWgKeyRange = FA_SM90_WG_KEY_RANGE && kCausal && !kPingpong && kBlockN < kBlockM;
     static constexpr int kSoftmaxForm =
-        FA_SM90_LAZY_RESCALE
-            ? (kHeadDim == 64    ? (kCausal ? FA_SM90_LAZY_RESCALE_HD64_CAUSAL : FA_SM90_LAZY_RESCALE_HD64)
-               : kHeadDim == 128 ? FA_SM90_LAZY_RESCALE_HD128
-                                 : FA_SM90_LAZY_RESCALE_HD256)
-            : 0;
+        FA_SM90_LAZY_RESCALE ? (kHeadDim == 64    ? FA_SM90_LAZY_RESCALE_HD64
+                                : kHeadDim == 128 ? FA_SM90_LAZY_RESCALE_HD128
+                                                  : FA_SM90_LAZY_RESCALE_HD256)
+                             : 0;
     static constexpr int kPolyEighths = kHeadDim == 64    ? FA_SM90_POLY_EXP2_HD64
                                         : kHeadDim == 128 ? FA_SM90_POLY_EXP2_HD128
                                                           : FA_SM90_POLY_EXP2_HD256;
@@ -241,9 +237,7 @@ struct Config {
     static_assert(kBlockN % 16 == 0 && kBlockN >= 16 && kBlockN <= 256, "block_n: 16-key steps, one TMA box");
     static_assert(kQChunkBytes % 1024 == 0 && kKVChunkBytes % 1024 == 0 && kWgRowsBytes % 1024 == 0,
                   "every swizzled tile starts on a 1024-byte boundary (descriptor base offset 0)");
-    static_assert(kSoftmaxForm >= 0 && kSoftmaxForm <= 2, "eager, lazy or speculative softmax");
-    static_assert(!(kSoftmaxForm == 2 && kSplitSoftmaxWait && kIntraWgOverlap),
-                  "the speculative softmax writes P while the split wait keeps the previous P V in flight");
+    static_assert(kSoftmaxForm == 0 || kSoftmaxForm == 1, "eager or lazy softmax");
     static_assert(kNumBars * 8 <= FA_SM90_BARRIER_BYTES, "mbarriers fit their area");
     static_assert((size_t)kSmemBytes == FA_SM90_SMEM_BYTES(kHeadDim, kBlockN, kStages),
                   "kernel layout and sm90_tiles.h agree on the shared-memory size");
@@ -457,35 +451,23 @@ __device__ __forceinline__ void consumer_mainloop(ConsumerRing<Cfg> &ring, const
             ring.release_k();
             release_q_after_last_qk<Cfg>(ring.bars, consumer, lane, n == 0);
             if (n >= range.n_mask_lo) mask_scores<Cfg::kBlockN, Cfg::kCausal>(s, n, row0, len.len_q, len.len_k, lane);
-            if constexpr (Cfg::kSoftmaxForm == 2) {
-                // The exponentials go straight into P, so P V must be done first (where ptxas
-                // put this wait anyway when the softmax came before it in the source).
-                wgmma_wait_group<0>();
-                fence_operands(o);
-                fence_operands(p);
-                ring.release_v();
-                if (online_softmax_speculative<Cfg::kPolyEighths, Cfg::kMaxChains, Cfg::kBf16>(s, m, l, scale_log2,
-                                                                                               corr, p))
-                    rescale_rows(o, corr);
-            } else {
-                bool rescale = true;
-                if constexpr (Cfg::kSoftmaxForm == 1)
-                    rescale = online_softmax_lazy<Cfg::kPolyEighths, Cfg::kMaxChains>(s, m, l, scale_log2, corr);
-                else
-                    online_softmax<Cfg::kPolyEighths, Cfg::kMaxChains>(s, m, l, scale_log2, corr);
-                if constexpr (Cfg::kSplitSoftmaxWait) {
-                    // ptxas hoists wgmma.wait_group 0 to the top of its basic block, which would
-                    // make the softmax wait for P V. Waiting here for the next K block ends the
-                    // basic block, so the exponentials stay ahead of the wait and run under P V.
-                    if (n > 0) k_slot = ring.wait_k();
-                }
-                wgmma_wait_group<0>();  // P V done: O and the P registers are free again
-                fence_operands(o);
-                fence_operands(p);
-                ring.release_v();
-                if (rescale) rescale_rows(o, corr);
-                pack_probs<Cfg::kBf16>(s, p);
+            bool rescale = true;
+            if constexpr (Cfg::kSoftmaxForm == 1)
+                rescale = online_softmax_lazy<Cfg::kPolyEighths, Cfg::kMaxChains>(s, m, l, scale_log2, corr);
+            else
+                online_softmax<Cfg::kPolyEighths, Cfg::kMaxChains>(s, m, l, scale_log2, corr);
+            if constexpr (Cfg::kSplitSoftmaxWait) {
+                // ptxas hoists wgmma.wait_group 0 to the top of its basic block, which would make
+                // the softmax wait for P V. Waiting here for the next K block ends the basic block,
+                // so the exponentials stay ahead of the wait and run under P V.
+                if (n > 0) k_slot = ring.wait_k();
             }
+            wgmma_wait_group<0>();  // P V done: O and the P registers are free again
+            fence_operands(o);
+            fence_operands(p);
+            ring.release_v();
+            if (rescale) rescale_rows(o, corr);
+            pack_probs<Cfg::kBf16>(s, p);
         }
         {
             const uint32_t v_slot = ring.wait_v();

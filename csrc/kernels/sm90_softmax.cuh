@@ -10,12 +10,10 @@
  * out = 0, lse = -inf. scale_log2 is > 0 (the launcher clamps a zero scale to FLT_MIN), so
  * -inf * scale_log2 stays -inf.
  *
- * Three forms, chosen per head dim in fwd_sm90.cu. Eager (online_softmax): m follows every
+ * Two forms, chosen per head dim in fwd_sm90.cu. Eager (online_softmax): m follows every
  * block, so O is rescaled every block. Lazy (online_softmax_lazy): m is a reference that moves
  * only when a block's max exceeds it by more than 2^8, so most blocks skip the O rescale (64
- * to 128 FMULs per thread at head_dim 128-256). Speculative (online_softmax_speculative): lazy,
- * with the exponentials computed against the reference before the block max is known, which
- * takes the max off the critical path (head_dim 64, where the softmax is the bound).
+ * to 128 FMULs per thread at head_dim 128-256).
  *
  * Exponentials: MUFU.EX2 runs 16 lanes per clock per SM, so by those rates the exponentials of
  * a head_dim 64 tile take about as long as its two GEMMs. kPolyEighths of every 8 eight-column
@@ -209,48 +207,6 @@ __device__ __forceinline__ bool online_softmax_lazy(float (&s)[kNs], float (&m)[
         l[r] = grow[r] ? fmaf(l[r], corr[r], sum) : l[r] + sum;
     }
     return __any_sync(0xffffffffu, grow[0] || grow[1]);
-}
-
-// Speculative: where every row of the warp already has a finite reference, the exponentials
-// run against it straight into the packed P fragment (p, see pack_probs) while the block max
-// is only checked, so the max is off the critical path; s is kept for a block where some row
-// outgrows its reference, which then takes the lazy form (bitwise the same values for the
-// rows that keep theirs: same exponentials, same order of the sum). Needs p free at entry (no
-// P V still reading it). Returns whether O must be rescaled by corr. Warp-uniform.
-template <int kPolyEighths, int kMaxChains, bool kBf16, int kNs>
-__device__ __forceinline__ bool online_softmax_speculative(float (&s)[kNs], float (&m)[2], float (&l)[2],
-                                                           float scale_log2, float (&corr)[2],
-                                                           uint32_t (&p)[kNs / 2]) {
-    constexpr int kGroups = kNs / 4;
-    if (__all_sync(0xffffffffu, m[0] != -INFINITY && m[1] != -INFINITY)) {
-        float sum[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const float m_scaled = m[r] * scale_log2;
-            sum[r] = 0.f;
-#pragma unroll
-            for (int i = 0; i < kGroups; ++i) {
-                const float p0 = exp2_split<kPolyEighths>(fmaf(s[4 * i + 2 * r], scale_log2, -m_scaled), i);
-                const float p1 = exp2_split<kPolyEighths>(fmaf(s[4 * i + 2 * r + 1], scale_log2, -m_scaled), i);
-                sum[r] += p0;
-                sum[r] += p1;
-                p[2 * i + r] = pack2<kBf16>(p0, p1);
-            }
-        }
-        float bmax[2];
-        block_row_max<kMaxChains>(s, bmax);
-        if (!__any_sync(0xffffffffu, outgrows(bmax[0], m[0], scale_log2) || outgrows(bmax[1], m[1], scale_log2))) {
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                l[r] += sum[r];
-                corr[r] = 1.f;
-            }
-            return false;
-        }
-    }
-    const bool rescale = online_softmax_lazy<kPolyEighths, kMaxChains>(s, m, l, scale_log2, corr);
-    pack_probs<kBf16>(s, p);
-    return rescale;
 }
 
 // Completes the row sums across the quad; inv_l = 1/l (0 for an empty row) and the natural-log
