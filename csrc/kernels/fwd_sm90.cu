@@ -119,9 +119,9 @@
 
 // Softmax form per head dim (sm90_softmax.cuh): 0 eager (O rescaled every block), 1 lazy (O
 // rescaled only when a row's max outgrows its reference by 2^8). FA_SM90_LAZY_RESCALE=0 turns
-// it off everywhere. Head_dim 64 stays eager: its softmax is the bound, and both the lazy form
-// and a speculative one (exponentials ahead of the max check) measured no faster there
-// (benches/NOTES.md, sm90 v4).
+// it off everywhere. Head_dim 64 stays eager: its softmax is the bound; the lazy form measured
+// 2-4% slower at head_dim 64 causal, and a speculative one (exponentials ahead of the max
+// check) no faster once it kept rows bitwise independent (benches/NOTES.md, sm90 v4).
 #ifndef FA_SM90_LAZY_RESCALE
 #define FA_SM90_LAZY_RESCALE 1
 #endif

@@ -106,10 +106,10 @@ __device__ __forceinline__ void online_softmax(float (&s)[kNs], float (&m)[2], f
     }
 }
 
-// The lazy forms below need both rows' maxima before any exponential (one decision per warp),
-// so they compute them apart; the eager form above keeps max and exponentials of a row in one
-// pass, which lets ptxas overlap row 1's max with row 0's exponentials (composed from the
-// pieces below, it measured up to 13% slower at head_dim 64 causal).
+// The lazy form below takes both rows' maxima before any exponential (the warp votes on the O
+// rescale once), so it computes them apart; the eager form above keeps max and exponentials of
+// a row in one pass, which lets ptxas overlap row 1's max with row 0's exponentials (composed
+// from block_row_max, it measured up to 13% slower at head_dim 64 causal).
 
 // Row maxima of this block's scores alone (both rows of the thread, completed across the quad).
 template <int kMaxChains, int kNs>
