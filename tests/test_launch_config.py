@@ -83,6 +83,18 @@ def test_sm90_head_dim_128_block_follows_seqlen_k(seqlen_k, causal, block_n):
     assert cfg["smem_bytes"] == (197888 if block_n == 128 else 214272)
 
 
+@needs_sm90
+@pytest.mark.parametrize("seqlen_k, causal, block_n", [
+    (1, True, 64), (2048, True, 64), (2049, True, 80), (16384, True, 80),
+    (512, False, 80), (16384, False, 80)])
+def test_sm90_head_dim_256_causal_block_follows_seqlen_k(seqlen_k, causal, block_n):
+    """Causal attention over at most 2048 keys runs 64-key blocks (two per 128-row diagonal);
+    longer runs 80, as does full attention at every length. Only seqlen_k decides."""
+    cfg = config(H100, "sm90", head_dim=256, causal=causal, seqlen_q=4096, seqlen_k=seqlen_k)
+    assert cfg["block_n"] == block_n
+    assert cfg["smem_bytes"] == (197888 if block_n == 64 else 230656)
+
+
 def test_auto_picks_the_fastest_family_built_for_the_device():
     expected_h100 = "sm90" if built("sm90") else "sm80"
     assert config(H100)["family"] == expected_h100

@@ -46,6 +46,8 @@ CASES = [
     (1, 1, 1, 1, 1, 8, "bfloat16", True, "compact", "out"),          # head_dim 8
     (1, 239, 17, 8, 1, 72, "bfloat16", True, "compact", "alloc"),    # MQA 8:1, head_dim 72
     (1, 200, 300, 2, 2, 256, "float16", False, "compact", "out"),    # several tiles of 256
+    (1, 300, 300, 2, 2, 256, "bfloat16", True, "compact", "alloc"),  # causal 256, short-key blocks
+    (1, 130, 2100, 1, 1, 256, "float16", True, "compact", "out"),    # causal 256, long-key blocks
 ]
 
 

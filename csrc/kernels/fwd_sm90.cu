@@ -18,18 +18,22 @@
  *     into a staging area, TMA store (sm90_epilogue.cuh). Where shared memory allows (head_dim
  *     64, head_dim 128 causal) O has a staging buffer of its own and each warpgroup frees its Q
  *     rows right after its last Q K^T, so the next tile's Q load overlaps this tile's tail;
- *     otherwise O is staged in the warpgroup's Q rows, freed once the store has read them.
+ *     head_dim 256 stages O in the V ring instead (FA_SM90_O_IN_V_*), which also frees Q after
+ *     the last Q K^T; only the next tile's first V load waits for the store to read the ring.
+ *     Otherwise O is staged in the warpgroup's Q rows, freed once the store has read them.
  * Overlaps and variants, each a compile-time switch (-D...=0 builds the variant without it;
  * the per-head-dim defaults are the measured best, benches/NOTES.md):
  *   FA_SM90_PINGPONG[_HD64|_HD64_CAUSAL|_HD128|_HD256]  the consumer warpgroups take turns
  *                             issuing their GEMMs (named barriers), so one's softmax runs under
- *                             the other's GEMMs (on: head_dim 64 full, 128; off: 64 causal, 256);
+ *                             the other's GEMMs (on: head_dim 128; off: 64, 256);
  *   FA_SM90_INTRA_WG_OVERLAP  S_next = Q K_{j-1}^T and O += P_j V_j are issued together in one
  *                             turn; the softmax of S_next follows while P_j V_j is in flight;
  *   FA_SM90_SPLIT_SOFTMAX_WAIT[_HD64|_HD128|_HD256]  keeps the softmax of S_next ahead of the
  *                             wait for P_j V_j in the SASS (ptxas otherwise hoists that wait
- *                             above the softmax; see consumer_mainloop); on for head_dim 128;
+ *                             above the softmax; see consumer_mainloop); on for head_dim 64, 128;
  *   FA_SM90_O_STAGING         (sm90_tiles.h) the separate O staging buffer described above;
+ *   FA_SM90_O_IN_V_HD128, FA_SM90_O_IN_V_HD256  O staged in the V ring where it has no buffer
+ *                             of its own (on: head_dim 256);
  *   FA_SM90_MAX_CHAINS        independent chains of the row max (1);
  *   FA_SM90_POLY_EXP2_HD{64,128,256}  eighths of the exponentials on the FMA pipe (0);
  *   FA_SM90_STAGES_HD*, FA_SM90_BLOCK_N_HD* (sm90_tiles.h)  ring depth and key-block size;
@@ -37,7 +41,7 @@
  *                             keys runs its own 128-key-block instance (1024; 0 turns it off);
  *   FA_SM90_LAZY_RESCALE[_HD64|_HD128|_HD256]  softmax form (sm90_softmax.cuh): 0 eager,
  *                             1 lazy (O rescaled only when a row max outgrows its reference by
- *                             2^8); lazy for head_dim 128 and 256;
+ *                             2^8); lazy for every head dim;
  *   FA_SM90_WG_KEY_RANGE      causal without pingpong (head_dim 256): each consumer warpgroup
  *                             skips the key blocks above its own rows' diagonal;
  *   FA_SM90_L2_SECTION_BYTES, FA_SM90_MIN_SECTION_PAIRS  causal tile order in L2 sections of
@@ -75,7 +79,7 @@
 #define FA_SM90_PINGPONG 1
 #endif
 #ifndef FA_SM90_PINGPONG_HD64
-#define FA_SM90_PINGPONG_HD64 1
+#define FA_SM90_PINGPONG_HD64 0
 #endif
 #ifndef FA_SM90_PINGPONG_HD64_CAUSAL
 #define FA_SM90_PINGPONG_HD64_CAUSAL 0
@@ -94,7 +98,7 @@
 #define FA_SM90_SPLIT_SOFTMAX_WAIT 1
 #endif
 #ifndef FA_SM90_SPLIT_SOFTMAX_WAIT_HD64
-#define FA_SM90_SPLIT_SOFTMAX_WAIT_HD64 0
+#define FA_SM90_SPLIT_SOFTMAX_WAIT_HD64 1
 #endif
 #ifndef FA_SM90_SPLIT_SOFTMAX_WAIT_HD128
 #define FA_SM90_SPLIT_SOFTMAX_WAIT_HD128 1
@@ -119,14 +123,14 @@
 
 // Softmax form per head dim (sm90_softmax.cuh): 0 eager (O rescaled every block), 1 lazy (O
 // rescaled only when a row's max outgrows its reference by 2^8). FA_SM90_LAZY_RESCALE=0 turns
-// it off everywhere. Head_dim 64 stays eager: its softmax is the bound; the lazy form measured
-// 2-4% slower at head_dim 64 causal, and a speculative one (exponentials ahead of the max
-// check) no faster once it kept rows bitwise independent (benches/NOTES.md, sm90 v4).
+// it off everywhere. Lazy everywhere: head_dim 64 gained 0-4% from it once its softmax ran
+// under its own P V (split wait, no pingpong); with pingpong and the P V wait hoisted above
+// the softmax it had measured 2-4% slower at causal (benches/NOTES.md, sm90 v4 and v5).
 #ifndef FA_SM90_LAZY_RESCALE
 #define FA_SM90_LAZY_RESCALE 1
 #endif
 #ifndef FA_SM90_LAZY_RESCALE_HD64
-#define FA_SM90_LAZY_RESCALE_HD64 0
+#define FA_SM90_LAZY_RESCALE_HD64 1
 #endif
 #ifndef FA_SM90_LAZY_RESCALE_HD128
 #define FA_SM90_LAZY_RESCALE_HD128 1
@@ -150,6 +154,17 @@
 #endif
 #ifndef FA_SM90_MIN_SECTION_PAIRS
 #define FA_SM90_MIN_SECTION_PAIRS 32
+#endif
+
+// Where O has no staging buffer of its own (sm90_tiles.h), stage it in the V ring instead of
+// the warpgroup's Q rows: Q is then free after the last Q K^T and the next tile's Q and first
+// K block load under this tile's tail; only the next tile's first V waits for the O store to
+// have read the ring. 0 per head dim: stage in Q rows.
+#ifndef FA_SM90_O_IN_V_HD128
+#define FA_SM90_O_IN_V_HD128 0
+#endif
+#ifndef FA_SM90_O_IN_V_HD256
+#define FA_SM90_O_IN_V_HD256 1
 #endif
 
 // 128 * 24 + 256 * 240 = 64512 <= 65536 registers of the SM.
@@ -176,6 +191,7 @@ struct KernelParams {  // CUtensorMap carries its own 128-byte alignment
 enum : uint32_t {
     kBarPingpongBase = 1,  // + consumer index: "this warpgroup may issue its GEMMs"
     kBarEpilogueBase = 3,  // + consumer index: the warpgroup's own 128 threads
+    kBarOInV = 5,          // both consumer warpgroups: every P V of the tile has read the V ring
 };
 
 template <int kHeadDim_, int kBlockN_, bool kCausal_, bool kBf16_>
@@ -193,6 +209,9 @@ struct Config {
     static constexpr uint32_t kKVSlotBytes = kChunks * kKVChunkBytes;
     static constexpr uint32_t kWgRowsBytes = 64 * 128;  // offset of consumer 1's rows in a Q chunk
     static constexpr bool kOStaging = FA_SM90_HAS_O_STAGING(kHeadDim, kBlockN, kStages);
+    // No buffer of its own: O staged in the V ring (FA_SM90_O_IN_V_*) or else in the Q rows.
+    static constexpr bool kOInV =
+        !kOStaging && (kHeadDim == 128 ? FA_SM90_O_IN_V_HD128 : kHeadDim == 256 ? FA_SM90_O_IN_V_HD256 : 0);
     static constexpr uint32_t kOChunkBytes = 64 * 128;         // one warpgroup's 64 rows of a chunk
     static constexpr uint32_t kOWgBytes = kChunks * kOChunkBytes;
     static constexpr uint32_t kOffQ = 0;
@@ -228,10 +247,13 @@ struct Config {
     static constexpr int kBarQFull = 0, kBarQEmpty = 2;
     static constexpr int kBarKFull = 4, kBarKEmpty = 4 + kStages;
     static constexpr int kBarVFull = 4 + 2 * kStages, kBarVEmpty = 4 + 3 * kStages;
-    static constexpr int kNumBars = 4 + 4 * kStages;
-    // Arrivals that free a warpgroup's Q rows: each of its warps after its last Q K^T (O has its
-    // own staging buffer), or its store thread once the TMA store has read O staged in Q.
-    static constexpr uint32_t kQReleaseArrivals = kOStaging ? FA_WARPS_PER_WARPGROUP : 1;
+    // kOInV: both warpgroups' O stores of the tile have read the V ring (one arrival each).
+    static constexpr int kBarOFree = 4 + 4 * kStages;
+    static constexpr int kNumBars = 5 + 4 * kStages;
+    // Arrivals that free a warpgroup's Q rows: each of its warps after its last Q K^T (O staged
+    // elsewhere), or its store thread once the TMA store has read O staged in Q.
+    static constexpr bool kQFreeAfterLastQk = kOStaging || kOInV;
+    static constexpr uint32_t kQReleaseArrivals = kQFreeAfterLastQk ? FA_WARPS_PER_WARPGROUP : 1;
 
     static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "instantiated head dims");
     static_assert(kBlockN % 16 == 0 && kBlockN >= 16 && kBlockN <= 256, "block_n: 16-key steps, one TMA box");
@@ -242,6 +264,8 @@ struct Config {
     static_assert((size_t)kSmemBytes == FA_SM90_SMEM_BYTES(kHeadDim, kBlockN, kStages),
                   "kernel layout and sm90_tiles.h agree on the shared-memory size");
     static_assert(kKVChunkBytes < (1u << 18), "LBO fits the descriptor's 14-bit field");
+    static_assert(!kOInV || 2 * kOWgBytes <= kStages * kKVSlotBytes, "O of both warpgroups fits the V ring");
+    static_assert(!kOInV || kIntraWgOverlap, "the O-in-V hand-over sits in the overlapped main loop");
 };
 
 // Consumer warps that release a ring slot: every consumer warp arrives once, after its own wait.
@@ -300,31 +324,47 @@ struct RingPos {
 
 // ------------------------------------------------------------------------------------------ producer
 
+// Loads key block n_block of K (kv_index 0) or V (1) into the ring slot at pos.
+template <class Cfg>
+__device__ __forceinline__ void producer_load_block(const KernelParams &prm, uint32_t smem, const RingPos &pos,
+                                                    int n_block, const TileCoord &tc, int kv_index) {
+    const uint32_t bars = smem + Cfg::kOffBar;
+    const uint32_t full = bars + 8 * ((kv_index ? Cfg::kBarVFull : Cfg::kBarKFull) + pos.slot);
+    const uint32_t empty = bars + 8 * ((kv_index ? Cfg::kBarVEmpty : Cfg::kBarKEmpty) + pos.slot);
+    const uint32_t dst = smem + (kv_index ? Cfg::kOffV : Cfg::kOffK) + pos.slot * Cfg::kKVSlotBytes;
+    const CUtensorMap *tmap = kv_index ? &prm.tmap_v : &prm.tmap_k;
+
+    mbarrier_wait(empty, pos.phase ^ 1u);
+    mbarrier_arrive_expect_tx(full, Cfg::kKVSlotBytes);
+#pragma unroll
+    for (int c = 0; c < Cfg::kChunks; ++c)
+        cp_async_bulk_tensor_4d_g2s(dst + c * Cfg::kKVChunkBytes, tmap, full, 64 * c, n_block * Cfg::kBlockN,
+                                    tc.head_kv, tc.batch);
+}
+
 template <class Cfg>
 __device__ __forceinline__ void producer_load_kv(const KernelParams &prm, uint32_t smem, RingPos &pos, int n_block,
                                                  const TileCoord &tc) {
-    const uint32_t bars = smem + Cfg::kOffBar;
-    const uint32_t k_full = bars + 8 * (Cfg::kBarKFull + pos.slot);
-    const uint32_t k_empty = bars + 8 * (Cfg::kBarKEmpty + pos.slot);
-    const uint32_t v_full = bars + 8 * (Cfg::kBarVFull + pos.slot);
-    const uint32_t v_empty = bars + 8 * (Cfg::kBarVEmpty + pos.slot);
-    const uint32_t k_dst = smem + Cfg::kOffK + pos.slot * Cfg::kKVSlotBytes;
-    const uint32_t v_dst = smem + Cfg::kOffV + pos.slot * Cfg::kKVSlotBytes;
-    const int row = n_block * Cfg::kBlockN;
-
-    mbarrier_wait(k_empty, pos.phase ^ 1u);
-    mbarrier_arrive_expect_tx(k_full, Cfg::kKVSlotBytes);
-#pragma unroll
-    for (int c = 0; c < Cfg::kChunks; ++c)
-        cp_async_bulk_tensor_4d_g2s(k_dst + c * Cfg::kKVChunkBytes, &prm.tmap_k, k_full, 64 * c, row, tc.head_kv,
-                                    tc.batch);
-    mbarrier_wait(v_empty, pos.phase ^ 1u);
-    mbarrier_arrive_expect_tx(v_full, Cfg::kKVSlotBytes);
-#pragma unroll
-    for (int c = 0; c < Cfg::kChunks; ++c)
-        cp_async_bulk_tensor_4d_g2s(v_dst + c * Cfg::kKVChunkBytes, &prm.tmap_v, v_full, 64 * c, row, tc.head_kv,
-                                    tc.batch);
+    producer_load_block<Cfg>(prm, smem, pos, n_block, tc, 0);
+    producer_load_block<Cfg>(prm, smem, pos, n_block, tc, 1);
     pos.advance(Cfg::kStages);
+}
+
+template <class Cfg>
+__device__ __forceinline__ void producer_load_q(const KernelParams &prm, uint32_t smem, uint32_t q_phase,
+                                                const TileCoord &tc) {
+    const uint32_t bars = smem + Cfg::kOffBar;
+#pragma unroll
+    for (int wg = 0; wg < FA_NUM_CONSUMER_WARPGROUPS; ++wg) {
+        const uint32_t q_full = bars + 8 * (Cfg::kBarQFull + wg);
+        mbarrier_wait(bars + 8 * (Cfg::kBarQEmpty + wg), q_phase ^ 1u);
+        mbarrier_arrive_expect_tx(q_full, Cfg::kQBytes / 2);
+#pragma unroll
+        for (int c = 0; c < Cfg::kChunks; ++c)
+            cp_async_bulk_tensor_4d_g2s(smem + Cfg::kOffQ + c * Cfg::kQChunkBytes + wg * Cfg::kWgRowsBytes,
+                                        &prm.tmap_q, q_full, 64 * c, tc.m_block * Cfg::kBlockM + 64 * wg,
+                                        tc.head_q, tc.batch);
+    }
 }
 
 // One thread. Visits exactly the tiles and key blocks the consumers visit, in the same order.
@@ -338,25 +378,30 @@ __device__ __forceinline__ void producer(const KernelParams &prm, uint32_t smem)
     prefetch_tensormap(&prm.tmap_o);
     RingPos kv{0, 0u};
     uint32_t q_phase = 0;
+    uint32_t o_free_phase = 0;
     for (int tile = blockIdx.x; tile < sched.num_tiles; tile += gridDim.x) {
         const TileCoord tc = decode_tile(sched, tile);
         const SeqLengths len = seq_lengths(sched, tc.batch);
         if (tc.m_block * Cfg::kBlockM >= len.len_q) continue;
         const KeyBlockRange range =
             key_block_range<Cfg::kBlockM, Cfg::kBlockN, Cfg::kCausal>(tc.m_block, len.len_q, len.len_k);
-        // The first K/V block goes out before Q: its slot is freed by the previous tile's main
-        // loop, while each Q half is free only once its warpgroup is done with the previous tile.
-        if (range.n_max > 0) producer_load_kv<Cfg>(prm, smem, kv, range.n_max - 1, tc);
-#pragma unroll
-        for (int wg = 0; wg < FA_NUM_CONSUMER_WARPGROUPS; ++wg) {
-            const uint32_t q_full = bars + 8 * (Cfg::kBarQFull + wg);
-            mbarrier_wait(bars + 8 * (Cfg::kBarQEmpty + wg), q_phase ^ 1u);
-            mbarrier_arrive_expect_tx(q_full, Cfg::kQBytes / 2);
-#pragma unroll
-            for (int c = 0; c < Cfg::kChunks; ++c)
-                cp_async_bulk_tensor_4d_g2s(smem + Cfg::kOffQ + c * Cfg::kQChunkBytes + wg * Cfg::kWgRowsBytes,
-                                            &prm.tmap_q, q_full, 64 * c, tc.m_block * Cfg::kBlockM + 64 * wg,
-                                            tc.head_q, tc.batch);
+        if constexpr (Cfg::kOInV) {
+            // K and Q of the tile go out while the previous tile's O may still sit in the V ring;
+            // the first V waits for both of its stores to have read it (once per tile, so the
+            // parity stays in step even for a tile without keys).
+            if (range.n_max > 0) producer_load_block<Cfg>(prm, smem, kv, range.n_max - 1, tc, 0);
+            producer_load_q<Cfg>(prm, smem, q_phase, tc);
+            mbarrier_wait(bars + 8 * Cfg::kBarOFree, o_free_phase ^ 1u);
+            o_free_phase ^= 1u;
+            if (range.n_max > 0) {
+                producer_load_block<Cfg>(prm, smem, kv, range.n_max - 1, tc, 1);
+                kv.advance(Cfg::kStages);
+            }
+        } else {
+            // The first K/V block goes out before Q: its slot is freed by the previous tile's main
+            // loop, while each Q half is free only once its warpgroup is done with the previous tile.
+            if (range.n_max > 0) producer_load_kv<Cfg>(prm, smem, kv, range.n_max - 1, tc);
+            producer_load_q<Cfg>(prm, smem, q_phase, tc);
         }
         q_phase ^= 1u;
         for (int n = range.n_max - 2; n >= 0; --n) producer_load_kv<Cfg>(prm, smem, kv, n, tc);
@@ -396,14 +441,28 @@ struct ConsumerRing {
 // rows while this tile finishes. Branch-free: it sits inside the key loop.
 template <class Cfg>
 __device__ __forceinline__ void release_q_after_last_qk(uint32_t bars, int consumer, int lane, bool last) {
-    if constexpr (Cfg::kOStaging) mbarrier_arrive_if(bars + 8 * (Cfg::kBarQEmpty + consumer), last && lane == 0);
+    if constexpr (Cfg::kQFreeAfterLastQk)
+        mbarrier_arrive_if(bars + 8 * (Cfg::kBarQEmpty + consumer), last && lane == 0);
+}
+
+// kOInV: the warpgroup's store thread (store_thread) waits until its last O store has read the
+// V ring, then lets the producer refill it. Called once per tile, as late as the tile allows:
+// under its first Q K^T, else before it first waits for a V block.
+template <class Cfg>
+__device__ __forceinline__ void release_o_in_v(uint32_t bars, bool store_thread) {
+    if constexpr (Cfg::kOInV) {
+        if (store_thread) {
+            cp_async_bulk_wait_group_read_0();
+            mbarrier_arrive(bars + 8 * Cfg::kBarOFree);
+        }
+    }
 }
 
 // Runs the key blocks n_max-1 .. 0 of one tile; leaves O (unnormalised), m and l.
 template <class Cfg>
 __device__ __forceinline__ void consumer_mainloop(ConsumerRing<Cfg> &ring, const KeyBlockRange &range,
                                                   uint32_t q_rows, int consumer, int row0,
-                                                  const SeqLengths &len, float scale_log2,
+                                                  const SeqLengths &len, float scale_log2, bool release_o,
                                                   float (&o)[Cfg::kHeadDim / 2], float (&m)[2], float (&l)[2]) {
     constexpr int kNs = Cfg::kBlockN / 2;
     float s[kNs];
@@ -420,6 +479,7 @@ __device__ __forceinline__ void consumer_mainloop(ConsumerRing<Cfg> &ring, const
             issue_qk<Cfg>(s, q_rows, k_slot);
             wgmma_commit_group();
             pingpong_arrive<Cfg>(consumer);
+            release_o_in_v<Cfg>(ring.bars, release_o);
             wgmma_wait_group<0>();
             fence_operands(s);
             ring.release_k();
@@ -536,6 +596,9 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
 
     float o[Cfg::kHeadDim / 2];
     uint32_t q_phase = 0;
+    // kOInV: this warpgroup's previous O store may still be reading the V ring.
+    bool o_store_pending = false;
+    const bool store_thread = tid_in_wg == 0;
 
     // Consumer 0 issues first: consumer 1 hands it the first turn.
     if (Cfg::kPingpong && consumer_idx == 1) bar_arrive(kBarPingpongBase + 0, 2 * 128);
@@ -561,6 +624,10 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
             wg_range.n_max = __shfl_sync(0xffffffffu, wg_range.n_max, 0);
             wg_range.n_mask_lo = __shfl_sync(0xffffffffu, wg_range.n_mask_lo, 0);
         }
+        if (Cfg::kOInV && o_store_pending && range.n_max > wg_range.n_max) {
+            release_o_in_v<Cfg>(bars, store_thread);  // the loop below waits for V blocks
+            o_store_pending = false;
+        }
 #pragma unroll 1
         for (int n = range.n_max - 1; n >= wg_range.n_max; --n) {  // blocks above this warpgroup's diagonal
             ring.wait_k();
@@ -573,21 +640,31 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
         float l[2] = {0.f, 0.f};
         mbarrier_wait(q_full, q_phase);
         q_phase ^= 1u;
-        if (wg_range.n_max > 0)
-            consumer_mainloop<Cfg>(ring, wg_range, q_rows, consumer_idx, row0, len, prm.scale_log2, o, m, l);
-        else
+        if (wg_range.n_max > 0) {
+            consumer_mainloop<Cfg>(ring, wg_range, q_rows, consumer_idx, row0, len, prm.scale_log2,
+                                   o_store_pending && store_thread, o, m, l);
+        } else {
             release_q_after_last_qk<Cfg>(bars, consumer_idx, lane, true);  // rows that see no key never read Q
+            if (o_store_pending) release_o_in_v<Cfg>(bars, store_thread);
+        }
+        o_store_pending = false;
 
         float inv_l[2], lse[2];
         softmax_finalize(m, l, prm.scale_log2, inv_l, lse);
 
         // O goes through its staging rows: every warp of this warpgroup has retired its last
         // Q K^T, so its Q rows can take O; a staging buffer of its own must first have been read
-        // by the previous tile's store.
-        const uint32_t o_rows = Cfg::kOStaging ? smem + Cfg::kOffO + consumer_idx * Cfg::kOWgBytes : q_rows;
-        const uint32_t o_chunk_bytes = Cfg::kOStaging ? Cfg::kOChunkBytes : Cfg::kQChunkBytes;
+        // by the previous tile's store; the V ring, once both warpgroups' last P V retired (the
+        // producer refills it only after these stores have read it).
+        const uint32_t o_rows = Cfg::kOStaging ? smem + Cfg::kOffO + consumer_idx * Cfg::kOWgBytes
+                                : Cfg::kOInV   ? smem + Cfg::kOffV + consumer_idx * Cfg::kOWgBytes
+                                               : q_rows;
+        const uint32_t o_chunk_bytes = (Cfg::kOStaging || Cfg::kOInV) ? Cfg::kOChunkBytes : Cfg::kQChunkBytes;
         if (Cfg::kOStaging && tid_in_wg == 0) cp_async_bulk_wait_group_read_0();
-        bar_sync(kBarEpilogueBase + consumer_idx, 128);
+        if constexpr (Cfg::kOInV)
+            bar_sync(kBarOInV, 2 * 128);
+        else
+            bar_sync(kBarEpilogueBase + consumer_idx, 128);
         stage_output<Cfg::kHeadDim, Cfg::kBf16>(o, inv_l, wg_range.n_max > 0, o_rows, o_chunk_bytes, warp_in_wg, lane);
         fence_proxy_async_shared_cta();
         bar_sync(kBarEpilogueBase + consumer_idx, 128);
@@ -597,7 +674,7 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
                 cp_async_bulk_tensor_4d_s2g(&prm.tmap_o, o_rows + c * o_chunk_bytes, 64 * c, wg_row0, tc.head_q,
                                             tc.batch);
             cp_async_bulk_commit_group();
-            if constexpr (!Cfg::kOStaging) {
+            if constexpr (!Cfg::kQFreeAfterLastQk) {
                 // The producer may overwrite these Q rows once the store has read them.
                 cp_async_bulk_wait_group_read_0();
                 mbarrier_arrive(q_empty);
@@ -606,6 +683,7 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
         float *lse_head = prm.lse ? prm.lse + ((int64_t)tc.batch * sched.heads_q + tc.head_q) * sched.seqlen_q
                                   : nullptr;
         store_lse(lse_head, row0, len.len_q, lse, lane);
+        o_store_pending = Cfg::kOInV;
     }
 
     // Consumer 1 arrived once more than consumer 0 synced (its hand-over at the start).
@@ -637,6 +715,7 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_kernel(const __gr
             mbarrier_init(bars + 8 * (Cfg::kBarVFull + st), 1);
             mbarrier_init(bars + 8 * (Cfg::kBarVEmpty + st), kSlotReleaseArrivals);
         }
+        if constexpr (Cfg::kOInV) mbarrier_init(bars + 8 * Cfg::kBarOFree, FA_NUM_CONSUMER_WARPGROUPS);
         fence_mbarrier_init();
     }
     __syncthreads();
@@ -679,7 +758,7 @@ bool dispatch(const fa_params *p, F &&f) {
     const bool bf16 = p->dtype == FA_BFLOAT16;
     if (hd == 0 || (p->dtype != FA_FLOAT16 && p->dtype != FA_BFLOAT16)) return false;
     // The block size fa_sm90_tile chose for this problem picks among a head dim's instances.
-    const int block_n = FA_SM90_BLOCK_N(hd, causal, FA_SM90_SHORT_KEYS(p->seqlen_k));
+    const int block_n = FA_SM90_BLOCK_N(hd, causal, FA_SM90_SHORT_KEYS(hd, causal, p->seqlen_k));
 #define FA_SM90_CASE(HD, CAUSAL, SHORT, BF16)                                                   \
     if (hd == HD && causal == CAUSAL && bf16 == BF16 &&                                         \
         block_n == FA_SM90_BLOCK_N(HD, CAUSAL, SHORT)) {                                        \
@@ -695,6 +774,9 @@ bool dispatch(const fa_params *p, F &&f) {
     FA_SM90_CASE(128, true, false, false) FA_SM90_CASE(128, true, false, true)
     FA_SM90_CASE(256, false, false, false) FA_SM90_CASE(256, false, false, true)
     FA_SM90_CASE(256, true, false, false) FA_SM90_CASE(256, true, false, true)
+#if FA_SM90_SHORT_SEQLEN_K_HD256_CAUSAL > 0
+    FA_SM90_CASE(256, true, true, false) FA_SM90_CASE(256, true, true, true)
+#endif
 #undef FA_SM90_CASE
     return false;
 }

@@ -12,14 +12,18 @@
  *     K ring           S *   N * D * 2
  *     V ring           S *   N * D * 2
  *     O staging            128 * D * 2 or 0        (only where it fits the opt-in limit; else
- *                                                   each warpgroup stages O in its Q rows)
+ *                                                   O is staged in the V ring (head_dim 256) or
+ *                                                   in each warpgroup's Q rows; fwd_sm90.cu)
  *     mbarriers            FA_SM90_BARRIER_BYTES
  *     alignment slack      1024                    (128-byte swizzle wants 1024-byte tiles)
  *   D=64,  N=128, S=2 (both):    16384 + 2*2*16384 + 16384 + 256 + 1024 =  99584
  *   D=128, N=176, S=2 (full):    32768 + 2*2*45056 +     0 + 256 + 1024 = 214272
  *   D=128, N=128, S=2 (causal, and full with seqlen_k <= 1024):
  *                                32768 + 2*2*32768 + 32768 + 256 + 1024 = 197888
- *   D=256, N=80,  S=2 (both):    65536 + 2*2*40960 +     0 + 256 + 1024 = 230656
+ *   D=256, N=80,  S=2 (full, and causal with seqlen_k > 2048):
+ *                                65536 + 2*2*40960 +     0 + 256 + 1024 = 230656
+ *   D=256, N=64,  S=2 (causal, seqlen_k <= 2048):
+ *                                65536 + 2*2*32768 +     0 + 256 + 1024 = 197888
  * (opt-in limit 232448). head_dim 64 leaves room for up to 4 stages (165120; measured no
  * faster than 2).
  *
@@ -83,15 +87,32 @@
 #ifndef FA_SM90_SHORT_SEQLEN_K
 #define FA_SM90_SHORT_SEQLEN_K 1024
 #endif
+/* head_dim 256 causal over at most FA_SM90_SHORT_SEQLEN_K_HD256_CAUSAL keys takes 64-key
+ * blocks: two per 128-row diagonal, so each warpgroup's rows end on a block boundary and fewer
+ * masked scores are computed (measured +6-9% at 512 and 2k keys; 80 is better from 8k up,
+ * benches/NOTES.md). 0 turns it off. */
+#ifndef FA_SM90_BLOCK_N_HD256_CAUSAL_SHORT
+#define FA_SM90_BLOCK_N_HD256_CAUSAL_SHORT 64
+#endif
+#ifndef FA_SM90_SHORT_SEQLEN_K_HD256_CAUSAL
+#define FA_SM90_SHORT_SEQLEN_K_HD256_CAUSAL 2048
+#endif
 
 #define FA_SM90_BLOCK_N(hd, causal, short_keys)                                          \
     ((hd) == 64    ? ((causal) ? FA_SM90_BLOCK_N_HD64_CAUSAL : FA_SM90_BLOCK_N_HD64)      \
      : (hd) == 128 ? ((causal)       ? FA_SM90_BLOCK_N_HD128_CAUSAL                       \
                       : (short_keys) ? FA_SM90_BLOCK_N_HD128_SHORT                        \
                                      : FA_SM90_BLOCK_N_HD128)                             \
-                   : ((causal) ? FA_SM90_BLOCK_N_HD256_CAUSAL : FA_SM90_BLOCK_N_HD256))
-/* Whether a problem with seqlen_k keys counts as short (the third argument above). */
-#define FA_SM90_SHORT_KEYS(seqlen_k) (FA_SM90_SHORT_SEQLEN_K > 0 && (seqlen_k) <= FA_SM90_SHORT_SEQLEN_K)
+                   : ((causal) ? ((short_keys) ? FA_SM90_BLOCK_N_HD256_CAUSAL_SHORT       \
+                                               : FA_SM90_BLOCK_N_HD256_CAUSAL)            \
+                               : FA_SM90_BLOCK_N_HD256))
+/* Whether a problem with seqlen_k keys counts as short for its head dim and mask (the third
+ * argument above); only head_dim 128 full and head_dim 256 causal have a short instance. */
+#define FA_SM90_SHORT_KEYS(hd, causal, seqlen_k)                                                   \
+    ((hd) == 128 && !(causal)  ? FA_SM90_SHORT_SEQLEN_K > 0 && (seqlen_k) <= FA_SM90_SHORT_SEQLEN_K \
+     : (hd) == 256 && (causal) ? FA_SM90_SHORT_SEQLEN_K_HD256_CAUSAL > 0 &&                        \
+                                     (seqlen_k) <= FA_SM90_SHORT_SEQLEN_K_HD256_CAUSAL             \
+                               : 0)
 
 /* 1: give O a staging buffer of its own where it fits (see above); 0: always stage in Q. */
 #ifndef FA_SM90_O_STAGING
@@ -117,16 +138,18 @@ FA_STATIC_ASSERT(FA_SM90_SMEM_BYTES(256, FA_SM90_BLOCK_N_HD256, FA_SM90_STAGES(2
                  "head_dim 256 tile fits the 227 KB opt-in shared memory");
 FA_STATIC_ASSERT(FA_SM90_SMEM_BYTES(128, FA_SM90_BLOCK_N_HD128, FA_SM90_STAGES(128)) <= FA_SM90_SMEM_OPTIN_LIMIT,
                  "head_dim 128 tile fits the 227 KB opt-in shared memory");
+FA_STATIC_ASSERT(FA_SM90_SMEM_BYTES(256, FA_SM90_BLOCK_N_HD256_CAUSAL_SHORT, FA_SM90_STAGES(256)) <= FA_SM90_SMEM_OPTIN_LIMIT,
+                 "head_dim 256 causal short-sequence tile fits the 227 KB opt-in shared memory");
 FA_STATIC_ASSERT(FA_SM90_SMEM_BYTES(128, FA_SM90_BLOCK_N_HD128_SHORT, FA_SM90_STAGES(128)) <= FA_SM90_SMEM_OPTIN_LIMIT,
                  "head_dim 128 short-sequence tile fits the 227 KB opt-in shared memory");
 FA_STATIC_ASSERT(FA_SM90_SMEM_BYTES(64, FA_SM90_BLOCK_N_HD64, FA_SM90_STAGES(64)) <= FA_SM90_SMEM_OPTIN_LIMIT,
                  "head_dim 64 tile fits the 227 KB opt-in shared memory");
 FA_STATIC_ASSERT(FA_SM90_STAGES_HD64 >= 2 && FA_SM90_STAGES_HD64 <= 4 && FA_SM90_STAGES_HD128 >= 2 &&
                  FA_SM90_STAGES_HD128 <= 4 && FA_SM90_STAGES_HD256 >= 2 && FA_SM90_STAGES_HD256 <= 4,
-                 "2 to 4 K/V stages (the mbarrier area holds 4 + 4 * 4 barriers)");
+                 "2 to 4 K/V stages (the mbarrier area holds 5 + 4 * 4 barriers)");
 FA_STATIC_ASSERT(FA_SM90_BLOCK_N_HD64 % 16 == 0 && FA_SM90_BLOCK_N_HD64_CAUSAL % 16 == 0 &&
                  FA_SM90_BLOCK_N_HD128 % 16 == 0 && FA_SM90_BLOCK_N_HD128_CAUSAL % 16 == 0 &&
-                 FA_SM90_BLOCK_N_HD128_SHORT % 16 == 0 &&
+                 FA_SM90_BLOCK_N_HD128_SHORT % 16 == 0 && FA_SM90_BLOCK_N_HD256_CAUSAL_SHORT % 16 == 0 &&
                  FA_SM90_BLOCK_N_HD256 % 16 == 0 && FA_SM90_BLOCK_N_HD256_CAUSAL % 16 == 0,
                  "block_n is a whole number of 16-key wgmma k-steps");
 
@@ -144,7 +167,7 @@ static inline int fa_sm90_tile(const fa_params *p, fa_tile *t) {
     int hd = fa_sm90_head_dim_padded(p->head_dim);
     if (hd == 0 || (p->dtype != FA_FLOAT16 && p->dtype != FA_BFLOAT16)) return -1;
     t->block_m = FA_SM90_BLOCK_M;
-    t->block_n = FA_SM90_BLOCK_N(hd, p->causal != 0, FA_SM90_SHORT_KEYS(p->seqlen_k));
+    t->block_n = FA_SM90_BLOCK_N(hd, p->causal != 0, FA_SM90_SHORT_KEYS(hd, p->causal != 0, p->seqlen_k));
     t->stages = FA_SM90_STAGES(hd);
     t->head_dim_padded = hd;
     t->smem_bytes = FA_SM90_SMEM_BYTES(hd, t->block_n, t->stages);
