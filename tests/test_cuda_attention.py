@@ -196,12 +196,15 @@ def test_row_max_rising_across_key_blocks(family, causal, head_dim):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_sm90_causal_tile_order_over_several_l2_sections(dtype):
-    """sm90 causal tiles run in sections of (batch, head) pairs whose K/V fit 32 MB of L2 (and
-    at least 32 pairs): 1024 keys of head_dim 128 are 0.5 MB of K and V per head, so 72 heads
-    make a section of 64 and a short last one of 8. Every tile must be computed exactly once."""
+@pytest.mark.parametrize("seqlen_q, seqlen_k", [(1100, 1100), (1100, 1300), (1300, 1100)])
+def test_sm90_causal_tiles_in_pairs(dtype, seqlen_q, seqlen_k):
+    """With at least two causal tiles per CTA, each CTA runs a head's longest query block with its
+    shortest, the second longest with the second shortest, and so on. 9 or 11 query blocks (odd:
+    the middle one is a pair of one tile), 120 heads in GQA groups of 5, a part-filled last
+    round of pairs, keys longer and shorter than the queries. Every tile must be computed
+    exactly once."""
     require_family("sm90")
-    run_and_check("sm90", *make_inputs(2, 1024, 1024, 36, 36, 128, dtype), True)
+    run_and_check("sm90", *make_inputs(3, seqlen_q, seqlen_k, 40, 8, 64, dtype), True)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

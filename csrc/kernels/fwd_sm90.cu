@@ -44,8 +44,7 @@
  *                             2^8); lazy for every head dim;
  *   FA_SM90_WG_KEY_RANGE      causal without pingpong (head_dim 256): each consumer warpgroup
  *                             skips the key blocks above its own rows' diagonal;
- *   FA_SM90_L2_SECTION_BYTES, FA_SM90_MIN_SECTION_PAIRS  causal tile order in L2 sections of
- *                             heads (sm90_scheduler.cuh).
+ *   FA_SM90_PAIR_TILES        causal tiles run in pairs of equal work per CTA (sm90_scheduler.cuh).
  *
  * Build: nvcc -c -O3 -std=c++17 --use_fast_math -Xptxas -v -lineinfo -Xcompiler -fPIC \
  *          -gencode arch=compute_90a,code=sm_90a -I csrc csrc/kernels/fwd_sm90.cu
@@ -146,14 +145,10 @@
 #define FA_SM90_WG_KEY_RANGE 1
 #endif
 
-// Causal tile order (sm90_scheduler.cuh): the share of L2 (bytes) whose worth of K/V one
-// section of (batch, head) pairs may hold (H100 and H200 have 50 MB), and the fewest pairs a
-// section may have (fewer: one section over all). FA_SM90_L2_SECTION_BYTES=0 turns sections off.
-#ifndef FA_SM90_L2_SECTION_BYTES
-#define FA_SM90_L2_SECTION_BYTES (32ll << 20)
-#endif
-#ifndef FA_SM90_MIN_SECTION_PAIRS
-#define FA_SM90_MIN_SECTION_PAIRS 32
+// Causal with at least two tiles per CTA: each CTA runs tiles in pairs of equal total work
+// (sm90_scheduler.cuh). 0: one by one, longest first, for every causal problem.
+#ifndef FA_SM90_PAIR_TILES
+#define FA_SM90_PAIR_TILES 1
 #endif
 
 // Where O has no staging buffer of its own (sm90_tiles.h), stage it in the V ring instead of
@@ -379,10 +374,10 @@ __device__ __forceinline__ void producer(const KernelParams &prm, uint32_t smem)
     RingPos kv{0, 0u};
     uint32_t q_phase = 0;
     uint32_t o_free_phase = 0;
-    for (int tile = blockIdx.x; tile < sched.num_tiles; tile += gridDim.x) {
+    for (int tile = blockIdx.x; tile < sched.num_iters; tile += gridDim.x) {
         const TileCoord tc = decode_tile(sched, tile);
         const SeqLengths len = seq_lengths(sched, tc.batch);
-        if (tc.m_block * Cfg::kBlockM >= len.len_q) continue;
+        if (tc.m_block < 0 || tc.m_block * Cfg::kBlockM >= len.len_q) continue;
         const KeyBlockRange range =
             key_block_range<Cfg::kBlockM, Cfg::kBlockN, Cfg::kCausal>(tc.m_block, len.len_q, len.len_k);
         if constexpr (Cfg::kOInV) {
@@ -604,10 +599,10 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
     if (Cfg::kPingpong && consumer_idx == 1) bar_arrive(kBarPingpongBase + 0, 2 * 128);
 
 #pragma unroll 1
-    for (int tile = blockIdx.x; tile < sched.num_tiles; tile += gridDim.x) {
+    for (int tile = blockIdx.x; tile < sched.num_iters; tile += gridDim.x) {
         const TileCoord tc = decode_tile(sched, tile);
         const SeqLengths len = seq_lengths(sched, tc.batch);
-        if (tc.m_block * Cfg::kBlockM >= len.len_q) continue;
+        if (tc.m_block < 0 || tc.m_block * Cfg::kBlockM >= len.len_q) continue;
         const KeyBlockRange range =
             key_block_range<Cfg::kBlockM, Cfg::kBlockN, Cfg::kCausal>(tc.m_block, len.len_q, len.len_k);
         const int wg_row0 = tc.m_block * Cfg::kBlockM + consumer_idx * 64;  // first query row of this warpgroup
@@ -891,9 +886,10 @@ extern "C" cudaError_t fa_sm90_launch(const fa_params *p, const fa_launch *cfg, 
         s.num_m_blocks = (p->seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM;
         s.num_tiles = s.num_m_blocks * p->heads_q * p->batch;
         s.causal = Cfg::kCausal ? 1 : 0;
-        s.hb_per_section = fa_sm90::causal_section_pairs(p->seqlen_k, Cfg::kHeadDim, p->heads_q, p->heads_kv,
-                                                         p->heads_q * p->batch, FA_SM90_L2_SECTION_BYTES,
-                                                         FA_SM90_MIN_SECTION_PAIRS);
+        const int grid_x = (int)cfg->grid[0];
+        s.pair_tiles = FA_SM90_PAIR_TILES && Cfg::kCausal && s.num_tiles >= 2 * grid_x;
+        const int pairs = (s.num_m_blocks + 1) / 2 * p->heads_q * p->batch;
+        s.num_iters = s.pair_tiles ? 2 * grid_x * ((pairs + grid_x - 1) / grid_x) : s.num_tiles;
         // A zero scale would turn masked scores into -inf * 0 = NaN; FLT_MIN gives the same
         // uniform softmax (every scaled score rounds to 0).
         const float scale_log2 = p->softmax_scale * 1.4426950408889634f;

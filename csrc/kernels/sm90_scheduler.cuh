@@ -2,17 +2,18 @@
  * sm90_scheduler.cuh -- the persistent tile order of the sm90 kernel and the per-batch lengths.
  *
  * A tile is (batch, head_q, m_block): 128 query rows of one head. num_tiles =
- * ceil(max_seqlen_q / 128) * heads_q * batch; CTA c handles tiles c, c + gridDim.x, ... in a fixed
- * order, so the result never depends on timing (no atomics, deterministic).
- *   causal: the (batch, head) pairs are cut into L2 sections of hb_per_section pairs, whose
- *           K/V fit a share of L2 (causal_section_pairs, FA_SM90_L2_SECTION_BYTES); inside a
- *           section m_block descending is the outer index, so the tiles with the most key
- *           blocks run first and the short ones fill the tail (longest-processing-time first),
- *           while the tiles of one head that read the same keys run close in time. (With one
- *           section over all heads, short sequences re-read each head's K/V from DRAM for
- *           every query block.)
+ * ceil(max_seqlen_q / 128) * heads_q * batch; CTA c handles indices c, c + gridDim.x, ... below
+ * num_iters in a fixed order, so the result never depends on timing (no atomics, deterministic).
  *   full:   (batch, head) outer, m_block inner, so CTAs running at the same time share one
  *           head's K/V in L2.
+ *   causal, at least two tiles per CTA (pair_tiles): a tile's work grows with m_block, so the
+ *           tiles of a head go out in pairs (longest with shortest, second longest with second
+ *           shortest, ...) of about equal work, (batch, head) outer as for full attention;
+ *           each CTA runs whole pairs, long tile first. Taken one by one in a fixed order, the
+ *           same tiles left CTAs up to 34% apart in work (head_dim 256, 1024 keys, 7.75 tiles
+ *           per CTA); in pairs the spread is the last round's, one pair.
+ *   causal, fewer tiles: m_block descending outer, (batch, head) inner: the tiles with the
+ *           most key blocks run first (longest-processing-time first).
  * Lengths come from seq_lengths(), which reads cu_seqlens when given (variable-length batches,
  * reserved today) and the uniform lengths otherwise; the main loop never assumes that all
  * batches share one length. Device-only; included by fwd_sm90.cu.
@@ -32,11 +33,12 @@ struct SchedulerArgs {
     int num_m_blocks;                  // ceil(seqlen_q / 128)
     int num_tiles;
     int causal;
-    int hb_per_section;                // causal: (batch, head) pairs per L2 section, >= 1
+    int pair_tiles;                    // causal with at least two tiles per CTA: see above
+    int num_iters;                     // loop bound of the persistent loop (>= num_tiles)
 };
 
 struct TileCoord {
-    int batch, head_q, head_kv, m_block;
+    int batch, head_q, head_kv, m_block;  // m_block < 0: no tile at this index (skip it)
 };
 
 struct SeqLengths {
@@ -53,14 +55,24 @@ __device__ __forceinline__ SeqLengths seq_lengths(const SchedulerArgs &s, int b)
 __device__ __forceinline__ TileCoord decode_tile(const SchedulerArgs &s, int tile) {
     const int heads_batches = s.heads_q * s.batch;
     int hb, m_block;
-    if (s.causal) {
-        const int section_tiles = s.hb_per_section * s.num_m_blocks;
-        const int section = tile / section_tiles;
-        const int i = tile - section * section_tiles;
-        const int hb0 = section * s.hb_per_section;
-        const int pairs = min(s.hb_per_section, heads_batches - hb0);  // the last section may be short
-        m_block = s.num_m_blocks - 1 - i / pairs;
-        hb = hb0 + i % pairs;
+    if (s.pair_tiles) {
+        // CTA c takes, round after round, the two tiles of pair c, c + gridDim.x, ...: the
+        // longest query block of a head with its shortest, the second longest with the second
+        // shortest..., whose key blocks add up to about the same, so every CTA gets the same work.
+        const int round = tile / (int)gridDim.x;
+        const int pair = tile - round * (int)gridDim.x + (round >> 1) * (int)gridDim.x;
+        const int pairs_per_hb = (s.num_m_blocks + 1) >> 1;
+        hb = pair / pairs_per_hb;
+        const int k = pair - hb * pairs_per_hb;
+        m_block = (round & 1) ? k : s.num_m_blocks - 1 - k;
+        // Past the last pair, or the middle block of an odd count (a pair of one tile).
+        if (hb >= heads_batches || ((round & 1) && 2 * k + 1 == s.num_m_blocks)) {
+            hb = 0;
+            m_block = -1;
+        }
+    } else if (s.causal) {
+        m_block = s.num_m_blocks - 1 - tile / heads_batches;
+        hb = tile % heads_batches;
     } else {
         hb = tile / s.num_m_blocks;
         m_block = tile % s.num_m_blocks;
@@ -72,23 +84,6 @@ __device__ __forceinline__ TileCoord decode_tile(const SchedulerArgs &s, int til
     t.head_kv = t.head_q / (s.heads_q / s.heads_kv);
     t.m_block = m_block;
     return t;
-}
-
-// (batch, head) pairs per causal L2 section, in [1, heads_batches]: as many as have their K
-// and V (seqlen_k x head_dim x 2 tensors x 2 bytes, shared by heads_q / heads_kv consecutive
-// query heads) in l2_bytes, or all of them when that is fewer than min_pairs (or l2_bytes is
-// 0). A section of few heads has its CTAs spread far along each head's key loop, and its K/V
-// then leave L2 before they are reused (measured on an H200: head_dim 256 causal over
-// 2k-16k keys, sections of 16 down to 2 heads, 7-15% slower than one section; 32 heads and
-// more, up to 18% faster).
-__host__ __device__ __forceinline__ int causal_section_pairs(int seqlen_k, int head_dim, int heads_q, int heads_kv,
-                                                             int heads_batches, long long l2_bytes, int min_pairs) {
-    if (heads_batches < 1) return 1;
-    if (l2_bytes <= 0) return heads_batches;
-    const long long kv_bytes = 4ll * (long long)(seqlen_k > 0 ? seqlen_k : 1) * head_dim;
-    const long long group = heads_kv > 0 && heads_q >= heads_kv ? heads_q / heads_kv : 1;
-    const long long pairs = l2_bytes * group / kv_bytes;
-    return pairs < min_pairs || pairs >= heads_batches ? heads_batches : (int)pairs;
 }
 
 }  // namespace fa_sm90
