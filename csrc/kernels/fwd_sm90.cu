@@ -431,9 +431,10 @@ struct ConsumerRing {
     }
 };
 
-// The warpgroup's Q rows are no longer read: where O has its own staging buffer, each warp
-// frees them after the wait that retired its last Q K^T, so the producer loads the next tile's
-// rows while this tile finishes. Branch-free: it sits inside the key loop.
+// The warpgroup's Q rows are no longer read: where O is staged elsewhere (a buffer of its own
+// or the V ring), each warp frees them after the wait that retired its last Q K^T, so the
+// producer loads the next tile's rows while this tile finishes. Branch-free: it sits inside
+// the key loop.
 template <class Cfg>
 __device__ __forceinline__ void release_q_after_last_qk(uint32_t bars, int consumer, int lane, bool last) {
     if constexpr (Cfg::kQFreeAfterLastQk)
