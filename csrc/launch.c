@@ -401,11 +401,12 @@ fa_status fa_launch_config(const fa_params *p, const fa_device *dev, fa_launch *
     int64_t batch = p->batch > 0 ? p->batch : 1;
     if (t.persistent) {
         int64_t tiles = m_blocks * heads * batch;
-        /* The persistent scheduler numbers tiles with 32-bit ints. */
-        if (tiles > INT32_MAX)
+        /* The persistent scheduler numbers tiles with 32-bit ints and steps by the grid size. */
+        const int64_t tile_limit = (int64_t)INT32_MAX - dev->sm_count;
+        if (tiles > tile_limit)
             return fa_fail(FA_ERR_LAUNCH_CONFIG,
                            "%s: %lld tiles (query blocks x heads_q x batch) exceed the scheduler's "
-                           "limit of %d", cfg->kernel, (long long)tiles, INT32_MAX);
+                           "limit of %lld", cfg->kernel, (long long)tiles, (long long)tile_limit);
         cfg->grid[0] = (unsigned)(tiles < dev->sm_count ? tiles : dev->sm_count);
         cfg->grid[1] = 1;
         cfg->grid[2] = 1;

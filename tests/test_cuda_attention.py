@@ -195,16 +195,38 @@ def test_row_max_rising_across_key_blocks(family, causal, head_dim):
     run_and_check(family, q, k, v, causal)
 
 
+def assert_several_tiles_per_cta(batch, seqlen_q, heads_q):
+    """The sm90 launch just checked gave each CTA at least two 128-row tiles: only then do the
+    causal pair order and the hand-over of state from one tile to the next run."""
+    tiles = -(-seqlen_q // 128) * heads_q * batch
+    grid = fa.last_launch()["grid"][0]
+    assert tiles >= 2 * grid, f"{tiles} tiles on {grid} CTAs: fewer than two per CTA"
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("seqlen_q, seqlen_k", [(1100, 1100), (1100, 1300), (1300, 1100)])
-def test_sm90_causal_tiles_in_pairs(dtype, seqlen_q, seqlen_k):
+@pytest.mark.parametrize("head_dim, seqlen_q, seqlen_k", [
+    (64, 1100, 1100), (64, 1024, 1024), (64, 1100, 1300), (64, 1300, 1100),
+    (256, 1100, 1100), (256, 1024, 2100), (256, 1300, 1100)])
+def test_sm90_causal_tiles_in_pairs(dtype, head_dim, seqlen_q, seqlen_k):
     """With at least two causal tiles per CTA, each CTA runs a head's longest query block with its
-    shortest, the second longest with the second shortest, and so on. 9 or 11 query blocks (odd:
-    the middle one is a pair of one tile), 120 heads in GQA groups of 5, a part-filled last
-    round of pairs, keys longer and shorter than the queries. Every tile must be computed
-    exactly once."""
+    shortest, the second longest with the second shortest, and so on. 8, 9 or 11 query blocks
+    (odd: the middle one is a pair of one tile), 120 heads in GQA groups of 5, a part-filled
+    last round of pairs, keys longer and shorter than the queries (longer: rows that see no
+    key), head_dim 256 over at most 2048 keys (64-key blocks) and more (80). Every tile must be
+    computed exactly once."""
     require_family("sm90")
-    run_and_check("sm90", *make_inputs(3, seqlen_q, seqlen_k, 40, 8, 64, dtype), True)
+    run_and_check("sm90", *make_inputs(3, seqlen_q, seqlen_k, 40, 8, head_dim, dtype), True)
+    assert_several_tiles_per_cta(3, seqlen_q, 40)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_sm90_head_dim_256_o_in_v_ring_over_many_tiles(dtype, causal):
+    """head_dim 256 stages O in the V ring: the next tile's V may only land once both
+    warpgroups' O stores have read the ring. Several tiles per CTA, so every CTA hands over."""
+    require_family("sm90")
+    run_and_check("sm90", *make_inputs(2, 1100, 1100, 40, 8, 256, dtype), causal)
+    assert_several_tiles_per_cta(2, 1100, 40)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -72,6 +72,15 @@ def test_sm90_tile_count_past_int32_is_refused(sizes):
         config((9, 0), "sm90", head_dim=8, **sizes)
 
 
+def test_sm90_tile_count_stops_one_grid_short_of_int32():
+    """The persistent loop steps its 32-bit tile index by the grid (132 CTAs here), so the
+    last tile it may take is 2^31 - 1 - 132."""
+    cfg = config((9, 0), "sm90", head_dim=8, batch=5, heads_q=429496703, heads_kv=1)  # 2^31 - 1 - 132
+    assert cfg["grid"] == (132, 1, 1)
+    with pytest.raises(RuntimeError, match=r"2147483516 tiles .* limit of 2147483515"):
+        config((9, 0), "sm90", head_dim=8, batch=4, heads_q=536870879, heads_kv=1)
+
+
 # ------------------------------------------------------------------------------------------------
 # More than 2^31 elements (GPU)
 

@@ -16,7 +16,7 @@
  *     wgmma with P in registers (the S accumulator fragment packed to 16 bit is the A fragment)
  *     and V read transposed (MN-major) straight from its row-major tile. Epilogue: stmatrix
  *     into a staging area, TMA store (sm90_epilogue.cuh). Where shared memory allows (head_dim
- *     64, head_dim 128 causal) O has a staging buffer of its own and each warpgroup frees its Q
+ *     64; head_dim 128 causal, and full over at most 1024 keys) O has a staging buffer of its own and each warpgroup frees its Q
  *     rows right after its last Q K^T, so the next tile's Q load overlaps this tile's tail;
  *     head_dim 256 stages O in the V ring instead (FA_SM90_O_IN_V_*), which also frees Q after
  *     the last Q K^T; only the next tile's first V load waits for the store to read the ring.
@@ -39,6 +39,8 @@
  *   FA_SM90_STAGES_HD*, FA_SM90_BLOCK_N_HD* (sm90_tiles.h)  ring depth and key-block size;
  *   FA_SM90_SHORT_SEQLEN_K    (sm90_tiles.h) head_dim 128 full attention over at most this many
  *                             keys runs its own 128-key-block instance (1024; 0 turns it off);
+ *   FA_SM90_SHORT_SEQLEN_K_HD256_CAUSAL  (sm90_tiles.h) likewise for head_dim 256 causal, with
+ *                             64-key blocks (2048; 0 turns it off);
  *   FA_SM90_LAZY_RESCALE[_HD64|_HD128|_HD256]  softmax form (sm90_softmax.cuh): 0 eager,
  *                             1 lazy (O rescaled only when a row max outgrows its reference by
  *                             2^8); lazy for every head dim;
@@ -205,8 +207,10 @@ struct Config {
     static constexpr uint32_t kWgRowsBytes = 64 * 128;  // offset of consumer 1's rows in a Q chunk
     static constexpr bool kOStaging = FA_SM90_HAS_O_STAGING(kHeadDim, kBlockN, kStages);
     // No buffer of its own: O staged in the V ring (FA_SM90_O_IN_V_*) or else in the Q rows.
+    // The hand-over sits in the overlapped main loop (FA_SM90_INTRA_WG_OVERLAP).
     static constexpr bool kOInV =
-        !kOStaging && (kHeadDim == 128 ? FA_SM90_O_IN_V_HD128 : kHeadDim == 256 ? FA_SM90_O_IN_V_HD256 : 0);
+        !kOStaging && FA_SM90_INTRA_WG_OVERLAP &&
+        (kHeadDim == 128 ? FA_SM90_O_IN_V_HD128 : kHeadDim == 256 ? FA_SM90_O_IN_V_HD256 : 0);
     static constexpr uint32_t kOChunkBytes = 64 * 128;         // one warpgroup's 64 rows of a chunk
     static constexpr uint32_t kOWgBytes = kChunks * kOChunkBytes;
     static constexpr uint32_t kOffQ = 0;
@@ -260,7 +264,6 @@ struct Config {
                   "kernel layout and sm90_tiles.h agree on the shared-memory size");
     static_assert(kKVChunkBytes < (1u << 18), "LBO fits the descriptor's 14-bit field");
     static_assert(!kOInV || 2 * kOWgBytes <= kStages * kKVSlotBytes, "O of both warpgroups fits the V ring");
-    static_assert(!kOInV || kIntraWgOverlap, "the O-in-V hand-over sits in the overlapped main loop");
 };
 
 // Consumer warps that release a ring slot: every consumer warp arrives once, after its own wait.
@@ -441,9 +444,11 @@ __device__ __forceinline__ void release_q_after_last_qk(uint32_t bars, int consu
         mbarrier_arrive_if(bars + 8 * (Cfg::kBarQEmpty + consumer), last && lane == 0);
 }
 
-// kOInV: the warpgroup's store thread (store_thread) waits until its last O store has read the
-// V ring, then lets the producer refill it. Called once per tile, as late as the tile allows:
-// under its first Q K^T, else before it first waits for a V block.
+// kOInV: the warpgroup's store thread (store_thread) waits until its previous tile's O store
+// has read the V ring, then lets the producer refill it. Called once in every tile after a
+// CTA's first, as late as that tile allows: under its first Q K^T; before the skip loop of a
+// warpgroup that first waits for V blocks it does not use; or, for rows that see no key,
+// before the epilogue.
 template <class Cfg>
 __device__ __forceinline__ void release_o_in_v(uint32_t bars, bool store_thread) {
     if constexpr (Cfg::kOInV) {
@@ -579,7 +584,8 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
     const uint32_t bars = smem + Cfg::kOffBar;
     const uint32_t q_full = bars + 8 * (Cfg::kBarQFull + consumer_idx);
     const uint32_t q_empty = bars + 8 * (Cfg::kBarQEmpty + consumer_idx);
-    // This warpgroup's 64 Q rows; without a staging buffer the same bytes stage its O rows.
+    // This warpgroup's 64 Q rows; where O has neither a buffer of its own nor the V ring, the
+    // same bytes stage its O rows.
     const uint32_t q_rows = smem + Cfg::kOffQ + consumer_idx * Cfg::kWgRowsBytes;
 
     ConsumerRing<Cfg> ring;
@@ -887,10 +893,14 @@ extern "C" cudaError_t fa_sm90_launch(const fa_params *p, const fa_launch *cfg, 
         s.num_m_blocks = (p->seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM;
         s.num_tiles = s.num_m_blocks * p->heads_q * p->batch;
         s.causal = Cfg::kCausal ? 1 : 0;
-        const int grid_x = (int)cfg->grid[0];
-        s.pair_tiles = FA_SM90_PAIR_TILES && Cfg::kCausal && s.num_tiles >= 2 * grid_x;
-        const int pairs = (s.num_m_blocks + 1) / 2 * p->heads_q * p->batch;
-        s.num_iters = s.pair_tiles ? 2 * grid_x * ((pairs + grid_x - 1) / grid_x) : s.num_tiles;
+        // Pairs need up to 2 * grid more loop indices than tiles; past 32 bits (launch.c keeps
+        // num_tiles + grid within them) the tiles go one by one instead.
+        const int64_t grid_x = cfg->grid[0];
+        const int64_t pairs = (int64_t)((s.num_m_blocks + 1) / 2) * p->heads_q * p->batch;
+        const int64_t pair_iters = 2 * grid_x * ((pairs + grid_x - 1) / grid_x);
+        s.pair_tiles = FA_SM90_PAIR_TILES && Cfg::kCausal && s.num_tiles >= 2 * grid_x &&
+                       pair_iters <= (int64_t)INT32_MAX - grid_x;
+        s.num_iters = s.pair_tiles ? (int)pair_iters : s.num_tiles;
         // A zero scale would turn masked scores into -inf * 0 = NaN; FLT_MIN gives the same
         // uniform softmax (every scaled score rounds to 0).
         const float scale_log2 = p->softmax_scale * 1.4426950408889634f;

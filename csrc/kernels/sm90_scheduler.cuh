@@ -9,9 +9,10 @@
  *   causal, at least two tiles per CTA (pair_tiles): a tile's work grows with m_block, so the
  *           tiles of a head go out in pairs (longest with shortest, second longest with second
  *           shortest, ...) of about equal work, (batch, head) outer as for full attention;
- *           each CTA runs whole pairs, long tile first. Taken one by one in a fixed order, the
- *           same tiles left CTAs up to 34% apart in work (head_dim 256, 1024 keys, 7.75 tiles
- *           per CTA); in pairs the spread is the last round's, one pair.
+ *           each CTA runs whole pairs, long tile first. Taken one by one in the fixed order used
+ *           before (longest first inside L2 sections of heads), the busiest CTA had 1.34x the
+ *           mean work (a tile's cost taken as its key blocks + 1; head_dim 256, 1024 keys, 7.75
+ *           tiles per CTA); in pairs it has at most one pair more than the mean.
  *   causal, fewer tiles: m_block descending outer, (batch, head) inner: the tiles with the
  *           most key blocks run first (longest-processing-time first).
  * Lengths come from seq_lengths(), which reads cu_seqlens when given (variable-length batches,

@@ -89,8 +89,9 @@
 #endif
 /* head_dim 256 causal over at most FA_SM90_SHORT_SEQLEN_K_HD256_CAUSAL keys takes 64-key
  * blocks: two per 128-row diagonal, so each warpgroup's rows end on a block boundary and fewer
- * masked scores are computed (measured +6-9% at 512 and 2k keys; 80 is better from 8k up,
- * benches/NOTES.md). 0 turns it off. */
+ * masked scores are computed (against 80, same run: +8% at 512 keys, -1% at 1k, +7% at 2k,
+ * +2% at 4k, -2% at 8k and 16k; benches/NOTES.md, sm90 v5). FA_SM90_SHORT_SEQLEN_K_HD256_CAUSAL=0
+ * turns it off. */
 #ifndef FA_SM90_BLOCK_N_HD256_CAUSAL_SHORT
 #define FA_SM90_BLOCK_N_HD256_CAUSAL_SHORT 64
 #endif
