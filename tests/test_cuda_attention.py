@@ -210,13 +210,13 @@ def assert_several_tiles_per_cta(batch, seqlen_q, heads_q):
 def test_sm90_causal_tiles_in_pairs(dtype, head_dim, seqlen_q, seqlen_k):
     """With at least two causal tiles per CTA, each CTA runs a head's longest query block with its
     shortest, the second longest with the second shortest, and so on. 8, 9 or 11 query blocks
-    (odd: the middle one is a pair of one tile), 120 heads in GQA groups of 5, a part-filled
-    last round of pairs, keys longer and shorter than the queries (longer: rows that see no
+    (odd: the middle one is a pair of one tile), 36 (batch, head) pairs in GQA groups of 3, a
+    part-filled last round of pairs, keys longer and shorter than the queries (longer: rows that see no
     key), head_dim 256 over at most 2048 keys (64-key blocks) and more (80). Every tile must be
     computed exactly once."""
     require_family("sm90")
-    run_and_check("sm90", *make_inputs(3, seqlen_q, seqlen_k, 40, 8, head_dim, dtype), True)
-    assert_several_tiles_per_cta(3, seqlen_q, 40)
+    run_and_check("sm90", *make_inputs(3, seqlen_q, seqlen_k, 12, 4, head_dim, dtype), True)
+    assert_several_tiles_per_cta(3, seqlen_q, 12)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -225,8 +225,8 @@ def test_sm90_head_dim_256_o_in_v_ring_over_many_tiles(dtype, causal):
     """head_dim 256 stages O in the V ring: the next tile's V may only land once both
     warpgroups' O stores have read the ring. Several tiles per CTA, so every CTA hands over."""
     require_family("sm90")
-    run_and_check("sm90", *make_inputs(2, 1100, 1100, 40, 8, 256, dtype), causal)
-    assert_several_tiles_per_cta(2, 1100, 40)
+    run_and_check("sm90", *make_inputs(2, 1100, 1100, 16, 8, 256, dtype), causal)
+    assert_several_tiles_per_cta(2, 1100, 16)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
