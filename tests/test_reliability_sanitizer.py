@@ -48,8 +48,8 @@ CASES = [
     (1, 200, 300, 2, 2, 256, "float16", False, "compact", "out"),    # several tiles of 256
     (1, 300, 300, 2, 2, 256, "bfloat16", True, "compact", "alloc"),  # causal 256, short-key blocks
     (1, 130, 2100, 1, 1, 256, "float16", True, "compact", "out"),    # causal 256, long-key blocks
-    (1, 200, 300, 140, 140, 256, "bfloat16", True, "compact", "out"),   # 280 tiles: tiles in
-    (1, 200, 300, 140, 140, 256, "float16", False, "compact", "alloc"),  # pairs, O handed over
+    (1, 130, 70, 140, 140, 256, "bfloat16", True, "compact", "out"),    # 280 tiles: tiles in
+    (1, 130, 70, 140, 140, 256, "float16", False, "compact", "alloc"),   # pairs, O handed over
 ]
 
 
