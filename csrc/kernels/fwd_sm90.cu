@@ -891,16 +891,16 @@ extern "C" cudaError_t fa_sm90_launch(const fa_params *p, const fa_launch *cfg, 
         s.cu_seqlens_q = p->cu_seqlens_q;
         s.cu_seqlens_k = p->cu_seqlens_k;
         s.num_m_blocks = (p->seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM;
-        s.num_tiles = s.num_m_blocks * p->heads_q * p->batch;
+        const int num_tiles = s.num_m_blocks * p->heads_q * p->batch;  // <= INT32_MAX - grid (launch.c)
         s.causal = Cfg::kCausal ? 1 : 0;
         // Pairs need up to 2 * grid more loop indices than tiles; past 32 bits (launch.c keeps
         // num_tiles + grid within them) the tiles go one by one instead.
         const int64_t grid_x = cfg->grid[0];
         const int64_t pairs = (int64_t)((s.num_m_blocks + 1) / 2) * p->heads_q * p->batch;
         const int64_t pair_iters = 2 * grid_x * ((pairs + grid_x - 1) / grid_x);
-        s.pair_tiles = FA_SM90_PAIR_TILES && Cfg::kCausal && s.num_tiles >= 2 * grid_x &&
+        s.pair_tiles = FA_SM90_PAIR_TILES && Cfg::kCausal && num_tiles >= 2 * grid_x &&
                        pair_iters <= (int64_t)INT32_MAX - grid_x;
-        s.num_iters = s.pair_tiles ? (int)pair_iters : s.num_tiles;
+        s.num_iters = s.pair_tiles ? (int)pair_iters : num_tiles;
         // A zero scale would turn masked scores into -inf * 0 = NaN; FLT_MIN gives the same
         // uniform softmax (every scaled score rounds to 0).
         const float scale_log2 = p->softmax_scale * 1.4426950408889634f;

@@ -32,10 +32,9 @@ struct SchedulerArgs {
     const int32_t *cu_seqlens_q;       // NULL: every batch has seqlen_q rows
     const int32_t *cu_seqlens_k;
     int num_m_blocks;                  // ceil(seqlen_q / 128)
-    int num_tiles;
     int causal;
     int pair_tiles;                    // causal with at least two tiles per CTA: see above
-    int num_iters;                     // loop bound of the persistent loop (>= num_tiles)
+    int num_iters;                     // loop bound of the persistent loop (>= the tile count)
 };
 
 struct TileCoord {
