@@ -25,6 +25,10 @@ fa_status fa_fail_cuda(cudaError_t err, const char *what, const char *file, int 
             return fa_fail_cuda(fa_err_, #call, __FILE__, __LINE__);       \
     } while (0)
 
+/* Copies the caller's params into *out, reading only the caller's struct_size bytes and giving
+ * every later field its default (fa_params_init). Every public entry point starts here. */
+fa_status fa_params_resolve(const fa_params *in, fa_params *out);
+
 /* True when the params describe no work (an empty output, nothing to launch). */
 static inline int fa_params_empty(const fa_params *p)
 {

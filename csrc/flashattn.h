@@ -10,9 +10,17 @@
  *   lse    : float32 (batch, heads_q, seqlen_q), contiguous, optional (NULL = not written)
  *   G = heads_q / heads_kv: consecutive q heads share one kv head (GQA / MQA).
  *
- * causal: key j is visible to query i when j <= i + seqlen_k - seqlen_q (bottom-right
- * aligned, as FlashAttention >= 2.1). A row that sees no key (causal with seqlen_q >
- * seqlen_k, or seqlen_k == 0) gets out = 0 and lse = -inf.
+ * Masks (common/mask.h holds the rule): rows and keys are aligned bottom-right, as in
+ * FlashAttention >= 2.1. A window (window_left, window_right) shows key j to query i when
+ *     i + seqlen_k - seqlen_q - window_left <= j <= i + seqlen_k - seqlen_q + window_right,
+ * -1 meaning unbounded on that side; causal sets window_right = 0. softcap c > 0 replaces each
+ * scaled score x by c * tanh(x / c) before the mask. sinks (float32, one logit per q head)
+ * add exp(sinks[h]) to every row's denominator, and to lse, with no value row. A row that sees
+ * no key gets out = 0 and lse = -inf (lse = sinks[h] with sinks).
+ *
+ * Every op is planned as a list of launches plus device workspace bytes (fa_forward_plan):
+ * each launch is checked against the launch contract (block (384,1,1), shared memory, arch,
+ * grid) and recorded (fa_last_plan, fa_last_launch).
  *
  * Usable from C with no Python: include this header, link the library's objects and the
  * CUDA runtime (tools/fa_selftest.c is such a program). Nothing here exits or prints,
@@ -41,9 +49,15 @@ typedef enum {
     FA_ERR_NO_KERNEL_FOR_ARCH, /* the device's architecture has no kernel in this build */
     FA_ERR_LAUNCH_CONFIG,      /* the computed launch breaks the contract or a device limit */
     FA_ERR_CUDA,               /* a CUDA runtime call failed: fa_last_cuda_error() has its code */
+    FA_ERR_OUT_OF_MEMORY,      /* a host allocation failed */
+    FA_ERR_INTERRUPTED,        /* the caller's interrupt callback asked the host path to stop */
 } fa_status;
 
+/* Params grow at their end. struct_size is sizeof(fa_params) as the caller compiled it
+ * (fa_params_init sets it, with every default): the library reads only that many bytes and
+ * gives any later field its default, so a caller built against an older header keeps working. */
 typedef struct {
+    size_t struct_size;
     const void *q, *k, *v;
     void *out;
     float *lse;                          /* NULL: not written */
@@ -61,7 +75,22 @@ typedef struct {
     float softmax_scale;                 /* finite, >= 0; 1/sqrt(head_dim) is the usual value */
     int causal;
     fa_kernel_family family;
+    /* Sliding window, -1 = unbounded (default (-1, -1)); with causal, window_right is 0. */
+    int window_left, window_right;
+    float softcap;                       /* > 0: c * tanh(x / c) on the scaled scores; 0: off */
+    const float *sinks;                  /* NULL, or heads_q float32 logits where q lives */
+    /* Device scratch of fa_forward_plan's workspace_bytes; NULL: allocated stream-ordered
+     * inside the call when the plan needs any. */
+    void *workspace;
+    size_t workspace_bytes;
+    /* Host path only: called between chunks of work (with no lock held); nonzero stops the
+     * call with FA_ERR_INTERRUPTED. NULL: never interrupted. */
+    int (*interrupt)(void *ctx);
+    void *interrupt_ctx;
 } fa_params;
+
+/* Zeroes *p and sets struct_size and the defaults (no window, no softcap, no sinks). */
+void fa_params_init(fa_params *p);
 
 /* What a device offers the launch logic. From the GPU (fa_device_query) or from a table of
  * nominal devices (fa_device_nominal), so launch configurations can be computed without one. */
@@ -87,15 +116,29 @@ typedef struct {
     int block_m, block_n, stages, head_dim_padded;
 } fa_launch;
 
-/* Pure host: check params (GPU rules) and compute the launch for `dev`. Touches no CUDA API. */
+#define FA_PLAN_MAX_LAUNCHES 4
+
+/* An op as the GPU runs it: its launches in order (launches[0] is the main kernel, the others
+ * auxiliary ones such as a combine or a conversion) and the device workspace they share. */
+typedef struct {
+    int num_launches;
+    fa_launch launches[FA_PLAN_MAX_LAUNCHES];
+    size_t workspace_bytes;
+} fa_plan;
+
+/* Pure host: check params (GPU rules) and plan the forward for `dev`. Touches no CUDA API. */
+fa_status fa_forward_plan(const fa_params *p, const fa_device *dev, fa_plan *plan);
+
+/* The main launch of fa_forward_plan. */
 fa_status fa_launch_config(const fa_params *p, const fa_device *dev, fa_launch *cfg);
 
-/* Validate, configure, check the kernel image and launch on the current device. Asynchronous
- * on `stream`; records the launch (fa_last_launch) only when it was issued. */
+/* Validate, plan, check the kernel images and launch on the current device. Asynchronous
+ * on `stream`; records the plan (fa_last_plan, fa_last_launch) only when it was issued. */
 fa_status fa_forward(const fa_params *p, cudaStream_t stream);
 
 /* The C reference: host pointers, float16/bfloat16/float32, float32 accumulation,
- * the same tiled online softmax and semantics as the kernels. Blocking. */
+ * the same tiled online softmax and semantics as the kernels (masks, softcap, sinks). Blocking;
+ * p->interrupt is polled between chunks. */
 fa_status fa_forward_cpu(const fa_params *p);
 
 /* Checks shared by every path; gpu != 0 adds the GPU-only rules (dtype, alignment). */
@@ -104,8 +147,10 @@ fa_status fa_check_params(const fa_params *p, int gpu);
 fa_status fa_device_query(int device, fa_device *out);
 fa_status fa_device_nominal(int major, int minor, fa_device *out);
 
-/* Thread-local: the last launch this thread issued. Returns 0 when there was none. */
+/* Thread-local: the main launch of the last plan this thread issued, or the whole plan.
+ * Return 0 when there was none. */
 int fa_last_launch(fa_launch *out);
+int fa_last_plan(fa_plan *out);
 /* Thread-local: the message and CUDA code of this thread's last failed call. */
 const char *fa_last_error(void);
 cudaError_t fa_last_cuda_error(void);

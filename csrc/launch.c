@@ -12,6 +12,7 @@
  */
 #include <math.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,8 +33,8 @@
 
 static _Thread_local char tl_error[512];
 static _Thread_local cudaError_t tl_cuda_error = cudaSuccess;
-static _Thread_local fa_launch tl_last_launch;
-static _Thread_local int tl_has_last_launch = 0;
+static _Thread_local fa_plan tl_last_plan;
+static _Thread_local int tl_has_last_plan = 0;
 
 fa_status fa_fail(fa_status status, const char *fmt, ...)
 {
@@ -60,9 +61,17 @@ cudaError_t fa_last_cuda_error(void) { return tl_cuda_error; }
 
 int fa_last_launch(fa_launch *out)
 {
-    if (!tl_has_last_launch)
+    if (!tl_has_last_plan)
         return 0;
-    *out = tl_last_launch;
+    *out = tl_last_plan.launches[0];
+    return 1;
+}
+
+int fa_last_plan(fa_plan *out)
+{
+    if (!tl_has_last_plan)
+        return 0;
+    *out = tl_last_plan;
     return 1;
 }
 
@@ -75,12 +84,40 @@ const char *fa_status_name(fa_status s)
     case FA_ERR_NO_KERNEL_FOR_ARCH: return "FA_ERR_NO_KERNEL_FOR_ARCH";
     case FA_ERR_LAUNCH_CONFIG: return "FA_ERR_LAUNCH_CONFIG";
     case FA_ERR_CUDA: return "FA_ERR_CUDA";
+    case FA_ERR_OUT_OF_MEMORY: return "FA_ERR_OUT_OF_MEMORY";
+    case FA_ERR_INTERRUPTED: return "FA_ERR_INTERRUPTED";
     }
     return "FA_ERR_UNKNOWN";
 }
 
 /* ------------------------------------------------------------------------------------------ */
 /* Parameter rules                                                                             */
+
+void fa_params_init(fa_params *p)
+{
+    memset(p, 0, sizeof *p);
+    p->struct_size = sizeof *p;
+    p->window_left = -1;
+    p->window_right = -1;
+}
+
+/* The first sized layout ends before the window: a caller compiled against it passes that
+ * many bytes and gets every later field's default. */
+#define FA_PARAMS_MIN_SIZE offsetof(fa_params, window_left)
+
+fa_status fa_params_resolve(const fa_params *in, fa_params *out)
+{
+    if (!in)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT, "params must not be NULL");
+    if (in->struct_size < FA_PARAMS_MIN_SIZE || in->struct_size > sizeof *in)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                       "params.struct_size is %zu; set it with fa_params_init (this library "
+                       "reads %zu to %zu bytes)",
+                       in->struct_size, (size_t)FA_PARAMS_MIN_SIZE, sizeof *in);
+    fa_params_init(out);
+    memcpy(out, in, in->struct_size);
+    return FA_OK;
+}
 
 static const char *dtype_name(fa_dtype d)
 {
@@ -114,10 +151,13 @@ static fa_status check_gpu_layout(const char *name, const void *ptr, int batch, 
     return FA_OK;
 }
 
-fa_status fa_check_params(const fa_params *p, int gpu)
+fa_status fa_check_params(const fa_params *caller, int gpu)
 {
-    if (!p)
-        return fa_fail(FA_ERR_INVALID_ARGUMENT, "params must not be NULL");
+    fa_params resolved;
+    fa_status s = fa_params_resolve(caller, &resolved);
+    if (s != FA_OK)
+        return s;
+    const fa_params *p = &resolved;
     if (p->batch < 0 || p->seqlen_q < 0 || p->seqlen_k < 0 || p->heads_q < 0 || p->heads_kv < 0)
         return fa_fail(FA_ERR_INVALID_ARGUMENT,
                        "sizes must be >= 0, got batch %d, seqlen_q %d, seqlen_k %d, heads_q %d, "
@@ -131,6 +171,13 @@ fa_status fa_check_params(const fa_params *p, int gpu)
     if (!isfinite(p->softmax_scale) || p->softmax_scale < 0.0f)
         return fa_fail(FA_ERR_INVALID_ARGUMENT, "softmax_scale must be finite and >= 0, got %g",
                        (double)p->softmax_scale);
+    if (p->window_left < -1 || p->window_right < -1)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                       "window_size must be a pair of ints >= -1 (-1: unbounded), got (%d, %d)",
+                       p->window_left, p->window_right);
+    if (!isfinite(p->softcap) || p->softcap < 0.0f)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT, "softcap must be finite and >= 0 (0: off), got %g",
+                       (double)p->softcap);
     if (p->cu_seqlens_q || p->cu_seqlens_k)
         return fa_fail(FA_ERR_UNSUPPORTED,
                        "variable-length batches (cu_seqlens_q/cu_seqlens_k) are not supported yet");
@@ -152,7 +199,6 @@ fa_status fa_check_params(const fa_params *p, int gpu)
     if (!p->q || !p->out || (has_keys && (!p->k || !p->v)))
         return fa_fail(FA_ERR_INVALID_ARGUMENT, "q, k, v and out pointers must not be NULL");
     if (gpu) {
-        fa_status s;
         if ((s = check_gpu_layout("q", p->q, p->batch, p->q_batch_stride, p->seqlen_q,
                                   p->q_row_stride, p->heads_q, p->q_head_stride)) != FA_OK ||
             (has_keys && (s = check_gpu_layout("k", p->k, p->batch, p->k_batch_stride, p->seqlen_k,
@@ -164,6 +210,8 @@ fa_status fa_check_params(const fa_params *p, int gpu)
             return s;
         if (p->lse && ((uintptr_t)p->lse) % 4 != 0)
             return fa_fail(FA_ERR_INVALID_ARGUMENT, "lse must be 4-byte aligned");
+        if (p->sinks && ((uintptr_t)p->sinks) % 4 != 0)
+            return fa_fail(FA_ERR_INVALID_ARGUMENT, "sinks must be 4-byte aligned");
     }
     return FA_OK;
 }
@@ -364,14 +412,20 @@ static fa_status validate_launch(const fa_launch *cfg, const fa_device *dev)
     return FA_OK;
 }
 
-fa_status fa_launch_config(const fa_params *p, const fa_device *dev, fa_launch *cfg)
+/* fwd_<family>_hd<D>_<dtype>[_causal|_window][_softcap][_sinks]: the instance and what it adds. */
+static void forward_kernel_name(const fa_params *p, fa_kernel_family family, int head_dim_padded,
+                                char *buf, size_t len)
 {
-    fa_status s = fa_check_params(p, 1);
-    if (s != FA_OK)
-        return s;
-    fa_kernel_family family = FA_KERNEL_AUTO;
-    if ((s = choose_family(p->family, dev->major, dev->minor, &family)) != FA_OK)
-        return s;
+    static const char *const mask_suffix[] = {"", "_causal", "_window"};
+    snprintf(buf, len, "fwd_%s_hd%d_%s%s%s%s", fa_family_name(family), head_dim_padded,
+             dtype_short(p->dtype), mask_suffix[fa_params_mask_kind(p)],
+             p->softcap > 0.0f ? "_softcap" : "", p->sinks ? "_sinks" : "");
+}
+
+/* The forward's one launch: the family's tile for p, its grid for dev. p is resolved. */
+static fa_status plan_forward_launch(const fa_params *p, const fa_device *dev,
+                                     fa_kernel_family family, fa_launch *cfg)
+{
     fa_tile t;
     memset(&t, 0, sizeof t);
     if (find_family(family)->tile(p, &t) != 0)
@@ -379,8 +433,7 @@ fa_status fa_launch_config(const fa_params *p, const fa_device *dev, fa_launch *
                        fa_family_name(family), p->head_dim);
 
     memset(cfg, 0, sizeof *cfg);
-    snprintf(cfg->kernel, sizeof cfg->kernel, "fwd_%s_hd%d_%s%s", fa_family_name(family),
-             t.head_dim_padded, dtype_short(p->dtype), p->causal ? "_causal" : "");
+    forward_kernel_name(p, family, t.head_dim_padded, cfg->kernel, sizeof cfg->kernel);
     cfg->family = family;
     cfg->block[0] = FA_THREADS_PER_BLOCK;
     cfg->block[1] = 1;
@@ -421,7 +474,44 @@ fa_status fa_launch_config(const fa_params *p, const fa_device *dev, fa_launch *
         cfg->grid[1] = (unsigned)heads;
         cfg->grid[2] = (unsigned)batch;
     }
-    return validate_launch(cfg, dev);
+    return FA_OK;
+}
+
+/* Plans from resolved, checked params: every launch is checked against the contract here, so
+ * a plan that exists can be launched as it stands. */
+static fa_status plan_forward(const fa_params *p, const fa_device *dev, fa_plan *plan)
+{
+    fa_status s;
+    fa_kernel_family family = FA_KERNEL_AUTO;
+    if ((s = choose_family(p->family, dev->major, dev->minor, &family)) != FA_OK)
+        return s;
+    memset(plan, 0, sizeof *plan);
+    if ((s = plan_forward_launch(p, dev, family, &plan->launches[0])) != FA_OK)
+        return s;
+    plan->num_launches = 1;
+    plan->workspace_bytes = 0;
+    for (int i = 0; i < plan->num_launches; i++)
+        if ((s = validate_launch(&plan->launches[i], dev)) != FA_OK)
+            return s;
+    return FA_OK;
+}
+
+fa_status fa_forward_plan(const fa_params *caller, const fa_device *dev, fa_plan *plan)
+{
+    fa_params p;
+    fa_status s = fa_params_resolve(caller, &p);
+    if (s != FA_OK || (s = fa_check_params(&p, 1)) != FA_OK)
+        return s;
+    return plan_forward(&p, dev, plan);
+}
+
+fa_status fa_launch_config(const fa_params *p, const fa_device *dev, fa_launch *cfg)
+{
+    fa_plan plan;
+    fa_status s = fa_forward_plan(p, dev, &plan);
+    if (s == FA_OK)
+        *cfg = plan.launches[0];
+    return s;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -508,12 +598,35 @@ static int log_launches(void)
     return v && v[0] && strcmp(v, "0") != 0;
 }
 
-fa_status fa_forward(const fa_params *p, cudaStream_t stream)
+static void log_launch(const fa_launch *cfg, const fa_params *p)
 {
-    fa_status s = fa_check_params(p, 1);
-    if (s != FA_OK)
+    fprintf(stderr,
+            "[flashattn_c] %s grid=(%u,%u,%u) block=(%u,%u,%u) smem=%zu regs=%d sm_%d%d "
+            "stream=0x%llx B=%d Sq=%d Sk=%d Hq=%d Hkv=%d D=%d %s window=(%d,%d) softcap=%g sinks=%d\n",
+            cfg->kernel, cfg->grid[0], cfg->grid[1], cfg->grid[2], cfg->block[0], cfg->block[1],
+            cfg->block[2], cfg->smem_bytes, cfg->regs, cfg->arch_major, cfg->arch_minor,
+            (unsigned long long)cfg->stream, p->batch, p->seqlen_q, p->seqlen_k, p->heads_q,
+            p->heads_kv, p->head_dim, dtype_name(p->dtype), p->window_left,
+            p->causal ? 0 : p->window_right, (double)p->softcap, p->sinks != NULL);
+}
+
+/* The kernel and the <<<>>> of launch i of a forward plan (one launch today). */
+static const void *forward_kernel_fn(const family_ops *ops, const fa_params *p, int i)
+{
+    (void)i;
+    fa_tile t;
+    memset(&t, 0, sizeof t);
+    ops->tile(p, &t);
+    return ops->kernel_fn(p, &t);
+}
+
+fa_status fa_forward(const fa_params *caller, cudaStream_t stream)
+{
+    fa_params p;
+    fa_status s = fa_params_resolve(caller, &p);
+    if (s != FA_OK || (s = fa_check_params(&p, 1)) != FA_OK)
         return s;
-    if (fa_params_empty(p))
+    if (fa_params_empty(&p))
         return FA_OK;
 
     int device;
@@ -521,35 +634,33 @@ fa_status fa_forward(const fa_params *p, cudaStream_t stream)
     fa_device dev;
     if ((s = fa_device_query(device, &dev)) != FA_OK)
         return s;
-    fa_launch cfg;
-    if ((s = fa_launch_config(p, &dev, &cfg)) != FA_OK)
+    fa_plan plan;
+    if ((s = plan_forward(&p, &dev, &plan)) != FA_OK)
         return s;
 
-    const family_ops *ops = find_family(cfg.family); /* fa_launch_config chose a built one */
-    fa_tile t;
-    memset(&t, 0, sizeof t);
-    ops->tile(p, &t);
-    const void *fn = ops->kernel_fn(p, &t);
-    if (!fn)
-        return fa_fail(FA_ERR_UNSUPPORTED, "%s is not instantiated in this build", cfg.kernel);
-    if ((s = prepare_kernel(fn, device, &dev, &cfg, &cfg.regs)) != FA_OK)
-        return s;
-    cfg.device = device;
-    cfg.stream = (uintptr_t)stream;
-
-    cudaError_t err = ops->launch(p, &cfg, stream);
+    /* Every kernel of the plan is present for this GPU and opted in before the first launch. */
+    const family_ops *ops = find_family(plan.launches[0].family); /* plan_forward chose a built one */
+    const void *fns[FA_PLAN_MAX_LAUNCHES];
+    for (int i = 0; i < plan.num_launches; i++) {
+        fa_launch *cfg = &plan.launches[i];
+        fns[i] = forward_kernel_fn(ops, &p, i);
+        if (!fns[i])
+            return fa_fail(FA_ERR_UNSUPPORTED, "%s is not instantiated in this build", cfg->kernel);
+        if ((s = prepare_kernel(fns[i], device, &dev, cfg, &cfg->regs)) != FA_OK)
+            return s;
+        cfg->device = device;
+        cfg->stream = (uintptr_t)stream;
+    }
+    /* The forward needs no workspace; an op that does takes p.workspace or allocates
+     * plan.workspace_bytes stream-ordered here. */
+    cudaError_t err = ops->launch(&p, &plan.launches[0], stream);
     if (err != cudaSuccess)
-        return fa_fail_cuda(err, cfg.kernel, __FILE__, __LINE__);
+        return fa_fail_cuda(err, plan.launches[0].kernel, __FILE__, __LINE__);
 
-    tl_last_launch = cfg;
-    tl_has_last_launch = 1;
+    tl_last_plan = plan;
+    tl_has_last_plan = 1;
     if (log_launches())
-        fprintf(stderr,
-                "[flashattn_c] %s grid=(%u,%u,%u) block=(%u,%u,%u) smem=%zu regs=%d sm_%d%d "
-                "stream=0x%llx B=%d Sq=%d Sk=%d Hq=%d Hkv=%d D=%d %s\n",
-                cfg.kernel, cfg.grid[0], cfg.grid[1], cfg.grid[2], cfg.block[0], cfg.block[1],
-                cfg.block[2], cfg.smem_bytes, cfg.regs, cfg.arch_major, cfg.arch_minor,
-                (unsigned long long)cfg.stream, p->batch, p->seqlen_q, p->seqlen_k, p->heads_q,
-                p->heads_kv, p->head_dim, dtype_name(p->dtype));
+        for (int i = 0; i < plan.num_launches; i++)
+            log_launch(&plan.launches[i], &p);
     return FA_OK;
 }

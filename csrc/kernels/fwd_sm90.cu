@@ -1,10 +1,13 @@
 /*
  * fwd_sm90.cu -- FlashAttention forward for Hopper (sm_90a): warp-specialised TMA + wgmma.
  *
- *   out[b, i, h, :] = softmax_j(scale * q[b, i, h, :] . k[b, j, h/G, :]) v[b, j, h/G, :]
+ *   out[b, i, h, :] = softmax_j(hook(scale * q[b, i, h, :] . k[b, j, h/G, :])) v[b, j, h/G, :]
  *   q, out (batch, seqlen_q, heads_q, head_dim); k, v (batch, seqlen_k, heads_kv, head_dim);
  *   any element strides with unit head_dim stride; float16 or bfloat16; head_dim a multiple of
  *   8 up to 256 (run as 64, 128 or 256 with zero padding); lse float32 (batch, heads_q, seqlen_q).
+ *   Instances per head dim: mask kind (none, causal, window: common/mask.h, sm90_mask.cuh) x
+ *   softcap hook (common/score.h) x dtype; sinks are a runtime pointer read once per tile at the
+ *   row end. Key blocks outside a tile's window (common/block_range.h) are never loaded.
  *
  * CTA = 384 threads = 3 warpgroups, persistent over 128-row query tiles (sm90_scheduler.cuh):
  *   warpgroup 0, producer: one thread issues every TMA load -- per tile the two 64-row halves
@@ -181,7 +184,9 @@ struct KernelParams {  // CUtensorMap carries its own 128-byte alignment
     CUtensorMap tmap_o;  // (head_dim, seqlen_q, heads_q, batch), box 64 x 64 (one warpgroup's rows)
     float *lse;          // NULL: not written
     SchedulerArgs sched;
-    float scale_log2;  // softmax_scale * log2(e), > 0
+    fa_score score;                   // scale_log2 and the softcap hook (common/score.h)
+    int window_left, window_right;    // kMask == FA_MASK_LOCAL: the window, causal folded in
+    const float *sinks;               // NULL, or one logit per q head
 };
 
 // Named barrier ids (0 is __syncthreads).
@@ -191,11 +196,13 @@ enum : uint32_t {
     kBarOInV = 5,          // both consumer warpgroups: every P V of the tile has read the V ring
 };
 
-template <int kHeadDim_, int kBlockN_, bool kCausal_, bool kBf16_>
+template <int kHeadDim_, int kBlockN_, int kMask_, bool kSoftcap_, bool kBf16_>
 struct Config {
     static constexpr int kHeadDim = kHeadDim_;
     static constexpr int kBlockN = kBlockN_;
-    static constexpr bool kCausal = kCausal_;
+    static constexpr int kMask = kMask_;  // fa_mask_kind
+    static constexpr bool kCausal = kMask == FA_MASK_CAUSAL;
+    static constexpr bool kSoftcap = kSoftcap_;
     static constexpr bool kBf16 = kBf16_;
     static constexpr int kBlockM = FA_SM90_BLOCK_M;
     static constexpr int kStages = FA_SM90_STAGES(kHeadDim);
@@ -220,7 +227,7 @@ struct Config {
     static constexpr uint32_t kOffBar = kOffO + (kOStaging ? 2 * kOWgBytes : 0);
     static constexpr uint32_t kSmemBytes = kOffBar + FA_SM90_BARRIER_BYTES + FA_SM90_SMEM_ALIGN;
     static constexpr bool kPingpong =
-        FA_SM90_PINGPONG && (kHeadDim == 64    ? (kCausal ? FA_SM90_PINGPONG_HD64_CAUSAL : FA_SM90_PINGPONG_HD64)
+        FA_SM90_PINGPONG && (kHeadDim == 64    ? (kMask != FA_MASK_NONE ? FA_SM90_PINGPONG_HD64_CAUSAL : FA_SM90_PINGPONG_HD64)
                              : kHeadDim == 128 ? FA_SM90_PINGPONG_HD128
                                                : FA_SM90_PINGPONG_HD256);
     static constexpr bool kIntraWgOverlap = FA_SM90_INTRA_WG_OVERLAP;
@@ -308,6 +315,25 @@ __device__ __forceinline__ void pingpong_arrive(int consumer) {
     if constexpr (Cfg::kPingpong) bar_arrive(kBarPingpongBase + (consumer ^ 1), 2 * 128);
 }
 
+// The key blocks that rows [row_begin, row_begin + rows) of a sequence visit (common/block_range.h).
+template <class Cfg>
+__device__ __forceinline__ fa_block_range rows_block_range(const fa_mask &mask, int row_begin, int rows) {
+    return fa_block_range_rows(&mask, row_begin, min(row_begin + rows, mask.len_q), Cfg::kBlockN);
+}
+
+template <class Cfg>
+__device__ __forceinline__ fa_mask sequence_mask(const KernelParams &prm, const fa_seqlen &len) {
+    return make_mask<Cfg::kMask>(len.len_q, len.len_k, prm.window_left, prm.window_right);
+}
+
+// Block n's scores through the score hook, then the mask (FlashAttention's order).
+template <class Cfg>
+__device__ __forceinline__ void score_mod(float (&s)[Cfg::kBlockN / 2], int n, const fa_block_range &range,
+                                          const fa_mask &mask, const fa_score &score, int row0, int lane) {
+    if constexpr (Cfg::kSoftcap) softcap_scores<Cfg::kBlockN>(s, score.softcap_pre);
+    if (block_needs_mask<Cfg::kMask>(range, n)) mask_scores<Cfg::kBlockN, Cfg::kMask>(s, n, row0, mask, lane);
+}
+
 // Ring position: slot and the parity of its current phase.
 struct RingPos {
     int slot;
@@ -379,10 +405,10 @@ __device__ __forceinline__ void producer(const KernelParams &prm, uint32_t smem)
     uint32_t o_free_phase = 0;
     for (int tile = blockIdx.x; tile < sched.num_iters; tile += gridDim.x) {
         const TileCoord tc = decode_tile(sched, tile);
-        const SeqLengths len = seq_lengths(sched, tc.batch);
+        const fa_seqlen len = seq_lengths(sched, tc.batch);
         if (tc.m_block < 0 || tc.m_block * Cfg::kBlockM >= len.len_q) continue;
-        const KeyBlockRange range =
-            key_block_range<Cfg::kBlockM, Cfg::kBlockN, Cfg::kCausal>(tc.m_block, len.len_q, len.len_k);
+        const fa_block_range range =
+            rows_block_range<Cfg>(sequence_mask<Cfg>(prm, len), tc.m_block * Cfg::kBlockM, Cfg::kBlockM);
         if constexpr (Cfg::kOInV) {
             // K and Q of the tile go out while the previous tile's O may still sit in the V ring;
             // the first V waits for both of its stores to have read it (once per tile, so the
@@ -402,7 +428,8 @@ __device__ __forceinline__ void producer(const KernelParams &prm, uint32_t smem)
             producer_load_q<Cfg>(prm, smem, q_phase, tc);
         }
         q_phase ^= 1u;
-        for (int n = range.n_max - 2; n >= 0; --n) producer_load_kv<Cfg>(prm, smem, kv, n, tc);
+        for (int n = range.n_max - 2; n >= first_block<Cfg::kMask>(range); --n)
+            producer_load_kv<Cfg>(prm, smem, kv, n, tc);
     }
 }
 
@@ -459,17 +486,19 @@ __device__ __forceinline__ void release_o_in_v(uint32_t bars, bool store_thread)
     }
 }
 
-// Runs the key blocks n_max-1 .. 0 of one tile; leaves O (unnormalised), m and l.
+// Runs the key blocks n_max-1 .. n_min of one tile; leaves O (unnormalised), m and l.
 template <class Cfg>
-__device__ __forceinline__ void consumer_mainloop(ConsumerRing<Cfg> &ring, const KeyBlockRange &range,
-                                                  uint32_t q_rows, int consumer, int row0,
-                                                  const SeqLengths &len, float scale_log2, bool release_o,
+__device__ __forceinline__ void consumer_mainloop(ConsumerRing<Cfg> &ring, const fa_block_range &range,
+                                                  const fa_mask &mask, const fa_score &score, uint32_t q_rows,
+                                                  int consumer, int row0, bool release_o,
                                                   float (&o)[Cfg::kHeadDim / 2], float (&m)[2], float (&l)[2]) {
     constexpr int kNs = Cfg::kBlockN / 2;
     float s[kNs];
     uint32_t p[kNs / 2];
     float corr[2];
     const int lane = ring.lane;
+    const float scale_log2 = score.scale_log2;
+    const int n_min = first_block<Cfg::kMask>(range);
 
     if constexpr (Cfg::kIntraWgOverlap) {
         const int n_top = range.n_max - 1;
@@ -484,9 +513,8 @@ __device__ __forceinline__ void consumer_mainloop(ConsumerRing<Cfg> &ring, const
             wgmma_wait_group<0>();
             fence_operands(s);
             ring.release_k();
-            release_q_after_last_qk<Cfg>(ring.bars, consumer, lane, n_top == 0);
-            if (n_top >= range.n_mask_lo)
-                mask_scores<Cfg::kBlockN, Cfg::kCausal>(s, n_top, row0, len.len_q, len.len_k, lane);
+            release_q_after_last_qk<Cfg>(ring.bars, consumer, lane, n_top == n_min);
+            score_mod<Cfg>(s, n_top, range, mask, score, row0, lane);
             online_softmax<Cfg::kPolyEighths, Cfg::kMaxChains>(s, m, l, scale_log2, corr);
             pack_probs<Cfg::kBf16>(s, p);
         }
@@ -495,7 +523,7 @@ __device__ __forceinline__ void consumer_mainloop(ConsumerRing<Cfg> &ring, const
 #pragma unroll
         for (int i = 0; i < Cfg::kHeadDim / 2; ++i) o[i] = 0.f;
 #pragma unroll 1
-        for (int n = n_top - 1; n >= 0; --n) {
+        for (int n = n_top - 1; n >= n_min; --n) {
             if (!Cfg::kSplitSoftmaxWait || n == n_top - 1) k_slot = ring.wait_k();
             const uint32_t v_slot = ring.wait_v();
             pingpong_sync<Cfg>(consumer);
@@ -510,8 +538,8 @@ __device__ __forceinline__ void consumer_mainloop(ConsumerRing<Cfg> &ring, const
             wgmma_wait_group<1>();  // S_next is done; P V may still run
             fence_operands(s);
             ring.release_k();
-            release_q_after_last_qk<Cfg>(ring.bars, consumer, lane, n == 0);
-            if (n >= range.n_mask_lo) mask_scores<Cfg::kBlockN, Cfg::kCausal>(s, n, row0, len.len_q, len.len_k, lane);
+            release_q_after_last_qk<Cfg>(ring.bars, consumer, lane, n == n_min);
+            score_mod<Cfg>(s, n, range, mask, score, row0, lane);
             bool rescale = true;
             if constexpr (Cfg::kSoftmaxForm == 1)
                 rescale = online_softmax_lazy<Cfg::kPolyEighths, Cfg::kMaxChains>(s, m, l, scale_log2, corr);
@@ -521,7 +549,7 @@ __device__ __forceinline__ void consumer_mainloop(ConsumerRing<Cfg> &ring, const
                 // ptxas hoists wgmma.wait_group 0 to the top of its basic block, which would make
                 // the softmax wait for P V. Waiting here for the next K block ends the basic block,
                 // so the exponentials stay ahead of the wait and run under P V.
-                if (n > 0) k_slot = ring.wait_k();
+                if (n > n_min) k_slot = ring.wait_k();
             }
             wgmma_wait_group<0>();  // P V done: O and the P registers are free again
             fence_operands(o);
@@ -545,7 +573,7 @@ __device__ __forceinline__ void consumer_mainloop(ConsumerRing<Cfg> &ring, const
         }
     } else {
 #pragma unroll 1
-        for (int n = range.n_max - 1; n >= 0; --n) {
+        for (int n = range.n_max - 1; n >= n_min; --n) {
             const bool first = n == range.n_max - 1;
             const uint32_t k_slot = ring.wait_k();
             pingpong_sync<Cfg>(consumer);
@@ -556,8 +584,8 @@ __device__ __forceinline__ void consumer_mainloop(ConsumerRing<Cfg> &ring, const
             wgmma_wait_group<0>();
             fence_operands(s);
             ring.release_k();
-            release_q_after_last_qk<Cfg>(ring.bars, consumer, lane, n == 0);
-            if (n >= range.n_mask_lo) mask_scores<Cfg::kBlockN, Cfg::kCausal>(s, n, row0, len.len_q, len.len_k, lane);
+            release_q_after_last_qk<Cfg>(ring.bars, consumer, lane, n == n_min);
+            score_mod<Cfg>(s, n, range, mask, score, row0, lane);
             online_softmax<Cfg::kPolyEighths, Cfg::kMaxChains>(s, m, l, scale_log2, corr);
             if (!first) rescale_rows(o, corr);
             pack_probs<Cfg::kBf16>(s, p);
@@ -608,23 +636,22 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
 #pragma unroll 1
     for (int tile = blockIdx.x; tile < sched.num_iters; tile += gridDim.x) {
         const TileCoord tc = decode_tile(sched, tile);
-        const SeqLengths len = seq_lengths(sched, tc.batch);
+        const fa_seqlen len = seq_lengths(sched, tc.batch);
         if (tc.m_block < 0 || tc.m_block * Cfg::kBlockM >= len.len_q) continue;
-        const KeyBlockRange range =
-            key_block_range<Cfg::kBlockM, Cfg::kBlockN, Cfg::kCausal>(tc.m_block, len.len_q, len.len_k);
+        const fa_mask mask = sequence_mask<Cfg>(prm, len);
+        const fa_block_range range = rows_block_range<Cfg>(mask, tc.m_block * Cfg::kBlockM, Cfg::kBlockM);
         const int wg_row0 = tc.m_block * Cfg::kBlockM + consumer_idx * 64;  // first query row of this warpgroup
         const int row0 = wg_row0 + warp_in_wg * 16 + (lane >> 2);          // this thread's first row
 
         // The producer loads the tile's key blocks; this warpgroup's rows may see fewer of them.
-        KeyBlockRange wg_range = range;
-        if constexpr (Cfg::kWgKeyRange) {
-            wg_range = causal_key_block_range_rows<Cfg::kBlockN>(wg_row0, min(wg_row0 + 64, len.len_q), len.len_q,
-                                                                 len.len_k);
+        fa_block_range wg_range = range;
+        if constexpr (Cfg::kWgKeyRange) {  // causal only: the warpgroup's blocks are the tile's lowest
+            wg_range = rows_block_range<Cfg>(mask, wg_row0, 64);
             // Derived from the warpgroup index, the range is not provably warp-uniform to the
             // compiler, which then keeps the loop bounds in vector registers (head_dim 256
             // causal spilled); broadcast from lane 0 it is.
             wg_range.n_max = __shfl_sync(0xffffffffu, wg_range.n_max, 0);
-            wg_range.n_mask_lo = __shfl_sync(0xffffffffu, wg_range.n_mask_lo, 0);
+            wg_range.n_full_max = __shfl_sync(0xffffffffu, wg_range.n_full_max, 0);
         }
         if (Cfg::kOInV && o_store_pending && range.n_max > wg_range.n_max) {
             release_o_in_v<Cfg>(bars, store_thread);  // the loop below waits for V blocks
@@ -643,7 +670,7 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
         mbarrier_wait(q_full, q_phase);
         q_phase ^= 1u;
         if (wg_range.n_max > 0) {
-            consumer_mainloop<Cfg>(ring, wg_range, q_rows, consumer_idx, row0, len, prm.scale_log2,
+            consumer_mainloop<Cfg>(ring, wg_range, mask, prm.score, q_rows, consumer_idx, row0,
                                    o_store_pending && store_thread, o, m, l);
         } else {
             release_q_after_last_qk<Cfg>(bars, consumer_idx, lane, true);  // rows that see no key never read Q
@@ -652,7 +679,7 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
         o_store_pending = false;
 
         float inv_l[2], lse[2];
-        softmax_finalize(m, l, prm.scale_log2, inv_l, lse);
+        softmax_finalize(m, l, prm.score.scale_log2, fa_sink_log2(prm.sinks, tc.head_q), inv_l, lse);
 
         // O goes through its staging rows: every warp of this warpgroup has retired its last
         // Q K^T, so its Q rows can take O; a staging buffer of its own must first have been read
@@ -751,34 +778,44 @@ constexpr bool built_for_sm90() {
     return false;
 }
 
-// Calls f(Config<...>{}) for the instantiation that serves (head_dim, dtype, causal); returns
-// false when there is none.
+// Calls f(Config<...>{}) for the instantiation that serves (head_dim, dtype, mask kind,
+// softcap); returns false when there is none.
 template <class F>
 bool dispatch(const fa_params *p, F &&f) {
     const int hd = fa_sm90_head_dim_padded(p->head_dim);
-    const bool causal = p->causal != 0;
+    const int mask = fa_params_mask_kind(p);
+    const bool softcap = p->softcap > 0.f;
     const bool bf16 = p->dtype == FA_BFLOAT16;
     if (hd == 0 || (p->dtype != FA_FLOAT16 && p->dtype != FA_BFLOAT16)) return false;
     // The block size fa_sm90_tile chose for this problem picks among a head dim's instances.
-    const int block_n = FA_SM90_BLOCK_N(hd, causal, FA_SM90_SHORT_KEYS(hd, causal, p->seqlen_k));
-#define FA_SM90_CASE(HD, CAUSAL, SHORT, BF16)                                                   \
-    if (hd == HD && causal == CAUSAL && bf16 == BF16 &&                                         \
-        block_n == FA_SM90_BLOCK_N(HD, CAUSAL, SHORT)) {                                        \
-        f(Config<HD, FA_SM90_BLOCK_N(HD, CAUSAL, SHORT), CAUSAL, BF16>{});                      \
-        return true;                                                                            \
+    const bool masked = mask != FA_MASK_NONE;
+    const int block_n = FA_SM90_BLOCK_N(hd, masked, FA_SM90_SHORT_KEYS(hd, masked, p->seqlen_k));
+#define FA_SM90_CASE(HD, MASK, SHORT, SOFTCAP, BF16)                                                  \
+    if (hd == HD && mask == MASK && softcap == SOFTCAP && bf16 == BF16 &&                             \
+        block_n == FA_SM90_BLOCK_N(HD, MASK != FA_MASK_NONE, SHORT)) {                                \
+        f(Config<HD, FA_SM90_BLOCK_N(HD, MASK != FA_MASK_NONE, SHORT), MASK, SOFTCAP, BF16>{});       \
+        return true;                                                                                  \
     }
-    FA_SM90_CASE(64, false, false, false) FA_SM90_CASE(64, false, false, true)
-    FA_SM90_CASE(64, true, false, false) FA_SM90_CASE(64, true, false, true)
-    FA_SM90_CASE(128, false, false, false) FA_SM90_CASE(128, false, false, true)
+#define FA_SM90_CASES(HD, MASK, SHORT)                                                                \
+    FA_SM90_CASE(HD, MASK, SHORT, false, false) FA_SM90_CASE(HD, MASK, SHORT, false, true)            \
+    FA_SM90_CASE(HD, MASK, SHORT, true, false) FA_SM90_CASE(HD, MASK, SHORT, true, true)
+    FA_SM90_CASES(64, FA_MASK_NONE, false)
+    FA_SM90_CASES(64, FA_MASK_CAUSAL, false)
+    FA_SM90_CASES(64, FA_MASK_LOCAL, false)
+    FA_SM90_CASES(128, FA_MASK_NONE, false)
 #if FA_SM90_SHORT_SEQLEN_K > 0
-    FA_SM90_CASE(128, false, true, false) FA_SM90_CASE(128, false, true, true)
+    FA_SM90_CASES(128, FA_MASK_NONE, true)
 #endif
-    FA_SM90_CASE(128, true, false, false) FA_SM90_CASE(128, true, false, true)
-    FA_SM90_CASE(256, false, false, false) FA_SM90_CASE(256, false, false, true)
-    FA_SM90_CASE(256, true, false, false) FA_SM90_CASE(256, true, false, true)
+    FA_SM90_CASES(128, FA_MASK_CAUSAL, false)
+    FA_SM90_CASES(128, FA_MASK_LOCAL, false)
+    FA_SM90_CASES(256, FA_MASK_NONE, false)
+    FA_SM90_CASES(256, FA_MASK_CAUSAL, false)
+    FA_SM90_CASES(256, FA_MASK_LOCAL, false)
 #if FA_SM90_SHORT_SEQLEN_K_HD256_CAUSAL > 0
-    FA_SM90_CASE(256, true, true, false) FA_SM90_CASE(256, true, true, true)
+    FA_SM90_CASES(256, FA_MASK_CAUSAL, true)
+    FA_SM90_CASES(256, FA_MASK_LOCAL, true)
 #endif
+#undef FA_SM90_CASES
 #undef FA_SM90_CASE
     return false;
 }
@@ -882,6 +919,10 @@ extern "C" cudaError_t fa_sm90_launch(const fa_params *p, const fa_launch *cfg, 
                        p->o_row_stride, p->o_head_stride, p->o_batch_stride, 64);
         if (!ok) return;
         prm.lse = p->lse;
+        prm.score = fa_score_make(p->softmax_scale, p->softcap);
+        prm.window_left = p->window_left;
+        prm.window_right = p->causal ? 0 : p->window_right;
+        prm.sinks = p->sinks;
         fa_sm90::SchedulerArgs &s = prm.sched;
         s.batch = p->batch;
         s.heads_q = p->heads_q;
@@ -901,10 +942,6 @@ extern "C" cudaError_t fa_sm90_launch(const fa_params *p, const fa_launch *cfg, 
         s.pair_tiles = FA_SM90_PAIR_TILES && Cfg::kCausal && num_tiles >= 2 * grid_x &&
                        pair_iters <= (int64_t)INT32_MAX - grid_x;
         s.num_iters = s.pair_tiles ? (int)pair_iters : num_tiles;
-        // A zero scale would turn masked scores into -inf * 0 = NaN; FLT_MIN gives the same
-        // uniform softmax (every scaled score rounds to 0).
-        const float scale_log2 = p->softmax_scale * 1.4426950408889634f;
-        prm.scale_log2 = scale_log2 > FLT_MIN ? scale_log2 : FLT_MIN;
 
         const dim3 grid(cfg->grid[0], cfg->grid[1], cfg->grid[2]);
         const dim3 block(cfg->block[0], cfg->block[1], cfg->block[2]);

@@ -141,6 +141,16 @@ FA_DEV void setmaxnreg_dec() {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
 }
 
+// ---------------------------------------------------------------- special functions
+
+// MUFU.TANH, on the unit of the exponentials; the PTX ISA gives a maximum relative error of
+// 2^-10.987.
+FA_DEV float tanh_approx_f32(float x) {
+    float y;
+    asm("tanh.approx.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
 // ---------------------------------------------------------------- stmatrix
 
 // Four 8x8 16-bit matrices; lane L gives the row address of matrix L/8, row L%8; register k

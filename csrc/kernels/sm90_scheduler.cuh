@@ -15,7 +15,7 @@
  *           tiles per CTA); in pairs it has at most one pair more than the mean.
  *   causal, fewer tiles: m_block descending outer, (batch, head) inner: the tiles with the
  *           most key blocks run first (longest-processing-time first).
- * Lengths come from seq_lengths(), which reads cu_seqlens when given (variable-length batches,
+ * Lengths come from seq_lengths() (common/seqlen.h), which reads cu_seqlens when given (variable-length batches,
  * reserved today) and the uniform lengths otherwise; the main loop never assumes that all
  * batches share one length. Device-only; included by fwd_sm90.cu.
  */
@@ -23,6 +23,8 @@
 #define FA_SM90_SCHEDULER_CUH
 
 #include <stdint.h>
+
+#include "../common/seqlen.h"
 
 namespace fa_sm90 {
 
@@ -41,15 +43,8 @@ struct TileCoord {
     int batch, head_q, head_kv, m_block;  // m_block < 0: no tile at this index (skip it)
 };
 
-struct SeqLengths {
-    int len_q, len_k;
-};
-
-__device__ __forceinline__ SeqLengths seq_lengths(const SchedulerArgs &s, int b) {
-    SeqLengths l;
-    l.len_q = s.cu_seqlens_q ? s.cu_seqlens_q[b + 1] - s.cu_seqlens_q[b] : s.seqlen_q;
-    l.len_k = s.cu_seqlens_k ? s.cu_seqlens_k[b + 1] - s.cu_seqlens_k[b] : s.seqlen_k;
-    return l;
+__device__ __forceinline__ fa_seqlen seq_lengths(const SchedulerArgs &s, int b) {
+    return fa_seqlen_of(b, s.seqlen_q, s.seqlen_k, s.cu_seqlens_q, s.cu_seqlens_k);
 }
 
 __device__ __forceinline__ TileCoord decode_tile(const SchedulerArgs &s, int tile) {

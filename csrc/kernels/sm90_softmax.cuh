@@ -29,6 +29,8 @@
 
 #include <stdint.h>
 
+#include "../common/score.h"
+
 namespace fa_sm90 {
 
 __device__ __forceinline__ float quad_max(float x) {
@@ -209,20 +211,12 @@ __device__ __forceinline__ bool online_softmax_lazy(float (&s)[kNs], float (&m)[
     return __any_sync(0xffffffffu, grow[0] || grow[1]);
 }
 
-// Completes the row sums across the quad; inv_l = 1/l (0 for an empty row) and the natural-log
-// LSE = m * scale + log(l) (-inf for an empty row).
+// Completes the row sums across the quad, then common/score.h's row end: inv_l scales O, lse is
+// the natural log of the denominator, sink included. sink_log2: fa_sink_log2 of the row's head.
 __device__ __forceinline__ void softmax_finalize(const float (&m)[2], const float (&l)[2], float scale_log2,
-                                                 float (&inv_l)[2], float (&lse)[2]) {
-    const float kLn2 = 0.6931471805599453f;
+                                                 float sink_log2, float (&inv_l)[2], float (&lse)[2]) {
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const float sum = quad_sum(l[r]);
-        // Sums are >= 0: exactly 0 means no key was seen; a NaN sum (NaN inputs) falls
-        // through to NaN output and NaN lse rather than passing for an empty row.
-        const bool empty = sum == 0.f;
-        inv_l[r] = empty ? 0.f : 1.f / sum;
-        lse[r] = empty ? -INFINITY : (m[r] * scale_log2) * kLn2 + logf(sum);
-    }
+    for (int r = 0; r < 2; ++r) fa_row_finalize(m[r] * scale_log2, quad_sum(l[r]), sink_log2, &inv_l[r], &lse[r]);
 }
 
 }  // namespace fa_sm90

@@ -160,15 +160,17 @@ static inline int fa_sm90_head_dim_padded(int head_dim) {
     return head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : 256;
 }
 
-/* Fills *t for a 16-bit (float16 / bfloat16) problem (head_dim, dtype, causal and seqlen_k of
- * *p). Returns -1, leaving *t untouched, when head_dim is not a multiple of 8 in [8, 256] or
+/* Fills *t for a 16-bit (float16 / bfloat16) problem (head_dim, dtype, mask kind and seqlen_k
+ * of *p). Returns -1, leaving *t untouched, when head_dim is not a multiple of 8 in [8, 256] or
  * dtype is not a 16-bit type. */
 static inline int fa_sm90_tile(const fa_params *p, fa_tile *t) {
     if (p == NULL || t == NULL) return -1;
     int hd = fa_sm90_head_dim_padded(p->head_dim);
     if (hd == 0 || (p->dtype != FA_FLOAT16 && p->dtype != FA_BFLOAT16)) return -1;
     t->block_m = FA_SM90_BLOCK_M;
-    t->block_n = FA_SM90_BLOCK_N(hd, p->causal != 0, FA_SM90_SHORT_KEYS(hd, p->causal != 0, p->seqlen_k));
+    /* A window takes the causal tiles: its masked blocks sit at the edges as causal ones do. */
+    const int masked = fa_params_mask_kind(p) != FA_MASK_NONE;
+    t->block_n = FA_SM90_BLOCK_N(hd, masked, FA_SM90_SHORT_KEYS(hd, masked, p->seqlen_k));
     t->stages = FA_SM90_STAGES(hd);
     t->head_dim_padded = hd;
     t->smem_bytes = FA_SM90_SMEM_BYTES(hd, t->block_n, t->stages);
