@@ -11,20 +11,36 @@ import numpy as np
 LSE_ATOL = 1e-3
 
 
-def visible_mask(seqlen_q, seqlen_k, causal):
-    """(Sq, Sk) bool: key j is visible to query i (bottom-right causal alignment)."""
-    i = np.arange(seqlen_q)[:, None]
-    j = np.arange(seqlen_k)[None, :]
-    if not causal:
-        return np.ones((seqlen_q, seqlen_k), dtype=bool)
-    return j <= i + seqlen_k - seqlen_q
+def visible_mask(seqlen_q, seqlen_k, causal, window=(-1, -1)):
+    """(Sq, Sk) bool: key j is visible to query i. The NumPy spelling of csrc/common/mask.h.
+
+    Rows and keys are aligned bottom-right (FlashAttention >= 2.1): with d = Sk - Sq, query i
+    sees key j when  i + d - left <= j <= i + d + right  (and 0 <= j < Sk), where
+    window = (left, right) and -1 is unbounded on that side; causal sets right = 0.
+    """
+    left, right = (int(window[0]), int(window[1]))
+    if causal:
+        right = 0
+    i = np.arange(seqlen_q, dtype=np.int64)[:, None]
+    j = np.arange(seqlen_k, dtype=np.int64)[None, :]
+    diag = i + (seqlen_k - seqlen_q)
+    visible = np.ones((seqlen_q, seqlen_k), dtype=bool)
+    if right >= 0:
+        visible &= j <= diag + right
+    if left >= 0:
+        visible &= j >= diag - left
+    return visible
 
 
-def attention_numpy(q, k, v, causal=False, softmax_scale=None, dtype=np.float64):
+def attention_numpy(q, k, v, causal=False, softmax_scale=None, dtype=np.float64, *,
+                    window=(-1, -1), softcap=0.0, sinks=None):
     """Naive attention computed in `dtype`: returns out (B, Sq, Hq, D) and lse (B, Hq, Sq).
 
     dtype=float64 gives the reference; dtype=q.dtype gives the peer at the input precision.
-    Rows that see no key give out 0 and lse -inf.
+    window=(left, right): the sliding window of visible_mask. softcap c > 0: each scaled score
+    x becomes c * tanh(x / c) before the mask. sinks: one logit per q head added to each row's
+    softmax denominator (and to lse) with no value row. Rows that see no key give out 0 and
+    lse -inf, or lse = sinks[h] with sinks.
     """
     B, Sq, Hq, D = q.shape
     Sk, Hk = k.shape[1], k.shape[2]
@@ -33,10 +49,22 @@ def attention_numpy(q, k, v, causal=False, softmax_scale=None, dtype=np.float64)
     k = np.repeat(k.astype(dtype), Hq // Hk, axis=2)
     v = np.repeat(v.astype(dtype), Hq // Hk, axis=2)
     scores = np.einsum("bihd,bjhd->bhij", q, k).astype(dtype) * scale
-    mask = visible_mask(Sq, Sk, causal)
+    if softcap and softcap > 0:
+        cap = dtype(softcap)
+        scores = (cap * np.tanh(scores / cap)).astype(dtype)
+    mask = visible_mask(Sq, Sk, causal, window)
     scores = np.where(mask, scores, dtype(-np.inf))
     row_max = scores.max(axis=-1, keepdims=True) if Sk else np.full((B, Hq, Sq, 1), -np.inf, dtype)
     empty = ~np.isfinite(row_max)
+    if sinks is not None:
+        sink = np.asarray(sinks, dtype=np.float32).astype(dtype).reshape(1, Hq, 1, 1)
+        top = np.where(empty, sink, np.maximum(row_max, sink)).astype(dtype)
+        p = np.exp(scores - top).astype(dtype)
+        row_sum = (p.sum(axis=-1, keepdims=True) + np.exp(sink - top)).astype(dtype)
+        probs = (p / row_sum).astype(dtype)
+        lse = (top + np.log(row_sum))[..., 0]
+        out = np.einsum("bhij,bjhd->bihd", probs, v).astype(dtype)
+        return out, lse
     safe_max = np.where(empty, dtype(0), row_max)
     p = np.exp(scores - safe_max).astype(dtype)
     row_sum = p.sum(axis=-1, keepdims=True).astype(dtype)
