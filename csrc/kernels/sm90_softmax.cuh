@@ -15,13 +15,12 @@
  * only when a block's max exceeds it by more than 2^8, so most blocks skip the O rescale (64
  * to 128 FMULs per thread at head_dim 128-256).
  *
- * Exponentials: MUFU.EX2 runs 16 lanes per clock per SM, so by those rates the exponentials of
- * a head_dim 64 tile take about as long as its two GEMMs. kPolyEighths of every 8 eight-column
- * groups of a row can instead be computed on the FMA pipe (exp2_fma: round-to-nearest split
- * x = n + f, degree-3 polynomial for 2^f on [-0.5, 0.5], n added to the exponent bits; relative
- * error 1.0e-4, below the rounding of P to bf16 (2^-9) and fp16 (2^-11)). Measured slower at
- * 1/8, 2/8 and 3/8 on an H200 (benches/NOTES.md): the softmax is bound by issue and latency,
- * not by MUFU, so the default is 0.
+ * Exponentials run on MUFU.EX2 (16 lanes per clock per SM): by those rates the exponentials of
+ * a head_dim 64 tile take about as long as its two GEMMs. A share of them computed on the FMA
+ * pipe by a degree-3 polynomial measured slower at 1/8, 2/8 and 3/8 on an H200, as did 2 and 4
+ * independent chains of the row max (benches/NOTES.md, sm90 v5 and v6; the code is in
+ * 170495f).
+ *
  * Device-only; included by fwd_sm90.cu.
  */
 #ifndef FA_SM90_SOFTMAX_CUH
@@ -45,50 +44,17 @@ __device__ __forceinline__ float quad_sum(float x) {
     return x;
 }
 
-// 2^x for x <= 0 (x = -inf included) without MUFU. x is clamped to -127 so that n >= -127:
-// x in [-127, -126.5) gives n = -127 and f >= 0, so p >= 1 and the sum of exponent fields is
-// >= 0 (a denormal or exactly 0, never a wrapped sign); x = -127 (every masked score) gives
-// f = 0, p = 1.0 exactly and the result +0.0, as MUFU.EX2.FTZ gives.
-__device__ __forceinline__ float exp2_fma(float x) {
-    constexpr float kRoundShift = 12582912.f;  // 1.5 * 2^23: x + it holds round(x) in its low mantissa bits
-    constexpr float kC1 = 0.69328290f, kC2 = 0.24221097f, kC3 = 0.05500893f;
-    x = fmaxf(x, -127.f);
-    const float shifted = __fadd_rn(x, kRoundShift);
-    const float n = __fadd_rn(shifted, -kRoundShift);
-    const float f = __fadd_rn(x, -n);
-    float p = fmaf(kC3, f, kC2);
-    p = fmaf(p, f, kC1);
-    p = fmaf(p, f, 1.f);
-    // The shifted float's bits are 0x4B400000 + n; shifted left by 23 the constant part leaves
-    // the 32-bit word and n lands in the exponent field.
-    return __int_as_float(__float_as_int(p) + (__float_as_int(shifted) << 23));
-}
-
-// exp2 on the FMA pipe for the first kPolyEighths of every eight 8-column groups, MUFU otherwise.
-template <int kPolyEighths>
-__device__ __forceinline__ float exp2_split(float x, int group) {
-    return (group % 8) < kPolyEighths ? exp2_fma(x) : exp2f(x);
-}
-
 // Scores -> unnormalised probabilities in place. corr[r] = exp2((m_old - m_new) * scale_log2)
 // rescales what was accumulated under the old max (0 when the old max was -inf).
-// kMaxChains independent chains for the row max: it is on the critical path before any
-// exponential (the order of a max does not change its value).
-template <int kPolyEighths, int kMaxChains, int kNs>
+template <int kNs>
 __device__ __forceinline__ void online_softmax(float (&s)[kNs], float (&m)[2], float (&l)[2], float scale_log2,
                                                float (&corr)[2]) {
-    static_assert(kPolyEighths >= 0 && kPolyEighths <= 8, "eighths of the exponentials on the FMA pipe");
-    static_assert(kMaxChains == 1 || kMaxChains == 2 || kMaxChains == 4, "1, 2 or 4 max chains");
     constexpr int kGroups = kNs / 4;  // 8-column groups per row
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        float mx[4] = {m[r], -INFINITY, -INFINITY, -INFINITY};
+        float row_max = m[r];
 #pragma unroll
-        for (int i = 0; i < kGroups; ++i)
-            mx[i % kMaxChains] = fmaxf(mx[i % kMaxChains], fmaxf(s[4 * i + 2 * r], s[4 * i + 2 * r + 1]));
-        float row_max = mx[0];
-#pragma unroll
-        for (int c = 1; c < kMaxChains; ++c) row_max = fmaxf(row_max, mx[c]);
+        for (int i = 0; i < kGroups; ++i) row_max = fmaxf(row_max, fmaxf(s[4 * i + 2 * r], s[4 * i + 2 * r + 1]));
         row_max = quad_max(row_max);
         const float m_scaled = row_max == -INFINITY ? 0.f : row_max * scale_log2;
         corr[r] = exp2f(m[r] * scale_log2 - m_scaled);
@@ -99,7 +65,7 @@ __device__ __forceinline__ void online_softmax(float (&s)[kNs], float (&m)[2], f
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
                 const float x = fmaf(s[4 * i + 2 * r + e], scale_log2, -m_scaled);
-                const float p = (i % 8) < kPolyEighths ? exp2_fma(x) : exp2f(x);
+                const float p = exp2f(x);
                 s[4 * i + 2 * r + e] = p;
                 sum += p;
             }
@@ -114,19 +80,14 @@ __device__ __forceinline__ void online_softmax(float (&s)[kNs], float (&m)[2], f
 // from block_row_max, it measured up to 13% slower at head_dim 64 causal).
 
 // Row maxima of this block's scores alone (both rows of the thread, completed across the quad).
-template <int kMaxChains, int kNs>
+template <int kNs>
 __device__ __forceinline__ void block_row_max(const float (&s)[kNs], float (&bmax)[2]) {
-    static_assert(kMaxChains == 1 || kMaxChains == 2 || kMaxChains == 4, "1, 2 or 4 max chains");
     constexpr int kGroups = kNs / 4;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        float mx[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+        float row_max = -INFINITY;
 #pragma unroll
-        for (int i = 0; i < kGroups; ++i)
-            mx[i % kMaxChains] = fmaxf(mx[i % kMaxChains], fmaxf(s[4 * i + 2 * r], s[4 * i + 2 * r + 1]));
-        float row_max = mx[0];
-#pragma unroll
-        for (int c = 1; c < kMaxChains; ++c) row_max = fmaxf(row_max, mx[c]);
+        for (int i = 0; i < kGroups; ++i) row_max = fmaxf(row_max, fmaxf(s[4 * i + 2 * r], s[4 * i + 2 * r + 1]));
         bmax[r] = quad_max(row_max);
     }
 }
@@ -182,12 +143,12 @@ __device__ __forceinline__ bool outgrows(float bmax, float m, float scale_log2) 
 
 // In place, max first. Returns whether any row of the warp moved its max: O must then be
 // rescaled by corr (1 for the rows that did not). Warp-uniform.
-template <int kPolyEighths, int kMaxChains, int kNs>
+template <int kNs>
 __device__ __forceinline__ bool online_softmax_lazy(float (&s)[kNs], float (&m)[2], float (&l)[2], float scale_log2,
                                                     float (&corr)[2]) {
     constexpr int kGroups = kNs / 4;
     float bmax[2];
-    block_row_max<kMaxChains>(s, bmax);
+    block_row_max(s, bmax);
     bool grow[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -201,7 +162,7 @@ __device__ __forceinline__ bool online_softmax_lazy(float (&s)[kNs], float (&m)[
         for (int i = 0; i < kGroups; ++i) {
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-                const float p = exp2_split<kPolyEighths>(fmaf(s[4 * i + 2 * r + e], scale_log2, -m_scaled), i);
+                const float p = exp2f(fmaf(s[4 * i + 2 * r + e], scale_log2, -m_scaled));
                 s[4 * i + 2 * r + e] = p;
                 sum += p;
             }

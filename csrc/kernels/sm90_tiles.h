@@ -39,86 +39,56 @@
 #define FA_SM90_BARRIER_BYTES 256
 #define FA_SM90_SMEM_ALIGN 1024
 
-/* K/V ring depth per head dim (-D overrides build the variants). head_dim 128 and 256 fill the
- * shared memory with 2 stages; head_dim 64 could take up to 4. */
-#ifndef FA_SM90_STAGES_HD64
+/* K/V ring depth per head dim. head_dim 128 and 256 fill the shared memory with 2 stages;
+ * head_dim 64 could take up to 4. */
 #define FA_SM90_STAGES_HD64 2
-#endif
-#ifndef FA_SM90_STAGES_HD128
 #define FA_SM90_STAGES_HD128 2
-#endif
-#ifndef FA_SM90_STAGES_HD256
 #define FA_SM90_STAGES_HD256 2
-#endif
 #define FA_SM90_STAGES(hd) \
     ((hd) == 64 ? FA_SM90_STAGES_HD64 : (hd) == 128 ? FA_SM90_STAGES_HD128 : FA_SM90_STAGES_HD256)
 
-/* Key-block rows per head dim (-D overrides build the variants). A multiple of 16 (one wgmma
- * k-step of P V) and at most 256 (one TMA box, one wgmma N). head_dim 128 full attention takes
+/* Key-block rows per head dim. A multiple of 16 (one wgmma k-step of P V) and at most 256 (one TMA box, one wgmma N). head_dim 128 full attention takes
  * the wider 176 (measured better from seqlen 2k up; 128 is better at 512-1k); causal keeps 128
  * so fewer keys are masked. head_dim 64 uses 128 both ways: measured equal to 192 from 8k up
  * and up to 14% faster below (192 also wastes a third of its last block at seqlen 512, 1k). */
-#ifndef FA_SM90_BLOCK_N_HD64
 #define FA_SM90_BLOCK_N_HD64 128
-#endif
-#ifndef FA_SM90_BLOCK_N_HD64_CAUSAL
 #define FA_SM90_BLOCK_N_HD64_CAUSAL 128
-#endif
-#ifndef FA_SM90_BLOCK_N_HD128
 #define FA_SM90_BLOCK_N_HD128 176
-#endif
-#ifndef FA_SM90_BLOCK_N_HD128_CAUSAL
 #define FA_SM90_BLOCK_N_HD128_CAUSAL 128
-#endif
-#ifndef FA_SM90_BLOCK_N_HD256
 #define FA_SM90_BLOCK_N_HD256 80
-#endif
-#ifndef FA_SM90_BLOCK_N_HD256_CAUSAL
 #define FA_SM90_BLOCK_N_HD256_CAUSAL 80
-#endif
 
 /* head_dim 128 full attention over at most FA_SM90_SHORT_SEQLEN_K keys takes 128-key blocks:
  * 512 and 1024 keys are then whole blocks, where 176 leaves a part-filled last block (H200,
  * bf16, one run against FA_SM90_SHORT_SEQLEN_K=0: 525 vs 489 TFLOP/s at 512 keys, 608 vs 583 at
- * 1k; benches/NOTES.md). Longer sequences keep 176. FA_SM90_SHORT_SEQLEN_K=0 turns it off. */
-#ifndef FA_SM90_BLOCK_N_HD128_SHORT
+ * 1k; benches/NOTES.md). Longer sequences keep 176. */
 #define FA_SM90_BLOCK_N_HD128_SHORT 128
-#endif
-#ifndef FA_SM90_SHORT_SEQLEN_K
 #define FA_SM90_SHORT_SEQLEN_K 1024
-#endif
 /* head_dim 256 causal over at most FA_SM90_SHORT_SEQLEN_K_HD256_CAUSAL keys takes 64-key
  * blocks: two per 128-row diagonal, so each warpgroup's rows end on a block boundary and fewer
  * masked scores are computed (against 80, same run: +8% at 512 keys, -1% at 1k, +7% at 2k,
- * +2% at 4k, -2% at 8k and 16k; benches/NOTES.md, sm90 v5). FA_SM90_SHORT_SEQLEN_K_HD256_CAUSAL=0
- * turns it off. */
-#ifndef FA_SM90_BLOCK_N_HD256_CAUSAL_SHORT
+ * +2% at 4k, -2% at 8k and 16k; benches/NOTES.md, sm90 v5). A window takes the causal
+ * tiles, short ones included. */
 #define FA_SM90_BLOCK_N_HD256_CAUSAL_SHORT 64
-#endif
-#ifndef FA_SM90_SHORT_SEQLEN_K_HD256_CAUSAL
 #define FA_SM90_SHORT_SEQLEN_K_HD256_CAUSAL 2048
-#endif
 
-#define FA_SM90_BLOCK_N(hd, causal, short_keys)                                          \
-    ((hd) == 64    ? ((causal) ? FA_SM90_BLOCK_N_HD64_CAUSAL : FA_SM90_BLOCK_N_HD64)      \
-     : (hd) == 128 ? ((causal)       ? FA_SM90_BLOCK_N_HD128_CAUSAL                       \
+/* masked: causal or a window (fa_mask_kind other than FA_MASK_NONE). */
+#define FA_SM90_BLOCK_N(hd, masked, short_keys)                                          \
+    ((hd) == 64    ? ((masked) ? FA_SM90_BLOCK_N_HD64_CAUSAL : FA_SM90_BLOCK_N_HD64)      \
+     : (hd) == 128 ? ((masked)       ? FA_SM90_BLOCK_N_HD128_CAUSAL                       \
                       : (short_keys) ? FA_SM90_BLOCK_N_HD128_SHORT                        \
                                      : FA_SM90_BLOCK_N_HD128)                             \
-                   : ((causal) ? ((short_keys) ? FA_SM90_BLOCK_N_HD256_CAUSAL_SHORT       \
+                   : ((masked) ? ((short_keys) ? FA_SM90_BLOCK_N_HD256_CAUSAL_SHORT       \
                                                : FA_SM90_BLOCK_N_HD256_CAUSAL)            \
                                : FA_SM90_BLOCK_N_HD256))
 /* Whether a problem with seqlen_k keys counts as short for its head dim and mask (the third
- * argument above); only head_dim 128 full and head_dim 256 causal have a short instance. */
-#define FA_SM90_SHORT_KEYS(hd, causal, seqlen_k)                                                   \
-    ((hd) == 128 && !(causal)  ? FA_SM90_SHORT_SEQLEN_K > 0 && (seqlen_k) <= FA_SM90_SHORT_SEQLEN_K \
-     : (hd) == 256 && (causal) ? FA_SM90_SHORT_SEQLEN_K_HD256_CAUSAL > 0 &&                        \
+ * argument above); only head_dim 128 full and head_dim 256 masked have a short instance. */
+#define FA_SM90_SHORT_KEYS(hd, masked, seqlen_k)                                                   \
+    ((hd) == 128 && !(masked)  ? FA_SM90_SHORT_SEQLEN_K > 0 && (seqlen_k) <= FA_SM90_SHORT_SEQLEN_K \
+     : (hd) == 256 && (masked) ? FA_SM90_SHORT_SEQLEN_K_HD256_CAUSAL > 0 &&                        \
                                      (seqlen_k) <= FA_SM90_SHORT_SEQLEN_K_HD256_CAUSAL             \
                                : 0)
 
-/* 1: give O a staging buffer of its own where it fits (see above); 0: always stage in Q. */
-#ifndef FA_SM90_O_STAGING
-#define FA_SM90_O_STAGING 1
-#endif
 #define FA_SM90_SMEM_OPTIN_LIMIT 232448 /* H100 / H200: 227 KB per block after opt-in */
 
 #define FA_SM90_Q_BYTES(hd) ((size_t)FA_SM90_BLOCK_M * (size_t)(hd) * 2u)
@@ -127,8 +97,7 @@
     (FA_SM90_Q_BYTES(hd) + 2u * (size_t)(stages) * FA_SM90_KV_SLOT_BYTES(hd, bn) +       \
      (size_t)FA_SM90_BARRIER_BYTES + (size_t)FA_SM90_SMEM_ALIGN)
 #define FA_SM90_HAS_O_STAGING(hd, bn, stages)                                            \
-    (FA_SM90_O_STAGING &&                                                                \
-     FA_SM90_SMEM_BYTES_NO_O(hd, bn, stages) + FA_SM90_Q_BYTES(hd) <= FA_SM90_SMEM_OPTIN_LIMIT)
+    (FA_SM90_SMEM_BYTES_NO_O(hd, bn, stages) + FA_SM90_Q_BYTES(hd) <= FA_SM90_SMEM_OPTIN_LIMIT)
 #define FA_SM90_SMEM_BYTES(hd, bn, stages)                                               \
     (FA_SM90_SMEM_BYTES_NO_O(hd, bn, stages) +                                           \
      (FA_SM90_HAS_O_STAGING(hd, bn, stages) ? FA_SM90_Q_BYTES(hd) : (size_t)0))

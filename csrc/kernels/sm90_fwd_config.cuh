@@ -1,0 +1,114 @@
+/*
+ * sm90_fwd_config.cuh -- what one sm90 forward instance is: its kernel arguments, its
+ * shared-memory layout and mbarrier slots, and the overlaps chosen for its head dim.
+ *
+ * Config<head_dim, block_n, mask kind, softcap, bf16> derives every offset from sm90_tiles.h's
+ * numbers and checks that both agree on the total (the host computes launches from the tile
+ * table alone). Shared memory, in order: Q (128 rows), the K ring, the V ring, O staging where
+ * it fits, the mbarriers; each swizzled tile on a 1024-byte boundary.
+ * Device and host; included by the sm90 forward's files.
+ */
+#ifndef FA_SM90_FWD_CONFIG_CUH
+#define FA_SM90_FWD_CONFIG_CUH
+
+#include <cuda.h>  // CUtensorMap only; no libcuda symbol is linked
+#include <cstdint>
+
+#include "../common/score.h"
+#include "../launch_contract.h"
+#include "kernels.h"
+#include "sm90_scheduler.cuh"
+#include "sm90_tiles.h"
+
+// 128 * 24 + 256 * 240 = 64512 <= 65536 registers of the SM.
+#define FA_SM90_PRODUCER_REGS 24
+#define FA_SM90_CONSUMER_REGS 240
+
+static_assert(FA_THREADS_PER_BLOCK == 384 && FA_NUM_WARPGROUPS == 3, "1 producer + 2 consumer warpgroups");
+static_assert(FA_NUM_CONSUMER_WARPGROUPS == 2, "two consumer warpgroups of 64 query rows");
+static_assert(128 * FA_SM90_PRODUCER_REGS + 256 * FA_SM90_CONSUMER_REGS <= 65536, "register file budget");
+
+namespace fa_sm90 {
+
+struct KernelParams {  // CUtensorMap carries its own 128-byte alignment
+    CUtensorMap tmap_q;  // (head_dim, seqlen_q, heads_q, batch), box 64 x 64 (one warpgroup's rows)
+    CUtensorMap tmap_k;  // (head_dim, seqlen_k, heads_kv, batch), box 64 x block_n
+    CUtensorMap tmap_v;  // as k
+    CUtensorMap tmap_o;  // (head_dim, seqlen_q, heads_q, batch), box 64 x 64 (one warpgroup's rows)
+    float *lse;          // NULL: not written
+    SchedulerArgs sched;
+    fa_score score;                   // scale_log2 and the softcap hook (common/score.h)
+    int window_left, window_right;    // kMask == FA_MASK_LOCAL: the window, causal folded in
+    const float *sinks;               // NULL, or one logit per q head
+};
+
+// Named barrier ids (0 is __syncthreads).
+enum : uint32_t {
+    kBarPingpongBase = 1,  // + consumer index: "this warpgroup may issue its GEMMs"
+    kBarEpilogueBase = 3,  // + consumer index: the warpgroup's own 128 threads
+    kBarOInV = 5,          // both consumer warpgroups: every P V of the tile has read the V ring
+};
+
+template <int kHeadDim_, int kBlockN_, int kMask_, bool kSoftcap_, bool kBf16_>
+struct Config {
+    static constexpr int kHeadDim = kHeadDim_;
+    static constexpr int kBlockN = kBlockN_;
+    static constexpr int kMask = kMask_;  // fa_mask_kind
+    static constexpr bool kCausal = kMask == FA_MASK_CAUSAL;
+    static constexpr bool kSoftcap = kSoftcap_;
+    static constexpr bool kBf16 = kBf16_;
+    static constexpr int kBlockM = FA_SM90_BLOCK_M;
+    static constexpr int kStages = FA_SM90_STAGES(kHeadDim);
+    static constexpr int kChunks = kHeadDim / 64;  // 64-column (128-byte) swizzle chunks
+    static constexpr uint32_t kQChunkBytes = kBlockM * 128;
+    static constexpr uint32_t kKVChunkBytes = kBlockN * 128;
+    static constexpr uint32_t kQBytes = kChunks * kQChunkBytes;
+    static constexpr uint32_t kKVSlotBytes = kChunks * kKVChunkBytes;
+    static constexpr uint32_t kWgRowsBytes = 64 * 128;  // offset of consumer 1's rows in a Q chunk
+    static constexpr bool kOStaging = FA_SM90_HAS_O_STAGING(kHeadDim, kBlockN, kStages);
+    // No buffer of its own: O staged in the V ring (head_dim 256) or else in the Q rows.
+    static constexpr bool kOInV = !kOStaging && kHeadDim == 256;
+    static constexpr uint32_t kOChunkBytes = 64 * 128;         // one warpgroup's 64 rows of a chunk
+    static constexpr uint32_t kOWgBytes = kChunks * kOChunkBytes;
+    static constexpr uint32_t kOffQ = 0;
+    static constexpr uint32_t kOffK = kOffQ + kQBytes;
+    static constexpr uint32_t kOffV = kOffK + kStages * kKVSlotBytes;
+    static constexpr uint32_t kOffO = kOffV + kStages * kKVSlotBytes;
+    static constexpr uint32_t kOffBar = kOffO + (kOStaging ? 2 * kOWgBytes : 0);
+    static constexpr uint32_t kSmemBytes = kOffBar + FA_SM90_BARRIER_BYTES + FA_SM90_SMEM_ALIGN;
+    static constexpr bool kPingpong = kHeadDim == 128;
+    static constexpr bool kSplitSoftmaxWait = kHeadDim != 256;
+    // Only where a key block is narrower than the tile can a block boundary fall between the two
+    // warpgroups' diagonals; elsewhere it is only more code (head_dim 64 causal, 128-key blocks,
+    // measured 2-9% slower with it).
+    static constexpr bool kWgKeyRange = kCausal && !kPingpong && kBlockN < kBlockM;
+
+    // mbarrier slots (8 bytes each). Q has one full/empty pair per consumer warpgroup (its 64 rows).
+    static constexpr int kBarQFull = 0, kBarQEmpty = 2;
+    static constexpr int kBarKFull = 4, kBarKEmpty = 4 + kStages;
+    static constexpr int kBarVFull = 4 + 2 * kStages, kBarVEmpty = 4 + 3 * kStages;
+    // kOInV: both warpgroups' O stores of the tile have read the V ring (one arrival each).
+    static constexpr int kBarOFree = 4 + 4 * kStages;
+    static constexpr int kNumBars = 5 + 4 * kStages;
+    // Arrivals that free a warpgroup's Q rows: each of its warps after its last Q K^T (O staged
+    // elsewhere), or its store thread once the TMA store has read O staged in Q.
+    static constexpr bool kQFreeAfterLastQk = kOStaging || kOInV;
+    static constexpr uint32_t kQReleaseArrivals = kQFreeAfterLastQk ? FA_WARPS_PER_WARPGROUP : 1;
+
+    static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "instantiated head dims");
+    static_assert(kBlockN % 16 == 0 && kBlockN >= 16 && kBlockN <= 256, "block_n: 16-key steps, one TMA box");
+    static_assert(kQChunkBytes % 1024 == 0 && kKVChunkBytes % 1024 == 0 && kWgRowsBytes % 1024 == 0,
+                  "every swizzled tile starts on a 1024-byte boundary (descriptor base offset 0)");
+    static_assert(kNumBars * 8 <= FA_SM90_BARRIER_BYTES, "mbarriers fit their area");
+    static_assert((size_t)kSmemBytes == FA_SM90_SMEM_BYTES(kHeadDim, kBlockN, kStages),
+                  "kernel layout and sm90_tiles.h agree on the shared-memory size");
+    static_assert(kKVChunkBytes < (1u << 18), "LBO fits the descriptor's 14-bit field");
+    static_assert(!kOInV || 2 * kOWgBytes <= kStages * kKVSlotBytes, "O of both warpgroups fits the V ring");
+};
+
+// Consumer warps that release a ring slot: every consumer warp arrives once, after its own wait.
+constexpr uint32_t kSlotReleaseArrivals = FA_NUM_CONSUMER_WARPGROUPS * FA_WARPS_PER_WARPGROUP;
+
+}  // namespace fa_sm90
+
+#endif /* FA_SM90_FWD_CONFIG_CUH */

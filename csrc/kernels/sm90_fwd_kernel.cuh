@@ -1,0 +1,233 @@
+/*
+ * sm90_fwd_kernel.cuh -- the sm90 forward kernel: its roles and its tile loop.
+ *
+ * 384 threads = 3 warpgroups. Warpgroup 0 drops to FA_SM90_PRODUCER_REGS registers and one
+ * of its threads issues every TMA load (producer); warpgroups 1 and 2 rise to
+ * FA_SM90_CONSUMER_REGS and each computes 64 query rows of every tile (consumer: key loop in
+ * sm90_fwd_mainloop.cuh, then store_tile). Both sides walk the persistent tile order of
+ * sm90_scheduler.cuh and the same key blocks per tile, so they never exchange indices.
+ * Device-only; instantiated by fwd_sm90.cu.
+ */
+#ifndef FA_SM90_FWD_KERNEL_CUH
+#define FA_SM90_FWD_KERNEL_CUH
+
+#include "sm90_epilogue.cuh"
+#include "sm90_fwd_config.cuh"
+#include "sm90_fwd_mainloop.cuh"
+#include "sm90_pipeline.cuh"
+#include "sm90_ptx.cuh"
+#include "sm90_scheduler.cuh"
+#include "sm90_softmax.cuh"
+
+namespace fa_sm90 {
+
+// One thread. Visits exactly the tiles and key blocks the consumers visit, in the same order.
+template <class Cfg>
+__device__ __forceinline__ void producer(const KernelParams &prm, uint32_t smem) {
+    const SchedulerArgs &sched = prm.sched;
+    const uint32_t bars = smem + Cfg::kOffBar;
+    prefetch_tensormap(&prm.tmap_q);
+    prefetch_tensormap(&prm.tmap_k);
+    prefetch_tensormap(&prm.tmap_v);
+    prefetch_tensormap(&prm.tmap_o);
+    RingPos kv{0, 0u};
+    uint32_t q_phase = 0;
+    uint32_t o_free_phase = 0;
+    for (int tile = blockIdx.x; tile < sched.num_iters; tile += gridDim.x) {
+        const TileCoord tc = decode_tile(sched, tile);
+        const fa_seqlen len = seq_lengths(sched, tc.batch);
+        if (tc.m_block < 0 || tc.m_block * Cfg::kBlockM >= len.len_q) continue;
+        const fa_block_range range =
+            rows_block_range<Cfg>(sequence_mask<Cfg>(prm, len), tc.m_block * Cfg::kBlockM, Cfg::kBlockM);
+        if constexpr (Cfg::kOInV) {
+            // K and Q of the tile go out while the previous tile's O may still sit in the V ring;
+            // the first V waits for both of its stores to have read it (once per tile, so the
+            // parity stays in step even for a tile without keys).
+            if (range.n_max > 0) producer_load_block<Cfg>(prm, smem, kv, range.n_max - 1, tc, 0);
+            producer_load_q<Cfg>(prm, smem, q_phase, tc);
+            mbarrier_wait(bars + 8 * Cfg::kBarOFree, o_free_phase ^ 1u);
+            o_free_phase ^= 1u;
+            if (range.n_max > 0) {
+                producer_load_block<Cfg>(prm, smem, kv, range.n_max - 1, tc, 1);
+                kv.advance(Cfg::kStages);
+            }
+        } else {
+            // The first K/V block goes out before Q: its slot is freed by the previous tile's main
+            // loop, while each Q half is free only once its warpgroup is done with the previous tile.
+            if (range.n_max > 0) producer_load_kv<Cfg>(prm, smem, kv, range.n_max - 1, tc);
+            producer_load_q<Cfg>(prm, smem, q_phase, tc);
+        }
+        q_phase ^= 1u;
+        for (int n = range.n_max - 2; n >= first_block<Cfg::kMask>(range); --n)
+            producer_load_kv<Cfg>(prm, smem, kv, n, tc);
+    }
+}
+
+// The tile's O (normalised by inv_l) and lse out of one warpgroup. O goes through its staging
+// rows: every warp of this warpgroup has retired its last Q K^T, so its Q rows can take O; a
+// staging buffer of its own must first have been read by the previous tile's store; the V
+// ring, once both warpgroups' last P V retired (the producer refills it only after these
+// stores have read it).
+template <class Cfg>
+__device__ __forceinline__ void store_tile(const KernelParams &prm, uint32_t smem, const TileCoord &tc,
+                                           int consumer_idx, int warp_in_wg, int lane,
+                                           const float (&o)[Cfg::kHeadDim / 2], const float (&inv_l)[2],
+                                           bool has_keys, const float (&lse)[2], int len_q) {
+    const int tid_in_wg = warp_in_wg * 32 + lane;
+    const int wg_row0 = tc.m_block * Cfg::kBlockM + consumer_idx * 64;
+    const uint32_t o_rows = Cfg::kOStaging ? smem + Cfg::kOffO + consumer_idx * Cfg::kOWgBytes
+                            : Cfg::kOInV   ? smem + Cfg::kOffV + consumer_idx * Cfg::kOWgBytes
+                                           : smem + Cfg::kOffQ + consumer_idx * Cfg::kWgRowsBytes;
+    const uint32_t o_chunk_bytes = (Cfg::kOStaging || Cfg::kOInV) ? Cfg::kOChunkBytes : Cfg::kQChunkBytes;
+    if (Cfg::kOStaging && tid_in_wg == 0) cp_async_bulk_wait_group_read_0();
+    if constexpr (Cfg::kOInV)
+        bar_sync(kBarOInV, 2 * 128);
+    else
+        bar_sync(kBarEpilogueBase + consumer_idx, 128);
+    stage_output<Cfg::kHeadDim, Cfg::kBf16>(o, inv_l, has_keys, o_rows, o_chunk_bytes, warp_in_wg, lane);
+    fence_proxy_async_shared_cta();
+    bar_sync(kBarEpilogueBase + consumer_idx, 128);
+    if (tid_in_wg == 0) {
+#pragma unroll
+        for (int c = 0; c < Cfg::kChunks; ++c)
+            cp_async_bulk_tensor_4d_s2g(&prm.tmap_o, o_rows + c * o_chunk_bytes, 64 * c, wg_row0, tc.head_q,
+                                        tc.batch);
+        cp_async_bulk_commit_group();
+        if constexpr (!Cfg::kQFreeAfterLastQk) {
+            // The producer may overwrite these Q rows once the store has read them.
+            cp_async_bulk_wait_group_read_0();
+            mbarrier_arrive(smem + Cfg::kOffBar + 8 * (Cfg::kBarQEmpty + consumer_idx));
+        }
+    }
+    const SchedulerArgs &sched = prm.sched;
+    float *lse_head = prm.lse ? prm.lse + ((int64_t)tc.batch * sched.heads_q + tc.head_q) * sched.seqlen_q : nullptr;
+    store_lse(lse_head, wg_row0 + warp_in_wg * 16 + (lane >> 2), len_q, lse, lane);
+}
+
+template <class Cfg>
+__device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem, int consumer_idx, int warp_in_wg,
+                                         int lane) {
+    const SchedulerArgs &sched = prm.sched;
+    const int tid_in_wg = warp_in_wg * 32 + lane;
+    const uint32_t bars = smem + Cfg::kOffBar;
+    const uint32_t q_full = bars + 8 * (Cfg::kBarQFull + consumer_idx);
+    // This warpgroup's 64 Q rows; where O has neither a buffer of its own nor the V ring, the
+    // same bytes stage its O rows (store_tile).
+    const uint32_t q_rows = smem + Cfg::kOffQ + consumer_idx * Cfg::kWgRowsBytes;
+
+    ConsumerRing<Cfg> ring;
+    ring.bars = bars;
+    ring.k_base = smem + Cfg::kOffK;
+    ring.v_base = smem + Cfg::kOffV;
+    ring.k = RingPos{0, 0u};
+    ring.v = RingPos{0, 0u};
+    ring.lane = lane;
+
+    float o[Cfg::kHeadDim / 2];
+    uint32_t q_phase = 0;
+    // kOInV: this warpgroup's previous O store may still be reading the V ring.
+    bool o_store_pending = false;
+    const bool store_thread = tid_in_wg == 0;
+
+    // Consumer 0 issues first: consumer 1 hands it the first turn.
+    if (Cfg::kPingpong && consumer_idx == 1) bar_arrive(kBarPingpongBase + 0, 2 * 128);
+
+#pragma unroll 1
+    for (int tile = blockIdx.x; tile < sched.num_iters; tile += gridDim.x) {
+        const TileCoord tc = decode_tile(sched, tile);
+        const fa_seqlen len = seq_lengths(sched, tc.batch);
+        if (tc.m_block < 0 || tc.m_block * Cfg::kBlockM >= len.len_q) continue;
+        const fa_mask mask = sequence_mask<Cfg>(prm, len);
+        const fa_block_range range = rows_block_range<Cfg>(mask, tc.m_block * Cfg::kBlockM, Cfg::kBlockM);
+        const int wg_row0 = tc.m_block * Cfg::kBlockM + consumer_idx * 64;  // first query row of this warpgroup
+        const int row0 = wg_row0 + warp_in_wg * 16 + (lane >> 2);          // this thread's first row
+
+        // The producer loads the tile's key blocks; this warpgroup's rows may see fewer of them.
+        fa_block_range wg_range = range;
+        if constexpr (Cfg::kWgKeyRange) {  // causal only: the warpgroup's blocks are the tile's lowest
+            wg_range = rows_block_range<Cfg>(mask, wg_row0, 64);
+            // Derived from the warpgroup index, the range is not provably warp-uniform to the
+            // compiler, which then keeps the loop bounds in vector registers (head_dim 256
+            // causal spilled); broadcast from lane 0 it is.
+            wg_range.n_max = __shfl_sync(0xffffffffu, wg_range.n_max, 0);
+            wg_range.n_full_max = __shfl_sync(0xffffffffu, wg_range.n_full_max, 0);
+        }
+        if (Cfg::kOInV && o_store_pending && range.n_max > wg_range.n_max) {
+            release_o_in_v<Cfg>(bars, store_thread);  // the loop below waits for V blocks
+            o_store_pending = false;
+        }
+#pragma unroll 1
+        for (int n = range.n_max - 1; n >= wg_range.n_max; --n) {  // blocks above this warpgroup's diagonal
+            ring.wait_k();
+            ring.release_k();
+            ring.wait_v();
+            ring.release_v();
+        }
+
+        float m[2] = {-INFINITY, -INFINITY};
+        float l[2] = {0.f, 0.f};
+        mbarrier_wait(q_full, q_phase);
+        q_phase ^= 1u;
+        if (wg_range.n_max > 0) {
+            consumer_mainloop<Cfg>(ring, wg_range, mask, prm.score, q_rows, consumer_idx, row0,
+                                   o_store_pending && store_thread, o, m, l);
+        } else {
+            release_q_after_last_qk<Cfg>(bars, consumer_idx, lane, true);  // rows that see no key never read Q
+            if (o_store_pending) release_o_in_v<Cfg>(bars, store_thread);
+        }
+        o_store_pending = false;
+
+        float inv_l[2], lse[2];
+        softmax_finalize(m, l, prm.score.scale_log2, fa_sink_log2(prm.sinks, tc.head_q), inv_l, lse);
+
+        store_tile<Cfg>(prm, smem, tc, consumer_idx, warp_in_wg, lane, o, inv_l, wg_range.n_max > 0, lse, len.len_q);
+        o_store_pending = Cfg::kOInV;
+    }
+
+    // Consumer 1 arrived once more than consumer 0 synced (its hand-over at the start).
+    if (Cfg::kPingpong && consumer_idx == 0) bar_sync(kBarPingpongBase + 0, 2 * 128);
+    if (tid_in_wg == 0) cp_async_bulk_wait_group_0();
+}
+
+template <class Cfg>
+__global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_kernel(const __grid_constant__ KernelParams prm) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ uint8_t smem_raw[];
+    // 128-byte swizzled tiles must start on 1024-byte boundaries; the launch reserves the slack.
+    const uint32_t smem = (smem_addr(smem_raw) + (FA_SM90_SMEM_ALIGN - 1)) & ~(uint32_t)(FA_SM90_SMEM_ALIGN - 1);
+    const uint32_t bars = smem + Cfg::kOffBar;
+    const int warp = threadIdx.x / FA_WARP_SIZE;
+    const int lane = threadIdx.x % FA_WARP_SIZE;
+    const int warpgroup = warp / FA_WARPS_PER_WARPGROUP;
+
+    if (threadIdx.x == 0) {
+#pragma unroll
+        for (int wg = 0; wg < FA_NUM_CONSUMER_WARPGROUPS; ++wg) {
+            mbarrier_init(bars + 8 * (Cfg::kBarQFull + wg), 1);
+            mbarrier_init(bars + 8 * (Cfg::kBarQEmpty + wg), Cfg::kQReleaseArrivals);
+        }
+#pragma unroll
+        for (int st = 0; st < Cfg::kStages; ++st) {
+            mbarrier_init(bars + 8 * (Cfg::kBarKFull + st), 1);
+            mbarrier_init(bars + 8 * (Cfg::kBarKEmpty + st), kSlotReleaseArrivals);
+            mbarrier_init(bars + 8 * (Cfg::kBarVFull + st), 1);
+            mbarrier_init(bars + 8 * (Cfg::kBarVEmpty + st), kSlotReleaseArrivals);
+        }
+        if constexpr (Cfg::kOInV) mbarrier_init(bars + 8 * Cfg::kBarOFree, FA_NUM_CONSUMER_WARPGROUPS);
+        fence_mbarrier_init();
+    }
+    __syncthreads();
+
+    if (warpgroup == 0) {
+        setmaxnreg_dec<FA_SM90_PRODUCER_REGS>();
+        if (warp == 0 && lane == 0) producer<Cfg>(prm, smem);
+        return;
+    }
+    setmaxnreg_inc<FA_SM90_CONSUMER_REGS>();
+    consumer<Cfg>(prm, smem, warpgroup - 1, warp % FA_WARPS_PER_WARPGROUP, lane);
+#endif
+}
+
+}  // namespace fa_sm90
+
+#endif /* FA_SM90_FWD_KERNEL_CUH */

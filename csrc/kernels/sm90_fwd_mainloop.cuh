@@ -1,0 +1,194 @@
+/*
+ * sm90_fwd_mainloop.cuh -- one consumer warpgroup's key loop of the sm90 forward.
+ *
+ * Per key block n, from n_max - 1 down to n_min (common/block_range.h):
+ *   S = Q K_n^T (wgmma, both operands in shared memory), the score hook and the mask
+ *   (score_mod: sm90_mask.cuh over common/score.h and common/mask.h), the online softmax
+ *   (sm90_softmax.cuh), then O += P V_n with P packed in registers as the A operand.
+ * Each turn issues the next block's Q K^T together with this block's P V, so the softmax of
+ * one block runs under the other's GEMM; with pingpong (head_dim 128) the two warpgroups also
+ * take turns at the tensor cores.
+ * Device-only.
+ */
+#ifndef FA_SM90_FWD_MAINLOOP_CUH
+#define FA_SM90_FWD_MAINLOOP_CUH
+
+#include "sm90_fwd_config.cuh"
+#include "sm90_mask.cuh"
+#include "sm90_pipeline.cuh"
+#include "sm90_ptx.cuh"
+#include "sm90_softmax.cuh"
+#include "sm90_wgmma.cuh"
+
+namespace fa_sm90 {
+
+// S (64 x kBlockN) = Q rows of this warpgroup x K^T; first k-step overwrites (scale-d 0).
+template <class Cfg>
+__device__ __forceinline__ void issue_qk(float (&s)[Cfg::kBlockN / 2], uint32_t q_rows, uint32_t k_slot) {
+#pragma unroll
+    for (int kk = 0; kk < Cfg::kHeadDim / 16; ++kk) {
+        // k-step kk: 16 columns = 32 bytes inside 64-column chunk kk / 4. Moving the start address
+        // inside a swizzle atom is allowed: the swizzle XOR uses address bits [7:9], unchanged.
+        const uint32_t off_q = (kk / 4) * Cfg::kQChunkBytes + (kk % 4) * 32;
+        const uint32_t off_k = (kk / 4) * Cfg::kKVChunkBytes + (kk % 4) * 32;
+        const uint64_t desc_q = make_smem_desc(q_rows + off_q, 16, 1024);
+        const uint64_t desc_k = make_smem_desc(k_slot + off_k, 16, 1024);
+        Wgmma<Cfg::kBlockN>::template ss<Cfg::kBf16>(s, desc_q, desc_k, kk > 0 ? 1 : 0);
+    }
+}
+
+// O (64 x kHeadDim) += P (registers) x V; V is the MN-major B operand (transpose-B).
+template <class Cfg>
+__device__ __forceinline__ void issue_pv(float (&o)[Cfg::kHeadDim / 2], const uint32_t (&p)[Cfg::kBlockN / 4],
+                                         uint32_t v_slot, bool first) {
+#pragma unroll
+    for (int kk = 0; kk < Cfg::kBlockN / 16; ++kk) {
+        // k-step kk: keys 16kk..16kk+15 = 16 rows of 128 bytes in every 64-column chunk;
+        // LBO steps over the chunks along N (head_dim), SBO over 8-key groups along K.
+        const uint64_t desc_v = make_smem_desc(v_slot + kk * 2048, Cfg::kKVChunkBytes, 1024);
+        Wgmma<Cfg::kHeadDim>::template rs<Cfg::kBf16>(o, p[4 * kk + 0], p[4 * kk + 1], p[4 * kk + 2],
+                                                       p[4 * kk + 3], desc_v, (first && kk == 0) ? 0 : 1);
+    }
+}
+
+template <class Cfg>
+__device__ __forceinline__ void pingpong_sync(int consumer) {
+    if constexpr (Cfg::kPingpong) bar_sync(kBarPingpongBase + consumer, 2 * 128);
+}
+
+template <class Cfg>
+__device__ __forceinline__ void pingpong_arrive(int consumer) {
+    if constexpr (Cfg::kPingpong) bar_arrive(kBarPingpongBase + (consumer ^ 1), 2 * 128);
+}
+
+// The key blocks that rows [row_begin, row_begin + rows) of a sequence visit (common/block_range.h).
+template <class Cfg>
+__device__ __forceinline__ fa_block_range rows_block_range(const fa_mask &mask, int row_begin, int rows) {
+    return fa_block_range_rows(&mask, row_begin, min(row_begin + rows, mask.len_q), Cfg::kBlockN);
+}
+
+template <class Cfg>
+__device__ __forceinline__ fa_mask sequence_mask(const KernelParams &prm, const fa_seqlen &len) {
+    return make_mask<Cfg::kMask>(len.len_q, len.len_k, prm.window_left, prm.window_right);
+}
+
+// Block n's scores through the score hook, then the mask (FlashAttention's order).
+template <class Cfg>
+__device__ __forceinline__ void score_mod(float (&s)[Cfg::kBlockN / 2], int n, const fa_block_range &range,
+                                          const fa_mask &mask, const fa_score &score, int row0, int lane) {
+    if constexpr (Cfg::kSoftcap) softcap_scores<Cfg::kBlockN>(s, score.softcap_pre);
+    if (block_needs_mask<Cfg::kMask>(range, n)) mask_scores<Cfg::kBlockN, Cfg::kMask>(s, n, row0, mask, lane);
+}
+
+// The warpgroup's Q rows are no longer read: where O is staged elsewhere (a buffer of its own
+// or the V ring), each warp frees them after the wait that retired its last Q K^T, so the
+// producer loads the next tile's rows while this tile finishes. Branch-free: it sits inside
+// the key loop.
+template <class Cfg>
+__device__ __forceinline__ void release_q_after_last_qk(uint32_t bars, int consumer, int lane, bool last) {
+    if constexpr (Cfg::kQFreeAfterLastQk)
+        mbarrier_arrive_if(bars + 8 * (Cfg::kBarQEmpty + consumer), last && lane == 0);
+}
+
+// kOInV: the warpgroup's store thread (store_thread) waits until its previous tile's O store
+// has read the V ring, then lets the producer refill it. Called once in every tile after a
+// CTA's first, as late as that tile allows: under its first Q K^T; before the skip loop of a
+// warpgroup that first waits for V blocks it does not use; or, for rows that see no key,
+// before the epilogue.
+template <class Cfg>
+__device__ __forceinline__ void release_o_in_v(uint32_t bars, bool store_thread) {
+    if constexpr (Cfg::kOInV) {
+        if (store_thread) {
+            cp_async_bulk_wait_group_read_0();
+            mbarrier_arrive(bars + 8 * Cfg::kBarOFree);
+        }
+    }
+}
+
+// Runs the key blocks n_max-1 .. n_min of one tile; leaves O (unnormalised), m and l.
+template <class Cfg>
+__device__ __forceinline__ void consumer_mainloop(ConsumerRing<Cfg> &ring, const fa_block_range &range,
+                                                  const fa_mask &mask, const fa_score &score, uint32_t q_rows,
+                                                  int consumer, int row0, bool release_o,
+                                                  float (&o)[Cfg::kHeadDim / 2], float (&m)[2], float (&l)[2]) {
+    constexpr int kNs = Cfg::kBlockN / 2;
+    float s[kNs];
+    uint32_t p[kNs / 2];
+    float corr[2];
+    const int lane = ring.lane;
+    const float scale_log2 = score.scale_log2;
+    const int n_min = first_block<Cfg::kMask>(range);
+
+    // Each turn issues S_next = Q K_n^T and O += P_{n+1} V_{n+1} together; the softmax of
+    // S_next runs while P V is in flight.
+    const int n_top = range.n_max - 1;
+    uint32_t k_slot = ring.wait_k();
+    {
+        pingpong_sync<Cfg>(consumer);
+        wgmma_fence();
+        issue_qk<Cfg>(s, q_rows, k_slot);
+        wgmma_commit_group();
+        pingpong_arrive<Cfg>(consumer);
+        release_o_in_v<Cfg>(ring.bars, release_o);
+        wgmma_wait_group<0>();
+        fence_operands(s);
+        ring.release_k();
+        release_q_after_last_qk<Cfg>(ring.bars, consumer, lane, n_top == n_min);
+        score_mod<Cfg>(s, n_top, range, mask, score, row0, lane);
+        online_softmax(s, m, l, scale_log2, corr);
+        pack_probs<Cfg::kBf16>(s, p);
+    }
+    // O starts here, not at the first P V: an accumulator that is live through the first
+    // block's softmax (the wgmma operands are read-write) costs 64-128 registers there.
+#pragma unroll
+    for (int i = 0; i < Cfg::kHeadDim / 2; ++i) o[i] = 0.f;
+#pragma unroll 1
+    for (int n = n_top - 1; n >= n_min; --n) {
+        if (!Cfg::kSplitSoftmaxWait || n == n_top - 1) k_slot = ring.wait_k();
+        const uint32_t v_slot = ring.wait_v();
+        pingpong_sync<Cfg>(consumer);
+        fence_operands(o);
+        fence_operands(p);
+        wgmma_fence();
+        issue_qk<Cfg>(s, q_rows, k_slot);  // S_next = Q K_n^T
+        wgmma_commit_group();
+        issue_pv<Cfg>(o, p, v_slot, false);  // O += P_{n+1} V_{n+1}
+        wgmma_commit_group();
+        pingpong_arrive<Cfg>(consumer);
+        wgmma_wait_group<1>();  // S_next is done; P V may still run
+        fence_operands(s);
+        ring.release_k();
+        release_q_after_last_qk<Cfg>(ring.bars, consumer, lane, n == n_min);
+        score_mod<Cfg>(s, n, range, mask, score, row0, lane);
+        const bool rescale = online_softmax_lazy(s, m, l, scale_log2, corr);
+        if constexpr (Cfg::kSplitSoftmaxWait) {
+            // ptxas hoists wgmma.wait_group 0 to the top of its basic block, which would make
+            // the softmax wait for P V. Waiting here for the next K block ends the basic block,
+            // so the exponentials stay ahead of the wait and run under P V.
+            if (n > n_min) k_slot = ring.wait_k();
+        }
+        wgmma_wait_group<0>();  // P V done: O and the P registers are free again
+        fence_operands(o);
+        fence_operands(p);
+        ring.release_v();
+        if (rescale) rescale_rows(o, corr);
+        pack_probs<Cfg::kBf16>(s, p);
+    }
+    {
+        const uint32_t v_slot = ring.wait_v();
+        pingpong_sync<Cfg>(consumer);
+        fence_operands(o);
+        fence_operands(p);
+        wgmma_fence();
+        issue_pv<Cfg>(o, p, v_slot, false);
+        wgmma_commit_group();
+        pingpong_arrive<Cfg>(consumer);
+        wgmma_wait_group<0>();
+        fence_operands(o);
+        ring.release_v();
+    }
+}
+
+}  // namespace fa_sm90
+
+#endif /* FA_SM90_FWD_MAINLOOP_CUH */
