@@ -100,3 +100,55 @@ def check_against_reference(out, lse, ref_out, ref_lse, peer_out):
             lse_err = float(np.max(np.abs(lse[~ref_inf] - ref_lse[~ref_inf])))
             assert lse_err <= LSE_ATOL, f"max |lse - ref| = {lse_err:.3e} > {LSE_ATOL}"
     return err, tol
+
+
+# ---- the mask rule's consequences the tests assert --------------------------------------------
+
+# lse of a row that sees no key, with a sink: the sink's logit, up to the base-2 round trip of
+# the kernels' finalisation (z * log2(e) * ln 2 in float32: a few ulps).
+SINK_LSE_RTOL, SINK_LSE_ATOL = 4e-7, 2e-6
+
+
+def normalized_window(seqlen_q, seqlen_k, causal, window):
+    """(left, right) as csrc/common/mask.h's fa_mask_make normalises them: causal sets right 0;
+    a side that hides nothing for these lengths becomes -1 (empty lengths count as 1)."""
+    sq, sk = max(seqlen_q, 1), max(seqlen_k, 1)
+    left, right = int(window[0]), int(window[1])
+    if causal:
+        right = 0
+    left = -1 if (left < 0 or left >= sk) else left
+    right = -1 if (right < 0 or right >= sq) else right
+    return left, right
+
+
+def expected_kernel(family, head_dim_padded, dtype, seqlen_q, seqlen_k, causal, window,
+                    softcap=0.0, sinks=False):
+    """fwd_<family>_hd<D>_<dtype>[_causal|_window][_softcap][_sinks]; a window that hides
+    nothing for the lengths names the full or causal instance."""
+    left, right = normalized_window(seqlen_q, seqlen_k, causal, window)
+    if left < 0 and right < 0:
+        mask = ""
+    elif left < 0 and right == 0:
+        mask = "_causal"
+    else:
+        mask = "_window"
+    short = {"float16": "fp16", "bfloat16": "bf16"}[dtype]
+    return "fwd_%s_hd%d_%s%s%s%s" % (family, head_dim_padded, short, mask,
+                                     "_softcap" if softcap > 0 else "", "_sinks" if sinks else "")
+
+
+def assert_empty_rows(out, lse, visible, sinks):
+    """Rows that see no key: out exactly 0, lse -inf (no sinks) or sinks[h]. out (B, Sq, H, D),
+    lse (B, H, Sq) as numpy; visible (Sq, Sk)."""
+    empty = ~visible.any(axis=1) if visible.shape[1] else np.ones(visible.shape[0], bool)
+    if not empty.any():
+        return 0
+    assert np.all(out[:, empty] == 0), "a row that sees no key has a nonzero output"
+    rows = lse[:, :, empty]
+    if sinks is None:
+        assert np.all(np.isneginf(rows)), "a row that sees no key has lse != -inf"
+    else:
+        expect = np.broadcast_to(np.asarray(sinks, np.float64)[None, :, None], rows.shape)
+        np.testing.assert_allclose(rows, expect, rtol=SINK_LSE_RTOL, atol=SINK_LSE_ATOL,
+                                   err_msg="lse of a row that sees no key must be sinks[h]")
+    return int(empty.sum())
