@@ -66,21 +66,24 @@ def parse_archs():
 
 
 def kernel_sources():
-    """(source, gencode flags, define) per kernel family selected by FLASHATTN_C_ARCHS."""
+    """(source, gencode flags, define) per CUDA translation unit of the kernel families selected
+    by FLASHATTN_C_ARCHS: every csrc/kernels/fwd_<family>*.cu (the sm90 family has one per head
+    dim, listed in sm90_instances.def, so they compile in parallel)."""
     plain, with_sm90 = parse_archs()
     families = []
     if plain:
         gencodes = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in plain]
         gencodes.append(f"-gencode=arch=compute_{plain[0]},code=compute_{plain[0]}")
-        families.append((os.path.join(CSRC, "kernels", "fwd_sm80.cu"), gencodes, "FA_WITH_SM80"))
+        families.append(("fwd_sm80", gencodes, "FA_WITH_SM80"))
     if with_sm90:
-        families.append(
-            (os.path.join(CSRC, "kernels", "fwd_sm90.cu"),
-             ["-gencode=arch=compute_90a,code=sm_90a"], "FA_WITH_SM90")
-        )
+        families.append(("fwd_sm90", ["-gencode=arch=compute_90a,code=sm_90a"], "FA_WITH_SM90"))
     if not families:
         raise RuntimeError("FLASHATTN_C_ARCHS selects no kernel family")
-    return families
+    kernels = os.path.join(CSRC, "kernels")
+    return [(os.path.join(kernels, name), gencodes, define)
+            for stem, gencodes, define in families
+            for name in sorted(os.listdir(kernels))
+            if name.endswith(".cu") and (name == stem + ".cu" or name.startswith(stem + "_"))]
 
 
 def source_digest(src, cmd):
@@ -114,7 +117,7 @@ class CudaBuildExt(build_ext):
         import numpy  # a build requirement (pyproject.toml)
 
         families = kernel_sources()
-        defines = [(d, "1") for _, _, d in families]
+        defines = [(d, "1") for d in sorted({d for _, _, d in families})]
         include_dirs = [os.path.join(HERE, CSRC), os.path.join(cuda_root, "include"),
                         numpy.get_include()]
         os.makedirs(self.build_temp, exist_ok=True)

@@ -1,0 +1,159 @@
+/*
+ * sm90_fwd_launch.cuh -- host side of one head dim's sm90 forward instances: find the
+ * instance of sm90_instances.def that serves a problem, fill its KernelParams (tensor maps,
+ * score hook, window, sinks, scheduler) and launch it.
+ *
+ * fwd_sm90_hd<D>.cu expands FA_SM90_DEFINE_HEAD_DIM(D) into its two C entry points;
+ * fwd_sm90.cu routes the family's calls (kernels.h) to them by head dim. launch.c has checked
+ * the launch (block, shared memory, grid, arch) before any of this runs.
+ */
+#ifndef FA_SM90_FWD_LAUNCH_CUH
+#define FA_SM90_FWD_LAUNCH_CUH
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "kernels.h"
+#include "sm90_fwd_kernel.cuh"
+#include "sm90_tensor_map.h"
+#include "sm90_tiles.h"
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#error "the sm90 forward uses wgmma and setmaxnreg: build it for sm_90a (-gencode arch=compute_90a,code=sm_90a)"
+#endif
+
+namespace fa_sm90 {
+
+// Whether this translation unit carries sm_90a SASS (the kernels are empty stubs otherwise).
+constexpr bool built_for_sm90() {
+#if defined(__CUDA_ARCH_LIST__)
+    constexpr int archs[] = {__CUDA_ARCH_LIST__};
+    for (int a : archs)
+        if (a == 900) return true;
+#endif
+    return false;
+}
+
+// Calls f(Config<...>{}) for the instance of head dim kHd that serves p (mask kind, short
+// keys, softcap, dtype); false when sm90_instances.def has none.
+template <int kHd, class F>
+bool dispatch_head_dim(const fa_params *p, F &&f) {
+    const int mask = fa_params_mask_kind(p);
+    const bool short_keys = FA_SM90_SHORT_KEYS(kHd, mask != FA_MASK_NONE, p->seqlen_k);
+    const bool softcap = p->softcap > 0.f;
+    const bool bf16 = p->dtype == FA_BFLOAT16;
+    if (p->dtype != FA_FLOAT16 && p->dtype != FA_BFLOAT16) return false;
+#define FA_SM90_INSTANCE(HD, MASK, SHORT)                                                  \
+    if constexpr (HD == kHd) {                                                             \
+        if (mask == MASK && short_keys == (SHORT != 0)) {                                  \
+            constexpr int kBlockN = FA_SM90_BLOCK_N(HD, MASK != FA_MASK_NONE, SHORT);      \
+            if (softcap && bf16) f(Config<HD, kBlockN, MASK, true, true>{});               \
+            if (softcap && !bf16) f(Config<HD, kBlockN, MASK, true, false>{});             \
+            if (!softcap && bf16) f(Config<HD, kBlockN, MASK, false, true>{});             \
+            if (!softcap && !bf16) f(Config<HD, kBlockN, MASK, false, false>{});           \
+            return true;                                                                   \
+        }                                                                                  \
+    }
+#include "sm90_instances.def"
+#undef FA_SM90_INSTANCE
+    return false;
+}
+
+// The kernel's arguments for p; false when a tensor map cannot be encoded.
+template <class Cfg>
+bool make_kernel_params(const fa_params *p, const fa_launch *cfg, fa_sm90_host::EncodeTiledFn encode,
+                        KernelParams *prm) {
+    using fa_sm90_host::encode_map;
+    std::memset(prm, 0, sizeof(*prm));
+    const CUtensorMapDataType dt = Cfg::kBf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+    // seqlen_k == 0 may come with NULL k/v and zero strides. No K/V box is issued then,
+    // but the encoder wants a legal map: describe q's memory instead.
+    const bool no_keys = p->seqlen_k == 0;
+    const bool ok =
+        encode_map(encode, &prm->tmap_q, dt, p->q, p->head_dim, p->seqlen_q, p->heads_q, p->batch,
+                   p->q_row_stride, p->q_head_stride, p->q_batch_stride, 64) &&
+        (no_keys
+             ? encode_map(encode, &prm->tmap_k, dt, p->q, p->head_dim, 1, p->heads_q, p->batch,
+                          p->q_row_stride, p->q_head_stride, p->q_batch_stride, Cfg::kBlockN) &&
+                   encode_map(encode, &prm->tmap_v, dt, p->q, p->head_dim, 1, p->heads_q, p->batch,
+                              p->q_row_stride, p->q_head_stride, p->q_batch_stride, Cfg::kBlockN)
+             : encode_map(encode, &prm->tmap_k, dt, p->k, p->head_dim, p->seqlen_k, p->heads_kv,
+                          p->batch, p->k_row_stride, p->k_head_stride, p->k_batch_stride,
+                          Cfg::kBlockN) &&
+                   encode_map(encode, &prm->tmap_v, dt, p->v, p->head_dim, p->seqlen_k, p->heads_kv,
+                              p->batch, p->v_row_stride, p->v_head_stride, p->v_batch_stride,
+                              Cfg::kBlockN)) &&
+        encode_map(encode, &prm->tmap_o, dt, p->out, p->head_dim, p->seqlen_q, p->heads_q, p->batch,
+                   p->o_row_stride, p->o_head_stride, p->o_batch_stride, 64);
+    if (!ok) return false;
+    prm->lse = p->lse;
+    prm->score = fa_score_make(p->softmax_scale, p->softcap);
+    prm->window_left = p->window_left;
+    prm->window_right = p->causal ? 0 : p->window_right;
+    prm->sinks = p->sinks;
+    SchedulerArgs &s = prm->sched;
+    s.batch = p->batch;
+    s.heads_q = p->heads_q;
+    s.heads_kv = p->heads_kv;
+    s.seqlen_q = p->seqlen_q;
+    s.seqlen_k = p->seqlen_k;
+    s.cu_seqlens_q = p->cu_seqlens_q;
+    s.cu_seqlens_k = p->cu_seqlens_k;
+    s.num_m_blocks = (p->seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM;
+    const int num_tiles = s.num_m_blocks * p->heads_q * p->batch;  // <= INT32_MAX - grid (launch.c)
+    s.causal = Cfg::kCausal ? 1 : 0;
+    // Pairs need up to 2 * grid more loop indices than tiles; past 32 bits (launch.c keeps
+    // num_tiles + grid within them) the tiles go one by one instead.
+    const int64_t grid_x = cfg->grid[0];
+    const int64_t pairs = (int64_t)((s.num_m_blocks + 1) / 2) * p->heads_q * p->batch;
+    const int64_t pair_iters = 2 * grid_x * ((pairs + grid_x - 1) / grid_x);
+    s.pair_tiles = Cfg::kCausal && num_tiles >= 2 * grid_x &&
+                   pair_iters <= (int64_t)INT32_MAX - grid_x;
+    s.num_iters = s.pair_tiles ? (int)pair_iters : num_tiles;
+
+    return true;
+}
+
+template <int kHd>
+const void *instance_kernel_fn(const fa_params *p) {
+    const void *fn = nullptr;
+    if (built_for_sm90())
+        dispatch_head_dim<kHd>(p, [&](auto cfg) { fn = reinterpret_cast<const void *>(&fwd_kernel<decltype(cfg)>); });
+    return fn;
+}
+
+template <int kHd>
+cudaError_t instance_launch(const fa_params *p, const fa_launch *cfg, cudaStream_t stream) {
+    fa_sm90_host::EncodeTiledFn encode = fa_sm90_host::encode_tiled_fn();
+    if (!built_for_sm90() || encode == nullptr) return cudaErrorInvalidValue;
+    cudaError_t status = cudaErrorInvalidValue;
+    dispatch_head_dim<kHd>(p, [&](auto cfg_tag) {
+        using Cfg = decltype(cfg_tag);
+        // The launch config must describe this instance (launch.c and sm90_tiles.h agree).
+        if (cfg->block_n != Cfg::kBlockN || cfg->block_m != Cfg::kBlockM || cfg->head_dim_padded != Cfg::kHeadDim ||
+            cfg->smem_bytes < Cfg::kSmemBytes)
+            return;
+        KernelParams prm;
+        if (!make_kernel_params<Cfg>(p, cfg, encode, &prm)) return;
+        const dim3 grid(cfg->grid[0], cfg->grid[1], cfg->grid[2]);
+        const dim3 block(cfg->block[0], cfg->block[1], cfg->block[2]);
+        fwd_kernel<Cfg><<<grid, block, cfg->smem_bytes, stream>>>(prm);
+        status = cudaGetLastError();
+    });
+    return status;
+}
+
+}  // namespace fa_sm90
+
+// The C entry points of one head dim, routed to by fwd_sm90.cu.
+#define FA_SM90_DEFINE_HEAD_DIM(HD)                                                                       \
+    extern "C" const void *fa_sm90_hd##HD##_kernel_fn(const fa_params *p) {                              \
+        return fa_sm90::instance_kernel_fn<HD>(p);                                                       \
+    }                                                                                                     \
+    extern "C" cudaError_t fa_sm90_hd##HD##_launch(const fa_params *p, const fa_launch *cfg, cudaStream_t s) { \
+        return fa_sm90::instance_launch<HD>(p, cfg, s);                                                  \
+    }
+
+#endif /* FA_SM90_FWD_LAUNCH_CUH */
