@@ -58,13 +58,42 @@ static inline PyObject *Py_NewRef(PyObject *o)
 /* Handle 0 is the legacy default stream in this (non per-thread) build: compare as 1. */
 static uintptr_t canonical_stream(uintptr_t s) { return s == 0 ? FA_STREAM_LEGACY : s; }
 
-void fa_raise_cuda_error(PyObject *cuda_error_type, cudaError_t code, const char *message)
+/* The "<call> failed at <file>:<line>" part of a "...: <name>: <text>" failure message. */
+static void call_site_of(const char *detail, cudaError_t code, char *buf, size_t len)
+{
+    char marker[96];
+    snprintf(marker, sizeof marker, ": %s", cudaGetErrorName(code));
+    const char *end = strstr(detail, marker);
+    size_t n = end ? (size_t)(end - detail) : strlen(detail);
+    if (n >= len)
+        n = len - 1;
+    memcpy(buf, detail, n);
+    buf[n] = '\0';
+}
+
+static int set_str_attr(PyObject *obj, const char *name, const char *value)
+{
+    PyObject *v = PyUnicode_DecodeUTF8(value, (Py_ssize_t)strlen(value), "replace");
+    if (!v)
+        return -1;
+    int rc = PyObject_SetAttrString(obj, name, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+void fa_raise_cuda_error(PyObject *cuda_error_type, cudaError_t code, const char *message,
+                         const char *detail)
 {
     PyObject *exc = PyObject_CallFunction(cuda_error_type, "s", message);
     if (!exc)
         return;
+    char site[512];
+    call_site_of(detail ? detail : message, code, site, sizeof site);
     PyObject *value = PyLong_FromLong((long)code);
-    if (!value || PyObject_SetAttrString(exc, "cuda_error", value) < 0) {
+    if (!value || PyObject_SetAttrString(exc, "cuda_error", value) < 0 ||
+        set_str_attr(exc, "cuda_error_name", cudaGetErrorName(code)) < 0 ||
+        set_str_attr(exc, "cuda_error_string", cudaGetErrorString(code)) < 0 ||
+        set_str_attr(exc, "call_site", site) < 0) {
         Py_XDECREF(value);
         Py_DECREF(exc);
         return;
@@ -82,7 +111,7 @@ static void raise_cuda(fa_device_array *self, cudaError_t err, const char *call,
              cudaGetErrorName(err), cudaGetErrorString(err));
     (void)cudaGetLastError(); /* a non-sticky error must not trip the next call */
     if (st && st->CudaError)
-        fa_raise_cuda_error(st->CudaError, err, msg);
+        fa_raise_cuda_error(st->CudaError, err, msg, msg);
     else
         PyErr_SetString(PyExc_RuntimeError, msg);
 }

@@ -84,8 +84,11 @@ fa_device_array *fa_device_array_new(PyTypeObject *type, int ndim, const int64_t
  * `a` yet). */
 cudaError_t fa_device_array_allocate(fa_device_array *a);
 
-/* Raises `cuda_error_type` (flashattn_c.CudaError) with `message`; the exception's
- * `cuda_error` attribute holds the numeric cudaError_t. */
-void fa_raise_cuda_error(PyObject *cuda_error_type, cudaError_t code, const char *message);
+/* Raises `cuda_error_type` (flashattn_c.CudaError) with `message`. Attributes of the exception:
+ * cuda_error (the numeric cudaError_t), cuda_error_name ("cudaErrorNoDevice"),
+ * cuda_error_string (CUDA's description) and call_site ("<call> failed at <file>:<line>", read
+ * off `detail`, a "<call> failed at <file>:<line>: <name>: <text>" message; NULL: `message`). */
+void fa_raise_cuda_error(PyObject *cuda_error_type, cudaError_t code, const char *message,
+                         const char *detail);
 
 #endif /* FA_DEVICE_ARRAY_H */

@@ -2,9 +2,11 @@
  * module.c -- flashattn_c._C: the Python entry points over the C API of flashattn.h.
  *
  *   forward(q, k, v, out=None, *, causal, softmax_scale, return_lse, stream, device_kind,
- *           device_index, kernel, stream_owner) -> (out, lse or None)
+ *           device_index, kernel, stream_owner, window_left, window_right, softcap, sinks)
+ *       -> (out, lse or None)
  *       q (batch, seqlen_q, heads_q, head_dim); k, v (batch, seqlen_k, heads_kv, head_dim);
- *       out like q; lse float32 (batch, heads_q, seqlen_q). Three paths:
+ *       out like q; lse float32 (batch, heads_q, seqlen_q); sinks float32 (heads_q,) where q
+ *       lives. Three paths:
  *         device inputs     -> fa_forward on the inputs' GPU, results in DeviceArrays
  *         host inputs       -> copy in, fa_forward, copy out (device_kind auto or cuda)
  *         device_kind cpu   -> fa_forward_cpu on the host arrays
@@ -25,12 +27,14 @@
 #define PY_ARRAY_UNIQUE_SYMBOL flashattn_c_ARRAY_API
 #include <numpy/arrayobject.h>
 
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cuda_runtime_api.h>
 
@@ -75,7 +79,15 @@ static fa_module_state *module_state(PyObject *module)
 /* ------------------------------------------------------------------------------------------ */
 /* Errors recorded without the GIL, raised after it is taken back                              */
 
-typedef enum { ERR_NONE = 0, ERR_VALUE, ERR_TYPE, ERR_RUNTIME, ERR_CUDA, ERR_MEMORY } err_kind;
+typedef enum {
+    ERR_NONE = 0,
+    ERR_VALUE,
+    ERR_TYPE,
+    ERR_RUNTIME,
+    ERR_CUDA,
+    ERR_MEMORY,
+    ERR_INTERRUPTED, /* the interrupt callback saw a signal handler raise: that exception stands */
+} err_kind;
 
 typedef struct {
     err_kind kind;
@@ -126,6 +138,8 @@ static void fail_status(call_error *e, fa_status s)
             fail(e, ERR_CUDA, "%s", fa_last_error());
         }
         return;
+    case FA_ERR_OUT_OF_MEMORY: fail(e, ERR_MEMORY, "%s", fa_last_error()); return;
+    case FA_ERR_INTERRUPTED: fail(e, ERR_INTERRUPTED, "%s", fa_last_error()); return;
     case FA_ERR_NO_KERNEL_FOR_ARCH:
     case FA_ERR_LAUNCH_CONFIG:
     default: fail(e, ERR_RUNTIME, "%s", fa_last_error()); return;
@@ -141,6 +155,48 @@ static int is_no_gpu_error(cudaError_t err)
            err == cudaErrorStubLibrary;
 }
 
+/* The oldest driver branch that runs a CUDA runtime of this major version. */
+static const char *driver_branch_for(int runtime_version)
+{
+    switch (runtime_version / 1000) {
+    case 11: return "R450";
+    case 12: return "R525";
+    case 13: return "R580";
+    }
+    return "a newer driver";
+}
+
+/* Why there is no usable GPU, told apart by what the driver says: no driver at all
+ * (driver_version 0, as cudaDriverGetVersion reports when libcuda cannot be loaded), a driver
+ * older than the statically linked runtime, no visible device, or another reason. */
+static void describe_no_gpu(cudaError_t err, int driver_version, char *buf, size_t len)
+{
+    const int rt = CUDART_VERSION;
+    if (driver_version <= 0) {
+        snprintf(buf, len,
+                 "no NVIDIA driver found (the CUDA driver library libcuda.so.1 could not be "
+                 "loaded): this machine has no driver, so no GPU to run on");
+    } else if (err == cudaErrorInsufficientDriver || driver_version / 1000 < rt / 1000) {
+        snprintf(buf, len,
+                 "the NVIDIA driver supports CUDA %d.%d, older than the CUDA %d.%d runtime this "
+                 "build links statically: install a %s or newer driver, or rebuild with the "
+                 "toolkit the driver supports",
+                 driver_version / 1000, driver_version % 1000 / 10, rt / 1000, rt % 1000 / 10,
+                 driver_branch_for(rt));
+    } else if (err == cudaErrorNoDevice) {
+        const char *visible = getenv("CUDA_VISIBLE_DEVICES");
+        if (visible)
+            snprintf(buf, len,
+                     "the NVIDIA driver (CUDA %d.%d) sees no GPU (CUDA_VISIBLE_DEVICES='%s')",
+                     driver_version / 1000, driver_version % 1000 / 10, visible);
+        else
+            snprintf(buf, len, "the NVIDIA driver (CUDA %d.%d) sees no GPU",
+                     driver_version / 1000, driver_version % 1000 / 10);
+    } else {
+        snprintf(buf, len, "%s: %s", cudaGetErrorName(err), cudaGetErrorString(err));
+    }
+}
+
 /* Raises e as a Python exception. `hint` is appended when the failure is a missing GPU. */
 static PyObject *raise_call_error(fa_module_state *st, const call_error *e, const char *hint)
 {
@@ -150,14 +206,24 @@ static PyObject *raise_call_error(fa_module_state *st, const call_error *e, cons
     case ERR_VALUE: PyErr_SetString(PyExc_ValueError, e->msg); break;
     case ERR_TYPE: PyErr_SetString(PyExc_TypeError, e->msg); break;
     case ERR_RUNTIME: PyErr_SetString(PyExc_RuntimeError, e->msg); break;
-    case ERR_MEMORY: PyErr_NoMemory(); break;
+    case ERR_MEMORY: PyErr_SetString(PyExc_MemoryError, e->msg[0] ? e->msg : "out of memory");
+        break;
+    case ERR_INTERRUPTED:
+        /* The signal handler's exception (KeyboardInterrupt for SIGINT) is already set. */
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_KeyboardInterrupt, e->msg);
+        break;
     case ERR_CUDA:
         if (is_no_gpu_error(e->cuda)) {
-            char msg[1024];
-            snprintf(msg, sizeof msg, "no usable GPU: %s%s", e->msg, hint ? hint : "");
-            fa_raise_cuda_error(st->CudaError, e->cuda, msg);
+            int driver = 0;
+            if (cudaDriverGetVersion(&driver) != cudaSuccess)
+                driver = 0;
+            char reason[512], msg[1024];
+            describe_no_gpu(e->cuda, driver, reason, sizeof reason);
+            snprintf(msg, sizeof msg, "no usable GPU: %s%s", reason, hint ? hint : "");
+            fa_raise_cuda_error(st->CudaError, e->cuda, msg, e->msg);
         } else {
-            fa_raise_cuda_error(st->CudaError, e->cuda, e->msg);
+            fa_raise_cuda_error(st->CudaError, e->cuda, e->msg, e->msg);
         }
         break;
     }
@@ -207,8 +273,13 @@ static uintptr_t canonical_stream(uintptr_t s) { return s == 0 ? (uintptr_t)1 : 
 /* ------------------------------------------------------------------------------------------ */
 /* Validation of forward()'s arguments (GIL held, no CUDA calls)                               */
 
+/* The array arguments of forward(), each imported into one role-tagged view. */
+enum { ROLE_Q = 0, ROLE_K, ROLE_V, ROLE_OUT, ROLE_SINKS, NUM_ROLES };
+static const char *const ROLE_NAMES[NUM_ROLES] = {"q", "k", "v", "out", "sinks"};
+
 typedef struct {
     fa_tensor *q, *k, *v, *out; /* out NULL when the call allocates it */
+    fa_tensor *sinks;           /* NULL when not given */
     int device_kind, device_index;
     int known_device; /* the inputs' CUDA ordinal when a DLPack producer said it, else -1 */
 } call_args;
@@ -303,11 +374,41 @@ static int check_out_overlap(const fa_tensor *out, fa_tensor *const inputs[3])
     return 0;
 }
 
+/* sinks: float32 (heads_q,), unit stride: one logit per query head, read where q lives. */
+static int check_sinks(const fa_tensor *sinks, const fa_tensor *q)
+{
+    if (sinks->ndim != 1) {
+        PyErr_Format(PyExc_ValueError, "sinks must be 1-D (heads_q,), got %d-D", sinks->ndim);
+        return -1;
+    }
+    if (sinks->dtype != FA_FLOAT32) {
+        PyErr_Format(PyExc_TypeError, "sinks must be float32, got %s", sinks->dtype_name);
+        return -1;
+    }
+    if (sinks->shape[0] != q->shape[2]) {
+        PyErr_Format(PyExc_ValueError,
+                     "sinks must have heads_q = %lld entries (one logit per query head), got %lld",
+                     (long long)q->shape[2], (long long)sinks->shape[0]);
+        return -1;
+    }
+    if (sinks->shape[0] > 1 && sinks->strides[0] != 1) {
+        PyErr_Format(PyExc_ValueError, "sinks must be contiguous, got stride %lld",
+                     (long long)sinks->strides[0]);
+        return -1;
+    }
+    return 0;
+}
+
 static int validate(call_args *a)
 {
     fa_tensor *q = a->q, *k = a->k, *v = a->v, *out = a->out;
-    fa_tensor *all[4] = {q, k, v, out};
-    const int n = out ? 4 : 3;
+    /* Every view given, in role order: q, k, v, then out and sinks when present. */
+    fa_tensor *all[NUM_ROLES] = {q, k, v};
+    int n = 3;
+    if (out)
+        all[n++] = out;
+    if (a->sinks)
+        all[n++] = a->sinks;
     char p1[48], p2[48];
 
     if (check_ndim(q, Q_DIMS) < 0 || check_ndim(k, KV_DIMS) < 0 || check_ndim(v, KV_DIMS) < 0)
@@ -317,9 +418,16 @@ static int validate(call_args *a)
         if (all[i]->on_device != q->on_device) {
             format_place(q, p1, sizeof p1);
             format_place(all[i], p2, sizeof p2);
-            PyErr_Format(PyExc_ValueError,
-                         "host arrays cannot be mixed with device arrays: q is on %s, %s is on %s",
-                         p1, all[i]->name, p2);
+            if (all[i] == a->sinks)
+                PyErr_Format(PyExc_ValueError,
+                             "sinks must live where q lives (a device array on q's GPU, a host "
+                             "array for host q): q is on %s, sinks is on %s",
+                             p1, p2);
+            else
+                PyErr_Format(PyExc_ValueError,
+                             "host arrays cannot be mixed with device arrays: q is on %s, %s is "
+                             "on %s",
+                             p1, all[i]->name, p2);
             return -1;
         }
     }
@@ -382,6 +490,8 @@ static int validate(call_args *a)
     }
     if (check_unit_head_stride(q) < 0 || check_unit_head_stride(k) < 0 ||
         check_unit_head_stride(v) < 0)
+        return -1;
+    if (a->sinks && check_sinks(a->sinks, q) < 0)
         return -1;
 
     if (out) {
@@ -487,7 +597,7 @@ static void set_layouts(fa_params *p, const fa_tensor *q, const fa_tensor *k, co
 
 typedef struct {
     fa_params p;
-    fa_tensor *views[4]; /* q, k, v, out (out NULL when allocated here) */
+    fa_tensor *views[NUM_ROLES]; /* by role; out and sinks NULL when not given */
     int return_lse;
     uintptr_t stream;
     int stream_on_inputs_device; /* layouts= (torch fast path): torch's current stream of the
@@ -549,7 +659,7 @@ static void run_device_inputs(job *j)
     /* Ask the driver where each pointer lives: __cuda_array_interface__ does not say, and a
      * DLPack producer's claim of kDLCUDA is checked rather than trusted (a host address handed
      * to the kernel would fault, or silently read host memory). */
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < NUM_ROLES; i++) {
         fa_tensor *t = j->views[i];
         if (!t)
             continue;
@@ -606,7 +716,7 @@ static void run_device_inputs(job *j)
     }
 
     cudaStream_t stream = (cudaStream_t)j->stream;
-    for (int i = 0; i < 4 && !j->err.kind; i++) {
+    for (int i = 0; i < NUM_ROLES && !j->err.kind; i++) {
         const fa_tensor *t = j->views[i];
         if (t && t->has_stream && canonical_stream(t->stream) != canonical_stream(j->stream))
             wait_for_stream(j, stream, t->stream);
@@ -630,13 +740,15 @@ static void run_device_inputs(job *j)
 /* Host arrays, computed on the GPU: compact device copies in, compact results out. */
 static void run_host_on_gpu(job *j)
 {
-    fa_tensor *q = j->views[0], *k = j->views[1], *v = j->views[2], *out = j->views[3];
+    fa_tensor *q = j->views[ROLE_Q], *k = j->views[ROLE_K], *v = j->views[ROLE_V];
+    fa_tensor *out = j->views[ROLE_OUT], *sinks = j->views[ROLE_SINKS];
     const size_t es = (size_t)fa_dtype_itemsize(j->p.dtype);
     const size_t q_bytes = (size_t)fa_tensor_numel(q) * es;
     const size_t kv_bytes = (size_t)fa_tensor_numel(k) * es;
     const size_t lse_bytes =
         j->return_lse ? (size_t)j->p.batch * (size_t)j->p.heads_q * (size_t)j->p.seqlen_q * 4 : 0;
-    void *d_q = NULL, *d_k = NULL, *d_v = NULL, *d_out = NULL, *d_lse = NULL;
+    const size_t sinks_bytes = sinks ? (size_t)fa_tensor_numel(sinks) * 4 : 0;
+    void *d_q = NULL, *d_k = NULL, *d_v = NULL, *d_out = NULL, *d_lse = NULL, *d_sinks = NULL;
     void *staging[4] = {NULL, NULL, NULL, NULL};
     int previous = -1;
     cudaStream_t stream = (cudaStream_t)j->stream;
@@ -665,11 +777,14 @@ static void run_host_on_gpu(job *j)
         CUDA_OR_FAIL(&j->err, fa_device_buffer_alloc(&d_out, q_bytes, stream, exact));
     if (!j->err.kind)
         CUDA_OR_FAIL(&j->err, fa_device_buffer_alloc(&d_lse, lse_bytes, stream, exact));
+    if (!j->err.kind)
+        CUDA_OR_FAIL(&j->err, fa_device_buffer_alloc(&d_sinks, sinks_bytes, stream, exact));
 
-    fa_tensor *inputs[3] = {q, k, v};
-    void *device_bufs[3] = {d_q, d_k, d_v};
-    const size_t sizes[3] = {q_bytes, kv_bytes, kv_bytes};
-    for (int i = 0; i < 3 && !j->err.kind; i++) {
+    /* sinks is contiguous (validate): copied as is, like a compact input. */
+    fa_tensor *inputs[4] = {q, k, v, sinks};
+    void *device_bufs[4] = {d_q, d_k, d_v, d_sinks};
+    const size_t sizes[4] = {q_bytes, kv_bytes, kv_bytes, sinks_bytes};
+    for (int i = 0; i < 4 && !j->err.kind; i++) {
         if (!sizes[i])
             continue;
         const void *src = inputs[i]->data;
@@ -692,6 +807,7 @@ static void run_host_on_gpu(job *j)
         j->p.v = d_v;
         j->p.out = d_out;
         j->p.lse = (float *)d_lse;
+        j->p.sinks = sinks ? (const float *)d_sinks : NULL;
         fail_status(&j->err, fa_forward(&j->p, stream));
     }
 
@@ -717,8 +833,8 @@ static void run_host_on_gpu(job *j)
     if (!j->err.kind && staging[3])
         fa_tensor_unpack(staging[3], out);
 
-    void *device_all[5] = {d_q, d_k, d_v, d_out, d_lse};
-    for (int i = 0; i < 5; i++)
+    void *device_all[6] = {d_q, d_k, d_v, d_out, d_lse, d_sinks};
+    for (int i = 0; i < 6; i++)
         (void)fa_device_buffer_free(device_all[i], stream, exact);
     if (j->err.kind)
         (void)cudaStreamSynchronize(stream); /* the host buffers must outlive queued copies */
@@ -726,6 +842,35 @@ static void run_host_on_gpu(job *j)
         free(staging[i]);
     if (target != previous)
         (void)cudaSetDevice(previous);
+}
+
+/* The host reference's interrupt callback (fa_params.interrupt), called between chunks with no
+ * lock held and the GIL released: at most every INTERRUPT_POLL_NS it takes the GIL and runs
+ * the pending signal handlers (only the main thread has any). A handler that raises, as
+ * SIGINT's does with KeyboardInterrupt, stops the call; its exception stays set on this
+ * thread and is what the call raises. */
+#define INTERRUPT_POLL_NS 20000000LL
+
+typedef struct {
+    struct timespec last;
+} interrupt_state;
+
+static long long elapsed_ns(const struct timespec *from, const struct timespec *to)
+{
+    return (long long)(to->tv_sec - from->tv_sec) * 1000000000LL + (to->tv_nsec - from->tv_nsec);
+}
+
+static int check_interrupt(void *ctx)
+{
+    interrupt_state *st = (interrupt_state *)ctx;
+    struct timespec now;
+    if (clock_gettime(CLOCK_MONOTONIC, &now) == 0 && elapsed_ns(&st->last, &now) < INTERRUPT_POLL_NS)
+        return 0;
+    st->last = now;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    const int raised = PyErr_CheckSignals() < 0;
+    PyGILState_Release(gil);
+    return raised;
 }
 
 /* Host arrays on the C reference (device='cpu'). */
@@ -760,7 +905,13 @@ static void run_host_on_cpu(job *j)
         j->p.out = out ? out->data : j->out_host;
     }
     j->p.lse = j->return_lse ? j->lse_host : NULL;
+    interrupt_state interrupt;
+    (void)clock_gettime(CLOCK_MONOTONIC, &interrupt.last);
+    j->p.interrupt = check_interrupt;
+    j->p.interrupt_ctx = &interrupt;
     fail_status(&j->err, fa_forward_cpu(&j->p));
+    j->p.interrupt = NULL;
+    j->p.interrupt_ctx = NULL;
     if (!j->err.kind && staging[3])
         fa_tensor_unpack(staging[3], out);
 done:
@@ -791,27 +942,84 @@ static int parse_stream(PyObject *obj, uintptr_t *stream)
     return 0;
 }
 
-/* softmax_scale: None -> NaN (meaning "1/sqrt(head_dim)"), else a finite float >= 0. */
+/* A bool flag: True, False or numpy.bool_ (flashattn_c._api also unwraps 0-d torch bools).
+ * Truthiness is not enough: causal="False" is a string, not a flag. */
+static int parse_flag(PyObject *obj, const char *name, int *flag)
+{
+    if (PyBool_Check(obj) || PyArray_IsScalar(obj, Bool)) {
+        *flag = PyObject_IsTrue(obj);
+        return *flag < 0 ? -1 : 0;
+    }
+    PyErr_Format(PyExc_TypeError, "%s must be a bool, got %.100s", name, Py_TYPE(obj)->tp_name);
+    return -1;
+}
+
+/* A real number (int, float, or a NumPy scalar of either) for a float32 parameter: not a bool,
+ * not NaN, >= 0 and at most FLT_MAX, so that it reaches the kernels as a finite float (values
+ * below float32's smallest round to 0). An int too large for a double is out of range too. */
+static int parse_real(PyObject *obj, const char *name, double *value)
+{
+    if (PyBool_Check(obj) || PyArray_IsScalar(obj, Bool) || PyComplex_Check(obj) ||
+        PyArray_IsScalar(obj, ComplexFloating) ||
+        !(PyFloat_Check(obj) || PyLong_Check(obj) || PyArray_IsScalar(obj, Number))) {
+        PyErr_Format(PyExc_TypeError, "%s must be a real number (int or float), got %.100s", name,
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    char limit[32], text[64];
+    snprintf(limit, sizeof limit, "%g", (double)FLT_MAX);
+    double v = PyFloat_AsDouble(obj);
+    if (v == -1.0 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return -1;
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError,
+                     "%s must be at most %s (the largest float32), got an int beyond float range",
+                     name, limit);
+        return -1;
+    }
+    snprintf(text, sizeof text, "%g", v);
+    if (!isfinite(v) || v < 0.0) {
+        PyErr_Format(PyExc_ValueError, "%s must be finite and >= 0, got %s", name, text);
+        return -1;
+    }
+    if (v > (double)FLT_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s must be at most %s (the largest float32), got %s",
+                     name, limit, text);
+        return -1;
+    }
+    *value = v;
+    return 0;
+}
+
+/* softmax_scale: None -> NaN (meaning "1/sqrt(head_dim)"), else a real in [0, FLT_MAX]. */
 static int parse_scale(PyObject *obj, double *scale)
 {
     *scale = NAN;
     if (obj == Py_None)
         return 0;
-    double v = PyFloat_AsDouble(obj);
-    if (v == -1.0 && PyErr_Occurred()) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "softmax_scale must be a float or None, got %.100s",
-                     Py_TYPE(obj)->tp_name);
+    return parse_real(obj, "softmax_scale", scale);
+}
+
+/* softcap: a real in [0, FLT_MAX], 0 = off; NULL (not given) is off too. */
+static int parse_softcap(PyObject *obj, double *softcap)
+{
+    *softcap = 0.0;
+    if (!obj)
+        return 0;
+    return parse_real(obj, "softcap", softcap);
+}
+
+/* window_size as the C layer takes it: each side an int >= -1 (-1: unbounded). */
+static int check_window(int left, int right)
+{
+    if (left < -1 || right < -1) {
+        PyErr_Format(PyExc_ValueError,
+                     "window_size must be (left, right) with each an int >= -1 (-1: unbounded), "
+                     "got (%d, %d)",
+                     left, right);
         return -1;
     }
-    /* The kernels take a float: a double that overflows it is not finite either. */
-    if (!isfinite(v) || !isfinite((float)v) || v < 0.0) {
-        char text[64];
-        snprintf(text, sizeof text, "%g", v);
-        PyErr_Format(PyExc_ValueError, "softmax_scale must be finite and >= 0, got %s", text);
-        return -1;
-    }
-    *scale = v;
     return 0;
 }
 
@@ -843,24 +1051,32 @@ static PyObject *py_forward(PyObject *module, PyObject *args, PyObject *kwargs)
     static char *kwlist[] = {"q",      "k",           "v",            "out",
                              "causal", "softmax_scale", "return_lse", "stream",
                              "device_kind", "device_index", "kernel",  "stream_owner",
-                             "layouts", "lse_ptr", NULL};
+                             "layouts", "lse_ptr", "window_left", "window_right",
+                             "softcap", "sinks", NULL};
     fa_module_state *st = module_state(module);
     PyObject *q_obj, *k_obj, *v_obj, *out_obj = Py_None, *scale_obj = Py_None;
     PyObject *stream_obj = Py_None, *stream_owner = Py_None, *layouts = Py_None;
+    PyObject *causal_obj = Py_False, *return_lse_obj = Py_False, *softcap_obj = NULL;
+    PyObject *sinks_obj = Py_None;
     unsigned long long lse_ptr = 0;
     int causal = 0, return_lse = 0, device_kind = DEVICE_AUTO, device_index = -1;
-    int kernel = FA_KERNEL_AUTO;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|O$pOpOiiiOOK:forward", kwlist, &q_obj,
-                                     &k_obj, &v_obj, &out_obj, &causal, &scale_obj, &return_lse,
-                                     &stream_obj, &device_kind, &device_index, &kernel,
-                                     &stream_owner, &layouts, &lse_ptr))
+    int kernel = FA_KERNEL_AUTO, window_left = -1, window_right = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|O$OOOOiiiOOKiiOO:forward", kwlist, &q_obj,
+                                     &k_obj, &v_obj, &out_obj, &causal_obj, &scale_obj,
+                                     &return_lse_obj, &stream_obj, &device_kind, &device_index,
+                                     &kernel, &stream_owner, &layouts, &lse_ptr, &window_left,
+                                     &window_right, &softcap_obj, &sinks_obj))
         return NULL;
-    /* layouts (internal, from flashattn_c._api): per argument q, k, v, out, a layout tuple read
-     * off a torch tensor, or None for the generic import. lse_ptr (internal): a caller-owned
-     * contiguous float32 (batch, heads_q, seqlen_q) buffer on the inputs' GPU, 16-byte aligned,
-     * that receives lse instead of a new DeviceArray. */
-    if (layouts != Py_None && (!PyTuple_Check(layouts) || PyTuple_GET_SIZE(layouts) != 4)) {
-        PyErr_SetString(PyExc_TypeError, "layouts must be None or a 4-tuple (q, k, v, out)");
+    if (parse_flag(causal_obj, "causal", &causal) < 0 ||
+        parse_flag(return_lse_obj, "return_lse", &return_lse) < 0)
+        return NULL;
+    /* layouts (internal, from flashattn_c._api): per argument q, k, v, out and sinks, a layout
+     * tuple read off a torch tensor, or None for the generic import. lse_ptr (internal): a
+     * caller-owned contiguous float32 (batch, heads_q, seqlen_q) buffer on the inputs' GPU,
+     * 16-byte aligned, that receives lse instead of a new DeviceArray. */
+    if (layouts != Py_None && (!PyTuple_Check(layouts) || PyTuple_GET_SIZE(layouts) != NUM_ROLES)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "layouts must be None or a 5-tuple (q, k, v, out, sinks)");
         return NULL;
     }
     if (lse_ptr && (!return_lse || lse_ptr % 16)) {
@@ -883,35 +1099,38 @@ static PyObject *py_forward(PyObject *module, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     uintptr_t stream;
-    double scale;
-    if (parse_stream(stream_obj, &stream) < 0 || parse_scale(scale_obj, &scale) < 0)
+    double scale, softcap;
+    if (parse_stream(stream_obj, &stream) < 0 || parse_scale(scale_obj, &scale) < 0 ||
+        check_window(window_left, window_right) < 0 || parse_softcap(softcap_obj, &softcap) < 0)
         return NULL;
     /* DLPack has no 0: the legacy default stream is spelled 1 there. */
     const uintptr_t dlpack_stream = stream == 0 ? 1 : stream;
 
-    fa_tensor views[4];
+    fa_tensor views[NUM_ROLES];
     memset(views, 0, sizeof views);
-    fa_tensor *q = &views[0], *k = &views[1], *v = &views[2];
-    fa_tensor *out = out_obj != Py_None ? &views[3] : NULL;
+    fa_tensor *q = &views[ROLE_Q], *k = &views[ROLE_K], *v = &views[ROLE_V];
+    fa_tensor *out = out_obj != Py_None ? &views[ROLE_OUT] : NULL;
+    fa_tensor *sinks = sinks_obj != Py_None ? &views[ROLE_SINKS] : NULL;
     PyObject *out_result = NULL, *lse_result = NULL, *result = NULL;
     fa_device_array *out_da = NULL, *lse_da = NULL;
     job j;
     memset(&j, 0, sizeof j);
+    fa_params_init(&j.p);
 
-    PyObject *objs[4] = {q_obj, k_obj, v_obj, out_obj};
-    static const char *const names[4] = {"q", "k", "v", "out"};
-    for (int i = 0; i < 4; i++) {
-        if (i == 3 && !out)
-            break;
+    PyObject *objs[NUM_ROLES] = {q_obj, k_obj, v_obj, out_obj, sinks_obj};
+    for (int i = 0; i < NUM_ROLES; i++) {
+        if (objs[i] == Py_None && (i == ROLE_OUT || i == ROLE_SINKS))
+            continue;
         PyObject *layout = layouts != Py_None ? PyTuple_GET_ITEM(layouts, i) : Py_None;
         int rc = layout != Py_None
-                     ? fa_tensor_from_layout(objs[i], layout, names[i], &views[i])
-                     : fa_tensor_import(objs[i], names[i], dlpack_stream, i == 3, &views[i]);
+                     ? fa_tensor_from_layout(objs[i], layout, ROLE_NAMES[i], &views[i])
+                     : fa_tensor_import(objs[i], ROLE_NAMES[i], dlpack_stream, i == ROLE_OUT,
+                                        &views[i]);
         if (rc < 0)
             goto done;
     }
 
-    call_args a = {q, k, v, out, device_kind, device_index, -1};
+    call_args a = {q, k, v, out, sinks, device_kind, device_index, -1};
     if (validate(&a) < 0)
         goto done;
 
@@ -929,9 +1148,17 @@ static PyObject *py_forward(PyObject *module, PyObject *args, PyObject *kwargs)
     p->family = (fa_kernel_family)kernel;
     p->softmax_scale =
         isnan(scale) ? (p->head_dim > 0 ? 1.0f / sqrtf((float)p->head_dim) : 1.0f) : (float)scale;
+    p->window_left = window_left;
+    p->window_right = window_right;
+    p->softcap = (float)softcap;
 
-    set_layouts(p, q, k, v, out,
-                on_device ? PATH_DEVICE : (on_cpu ? PATH_HOST_CPU : PATH_HOST_GPU));
+    const exec_path path = on_device ? PATH_DEVICE : (on_cpu ? PATH_HOST_CPU : PATH_HOST_GPU);
+    set_layouts(p, q, k, v, out, path);
+    /* Host sinks bound for the GPU are copied there (run_host_on_gpu); the others are read in
+     * place. An empty one (heads_q == 0) may have no address: the call then launches nothing. */
+    if (sinks)
+        p->sinks = path == PATH_HOST_GPU || !sinks->data ? (const float *)placeholder
+                                                          : (const float *)sinks->data;
     p->lse = return_lse ? (float *)placeholder : NULL;
     fa_status status = fa_check_params(p, !on_cpu);
     if (status != FA_OK) {
@@ -944,10 +1171,11 @@ static PyObject *py_forward(PyObject *module, PyObject *args, PyObject *kwargs)
 
     const int64_t lse_shape[3] = {q->shape[0], q->shape[2], q->shape[1]};
     const int empty = fa_tensor_numel(q) == 0;
-    j.views[0] = q;
-    j.views[1] = k;
-    j.views[2] = v;
-    j.views[3] = out;
+    j.views[ROLE_Q] = q;
+    j.views[ROLE_K] = k;
+    j.views[ROLE_V] = v;
+    j.views[ROLE_OUT] = out;
+    j.views[ROLE_SINKS] = sinks;
     j.return_lse = return_lse;
     j.stream = stream;
     j.stream_on_inputs_device = layouts != Py_None;
@@ -1023,7 +1251,7 @@ static PyObject *py_forward(PyObject *module, PyObject *args, PyObject *kwargs)
 
 done:
     /* After the launch is enqueued: producers may now reuse their memory in stream order. */
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < NUM_ROLES; i++)
         fa_tensor_release(&views[i]);
     Py_XDECREF(out_result);
     Py_XDECREF(lse_result);
@@ -1064,14 +1292,22 @@ static PyObject *py_launch_config(PyObject *module, PyObject *args, PyObject *kw
 {
     static char *kwlist[] = {"batch",  "seqlen_q",   "seqlen_k",   "heads_q", "heads_kv",
                              "head_dim", "dtype",    "causal",     "arch_major", "arch_minor",
-                             "kernel", "device",     NULL};
+                             "kernel", "device",     "window_left", "window_right", "softcap",
+                             "sinks",  NULL};
     fa_module_state *st = module_state(module);
     int batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype;
     int causal = 0, arch_major = -1, arch_minor = 0, kernel = FA_KERNEL_AUTO, device = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiiiii|piiii:launch_config", kwlist,
+    int window_left = -1, window_right = -1, sinks = 0;
+    PyObject *causal_obj = Py_False, *softcap_obj = NULL, *sinks_obj = Py_False;
+    double softcap = 0.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiiiii|OiiiiiiOO:launch_config", kwlist,
                                      &batch, &seqlen_q, &seqlen_k, &heads_q, &heads_kv,
-                                     &head_dim, &dtype, &causal, &arch_major, &arch_minor,
-                                     &kernel, &device))
+                                     &head_dim, &dtype, &causal_obj, &arch_major, &arch_minor,
+                                     &kernel, &device, &window_left, &window_right, &softcap_obj,
+                                     &sinks_obj))
+        return NULL;
+    if (parse_flag(causal_obj, "causal", &causal) < 0 || parse_flag(sinks_obj, "sinks", &sinks) < 0 ||
+        check_window(window_left, window_right) < 0 || parse_softcap(softcap_obj, &softcap) < 0)
         return NULL;
     if (dtype == FA_FLOAT32) {
         PyErr_SetString(PyExc_TypeError,
@@ -1085,7 +1321,7 @@ static PyObject *py_launch_config(PyObject *module, PyObject *args, PyObject *kw
     }
 
     fa_params p;
-    memset(&p, 0, sizeof p);
+    fa_params_init(&p);
     p.batch = batch;
     p.seqlen_q = seqlen_q;
     p.seqlen_k = seqlen_k;
@@ -1096,6 +1332,10 @@ static PyObject *py_launch_config(PyObject *module, PyObject *args, PyObject *kw
     p.causal = causal;
     p.family = (fa_kernel_family)kernel;
     p.softmax_scale = head_dim > 0 ? 1.0f / sqrtf((float)head_dim) : 1.0f;
+    p.window_left = window_left;
+    p.window_right = window_right;
+    p.softcap = (float)softcap;
+    p.sinks = sinks ? (const float *)placeholder : NULL;
     p.q = p.k = p.v = placeholder;
     p.out = placeholder;
     p.lse = (float *)placeholder;
@@ -1130,6 +1370,19 @@ static PyObject *py_launch_config(PyObject *module, PyObject *args, PyObject *kw
         return raise_call_error(
             st, &e, "; pass arch=(major, minor) to compute the configuration for a nominal GPU");
     return launch_to_dict(&cfg);
+}
+
+/* _no_gpu_reason(cuda_error, driver_version): the reason a no-GPU CudaError gives, for a given
+ * cudaError_t and cudaDriverGetVersion result (0: no driver). For tests; no CUDA call. */
+static PyObject *py_no_gpu_reason(PyObject *module, PyObject *args)
+{
+    (void)module;
+    int err, driver;
+    if (!PyArg_ParseTuple(args, "ii:_no_gpu_reason", &err, &driver))
+        return NULL;
+    char reason[512];
+    describe_no_gpu((cudaError_t)err, driver, reason, sizeof reason);
+    return PyUnicode_FromString(reason);
 }
 
 static PyObject *archs_list(fa_kernel_family family)
@@ -1172,13 +1425,16 @@ static PyMethodDef module_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))py_forward, METH_VARARGS | METH_KEYWORDS,
      "forward(q, k, v, out=None, *, causal=False, softmax_scale=None, return_lse=False,\n"
      "        stream=0, device_kind=0, device_index=-1, kernel=0, stream_owner=None,\n"
-     "        layouts=None, lse_ptr=0)\n"
+     "        layouts=None, lse_ptr=0, window_left=-1, window_right=-1, softcap=0.0,\n"
+     "        sinks=None)\n"
      "--\n\n"
      "Low-level attention forward; flashattn_c.attention is the public entry point.\n"
      "device_kind: 0 = where the inputs live (host inputs run on the GPU), 1 = the host C\n"
      "reference, 2 = the GPU. kernel: 0 = auto, 1 = sm80, 2 = sm90. stream: a cudaStream_t\n"
      "as an int (0 = legacy default). stream_owner is kept alive by the DeviceArrays made.\n"
-     "layouts (internal): per argument (q, k, v, out) a (data_ptr, shape, strides, dtype,\n"
+     "causal and return_lse are bools. window_left/right: -1 = unbounded; softcap: 0 = off;\n"
+     "sinks: float32 (heads_q,) where q lives, or None.\n"
+     "layouts (internal): per argument (q, k, v, out, sinks) a (data_ptr, shape, strides, dtype,\n"
      "device) tuple read off a torch tensor, or None; the stream must then be torch's current\n"
      "stream of the tensors' device (it is not checked again); lse_ptr (internal): a caller-owned\n"
      "float32 (batch, heads_q, seqlen_q) device buffer that receives lse (lse is then None).\n"
@@ -1187,12 +1443,16 @@ static PyMethodDef module_methods[] = {
     {"launch_config", (PyCFunction)(void (*)(void))py_launch_config,
      METH_VARARGS | METH_KEYWORDS,
      "launch_config(*, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype,\n"
-     "              causal=False, arch_major=-1, arch_minor=0, kernel=0, device=-1)\n"
+     "              causal=False, arch_major=-1, arch_minor=0, kernel=0, device=-1,\n"
+     "              window_left=-1, window_right=-1, softcap=0.0, sinks=False)\n"
      "--\n\n"
      "The launch fa_forward would make, without launching. arch_major >= 0: a nominal\n"
      "device of that compute capability (pure host); else the GPU `device` (-1: current)."},
     {"last_launch", (PyCFunction)py_last_launch, METH_NOARGS,
      "last_launch()\n--\n\nThe launch this thread issued last, as a dict, or None."},
+    {"_no_gpu_reason", (PyCFunction)py_no_gpu_reason, METH_VARARGS,
+     "_no_gpu_reason(cuda_error, driver_version)\n--\n\n"
+     "The reason a no-GPU CudaError states for that cudaError_t and driver version (tests)."},
     {"build_info", (PyCFunction)py_build_info, METH_NOARGS,
      "build_info()\n--\n\nLaunch contract constants and compiled kernel families."},
     {NULL, NULL, 0, NULL},
@@ -1203,11 +1463,20 @@ static int module_exec(PyObject *m)
     if (PyArray_ImportNumPyAPI() < 0)
         return -1;
     fa_module_state *st = module_state(m);
+    /* Class-level defaults: an instance raised by the library overrides each of them. */
+    PyObject *defaults = Py_BuildValue("{s:O,s:O,s:O,s:O}", "cuda_error", Py_None,
+                                       "cuda_error_name", Py_None, "cuda_error_string", Py_None,
+                                       "call_site", Py_None);
+    if (!defaults)
+        return -1;
     st->CudaError = PyErr_NewExceptionWithDoc(
         "flashattn_c.CudaError",
         "A CUDA runtime call failed. The message names the call, its source location, the\n"
-        "CUDA error name and its description; `cuda_error` holds the numeric cudaError_t.",
-        PyExc_RuntimeError, NULL);
+        "CUDA error name and its description. Attributes: cuda_error (the numeric\n"
+        "cudaError_t), cuda_error_name (e.g. 'cudaErrorNoDevice'), cuda_error_string (CUDA's\n"
+        "description) and call_site ('<call> failed at <file>:<line>').",
+        PyExc_RuntimeError, defaults);
+    Py_DECREF(defaults);
     if (!st->CudaError || PyModule_AddObjectRef(m, "CudaError", st->CudaError) < 0)
         return -1;
     st->DeviceArray = (PyTypeObject *)PyType_FromModuleAndSpec(m, &fa_device_array_spec, NULL);

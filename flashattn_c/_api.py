@@ -13,8 +13,74 @@ from . import _C
 from ._C import CudaError, DeviceArray
 
 _DTYPE_CODES = {"float16": _C.FLOAT16, "bfloat16": _C.BFLOAT16, "float32": _C.FLOAT32}
+# The short spellings the benchmark uses (and FlashAttention users write) mean the same dtypes.
+_DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32",
+                  "float": "float32"}
 _KERNEL_CODES = {"auto": _C.KERNEL_AUTO, "sm80": _C.KERNEL_SM80, "sm90": _C.KERNEL_SM90}
 _DEVICE_HELP = "None, 'cpu', 'cuda', 'cuda:N' or an int ordinal"
+
+
+def _flag(name, value):
+    """A bool argument: True / False, numpy.bool_, or a 0-d torch bool tensor. Truthiness is not
+    enough (causal="False" is a non-empty string), and None is not False."""
+    if isinstance(value, bool):
+        return value
+    if type(value).__name__ in ("bool_", "bool") and type(value).__module__ == "numpy":
+        return bool(value)
+    torch = sys.modules.get("torch")
+    if (torch is not None and isinstance(value, torch.Tensor) and value.dtype == torch.bool
+            and value.dim() == 0):
+        return bool(value.item())
+    raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
+def _parse_window(window_size):
+    """(left, right) ints >= -1 from window_size; -1 means unbounded on that side."""
+    if not isinstance(window_size, (tuple, list)) or len(window_size) != 2:
+        raise TypeError("window_size must be a pair (left, right) of ints >= -1 (-1: unbounded), "
+                        f"got {window_size!r}")
+    sides = []
+    for side, value in zip(("left", "right"), window_size):
+        if isinstance(value, bool) or not _is_int(value):
+            raise TypeError(f"window_size {side} must be an int >= -1 (-1: unbounded), got "
+                            f"{type(value).__name__}")
+        value = int(value)
+        if value < -1 or value > _INT32_MAX:
+            raise ValueError(f"window_size {side} must be an int in [-1, {_INT32_MAX}] "
+                             f"(-1: unbounded), got {value}")
+        sides.append(value)
+    return tuple(sides)
+
+
+_INT32_MAX = 2**31 - 1
+
+
+def _is_int(value):
+    """An int or an integer NumPy scalar (not a bool)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return type(value).__module__ == "numpy" and hasattr(value, "dtype") and \
+        value.dtype.kind in "iu" and getattr(value, "ndim", 1) == 0
+
+
+def _no_autograd(args, torch):
+    """Refuses torch tensors that would need a gradient: attention() has no backward yet, so its
+    output would silently cut the graph (the torch fast path) or torch's DLPack export would
+    refuse them with a bare BufferError. Under torch.no_grad() they are read as detached."""
+    grad = torch.is_grad_enabled()
+    checked = []
+    for name, x in args:
+        if isinstance(x, torch.Tensor) and x.requires_grad:
+            if grad:
+                raise ValueError(
+                    f"{name} requires grad, but flashattn_c.attention has no backward yet: its "
+                    "output would carry no gradient. Call it under torch.no_grad() or pass "
+                    f"{name}.detach()")
+            x = x.detach()
+        checked.append(x)
+    return checked
 
 
 def _parse_kernel(kernel):
@@ -77,13 +143,17 @@ def _stream_handle(stream):
 
 
 def _framework(x):
-    """'torch' or 'cupy' when x is one of theirs (only if the caller already imported it)."""
+    """'torch', 'cupy' or 'jax' when x is one of theirs (only if the caller already imported
+    it)."""
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(x, torch.Tensor):
         return "torch"
     cupy = sys.modules.get("cupy")
     if cupy is not None and isinstance(x, cupy.ndarray):
         return "cupy"
+    jax = sys.modules.get("jax")
+    if jax is not None and isinstance(x, getattr(jax, "Array", ())):
+        return "jax"
     return None
 
 
@@ -107,6 +177,8 @@ def _as_framework(result, framework):
             return sys.modules["torch"].from_dlpack(result)
         if framework == "cupy":
             return sys.modules["cupy"].from_dlpack(result)
+        if framework == "jax":
+            return sys.modules["jax"].dlpack.from_dlpack(result)
         return result
     # A host result. NumPy has no bfloat16: _C returns its bit patterns as uint16.
     is_bf16 = result.dtype.kind == "u"
@@ -115,24 +187,31 @@ def _as_framework(result, framework):
         tensor = torch.from_numpy(result)
         return tensor.view(torch.bfloat16) if is_bf16 else tensor
     ml_dtypes = sys.modules.get("ml_dtypes")
-    if is_bf16 and ml_dtypes is not None:
-        return result.view(ml_dtypes.bfloat16)
+    if is_bf16 and (ml_dtypes is not None or framework == "jax"):
+        import ml_dtypes  # jax depends on it
+
+        result = result.view(ml_dtypes.bfloat16)
+    if framework == "jax":
+        # On the host: jax copies into its own buffer, as it does for any NumPy array.
+        return sys.modules["jax"].numpy.asarray(result)
     return result
 
 
 _TORCH_DTYPE_CODES = {}
 
 
-def _torch_layout(torch, t):
-    """(data_ptr, shape, strides, dtype code, device) of a CUDA torch tensor of a GPU dtype, else
-    None. Read at C speed off the tensor: the DLPack exchange costs several microseconds of
-    Python per array in torch, more than the kernel itself at small sizes."""
+def _torch_layout(torch, t, float32=False):
+    """(data_ptr, shape, strides, dtype code, device) of a CUDA torch tensor of a GPU dtype (or,
+    with float32=True, of float32: sinks), else None. Read at C speed off the tensor: the DLPack
+    exchange costs several microseconds of Python per array in torch, more than the kernel
+    itself at small sizes."""
     if not _TORCH_DTYPE_CODES:
-        _TORCH_DTYPE_CODES.update({torch.float16: _C.FLOAT16, torch.bfloat16: _C.BFLOAT16})
+        _TORCH_DTYPE_CODES.update({torch.float16: _C.FLOAT16, torch.bfloat16: _C.BFLOAT16,
+                                   torch.float32: _C.FLOAT32})
     if not isinstance(t, torch.Tensor) or not t.is_cuda:
         return None
     code = _TORCH_DTYPE_CODES.get(t.dtype)
-    if code is None:
+    if code is None or (code == _C.FLOAT32) != float32:
         return None
     return (t.data_ptr(), t.shape, t.stride(), code, t.device.index)
 
@@ -155,12 +234,12 @@ def _torch_empty(torch, shape, dtype, device):
         raise error from exc
 
 
-def _torch_attention(q, k, v, causal, softmax_scale, return_lse, out, device_kind, device_index,
-                     kernel_code):
+def _torch_attention(q, k, v, out, sinks, extra):
     """attention() for CUDA torch tensors on torch's current stream: layouts read off the
     tensors, outputs from torch's allocator (so they are ordered on that same stream). Returns
     None when an argument is not such a tensor: the general path then takes the call (and names
-    what is wrong). Validation is the C layer's, as for every other input."""
+    what is wrong). Validation is the C layer's, as for every other input. `extra`: the keyword
+    arguments of _C.forward other than the arrays, stream and layouts."""
     torch = sys.modules["torch"]
     if q.dim() != 4:
         return None
@@ -168,44 +247,65 @@ def _torch_attention(q, k, v, causal, softmax_scale, return_lse, out, device_kin
     layouts = [_torch_layout(torch, a) for a in arrays]
     if None in layouts:
         return None
+    sinks_layout = None
+    if sinks is not None:
+        sinks_layout = _torch_layout(torch, sinks, float32=True)
+        if sinks_layout is None:
+            return None
     device = q.device
     result = out if out is not None else _torch_empty(torch, q.shape, q.dtype, device)
     if out is None:
         layouts.append(_torch_layout(torch, result))
+    layouts.append(sinks_layout)
+    return_lse = extra["return_lse"]
     lse = (_torch_empty(torch, (q.shape[0], q.shape[2], q.shape[1]), torch.float32, device)
            if return_lse else None)
-    _C.forward(q, k, v, result, causal=bool(causal), softmax_scale=softmax_scale,
-               return_lse=bool(return_lse), stream=_torch_current_stream(torch, device),
-               device_kind=device_kind, device_index=device_index, kernel=kernel_code,
-               layouts=tuple(layouts), lse_ptr=lse.data_ptr() if lse is not None else 0)
+    _C.forward(q, k, v, result, sinks=sinks, stream=_torch_current_stream(torch, device),
+               layouts=tuple(layouts), lse_ptr=lse.data_ptr() if lse is not None else 0, **extra)
     return (result, lse) if return_lse else result
 
 
-def attention(q, k, v, *, causal=False, softmax_scale=None, return_lse=False, out=None,
-              stream=None, device=None, kernel=None):
+_NO_WINDOW = (-1, -1)
+
+
+def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=_NO_WINDOW, softcap=0.0,
+              sinks=None, return_lse=False, out=None, stream=None, device=None, kernel=None):
     """Exact softmax attention, forward: out = softmax(softmax_scale * q k^T [masked]) v.
 
     Shapes (FlashAttention's layout):
-        q    (batch, seqlen_q, heads_q, head_dim)
-        k, v (batch, seqlen_k, heads_kv, head_dim), heads_q a multiple of heads_kv: consecutive
-             groups of heads_q // heads_kv query heads share one key/value head (GQA, MQA)
-        out  q's shape and dtype (a new output is contiguous)
-        lse  float32 (batch, heads_q, seqlen_q), natural log of the softmax denominator
+        q     (batch, seqlen_q, heads_q, head_dim)
+        k, v  (batch, seqlen_k, heads_kv, head_dim), heads_q a multiple of heads_kv: consecutive
+              groups of heads_q // heads_kv query heads share one key/value head (GQA, MQA)
+        sinks float32 (heads_q,), optional
+        out   q's shape and dtype (a new output is contiguous)
+        lse   float32 (batch, heads_q, seqlen_q), natural log of the softmax denominator
     head_dim: a multiple of 8 in [8, 256]. Any strides, but device arrays need unit stride on
     head_dim: a PyTorch SDPA-layout tensor x (batch, heads, seq, head_dim) passes as
     x.transpose(1, 2) with no copy. Host arrays with other strides are copied as needed.
 
     dtypes: float16 and bfloat16 on the GPU (float32 accumulation); device="cpu" also takes
-    float32. bfloat16 reaches flashattn_c only through DLPack (the CUDA array interface has no
-    bfloat16 type string).
+    float32. bfloat16 reaches flashattn_c through DLPack (the CUDA array interface has no
+    bfloat16 type string) or, on the host, as an ml_dtypes.bfloat16 NumPy array.
+
+    Masks are aligned bottom-right, as in FlashAttention >= 2.1: with d = seqlen_k - seqlen_q,
+    query i sees key j when i + d - left <= j <= i + d + right. A row that sees no key gets
+    out = 0 and lse = -inf (lse = sinks[h] with sinks), never NaN.
 
     Args:
-        causal: key j is visible to query i when j <= i + seqlen_k - seqlen_q (bottom-right
-            aligned, as FlashAttention >= 2.1). PyTorch SDPA's is_causal is top-left aligned:
-            the two agree only when seqlen_q == seqlen_k. A row that sees no key (causal with
-            seqlen_q > seqlen_k, or seqlen_k == 0) gets out = 0 and lse = -inf, never NaN.
-        softmax_scale: default 1/sqrt(head_dim); must be finite and >= 0.
-        return_lse: also return lse; the call then returns (out, lse).
+        causal: a bool. right = 0 (key j is visible to query i when j <= i + seqlen_k -
+            seqlen_q). PyTorch SDPA's is_causal is top-left aligned: the two agree only when
+            seqlen_q == seqlen_k.
+        softmax_scale: a real number, default 1/sqrt(head_dim); finite, >= 0 and at most the
+            largest float32 (3.4e38).
+        window_size: (left, right), ints >= -1; -1 is unbounded on that side (the default
+            (-1, -1) is no window). With causal=True, right is 0 whatever is given.
+        softcap: a real number c >= 0; c > 0 replaces each scaled score x by c * tanh(x / c)
+            (after softmax_scale, before the mask), as Gemma 2 and Grok do; 0 is off.
+        sinks: None, or float32 logits, one per query head (heads_q,), contiguous, where q
+            lives (a device array on q's GPU for device inputs, a host array for host inputs):
+            gpt-oss attention sinks. Each row's softmax denominator gains exp(sinks[h]) (lse
+            includes it) with no value row, so a row's weights sum to less than 1.
+        return_lse: a bool; also return lse: the call then returns (out, lse).
         out: an array to write the result into (q's shape and dtype, writable, on q's device,
             sharing no memory with q, k or v: ValueError where it certainly does); it is
             returned as given. Nothing is written to it when the call raises.
@@ -220,30 +320,40 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, return_lse=False, ou
             of another GPU than the one the call runs on raises ValueError.
         device: None (where the inputs live: device arrays on their GPU, host arrays are copied
             to the current GPU and back), "cuda" / "cuda:N" / N (that GPU; device inputs must
-            already be there), or "cpu" (the C reference on host arrays, blocking). Nothing ever
-            falls back from one to the other: with no usable GPU, a GPU call raises CudaError.
+            already be there), or "cpu" (the C reference on host arrays, blocking; Ctrl-C
+            stops it). Nothing ever falls back from one to the other: with no usable GPU, a GPU
+            call raises CudaError.
         kernel: None or "auto" (the fastest family built for the GPU), "sm80" or "sm90" (that
             family or an error, never a different one). Not valid with device="cpu".
 
     Returns:
-        out, or (out, lse): torch tensors for torch inputs, CuPy arrays for CuPy inputs, NumPy
-        arrays for host inputs (host bfloat16 from a non-torch producer comes back as uint16
-        bit patterns, or ml_dtypes.bfloat16 when ml_dtypes is imported), and a
-        flashattn_c.DeviceArray for other device inputs (JAX, Numba, ...): pass it to your
-        framework's from_dlpack for a zero-copy view.
+        out, or (out, lse): torch tensors for torch inputs, CuPy arrays for CuPy inputs, JAX
+        arrays for JAX inputs, NumPy arrays for host inputs (host bfloat16 from a non-torch
+        producer comes back as uint16 bit patterns, or ml_dtypes.bfloat16 when ml_dtypes is
+        imported), and a flashattn_c.DeviceArray for other device inputs (Numba, ...): pass it
+        to your framework's from_dlpack for a zero-copy view.
 
     Zero sizes: batch, heads_q or seqlen_q == 0 gives empty outputs and launches nothing;
-    seqlen_k == 0 gives out = 0 and lse = -inf.
+    seqlen_k == 0 gives out = 0 and lse = -inf (sinks[h] with sinks).
+
+    torch tensors that require grad are refused (ValueError) while grad mode is on:
+    attention() has no backward yet. Under torch.no_grad() they are used as detached.
 
     Raises:
         TypeError / ValueError naming the argument, with expected vs got, before any GPU work.
-        flashattn_c.CudaError (a RuntimeError) when a CUDA call fails: the message carries the
-            call, its source location and the CUDA error name and string.
+        flashattn_c.CudaError (a RuntimeError) when a CUDA call fails: the message says what
+            failed; attributes cuda_error, cuda_error_name, cuda_error_string and call_site.
+        MemoryError when the host runs out of memory (device="cpu", host copies).
+        KeyboardInterrupt (or what a signal handler raised) when device="cpu" is interrupted.
         RuntimeError when this build has no kernel for the GPU or a launch would break the
             launch contract (384 threads per block, shared memory and grid limits).
     """
     device_kind, device_index = _parse_device(device)
     kernel_code = _parse_kernel(kernel)
+    causal = causal if causal is True or causal is False else _flag("causal", causal)
+    return_lse = (return_lse if return_lse is True or return_lse is False
+                  else _flag("return_lse", return_lse))
+    left, right = (-1, -1) if window_size is _NO_WINDOW else _parse_window(window_size)
     if device_kind == _C.DEVICE_CPU:
         if kernel is not None:
             raise ValueError(f"kernel={kernel!r} selects a GPU kernel family; device='cpu' runs "
@@ -251,20 +361,30 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, return_lse=False, ou
         if stream is not None:
             raise ValueError("stream= orders GPU work; device='cpu' runs the host reference")
     framework = _framework(q)
+    given_out = out
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        args = (("q", q), ("k", k), ("v", v), ("out", out), ("sinks", sinks))
+        if any(isinstance(x, torch.Tensor) and x.requires_grad for _, x in args):
+            q, k, v, out, sinks = _no_autograd(args, torch)
+    extra = dict(causal=causal, softmax_scale=softmax_scale, return_lse=return_lse,
+                 device_kind=device_kind, device_index=device_index, kernel=kernel_code,
+                 window_left=left, window_right=right, softcap=softcap)
     if framework == "torch" and stream is None and device_kind != _C.DEVICE_CPU:
-        fast = _torch_attention(q, k, v, causal, softmax_scale, return_lse, out, device_kind,
-                                device_index, kernel_code)
+        fast = _torch_attention(q, k, v, out, sinks, extra)
         if fast is not None:
+            if given_out is not None:
+                return (given_out, fast[1]) if return_lse else given_out
             return fast
     if stream is None:
         handle, owner = _current_stream(q, framework) if device_kind != _C.DEVICE_CPU else (0, None)
     else:
         handle, owner = _stream_handle(stream)
 
-    result, lse = _C.forward(q, k, v, out, causal=bool(causal), softmax_scale=softmax_scale,
-                             return_lse=bool(return_lse), stream=handle, device_kind=device_kind,
-                             device_index=device_index, kernel=kernel_code, stream_owner=owner)
-    if out is None:
+    result, lse = _C.forward(q, k, v, out, sinks=sinks, stream=handle, stream_owner=owner, **extra)
+    if given_out is not None:
+        result = given_out
+    else:
         result = _as_framework(result, framework)
     if return_lse:
         return result, _as_framework(lse, framework)
@@ -285,21 +405,33 @@ def _dtype_name(dtype):
 
 
 def launch_config(*, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype, causal=False,
-                  arch=None, kernel=None):
+                  window_size=_NO_WINDOW, softcap=0.0, sinks=False, arch=None, kernel=None):
     """The launch attention() would make for these sizes, computed without launching.
 
     arch=(major, minor) computes it for a nominal GPU of that compute capability (pure host, no
     GPU needed: e.g. (8, 0) A100, (8, 9) L4, (9, 0) H100/H200); arch=None for the current GPU
-    (CudaError when there is none). dtype: "float16" / "bfloat16" (or a NumPy / torch dtype).
-    kernel: as in attention().
+    (CudaError when there is none). Sizes are ints in [0, 2**31 - 1]. dtype: "float16" /
+    "bfloat16" (or "fp16" / "bf16", or a NumPy / torch dtype). causal, window_size, softcap
+    and kernel: as in attention(); sinks: a bool, whether attention() would be given sinks.
 
-    Returns a dict: kernel (name), family, grid, block (always (384, 1, 1)), smem_bytes (dynamic
-    shared memory), regs (None: known only once launched), arch, device (-1 for a nominal GPU),
-    stream, block_m, block_n, stages, head_dim_padded.
+    Returns a dict: kernel (name: fwd_<family>_hd<padded head_dim>_<fp16|bf16>, then _causal or
+    _window for a mask, _softcap, _sinks), family, grid, block (always (384, 1, 1)), smem_bytes
+    (dynamic shared memory), regs (None: known only once launched), arch, device (-1 for a
+    nominal GPU), stream, block_m, block_n, stages, head_dim_padded.
     """
-    name = _dtype_name(dtype)
+    sizes = dict(batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, heads_q=heads_q,
+                 heads_kv=heads_kv, head_dim=head_dim)
+    for name, value in sizes.items():
+        if not _is_int(value):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if not 0 <= value <= _INT32_MAX:
+            raise ValueError(f"{name} must be in [0, {_INT32_MAX}], got {value}")
+        sizes[name] = int(value)
+    name = _dtype_name(dtype).lower()
+    name = _DTYPE_ALIASES.get(name, name)
     if name not in _DTYPE_CODES:
-        raise TypeError(f"unsupported dtype {name}: expected float16 or bfloat16")
+        raise TypeError(f"unsupported dtype {name}: expected float16 or bfloat16 "
+                        "(or fp16 / bf16)")
     if arch is None:
         major, minor = -1, 0
     else:
@@ -309,10 +441,11 @@ def launch_config(*, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dty
             raise ValueError(f"arch must be None or (major, minor), got {arch!r}") from None
         if major < 0 or minor < 0:
             raise ValueError(f"arch must be None or (major, minor), got {arch!r}")
-    return _C.launch_config(batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, heads_q=heads_q,
-                            heads_kv=heads_kv, head_dim=head_dim, dtype=_DTYPE_CODES[name],
-                            causal=bool(causal), arch_major=major, arch_minor=minor,
-                            kernel=_parse_kernel(kernel))
+    left, right = (-1, -1) if window_size is _NO_WINDOW else _parse_window(window_size)
+    return _C.launch_config(**sizes, dtype=_DTYPE_CODES[name], causal=_flag("causal", causal),
+                            arch_major=major, arch_minor=minor, kernel=_parse_kernel(kernel),
+                            window_left=left, window_right=right, softcap=softcap,
+                            sinks=_flag("sinks", sinks))
 
 
 def last_launch():

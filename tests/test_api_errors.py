@@ -196,21 +196,240 @@ def test_out_on_the_device_needs_unit_head_dim_stride():
 
 
 # ------------------------------------------------------------------------------------------------
+# window_size, softcap, sinks
+
+
+@pytest.mark.parametrize("window", [5, (1,), (1, 2, 3), "ab", None, {1: 2}, np.array([1, 2])])
+def test_window_size_must_be_a_pair(qkv, window):
+    q, k, v = qkv
+    rejects(TypeError, r"window_size must be a pair \(left, right\) of ints >= -1 "
+                       r"\(-1: unbounded\), got ", q, k, v, out=host_out(), window_size=window,
+            device="cpu")
+
+
+@pytest.mark.parametrize("window, side, got", [((1.5, 0), "left", "float"),
+                                               ((True, 0), "left", "bool"),
+                                               ((0, False), "right", "bool"),
+                                               (("1", 0), "left", "str"),
+                                               ((0, None), "right", "NoneType")])
+def test_window_size_sides_must_be_ints(qkv, window, side, got):
+    q, k, v = qkv
+    rejects(TypeError, rf"window_size {side} must be an int >= -1 \(-1: unbounded\), got {got}",
+            q, k, v, out=host_out(), window_size=window, device="cpu")
+
+
+@pytest.mark.parametrize("window, side, got", [((-2, 0), "left", -2), ((0, -5), "right", -5),
+                                               ((2**31, 0), "left", 2**31)])
+def test_window_size_sides_must_be_at_least_minus_one(qkv, window, side, got):
+    q, k, v = qkv
+    rejects(ValueError, rf"window_size {side} must be an int in \[-1, 2147483647\] "
+                        rf"\(-1: unbounded\), got {got}", q, k, v, out=host_out(),
+            window_size=window, device="cpu")
+
+
+@pytest.mark.parametrize("window", [[3, 0], (np.int64(3), np.int32(0)), (-1, 0), (0, -1),
+                                    (0, 0)])
+def test_window_size_takes_lists_and_numpy_ints(qkv, window):
+    q, k, v = qkv
+    out = fa.attention(q, k, v, window_size=window, device="cpu")
+    assert out.shape == q.shape and np.isfinite(out.astype(np.float32)).all()
+
+
+@pytest.mark.parametrize("softcap, shown", [(-1.0, "-1"), (math.nan, "nan"), (math.inf, "inf"),
+                                            (-math.inf, "-inf")])
+def test_softcap_must_be_finite_and_non_negative(qkv, softcap, shown):
+    q, k, v = qkv
+    rejects(ValueError, rf"softcap must be finite and >= 0, got {re.escape(shown)}$", q, k, v,
+            out=host_out(), softcap=softcap, device="cpu")
+
+
+def test_softcap_must_fit_float32(qkv):
+    q, k, v = qkv
+    rejects(ValueError, r"softcap must be at most 3\.40282e\+38 \(the largest float32\)", q, k,
+            v, out=host_out(), softcap=1e39, device="cpu")
+    rejects(ValueError, r"softcap must be at most .*got an int beyond float range", q, k, v,
+            out=host_out(), softcap=10**400, device="cpu")
+
+
+@pytest.mark.parametrize("softcap, got", [("30", "str"), (True, "bool"), (None, "NoneType"),
+                                          (np.bool_(False), r"numpy\.bool_?"), (2j, "complex"),
+                                          ((30,), "tuple")])
+def test_softcap_must_be_a_real_number(qkv, softcap, got):
+    q, k, v = qkv
+    rejects(TypeError, rf"softcap must be a real number \(int or float\), got {got}", q, k, v,
+            out=host_out(), softcap=softcap, device="cpu")
+
+
+@pytest.mark.parametrize("softcap", [0, 0.0, 30, 50.0, np.float32(20), np.int64(5)])
+def test_softcap_takes_ints_floats_and_numpy_scalars(qkv, softcap):
+    q, k, v = qkv
+    assert fa.attention(q, k, v, softcap=softcap, device="cpu").shape == q.shape
+
+
+def test_sinks_must_have_one_entry_per_query_head(qkv):
+    q, k, v = qkv
+    for n in (HQ - 1, HQ + 1, HKV, 0):
+        rejects(ValueError, rf"sinks must have heads_q = {HQ} entries \(one logit per query "
+                            rf"head\), got {n}", q, k, v, out=host_out(),
+                sinks=np.zeros(n, np.float32), device="cpu")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64, np.int32, np.bool_])
+def test_sinks_must_be_float32(qkv, dtype):
+    q, k, v = qkv
+    name = np.dtype(dtype).name
+    rejects(TypeError, rf"sinks must be float32, got {name}", q, k, v, out=host_out(),
+            sinks=np.zeros(HQ, dtype), device="cpu")
+
+
+def test_sinks_must_be_float32_through_dlpack_too(qkv):
+    q, k, v = qkv
+    sinks = host_dlpack(np.zeros(HQ, np.uint16), dtype=DL_BFLOAT16)
+    rejects(TypeError, r"sinks must be float32, got bfloat16", q, k, v, out=host_out(),
+            sinks=sinks, device="cpu")
+    assert sinks.deleter_calls == 1
+
+
+@pytest.mark.parametrize("shape", [(), (1, HQ), (HQ, 1), (2, 2)])
+def test_sinks_must_be_1d(qkv, shape):
+    q, k, v = qkv
+    rejects(ValueError, rf"sinks must be 1-D \(heads_q,\), got {len(shape)}-D", q, k, v,
+            out=host_out(), sinks=np.zeros(shape, np.float32), device="cpu")
+
+
+def test_sinks_must_be_contiguous(qkv):
+    q, k, v = qkv
+    rejects(ValueError, r"sinks must be contiguous, got stride 2", q, k, v, out=host_out(),
+            sinks=np.zeros(2 * HQ, np.float32)[::2], device="cpu")
+    rejects(ValueError, r"sinks must be contiguous, got stride -1", q, k, v, out=host_out(),
+            sinks=np.zeros(HQ, np.float32)[::-1], device="cpu")
+
+
+def test_sinks_must_be_an_array(qkv):
+    q, k, v = qkv
+    rejects(TypeError, r"sinks must be an array", q, k, v, out=host_out(), sinks=object(),
+            device="cpu")
+
+
+def test_device_sinks_are_refused_for_host_inputs(qkv):
+    q, k, v = qkv
+    sinks = dev((HQ,), dtype=DL_FLOAT32)
+    for device in ("cpu", None):
+        rejects(ValueError, r"sinks must live where q lives \(a device array on q's GPU, a host "
+                            r"array for host q\): q is on cpu, sinks is on cuda:0", q, k, v,
+                out=host_out(), sinks=sinks, device=device)
+
+
+def test_host_sinks_are_refused_for_device_inputs():
+    q, k, v = dev_qkv()
+    rejects(ValueError, r"sinks must live where q lives .*: q is on cuda:0, sinks is on cpu",
+            q, k, v, sinks=np.zeros(HQ, np.float32))
+
+
+def test_sinks_on_another_gpu_are_refused():
+    q, k, v = dev_qkv()
+    sinks = dev((HQ,), dtype=DL_FLOAT32, device=(KDL_CUDA, 1))
+    rejects(ValueError, r"q and sinks must be on the same device, got cuda:0 and cuda:1", q, k, v,
+            sinks=sinks)
+    assert sinks.deleter_calls == 1
+
+
+def test_bad_device_sinks_are_named_before_any_cuda_call():
+    q, k, v = dev_qkv()
+    rejects(ValueError, r"sinks must have heads_q = 4 entries", q, k, v,
+            sinks=dev((HQ + 1,), dtype=DL_FLOAT32))
+    rejects(TypeError, r"sinks must be float32, got float16", q, k, v, sinks=dev((HQ,)))
+    rejects(ValueError, r"sinks must be contiguous, got stride 2", q, k, v,
+            sinks=FakeCAI((HQ,), typestr="<f4", strides=(8,)))
+
+
+def test_window_softcap_and_sinks_errors_come_before_the_gpu(qkv):
+    """Host arrays with device=None would need a GPU: each bad argument is named first (on a
+    machine with no GPU, a CUDA call would have raised CudaError instead)."""
+    q, k, v = qkv
+    rejects(TypeError, r"window_size must be a pair", q, k, v, out=host_out(), window_size=3)
+    rejects(ValueError, r"softcap must be finite", q, k, v, out=host_out(), softcap=-2.0)
+    rejects(TypeError, r"sinks must be float32", q, k, v, out=host_out(),
+            sinks=np.zeros(HQ, np.float64))
+
+
+# ------------------------------------------------------------------------------------------------
+# Flags (issue 16 item 6): causal and return_lse take a bool, not anything truthy
+
+
+@pytest.mark.parametrize("flag", ["causal", "return_lse"])
+@pytest.mark.parametrize("value, got", [("False", "str"), (None, "NoneType"), (1, "int"),
+                                        (0.0, "float"), ("no", "str"), ([], "list")])
+def test_flags_must_be_bools(qkv, flag, value, got):
+    q, k, v = qkv
+    rejects(TypeError, rf"{flag} must be a bool, got {got}", q, k, v, out=host_out(),
+            device="cpu", **{flag: value})
+
+
+def test_causal_string_false_no_longer_runs_causal(qkv):
+    q, k, v = qkv
+    with pytest.raises(TypeError, match="causal must be a bool"):
+        fa.attention(q, k, v, causal="False", device="cpu")
+
+
+def test_numpy_bools_are_flags(qkv):
+    q, k, v = qkv
+    a = fa.attention(q, k, v, causal=np.bool_(True), device="cpu")
+    b = fa.attention(q, k, v, causal=True, device="cpu")
+    assert np.array_equal(a, b)
+    out, lse = fa.attention(q, k, v, return_lse=np.bool_(True), device="cpu")
+    assert lse.shape == (B, HQ, SQ)
+    assert isinstance(fa.attention(q, k, v, return_lse=np.False_, device="cpu"), np.ndarray)
+
+
+def test_low_level_flags_are_bools_too(qkv):
+    q, k, v = qkv
+    with pytest.raises(TypeError, match=r"causal must be a bool, got str"):
+        fa._C.forward(q, k, v, causal="yes", device_kind=fa._C.DEVICE_CPU)
+    with pytest.raises(TypeError, match=r"return_lse must be a bool, got int"):
+        fa._C.forward(q, k, v, return_lse=1, device_kind=fa._C.DEVICE_CPU)
+
+
+# ------------------------------------------------------------------------------------------------
 # softmax_scale, device=, kernel=, stream=
 
 
 @pytest.mark.parametrize("scale, shown", [(math.nan, "nan"), (math.inf, "inf"), (-0.5, "-0.5"),
-                                          (1e300, "1e+300")])
+                                          (-math.inf, "-inf")])
 def test_softmax_scale_must_be_finite_and_non_negative(qkv, scale, shown):
     q, k, v = qkv
     rejects(ValueError, rf"softmax_scale must be finite and >= 0, got {re.escape(shown)}$",
             q, k, v, out=host_out(), softmax_scale=scale, device="cpu")
 
 
-def test_softmax_scale_must_be_a_number(qkv):
+@pytest.mark.parametrize("scale, shown", [
+    (1e300, "got 1e+300"), (3.5e38, "got 3.5e+38"), (np.float64(1e39), "got 1e+39"),
+    (10**39, "got 1e+39"), (10**400, "got an int beyond float range"),
+])
+def test_softmax_scale_must_fit_float32(qkv, scale, shown):
+    """Issue 16 item 7: a scale the kernels' float cannot hold is refused as out of float32's
+    range (10**400 used to be 'must be a float or None, got int', though ints are taken)."""
     q, k, v = qkv
-    rejects(TypeError, r"softmax_scale must be a float or None, got str",
-            q, k, v, out=host_out(), softmax_scale="0.1", device="cpu")
+    rejects(ValueError, r"softmax_scale must be at most 3\.40282e\+38 \(the largest float32\), "
+            + re.escape(shown), q, k, v, out=host_out(), softmax_scale=scale, device="cpu")
+
+
+@pytest.mark.parametrize("scale", [0, 1, 0.125, np.float32(0.125), np.float16(2), np.int64(3),
+                                   3.4e38, 1e-50])
+def test_softmax_scale_takes_ints_floats_and_numpy_scalars(qkv, scale):
+    q, k, v = qkv
+    out = fa.attention(q, k, v, softmax_scale=scale, device="cpu")
+    assert out.shape == q.shape
+
+
+@pytest.mark.parametrize("scale, got", [("0.1", "str"), (True, "bool"), (False, "bool"),
+                                        (np.bool_(True), r"numpy\.bool_?"), (1j, "complex"),
+                                        ([0.1], "list")])
+def test_softmax_scale_must_be_a_number(qkv, scale, got):
+    """Issue 16 item 6: softmax_scale=True used to count as 1.0."""
+    q, k, v = qkv
+    rejects(TypeError, rf"softmax_scale must be a real number \(int or float\), got {got}",
+            q, k, v, out=host_out(), softmax_scale=scale, device="cpu")
 
 
 @pytest.mark.parametrize("device, error, match", [
@@ -368,17 +587,19 @@ no_gpu_only = pytest.mark.skipif(gpu_present(), reason="there is a GPU: the no-G
 @no_gpu_only
 def test_host_arrays_without_a_gpu_suggest_device_cpu(qkv):
     q, k, v = qkv
-    info = rejects(fa.CudaError, r"no usable GPU: .*cudaError\w+.*pass device='cpu' to run the C "
-                                 r"reference", q, k, v, out=host_out())
+    info = rejects(fa.CudaError, r"no usable GPU: .*pass device='cpu' to run the C reference",
+                   q, k, v, out=host_out())
     assert isinstance(info.value, RuntimeError) and info.value.cuda_error != 0
+    assert re.fullmatch(r"cudaError\w+", info.value.cuda_error_name)
+    assert re.match(r"cudaGetDevice.* failed at .*module\.c:\d+$", info.value.call_site)
 
 
 @no_gpu_only
 def test_valid_device_inputs_without_a_gpu_raise_cuda_error():
     q, k, v = dev_qkv()
-    info = rejects(fa.CudaError, r"no usable GPU: cudaGetDevice.*failed at .*module\.c:\d+: "
-                                 r"cudaError\w+: ", q, k, v)
+    info = rejects(fa.CudaError, r"no usable GPU: ", q, k, v)
     assert "device='cpu'" not in str(info.value), "device arrays cannot take the host path"
+    assert re.match(r"cudaGetDevice.* failed at .*module\.c:\d+$", info.value.call_site)
     assert q.deleter_calls == 1
 
 

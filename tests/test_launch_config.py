@@ -131,3 +131,97 @@ def test_unsupported_head_dim_is_refused():
 def test_float32_is_not_a_gpu_dtype():
     with pytest.raises(TypeError, match=r"float32"):
         config(H100, dtype="float32")
+
+
+# ------------------------------------------------------------------------------------------------
+# window_size, softcap and sinks: launch_config names the instance a call would run
+# (fwd_<family>_hd<D>_<dtype>[_causal|_window][_softcap][_sinks]), with no GPU.
+
+
+def family_for(arch):
+    if arch == H100 and built("sm90"):
+        return "sm90"
+    return "sm80" if built("sm80") else None
+
+
+@pytest.mark.parametrize("arch", [A100, H100])
+@pytest.mark.parametrize("kw, suffix", [
+    ({}, ""),
+    (dict(causal=True), "_causal"),
+    (dict(window_size=(64, 0)), "_window"),
+    (dict(window_size=[64, 64]), "_window"),
+    (dict(window_size=(-1, 0)), "_causal"),            # a window that is exactly causal
+    (dict(causal=True, window_size=(-1, 7)), "_causal"),  # causal sets right = 0
+    (dict(causal=True, window_size=(256, -1)), "_window"),
+    (dict(window_size=(5000, 5000)), ""),              # hides nothing at 1000 x 1000
+    (dict(window_size=(-1, -1)), ""),
+    (dict(softcap=30.0), "_softcap"),
+    (dict(softcap=0), ""),
+    (dict(sinks=True), "_sinks"),
+    (dict(sinks=False), ""),
+    (dict(causal=True, softcap=50, sinks=True), "_causal_softcap_sinks"),
+    (dict(window_size=(128, 0), softcap=1.5, sinks=True), "_window_softcap_sinks"),
+])
+def test_launch_config_names_window_softcap_and_sinks(arch, kw, suffix):
+    family = family_for(arch)
+    if family is None:
+        pytest.skip("no kernel family for this arch in the build")
+    cfg = config(arch, **kw)
+    assert cfg["family"] == family and cfg["block"] == (384, 1, 1)
+    assert cfg["kernel"] == f"fwd_{family}_hd128_bf16{suffix}"
+
+
+@pytest.mark.parametrize("kw, error, match", [
+    (dict(window_size=3), TypeError, r"window_size must be a pair \(left, right\)"),
+    (dict(window_size=(1, 2, 3)), TypeError, r"window_size must be a pair"),
+    (dict(window_size=(True, 0)), TypeError, r"window_size left must be an int"),
+    (dict(window_size=(0, -2)), ValueError, r"window_size right must be an int in \[-1, "),
+    (dict(softcap=-1.0), ValueError, r"softcap must be finite and >= 0, got -1"),
+    (dict(softcap=float("nan")), ValueError, r"softcap must be finite and >= 0, got nan"),
+    (dict(softcap=True), TypeError, r"softcap must be a real number \(int or float\), got bool"),
+    (dict(softcap="30"), TypeError, r"softcap must be a real number"),
+    (dict(sinks="yes"), TypeError, r"sinks must be a bool, got str"),
+    (dict(sinks=None), TypeError, r"sinks must be a bool, got NoneType"),
+    (dict(causal="False"), TypeError, r"causal must be a bool, got str"),
+    (dict(causal=None), TypeError, r"causal must be a bool, got NoneType"),
+])
+def test_launch_config_refuses_bad_mask_arguments(kw, error, match):
+    with pytest.raises(error, match=match):
+        config(H100, **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# Sizes and dtype spellings (issue 16 items 10 and 14)
+
+
+@pytest.mark.parametrize("name", ["batch", "seqlen_q", "seqlen_k", "heads_q", "heads_kv",
+                                  "head_dim"])
+@pytest.mark.parametrize("value", [2**31, 2**64, -1])
+def test_launch_config_sizes_out_of_range_name_the_argument(name, value):
+    """seqlen_q=2**31 used to be a bare OverflowError from argument parsing."""
+    with pytest.raises(ValueError, match=rf"^{name} must be in \[0, 2147483647\], got {value}$"):
+        config(H100, **{name: value})
+
+
+@pytest.mark.parametrize("value, got", [(1.0, "float"), (True, "bool"), ("8", "str"),
+                                        (None, "NoneType")])
+def test_launch_config_sizes_must_be_ints(value, got):
+    with pytest.raises(TypeError, match=rf"^seqlen_q must be an int, got {got}$"):
+        config(H100, seqlen_q=value)
+
+
+def test_launch_config_takes_numpy_int_sizes():
+    np = pytest.importorskip("numpy")
+    assert config(H100, seqlen_q=np.int64(1000), batch=np.int32(2)) == config(H100)
+
+
+@pytest.mark.parametrize("short, long", [("bf16", "bfloat16"), ("fp16", "float16"),
+                                         ("BF16", "bfloat16"), ("half", "float16")])
+def test_launch_config_takes_the_benchmark_dtype_spellings(short, long):
+    """The benchmark spells dtypes bf16 / fp16; launch_config(dtype='bf16') used to be refused."""
+    assert config(H100, dtype=short) == config(H100, dtype=long)
+
+
+def test_launch_config_short_float32_is_still_not_a_gpu_dtype():
+    with pytest.raises(TypeError, match=r"float32"):
+        config(H100, dtype="fp32")

@@ -130,7 +130,7 @@ static int run_case(const test_case *c, fa_dtype dt, fa_kernel_family family)
     }
 
     fa_params p;
-    memset(&p, 0, sizeof p);
+    fa_params_init(&p);
     p.batch = B; p.seqlen_q = Sq; p.seqlen_k = Sk; p.heads_q = Hq; p.heads_kv = Hk;
     p.head_dim = D; p.dtype = dt; p.causal = c->causal; p.family = family;
     p.softmax_scale = 1.0f / sqrtf((float)D);
@@ -243,7 +243,7 @@ static void bench(fa_kernel_family family, int reps)
                 CHECK_CUDA(cudaMemcpy(v, h, 2 * n, cudaMemcpyHostToDevice));
                 free(h);
                 fa_params p;
-                memset(&p, 0, sizeof p);
+                fa_params_init(&p);
                 p.q = q; p.k = k; p.v = v; p.out = o;
                 p.batch = B; p.seqlen_q = S; p.seqlen_k = S; p.heads_q = H; p.heads_kv = H;
                 p.head_dim = D; p.dtype = FA_BFLOAT16; p.causal = causal; p.family = family;
@@ -279,6 +279,26 @@ static void bench(fa_kernel_family family, int reps)
             }
 }
 
+/* Why cudaGetDevice failed, told apart by what the driver says (the runtime is linked
+ * statically: with no driver at all, CUDA reports an "insufficient" driver). */
+static void no_gpu_reason(cudaError_t err, char *buf, size_t len)
+{
+    int driver = 0;
+    if (cudaDriverGetVersion(&driver) != cudaSuccess)
+        driver = 0;
+    if (driver == 0)
+        snprintf(buf, len, "no NVIDIA driver found (libcuda.so.1 could not be loaded)");
+    else if (err == cudaErrorInsufficientDriver)
+        snprintf(buf, len,
+                 "the NVIDIA driver supports CUDA %d.%d, older than the CUDA %d.%d runtime "
+                 "this program links statically",
+                 driver / 1000, driver % 1000 / 10, CUDART_VERSION / 1000,
+                 CUDART_VERSION % 1000 / 10);
+    else
+        snprintf(buf, len, "%s: %s (driver for CUDA %d.%d)", cudaGetErrorName(err),
+                 cudaGetErrorString(err), driver / 1000, driver % 1000 / 10);
+}
+
 int main(int argc, char **argv)
 {
     int do_bench = 0, reps = 20;
@@ -298,7 +318,14 @@ int main(int argc, char **argv)
     }
     int device = 0;
     fa_device dev;
-    if (cudaGetDevice(&device) != cudaSuccess || fa_device_query(device, &dev) != FA_OK) {
+    cudaError_t err = cudaGetDevice(&device);
+    if (err != cudaSuccess) {
+        char reason[512];
+        no_gpu_reason(err, reason, sizeof reason);
+        fprintf(stderr, "no usable CUDA GPU: %s\n", reason);
+        return 2;
+    }
+    if (fa_device_query(device, &dev) != FA_OK) {
         fprintf(stderr, "no usable CUDA GPU: %s\n", fa_last_error());
         return 2;
     }
