@@ -5,10 +5,16 @@
  *
  *   q, out (batch, seqlen_q, heads_q, head_dim), k, v (batch, seqlen_k, heads_kv, head_dim),
  *   any element strides with unit head_dim stride; fp16 or bf16 in, fp32 accumulation;
- *   optional lse (batch, heads_q, seqlen_q) fp32, natural log. Causal is bottom-right aligned.
+ *   optional lse (batch, heads_q, seqlen_q) fp32, natural log; optional sinks (heads_q) fp32.
+ *   Masks, score hook and row finalisation come from csrc/common/ (mask.h: a key is visible
+ *   when lo <= key <= hi of its row's span, bottom-right aligned; block_range.h: the key
+ *   blocks a tile visits and which of them need the mask; score.h: t = raw or
+ *   tanh(raw * softcap_pre), softmax exp2(t * scale_log2 - m * scale_log2), and the sink in
+ *   the denominator).
  *   grid = (ceil(seqlen_q / BLOCK_M), heads_q, batch), block = 384, dynamic smem from
- *   sm80_tiles.h. Instantiated for head_dim_padded 64, 128, 256 x {fp16, bf16} x {causal, not};
- *   a head_dim below the padded size is zero-filled on load and only its columns are stored.
+ *   sm80_tiles.h. Instantiated for head_dim_padded 64, 128, 256 x {fp16, bf16} x mask kind
+ *   {none, causal, local (window)} x {softcap, not}; sinks are a runtime pointer. A head_dim
+ *   below the padded size is zero-filled on load and only its columns are stored.
  *
  * Build (as the project does):
  *   nvcc -c -O3 -std=c++17 --use_fast_math -Xptxas -v -lineinfo -Xcompiler -fPIC \
@@ -20,10 +26,12 @@
  * registers once (A fragments); K/V blocks of BLOCK_N keys stream through a ring of smem
  * stages; within a block, S = Q K^T, the online softmax and O += P V run per SUB_N keys, with
  * P staying in registers as the A operand. Key blocks are walked from the last visible one
- * down to block 0, so the blocks that need a mask (the causal diagonal and the ragged end of
- * seqlen_k) all come first and every later block runs unmasked; in those masked blocks a warp
- * skips the sub-blocks none of its rows sees, and a warp whose rows all lie past seqlen_q
- * computes nothing.
+ * (n_max - 1) down to the first (n_min; above 0 with a left window), so the blocks that need a
+ * mask sit at the two ends of the walk: the causal or right-window diagonal and the ragged end
+ * of seqlen_k first, the left-window edge last; every block between runs unmasked. In masked
+ * blocks a warp skips the sub-blocks none of its rows sees, and a warp whose rows all lie past
+ * seqlen_q computes nothing. Blocks outside [n_min, n_max) are never loaded; a tile whose
+ * rows see no key stores zeros and the empty-row LSE (-inf, or the sink) and leaves.
  *
  * K/V pipelines (chosen per head_dim in sm80_tiles.h):
  *   mbarrier ring (MBAR 1): block i (in visiting order) is copied by warpgroup i % 3 alone; a
@@ -43,6 +51,10 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "../common/block_range.h"
+#include "../common/mask.h"
+#include "../common/score.h"
+#include "../common/seqlen.h"
 #include "../launch_contract.h"
 #include "kernels.h"
 #include "sm80_tiles.h"
@@ -63,6 +75,7 @@ template <int HDP> struct TileOf;
 #define FA_SM80_TILE_OF(HD)                                                                    \
     template <> struct TileOf<HD> {                                                            \
         static constexpr int block_n = FA_SM80_HD##HD##_BLOCK_N, sub_n = FA_SM80_HD##HD##_SUB_N, \
+                             sub_n_softcap = FA_SM80_HD##HD##_SUB_N_SOFTCAP,                   \
                              row_tiles = FA_SM80_HD##HD##_ROW_TILES,                           \
                              key_split = FA_SM80_HD##HD##_KEY_SPLIT,                           \
                              d_split = FA_SM80_HD##HD##_D_SPLIT,                               \
@@ -75,7 +88,7 @@ FA_SM80_TILE_OF(128)
 FA_SM80_TILE_OF(256)
 #undef FA_SM80_TILE_OF
 
-template <int HDP>
+template <int HDP, bool SOFTCAP>
 struct Config {
     using T = TileOf<HDP>;
     static constexpr int kHeadDim = HDP;
@@ -84,7 +97,7 @@ struct Config {
     static constexpr int kDS = T::d_split;         /* warps splitting head_dim */
     static constexpr int kStages = T::stages;
     static constexpr int kBlockN = T::block_n;
-    static constexpr int kSubN = T::sub_n;
+    static constexpr int kSubN = SOFTCAP ? T::sub_n_softcap : T::sub_n;
     static constexpr int kPartN = kBlockN / kKS;   /* keys of a block one warp covers */
     static constexpr int kSubs = kPartN / kSubN;
     static constexpr int kWarpRows = 16 * kMT;
@@ -134,16 +147,49 @@ struct Config {
     static_assert(kQOffset + kBlockM * kRowBytes <= kSmemBytes, "Q fits its region");
 };
 
-/* Sequence lengths of one batch entry; the only place that will change for varlen batches. */
-__device__ __forceinline__ int batch_seqlen_q(const fa_params &p, int batch)
+/* The kernel's argument block, built on the host by make_args from the public fa_params
+   (which may grow, and carries host-only fields): what the kernel reads, in the form it reads
+   it. Kernel arguments live in the constant bank, so a field used in the main loop costs no
+   register. */
+struct Args {
+    const void *q, *k, *v;
+    void *out;
+    float *lse;         /* NULL: not written */
+    const float *sinks; /* NULL, or one logit per q head */
+    int64_t q_batch_stride, q_row_stride, q_head_stride;
+    int64_t k_batch_stride, k_row_stride, k_head_stride;
+    int64_t v_batch_stride, v_row_stride, v_head_stride;
+    int64_t o_batch_stride, o_row_stride, o_head_stride;
+    int seqlen_q, seqlen_k, heads_q, head_dim;
+    int heads_per_kv; /* heads_q / heads_kv: consecutive q heads share one kv head */
+    /* The window of the uniform batch, normalised by fa_mask_make on the host (make_args) */
+    int window_left, window_right;
+    fa_score score;
+};
+
+/* The mask of one batch entry (mask.h). Every entry of a uniform batch has the same lengths,
+   so make_args ran fa_mask_make once on the host and the normalised window arrives in the
+   constant bank: normalising it here held two more registers across the main loop and
+   spilled (a variable-length batch will call fa_mask_make per entry here). The full and
+   causal instances were picked for a window of (-1, -1) or (-1, 0) (fa_params_mask_kind):
+   spelled as constants, every compare against them folds, and these instances run the code
+   they ran before windows existed. */
+template <fa_mask_kind MASK>
+__device__ __forceinline__ fa_mask make_mask(const Args &a, int len_q, int len_k)
 {
-    (void)batch;
-    return p.seqlen_q;
+    fa_mask m;
+    m.len_q = len_q;
+    m.len_k = len_k;
+    m.left = MASK == FA_MASK_LOCAL ? a.window_left : -1;
+    m.right = MASK == FA_MASK_LOCAL ? a.window_right : MASK == FA_MASK_CAUSAL ? 0 : -1;
+    return m;
 }
-__device__ __forceinline__ int batch_seqlen_k(const fa_params &p, int batch)
+
+/* Whether a key is visible in a row's span; the lower bound exists only with a left window. */
+template <fa_mask_kind MASK>
+__device__ __forceinline__ bool key_visible(const fa_key_span &span, int key)
 {
-    (void)batch;
-    return p.seqlen_k;
+    return key <= span.hi && (MASK != FA_MASK_LOCAL || key >= span.lo);
 }
 
 /* The (batch, kv_head) slice of k or v, rebuilt at each use from one packed register that
@@ -245,7 +291,7 @@ __device__ __forceinline__ void load_tile_async(uint32_t dst, const uint16_t *ba
 /* K and V rows [key0, key0 + BLOCK_N) of this (batch, kv_head) into the stage at `dst`, by
    the kLoadThreads threads of the block's loaders (t = thread index among them). */
 template <class C>
-__device__ __forceinline__ void load_kv_block(uint32_t dst, const fa_params &p,
+__device__ __forceinline__ void load_kv_block(uint32_t dst, const Args &p,
                                               uint32_t batch_kv_head, int key0, int seqlen_k,
                                               bool col_ok, int t)
 {
@@ -257,10 +303,40 @@ __device__ __forceinline__ void load_kv_block(uint32_t dst, const fa_params &p,
         p.v_row_stride, key0, seqlen_k, col_ok, t);
 }
 
-template <int HDP, bool BF16, bool CAUSAL>
-__global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const fa_params p)
+/* Query tiles in reverse launch order when masked: with a causal or right-bounded window the
+   last rows see the most keys, and the longest tiles then start first. */
+template <fa_mask_kind MASK>
+__device__ __forceinline__ int m_block_of(int block_x, int grid_x)
 {
-    using C = Config<HDP>;
+    return MASK != FA_MASK_NONE ? grid_x - 1 - block_x : block_x;
+}
+
+/* A tile whose rows see no key (block_range.h's empty range): out = 0 and the LSE of an empty
+   row, -inf or the sink (score.h). Rows [row0, row_end). */
+template <class C>
+__device__ __forceinline__ void store_empty_tile(const Args &p, int batch, int head, int row0,
+                                                 int row_end, int seqlen_q)
+{
+    const int tid = reread_thread_index(); /* shares nothing with the main path's indices */
+    float inv, lse;
+    fa_row_finalize(-INFINITY, 0.f, fa_sink_log2(p.sinks, head), &inv, &lse);
+    if (p.lse != nullptr && tid < C::kBlockM && row0 + tid < row_end)
+        p.lse[(static_cast<int64_t>(batch) * p.heads_q + head) * seqlen_q + row0 + tid] = lse;
+    const int chunk = tid % C::kChunksPerRow;
+    if (chunk * 8 >= p.head_dim)
+        return;
+    uint16_t *o_ptr = static_cast<uint16_t *>(p.out) +
+                      static_cast<int64_t>(batch) * p.o_batch_stride +
+                      static_cast<int64_t>(head) * p.o_head_stride + chunk * 8;
+    for (int r = row0 + tid / C::kChunksPerRow; r < row_end; r += C::kRowsPerPass)
+        *reinterpret_cast<uint4 *>(o_ptr + static_cast<int64_t>(r) * p.o_row_stride) =
+            make_uint4(0u, 0u, 0u, 0u);
+}
+
+template <int HDP, bool BF16, fa_mask_kind MASK, bool SOFTCAP>
+__global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const Args p)
+{
+    using C = Config<HDP, SOFTCAP>;
     constexpr int MT = C::kMT;
     extern __shared__ __align__(128) unsigned char smem[];
     const uint32_t smem_base = smem_addr(smem);
@@ -275,41 +351,55 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
     const int part = warp / (C::kDS * C::kRowGroups); /* this warp's share of each key block */
     const int d_first = d_half * C::kWarpDim;      /* first head_dim column of this warp */
 
-    const int m_block = CAUSAL ? static_cast<int>(gridDim.x - 1 - blockIdx.x)
-                               : static_cast<int>(blockIdx.x);
+    const int m_block = m_block_of<MASK>(blockIdx.x, gridDim.x);
     const int head = blockIdx.y;
     const int batch = blockIdx.z;
-    const int kv_head = head / (p.heads_q / p.heads_kv);
+    const int kv_head = head / p.heads_per_kv;
     /* grid.y and grid.z are at most 65535 (launch.c checks), so each fits 16 bits */
     const uint32_t batch_kv_head = (static_cast<uint32_t>(batch) << 16) | kv_head;
-    const int seqlen_q = batch_seqlen_q(p, batch);
-    const int seqlen_k = batch_seqlen_k(p, batch);
+    /* Uniform batches: no cu_seqlens yet (launch.c refuses them), and a constant NULL keeps
+       the lengths in the constant bank rather than in two registers across the main loop. */
+    const fa_seqlen len = fa_seqlen_of(batch, p.seqlen_q, p.seqlen_k, nullptr, nullptr);
+    const int seqlen_q = len.len_q;
+    const int seqlen_k = len.len_k;
     const int head_dim = p.head_dim;
     const int row0 = m_block * C::kBlockM;
-    if (row0 >= seqlen_q)
+    const int row_end = min(row0 + C::kBlockM, seqlen_q);
+    if (row_end <= row0)
         return;
 
     const uint16_t *q_ptr = static_cast<const uint16_t *>(p.q) +
                             static_cast<int64_t>(batch) * p.q_batch_stride +
                             static_cast<int64_t>(head) * p.q_head_stride;
-    /* Key blocks [0, n_end) are visited in reverse; the first n_masked visited need a mask. */
-    const int n_blocks_k = (seqlen_k + C::kBlockN - 1) / C::kBlockN;
-    int n_end = n_blocks_k;
-    int first_masked = (seqlen_k % C::kBlockN != 0) ? n_blocks_k - 1 : n_blocks_k;
-    if (CAUSAL) {
-        const int diag = seqlen_k - seqlen_q;
-        const int last_row = min(row0 + C::kBlockM, seqlen_q) - 1;
-        const int last_key = last_row + diag; /* the last key any row of this tile sees */
-        n_end = last_key < 0 ? 0 : min(n_blocks_k, last_key / C::kBlockN + 1);
-        /* keys past row0 + diag are hidden from row0: their blocks need the mask */
-        const int first_hidden = row0 + diag + 1;
-        first_masked = min(first_masked, first_hidden <= 0 ? 0 : first_hidden / C::kBlockN);
+    /* Key blocks n_min <= n < n_max hold every key a row of this tile sees (block_range.h);
+       they are visited from n_max - 1 down, n_vis of them. The blocks that need the element
+       mask sit at both ends: the causal / right-window edge and the ragged end of seqlen_k
+       come first, the left-window edge last; every block in between runs unmasked. */
+    const fa_mask mask = make_mask<MASK>(p, seqlen_q, seqlen_k);
+    /* Empty tiles leave here rather than run a zero-trip main loop, and seqlen_k == 0 is
+       tested before the range: the range function's own empty tests are then dominated by
+       these, its results carry no "or empty" alternative, and without a window the compiler
+       recomputes them from the constant bank in the main loop instead of holding registers
+       (ptxas spilled at head_dim 128 otherwise). */
+    if (seqlen_k <= 0) {
+        store_empty_tile<C>(p, batch, head, row0, row_end, seqlen_q);
+        return;
     }
-    const int n_masked = max(0, n_end - first_masked);
+    const fa_block_range range = fa_block_range_rows(&mask, row0, row_end, C::kBlockN);
+    if (range.n_max <= range.n_min) {
+        store_empty_tile<C>(p, batch, head, row0, row_end, seqlen_q);
+        return;
+    }
+    const int n_max = range.n_max;
+    const int n_vis = range.n_max - range.n_min;
+    /* Without a left window fa_block_needs_mask(&range, kb) is "the first n_top visited
+       blocks": a count the compiler can derive from the constant bank in the main loop. */
+    const int n_top = range.n_max - range.n_full_max;
 
-    /* Softmax in base 2: exp(scale * (s - m)) = exp2(s * scale_log2 - m * scale_log2). A zero
-       scale is raised to FLT_MIN so that masked -inf scores still give -inf, not NaN. */
-    const float scale_log2 = fmaxf(p.softmax_scale * 1.4426950408889634f, FLT_MIN);
+    /* Softmax in base 2 on the hooked score t (score.h): exp(logit - max) =
+       exp2(t * scale_log2 - m * scale_log2); scale_log2 is never 0, so masked -inf scores
+       stay -inf, never NaN. */
+    const float scale_log2 = p.score.scale_log2;
 
     /* a thread whose 16-byte chunk lies past head_dim copies zeros (see load_tile_async) */
     const bool copy_col_ok = (tid % C::kChunksPerRow) * 8 < head_dim;
@@ -342,15 +432,15 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
 #pragma unroll
     for (int s = 0; s < C::kStages - 1; ++s) {
         const uint32_t dst = smem_base + s * C::kStageBytes;
-        const int key0 = (n_end - 1 - s) * C::kBlockN;
+        const int key0 = (n_max - 1 - s) * C::kBlockN;
         if constexpr (C::kMbar) {
-            if (s < n_end && warpgroup == s % FA_NUM_WARPGROUPS) {
+            if (s < n_vis && warpgroup == s % FA_NUM_WARPGROUPS) {
                 load_kv_block<C>(dst, p, batch_kv_head, key0, seqlen_k, copy_col_ok, wg_tid);
                 cp_async_mbar_arrive(full_bar + s * 8);
             }
         } else {
             /* groups: Q with block 0, then one per block */
-            if (s < n_end)
+            if (s < n_vis)
                 load_kv_block<C>(dst, p, batch_kv_head, key0, seqlen_k, copy_col_ok, tid);
             cp_async_commit_group();
         }
@@ -414,14 +504,14 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
     }
 
 #pragma unroll 1
-    for (int it = 0; it < n_end; ++it) {
-        const int kb = n_end - 1 - it;
+    for (int it = 0; it < n_vis; ++it) {
+        const int kb = n_max - 1 - it;
         if constexpr (C::kMbar) {
             /* The loaders of block it + STAGES - 1 refill the stage read in iteration it - 1
                once every warp has released it; then block it is waited for. */
             const int load_it = it + C::kStages - 1;
             const int load_tid = reread_thread_index();
-            if (load_it < n_end && load_tid / C::kLoadThreads == load_it % FA_NUM_WARPGROUPS) {
+            if (load_it < n_vis && load_tid / C::kLoadThreads == load_it % FA_NUM_WARPGROUPS) {
                 const int ls = load_it % C::kStages;
                 if (it >= 1)
                     mbar_wait(empty_bar + ls * 8, ((it - 1) / C::kStages) & 1);
@@ -438,7 +528,7 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
                it - 1, or Q when it == 0). */
             cp_async_wait_group<C::kStages - 2>();
             __syncthreads();
-            if (it + C::kStages - 1 < n_end)
+            if (it + C::kStages - 1 < n_vis)
                 load_kv_block<C>(smem_base + ((it + C::kStages - 1) % C::kStages) *
                                                  C::kStageBytes,
                                  p, batch_kv_head, (kb - (C::kStages - 1)) * C::kBlockN,
@@ -446,7 +536,7 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
             cp_async_commit_group();
         }
         const uint32_t stage = smem_base + (it % C::kStages) * C::kStageBytes;
-        const bool masked = it < n_masked;
+        const bool masked = MASK == FA_MASK_LOCAL ? fa_block_needs_mask(&range, kb) : it < n_top;
         /* a warp whose rows all lie past seqlen_q (the last tile) has nothing to compute */
         const bool warp_active = row0 + row_group * C::kWarpRows < seqlen_q;
 
@@ -508,27 +598,38 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
                 }
             }
         };
+        /* The score hook (score.h), before the mask: t = tanh(s * softcap_pre) with a
+           softcap, t = s without. */
+        auto score_hook = [&](float (&s)[MT][C::kSTiles][4]) {
+            if constexpr (SOFTCAP) {
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int t = 0; t < C::kSTiles; ++t)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e)
+                            s[mt][t][e] = tanh_approx_f32(s[mt][t][e] * p.score.softcap_pre);
+            }
+        };
         auto apply_mask = [&](float (&s)[MT][C::kSTiles][4], int key_first) {
-            /* c0, c1 are keys 2t, 2t+1 of row g; c2, c3 the same keys of row g+8. Limits
-               are computed here rather than kept across the loop: registers are the
-               scarce resource. */
+            /* c0, c1 are keys 2t, 2t+1 of row g; c2, c3 the same keys of row g+8 (mask.h's
+               rule; rows past seqlen_q get some span and are never stored). Spans are
+               computed here rather than kept across the loop: registers are the scarce
+               resource. */
             const int key_base = key_first + 2 * (lane & 3);
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
                 const int row_lo =
                     row0 + row_group * C::kWarpRows + mt * 16 + (lane >> 2);
-                int limit_lo = seqlen_k, limit_hi = seqlen_k;
-                if (CAUSAL) {
-                    limit_lo = min(seqlen_k, row_lo + seqlen_k - seqlen_q + 1);
-                    limit_hi = min(seqlen_k, row_lo + 8 + seqlen_k - seqlen_q + 1);
-                }
+                const fa_key_span span_lo = fa_mask_row(&mask, row_lo);
+                const fa_key_span span_hi = fa_mask_row(&mask, row_lo + 8);
 #pragma unroll
                 for (int t = 0; t < C::kSTiles; ++t) {
                     const int key = key_base + t * 8;
-                    if (key >= limit_lo) s[mt][t][0] = -INFINITY;
-                    if (key + 1 >= limit_lo) s[mt][t][1] = -INFINITY;
-                    if (key >= limit_hi) s[mt][t][2] = -INFINITY;
-                    if (key + 1 >= limit_hi) s[mt][t][3] = -INFINITY;
+                    if (!key_visible<MASK>(span_lo, key)) s[mt][t][0] = -INFINITY;
+                    if (!key_visible<MASK>(span_lo, key + 1)) s[mt][t][1] = -INFINITY;
+                    if (!key_visible<MASK>(span_hi, key)) s[mt][t][2] = -INFINITY;
+                    if (!key_visible<MASK>(span_hi, key + 1)) s[mt][t][3] = -INFINITY;
                 }
             }
         };
@@ -626,12 +727,15 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
                 for (int sub = 0; sub < C::kSubs; ++sub) {
                     const int key_first = kb * C::kBlockN + part * C::kPartN + sub * C::kSubN;
                     if (masked) {
-                        /* skip a sub-block no row of this warp sees (warp-uniform) */
-                        int key_end = seqlen_k;
-                        if (CAUSAL)
-                            key_end = min(seqlen_k, row0 + (row_group + 1) * C::kWarpRows +
-                                                        seqlen_k - seqlen_q);
-                        if (key_first >= key_end) {
+                        /* skip a sub-block no row of this warp sees (warp-uniform): the rows'
+                           spans slide right with the row, so their union runs from the first
+                           row's lo to the last row's hi */
+                        const int w_first = row0 + row_group * C::kWarpRows;
+                        const int w_last = min(w_first + C::kWarpRows, seqlen_q) - 1;
+                        const fa_key_span first = fa_mask_row(&mask, w_first);
+                        const fa_key_span last = fa_mask_row(&mask, w_last);
+                        if (key_first > last.hi ||
+                            (MASK == FA_MASK_LOCAL && key_first + C::kSubN <= first.lo)) {
                             skip_exchange();
                             continue;
                         }
@@ -639,6 +743,7 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
                     float s[MT][C::kSTiles][4];
                     qk(s, sub);
                     exchange(s);
+                    score_hook(s);
                     if (masked)
                         apply_mask(s, key_first);
                     softmax_pv(s, sub);
@@ -661,6 +766,7 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
                                 s[mt][t][e] = s_next[mt][t][e];
                     if (sub + 1 < C::kSubs)
                         qk(s_next, sub + 1);
+                    score_hook(s);
                     softmax_pv(s, sub);
                 }
             }
@@ -675,7 +781,7 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
             mbar_arrive(empty_bar + (it % C::kStages) * 8);
     }
 
-    /* ---- epilogue: merge the key-split parts, normalize, LSE, stage O, 16-byte stores ---- */
+    /* ---- epilogue: finalize the rows (sinks), LSE, stage O, 16-byte stores ---- */
     /* Indices re-read rather than held across the main loop (see reread_thread_index). */
     const int e_tid = reread_thread_index();
     const int e_lane = e_tid & 31;
@@ -683,101 +789,26 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
     const int e_row_group = ((e_tid >> 5) / C::kDS) % C::kRowGroups;
     const int e_part = (e_tid >> 5) / (C::kDS * C::kRowGroups);
     const int e_d_first = e_d_half * C::kWarpDim;
-    const int e_row0 = (CAUSAL ? static_cast<int>(gridDim.x) - 1 - reread_block_index_x()
-                               : reread_block_index_x()) *
-                       C::kBlockM;
+    const int e_row0 =
+        m_block_of<MASK>(reread_block_index_x(), static_cast<int>(gridDim.x)) * C::kBlockM;
     const int e_head = blockIdx.y;
     const int e_batch = blockIdx.z;
-    /* scale[mt][h]: what this warp's O rows are multiplied by (1 / row sum, merged) */
-    float scale[MT][2];
+    static_assert(C::kKS == 1, "no key split: one part holds each row's whole O");
+    /* scale[mt][h]: what this warp's O rows are multiplied by; lse[mt][h] the natural-log LSE;
+       both from score.h's finalisation, with the sink when one is given */
+    const float sink_log2 = fa_sink_log2(p.sinks, e_head);
+    float scale[MT][2], lse[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             l_run[mt][h] += __shfl_xor_sync(0xffffffffu, l_run[mt][h], 1);
             l_run[mt][h] += __shfl_xor_sync(0xffffffffu, l_run[mt][h], 2);
-            scale[mt][h] = l_run[mt][h] != 0.f ? 1.f / l_run[mt][h] : 0.f;
+            fa_row_finalize(m_run[mt][h] * scale_log2, l_run[mt][h], sink_log2, &scale[mt][h],
+                            &lse[mt][h]);
         }
 
     __syncthreads(); /* every warp is done reading the K/V stages that the epilogue reuses */
-    if constexpr (C::kKS > 1) {
-        /* Each e_part's (max, sum) per row, then every e_part rescales its O to the common max
-           and the total sum; parts 1.. hand their O to e_part 0, which adds them in a fixed
-           order (bitwise deterministic). */
-        float2 *ml = reinterpret_cast<float2 *>(smem + C::kMergeMLOffset);
-        const int r_lo = e_row_group * C::kWarpRows + (e_lane >> 2);
-        if ((e_lane & 3) == 0) {
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                ml[e_part * C::kBlockM + r_lo + mt * 16] = make_float2(m_run[mt][0], l_run[mt][0]);
-                ml[e_part * C::kBlockM + r_lo + mt * 16 + 8] =
-                    make_float2(m_run[mt][1], l_run[mt][1]);
-            }
-        }
-        __syncthreads();
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int r = r_lo + mt * 16 + h * 8;
-                float m_tot = -INFINITY;
-#pragma unroll
-                for (int k = 0; k < C::kKS; ++k)
-                    m_tot = fmaxf(m_tot, ml[k * C::kBlockM + r].x);
-                const float base_tot = (m_tot == -INFINITY) ? 0.f : m_tot * scale_log2;
-                float l_tot = 0.f;
-#pragma unroll
-                for (int k = 0; k < C::kKS; ++k) {
-                    const float2 v = ml[k * C::kBlockM + r];
-                    l_tot += v.y * exp2f(v.x * scale_log2 - base_tot);
-                }
-                const float own = exp2f(m_run[mt][h] * scale_log2 - base_tot);
-                scale[mt][h] = l_tot != 0.f ? own / l_tot : 0.f;
-                m_run[mt][h] = m_tot;
-                l_run[mt][h] = l_tot;
-            }
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int t = 0; t < C::kOTiles; ++t) {
-                o_acc[mt][t][0] *= scale[mt][0];
-                o_acc[mt][t][1] *= scale[mt][0];
-                o_acc[mt][t][2] *= scale[mt][1];
-                o_acc[mt][t][3] *= scale[mt][1];
-            }
-        float4 *merge_o = reinterpret_cast<float4 *>(smem + C::kMergeOOffset);
-        constexpr int kPartFloat4s = C::kRowGroups * MT * C::kOTiles * 32;
-        const int frag_base = (e_row_group * MT * C::kOTiles) * 32 + e_lane;
-        if (e_part != 0) {
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int t = 0; t < C::kOTiles; ++t)
-                    merge_o[(e_part - 1) * kPartFloat4s + frag_base + (mt * C::kOTiles + t) * 32] =
-                        make_float4(o_acc[mt][t][0], o_acc[mt][t][1], o_acc[mt][t][2],
-                                    o_acc[mt][t][3]);
-        }
-        __syncthreads();
-        if (e_part == 0) {
-#pragma unroll
-            for (int k = 1; k < C::kKS; ++k)
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                    for (int t = 0; t < C::kOTiles; ++t) {
-                        const float4 other = merge_o[(k - 1) * kPartFloat4s + frag_base +
-                                                     (mt * C::kOTiles + t) * 32];
-                        o_acc[mt][t][0] += other.x;
-                        o_acc[mt][t][1] += other.y;
-                        o_acc[mt][t][2] += other.z;
-                        o_acc[mt][t][3] += other.w;
-                    }
-        }
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-            scale[mt][0] = scale[mt][1] = 1.f;
-    }
-
     if (e_part == 0) {
         const int r_lo = e_row_group * C::kWarpRows + (e_lane >> 2);
         if (p.lse != nullptr && e_d_half == 0 && (e_lane & 3) == 0) {
@@ -789,9 +820,7 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
                 for (int h = 0; h < 2; ++h) {
                     const int r = r_lo + mt * 16 + h * 8;
                     if (e_row0 + r < seqlen_q)
-                        lse_row[r] = l_run[mt][h] != 0.f
-                                         ? m_run[mt][h] * p.softmax_scale + __logf(l_run[mt][h])
-                                         : -INFINITY;
+                        lse_row[r] = lse[mt][h];
                 }
         }
 #pragma unroll
@@ -834,27 +863,82 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
     }
 }
 
-typedef void (*fwd_kernel_t)(const fa_params);
+typedef void (*fwd_kernel_t)(const Args);
 
-template <int HDP>
-fwd_kernel_t pick_kernel(bool bf16, bool causal)
+/* The instance table: head_dim_padded x dtype x mask kind x softcap. Sinks are a runtime
+   pointer, read only by the epilogue. */
+template <int HDP, bool BF16, fa_mask_kind MASK>
+fwd_kernel_t pick_softcap(bool softcap)
 {
-    if (bf16)
-        return causal ? fwd_sm80_kernel<HDP, true, true> : fwd_sm80_kernel<HDP, true, false>;
-    return causal ? fwd_sm80_kernel<HDP, false, true> : fwd_sm80_kernel<HDP, false, false>;
+    return softcap ? fwd_sm80_kernel<HDP, BF16, MASK, true> : fwd_sm80_kernel<HDP, BF16, MASK, false>;
 }
 
-fwd_kernel_t select_kernel(int head_dim_padded, fa_dtype dtype, int causal)
+template <int HDP, bool BF16>
+fwd_kernel_t pick_mask(fa_mask_kind mask, bool softcap)
 {
-    if (dtype != FA_FLOAT16 && dtype != FA_BFLOAT16)
-        return nullptr;
-    const bool bf16 = dtype == FA_BFLOAT16;
-    switch (head_dim_padded) {
-    case 64: return pick_kernel<64>(bf16, causal != 0);
-    case 128: return pick_kernel<128>(bf16, causal != 0);
-    case 256: return pick_kernel<256>(bf16, causal != 0);
+    switch (mask) {
+    case FA_MASK_NONE: return pick_softcap<HDP, BF16, FA_MASK_NONE>(softcap);
+    case FA_MASK_CAUSAL: return pick_softcap<HDP, BF16, FA_MASK_CAUSAL>(softcap);
+    case FA_MASK_LOCAL: return pick_softcap<HDP, BF16, FA_MASK_LOCAL>(softcap);
+    }
+    return nullptr;
+}
+
+template <int HDP>
+fwd_kernel_t pick_dtype(fa_dtype dtype, fa_mask_kind mask, bool softcap)
+{
+    switch (dtype) {
+    case FA_FLOAT16: return pick_mask<HDP, false>(mask, softcap);
+    case FA_BFLOAT16: return pick_mask<HDP, true>(mask, softcap);
     default: return nullptr;
     }
+}
+
+fwd_kernel_t select_kernel(const fa_params *p, int head_dim_padded)
+{
+    const fa_mask_kind mask = fa_params_mask_kind(p);
+    const bool softcap = p->softcap > 0.0f;
+    switch (head_dim_padded) {
+    case 64: return pick_dtype<64>(p->dtype, mask, softcap);
+    case 128: return pick_dtype<128>(p->dtype, mask, softcap);
+    case 256: return pick_dtype<256>(p->dtype, mask, softcap);
+    default: return nullptr;
+    }
+}
+
+/* The kernel's arguments from the (resolved) public params. */
+Args make_args(const fa_params *p)
+{
+    Args a;
+    a.q = p->q;
+    a.k = p->k;
+    a.v = p->v;
+    a.out = p->out;
+    a.lse = p->lse;
+    a.sinks = p->sinks;
+    a.q_batch_stride = p->q_batch_stride;
+    a.q_row_stride = p->q_row_stride;
+    a.q_head_stride = p->q_head_stride;
+    a.k_batch_stride = p->k_batch_stride;
+    a.k_row_stride = p->k_row_stride;
+    a.k_head_stride = p->k_head_stride;
+    a.v_batch_stride = p->v_batch_stride;
+    a.v_row_stride = p->v_row_stride;
+    a.v_head_stride = p->v_head_stride;
+    a.o_batch_stride = p->o_batch_stride;
+    a.o_row_stride = p->o_row_stride;
+    a.o_head_stride = p->o_head_stride;
+    a.seqlen_q = p->seqlen_q;
+    a.seqlen_k = p->seqlen_k;
+    a.heads_q = p->heads_q;
+    a.head_dim = p->head_dim;
+    a.heads_per_kv = p->heads_kv > 0 ? p->heads_q / p->heads_kv : 1;
+    const fa_mask mask =
+        fa_mask_make(p->seqlen_q, p->seqlen_k, p->window_left, p->window_right, p->causal);
+    a.window_left = mask.left;
+    a.window_right = mask.right;
+    a.score = fa_score_make(p->softmax_scale, p->softcap);
+    return a;
 }
 
 } /* namespace fa_sm80 */
@@ -865,19 +949,17 @@ const void *fa_sm80_kernel_fn(const fa_params *p, const fa_tile *t)
 {
     if (p == NULL || t == NULL)
         return NULL;
-    return reinterpret_cast<const void *>(
-        fa_sm80::select_kernel(t->head_dim_padded, p->dtype, p->causal));
+    return reinterpret_cast<const void *>(fa_sm80::select_kernel(p, t->head_dim_padded));
 }
 
 cudaError_t fa_sm80_launch(const fa_params *p, const fa_launch *cfg, cudaStream_t stream)
 {
-    const fa_sm80::fwd_kernel_t kernel =
-        fa_sm80::select_kernel(cfg->head_dim_padded, p->dtype, p->causal);
+    const fa_sm80::fwd_kernel_t kernel = fa_sm80::select_kernel(p, cfg->head_dim_padded);
     if (kernel == nullptr)
         return cudaErrorInvalidDeviceFunction;
     const dim3 grid(cfg->grid[0], cfg->grid[1], cfg->grid[2]);
     const dim3 block(cfg->block[0], cfg->block[1], cfg->block[2]);
-    kernel<<<grid, block, cfg->smem_bytes, stream>>>(*p);
+    kernel<<<grid, block, cfg->smem_bytes, stream>>>(fa_sm80::make_args(p));
     return cudaGetLastError();
 }
 

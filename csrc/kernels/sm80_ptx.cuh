@@ -119,6 +119,15 @@ __device__ __forceinline__ void cp_async_mbar_arrive(uint32_t bar)
     asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];\n" ::"r"(bar) : "memory");
 }
 
+/* tanh(x), hardware approximation (MUFU.TANH, sm_75+): max relative error about 2^-11, the
+   precision of the fp16/bf16 P it feeds. Runs on the same unit as ex2. */
+__device__ __forceinline__ float tanh_approx_f32(float x)
+{
+    float y;
+    asm("tanh.approx.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
 /* Barrier over a subset of the block: `threads` (a multiple of 32) threads arrive at `id`. */
 __device__ __forceinline__ void bar_sync(uint32_t id, uint32_t threads)
 {

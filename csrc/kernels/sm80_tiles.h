@@ -54,6 +54,8 @@
    BLOCK_N   key rows per pipeline stage;
    SUB_N     key columns of S a warp holds at once: the online softmax runs per sub-block (a
              warp of a key split owns BLOCK_N / KEY_SPLIT keys of each block, in sub-blocks);
+   SUB_N_SOFTCAP  the same for the softcap instances: at head_dim 128 the tanh pass over 48
+             keys spilled on sm_90 (ptxas), 32 keys do not;
    STAGES    depth of the cp.async ring;
    MBAR      1: the mbarrier ring, one warpgroup loads each block and no block-wide barrier
              runs in the main loop; 0: every thread loads, one __syncthreads per block (the S
@@ -62,6 +64,7 @@
              the current one (needs BLOCK_N / SUB_N >= 2 and registers for two S). */
 #define FA_SM80_HD64_BLOCK_N 128
 #define FA_SM80_HD64_SUB_N 64
+#define FA_SM80_HD64_SUB_N_SOFTCAP 64
 #define FA_SM80_HD64_ROW_TILES 1
 #define FA_SM80_HD64_KEY_SPLIT 1
 #define FA_SM80_HD64_D_SPLIT 1
@@ -70,6 +73,7 @@
 #define FA_SM80_HD64_QK_AHEAD 1
 #define FA_SM80_HD128_BLOCK_N 96
 #define FA_SM80_HD128_SUB_N 48
+#define FA_SM80_HD128_SUB_N_SOFTCAP 32
 #define FA_SM80_HD128_ROW_TILES 1
 #define FA_SM80_HD128_KEY_SPLIT 1
 #define FA_SM80_HD128_D_SPLIT 1
@@ -78,6 +82,7 @@
 #define FA_SM80_HD128_QK_AHEAD 0
 #define FA_SM80_HD256_BLOCK_N 32
 #define FA_SM80_HD256_SUB_N 32
+#define FA_SM80_HD256_SUB_N_SOFTCAP 32
 #define FA_SM80_HD256_ROW_TILES 1
 #define FA_SM80_HD256_KEY_SPLIT 1
 #define FA_SM80_HD256_D_SPLIT 2
