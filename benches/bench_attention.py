@@ -26,6 +26,19 @@ Statistics: median of the repetitions and a distribution-free 95% confidence int
 median from order statistics (binomial, exact; see bench_lib.median_ci). TFLOP/s =
 4 B Hq Sq Sk D / time, halved for causal. speedup_vs_X = X's median time / this impl's.
 
+Window, softcap and sinks (the masks suite, or --window L,R / --softcap C / --sinks on any
+suite): ours runs with them; SDPA has none of the three, so those configs are timed against
+  flex    FlexAttention (torch.compile'd flex_attention): a block mask of the same
+          bottom-right window, a tanh score_mod for the softcap, sinks folded in from its
+          lse (out * sigmoid(lse - sink)); "skipped: ..." where this torch has no FlexAttention;
+  plain   our own kernel at the same shape and causal flag without window, softcap or sinks
+          (for a causal window: dense causal), correctness not re-checked here (the fa suite
+          and the tests do); tflops_ratio_vs_plain = our TFLOP/s / plain's.
+TFLOP/s of a window config counts only the visible (q, k) pairs, exactly:
+4 B Hq D * sum_i |{j : i + Sk - Sq - left <= j <= i + Sk - Sq + right, 0 <= j < Sk}| / time
+(the flops column holds the count each row used; plain keeps the causal-half convention).
+The correctness gate's float64 reference applies the same window, softcap and sinks.
+
 Usage (from the repository root, flashattn_c built and importable, torch with CUDA):
     python benches/bench_attention.py --suite all --save-csv --plot
     python benches/bench_attention.py --suite fa --dtype bf16 --causal 0 --impl sm90
@@ -33,14 +46,18 @@ Usage (from the repository root, flashattn_c built and importable, torch with CU
     python benches/bench_attention.py --suite fa --configs-limit 3      # quick look
     python benches/bench_attention.py --dry-run                         # list configs, no GPU
     python benches/bench_attention.py --report benches/results/X.csv --plot   # re-report a CSV
+    python benches/bench_attention.py --suite masks --save-csv --plot   # window/softcap/sinks
+    python benches/bench_attention.py --suite fa --causal 1 --window 1024,0 --head-dims 64
 
 Outputs: progress on stderr; the run header and the summary tables on stdout; with
 --save-csv, DIR/fa_<GPU>_<date>.csv (one row per (config, impl)) and a sidecar .json header;
-with --plot, DIR/fa_<GPU>_<date>_<suite>.png per suite fa/llm. Exit status: 0, 1 when one of
-our impls failed on some config, 2 when the benchmark cannot run (no torch, GPU or module).
+with --plot, DIR/fa_<GPU>_<date>_<suite>.png per suite fa/llm, and _masks.png for the window,
+softcap and sink configs. Exit status: 0, 1 when one of our impls failed on some config, 2 when
+the benchmark cannot run (no torch, GPU or module; --report of a CSV that cannot be read).
 """
 import argparse
 import contextlib
+import csv
 import datetime
 import functools
 import gc
@@ -101,9 +118,17 @@ def parse_args(argv=None):
     p.add_argument("--impl", default=None,
                    help="our kernel families, comma list of sm90, sm80, auto (kernel=None), "
                         "or none (default: every family of this build that runs on this GPU)")
-    p.add_argument("--baselines", default="default,flash,cudnn,efficient",
-                   help="SDPA baselines, comma list of default, flash, cudnn, efficient, or "
-                        "none (default: all four)")
+    p.add_argument("--baselines", default="default,flash,cudnn,efficient,flex,plain",
+                   help="comma list of SDPA backends default, flash, cudnn, efficient (configs "
+                        "without window, softcap or sinks) and flex, plain (configs with them), "
+                        "or none (default: all)")
+    p.add_argument("--window", default=None, metavar="L,R",
+                   help="add a sliding window (left, right; -1 unbounded, bottom-right aligned; "
+                        "causal makes right 0) to every config of the chosen suites")
+    p.add_argument("--softcap", type=float, default=None,
+                   help="add a softcap c > 0 to every config of the chosen suites")
+    p.add_argument("--sinks", action="store_true",
+                   help="add attention sinks (one random logit per q head) to every config")
     p.add_argument("--save-csv", action="store_true", help="write the CSV and its .json header")
     p.add_argument("--output-dir", default=os.path.join(REPO, "benches", "results"),
                    help="where CSV, JSON and PNG go (default benches/results/)")
@@ -137,8 +162,18 @@ def parse_args(argv=None):
         if args.baselines.strip() == "none":
             args.baseline_list = []
         else:
-            args.baseline_list = bl.parse_choice_list(args.baselines, bl.SDPA_BACKENDS,
-                                                      all_word="all")
+            args.baseline_list = bl.parse_choice_list(
+                args.baselines, bl.SDPA_BACKENDS + bl.MASK_BASELINES, all_word="all")
+        args.window_pair = None
+        if args.window is not None:
+            parts = [x.strip() for x in args.window.split(",")]
+            if len(parts) != 2:
+                raise ValueError("--window takes LEFT,RIGHT, got %r" % args.window)
+            args.window_pair = (int(parts[0]), int(parts[1]))
+            if min(args.window_pair) < -1:
+                raise ValueError("--window sides must be >= -1, got %r" % args.window)
+        if args.softcap is not None and not (args.softcap >= 0 and math.isfinite(args.softcap)):
+            raise ValueError("--softcap must be finite and >= 0, got %r" % args.softcap)
         if args.impl is None:
             args.families = None
         elif args.impl.strip() == "none":
@@ -158,13 +193,14 @@ def parse_args(argv=None):
 
 
 def build_plan(args):
-    """[(mode, Config)] in run order."""
+    """[(mode, Config)] in run order; --window / --softcap / --sinks applied to every config."""
     def configs(suites):
         out = []
         for suite in suites:
             out += bl.suite_configs(suite, args.dtypes, args.causals, args.head_dim_filter,
                                     args.seqlen_filter, args.configs_limit)
-        return out
+        return [c.with_extras(getattr(args, "window_pair", None), getattr(args, "softcap", None),
+                              True if getattr(args, "sinks", False) else None) for c in out]
     if args.mode == "both":
         return ([("throughput", c) for c in configs(args.suites)]
                 + [("latency", c) for c in configs(["seed"])])
@@ -261,7 +297,13 @@ def collect_env(torch, fa, args, build_info):
                 "(ci95_coverage column); [min, max] when n <= 5",
         "correctness": "max|ours-ref| <= 2 max|peer-ref| + 2 max|(ref+0.3-0.3)-ref|, no NaN; "
                        "ref float64 on the GPU; peer: scores, softmax and output rounded to "
-                       "the input dtype (torch matmul at the input dtype)",
+                       "the input dtype (torch matmul at the input dtype); window, softcap "
+                       "and sinks applied to both",
+        "flops": "4 B Hq Sq Sk D, halved for causal; with a window 4 B Hq D x the visible "
+                 "(q, k) pairs, exactly (bench_lib.visible_pairs); the flops column",
+        "mask_baselines": "flex: torch.compile(flex_attention), block mask of the window, tanh "
+                          "score_mod, sinks as out * sigmoid(lse - sink); plain: our kernel at "
+                          "the shape and causal flag without window, softcap or sinks",
     })
     return env, header, now.strftime("%Y-%m-%d")
 
@@ -300,11 +342,12 @@ def import_flashattn():
 class Impl:
     """One thing timed on a config: a call, the context it runs in, and what became of it."""
 
-    def __init__(self, name, call, context=contextlib.nullcontext, family=None):
+    def __init__(self, name, call, context=contextlib.nullcontext, family=None, flops=None):
         self.name = name
         self.call = call
         self.context = context
         self.family = family
+        self.flops = flops          # FLOPs its tflops counts (None: the config's)
         self.status = bl.STATUS_OK
         self.output = None          # (B, Sq, Hq, D) view of the first call's output
         self.launch = None          # fa.last_launch() after the correctness call
@@ -360,6 +403,8 @@ class Bench:
         self.backends = {"flash": SDPBackend.FLASH_ATTENTION,
                          "cudnn": SDPBackend.CUDNN_ATTENTION,
                          "efficient": SDPBackend.EFFICIENT_ATTENTION}
+        self.sinks = None            # the current config's sink logits (make_inputs)
+        self.flex_compiled = None    # torch.compile(flex_attention), made on first use
 
     # ---- inputs and impls -------------------------------------------------------------------
 
@@ -370,20 +415,35 @@ class Bench:
         q = torch.randn(cfg.B, cfg.Sq, cfg.Hq, cfg.D, device=self.device, dtype=dtype)
         k = torch.randn(cfg.B, cfg.Sk, cfg.Hkv, cfg.D, device=self.device, dtype=dtype)
         v = torch.randn(cfg.B, cfg.Sk, cfg.Hkv, cfg.D, device=self.device, dtype=dtype)
+        # One sink logit per q head, float32 on the device (gpt-oss's are learned, of order 1).
+        self.sinks = (torch.randn(cfg.Hq, device=self.device, dtype=torch.float32)
+                      if cfg.sinks else None)
         return q, k, v
+
+    def extras(self, cfg):
+        """The keyword arguments of fa.attention for the config's window, softcap and sinks
+        (none for a config without them, so the plain call stays what it was)."""
+        if not cfg.has_extras():
+            return {}
+        return {"window_size": cfg.window, "softcap": cfg.softcap, "sinks": self.sinks}
 
     def make_impls(self, cfg, q, k, v, families):
         impls = []
         for fam in families:
             kernel = None if fam == "auto" else fam
-            call = functools.partial(self.fa.attention, q, k, v, causal=cfg.causal, kernel=kernel)
+            call = functools.partial(self.fa.attention, q, k, v, causal=cfg.causal, kernel=kernel,
+                                     **self.extras(cfg))
             impls.append(Impl(bl.our_impl_name(fam), call, family=fam))
+        if cfg.has_extras():
+            return impls + self.make_mask_baselines(cfg, q, k, v, families)
         sdpa = self.torch.nn.functional.scaled_dot_product_attention
         qs, ks, vs = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         kwargs = {"is_causal": cfg.causal}
         if cfg.Hq != cfg.Hkv:
             kwargs["enable_gqa"] = True
         for backend in self.args.baseline_list:
+            if backend not in bl.SDPA_BACKENDS:
+                continue
             call = functools.partial(sdpa, qs, ks, vs, **kwargs)
             if backend == "default":
                 context = contextlib.nullcontext
@@ -392,6 +452,95 @@ class Bench:
             impls.append(Impl("sdpa_" + backend, call, context))
         return impls
 
+    def make_mask_baselines(self, cfg, q, k, v, families):
+        """FlexAttention and plain for a config with a window, softcap or sinks."""
+        impls = []
+        if bl.FLEX in self.args.baseline_list:
+            impls.append(self.make_flex(cfg, q, k, v))
+        if "plain" in self.args.baseline_list:
+            plain = cfg.plain()
+            for fam in families:
+                kernel = None if fam == "auto" else fam
+                call = functools.partial(self.fa.attention, q, k, v, causal=cfg.causal,
+                                         kernel=kernel)
+                impls.append(Impl(bl.plain_impl_name(fam), call, family=fam,
+                                  flops=plain.flops()))
+        return impls
+
+    def make_flex(self, cfg, q, k, v):
+        """FlexAttention on the (B, H, S, D) views: a block mask of the bottom-right window
+        (None when it hides nothing), a tanh score_mod for the softcap (FlexAttention scales
+        before score_mod, as our softcap does), sinks folded in from its lse. Compiled once
+        per process; the block mask is built outside the timed calls."""
+        torch = self.torch
+        impl = Impl(bl.FLEX, None)
+        try:
+            from torch.nn.attention import flex_attention as fmod
+        except ImportError as e:
+            impl.status = "skipped: FlexAttention is not available in torch %s (%s)" % (
+                torch.__version__, one_line(e, 120))
+            return impl
+        if self.flex_compiled is None:
+            # Every mask config compiles its own graph (its shape, mask_mod and score_mod): past
+            # dynamo's recompile limit (8 by default) it would fall back to eager FlexAttention,
+            # which materialises the score matrix. Raise the limits for this process.
+            dyn = torch._dynamo.config
+            for name in ("cache_size_limit", "accumulated_cache_size_limit",
+                         "recompile_limit", "accumulated_recompile_limit"):
+                if isinstance(getattr(dyn, name, None), int):
+                    setattr(dyn, name, max(getattr(dyn, name), 4096))
+            self.flex_compiled = torch.compile(fmod.flex_attention, dynamic=False)
+        flex = self.flex_compiled
+        d, causal = cfg.Sk - cfg.Sq, cfg.causal
+        left, right = cfg.window_left, (0 if causal else cfg.window_right)
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            diag = q_idx + d
+            ok = kv_idx >= 0
+            if right >= 0:
+                ok = ok & (kv_idx <= diag + right)
+            if left >= 0:
+                ok = ok & (kv_idx >= diag - left)
+            return ok
+
+        score_mod = None
+        if cfg.softcap > 0:
+            cap = float(cfg.softcap)
+
+            def score_mod(score, b, h, q_idx, kv_idx):
+                return cap * torch.tanh(score / cap)
+
+        block_mask = None
+        if left >= 0 or right >= 0:
+            try:
+                block_mask = fmod.create_block_mask(mask_mod, None, None, cfg.Sq, cfg.Sk,
+                                                    device=q.device)
+            except Exception as e:
+                impl.status = "failed-call: create_block_mask: %s: %s" % (type(e).__name__,
+                                                                          one_line(e))
+                return impl
+        qs, ks, vs = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        kwargs = {"score_mod": score_mod, "block_mask": block_mask,
+                  "enable_gqa": cfg.Hq != cfg.Hkv}
+        sinks = self.sinks
+        if sinks is None:
+            impl.call = functools.partial(flex, qs, ks, vs, **kwargs)
+            return impl
+        aux = getattr(fmod, "AuxRequest", None)
+        sink_col = sinks[None, :, None]
+
+        def call_with_sinks():
+            # Each row's denominator gains exp(sink): out * e^lse / (e^lse + e^sink).
+            if aux is not None:
+                out, extra = flex(qs, ks, vs, return_aux=aux(lse=True), **kwargs)
+                lse = extra.lse
+            else:
+                out, lse = flex(qs, ks, vs, return_lse=True, **kwargs)
+            return out * torch.sigmoid(lse - sink_col).unsqueeze(-1).to(out.dtype)
+
+        impl.call = call_with_sinks
+        return impl
+
     # ---- first calls: outputs for the correctness check -------------------------------------
 
     def first_call_ours(self, impl, cfg, q, k, v):
@@ -399,11 +548,13 @@ class Bench:
         kernel = None if impl.family == "auto" else impl.family
         try:
             if self.args.no_poison:
-                result = fa.attention(q, k, v, causal=cfg.causal, kernel=kernel)
+                result = fa.attention(q, k, v, causal=cfg.causal, kernel=kernel,
+                                      **self.extras(cfg))
                 out = result if isinstance(result, torch.Tensor) else torch.from_dlpack(result)
             else:
                 out = torch.full_like(q, float("nan"))
-                fa.attention(q, k, v, causal=cfg.causal, kernel=kernel, out=out)
+                fa.attention(q, k, v, causal=cfg.causal, kernel=kernel, out=out,
+                             **self.extras(cfg))
             launch = fa.last_launch()
             torch.cuda.synchronize()
         except Exception as e:  # the library's own errors: a row that says what it raised
@@ -430,6 +581,19 @@ class Bench:
             return
         impl.output = out
 
+    def first_call_plain(self, impl):
+        """Our kernel without the config's extras: run once, record what ran; its output is a
+        different attention, so it is not held for the correctness check."""
+        torch, fa = self.torch, self.fa
+        try:
+            impl.call()
+            launch = fa.last_launch()
+            torch.cuda.synchronize()
+        except Exception as e:
+            impl.status = "failed-call: %s: %s" % (type(e).__name__, one_line(e))
+            return
+        impl.launch = dict(launch) if launch else None
+
     def first_call_sdpa(self, impl):
         torch = self.torch
         with warnings.catch_warnings(record=True) as caught:
@@ -450,6 +614,9 @@ class Bench:
                 else:
                     impl.status = "failed-call: RuntimeError: " + one_line(text)
                 return
+            except Exception as e:   # FlexAttention's compiler errors, among others
+                impl.status = "failed-call: %s: %s" % (type(e).__name__, one_line(e))
+                return
         impl.output = out.transpose(1, 2)
 
     # ---- correctness ------------------------------------------------------------------------
@@ -467,6 +634,16 @@ class Bench:
         peer_err, round_err = zero.clone(), zero.clone()
         rows = torch.arange(Sq, device=q.device)
         cols = torch.arange(Sk, device=q.device)
+        left, right = cfg.window_left, (0 if cfg.causal else cfg.window_right)
+        sinks = self.sinks if cfg.sinks else None
+
+        def softmax_with_sink(s, sink):
+            if sink is None:
+                return torch.softmax(s, dim=-1)
+            # The sink joins each row's denominator: exp(s - lse), lse over keys and sink.
+            lse = torch.logaddexp(torch.logsumexp(s, dim=-1, keepdim=True), sink)
+            return torch.exp(s - lse)
+
         kv_key = None
         for (b, h0, h1, r0, r1) in bl.reference_chunks(B, Hq, Sq, Sk, self.args.ref_chunk_elems):
             if kv_key != (b, h0, h1):
@@ -476,18 +653,30 @@ class Bench:
                 k64, v64 = k_lp.double(), v_lp.double()
                 kv_key = (b, h0, h1)
             q_lp = q[b, r0:r1, h0:h1].permute(1, 0, 2)                      # (hc, rows, D)
+            # Hidden keys, bottom-right aligned (csrc/common/mask.h): key j is visible to query
+            # i when i + Sk - Sq - left <= j <= i + Sk - Sq + right; causal sets right = 0.
             mask = None
-            if cfg.causal:   # bottom-right aligned: key j visible to query i if j <= i + Sk - Sq
-                mask = cols[None, :] > (rows[r0:r1, None] + (Sk - Sq))
+            diag = rows[r0:r1, None] + (Sk - Sq)
+            if right >= 0:
+                mask = cols[None, :] > diag + right
+            if left >= 0:
+                below = cols[None, :] < diag - left
+                mask = below if mask is None else (mask | below)
+            sink = None if sinks is None else sinks[h0:h1].double()[:, None, None]
             s64 = torch.matmul(q_lp.double(), k64.transpose(1, 2)).mul_(scale)
+            if cfg.softcap > 0:
+                s64 = torch.tanh(s64.div_(cfg.softcap)).mul_(cfg.softcap)
             if mask is not None:
                 s64.masked_fill_(mask, float("-inf"))
-            ref = torch.matmul(torch.softmax(s64, dim=-1), v64)            # (hc, rows, D)
+            ref = torch.matmul(softmax_with_sink(s64, sink), v64)          # (hc, rows, D)
             del s64
             s_lp = torch.matmul(q_lp, k_lp.transpose(1, 2)).float().mul_(scale)
+            if cfg.softcap > 0:   # the peer's tanh at the input precision, as the tests'
+                s_lp = (torch.tanh(s_lp.to(q.dtype) / cfg.softcap) * cfg.softcap).float()
             if mask is not None:
                 s_lp.masked_fill_(mask, float("-inf"))
-            peer = torch.matmul(torch.softmax(s_lp, dim=-1).to(q.dtype), v_lp)
+            peer = torch.matmul(softmax_with_sink(s_lp, None if sink is None else sink.float())
+                                .to(q.dtype), v_lp)
             del s_lp
             peer_err = torch.maximum(peer_err, (peer.double() - ref).abs().max())
             round_err = torch.maximum(round_err, ((ref + 0.3) - 0.3 - ref).abs().max())
@@ -627,8 +816,12 @@ class Bench:
         q, k, v = self.make_inputs(cfg, index)
         impls = self.make_impls(cfg, q, k, v, families)
         for im in impls:
+            if not im.ok:          # a baseline this torch lacks: its row says why
+                continue
             if bl.is_ours(im.name):
                 self.first_call_ours(im, cfg, q, k, v)
+            elif bl.is_plain(im.name):
+                self.first_call_plain(im)
             else:
                 self.first_call_sdpa(im)
         self.check(cfg, q, k, v, impls)
@@ -652,9 +845,10 @@ class Bench:
             if im.ok and im.samples:
                 lo, hi, coverage = bl.median_ci(im.samples)
                 med = bl.median(im.samples)
+                flops = im.flops if im.flops is not None else cfg.flops()
                 fields.update(median_ms=med, ci95_lo_ms=lo, ci95_hi_ms=hi, ci95_coverage=coverage,
-                              tflops=bl.tflops(cfg.flops(), med), repeats=len(im.samples),
-                              calls_per_rep=im.calls_per_rep)
+                              tflops=bl.tflops(flops, med), repeats=len(im.samples),
+                              calls_per_rep=im.calls_per_rep, flops=flops)
             if im.launch:
                 L = im.launch
                 fields.update(kernel=L.get("kernel"), block=L.get("block"), grid=L.get("grid"),
@@ -664,6 +858,18 @@ class Bench:
                     fields["tile"] = "%sx%s" % (L["block_m"], L["block_n"])
             rows.append(bl.make_row(self.env, cfg, im.name, mode, **fields))
         return bl.fill_speedups(rows)
+
+
+def impl_names(cfg, families, baselines):
+    """The impl names a config's rows carry (as Bench.make_impls builds them)."""
+    names = [bl.our_impl_name(f) for f in families]
+    if not cfg.has_extras():
+        return names + ["sdpa_" + b for b in baselines if b in bl.SDPA_BACKENDS]
+    if bl.FLEX in baselines:
+        names.append(bl.FLEX)
+    if "plain" in baselines:
+        names += [bl.plain_impl_name(f) for f in families]
+    return names
 
 
 def describe_rows(rows):
@@ -700,13 +906,39 @@ def plot_all(rows, stem_path, gpu_name=""):
             log("[bench] plot %s: no throughput rows with status ok" % suite)
         else:
             written.append(path)
-    if not written and not any(r.get("suite") in ("fa", "llm") for r in rows):
-        log("[bench] --plot: plots cover the fa and llm suites; none in this run")
+    if any(bl.row_config(r).has_extras() for r in rows):
+        path = bl.plot_masks(rows, "%s_masks.png" % stem_path, gpu_name)
+        if path is None:
+            if importlib.util.find_spec("matplotlib") is None:
+                log("[bench] --plot: matplotlib is not importable; no plot written "
+                    "(pip install matplotlib)")
+                return written
+            log("[bench] plot masks: no throughput rows with status ok")
+        else:
+            written.append(path)
+    elif not written and not any(r.get("suite") in ("fa", "llm") for r in rows):
+        log("[bench] --plot: plots cover the fa and llm suites and the window, softcap and "
+            "sink configs; none in this run")
     return written
 
 
 def report(args):
-    rows = bl.read_csv(args.report)
+    try:
+        rows = bl.read_csv(args.report)
+        if rows:
+            missing = [f for f in ("impl", "status", "suite", "dtype", "B", "Hq", "Sq", "D")
+                       if f not in rows[0]]
+            if missing:
+                raise ValueError("not a bench_attention CSV (no column %s)" % ", ".join(missing))
+            for r in rows:   # every row must name its config
+                bl.row_config(r)
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError, TypeError, KeyError) as e:
+        detail = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
+        log("bench_attention: --report %s: cannot read it: %s" % (args.report, detail))
+        return 2
+    if not rows:
+        log("bench_attention: --report %s: the CSV has no rows" % args.report)
+        return 2
     print(bl.format_summary(rows))
     if args.plot:
         for path in plot_all(rows, os.path.splitext(args.report)[0],
@@ -763,7 +995,8 @@ def main(argv=None):
 
     env, header, date_str = collect_env(torch, fa, args, build_info)
     header["families"] = families
-    header["baselines"] = ["sdpa_" + b for b in args.baseline_list]
+    header["baselines"] = [b if b in bl.MASK_BASELINES else "sdpa_" + b
+                           for b in args.baseline_list]
     header["configs"] = len(plan)
     print_header(header)
 
@@ -797,8 +1030,7 @@ def main(argv=None):
             rows = bench.run_config(mode, cfg, index, families)
         except Exception as e:   # a dead config must not lose the rows measured so far
             reason = "failed-call: config aborted: %s: %s" % (type(e).__name__, one_line(e))
-            names = [bl.our_impl_name(f) for f in families] + ["sdpa_" + b
-                                                               for b in args.baseline_list]
+            names = impl_names(cfg, families, args.baseline_list)
             rows = [bl.make_row(env, cfg, n, mode, status=reason) for n in names]
             try:
                 torch.cuda.synchronize()

@@ -7,6 +7,12 @@ the GPU work and calls into this module; tests/test_bench_lib.py checks it witho
 
 Shapes follow flashattn_c: q (B, Sq, Hq, D), k and v (B, Sk, Hkv, D); Hq % Hkv == 0.
 Every suite has Sq == Sk, so bottom-right causal (ours) and top-left causal (SDPA) agree.
+A config may add a sliding window (window_left, window_right; -1 unbounded, bottom-right
+aligned as causal), a softcap and attention sinks: the masks suite, or the --window,
+--softcap and --sinks flags of bench_attention.py on any suite. Those configs are timed against
+FlexAttention (a sliding-window block mask, a tanh score_mod, sinks folded in from its lse)
+and against our own kernel at the same shape without them ("plain": dense causal for a causal
+window), not against SDPA, which has none of the three.
 
     python -m pytest tests/test_bench_lib.py        # the CPU tests
     python benches/bench_attention.py --dry-run     # list the configs this module defines
@@ -29,6 +35,18 @@ OUR_FAMILIES = ("sm90", "sm80")           # kernel families of flashattn_c, fast
 OUR_CHOICES = OUR_FAMILIES + ("auto",)    # "auto" = kernel=None: the library picks
 SDPA_BACKENDS = ("default", "flash", "cudnn", "efficient")
 BASELINES = tuple("sdpa_" + b for b in SDPA_BACKENDS)
+FLEX = "flex"                              # FlexAttention (torch.compile'd), mask configs only
+MASK_BASELINES = (FLEX, "plain")           # --baselines words for the mask configs
+SPEEDUP_BASELINES = BASELINES + (FLEX,)    # speedup_vs_<X> columns: same work, time ratio
+
+
+def plain_impl_name(family):
+    """Our kernel at the config's shape and causal flag, without window, softcap or sinks."""
+    return "plain_" + family
+
+
+def is_plain(impl):
+    return impl.startswith("plain_")
 
 
 def our_impl_name(family):
@@ -51,14 +69,20 @@ CSV_FIELDS = (
     "max_abs_err", "tol", "kernel", "block", "grid", "smem_bytes",
     # extras
     "mode", "repeats", "calls_per_rep", "ci95_coverage", "regs", "tile", "stages",
+    # masks: the config's window / softcap / sinks, the FLOPs this row's tflops counts
+    # (attention_flops: visible (q, k) pairs for a window), and the mask baselines
+    "window_left", "window_right", "softcap", "sinks", "flops", "speedup_vs_flex",
+    "tflops_ratio_vs_plain",
 )
 ENV_FIELDS = ("gpu", "sm_count", "driver", "cuda", "torch", "cudnn", "git_commit", "date")
 INT_FIELDS = ("sm_count", "B", "Hq", "Hkv", "Sq", "Sk", "D", "causal", "smem_bytes",
-              "repeats", "calls_per_rep", "regs", "stages")
+              "repeats", "calls_per_rep", "regs", "stages", "window_left", "window_right", "sinks")
 FLOAT_FIELDS = ("median_ms", "ci95_lo_ms", "ci95_hi_ms", "tflops",
                 "speedup_vs_sdpa_default", "speedup_vs_sdpa_flash", "speedup_vs_sdpa_cudnn",
-                "speedup_vs_sdpa_efficient", "max_abs_err", "tol", "ci95_coverage")
-CONFIG_KEY_FIELDS = ("mode", "suite", "dtype", "B", "Hq", "Hkv", "Sq", "Sk", "D", "causal")
+                "speedup_vs_sdpa_efficient", "max_abs_err", "tol", "ci95_coverage", "softcap",
+                "flops", "speedup_vs_flex", "tflops_ratio_vs_plain")
+CONFIG_KEY_FIELDS = ("mode", "suite", "dtype", "B", "Hq", "Hkv", "Sq", "Sk", "D", "causal",
+                     "window_left", "window_right", "softcap", "sinks")
 
 STATUS_OK = "ok"
 STATUS_FAILED_CORRECTNESS = "failed-correctness"
@@ -80,7 +104,24 @@ LLM_TOKENS = 16384
 LLM_HEADS = ((32, 8), (64, 8), (28, 4))                      # (heads_q, heads_kv), GQA
 LLM_HEAD_DIM = 128
 LLM_SEQLENS = (1024, 2048, 4096, 8192, 16384)
-SUITES = ("seed", "fa", "llm")
+# masks: (B, Hq, Hkv, S, D, causal, window_left, window_right, softcap, sinks). Issue 13's
+# shapes at 16k tokens (hd128 window 4096 and hd64 window 1024, causal: the anchors' FlexAttention
+# rows; softcap at hd128 and hd64 causal), a symmetric window, and sinks at gpt-oss's attention
+# (64 q heads over 8 kv heads, head_dim 64, full causal and 128-token window layers).
+MASK_SHAPES = (
+    (1, 16, 16, 16384, 128, True, 4096, 0, 0.0, False),
+    (1, 32, 32, 16384, 64, True, 1024, 0, 0.0, False),
+    (4, 16, 16, 4096, 128, True, 1024, 0, 0.0, False),
+    (1, 16, 16, 16384, 128, False, 2048, 2048, 0.0, False),
+    (1, 16, 16, 16384, 128, True, -1, -1, 30.0, False),
+    (1, 32, 32, 16384, 64, True, -1, -1, 30.0, False),
+    (1, 16, 16, 16384, 128, False, -1, -1, 30.0, False),
+    (1, 16, 16, 16384, 128, True, 4096, 0, 30.0, False),
+    (2, 64, 8, 8192, 64, True, -1, -1, 0.0, True),
+    (2, 64, 8, 8192, 64, True, 128, 0, 0.0, True),
+    (1, 16, 16, 16384, 128, True, -1, -1, 0.0, True),
+)
+SUITES = ("seed", "fa", "llm", "masks")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,15 +135,54 @@ class Config:
     Sk: int
     D: int
     causal: bool
+    window_left: int = -1      # sliding window, -1 unbounded; causal makes the right side 0
+    window_right: int = -1
+    softcap: float = 0.0       # > 0: c * tanh(x / c) on the scaled scores
+    sinks: bool = False        # one sink logit per q head
+
+    @property
+    def window(self):
+        return (self.window_left, self.window_right)
+
+    def has_window(self):
+        return self.window_left >= 0 or (self.window_right >= 0 and not self.causal)
+
+    def has_extras(self):
+        """A window, a softcap or sinks: what SDPA cannot run."""
+        return self.has_window() or self.softcap > 0 or self.sinks
+
+    def plain(self):
+        """The same shape and causal flag without window, softcap or sinks."""
+        return dataclasses.replace(self, window_left=-1, window_right=-1, softcap=0.0,
+                                   sinks=False)
 
     def flops(self):
-        return attention_flops(self.B, self.Hq, self.Sq, self.Sk, self.D, self.causal)
+        return attention_flops(self.B, self.Hq, self.Sq, self.Sk, self.D, self.causal,
+                               self.window if self.has_window() else None)
 
     def label(self):
         mask = "causal" if self.causal else "full"
+        if self.has_window():
+            mask += " w=(%d,%d)" % (self.window_left, 0 if self.causal else self.window_right)
+        if self.softcap > 0:
+            mask += " cap=%g" % self.softcap
+        if self.sinks:
+            mask += " sinks"
         heads = str(self.Hq) if self.Hq == self.Hkv else "%d/%d" % (self.Hq, self.Hkv)
         seq = str(self.Sq) if self.Sq == self.Sk else "%dx%d" % (self.Sq, self.Sk)
         return "%s %s B=%d H=%s S=%s D=%d" % (self.dtype, mask, self.B, heads, seq, self.D)
+
+    def with_extras(self, window=None, softcap=None, sinks=None):
+        """This config with the --window / --softcap / --sinks flags applied (None: keep)."""
+        cfg = self
+        if window is not None:
+            cfg = dataclasses.replace(cfg, window_left=int(window[0]),
+                                      window_right=int(window[1]))
+        if softcap is not None:
+            cfg = dataclasses.replace(cfg, softcap=float(softcap))
+        if sinks is not None:
+            cfg = dataclasses.replace(cfg, sinks=bool(sinks))
+        return cfg
 
 
 def _shapes(suite):
@@ -115,6 +195,8 @@ def _shapes(suite):
     if suite == "llm":
         return [(LLM_TOKENS // s, hq, hkv, s, LLM_HEAD_DIM)
                 for (hq, hkv) in LLM_HEADS for s in LLM_SEQLENS]
+    if suite == "masks":
+        return [shape[:5] for shape in MASK_SHAPES]
     raise ValueError("unknown suite %r, expected one of %s" % (suite, ", ".join(SUITES)))
 
 
@@ -125,6 +207,15 @@ def suite_configs(suite, dtypes=("bf16", "fp16"), causals=(False, True),
     for dtype in dtypes:
         if dtype not in DTYPE_NAMES:
             raise ValueError("unknown dtype %r, expected bf16 or fp16" % (dtype,))
+        if suite == "masks":   # each mask shape carries its own causal flag
+            for (b, hq, hkv, s, d, causal, left, right, cap, sinks) in MASK_SHAPES:
+                if causal not in [bool(c) for c in causals]:
+                    continue
+                if (head_dims and d not in head_dims) or (seqlens and s not in seqlens):
+                    continue
+                configs.append(Config(suite, dtype, b, hq, hkv, s, s, d, causal, left, right,
+                                      cap, sinks))
+            continue
         for causal in causals:
             for (b, hq, hkv, s, d) in _shapes(suite):
                 if head_dims and d not in head_dims:
@@ -156,9 +247,32 @@ def parse_choice_list(text, choices, both_word="both", all_word="all"):
 # FLOPs
 # --------------------------------------------------------------------------------------------
 
-def attention_flops(B, Hq, Sq, Sk, D, causal):
-    """Two matrix products of 2*Sq*Sk*D flops per head; causal counts half (the convention
-    of the FlashAttention benchmarks, exact only in the limit of long sequences)."""
+def visible_pairs(Sq, Sk, causal, window):
+    """The (query, key) pairs a bottom-right aligned mask shows: query i sees key j when
+    i + Sk - Sq - left <= j <= i + Sk - Sq + right and 0 <= j < Sk, -1 unbounded, causal
+    setting right = 0 (csrc/common/mask.h). Exact, summed over rows."""
+    left, right = int(window[0]), int(window[1])
+    if causal:
+        right = 0
+    total = 0
+    for i in range(Sq):
+        diag = i + Sk - Sq
+        lo = max(0, diag - left) if left >= 0 else 0
+        hi = min(Sk - 1, diag + right) if right >= 0 else Sk - 1
+        if hi >= lo:
+            total += hi - lo + 1
+    return total
+
+
+def attention_flops(B, Hq, Sq, Sk, D, causal, window=None):
+    """Two matrix products of 2*D flops per (query, key) pair and head.
+
+    No window: Sq * Sk pairs, causal counting half (the convention of the FlashAttention
+    benchmarks, exact only in the limit of long sequences). A window (left, right): only the
+    visible pairs, exactly (visible_pairs): 4 * B * Hq * D * visible_pairs(Sq, Sk, causal,
+    window), so a sliding window's TFLOP/s is the work it needs, not the dense work it skips."""
+    if window is not None and (window[0] >= 0 or (window[1] >= 0 and not causal)):
+        return float(4 * B * Hq * D * visible_pairs(Sq, Sk, causal, window))
     flops = 4 * B * Hq * Sq * Sk * D
     return flops / 2 if causal else float(flops)
 
@@ -466,7 +580,9 @@ def make_row(env, cfg, impl, mode, **fields):
     row = {f: None for f in CSV_FIELDS}
     row.update({f: env.get(f) for f in ENV_FIELDS})
     row.update(suite=cfg.suite, dtype=cfg.dtype, B=cfg.B, Hq=cfg.Hq, Hkv=cfg.Hkv, Sq=cfg.Sq,
-               Sk=cfg.Sk, D=cfg.D, causal=int(cfg.causal), impl=impl, mode=mode)
+               Sk=cfg.Sk, D=cfg.D, causal=int(cfg.causal), impl=impl, mode=mode,
+               window_left=cfg.window_left, window_right=cfg.window_right,
+               softcap=float(cfg.softcap), sinks=int(bool(cfg.sinks)))
     for key, value in fields.items():
         if key not in row:
             raise KeyError("not a CSV field: %s" % key)
@@ -478,21 +594,45 @@ def config_key(row):
     return tuple(row.get(f) for f in CONFIG_KEY_FIELDS)
 
 
-def row_label(row):
+def _or(value, default):
+    return default if value is None else value
+
+
+def row_config(row):
+    """The Config of a CSV row (rows of CSVs older than the mask columns get no mask)."""
     return Config(row["suite"], row["dtype"], int(row["B"]), int(row["Hq"]), int(row["Hkv"]),
-                  int(row["Sq"]), int(row["Sk"]), int(row["D"]), bool(row["causal"])).label()
+                  int(row["Sq"]), int(row["Sk"]), int(row["D"]), bool(row["causal"]),
+                  int(_or(row.get("window_left"), -1)), int(_or(row.get("window_right"), -1)),
+                  float(_or(row.get("softcap"), 0.0)), bool(_or(row.get("sinks"), 0)))
+
+
+def row_label(row):
+    return row_config(row).label()
 
 
 def fill_speedups(rows):
-    """speedup_vs_<baseline> = baseline median time / this impl's median time, for the rows
-    of one config; empty where either side has no time."""
+    """For the rows of one config: speedup_vs_<baseline> = baseline median time / this impl's
+    median time (the baselines doing the same work: SDPA backends, FlexAttention); and for our
+    impls, tflops_ratio_vs_plain = this impl's TFLOP/s / the same family's plain row's (our
+    kernel at that shape without window, softcap or sinks: a different FLOP count, so a
+    throughput ratio, not a time ratio). Empty where either side has no time."""
     by_impl = {r["impl"]: r for r in rows}
+
+    def ok_value(r, field):
+        return r.get(field) if r is not None and r.get("status") == STATUS_OK else None
+
     for row in rows:
-        mine = row.get("median_ms") if row.get("status") == STATUS_OK else None
-        for base in BASELINES:
-            b = by_impl.get(base)
-            theirs = b.get("median_ms") if b is not None and b.get("status") == STATUS_OK else None
+        mine = ok_value(row, "median_ms")
+        for base in SPEEDUP_BASELINES:
+            theirs = ok_value(by_impl.get(base), "median_ms")
             row["speedup_vs_" + base] = (theirs / mine) if (mine and theirs) else None
+        row["tflops_ratio_vs_plain"] = None
+        if is_ours(row["impl"]):
+            mine_t = ok_value(row, "tflops")
+            plain_t = ok_value(by_impl.get(plain_impl_name(row["impl"][len("ours_"):])),
+                               "tflops")
+            if mine_t and plain_t:
+                row["tflops_ratio_vs_plain"] = mine_t / plain_t
     return rows
 
 
@@ -513,7 +653,9 @@ def summarize(rows, baseline="sdpa_default"):
     flash, the worst config (lowest speedup vs `baseline`) and ok/total counts.
 
     Returns {(mode, suite): {impl: {"geomean_vs_sdpa_default", "geomean_vs_sdpa_flash",
-    "n_vs_sdpa_default", "n_vs_sdpa_flash", "worst_label", "worst_speedup", "ok", "total"}}}."""
+    "n_vs_sdpa_default", "n_vs_sdpa_flash", "worst_label", "worst_speedup", "ok", "total"}}},
+    plus "geomean_vs_flex" / "n_vs_flex" (time ratio) and "geomean_vs_plain" / "n_vs_plain"
+    (TFLOP/s ratio) where the suite's configs have those baselines (the mask configs)."""
     out = {}
     for key, impls in group_configs(rows).items():
         mode, suite = key[0], key[1]
@@ -522,21 +664,24 @@ def summarize(rows, baseline="sdpa_default"):
             if not is_ours(impl):
                 continue
             s = per_suite.setdefault(impl, {"vs_sdpa_default": [], "vs_sdpa_flash": [],
+                                            "vs_flex": [], "vs_plain": [],
                                             "worst_label": None, "worst_speedup": None,
                                             "ok": 0, "total": 0})
             s["total"] += 1
             if row.get("status") == STATUS_OK:
                 s["ok"] += 1
-            for base in ("sdpa_default", "sdpa_flash"):
+            for base in ("sdpa_default", "sdpa_flash", FLEX):
                 v = row.get("speedup_vs_" + base)
                 if v is not None:
                     s["vs_" + base].append(v)
+            if row.get("tflops_ratio_vs_plain") is not None:
+                s["vs_plain"].append(row["tflops_ratio_vs_plain"])
             w = row.get("speedup_vs_" + baseline)
             if w is not None and (s["worst_speedup"] is None or w < s["worst_speedup"]):
                 s["worst_speedup"], s["worst_label"] = w, row_label(row)
     for per_suite in out.values():
         for s in per_suite.values():
-            for base in ("sdpa_default", "sdpa_flash"):
+            for base in ("sdpa_default", "sdpa_flash", FLEX, "plain"):
                 vals = s.pop("vs_" + base)
                 s["geomean_vs_" + base] = geomean(vals)
                 s["n_vs_" + base] = len(vals)
@@ -587,9 +732,19 @@ def format_summary(rows):
         unit = "us per call, Python wall clock" if mode == "latency" else "TFLOP/s"
         lines.append("")
         lines.append("== suite %s, %s (%s; speedup = SDPA time / ours) ==" % (suite, mode, unit))
+        # SDPA columns where the suite has SDPA rows; FlexAttention and plain where it has those.
+        ratio_cols = []
+        if any(i in BASELINES for i in present) or not any(
+                i == FLEX or is_plain(i) for i in present):
+            ratio_cols += [("default", "speedup_vs_sdpa_default"),
+                           ("flash", "speedup_vs_sdpa_flash")]
+        if FLEX in present:
+            ratio_cols.append(("flex", "speedup_vs_flex"))
+        if any(is_plain(i) for i in present):
+            ratio_cols.append(("plain", "tflops_ratio_vs_plain"))
         header = ["config"] + present
         for o in ours:
-            header += ["%s/default" % o[5:], "%s/flash" % o[5:]]
+            header += ["%s/%s" % (o[5:], name) for name, _ in ratio_cols]
         body = []
         for k in keys:
             impls = groups[k]
@@ -597,7 +752,7 @@ def format_summary(rows):
             line = [row_label(any_row)] + [_cell(impls.get(i), mode) for i in present]
             for o in ours:
                 r = impls.get(o) or {}
-                line += [_x(r.get("speedup_vs_sdpa_default")), _x(r.get("speedup_vs_sdpa_flash"))]
+                line += [_x(r.get(field)) for _, field in ratio_cols]
             body.append(line)
         lines += _table(header, body)
         for o in ours:
@@ -606,11 +761,18 @@ def format_summary(rows):
                 continue
             worst = ("worst %s (%s vs sdpa_default)" % (s["worst_label"], _x(s["worst_speedup"]))
                      if s["worst_label"] else "worst: -")
+            extra = ""
+            if s.get("n_vs_flex"):
+                extra += "; geomean %s vs flex (%d configs)" % (_x(s["geomean_vs_flex"]),
+                                                               s["n_vs_flex"])
+            if s.get("n_vs_plain"):
+                extra += "; TFLOP/s geomean %s of plain (%d configs)" % (
+                    _x(s["geomean_vs_plain"]), s["n_vs_plain"])
             lines.append("%s %s %s: geomean %s vs sdpa_default (%d configs), %s vs sdpa_flash "
-                         "(%d configs); %d/%d ok; %s"
+                         "(%d configs); %d/%d ok; %s%s"
                          % (suite, mode, o, _x(s["geomean_vs_sdpa_default"]),
                             s["n_vs_sdpa_default"], _x(s["geomean_vs_sdpa_flash"]),
-                            s["n_vs_sdpa_flash"], s["ok"], s["total"], worst))
+                            s["n_vs_sdpa_flash"], s["ok"], s["total"], worst, extra))
     return "\n".join(lines)
 
 
@@ -657,7 +819,8 @@ class Progress:
 IMPL_COLORS = {
     "ours_sm90": "#d62728", "ours_sm80": "#ff7f0e", "ours_auto": "#8c564b",
     "sdpa_default": "#1f77b4", "sdpa_flash": "#2ca02c", "sdpa_cudnn": "#9467bd",
-    "sdpa_efficient": "#7f7f7f",
+    "sdpa_efficient": "#7f7f7f", "flex": "#17becf", "plain_sm90": "#f7b6d2",
+    "plain_sm80": "#ffbb78", "plain_auto": "#c49c94",
 }
 
 
@@ -739,6 +902,62 @@ def plot_suite(rows, suite, path, gpu_name=""):
     fig.legend(handles, labels, loc="upper center", ncol=len(impls), fontsize=9,
                bbox_to_anchor=(0.5, 1 - 0.42 / top_in))
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.85 / top_in))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_masks(rows, path, gpu_name=""):
+    """One PNG for the mask configs (window, softcap, sinks) of a run, any suite: TFLOP/s per
+    config (visible pairs for windows), bars for ours, FlexAttention and plain; one panel per
+    dtype. Returns the path, or None when matplotlib is missing or nothing is to plot."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    sel = [r for r in rows if r.get("mode", "throughput") == "throughput"
+           and r.get("status") == STATUS_OK and r.get("tflops") is not None
+           and row_config(r).has_extras()]
+    if not sel:
+        return None
+    dtypes = sorted({r["dtype"] for r in sel})
+    order = [our_impl_name(f) for f in OUR_CHOICES] + [FLEX] + [plain_impl_name(f)
+                                                               for f in OUR_CHOICES]
+    impls = [i for i in order if any(r["impl"] == i for r in sel)]
+    impls += sorted({r["impl"] for r in sel} - set(impls))
+    fig, axes = plt.subplots(len(dtypes), 1, figsize=(max(8.0, 1.3 * len(sel) / len(dtypes)),
+                                                      5.2 * len(dtypes)), squeeze=False)
+    width = 0.8 / max(1, len(impls))
+    for ax, dtype in zip(axes[:, 0], dtypes):
+        labels, data = [], {}
+        for r in sel:
+            if r["dtype"] != dtype:
+                continue
+            label = row_label(r)[len(dtype) + 1:]
+            if label not in data:
+                labels.append(label)
+            data.setdefault(label, {})[r["impl"]] = float(r["tflops"])
+        for j, impl in enumerate(impls):
+            xs = [i + (j - (len(impls) - 1) / 2) * width for i, lab in enumerate(labels)
+                  if impl in data[lab]]
+            ys = [data[lab][impl] for lab in labels if impl in data[lab]]
+            bars = ax.bar(xs, ys, width, label=impl, color=IMPL_COLORS.get(impl))
+            for bar, y in zip(bars, ys):
+                ax.text(bar.get_x() + bar.get_width() / 2, y, "%.0f" % y, ha="center",
+                        va="bottom", fontsize=6, rotation=90)
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=7)
+        ax.set_ylabel("TFLOP/s (visible pairs)")
+        ax.set_title("%s; plain = our kernel at the shape without window/softcap/sinks" % dtype,
+                     fontsize=9)
+        top = max((v for d in data.values() for v in d.values()), default=1.0)
+        ax.set_ylim(0, top * 1.18)
+        ax.legend(fontsize=8, ncol=len(impls))
+    fig.suptitle("Attention forward, window / softcap / sinks%s"
+                 % ((", " + gpu_name) if gpu_name else ""), fontsize=11)
+    fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

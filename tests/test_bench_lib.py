@@ -459,3 +459,176 @@ def test_cli_without_torch_exits_nonzero_with_message():
                          text=True, timeout=60)
     assert res.returncode != 0
     assert "PyTorch is not importable" in res.stderr
+
+
+# ---- window, softcap and sinks (the masks suite and the mask baselines) ----------------------
+
+def _visible_pairs_brute(Sq, Sk, causal, window):
+    left, right = window
+    if causal:
+        right = 0
+    n = 0
+    for i in range(Sq):
+        for j in range(Sk):
+            d = i + Sk - Sq
+            if (left < 0 or j >= d - left) and (right < 0 or j <= d + right):
+                n += 1
+    return n
+
+
+@pytest.mark.parametrize("Sq, Sk", [(1, 1), (7, 7), (13, 5), (5, 13), (40, 40)])
+@pytest.mark.parametrize("window, causal", [((-1, -1), True), ((0, 0), False), ((3, 0), True),
+                                            ((2, 5), False), ((-1, 4), False), ((6, -1), False),
+                                            ((100, 100), False), ((4, 9), True)])
+def test_visible_pairs_is_exact(Sq, Sk, window, causal):
+    assert bl.visible_pairs(Sq, Sk, causal, window) == _visible_pairs_brute(Sq, Sk, causal, window)
+
+
+def test_window_flops_count_visible_pairs_only():
+    # hd128 window 4096 causal at 16k: each row sees min(i, 4096) + 1 keys.
+    cfg = bl.Config("masks", "bf16", 1, 16, 16, 16384, 16384, 128, True, 4096, 0)
+    pairs = sum(min(i, 4096) + 1 for i in range(16384))
+    assert cfg.flops() == 4 * 16 * 128 * pairs
+    assert cfg.has_window() and cfg.has_extras()
+    # no window: the causal-half convention of the other suites, unchanged
+    plain = cfg.plain()
+    assert not plain.has_extras() and plain.flops() == 4 * 16 * 16384 * 16384 * 128 / 2
+    # a window wider than the sequence counts every visible pair (causal: exactly S(S+1)/2)
+    wide = bl.Config("masks", "bf16", 1, 1, 1, 100, 100, 64, True, 1000, 0)
+    assert wide.flops() == 4 * 64 * 100 * 101 // 2
+    # softcap or sinks alone keep the dense count
+    cap = bl.Config("masks", "bf16", 1, 16, 16, 4096, 4096, 128, True, softcap=30.0)
+    assert cap.has_extras() and not cap.has_window() and cap.flops() == cap.plain().flops()
+    # causal with only a right side is plain causal
+    assert not bl.Config("x", "bf16", 1, 1, 1, 8, 8, 64, True, -1, 5).has_window()
+
+
+def test_masks_suite_has_the_issue_shapes():
+    configs = bl.suite_configs("masks", dtypes=["bf16"])
+    got = {(c.Hq, c.Sq, c.D, c.causal, c.window_left, c.window_right, c.softcap, c.sinks)
+           for c in configs}
+    assert (16, 16384, 128, True, 4096, 0, 0.0, False) in got      # hd128 window 4096
+    assert (32, 16384, 64, True, 1024, 0, 0.0, False) in got       # hd64 window 1024
+    assert (16, 16384, 128, True, -1, -1, 30.0, False) in got      # softcap hd128 causal 16k
+    assert any(c.D == 64 and c.softcap > 0 for c in configs)        # softcap hd64
+    assert any(c.sinks for c in configs) and any(c.sinks and c.has_window() for c in configs)
+    for c in configs:
+        assert c.has_extras() and c.Sq == c.Sk and c.Hq % c.Hkv == 0
+    assert all(c.causal for c in bl.suite_configs("masks", causals=[True]))
+    assert not any(c.causal for c in bl.suite_configs("masks", causals=[False]))
+    assert len(bl.suite_configs("masks", head_dims=[64])) < len(bl.suite_configs("masks"))
+
+
+def test_config_labels_and_flags():
+    cfg = bl.Config("fa", "bf16", 2, 8, 8, 4096, 4096, 64, True)
+    assert "w=" not in cfg.label() and "cap" not in cfg.label()
+    x = cfg.with_extras((1024, 7), 30.0, True)
+    assert (x.window_left, x.window_right, x.softcap, x.sinks) == (1024, 7, 30.0, True)
+    assert "w=(1024,0)" in x.label() and "cap=30" in x.label() and "sinks" in x.label()
+    assert cfg.with_extras(None, None, None) == cfg
+
+
+def _mask_rows():
+    cfg = bl.Config("masks", "bf16", 1, 16, 16, 16384, 16384, 128, True, 4096, 0)
+    rows = []
+    for impl, t, flops in (("ours_sm90", 1.0, cfg.flops()), ("flex", 2.0, cfg.flops()),
+                           ("plain_sm90", 2.5, cfg.plain().flops())):
+        rows.append(bl.make_row(ENV, cfg, impl, "throughput", status="ok", median_ms=t,
+                                tflops=bl.tflops(flops, t), flops=flops))
+    return cfg, bl.fill_speedups(rows)
+
+
+def test_fill_speedups_flex_and_plain():
+    cfg, rows = _mask_rows()
+    ours = rows[0]
+    assert ours["speedup_vs_flex"] == pytest.approx(2.0)
+    assert ours["speedup_vs_sdpa_default"] is None
+    # ours does cfg.flops() in 1 ms, plain cfg.plain().flops() in 2.5 ms
+    expect = (cfg.flops() / 1.0) / (cfg.plain().flops() / 2.5)
+    assert ours["tflops_ratio_vs_plain"] == pytest.approx(expect)
+    assert rows[1]["tflops_ratio_vs_plain"] is None          # only ours get the ratio
+
+
+def test_summary_of_mask_rows_reports_flex_and_plain(tmp_path):
+    cfg, rows = _mask_rows()
+    s = bl.summarize(rows)[("throughput", "masks")]["ours_sm90"]
+    assert s["geomean_vs_flex"] == pytest.approx(2.0) and s["n_vs_flex"] == 1
+    assert s["n_vs_plain"] == 1
+    text = bl.format_summary(rows)
+    assert "geomean 2.00x vs flex" in text and "of plain" in text
+    assert "sm90/flex" in text and "sm90/plain" in text and "sm90/default" not in text
+    assert cfg.label() in text
+    # the mask columns survive a CSV round trip, and the config key keeps configs apart
+    path = str(tmp_path / "m.csv")
+    bl.write_csv(path, rows + _config_rows(cfg.plain(), {"ours_sm90": 2.5}))
+    back = bl.read_csv(path)
+    assert back[0]["window_left"] == 4096 and back[0]["window_right"] == 0
+    assert back[0]["sinks"] == 0 and back[0]["softcap"] == 0.0
+    assert back[0]["flops"] == pytest.approx(cfg.flops())
+    assert bl.row_config(back[0]) == cfg
+    assert len(bl.group_configs(back)) == 2
+
+
+def test_csv_without_mask_columns_still_reads(tmp_path):
+    """CSVs written before the mask columns: rows get no window, labels as before."""
+    cfg = bl.suite_configs("fa", dtypes=["bf16"], causals=[True])[0]
+    rows = _config_rows(cfg, {"ours_sm90": 1.0, "sdpa_default": 1.5})
+    old_fields = [f for f in bl.CSV_FIELDS if f not in ("window_left", "window_right", "softcap",
+                                                         "sinks", "flops", "speedup_vs_flex",
+                                                         "tflops_ratio_vs_plain")]
+    path = str(tmp_path / "old.csv")
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=old_fields, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: bl._fmt(k, r.get(k)) for k in old_fields})
+    back = bl.read_csv(path)
+    assert bl.row_label(back[0]) == cfg.label()
+    assert "geomean 1.50x vs sdpa_default" in bl.format_summary(back)
+
+
+def test_plot_masks_writes_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    _, rows = _mask_rows()
+    path = bl.plot_masks(rows, str(tmp_path / "m.png"), "NVIDIA H200")
+    assert path and os.path.getsize(path) > 1000
+
+
+def test_cli_dry_run_masks_suite_and_flags():
+    res = subprocess.run([sys.executable, SCRIPT, "--dry-run", "--suite", "masks", "--dtype",
+                          "bf16"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().endswith("%d configs" % len(bl.suite_configs("masks", ["bf16"])))
+    assert "w=(4096,0)" in res.stdout and "cap=30" in res.stdout and "sinks" in res.stdout
+    res = subprocess.run([sys.executable, SCRIPT, "--dry-run", "--suite", "fa", "--dtype", "bf16",
+                          "--causal", "1", "--head-dims", "64", "--window", "1024,0",
+                          "--softcap", "50", "--sinks"], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    lines = [l for l in res.stdout.splitlines() if "throughput" in l]
+    assert len(lines) == 6 and all("w=(1024,0) cap=50 sinks" in l for l in lines)
+    bad = subprocess.run([sys.executable, SCRIPT, "--dry-run", "--window", "5"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--window" in bad.stderr
+
+
+# ---- --report of a file that is not there (issue 16, item 13) -------------------------------
+
+def test_cli_report_missing_file_is_a_clear_error(tmp_path):
+    path = str(tmp_path / "no_such.csv")
+    res = subprocess.run([sys.executable, SCRIPT, "--report", path], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    assert path in res.stderr and "No such file or directory" in res.stderr
+
+
+def test_cli_report_of_a_file_that_is_not_a_benchmark_csv(tmp_path):
+    for name, text in (("empty.csv", ""), ("other.csv", "a,b\n1,2\n")):
+        path = str(tmp_path / name)
+        with open(path, "w") as f:
+            f.write(text)
+        res = subprocess.run([sys.executable, SCRIPT, "--report", path], capture_output=True,
+                             text=True, timeout=60)
+        assert res.returncode == 2, (name, res.stdout, res.stderr)
+        assert "Traceback" not in res.stderr and path in res.stderr
