@@ -108,3 +108,55 @@ def test_deterministic_bitwise(rng):
     a = fa.attention(q, k, v, causal=True, device="cpu")
     b = fa.attention(q, k, v, causal=True, device="cpu")
     assert a.tobytes() == b.tobytes()
+
+
+def _run_python(code, timeout=120):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_ctrl_c_stops_a_long_host_call():
+    """SIGINT during a long device='cpu' call raises KeyboardInterrupt within a poll or two: the
+    C reference calls the interrupt hook between groups of rows (a whole call here takes many
+    seconds)."""
+    proc = _run_python(
+        "import os, signal, threading, time\n"
+        "import numpy as np, flashattn_c as fa\n"
+        "q = np.random.default_rng(0).standard_normal((1, 4096, 8, 64)).astype(np.float32)\n"
+        "threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
+        "t0 = time.monotonic()\n"
+        "try:\n"
+        "    fa.attention(q, q, q, device='cpu')\n"
+        "    print('FINISHED %.2f' % (time.monotonic() - t0))\n"
+        "except KeyboardInterrupt:\n"
+        "    print('INTERRUPTED %.2f' % (time.monotonic() - t0))\n")
+    assert proc.returncode == 0, proc.stderr
+    word, seconds = proc.stdout.split()
+    assert word == "INTERRUPTED", proc.stdout
+    assert float(seconds) < 3.0, proc.stdout
+
+
+def test_host_allocation_failure_is_memory_error():
+    """The C reference's float32 copy of one kv head (here 2 x 1 GiB of address space, never
+    touched) fails under an address-space limit: MemoryError naming the cause, no crash."""
+    proc = _run_python(
+        "import resource\n"
+        "import numpy as np, flashattn_c as fa\n"
+        "q = np.zeros((1, 1, 1, 16), np.float16)\n"
+        "k = np.zeros((1, 1 << 24, 1, 16), np.float16)\n"   # 512 MiB each, calloc'd: untouched
+        "v = np.zeros((1, 1 << 24, 1, 16), np.float16)\n"
+        "vm = [l for l in open('/proc/self/status') if l.startswith('VmSize:')][0]\n"
+        "now = int(vm.split()[1]) * 1024\n"
+        "limit = now + (3 << 29)\n"                          # room for one 1 GiB copy, not two
+        "resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
+        "try:\n"
+        "    fa.attention(q, k, v, device='cpu')\n"
+        "    print('RAN')\n"
+        "except MemoryError as e:\n"
+        "    print('MEMORYERROR', e)\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("MEMORYERROR"), proc.stdout
+    assert "out of memory" in proc.stdout
