@@ -719,7 +719,8 @@ def format_summary(rows):
     lines = []
     groups = group_configs(rows)
     summary = summarize(rows)
-    impl_order = [our_impl_name(f) for f in OUR_CHOICES] + list(BASELINES)
+    impl_order = ([our_impl_name(f) for f in OUR_CHOICES] + list(BASELINES) + [FLEX]
+                  + [plain_impl_name(f) for f in OUR_CHOICES])
     seen = []
     for key in groups:
         if (key[0], key[1]) not in seen:
@@ -731,7 +732,12 @@ def format_summary(rows):
         ours = [i for i in present if is_ours(i)]
         unit = "us per call, Python wall clock" if mode == "latency" else "TFLOP/s"
         lines.append("")
-        lines.append("== suite %s, %s (%s; speedup = SDPA time / ours) ==" % (suite, mode, unit))
+        if any(i == FLEX or is_plain(i) for i in present):
+            lines.append("== suite %s, %s (%s, visible pairs for a window; speedup = baseline "
+                         "time / ours; /plain = our TFLOP/s / plain's) ==" % (suite, mode, unit))
+        else:
+            lines.append("== suite %s, %s (%s; speedup = SDPA time / ours) ==" % (suite, mode,
+                                                                               unit))
         # SDPA columns where the suite has SDPA rows; FlexAttention and plain where it has those.
         ratio_cols = []
         if any(i in BASELINES for i in present) or not any(
@@ -927,7 +933,8 @@ def plot_masks(rows, path, gpu_name=""):
                                                                for f in OUR_CHOICES]
     impls = [i for i in order if any(r["impl"] == i for r in sel)]
     impls += sorted({r["impl"] for r in sel} - set(impls))
-    fig, axes = plt.subplots(len(dtypes), 1, figsize=(max(8.0, 1.3 * len(sel) / len(dtypes)),
+    n_configs = max(len({config_key(r) for r in sel if r["dtype"] == d}) for d in dtypes)
+    fig, axes = plt.subplots(len(dtypes), 1, figsize=(max(8.0, 1.25 * n_configs),
                                                       5.2 * len(dtypes)), squeeze=False)
     width = 0.8 / max(1, len(impls))
     for ax, dtype in zip(axes[:, 0], dtypes):
