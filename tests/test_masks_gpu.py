@@ -10,7 +10,7 @@ fwd_<family>_hd<D>_<dtype>[_causal|_window][_softcap][_sinks].
 
 Skipped with a reason where there is no CUDA GPU or no PyTorch.
 
-    python -m pytest -q tests/test_masks_gpu.py                     # about 1300 cases
+    python -m pytest -q tests/test_masks_gpu.py                     # 1408 cases
     python -m pytest -q tests/test_masks_gpu.py -k sm90             # one family
 """
 import numpy as np
