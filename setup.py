@@ -6,9 +6,17 @@ needs neither libcudart nor a driver. ptxas reports (registers, shared memory, s
 and kept; ptxas performance warnings (C75xx: serialized wgmma, ignored setmaxnreg) are repeated at
 the end of the build.
 
-    pip install .                                   # or
-    pip install --no-build-isolation -e .           # or
-    python setup.py build_ext --inplace
+    pip install .                           # a regular install
+    pip install -e ".[test]"                # editable, with the tests' dependencies (torch...)
+    python setup.py build_ext --inplace     # a build in the checkout
+    python -m build                         # an sdist, then a wheel built from that sdist
+
+    # Editable, built with this environment's own setuptools and NumPy instead of an isolated
+    # build environment. A fresh venv has neither NumPy nor a setuptools with bdist_wheel
+    # built in (70.1 or newer): without the first line pip fails with "invalid command
+    # 'bdist_wheel'".
+    pip install "setuptools>=70.1" numpy
+    pip install --no-build-isolation -e .
 
 Environment:
     CUDA_HOME, CUDA_PATH      the toolkit (else nvcc on PATH, else /usr/local/cuda)

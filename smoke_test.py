@@ -11,15 +11,28 @@ Checks, one PASS/FAIL line each, non-zero exit on any FAIL:
                 medium shape; FAIL below --floor (default 0.5x)
 
     python smoke_test.py [--floor 0.5] [--kernel sm80|sm90]
-Without a GPU it says so and exits 2.
+Without a GPU it says so (and why: no driver, an old driver, no device) and exits 2; with a GPU
+but without PyTorch it says that and exits 2.
 """
 import argparse
+import glob
 import os
 import statistics
 import sys
 import tempfile
 
 RESULTS = []
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def prefer_installed_package():
+    """This script's folder is first on sys.path. When it is a source checkout whose extension
+    was never built in place (pip install . builds into site-packages), the unbuilt source
+    package would shadow the installed one: drop the folder from sys.path, so the installed
+    copy is tested. A checkout built in place (pip install -e ., build_ext --inplace) stays."""
+    package = os.path.join(HERE, "flashattn_c")
+    if os.path.isdir(package) and not glob.glob(os.path.join(package, "_C.*")):
+        sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
 
 
 def report(name, ok, detail):
@@ -100,21 +113,35 @@ def main():
                     help="force a kernel family (default: what attention() picks)")
     args = ap.parse_args()
 
+    prefer_installed_package()
     try:
         import flashattn_c as fa
         info = fa.build_info()
     except Exception as exc:  # a broken build is the finding here
         report("import", False, f"{type(exc).__name__}: {exc}")
         return 1
-    report("import", True, f"flashattn_c {fa.__version__}, families {info['families']}")
+    report("import", True, f"flashattn_c {fa.__version__} from {os.path.dirname(fa.__file__)}, "
+                           f"families {info['families']}")
 
+    # The GPU first: on a machine without one, that is the reason to give, not a missing torch.
+    try:
+        fa.launch_config(batch=1, seqlen_q=1, seqlen_k=1, heads_q=1, heads_kv=1, head_dim=64,
+                         dtype="float16")
+    except fa.CudaError as exc:
+        reason = str(exc).split("; pass arch=")[0]  # the hint is launch_config's, not ours
+        print(f"FAIL  no CUDA GPU: the smoke test checks GPU kernels and needs one ({reason})")
+        return 2
+    except Exception:  # a GPU this build has no kernel for: the config check below says so
+        pass
     try:
         import torch
     except ImportError:
-        print("FAIL  no PyTorch: the smoke test needs torch for references and the SDPA baseline")
+        print("FAIL  no PyTorch: the smoke test needs torch for references and the SDPA baseline "
+              "(pip install -e \".[test]\" installs it)")
         return 2
     if not torch.cuda.is_available():
-        print("FAIL  no CUDA GPU: the smoke test checks GPU kernels and needs one")
+        print(f"FAIL  no CUDA GPU for PyTorch {torch.__version__}: flashattn_c sees a GPU but "
+              "this torch build cannot use it (a CPU-only torch, or one built for a newer driver)")
         return 2
     cc = torch.cuda.get_device_capability()
     family = expected_family(fa, cc, args.kernel)

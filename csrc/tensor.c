@@ -616,6 +616,19 @@ static int is_numpy_viewable(PyObject *obj)
            PyObject_HasAttrString(obj, "__array__");
 }
 
+/* NumPy has no bfloat16; ml_dtypes (JAX's dtype package) registers one as a user dtype named
+ * "bfloat16", 2 bytes wide, whose scalar type lives in ml_dtypes. NumPy will not export it
+ * through DLPack, so such arrays arrive here. */
+static int is_ml_dtypes_bfloat16(PyArrayObject *arr)
+{
+    PyArray_Descr *d = PyArray_DESCR(arr);
+    if (PyArray_TYPE(arr) < NPY_USERDEF || PyArray_ITEMSIZE(arr) != 2 || !d->typeobj)
+        return 0;
+    const char *name = d->typeobj->tp_name; /* "ml_dtypes.bfloat16" or "bfloat16" */
+    const char *dot = strrchr(name, '.');
+    return strcmp(dot ? dot + 1 : name, "bfloat16") == 0;
+}
+
 static int import_numpy(PyObject *obj, fa_tensor *t, int for_output)
 {
     PyArrayObject *arr;
@@ -660,6 +673,8 @@ static int import_numpy(PyObject *obj, fa_tensor *t, int for_output)
             t->dtype = FA_FLOAT16;
         else if (PyArray_TYPE(arr) == NPY_FLOAT)
             t->dtype = FA_FLOAT32;
+        else if (is_ml_dtypes_bfloat16(arr))
+            t->dtype = FA_BFLOAT16;
     }
     t->ndim = PyArray_NDIM(arr);
     if (t->ndim <= FA_TENSOR_MAX_DIMS) {

@@ -7,9 +7,45 @@ the arrays themselves (shapes, dtypes, strides, devices, DLPack and CUDA-array-i
 is checked in C, before any GPU work.
 """
 
+import os
 import sys
 
-from . import _C
+
+def _missing_extension_error(exc):
+    """An ImportError that says why flashattn_c._C is missing and what to do: most often a
+    source checkout that was never built in place, first on sys.path (the current directory,
+    or a script's folder), shadowing an installed copy."""
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    tree = os.path.dirname(package_dir)
+    built = [f for f in os.listdir(package_dir) if f.startswith("_C.") and
+             f.endswith((".so", ".pyd"))]
+    if built:  # the extension is there but does not load: a broken or mismatched build
+        return ImportError(
+            f"flashattn_c's compiled extension {os.path.join(package_dir, built[0])} failed to "
+            f"load ({exc}). Rebuild it for this Python: python setup.py build_ext --inplace "
+            "(or pip install -e .)")
+    from importlib.machinery import PathFinder
+
+    others = [p for p in sys.path if os.path.abspath(p or os.curdir) != tree]
+    spec = PathFinder.find_spec("flashattn_c", others)
+    installed = os.path.dirname(spec.origin) if spec and spec.origin else None
+    message = (f"flashattn_c was imported from {package_dir}, a source tree whose compiled "
+               "extension (flashattn_c._C) is not built.")
+    if installed and os.path.abspath(installed) != package_dir:
+        message += (f" An installed flashattn_c is at {installed}, but the source tree comes "
+                    f"first on sys.path ({tree} is the current directory or the running "
+                    "script's folder) and shadows it: run from another directory, or")
+    else:
+        message += " Either install it (pip install .), or"
+    message += (" build the source tree in place: python setup.py build_ext --inplace "
+                "(or pip install -e .).")
+    return ImportError(message)
+
+
+try:
+    from . import _C
+except ImportError as _exc:  # noqa: N816
+    raise _missing_extension_error(_exc) from None
 from ._C import CudaError, DeviceArray
 
 _DTYPE_CODES = {"float16": _C.FLOAT16, "bfloat16": _C.BFLOAT16, "float32": _C.FLOAT32}
@@ -231,6 +267,9 @@ def _torch_empty(torch, shape, dtype, device):
         error = CudaError(f"allocating a {dtype} output of shape {tuple(shape)} on {device} "
                           f"failed: cudaErrorMemoryAllocation: out of memory ({exc})")
         error.cuda_error = 2
+        error.cuda_error_name = "cudaErrorMemoryAllocation"
+        error.cuda_error_string = "out of memory"
+        error.call_site = f"torch.empty({tuple(shape)}, dtype={dtype}, device={device})"
         raise error from exc
 
 

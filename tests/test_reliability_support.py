@@ -194,8 +194,17 @@ def _no_core_dump():
         pass
 
 
+def _package_parent():
+    """The folder this process imported flashattn_c from: the checkout when it is built in place
+    (or installed editable), site-packages after pip install ."""
+    import flashattn_c
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(flashattn_c.__file__)))
+
+
 def run_isolated(code, env=None, timeout=180):
-    """Runs `code` in a fresh interpreter (repository root as cwd, tests/ importable) and
+    """Runs `code` in a fresh interpreter (tests/ as cwd and importable; flashattn_c from where
+    this process imported it, so an unbuilt checkout never shadows an installed package) and
     returns {"status": "ok" | "raised" | "crashed" | "timeout", "type", "message", "result",
     "returncode", "stderr"}. The snippet reports through two names it is given:
     `result(value)` (JSON-serializable) and `expect_raise(callable)` which records the exception
@@ -204,7 +213,7 @@ def run_isolated(code, env=None, timeout=180):
     prelude = textwrap.dedent(f"""
         import json, sys, traceback
         sys.path.insert(0, {TESTS_DIR!r})
-        sys.path.insert(0, {REPO_ROOT!r})
+        sys.path.insert(1, {_package_parent()!r})
         _report = {{"status": "ok"}}
         def result(value):
             _report["result"] = value
@@ -221,7 +230,7 @@ def run_isolated(code, env=None, timeout=180):
     full_env.update(env or {})
     try:
         proc = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code) + epilogue],
-                              cwd=REPO_ROOT, env=full_env, capture_output=True, text=True,
+                              cwd=TESTS_DIR, env=full_env, capture_output=True, text=True,
                               timeout=timeout, preexec_fn=_no_core_dump)
     except subprocess.TimeoutExpired as exc:
         return {"status": "timeout", "returncode": None, "stderr": str(exc.stderr or "")[-2000:]}
