@@ -1,6 +1,6 @@
 /*
  * sm80_ptx.cuh -- inline-PTX wrappers used by fwd_sm80.cu, one per instruction, named after it.
- * Needs sm_80 or newer (cp.async, bf16 mma, mbarrier). Included by fwd_sm80.cu only;
+ * Needs sm_80 or newer (cp.async, bf16 mma, mbarrier). Used by the sm80 kernel only;
  * shared-memory operands are 32-bit shared-window addresses (__cvta_generic_to_shared).
  *
  * Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16", 16-bit A/B, f32 C/D), with

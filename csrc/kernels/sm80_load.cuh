@@ -1,0 +1,194 @@
+/*
+ * sm80_load.cuh -- global -> shared copies of the sm80 kernel: the Q tile, and the K/V ring
+ * that streams key blocks n_max - 1 down to n_min through kStages stages.
+ *
+ * Every copy is a 16-byte cp.async into XOR-swizzled rows (sm80_config.cuh: swizzle); rows
+ * past the sequence and chunks past head_dim are zero-filled. Two pipelines (sm80_tiles.h):
+ *   mbarrier ring (MBAR 1): the block at visiting index i is copied by warpgroup i % 3 alone;
+ *     full[s] completes when its copies into stage s land (cp.async.mbarrier.arrive), empty[s]
+ *     when all 384 threads have read the stage. No block-wide barrier in the main loop, so
+ *     warps drift apart and one warp's softmax overlaps another's mmas.
+ *   __syncthreads ring (MBAR 0): every thread copies, one barrier per block; the S exchange
+ *     of head_dim 256 (D_SPLIT 2) relies on that barrier.
+ * Visiting index it reads stage it % kStages; block it + kStages - 1 is issued at the top of
+ * iteration it, into the stage iteration it - 1 read.
+ */
+#ifndef FA_SM80_LOAD_CUH
+#define FA_SM80_LOAD_CUH
+
+#include "sm80_config.cuh"
+
+namespace fa_sm80 {
+
+/* The (batch, kv_head) slice of k or v, rebuilt at each use from one packed register that
+   the compiler cannot see through: otherwise both 64-bit pointers are hoisted and held in
+   four registers across the main loop, where Q, O and S fragments take nearly all of 168. */
+__device__ __forceinline__ const uint16_t *kv_slice(const void *base, int64_t batch_stride,
+                                                   int64_t head_stride, uint32_t batch_kv_head)
+{
+    asm volatile("" : "+r"(batch_kv_head));
+    return static_cast<const uint16_t *>(base) +
+           static_cast<int64_t>(batch_kv_head >> 16) * batch_stride +
+           static_cast<int64_t>(batch_kv_head & 0xffffu) * head_stride;
+}
+
+/* Thread t's share (of THREADS copying threads) of copying rows [first_row, first_row + ROWS)
+   of a (rows x head_dim) tensor slice at `base` into swizzled smem at `dst`: 16-byte chunk
+   t % kChunksPerRow of tile rows t / kChunksPerRow + i * (THREADS / kChunksPerRow). Rows at or
+   past row_end and chunks past head_dim (col_ok false) are zero-filled (src-size 0); their
+   source address is clamped into row 0 of the slice, which exists whenever a tile is loaded,
+   and is not read. */
+template <class C, int ROWS, int THREADS>
+__device__ __forceinline__ void load_tile_async(uint32_t dst, const uint16_t *base,
+                                                int64_t row_stride, int first_row, int row_end,
+                                                bool col_ok, int t)
+{
+    constexpr int kRowsPerPass = THREADS / C::kChunksPerRow;
+    constexpr int kPasses = (ROWS + kRowsPerPass - 1) / kRowsPerPass;
+    static_assert(THREADS % C::kChunksPerRow == 0, "a load pass covers whole rows");
+    const int chunk = t % C::kChunksPerRow;
+    const int r_first = t / C::kChunksPerRow;
+    const int col = col_ok ? chunk * 8 : 0;
+    /* Passes step the source pointer. Where a pass spans a multiple of 8 rows (every K/V
+       load) the loop is unrolled 4 times, not fully: a loader warpgroup's 128 threads issue up
+       to 24 copies per block, and with all their addresses computed up front ptxas spills at
+       head_dim 128. Not unrolled at all measured slower. */
+    const uint16_t *src = base + static_cast<int64_t>(first_row + r_first) * row_stride + col;
+    const int64_t pass_stride = static_cast<int64_t>(kRowsPerPass) * row_stride;
+#pragma unroll(kRowsPerPass % 8 == 0 ? 4 : kPasses)
+    for (int i = 0; i < kPasses; ++i) {
+        const int r = r_first + i * kRowsPerPass;
+        if (ROWS % kRowsPerPass == 0 || r < ROWS) {
+            const bool ok = col_ok && first_row + r < row_end;
+            cp_async_16(dst + r * C::kRowBytes + swizzle(r, chunk), ok ? src : base + col,
+                        ok ? 16u : 0u);
+        }
+        src += pass_stride;
+    }
+}
+
+/* K and V rows [key0, key0 + BLOCK_N) of this (batch, kv_head) into the stage at `dst`, by
+   the kLoadThreads threads of the block's loaders (t = thread index among them). */
+template <class C>
+__device__ __forceinline__ void load_kv_block(uint32_t dst, const Args &p,
+                                              uint32_t batch_kv_head, int key0, int seqlen_k,
+                                              bool col_ok, int t)
+{
+    load_tile_async<C, C::kBlockN, C::kLoadThreads>(
+        dst, kv_slice(p.k, p.k_batch_stride, p.k_head_stride, batch_kv_head), p.k_row_stride,
+        key0, seqlen_k, col_ok, t);
+    load_tile_async<C, C::kBlockN, C::kLoadThreads>(
+        dst + C::kKVBytes, kv_slice(p.v, p.v_batch_stride, p.v_head_stride, batch_kv_head),
+        p.v_row_stride, key0, seqlen_k, col_ok, t);
+}
+
+/* The ring of one CTA. full_bar: kStages mbarriers (8 bytes each) in static shared memory,
+   then the kStages empty ones; used by the MBAR pipeline only. */
+template <class C>
+struct KVRing {
+    uint32_t smem_base; /* stage 0 */
+    uint32_t full_bar;
+    const Args &p;
+    uint32_t batch_kv_head;
+    int seqlen_k;
+
+    __device__ __forceinline__ uint32_t empty_bar() const { return full_bar + C::kStages * 8; }
+    __device__ __forceinline__ uint32_t stage(int it) const
+    {
+        return smem_base + (it % C::kStages) * C::kStageBytes;
+    }
+
+    /* Before any arrival: one thread, constant offsets. ptxas then counts every barrier
+       object (EIATTR_NUM_MBARRIERS), which compute-sanitizer sizes its barrier tracking by;
+       with offsets from tid it counted 2 of the 4 and racecheck/synccheck lost track. */
+    __device__ __forceinline__ void init(int tid) const
+    {
+        if constexpr (C::kMbar) {
+            if (tid == 0) {
+#pragma unroll
+                for (int s = 0; s < C::kStages; ++s) {
+                    mbar_init(full_bar + s * 8, C::kLoadThreads);
+                    mbar_init(empty_bar() + s * 8, kThreads);
+                }
+            }
+            __syncthreads(); /* the barriers are initialized before anyone arrives */
+        }
+    }
+
+    /* Blocks n_max - 1 .. n_max - (kStages - 1) (those that exist) into stages 0 .. kStages - 2,
+       after the Q copies were committed as one group. */
+    __device__ __forceinline__ void prologue(int n_max, int n_vis, bool col_ok, int tid) const
+    {
+        const int warpgroup = tid / (FA_WARPS_PER_WARPGROUP * FA_WARP_SIZE);
+#pragma unroll
+        for (int s = 0; s < C::kStages - 1; ++s) {
+            const uint32_t dst = smem_base + s * C::kStageBytes;
+            const int key0 = (n_max - 1 - s) * C::kBlockN;
+            if constexpr (C::kMbar) {
+                if (s < n_vis && warpgroup == s % FA_NUM_WARPGROUPS) {
+                    load_kv_block<C>(dst, p, batch_kv_head, key0, seqlen_k, col_ok,
+                                     tid % C::kLoadThreads);
+                    cp_async_mbar_arrive(full_bar + s * 8);
+                }
+            } else {
+                /* groups: Q with block 0, then one per block */
+                if (s < n_vis)
+                    load_kv_block<C>(dst, p, batch_kv_head, key0, seqlen_k, col_ok, tid);
+                cp_async_commit_group();
+            }
+        }
+        if constexpr (C::kMbar)
+            cp_async_wait_group<0>(); /* the Q group; K/V copies are tracked by the mbarriers */
+        else
+            cp_async_wait_group<C::kStages - 2>();
+    }
+
+    /* Top of iteration it (block kb = n_max - 1 - it): issue block it + kStages - 1 into the
+       stage read in iteration it - 1, then wait until block it has landed; returns its stage.
+       copy_col_ok serves the __syncthreads ring; the mbarrier loaders recompute theirs. */
+    __device__ __forceinline__ uint32_t acquire(int it, int kb, int n_vis, int head_dim,
+                                                bool copy_col_ok, int tid) const
+    {
+        if constexpr (C::kMbar) {
+            /* The loaders refill once every warp has released the stage. */
+            const int load_it = it + C::kStages - 1;
+            const int load_tid = reread_thread_index();
+            if (load_it < n_vis && load_tid / C::kLoadThreads == load_it % FA_NUM_WARPGROUPS) {
+                const int ls = load_it % C::kStages;
+                if (it >= 1)
+                    mbar_wait(empty_bar() + ls * 8, ((it - 1) / C::kStages) & 1);
+                const int t = load_tid % C::kLoadThreads;
+                load_kv_block<C>(smem_base + ls * C::kStageBytes, p, batch_kv_head,
+                                 (kb - (C::kStages - 1)) * C::kBlockN,
+                                 seqlen_k, (t % C::kChunksPerRow) * 8 < head_dim, t);
+                cp_async_mbar_arrive(full_bar + ls * 8);
+            }
+            mbar_wait(full_bar + (it % C::kStages) * 8, (it / C::kStages) & 1);
+        } else {
+            /* Block kb has landed for this thread; the barrier makes it visible to all and
+               proves every warp is done with the stage refilled next (read in iteration
+               it - 1, or Q when it == 0). */
+            cp_async_wait_group<C::kStages - 2>();
+            __syncthreads();
+            if (it + C::kStages - 1 < n_vis)
+                load_kv_block<C>(stage(it + C::kStages - 1), p, batch_kv_head,
+                                 (kb - (C::kStages - 1)) * C::kBlockN,
+                                 seqlen_k, copy_col_ok, tid);
+            cp_async_commit_group();
+        }
+        return stage(it);
+    }
+
+    /* Bottom of iteration it: this thread is done reading the stage. Every thread arrives (a
+       single lane after __syncwarp would order them too, but per-thread arrivals are what
+       racecheck can follow). */
+    __device__ __forceinline__ void release(int it) const
+    {
+        if constexpr (C::kMbar)
+            mbar_arrive(empty_bar() + (it % C::kStages) * 8);
+    }
+};
+
+} /* namespace fa_sm80 */
+
+#endif /* FA_SM80_LOAD_CUH */
