@@ -402,10 +402,13 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=_NO_WIND
     framework = _framework(q)
     given_out = out
     torch = sys.modules.get("torch")
-    if torch is not None:
-        args = (("q", q), ("k", k), ("v", v), ("out", out), ("sinks", sinks))
-        if any(isinstance(x, torch.Tensor) and x.requires_grad for _, x in args):
-            q, k, v, out, sinks = _no_autograd(args, torch)
+    if torch is not None and (getattr(q, "requires_grad", False) or
+                              getattr(k, "requires_grad", False) or
+                              getattr(v, "requires_grad", False) or
+                              getattr(out, "requires_grad", False) or
+                              getattr(sinks, "requires_grad", False)):
+        q, k, v, out, sinks = _no_autograd(
+            (("q", q), ("k", k), ("v", v), ("out", out), ("sinks", sinks)), torch)
     extra = dict(causal=causal, softmax_scale=softmax_scale, return_lse=return_lse,
                  device_kind=device_kind, device_index=device_index, kernel=kernel_code,
                  window_left=left, window_right=right, softcap=softcap)

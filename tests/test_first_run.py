@@ -162,8 +162,9 @@ def test_the_run_counts_skipped_gpu_tests_and_says_why():
 # 2. An unbuilt source tree never shadows an installed package, and says so when imported.
 
 
+# -S: no site-packages, so no editable-install finder either; the checkout is first on sys.path.
 def test_an_unbuilt_checkout_says_what_is_wrong(unbuilt_checkout):
-    proc = run([sys.executable, "-c", "import flashattn_c"], cwd=unbuilt_checkout,
+    proc = run([sys.executable, "-S", "-c", "import flashattn_c"], cwd=unbuilt_checkout,
                env={"PYTHONPATH": PACKAGE_PARENT})
     err = proc.stderr
     assert proc.returncode != 0
@@ -175,7 +176,7 @@ def test_an_unbuilt_checkout_says_what_is_wrong(unbuilt_checkout):
 
 
 def test_an_unbuilt_checkout_alone_says_how_to_build(unbuilt_checkout):
-    proc = run([sys.executable, "-c", "import flashattn_c"], cwd=unbuilt_checkout,
+    proc = run([sys.executable, "-S", "-c", "import flashattn_c"], cwd=unbuilt_checkout,
                env={"PYTHONPATH": ""})
     assert proc.returncode != 0
     assert "Either install it (pip install .), or build the source tree in place" in proc.stderr
@@ -536,3 +537,39 @@ def test_fa_selftest_without_gpu_names_the_reason(tmp_path):
     if not driver_installed():
         assert line == "no usable CUDA GPU: no NVIDIA driver found (libcuda.so.1 could not be " \
                        "loaded)"
+
+
+# ================================================================================================
+# 14. The README says which rule holds where, and where the GPU tests are
+
+
+def readme():
+    with open(os.path.join(REPO_ROOT, "README.md")) as f:
+        return f.read()
+
+
+def test_readme_names_every_file_with_gpu_tests():
+    """It used to say the GPU tests are tests/test_cuda_*.py; they live in several files."""
+    text = readme()
+    assert "tests/test_cuda_*.py" not in text
+    gated = re.compile(r"gpu_unavailable_reason|torch_cuda|@gpu_only|needs_gpu|needs_torch_gpu")
+    for name in sorted(os.listdir(TESTS_DIR)):
+        if not (name.startswith("test_") and name.endswith(".py")):
+            continue
+        with open(os.path.join(TESTS_DIR, name)) as f:
+            if not gated.search(f.read()):
+                continue
+        stem = name[:-3]
+        named = f"tests/{name}" in text or (stem.startswith("test_reliability_") and
+                                            "tests/test_reliability_*.py" in text)
+        assert named, f"README's Tests section does not name {name}, which has GPU tests"
+    assert "-m gpu" in text
+
+
+def test_readme_states_the_copy_rule_per_path():
+    """'other layouts are refused (never copied silently)' held for device arrays only: host
+    arrays are copied (as the docstring said)."""
+    text = readme()
+    assert "other layouts are refused with a message (never copied silently)" not in text
+    assert "Device arrays are never copied" in text
+    assert "Host (NumPy) arrays may have any strides" in text
