@@ -25,6 +25,10 @@ Environment:
     FLASHATTN_C_JOBS          parallel compile jobs (default: CPU count)
     FLASHATTN_C_STRICT_PTXAS  "1": fail the build on a C75xx ptxas warning
     FLASHATTN_C_PTXAS_LOG_DIR also copy the ptxas reports there
+    FLASHATTN_C_BUILD_TEMP    keep the objects in this folder (pip's isolated builds otherwise
+                              use a fresh temporary one): a later build, from any copy of the
+                              sources, reuses each kernel object whose digest matches, and
+                              tools/build_selftest.sh links from it (as build/obj)
 """
 import concurrent.futures
 import hashlib
@@ -120,6 +124,8 @@ class CudaBuildExt(build_ext):
     """build_ext that compiles .cu with nvcc (in parallel) and links cudart statically."""
 
     def build_extension(self, ext):
+        if os.environ.get("FLASHATTN_C_BUILD_TEMP"):
+            self.build_temp = os.path.abspath(os.environ["FLASHATTN_C_BUILD_TEMP"])
         cuda_root, cuda_lib = find_cuda()
         nvcc = os.path.join(cuda_root, "bin", "nvcc")
         import numpy  # a build requirement (pyproject.toml)
@@ -205,4 +211,14 @@ def extension():
     return Extension("flashattn_c._C", sources=c_sources + [s for s, _, _ in kernel_sources()])
 
 
-setup(ext_modules=[extension()], cmdclass={"build_ext": CudaBuildExt})
+def license_metadata():
+    """MIT (LICENSE), in the form this setuptools reads (pyproject.toml lists it as dynamic)."""
+    import setuptools
+
+    major = int(re.match(r"\d+", setuptools.__version__).group())
+    if major >= 77:
+        return {"license_expression": "MIT", "license_files": ["LICENSE"]}
+    return {"license": "MIT"}
+
+
+setup(ext_modules=[extension()], cmdclass={"build_ext": CudaBuildExt}, **license_metadata())

@@ -1246,6 +1246,10 @@ static PyObject *py_forward(PyObject *module, PyObject *args, PyObject *kwargs)
             raise_call_error(st, &j.err, on_cpu ? NULL : NO_GPU_HINT_HOST);
             goto done;
         }
+        /* A signal handler raised during the last poll of a call that then finished anyway:
+         * the exception is the call's outcome, as it would have been a chunk earlier. */
+        if (PyErr_Occurred())
+            goto done;
     }
     result = PyTuple_Pack(2, out_result, lse_result);
 
