@@ -19,7 +19,8 @@
  * Build (as the project does):
  *   nvcc -c -O3 -std=c++17 --use_fast_math -Xptxas -v -lineinfo -Xcompiler -fPIC \
  *     -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
- *     -gencode arch=compute_80,code=compute_80 -I csrc csrc/kernels/fwd_sm80.cu -o fwd_sm80.o
+ *     -gencode arch=compute_80,code=compute_80 -I csrc csrc/kernels/fwd_sm80_hd128.cu -o fwd_sm80_hd128.o
+ *   (and likewise fwd_sm80.cu, fwd_sm80_hd64.cu, fwd_sm80_hd256.cu)
  *
  * One CTA computes BLOCK_M query rows of one (batch, head); each warp owns 16 rows (and, for
  * head_dim 256, one half of the head_dim columns). Q goes to registers once (A fragments);
@@ -37,7 +38,8 @@
  * Parts: sm80_config.cuh (instance constants, Args, index helpers), sm80_load.cuh (Q and the
  * K/V ring), sm80_softmax.cuh (per sub-block maths), sm80_epilogue.cuh (stores),
  * sm80_kernel.cuh (the kernel's skeleton: prologue, the walk over key blocks, key_block for
- * one of them); here the instance table and the host entry points.
+ * one of them), sm80_instances.cuh (the instance table, compiled per head dim in
+ * fwd_sm80_hd<D>.cu); here the kernel arguments and the host entry points.
  */
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
@@ -53,7 +55,6 @@
 #include "../launch_contract.h"
 #include "kernels.h"
 #include "sm80_config.cuh"
-#include "sm80_kernel.cuh"
 #include "sm80_tiles.h"
 
 #ifndef __CUDA_ARCH_LIST__
@@ -64,45 +65,24 @@ namespace fa_sm80 {
 
 typedef void (*fwd_kernel_t)(const Args);
 
-/* The instance table: head_dim_padded x dtype x mask kind x softcap. Sinks are a runtime
-   pointer, read only by the epilogue. */
-template <int HDP, bool BF16, fa_mask_kind MASK>
-fwd_kernel_t pick_softcap(bool softcap)
-{
-    return softcap ? fwd_sm80_kernel<HDP, BF16, MASK, true> : fwd_sm80_kernel<HDP, BF16, MASK, false>;
-}
+} /* namespace fa_sm80 */
 
-template <int HDP, bool BF16>
-fwd_kernel_t pick_mask(fa_mask_kind mask, bool softcap)
-{
-    switch (mask) {
-    case FA_MASK_NONE: return pick_softcap<HDP, BF16, FA_MASK_NONE>(softcap);
-    case FA_MASK_CAUSAL: return pick_softcap<HDP, BF16, FA_MASK_CAUSAL>(softcap);
-    case FA_MASK_LOCAL: return pick_softcap<HDP, BF16, FA_MASK_LOCAL>(softcap);
-    }
-    return nullptr;
-}
+/* One per head dim, defined in fwd_sm80_hd<D>.cu (sm80_instances.cuh). */
+extern "C" const void *fa_sm80_hd64_kernel(const fa_params *p);
+extern "C" const void *fa_sm80_hd128_kernel(const fa_params *p);
+extern "C" const void *fa_sm80_hd256_kernel(const fa_params *p);
 
-template <int HDP>
-fwd_kernel_t pick_dtype(fa_dtype dtype, fa_mask_kind mask, bool softcap)
-{
-    switch (dtype) {
-    case FA_FLOAT16: return pick_mask<HDP, false>(mask, softcap);
-    case FA_BFLOAT16: return pick_mask<HDP, true>(mask, softcap);
-    default: return nullptr;
-    }
-}
+namespace fa_sm80 {
 
 fwd_kernel_t select_kernel(const fa_params *p, int head_dim_padded)
 {
-    const fa_mask_kind mask = fa_params_mask_kind(p);
-    const bool softcap = p->softcap > 0.0f;
+    const void *fn = nullptr;
     switch (head_dim_padded) {
-    case 64: return pick_dtype<64>(p->dtype, mask, softcap);
-    case 128: return pick_dtype<128>(p->dtype, mask, softcap);
-    case 256: return pick_dtype<256>(p->dtype, mask, softcap);
-    default: return nullptr;
+    case 64: fn = fa_sm80_hd64_kernel(p); break;
+    case 128: fn = fa_sm80_hd128_kernel(p); break;
+    case 256: fn = fa_sm80_hd256_kernel(p); break;
     }
+    return reinterpret_cast<fwd_kernel_t>(const_cast<void *>(fn));
 }
 
 /* The kernel's arguments from the (resolved) public params. */
