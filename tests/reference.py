@@ -152,3 +152,13 @@ def assert_empty_rows(out, lse, visible, sinks):
         np.testing.assert_allclose(rows, expect, rtol=SINK_LSE_RTOL, atol=SINK_LSE_ATOL,
                                    err_msg="lse of a row that sees no key must be sinks[h]")
     return int(empty.sum())
+
+
+# The variant matrix of the mask tests (issue 13): window sides, softcaps and how a case names
+# its window. Shared by the host-path and the GPU tests.
+WINDOW_SIDES = [0, 1, 17, 128, 255, 1024, -1]
+SOFTCAPS = [5.0, 30.0, 50.0]
+
+
+def window_id(w):
+    return "w%d,%d" % tuple(w)

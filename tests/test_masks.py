@@ -20,17 +20,12 @@ import numpy as np
 import pytest
 
 import flashattn_c as fa
-from reference import (assert_empty_rows, attention_numpy, check_against_reference,
-                       expected_kernel, visible_mask)
+from reference import (SOFTCAPS, WINDOW_SIDES, assert_empty_rows, attention_numpy,
+                       check_against_reference, expected_kernel, visible_mask, window_id)
 
-WINDOW_SIDES = [0, 1, 17, 128, 255, 1024, -1]
-SOFTCAPS = [5.0, 30.0, 50.0]
 FAMILIES = ["sm80", "sm90"]
 GPU_DTYPES = ["float16", "bfloat16"]
 
-
-def window_id(w):
-    return "w%d,%d" % tuple(w)
 
 
 # ================================================================================================

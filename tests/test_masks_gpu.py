@@ -18,7 +18,8 @@ import pytest
 
 import flashattn_c as fa
 from conftest import gpu_unavailable_reason
-from reference import LSE_ATOL, assert_empty_rows, expected_kernel, visible_mask
+from reference import (LSE_ATOL, SOFTCAPS, WINDOW_SIDES, assert_empty_rows, expected_kernel,
+                       visible_mask, window_id)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -26,14 +27,8 @@ pytestmark = [
                        reason=str(gpu_unavailable_reason())),
 ]
 
-WINDOW_SIDES = [0, 1, 17, 128, 255, 1024, -1]
-SOFTCAPS = [5.0, 30.0, 50.0]
 FAMILIES = ["sm80", "sm90"]
 DTYPES = ["float16", "bfloat16"]
-
-
-def window_id(w):
-    return "w%d,%d" % tuple(w)
 
 
 def require_family(family):
