@@ -1,10 +1,11 @@
 """The public functions of flashattn_c over its C extension (flashattn_c._C).
 
-What lives here and not in C: argument spelling (device=, kernel=, dtype=, arch=), stream
-discovery (the stream= protocols and each framework's current stream), and output-type matching
-(a torch tensor in gives a torch tensor out, CuPy gives CuPy, NumPy gives NumPy). Everything about
-the arrays themselves (shapes, dtypes, strides, devices, DLPack and CUDA-array-interface import)
-is checked in C, before any GPU work.
+What lives here and not in C: argument spelling (device=, kernel=, dtype=, arch=, window_size=,
+the bool flags), stream discovery (the stream= protocols and each framework's current stream),
+torch autograd refusal, and output-type matching (a torch tensor in gives a torch tensor out,
+CuPy gives CuPy, JAX gives JAX, NumPy gives NumPy). Everything about the arrays themselves
+(shapes, dtypes, strides, devices, DLPack and CUDA-array-interface import, sinks) and the real
+numbers (softmax_scale, softcap) is checked in C, before any GPU work.
 """
 
 import os
