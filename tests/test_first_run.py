@@ -162,10 +162,11 @@ def test_the_run_counts_skipped_gpu_tests_and_says_why():
 # 2. An unbuilt source tree never shadows an installed package, and says so when imported.
 
 
-# -S: no site-packages, so no editable-install finder either; the checkout is first on sys.path.
+# -S: no site-packages, so no editable-install finder either; the checkout is first on sys.path
+# (PYTHONSAFEPATH, which conftest sets when this run itself is in an unbuilt checkout, cleared).
 def test_an_unbuilt_checkout_says_what_is_wrong(unbuilt_checkout):
     proc = run([sys.executable, "-S", "-c", "import flashattn_c"], cwd=unbuilt_checkout,
-               env={"PYTHONPATH": PACKAGE_PARENT})
+               env={"PYTHONPATH": PACKAGE_PARENT, "PYTHONSAFEPATH": ""})
     err = proc.stderr
     assert proc.returncode != 0
     assert "circular import" not in err and "partially initialized" not in err, err
@@ -177,7 +178,7 @@ def test_an_unbuilt_checkout_says_what_is_wrong(unbuilt_checkout):
 
 def test_an_unbuilt_checkout_alone_says_how_to_build(unbuilt_checkout):
     proc = run([sys.executable, "-S", "-c", "import flashattn_c"], cwd=unbuilt_checkout,
-               env={"PYTHONPATH": ""})
+               env={"PYTHONPATH": "", "PYTHONSAFEPATH": ""})
     assert proc.returncode != 0
     assert "Either install it (pip install .), or build the source tree in place" in proc.stderr
 
