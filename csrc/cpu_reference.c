@@ -163,7 +163,7 @@ static void scratch_free(cpu_scratch *w)
  * applies tanh (softcap_pre is 0 both without a softcap and with one at softmax_scale 0).
  * Writes out and lse. */
 static void forward_row(const fa_params *p, const cpu_scratch *w, const fa_mask *m,
-                        const fa_block_range *r, fa_score sc, int softcap, float sink_log2,
+                        const fa_block_range *r, fa_score sc, int softcap, float sink,
                         int len_k, int b, int h, int i)
 {
     const int D = p->head_dim;
@@ -215,8 +215,7 @@ static void forward_row(const fa_params *p, const cpu_scratch *w, const fa_mask 
         row_max = new_max;
     }
     float inv, lse;
-    fa_row_finalize(row_max == -INFINITY ? -INFINITY : row_max * sc.scale_log2, row_sum, sink_log2,
-                    &inv, &lse);
+    fa_row_finalize(fa_row_max_logit(row_max, &sc), row_sum, sink, &inv, &lse);
     const int64_t o = b * p->o_batch_stride + i * p->o_row_stride + h * p->o_head_stride;
     for (int d = 0; d < D; d++)
         store_elem(p->out, o + d, p->dtype, w->acc[d] * inv); /* empty row: 0 * 0 */
@@ -274,7 +273,7 @@ fa_status fa_forward_cpu(const fa_params *caller)
                         p->dtype);
                 }
             for (int h = hk * group; h < (hk + 1) * group; h++) {
-                const float sink_log2 = fa_sink_log2(p->sinks, h);
+                const float sink = fa_sink(p->sinks, h);
                 for (int i0 = 0; i0 < len.len_q; i0 += FA_CPU_BLOCK_M) {
                     const int i1 = fa_imin(len.len_q, i0 + FA_CPU_BLOCK_M);
                     if (p->interrupt && p->interrupt(p->interrupt_ctx)) {
@@ -289,7 +288,7 @@ fa_status fa_forward_cpu(const fa_params *caller)
                                                   b * p->q_batch_stride + i * p->q_row_stride +
                                                       h * p->q_head_stride + d,
                                                   p->dtype);
-                        forward_row(p, &w, &m, &r, sc, p->softcap > 0.0f, sink_log2, len.len_k, b,
+                        forward_row(p, &w, &m, &r, sc, p->softcap > 0.0f, sink, len.len_k, b,
                                     h, i);
                     }
                 }

@@ -178,6 +178,32 @@ def test_large_magnitude_inputs(family, dtype, causal):
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("scale", [1e30, 3e38, 3.4e38])
+def test_huge_softmax_scale_is_one_hot(family, causal, scale):
+    """At scales this large the softmax of distinct scores is one-hot on each row's largest: out
+    is that key's v row, never NaN, and lse is the largest logit, +inf where it leaves float32."""
+    import torch
+
+    require_family(family)
+    q, k, v = make_inputs(1, 200, 300, 2, 2, 64, "bfloat16")
+    out, lse = fa.attention(q, k, v, causal=causal, softmax_scale=scale, return_lse=True,
+                            kernel=family)
+    scores = torch.einsum("bihd,bjhd->bhij", q.double(), k.double())
+    if causal:
+        i = torch.arange(200, device="cuda")[:, None]
+        j = torch.arange(300, device="cuda")[None, :]
+        scores = scores.masked_fill(j > i + 100, float("-inf"))
+    top = scores.max(dim=-1)
+    want = torch.gather(v.double().permute(0, 2, 1, 3), 2,
+                        top.indices[..., None].expand(-1, -1, -1, 64)).permute(0, 2, 1, 3)
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any()
+    assert torch.equal(out.double(), want)
+    want_lse = (top.values * scale).float()  # +-inf where the logit leaves float32
+    assert torch.allclose(lse.double(), want_lse.double(), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_row_max_rising_across_key_blocks(family, causal, head_dim):
     """Key blocks are visited from the last down; here the lower keys score ever higher, for some

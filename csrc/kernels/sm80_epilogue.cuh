@@ -3,7 +3,7 @@
  * LSE, with the sink in the denominator), O staged through shared memory as 16-bit rows,
  * then 16-byte coalesced stores; and the whole output of a tile whose rows see no key.
  *
- *   out[row, :] = O[row, :] * inv,   lse[row] = (M + log2(total)) ln 2   (fa_row_finalize)
+ *   out[row, :] = O[row, :] * inv,   lse[row] = top + log(total)   (fa_row_finalize)
  * O staging: BLOCK_M rows of head_dim_padded * 2 bytes at smem offset 0, the swizzle of the
  * K/V stages; it reuses the stages, so it starts after every warp is done reading them.
  * Indices are re-read from %tid / %ctaid rather than held across the main loop.
@@ -30,13 +30,13 @@ __device__ __forceinline__ void store_tile(const Args &p, RowState<C> &st, unsig
     const int head = blockIdx.y;
     const int batch = blockIdx.z;
     /* scale[h]: what this lane's O rows g, g + 8 are multiplied by; lse[h] their LSE */
-    const float sink_log2 = fa_sink_log2(p.sinks, head);
+    const float sink = fa_sink(p.sinks, head);
     float scale[2], lse[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         st.l[h] += __shfl_xor_sync(0xffffffffu, st.l[h], 1);
         st.l[h] += __shfl_xor_sync(0xffffffffu, st.l[h], 2);
-        fa_row_finalize(st.m[h] * p.score.scale_log2, st.l[h], sink_log2, &scale[h], &lse[h]);
+        fa_row_finalize(fa_row_max_logit(st.m[h], &p.score), st.l[h], sink, &scale[h], &lse[h]);
     }
 
     __syncthreads(); /* every warp is done reading the K/V stages that the staging reuses */
@@ -90,7 +90,7 @@ __device__ __forceinline__ void store_empty_tile(const Args &p, int batch, int h
 {
     const int tid = reread_thread_index(); /* shares nothing with the main path's indices */
     float inv, lse;
-    fa_row_finalize(-INFINITY, 0.f, fa_sink_log2(p.sinks, head), &inv, &lse);
+    fa_row_finalize(-INFINITY, 0.f, fa_sink(p.sinks, head), &inv, &lse);
     if (p.lse != nullptr && tid < C::kBlockM && row0 + tid < row_end)
         p.lse[(static_cast<int64_t>(batch) * p.heads_q + head) * seqlen_q + row0 + tid] = lse;
     const int chunk = tid % C::kChunksPerRow;

@@ -178,7 +178,7 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
         o_store_pending = false;
 
         float inv_l[2], lse[2];
-        softmax_finalize(m, l, prm.score.scale_log2, fa_sink_log2(prm.sinks, tc.head_q), inv_l, lse);
+        softmax_finalize(m, l, prm.score, fa_sink(prm.sinks, tc.head_q), inv_l, lse);
 
         store_tile<Cfg>(prm, smem, tc, consumer_idx, warp_in_wg, lane, o, inv_l, wg_range.n_max > 0, lse, len.len_q);
         o_store_pending = Cfg::kOInV;

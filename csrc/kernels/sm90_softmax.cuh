@@ -7,8 +7,8 @@
  * with m the running row max of the raw scores. The row sum stays per thread until
  * finalize. A row with no visible key keeps m = -inf and l = 0: its P are exactly 0 (the max
  * is replaced by 0 before the subtraction, so -inf - -inf never happens), and finalize gives
- * out = 0, lse = -inf. scale_log2 is > 0 (the launcher clamps a zero scale to FLT_MIN), so
- * -inf * scale_log2 stays -inf.
+ * out = 0, lse = -inf. scale_log2 is in [FLT_MIN, 2^64] (common/score.h), so -inf *
+ * scale_log2 stays -inf and no scaled score overflows.
  *
  * Two forms, chosen per head dim in fwd_sm90.cu. Eager (online_softmax): m follows every
  * block, so O is rescaled every block. Lazy (online_softmax_lazy): m is a reference that moves
@@ -173,11 +173,12 @@ __device__ __forceinline__ bool online_softmax_lazy(float (&s)[kNs], float (&m)[
 }
 
 // Completes the row sums across the quad, then common/score.h's row end: inv_l scales O, lse is
-// the natural log of the denominator, sink included. sink_log2: fa_sink_log2 of the row's head.
-__device__ __forceinline__ void softmax_finalize(const float (&m)[2], const float (&l)[2], float scale_log2,
-                                                 float sink_log2, float (&inv_l)[2], float (&lse)[2]) {
+// the natural log of the denominator, sink included (fa_sink of the row's head).
+__device__ __forceinline__ void softmax_finalize(const float (&m)[2], const float (&l)[2], const fa_score &score,
+                                                 float sink, float (&inv_l)[2], float (&lse)[2]) {
 #pragma unroll
-    for (int r = 0; r < 2; ++r) fa_row_finalize(m[r] * scale_log2, quad_sum(l[r]), sink_log2, &inv_l[r], &lse[r]);
+    for (int r = 0; r < 2; ++r)
+        fa_row_finalize(fa_row_max_logit(m[r], &score), quad_sum(l[r]), sink, &inv_l[r], &lse[r]);
 }
 
 }  // namespace fa_sm90
