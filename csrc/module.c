@@ -1282,14 +1282,46 @@ static PyObject *launch_to_dict(const fa_launch *l)
         l->stages, "head_dim_padded", l->head_dim_padded);
 }
 
+/* The main launch's dict, plus "launches" (every launch of the plan in order, the main one
+ * first: auxiliary kernels of other ops join it) and "workspace_bytes". */
+static PyObject *plan_to_dict(const fa_plan *plan)
+{
+    PyObject *d = launch_to_dict(&plan->launches[0]);
+    PyObject *launches = d ? PyList_New(plan->num_launches) : NULL;
+    if (!launches) {
+        Py_XDECREF(d);
+        return NULL;
+    }
+    for (int i = 0; i < plan->num_launches; i++) {
+        PyObject *item = launch_to_dict(&plan->launches[i]);
+        if (!item) {
+            Py_DECREF(launches);
+            Py_DECREF(d);
+            return NULL;
+        }
+        PyList_SET_ITEM(launches, i, item);
+    }
+    PyObject *ws = PyLong_FromSize_t(plan->workspace_bytes);
+    if (!ws || PyDict_SetItemString(d, "launches", launches) < 0 ||
+        PyDict_SetItemString(d, "workspace_bytes", ws) < 0) {
+        Py_XDECREF(ws);
+        Py_DECREF(launches);
+        Py_DECREF(d);
+        return NULL;
+    }
+    Py_DECREF(ws);
+    Py_DECREF(launches);
+    return d;
+}
+
 static PyObject *py_last_launch(PyObject *module, PyObject *unused)
 {
     (void)module;
     (void)unused;
-    fa_launch l;
-    if (!fa_last_launch(&l))
+    fa_plan plan;
+    if (!fa_last_plan(&plan))
         Py_RETURN_NONE;
-    return launch_to_dict(&l);
+    return plan_to_dict(&plan);
 }
 
 static PyObject *py_launch_config(PyObject *module, PyObject *args, PyObject *kwargs)
@@ -1353,11 +1385,11 @@ static PyObject *py_launch_config(PyObject *module, PyObject *args, PyObject *kw
     call_error e;
     memset(&e, 0, sizeof e);
     fa_device dev;
-    fa_launch cfg;
+    fa_plan plan;
     if (arch_major >= 0) {
         fail_status(&e, fa_device_nominal(arch_major, arch_minor, &dev));
         if (!e.kind)
-            fail_status(&e, fa_launch_config(&p, &dev, &cfg));
+            fail_status(&e, fa_forward_plan(&p, &dev, &plan));
     } else {
         Py_BEGIN_ALLOW_THREADS
         if (device < 0)
@@ -1365,15 +1397,16 @@ static PyObject *py_launch_config(PyObject *module, PyObject *args, PyObject *kw
         if (!e.kind)
             fail_status(&e, fa_device_query(device, &dev));
         if (!e.kind)
-            fail_status(&e, fa_launch_config(&p, &dev, &cfg));
+            fail_status(&e, fa_forward_plan(&p, &dev, &plan));
         Py_END_ALLOW_THREADS
         if (!e.kind)
-            cfg.device = device;
+            for (int l = 0; l < plan.num_launches; l++)
+                plan.launches[l].device = device;
     }
     if (e.kind)
         return raise_call_error(
             st, &e, "; pass arch=(major, minor) to compute the configuration for a nominal GPU");
-    return launch_to_dict(&cfg);
+    return plan_to_dict(&plan);
 }
 
 /* _no_gpu_reason(cuda_error, driver_version): the reason a no-GPU CudaError gives, for a given

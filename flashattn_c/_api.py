@@ -460,7 +460,8 @@ def launch_config(*, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dty
     Returns a dict: kernel (name: fwd_<family>_hd<padded head_dim>_<fp16|bf16>, then _causal or
     _window for a mask, _softcap, _sinks), family, grid, block (always (384, 1, 1)), smem_bytes
     (dynamic shared memory), regs (None: known only once launched), arch, device (-1 for a
-    nominal GPU), stream, block_m, block_n, stages, head_dim_padded.
+    nominal GPU), stream, block_m, block_n, stages, head_dim_padded; launches and
+    workspace_bytes as in last_launch().
     """
     sizes = dict(batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, heads_q=heads_q,
                  heads_kv=heads_kv, head_dim=head_dim)
@@ -492,8 +493,11 @@ def launch_config(*, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dty
 
 
 def last_launch():
-    """The launch this thread issued last, or None: kernel, family, grid, block, smem_bytes,
-    regs, arch, device, stream, block_m, block_n, stages, head_dim_padded."""
+    """The main launch of the op this thread issued last, or None: kernel, family, grid, block,
+    smem_bytes, regs, arch, device, stream, block_m, block_n, stages, head_dim_padded; plus
+    launches (every launch of the op's plan in order, the main one first, each a dict of the
+    same keys) and workspace_bytes (the device scratch the plan used). The forward is one
+    launch with no workspace."""
     return _C.last_launch()
 
 

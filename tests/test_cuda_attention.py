@@ -309,7 +309,10 @@ def test_numpy_host_inputs_run_on_the_gpu(rng):
     v = rng.standard_normal((2, 80, 2, 64)).astype(np.float16)
     out = fa.attention(q, k, v, causal=True)
     assert isinstance(out, np.ndarray) and out.dtype == np.float16
-    assert fa.last_launch()["block"] == (384, 1, 1)
+    launch = fa.last_launch()
+    assert launch["block"] == (384, 1, 1)
+    assert [l["kernel"] for l in launch["launches"]] == [launch["kernel"]]
+    assert launch["launches"][0]["regs"] == launch["regs"] > 0 and launch["workspace_bytes"] == 0
     host = fa.attention(q, k, v, causal=True, device="cpu")
     assert np.max(np.abs(out.astype(np.float32) - host.astype(np.float32))) < 5e-3
 

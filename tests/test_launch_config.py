@@ -30,6 +30,16 @@ needs_sm80 = pytest.mark.skipif(not built("sm80"), reason="sm80 family not in th
 needs_sm90 = pytest.mark.skipif(not built("sm90"), reason="sm90 family not in this build")
 
 
+@pytest.mark.parametrize("arch", [(8, 0), (9, 0)])
+def test_the_forward_is_planned_as_one_launch_without_workspace(arch):
+    cfg = config(arch)
+    assert cfg["workspace_bytes"] == 0
+    assert len(cfg["launches"]) == 1
+    main = dict(cfg)
+    del main["launches"], main["workspace_bytes"]
+    assert cfg["launches"][0] == main
+
+
 def test_build_info_reports_the_384_thread_contract():
     info = fa.build_info()
     assert info["threads_per_block"] == 384
