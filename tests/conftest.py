@@ -92,6 +92,21 @@ def gpu_unavailable_reason():
     return reason if verdict == "skip" else None
 
 
+def require_family(family):
+    """Skips a GPU test whose kernel family this build or this GPU cannot run."""
+    import torch
+
+    import flashattn_c as fa
+
+    cc = torch.cuda.get_device_capability()
+    if not fa.build_info()["families"].get(family):
+        pytest.skip(f"family {family} is not in this build")
+    if family == "sm90" and cc != (9, 0):
+        pytest.skip(f"family sm90 needs an sm_90 GPU, this one is sm_{cc[0]}{cc[1]}")
+    if cc[0] < 8:
+        pytest.skip("needs sm_80 or newer")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     """GPU tests (the `gpu` marker, or the torch_cuda fixture) fail with the reason where a GPU

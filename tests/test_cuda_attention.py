@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import flashattn_c as fa
-from conftest import gpu_unavailable_reason
+from conftest import gpu_unavailable_reason, require_family
 
 pytestmark = [
     pytest.mark.gpu,
@@ -24,18 +24,6 @@ pytestmark = [
 FAMILIES = ["sm80", "sm90"]
 DTYPES = ["float16", "bfloat16"]
 LSE_ATOL = 1e-3
-
-
-def require_family(family):
-    import torch
-
-    cc = torch.cuda.get_device_capability()
-    if not fa.build_info()["families"].get(family):
-        pytest.skip(f"family {family} is not in this build")
-    if family == "sm90" and cc != (9, 0):
-        pytest.skip(f"family sm90 needs an sm_90 GPU, this one is sm_{cc[0]}{cc[1]}")
-    if cc[0] < 8:
-        pytest.skip("needs sm_80 or newer")
 
 
 def tdtype(name):
