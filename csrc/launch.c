@@ -651,8 +651,8 @@ fa_status fa_forward(const fa_params *caller, cudaStream_t stream)
         cfg->device = device;
         cfg->stream = (uintptr_t)stream;
     }
-    /* The forward needs no workspace; an op that does takes p.workspace or allocates
-     * plan.workspace_bytes stream-ordered here. */
+    /* The forward's plan has no workspace. The first op whose plan has one adds, here, the use
+     * of p.workspace or else a stream-ordered allocation of plan.workspace_bytes. */
     cudaError_t err = ops->launch(&p, &plan.launches[0], stream);
     if (err != cudaSuccess)
         return fa_fail_cuda(err, plan.launches[0].kernel, __FILE__, __LINE__);
