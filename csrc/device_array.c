@@ -19,13 +19,7 @@
  *
  * Part of the flashattn_c._C extension (built by setup.py with the other C sources in csrc/).
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-
-#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
-#define PY_ARRAY_UNIQUE_SYMBOL flashattn_c_ARRAY_API
-#define NO_IMPORT_ARRAY
-#include <numpy/arrayobject.h>
+#include "compat.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -37,26 +31,12 @@
 #include "device_array.h"
 #include "tensor.h"
 
-#if PY_VERSION_HEX < 0x030A0000
-static inline PyObject *Py_NewRef(PyObject *o)
-{
-    Py_INCREF(o);
-    return o;
-}
-#endif
 #ifndef Py_TPFLAGS_DISALLOW_INSTANTIATION
 #define Py_TPFLAGS_DISALLOW_INSTANTIATION 0 /* Python 3.9: tp_new is left NULL instead */
 #endif
 #ifndef Py_TPFLAGS_IMMUTABLETYPE
 #define Py_TPFLAGS_IMMUTABLETYPE 0
 #endif
-
-/* DLPack / CUDA-array-interface spellings of the two default streams. */
-#define FA_STREAM_LEGACY ((uintptr_t)1)
-#define FA_STREAM_PER_THREAD ((uintptr_t)2)
-
-/* Handle 0 is the legacy default stream in this (non per-thread) build: compare as 1. */
-static uintptr_t canonical_stream(uintptr_t s) { return s == 0 ? FA_STREAM_LEGACY : s; }
 
 /* The "<call> failed at <file>:<line>" part of a "...: <name>: <text>" failure message. */
 static void call_site_of(const char *detail, cudaError_t code, char *buf, size_t len)
@@ -364,7 +344,7 @@ static PyObject *da_get_cai(fa_device_array *self, void *c)
                          int64_tuple(self->shape, self->ndim), "typestr", typestr, "data",
                          (unsigned long long)(uintptr_t)self->ptr, Py_False, "strides", Py_None,
                          "version", 3, "stream",
-                         (unsigned long long)canonical_stream(self->stream));
+                         (unsigned long long)fa_canonical_stream(self->stream));
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -555,7 +535,7 @@ static PyObject *da_dlpack(fa_device_array *self, PyObject *args, PyObject *kwar
     if (parse_consumer_stream(stream, &consumer, &no_sync) < 0)
         return NULL;
     if (!no_sync && self->nbytes > 0 &&
-        canonical_stream(consumer) != canonical_stream(self->stream)) {
+        fa_canonical_stream(consumer) != fa_canonical_stream(self->stream)) {
         if (order_before_consumer(self, consumer) < 0)
             return NULL;
     }

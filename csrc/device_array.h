@@ -9,7 +9,8 @@
  * copy) and, except for bfloat16, __cuda_array_interface__ v3. Shapes up to 4-D: out is
  * (batch, seqlen_q, heads_q, head_dim), lse (batch, heads_q, seqlen_q).
  *
- * Include Python.h before this header; only module.c, tensor.c and device_array.c do.
+ * Include compat.h (which includes Python.h) before this header, as the Python-facing
+ * sources of the extension do.
  */
 #ifndef FA_DEVICE_ARRAY_H
 #define FA_DEVICE_ARRAY_H

@@ -15,13 +15,7 @@
  *
  * Part of the flashattn_c._C extension (built by setup.py with the other C sources in csrc/).
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-
-#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
-#define PY_ARRAY_UNIQUE_SYMBOL flashattn_c_ARRAY_API
-#define NO_IMPORT_ARRAY
-#include <numpy/arrayobject.h>
+#include "compat.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -11,7 +11,8 @@
  * Also here: the DLPack v1.1 ABI (dlpack.h of dmlc/dlpack), declared from the spec because
  * both the consumer (tensor.c) and the producer (device_array.c) need its structs.
  *
- * Include Python.h before this header; only module.c, tensor.c and device_array.c do.
+ * Include compat.h (which includes Python.h) before this header, as the Python-facing
+ * sources of the extension do.
  */
 #ifndef FA_TENSOR_H
 #define FA_TENSOR_H
