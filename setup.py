@@ -207,7 +207,8 @@ class CudaBuildExt(build_ext):
 
 def extension():
     c_sources = [os.path.join(CSRC, f) for f in
-                 ("module.c", "tensor.c", "device_array.c", "launch.c", "cpu_reference.c")]
+                 ("module.c", "call_module.c", "attention.c", "tensor.c", "device_array.c",
+                  "launch.c", "cpu_reference.c")]
     return Extension("flashattn_c._C", sources=c_sources + [s for s, _, _ in kernel_sources()])
 
 

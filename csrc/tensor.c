@@ -11,7 +11,8 @@
  *      The CUDA array interface has no owner slot: the view keeps obj alive instead.
  *   3. a NumPy array or anything NumPy views without copying rules out (__array_interface__,
  *      __array__, the buffer protocol): host memory.
- * Nothing is copied here. Shapes, dtypes and devices are only recorded; module.c judges them.
+ * Nothing is copied here. Shapes, dtypes and devices are only recorded; the call engine judges
+ * them (call_module.c).
  *
  * Part of the flashattn_c._C extension (built by setup.py with the other C sources in csrc/).
  */
@@ -593,7 +594,7 @@ static int import_cai(PyObject *obj, PyObject *cai, fa_tensor *t)
     t->data = (void *)(uintptr_t)ptr;
     t->readonly = readonly;
     t->on_device = 1;
-    t->device_id = -1; /* not in the interface: module.c asks the driver where ptr lives */
+    t->device_id = -1; /* not in the interface: the call engine asks the driver */
     Py_INCREF(obj);
     t->owner = obj;
     return 0;

@@ -239,9 +239,9 @@ _TORCH_DTYPE_CODES = {}
 
 def _torch_layout(torch, t, float32=False):
     """(data_ptr, shape, strides, dtype code, device) of a CUDA torch tensor of a GPU dtype (or,
-    with float32=True, of float32: sinks), else None. Read at C speed off the tensor: the DLPack
-    exchange costs several microseconds of Python per array in torch, more than the kernel
-    itself at small sizes."""
+    with float32=True, of float32: lse, sinks), else None. Read at C speed off the tensor: the
+    DLPack exchange costs several microseconds of Python per array in torch, more than the
+    kernel itself at small sizes."""
     if not _TORCH_DTYPE_CODES:
         _TORCH_DTYPE_CODES.update({torch.float16: _C.FLOAT16, torch.bfloat16: _C.BFLOAT16,
                                    torch.float32: _C.FLOAT32})
@@ -274,35 +274,35 @@ def _torch_empty(torch, shape, dtype, device):
         raise error from exc
 
 
-def _torch_attention(q, k, v, out, sinks, extra):
-    """attention() for CUDA torch tensors on torch's current stream: layouts read off the
-    tensors, outputs from torch's allocator (so they are ordered on that same stream). Returns
-    None when an argument is not such a tensor: the general path then takes the call (and names
-    what is wrong). Validation is the C layer's, as for every other input. `extra`: the keyword
-    arguments of _C.forward other than the arrays, stream and layouts."""
+def _torch_call(c_op, roles, arrays, new_outputs, extra):
+    """c_op (an op of _C) on CUDA torch tensors on torch's current stream: layouts read off the
+    tensors, new outputs from torch's allocator (so they are ordered on that same stream).
+
+    roles: the op's arrays in order, as _C lists them (_C.forward_roles): (name, is_output,
+    fixed dtype code or None for the op's dtype). arrays: role name -> tensor, None or missing
+    when absent. new_outputs: role name -> (shape, torch dtype) of each output to allocate, on
+    the first role's device. extra: c_op's keyword arguments other than the arrays, stream and
+    layouts. Returns role name -> tensor (outputs included), or None when an argument is not
+    such a tensor: the general path then takes the call (and names what is wrong). Validation
+    is the C layer's, as for every other input."""
     torch = sys.modules["torch"]
-    if q.dim() != 4:
-        return None
-    arrays = (q, k, v) if out is None else (q, k, v, out)
-    layouts = [_torch_layout(torch, a) for a in arrays]
-    if None in layouts:
-        return None
-    sinks_layout = None
-    if sinks is not None:
-        sinks_layout = _torch_layout(torch, sinks, float32=True)
-        if sinks_layout is None:
-            return None
-    device = q.device
-    result = out if out is not None else _torch_empty(torch, q.shape, q.dtype, device)
-    if out is None:
-        layouts.append(_torch_layout(torch, result))
-    layouts.append(sinks_layout)
-    return_lse = extra["return_lse"]
-    lse = (_torch_empty(torch, (q.shape[0], q.shape[2], q.shape[1]), torch.float32, device)
-           if return_lse else None)
-    _C.forward(q, k, v, result, sinks=sinks, stream=_torch_current_stream(torch, device),
-               layouts=tuple(layouts), lse_ptr=lse.data_ptr() if lse is not None else 0, **extra)
-    return (result, lse) if return_lse else result
+    layouts = {}
+    for name, _, fixed in roles:
+        if arrays.get(name) is not None:
+            layouts[name] = _torch_layout(torch, arrays[name], float32=fixed == _C.FLOAT32)
+            if layouts[name] is None:
+                return None
+    device = arrays[roles[0][0]].device
+    arrays = dict(arrays)
+    for name, _, _ in roles:  # in role order, as _C allocates its own outputs
+        if name in new_outputs and arrays.get(name) is None:
+            shape, dtype = new_outputs[name]
+            arrays[name] = _torch_empty(torch, shape, dtype, device)
+            layouts[name] = _torch_layout(torch, arrays[name], float32=dtype == torch.float32)
+    c_op(**{name: arrays.get(name) for name, _, _ in roles},
+         stream=_torch_current_stream(torch, device),
+         layouts=tuple(layouts.get(name) for name, _, _ in roles), **extra)
+    return arrays
 
 
 _NO_WINDOW = (-1, -1)
@@ -413,12 +413,16 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=_NO_WIND
     extra = dict(causal=causal, softmax_scale=softmax_scale, return_lse=return_lse,
                  device_kind=device_kind, device_index=device_index, kernel=kernel_code,
                  window_left=left, window_right=right, softcap=softcap)
-    if framework == "torch" and stream is None and device_kind != _C.DEVICE_CPU:
-        fast = _torch_attention(q, k, v, out, sinks, extra)
+    if framework == "torch" and stream is None and device_kind != _C.DEVICE_CPU and q.dim() == 4:
+        # q's shape is read only once it is 4-D; other shapes take the general path's message.
+        new_outputs = {"out": (q.shape, q.dtype)}
+        if return_lse:
+            new_outputs["lse"] = ((q.shape[0], q.shape[2], q.shape[1]), torch.float32)
+        fast = _torch_call(_C.forward, _C.forward_roles,
+                           dict(q=q, k=k, v=v, out=out, sinks=sinks), new_outputs, extra)
         if fast is not None:
-            if given_out is not None:
-                return (given_out, fast[1]) if return_lse else given_out
-            return fast
+            result = given_out if given_out is not None else fast["out"]
+            return (result, fast["lse"]) if return_lse else result
     if stream is None:
         handle, owner = _current_stream(q, framework) if device_kind != _C.DEVICE_CPU else (0, None)
     else:
