@@ -92,6 +92,16 @@ def gpu_unavailable_reason():
     return reason if verdict == "skip" else None
 
 
+# What a GPU test module starts with: pytestmark = GPU_MARKS, and the families and dtypes its
+# cases range over.
+GPU_MARKS = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(gpu_unavailable_reason() is not None, reason=str(gpu_unavailable_reason())),
+]
+FAMILIES = ["sm80", "sm90"]
+GPU_DTYPES = ["float16", "bfloat16"]
+
+
 def require_family(family):
     """Skips a GPU test whose kernel family this build or this GPU cannot run."""
     import torch

@@ -13,17 +13,11 @@ import numpy as np
 import pytest
 
 import flashattn_c as fa
-from conftest import gpu_unavailable_reason, require_family
+from conftest import FAMILIES, GPU_DTYPES, GPU_MARKS, require_family
+from reference import LSE_ATOL
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(gpu_unavailable_reason() is not None,
-                       reason=str(gpu_unavailable_reason())),
-]
-
-FAMILIES = ["sm80", "sm90"]
-DTYPES = ["float16", "bfloat16"]
-LSE_ATOL = 1e-3
+pytestmark = GPU_MARKS
+DTYPES = GPU_DTYPES
 
 
 def tdtype(name):

@@ -17,18 +17,12 @@ import numpy as np
 import pytest
 
 import flashattn_c as fa
-from conftest import gpu_unavailable_reason, require_family
+from conftest import FAMILIES, GPU_DTYPES, GPU_MARKS, require_family
 from reference import (LSE_ATOL, SOFTCAPS, WINDOW_SIDES, assert_empty_rows, expected_kernel,
                        visible_mask, window_id)
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(gpu_unavailable_reason() is not None,
-                       reason=str(gpu_unavailable_reason())),
-]
-
-FAMILIES = ["sm80", "sm90"]
-DTYPES = ["float16", "bfloat16"]
+pytestmark = GPU_MARKS
+DTYPES = GPU_DTYPES
 
 
 def gpu_inputs(batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype, q_scale=1.0,
