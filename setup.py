@@ -79,23 +79,24 @@ def parse_archs():
 
 def kernel_sources():
     """(source, gencode flags, define) per CUDA translation unit of the kernel families selected
-    by FLASHATTN_C_ARCHS: every csrc/kernels/fwd_<family>*.cu (the sm90 family has one per head
-    dim, listed in sm90_instances.def, so they compile in parallel)."""
+    by FLASHATTN_C_ARCHS: every csrc/kernels/{fwd,bwd}_<family>*.cu (one per op and head dim,
+    so they compile in parallel)."""
     plain, with_sm90 = parse_archs()
     families = []
     if plain:
         gencodes = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in plain]
         gencodes.append(f"-gencode=arch=compute_{plain[0]},code=compute_{plain[0]}")
-        families.append(("fwd_sm80", gencodes, "FA_WITH_SM80"))
+        families.append(("sm80", gencodes, "FA_WITH_SM80"))
     if with_sm90:
-        families.append(("fwd_sm90", ["-gencode=arch=compute_90a,code=sm_90a"], "FA_WITH_SM90"))
+        families.append(("sm90", ["-gencode=arch=compute_90a,code=sm_90a"], "FA_WITH_SM90"))
     if not families:
         raise RuntimeError("FLASHATTN_C_ARCHS selects no kernel family")
     kernels = os.path.join(CSRC, "kernels")
     return [(os.path.join(kernels, name), gencodes, define)
-            for stem, gencodes, define in families
+            for family, gencodes, define in families
+            for op in ("fwd", "bwd")
             for name in sorted(os.listdir(kernels))
-            if name.endswith(".cu") and (name == stem + ".cu" or name.startswith(stem + "_"))]
+            if re.fullmatch(rf"{op}_{family}(_\w+)?\.cu", name)]
 
 
 def source_digest(src, cmd):
@@ -207,8 +208,9 @@ class CudaBuildExt(build_ext):
 
 def extension():
     c_sources = [os.path.join(CSRC, f) for f in
-                 ("module.c", "call_module.c", "attention.c", "tensor.c", "device_array.c",
-                  "launch.c", "cpu_reference.c")]
+                 ("module.c", "call_module.c", "attention.c", "attention_backward.c", "tensor.c",
+                  "device_array.c", "device_buffer.c", "launch.c", "backward.c", "cpu_reference.c",
+                  "cpu_backward.c")]
     return Extension("flashattn_c._C", sources=c_sources + [s for s, _, _ in kernel_sources()])
 
 

@@ -2,16 +2,19 @@
  * cpu_reference.c -- the host reference of fa_forward: same semantics, plain C.
  *
  *   q, out: (batch, seqlen_q, heads_q, head_dim); k, v: (batch, seqlen_k, heads_kv, head_dim);
- *   float16 / bfloat16 / float32 storage, float32 arithmetic; lse float32 (batch, heads_q, seqlen_q).
+ *   float16 / bfloat16 / float32 storage with float32 arithmetic, or float64 storage with float64
+ *   arithmetic (the same row code over a double scalar type); lse float32 (batch, heads_q,
+ *   seqlen_q).
  *
  * It takes every rule from the shared headers of csrc/common/, as the kernels do: the lengths
  * of a batch entry (seqlen.h), the mask (mask.h: bottom-right causal and sliding window), the
  * key-block range of a group of rows (block_range.h), the score hook with the softcap and the
  * row end with a sink (score.h). Rows go in groups of FA_CPU_BLOCK_M; each group visits the
  * key blocks of FA_CPU_BLOCK_N keys that fa_block_range_rows gives it, applies the element
- * mask only on the blocks fa_block_needs_mask names, and runs the kernels' online softmax in
- * base 2 (running max, rescaled running sum and accumulator). So a wrong block range or a
- * wrong unmasked-block claim shows up here as a wrong answer, in CI, without a GPU.
+ * mask only on the blocks fa_block_needs_mask names, and runs the kernels' online softmax
+ * (running max, rescaled running sum and accumulator; in base 2 as the kernels do, or with
+ * natural exponentials in float64). So a wrong block range or a wrong unmasked-block claim
+ * shows up here as a wrong answer, in CI, without a GPU.
  *
  * Blocking, single-threaded; the Python layer releases the GIL around it and may stop it
  * through p->interrupt, polled before each group of rows. Reached only by an explicit
@@ -26,6 +29,7 @@
 #include "common/score.h"
 #include "common/seqlen.h"
 #include "fa_internal.h"
+#include "host_elem.h"
 
 #define FA_CPU_BLOCK_M 64 /* rows per group: one interrupt poll and one block range each */
 #define FA_CPU_BLOCK_N 64 /* keys per online-softmax step */
@@ -107,45 +111,113 @@ static uint16_t float_to_bf16(float f)
     return (uint16_t)(x >> 16);
 }
 
-static float load_elem(const void *base, int64_t idx, fa_dtype dt)
+float fa_host_load(const void *base, int64_t idx, fa_dtype dt)
 {
     switch (dt) {
     case FA_FLOAT16: return half_to_float(((const uint16_t *)base)[idx]);
     case FA_BFLOAT16: return bf16_to_float(((const uint16_t *)base)[idx]);
     case FA_FLOAT32: return ((const float *)base)[idx];
+    case FA_FLOAT64: return (float)((const double *)base)[idx];
     }
     return 0.0f;
 }
 
-static void store_elem(void *base, int64_t idx, fa_dtype dt, float v)
+void fa_host_store(void *base, int64_t idx, fa_dtype dt, float v)
 {
     switch (dt) {
     case FA_FLOAT16: ((uint16_t *)base)[idx] = float_to_half(v); break;
     case FA_BFLOAT16: ((uint16_t *)base)[idx] = float_to_bf16(v); break;
     case FA_FLOAT32: ((float *)base)[idx] = v; break;
+    case FA_FLOAT64: ((double *)base)[idx] = v; break;
     }
+}
+
+double fa_host_load64(const void *base, int64_t idx, fa_dtype dt)
+{
+    return dt == FA_FLOAT64 ? ((const double *)base)[idx] : (double)fa_host_load(base, idx, dt);
+}
+
+void fa_host_store64(void *base, int64_t idx, fa_dtype dt, double v)
+{
+    if (dt == FA_FLOAT64)
+        ((double *)base)[idx] = v;
+    else
+        fa_host_store(base, idx, dt, (float)v);
 }
 
 /* ---- forward ---- */
 
-/* q . k with eight partial sums: the shape of a SIMD or tensor-core reduction, and float32
- * rounding that grows with head_dim / 8 rather than head_dim. */
-static float dot(const float *a, const float *b, int n)
+/* The score hook's constants of one call, for both precisions. The float32 path uses fa_score
+ * as the kernels do; the float64 path takes the same rule with its quotient formed in double
+ * (softmax_scale / softcap) and its logits as t * row_scale, so that out is exact to float64
+ * rounding, as finite differences of it need. */
+typedef struct {
+    fa_score sc;
+    int softcap;          /* the hook applies tanh (softcap > 0) */
+    double softcap_pre64; /* softmax_scale / softcap in double; 0 without a softcap */
+} row_rules;
+
+/* Per-precision pieces of the row computation below. f32: the kernels' arithmetic (base-2
+ * exponentials with the scale folded in, score.h's finalisation), bit for bit what this
+ * reference has always computed for 16-bit and float32 inputs. f64: the same steps in double,
+ * with natural exponentials of logit differences. */
+static inline float hook_f32(float s, const row_rules *k)
 {
-    float part[8] = {0};
-    int d = 0;
-    for (; d + 8 <= n; d += 8)
-        for (int i = 0; i < 8; i++)
-            part[i] += a[d + i] * b[d + i];
-    for (; d < n; d++)
-        part[0] += a[d] * b[d];
-    return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    return k->softcap ? tanhf(s * k->sc.softcap_pre) : s;
 }
 
-/* Scratch of one call: one kv head in float32 (shared by the q heads of its group) and one
- * row's working vectors. */
+static inline double hook_f64(double s, const row_rules *k)
+{
+    return k->softcap ? tanh(s * k->softcap_pre64) : s;
+}
+
+/* exp(logit difference) of a difference diff <= 0 of hook values. */
+static inline float weight_f32(float diff, const row_rules *k)
+{
+    return exp2f(diff * k->sc.scale_log2);
+}
+
+/* No floor on the scale as score.h puts on scale_log2: diff is -inf only next to a +inf score,
+ * whose own inf - inf makes the row NaN at any scale. */
+static inline double weight_f64(double diff, const row_rules *k)
+{
+    return exp(diff * (double)k->sc.row_scale);
+}
+
+static inline void finalize_f32(float row_max, float row_sum, float sink, const row_rules *k,
+                                float *inv, float *lse)
+{
+    fa_row_finalize(fa_row_max_logit(row_max, &k->sc), row_sum, sink, inv, lse);
+}
+
+/* e^(x - top) for x <= top, exact at x == top: fa_exp_below in double. */
+static inline double exp_below_f64(double x, double top)
+{
+    return x == top ? 1.0 : exp(x - top);
+}
+
+/* fa_row_finalize's rule (score.h) in double; only lse is rounded, to its float32 storage. */
+static inline void finalize_f64(double row_max, double row_sum, float sink, const row_rules *k,
+                                double *inv, float *lse)
+{
+    const double max_logit = row_max == -INFINITY ? -INFINITY : row_max * (double)k->sc.row_scale;
+    if (sink == -INFINITY) {
+        const int empty = row_sum == 0.0;
+        *inv = empty ? 0.0 : 1.0 / row_sum;
+        *lse = empty ? -INFINITY : (float)(max_logit + log(row_sum));
+        return;
+    }
+    const double top = max_logit > sink ? max_logit : (double)sink;
+    const double keys = row_sum == 0.0 ? 0.0 : exp_below_f64(max_logit, top);
+    const double total = row_sum * keys + exp_below_f64(sink, top);
+    *inv = keys / total;
+    *lse = (float)(top + log(total));
+}
+
+/* Scratch of one call, in the precision of the row computation (float, or double for float64
+ * inputs): one kv head (shared by the q heads of its group) and one row's working vectors. */
 typedef struct {
-    float *kf, *vf, *qrow, *acc, *block_acc, *t;
+    void *kf, *vf, *qrow, *acc, *block_acc, *t;
 } cpu_scratch;
 
 static void scratch_free(cpu_scratch *w)
@@ -158,70 +230,133 @@ static void scratch_free(cpu_scratch *w)
     free(w->t);
 }
 
-/* One query row over the key blocks [r->n_min, r->n_max) of its group. Scores are kept as
- * the hook's t (score.h): logit * log2(e) = t * scale_log2. softcap says whether the hook
- * applies tanh (softcap_pre is 0 both without a softcap and with one at softmax_scale 0).
- * Writes out and lse. */
-static void forward_row(const fa_params *p, const cpu_scratch *w, const fa_mask *m,
-                        const fa_block_range *r, fa_score sc, int softcap, float sink,
-                        int len_k, int b, int h, int i)
-{
-    const int D = p->head_dim;
-    const fa_key_span span = fa_mask_row(m, i);
-    float row_max = -INFINITY, row_sum = 0.0f; /* row_max in units of t */
-    memset(w->acc, 0, sizeof(float) * (size_t)D);
-    for (int n = r->n_min; n < r->n_max; n++) {
-        const int j0 = n * FA_CPU_BLOCK_N;
-        const int jn = len_k - j0 < FA_CPU_BLOCK_N ? len_k - j0 : FA_CPU_BLOCK_N;
-        const int masked = fa_block_needs_mask(r, n);
-        float block_max = -INFINITY;
-        int any_visible = 0; /* a score that is not -inf (NaN included: it must propagate) */
-        for (int jj = 0; jj < jn; jj++) {
-            const int j = j0 + jj;
-            float t;
-            if (masked && (j < span.lo || j > span.hi)) {
-                t = -INFINITY; /* after the hook: a masked score is never tanh(-inf) */
-            } else {
-                const float s = dot(w->qrow, w->kf + (size_t)j * D, D);
-                t = softcap ? tanhf(s * sc.softcap_pre) : s;
-            }
-            w->t[jj] = t;
-            any_visible |= t != -INFINITY;
-            if (t > block_max)
-                block_max = t;
-        }
-        if (!any_visible)
-            continue; /* every key of this block is hidden from this row */
-        const float new_max = block_max > row_max ? block_max : row_max;
-        /* Differences first, then the scale: (t - m) * scale_log2 <= 0 cannot overflow at any
-         * finite scale. As in the kernels, this block's P V is summed on its own, then added
-         * to the running accumulator rescaled to the new max. */
-        const float correction =
-            row_max == -INFINITY ? 0.0f : exp2f((row_max - new_max) * sc.scale_log2);
-        float block_sum = 0.0f;
-        memset(w->block_acc, 0, sizeof(float) * (size_t)D);
-        for (int jj = 0; jj < jn; jj++) {
-            if (w->t[jj] == -INFINITY)
-                continue;
-            const float pj = exp2f((w->t[jj] - new_max) * sc.scale_log2);
-            const float *vrow = w->vf + (size_t)(j0 + jj) * D;
-            block_sum += pj;
-            for (int d = 0; d < D; d++)
-                w->block_acc[d] += pj * vrow[d];
-        }
-        row_sum = row_sum * correction + block_sum;
-        for (int d = 0; d < D; d++)
-            w->acc[d] = w->acc[d] * correction + w->block_acc[d];
-        row_max = new_max;
+/*
+ * The row computation over a scalar type T (suffix SFX: the hook_, weight_ and finalize_
+ * pieces above, and LOAD / STORE the element access of that precision), defined once and
+ * instantiated for float and double:
+ *
+ * dot_SFX: q . k with eight partial sums: the shape of a SIMD or tensor-core reduction, and
+ * rounding that grows with head_dim / 8 rather than head_dim.
+ *
+ * forward_row_SFX: one query row over the key blocks [r->n_min, r->n_max) of its group. Scores
+ * are kept as the hook's t (score.h): logit = t * row_scale. Writes out and lse.
+ *
+ * forward_kv_head_SFX: kv head hk of batch entry b and the q heads of its group, in groups of
+ * FA_CPU_BLOCK_M rows, each visiting the key blocks fa_block_range_rows gives it (as a
+ * kernel's row block would); p->interrupt is polled before each group of rows.
+ */
+#define FA_DEFINE_FORWARD(T, SFX, LOAD, STORE)                                                     \
+    static T dot_##SFX(const T *a, const T *b, int n)                                              \
+    {                                                                                              \
+        T part[8] = {0};                                                                           \
+        int d = 0;                                                                                 \
+        for (; d + 8 <= n; d += 8)                                                                 \
+            for (int i = 0; i < 8; i++)                                                            \
+                part[i] += a[d + i] * b[d + i];                                                    \
+        for (; d < n; d++)                                                                         \
+            part[0] += a[d] * b[d];                                                                \
+        return ((part[0] + part[1]) + (part[2] + part[3])) +                                       \
+               ((part[4] + part[5]) + (part[6] + part[7]));                                        \
+    }                                                                                              \
+                                                                                                   \
+    static void forward_row_##SFX(const fa_params *p, const cpu_scratch *w, const fa_mask *m,      \
+                                  const fa_block_range *r, const row_rules *k, float sink,         \
+                                  int len_k, int b, int h, int i)                                  \
+    {                                                                                              \
+        const int D = p->head_dim;                                                                 \
+        const fa_key_span span = fa_mask_row(m, i);                                                \
+        const T *qrow = w->qrow, *kf = w->kf, *vf = w->vf;                                         \
+        T *acc = w->acc, *block_acc = w->block_acc, *tv = w->t;                                    \
+        T row_max = -INFINITY, row_sum = 0; /* row_max in units of t */                            \
+        memset(acc, 0, sizeof(T) * (size_t)D);                                                     \
+        for (int n = r->n_min; n < r->n_max; n++) {                                                \
+            const int j0 = n * FA_CPU_BLOCK_N;                                                     \
+            const int jn = len_k - j0 < FA_CPU_BLOCK_N ? len_k - j0 : FA_CPU_BLOCK_N;              \
+            const int masked = fa_block_needs_mask(r, n);                                          \
+            T block_max = -INFINITY;                                                               \
+            int any_visible = 0; /* a score that is not -inf (NaN included: it propagates) */      \
+            for (int jj = 0; jj < jn; jj++) {                                                      \
+                const int j = j0 + jj;                                                             \
+                T t;                                                                               \
+                if (masked && (j < span.lo || j > span.hi))                                        \
+                    t = -INFINITY; /* after the hook: a masked score is never tanh(-inf) */        \
+                else                                                                               \
+                    t = hook_##SFX(dot_##SFX(qrow, kf + (size_t)j * D, D), k);                     \
+                tv[jj] = t;                                                                        \
+                any_visible |= t != -INFINITY;                                                     \
+                if (t > block_max)                                                                 \
+                    block_max = t;                                                                 \
+            }                                                                                      \
+            if (!any_visible)                                                                      \
+                continue; /* every key of this block is hidden from this row */                    \
+            const T new_max = block_max > row_max ? block_max : row_max;                           \
+            /* Differences first, then the scale: (t - m) * scale <= 0 cannot overflow at any      \
+             * finite scale. As in the kernels, this block's P V is summed on its own, then        \
+             * added to the running accumulator rescaled to the new max. */                        \
+            const T correction =                                                                   \
+                row_max == -INFINITY ? (T)0 : weight_##SFX(row_max - new_max, k);                  \
+            T block_sum = 0;                                                                       \
+            memset(block_acc, 0, sizeof(T) * (size_t)D);                                           \
+            for (int jj = 0; jj < jn; jj++) {                                                      \
+                if (tv[jj] == -INFINITY)                                                           \
+                    continue;                                                                      \
+                const T pj = weight_##SFX(tv[jj] - new_max, k);                                    \
+                const T *vrow = vf + (size_t)(j0 + jj) * D;                                        \
+                block_sum += pj;                                                                   \
+                for (int d = 0; d < D; d++)                                                        \
+                    block_acc[d] += pj * vrow[d];                                                  \
+            }                                                                                      \
+            row_sum = row_sum * correction + block_sum;                                            \
+            for (int d = 0; d < D; d++)                                                            \
+                acc[d] = acc[d] * correction + block_acc[d];                                       \
+            row_max = new_max;                                                                     \
+        }                                                                                          \
+        T inv;                                                                                     \
+        float lse;                                                                                 \
+        finalize_##SFX(row_max, row_sum, sink, k, &inv, &lse);                                     \
+        const int64_t o = b * p->o_batch_stride + i * p->o_row_stride + h * p->o_head_stride;      \
+        for (int d = 0; d < D; d++)                                                                \
+            STORE(p->out, o + d, p->dtype, acc[d] * inv); /* empty row: 0 * 0 */                   \
+        if (p->lse)                                                                                \
+            p->lse[((int64_t)b * p->heads_q + h) * p->seqlen_q + i] = lse;                         \
+    }                                                                                              \
+                                                                                                   \
+    static fa_status forward_kv_head_##SFX(const fa_params *p, const cpu_scratch *w,               \
+                                           const fa_mask *m, const row_rules *k, int b, int hk)    \
+    {                                                                                              \
+        const int D = p->head_dim, group = p->heads_q / p->heads_kv;                               \
+        T *kf = w->kf, *vf = w->vf, *qrow = w->qrow;                                               \
+        for (int j = 0; j < m->len_k; j++)                                                         \
+            for (int d = 0; d < D; d++) {                                                          \
+                kf[(size_t)j * D + d] = LOAD(                                                      \
+                    p->k, b * p->k_batch_stride + j * p->k_row_stride + hk * p->k_head_stride + d, \
+                    p->dtype);                                                                     \
+                vf[(size_t)j * D + d] = LOAD(                                                      \
+                    p->v, b * p->v_batch_stride + j * p->v_row_stride + hk * p->v_head_stride + d, \
+                    p->dtype);                                                                     \
+            }                                                                                      \
+        for (int h = hk * group; h < (hk + 1) * group; h++) {                                      \
+            const float sink = fa_sink(p->sinks, h);                                               \
+            for (int i0 = 0; i0 < m->len_q; i0 += FA_CPU_BLOCK_M) {                                \
+                const int i1 = fa_imin(m->len_q, i0 + FA_CPU_BLOCK_M);                             \
+                if (p->interrupt && p->interrupt(p->interrupt_ctx))                                \
+                    return fa_fail(FA_ERR_INTERRUPTED, "host reference: interrupted");             \
+                const fa_block_range r = fa_block_range_rows(m, i0, i1, FA_CPU_BLOCK_N);           \
+                for (int i = i0; i < i1; i++) {                                                    \
+                    for (int d = 0; d < D; d++)                                                    \
+                        qrow[d] = LOAD(p->q,                                                       \
+                                       b * p->q_batch_stride + i * p->q_row_stride +               \
+                                           h * p->q_head_stride + d,                               \
+                                       p->dtype);                                                  \
+                    forward_row_##SFX(p, w, m, &r, k, sink, m->len_k, b, h, i);                    \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+        return FA_OK;                                                                              \
     }
-    float inv, lse;
-    fa_row_finalize(fa_row_max_logit(row_max, &sc), row_sum, sink, &inv, &lse);
-    const int64_t o = b * p->o_batch_stride + i * p->o_row_stride + h * p->o_head_stride;
-    for (int d = 0; d < D; d++)
-        store_elem(p->out, o + d, p->dtype, w->acc[d] * inv); /* empty row: 0 * 0 */
-    if (p->lse)
-        p->lse[((int64_t)b * p->heads_q + h) * p->seqlen_q + i] = lse;
-}
+
+FA_DEFINE_FORWARD(float, f32, fa_host_load, fa_host_store)
+FA_DEFINE_FORWARD(double, f64, fa_host_load64, fa_host_store64)
 
 fa_status fa_forward_cpu(const fa_params *caller)
 {
@@ -236,20 +371,25 @@ fa_status fa_forward_cpu(const fa_params *caller)
         return FA_OK;
 
     const int D = p->head_dim;
-    const int group = p->heads_q / p->heads_kv;
-    const fa_score sc = fa_score_make(p->softmax_scale, p->softcap);
+    const int wide = p->dtype == FA_FLOAT64; /* float64 inputs compute in double */
+    const size_t es = wide ? sizeof(double) : sizeof(float);
+    row_rules k;
+    k.sc = fa_score_make(p->softmax_scale, p->softcap);
+    k.softcap = p->softcap > 0.0f;
+    k.softcap_pre64 = k.softcap ? (double)p->softmax_scale / (double)p->softcap : 0.0;
     cpu_scratch w;
-    w.kf = malloc(sizeof(float) * ((size_t)p->seqlen_k * D + 1));
-    w.vf = malloc(sizeof(float) * ((size_t)p->seqlen_k * D + 1));
-    w.qrow = malloc(sizeof(float) * (size_t)D);
-    w.acc = malloc(sizeof(float) * (size_t)D);
-    w.block_acc = malloc(sizeof(float) * (size_t)D);
-    w.t = malloc(sizeof(float) * FA_CPU_BLOCK_N);
+    w.kf = malloc(es * ((size_t)p->seqlen_k * D + 1));
+    w.vf = malloc(es * ((size_t)p->seqlen_k * D + 1));
+    w.qrow = malloc(es * (size_t)D);
+    w.acc = malloc(es * (size_t)D);
+    w.block_acc = malloc(es * (size_t)D);
+    w.t = malloc(es * FA_CPU_BLOCK_N);
     if (!w.kf || !w.vf || !w.qrow || !w.acc || !w.block_acc || !w.t) {
         s = fa_fail(FA_ERR_OUT_OF_MEMORY,
-                    "host reference: out of memory for one kv head of %d keys x %d (float32 k "
+                    "host reference: out of memory for one kv head of %d keys x %d (%s k "
                     "and v, %zu bytes)",
-                    p->seqlen_k, D, 2 * sizeof(float) * (size_t)p->seqlen_k * D);
+                    p->seqlen_k, D, wide ? "float64" : "float32",
+                    2 * es * (size_t)p->seqlen_k * D);
         goto done;
     }
 
@@ -263,36 +403,10 @@ fa_status fa_forward_cpu(const fa_params *caller)
                 s = fa_fail(FA_ERR_INTERRUPTED, "host reference: interrupted");
                 goto done;
             }
-            for (int j = 0; j < len.len_k; j++)
-                for (int d = 0; d < D; d++) {
-                    w.kf[(size_t)j * D + d] = load_elem(
-                        p->k, b * p->k_batch_stride + j * p->k_row_stride + hk * p->k_head_stride + d,
-                        p->dtype);
-                    w.vf[(size_t)j * D + d] = load_elem(
-                        p->v, b * p->v_batch_stride + j * p->v_row_stride + hk * p->v_head_stride + d,
-                        p->dtype);
-                }
-            for (int h = hk * group; h < (hk + 1) * group; h++) {
-                const float sink = fa_sink(p->sinks, h);
-                for (int i0 = 0; i0 < len.len_q; i0 += FA_CPU_BLOCK_M) {
-                    const int i1 = fa_imin(len.len_q, i0 + FA_CPU_BLOCK_M);
-                    if (p->interrupt && p->interrupt(p->interrupt_ctx)) {
-                        s = fa_fail(FA_ERR_INTERRUPTED, "host reference: interrupted");
-                        goto done;
-                    }
-                    /* The key blocks this group of rows visits, as a kernel's row block would. */
-                    const fa_block_range r = fa_block_range_rows(&m, i0, i1, FA_CPU_BLOCK_N);
-                    for (int i = i0; i < i1; i++) {
-                        for (int d = 0; d < D; d++)
-                            w.qrow[d] = load_elem(p->q,
-                                                  b * p->q_batch_stride + i * p->q_row_stride +
-                                                      h * p->q_head_stride + d,
-                                                  p->dtype);
-                        forward_row(p, &w, &m, &r, sc, p->softcap > 0.0f, sink, len.len_k, b,
-                                    h, i);
-                    }
-                }
-            }
+            s = wide ? forward_kv_head_f64(p, &w, &m, &k, b, hk)
+                     : forward_kv_head_f32(p, &w, &m, &k, b, hk);
+            if (s != FA_OK)
+                goto done;
         }
     }
     s = FA_OK;

@@ -1,5 +1,5 @@
 /*
- * flashattn.h -- the plain C API of flashattn_c: exact softmax attention, forward pass.
+ * flashattn.h -- the plain C API of flashattn_c: exact softmax attention, forward and backward.
  *
  *   out[b, i, h, :] = sum_j P[b, h, i, j] * v[b, j, h / G, :]
  *   P[b, h, i, :]   = softmax_j(softmax_scale * q[b, i, h, :] . k[b, j, h / G, :])   (masked j excluded)
@@ -17,6 +17,16 @@
  * scaled score x by c * tanh(x / c) before the mask. sinks (float32, one logit per q head)
  * add exp(sinks[h]) to every row's denominator, and to lse, with no value row. A row that sees
  * no key gets out = 0 and lse = -inf (lse = sinks[h] with sinks).
+ *
+ * Backward (fa_backward), from the forward's out and lse and the gradient dout of out, with
+ * t the score hook's value of a visible pair (score.h) and P = exp(logit - lse):
+ *
+ *   D[i]    = sum_d dout[i, d] * out[i, d]
+ *   dS[i,j] = P[i, j] * (dout[i] . v[j] - D[i]) * (softcap ? 1 - t^2 : 1)
+ *   dq[i]   = softmax_scale * sum_j dS[i, j] k[j],    dk[j] = softmax_scale * sum_i dS[i, j] q[i]
+ *   dv[j]   = sum_i P[i, j] dout[i],                  dsinks[h] = -sum_{b,i} P_sink[b,h,i] D[b,h,i]
+ *
+ * with dk and dv summed over the q heads of a kv head, and P_sink = exp(sinks[h] - lse).
  *
  * Every op is planned as a list of launches plus device workspace bytes (fa_forward_plan):
  * each launch is checked against the launch contract (block (384,1,1), shared memory, arch,
@@ -37,7 +47,11 @@
 extern "C" {
 #endif
 
-typedef enum { FA_FLOAT16 = 0, FA_BFLOAT16 = 1, FA_FLOAT32 = 2 } fa_dtype;
+/* Element types of q, k, v, out (and the gradients). The GPU kernels take float16 and bfloat16;
+ * float32 and float64 run only on the host references (fa_forward_cpu, fa_backward_cpu), float64
+ * computing in float64 throughout so that finite differences of out can check gradients. lse
+ * and sinks are float32 whatever the dtype. */
+typedef enum { FA_FLOAT16 = 0, FA_BFLOAT16 = 1, FA_FLOAT32 = 2, FA_FLOAT64 = 3 } fa_dtype;
 
 /* Which kernel family runs a GPU call. AUTO picks the fastest family built for the device. */
 typedef enum { FA_KERNEL_AUTO = 0, FA_KERNEL_SM80 = 1, FA_KERNEL_SM90 = 2 } fa_kernel_family;
@@ -118,12 +132,14 @@ typedef struct {
 
 #define FA_PLAN_MAX_LAUNCHES 4
 
-/* An op as the GPU runs it: its launches in order (launches[0] is the main kernel, the others
- * auxiliary ones such as a combine or a conversion) and the device workspace they share. */
+/* An op as the GPU runs it: its launches in the order they run, which of them is the main
+ * kernel (the others are auxiliary: a preprocess, a conversion, a combine), and the device
+ * workspace they share. */
 typedef struct {
     int num_launches;
     fa_launch launches[FA_PLAN_MAX_LAUNCHES];
     size_t workspace_bytes;
+    int main_launch;                  /* index into launches */
 } fa_plan;
 
 /* Pure host: check params (GPU rules) and plan the forward for `dev`. Touches no CUDA API. */
@@ -136,7 +152,41 @@ fa_status fa_launch_config(const fa_params *p, const fa_device *dev, fa_launch *
  * on `stream`; records the plan (fa_last_plan, fa_last_launch) only when it was issued. */
 fa_status fa_forward(const fa_params *p, cudaStream_t stream);
 
-/* The C reference: host pointers, float16/bfloat16/float32, float32 accumulation,
+/* The gradients of a backward: what it reads besides the forward's params (dout) and what it
+ * writes. Sized like fa_params (fa_grad_params_init sets struct_size). */
+typedef struct {
+    size_t struct_size;
+    const void *dout;                    /* out's shape and dtype */
+    void *dq;                            /* q's shape and dtype */
+    void *dk, *dv;                       /* k's shape and dtype */
+    float *dsinks;                       /* heads_q float32 where sinks live; written iff sinks */
+    int64_t do_batch_stride, do_row_stride, do_head_stride;
+    int64_t dq_batch_stride, dq_row_stride, dq_head_stride;
+    int64_t dk_batch_stride, dk_row_stride, dk_head_stride;
+    int64_t dv_batch_stride, dv_row_stride, dv_head_stride;
+    /* 1: dq is summed in a fixed order, so gradients are bitwise reproducible; 0: fp32 atomics
+     * in whatever order the key blocks finish. */
+    int deterministic;
+} fa_grad_params;
+
+void fa_grad_params_init(fa_grad_params *g);
+
+/* The backward of the forward p describes: p->out and p->lse (required) are the forward's
+ * outputs and are read, never written. p->workspace, if set, holds the plan's workspace_bytes;
+ * else the call allocates it stream-ordered (cudaMallocAsync) and frees it after its last
+ * launch. Plan, launch and record work as for the forward (fa_last_plan). */
+fa_status fa_backward_plan(const fa_params *p, const fa_grad_params *g, const fa_device *dev,
+                           fa_plan *plan);
+fa_status fa_backward(const fa_params *p, const fa_grad_params *g, cudaStream_t stream);
+
+/* Host reference backward: float64 accumulation; lse and out are read as given. */
+fa_status fa_backward_cpu(const fa_params *p, const fa_grad_params *g);
+
+/* The backward's rules on top of fa_check_params's (lse present, gradient pointers, layouts). */
+fa_status fa_check_grad_params(const fa_params *p, const fa_grad_params *g, int gpu);
+
+/* The C reference: host pointers, float16/bfloat16/float32 (float32 arithmetic) and float64
+ * (float64 arithmetic),
  * the same tiled online softmax and semantics as the kernels (masks, softcap, sinks). Blocking;
  * p->interrupt is polled between chunks. */
 fa_status fa_forward_cpu(const fa_params *p);
@@ -147,7 +197,7 @@ fa_status fa_check_params(const fa_params *p, int gpu);
 fa_status fa_device_query(int device, fa_device *out);
 fa_status fa_device_nominal(int major, int minor, fa_device *out);
 
-/* Thread-local: the main launch of the last plan this thread issued, or the whole plan.
+/* Thread-local: the main launch of the last plan this thread issued (of any op), or the whole plan.
  * Return 0 when there was none. */
 int fa_last_launch(fa_launch *out);
 int fa_last_plan(fa_plan *out);

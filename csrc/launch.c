@@ -20,6 +20,7 @@
 
 #include "fa_internal.h"
 #include "launch_contract.h"
+#include "plan.h"
 #include "kernels/kernels.h"
 #ifdef FA_WITH_SM80
 #include "kernels/sm80_tiles.h"
@@ -63,7 +64,7 @@ int fa_last_launch(fa_launch *out)
 {
     if (!tl_has_last_plan)
         return 0;
-    *out = tl_last_plan.launches[0];
+    *out = tl_last_plan.launches[tl_last_plan.main_launch];
     return 1;
 }
 
@@ -125,6 +126,7 @@ static const char *dtype_name(fa_dtype d)
     case FA_FLOAT16: return "float16";
     case FA_BFLOAT16: return "bfloat16";
     case FA_FLOAT32: return "float32";
+    case FA_FLOAT64: return "float64";
     }
     return "unknown";
 }
@@ -132,7 +134,7 @@ static const char *dtype_name(fa_dtype d)
 /* Largest sequence length the GPU kernels take: 2^31 minus room for rounding up to a block. */
 #define FA_MAX_SEQLEN (INT32_MAX - 65536)
 
-static const char *dtype_short(fa_dtype d) { return d == FA_BFLOAT16 ? "bf16" : "fp16"; }
+const char *fa_dtype_short(fa_dtype d) { return d == FA_BFLOAT16 ? "bf16" : "fp16"; }
 
 /* 16-byte vector loads and TMA boxes need aligned bases and strides of whole 16-byte units.
  * The stride of a dimension of extent 1 is never used, so it is not checked. */
@@ -181,17 +183,18 @@ fa_status fa_check_params(const fa_params *caller, int gpu)
     if (p->cu_seqlens_q || p->cu_seqlens_k)
         return fa_fail(FA_ERR_UNSUPPORTED,
                        "variable-length batches (cu_seqlens_q/cu_seqlens_k) are not supported yet");
-    if (p->dtype != FA_FLOAT16 && p->dtype != FA_BFLOAT16 && p->dtype != FA_FLOAT32)
+    if (p->dtype != FA_FLOAT16 && p->dtype != FA_BFLOAT16 && p->dtype != FA_FLOAT32 &&
+        p->dtype != FA_FLOAT64)
         return fa_fail(FA_ERR_UNSUPPORTED, "unsupported dtype code %d", (int)p->dtype);
     /* Kernels round row counts up to whole blocks in 32-bit ints: keep headroom for that. */
     if (gpu && (p->seqlen_q > FA_MAX_SEQLEN || p->seqlen_k > FA_MAX_SEQLEN))
         return fa_fail(FA_ERR_UNSUPPORTED,
                        "seqlen_q (%d) and seqlen_k (%d) must be at most %d for the GPU kernels",
                        p->seqlen_q, p->seqlen_k, FA_MAX_SEQLEN);
-    if (gpu && p->dtype == FA_FLOAT32)
+    if (gpu && (p->dtype == FA_FLOAT32 || p->dtype == FA_FLOAT64))
         return fa_fail(FA_ERR_UNSUPPORTED,
-                       "float32 runs only on the host reference path; the GPU kernels take "
-                       "float16 or bfloat16");
+                       "%s runs only on the host reference path; the GPU kernels take "
+                       "float16 or bfloat16", p->dtype == FA_FLOAT64 ? "float64" : "float32");
     if (fa_params_empty(p))
         return FA_OK;
     /* An empty k/v (seqlen_k == 0) may come with NULL data: it is never read. */
@@ -328,7 +331,7 @@ static const family_ops *find_family(fa_kernel_family family)
     return NULL;
 }
 
-static int family_built(fa_kernel_family family) { return find_family(family) != NULL; }
+int fa_family_built(fa_kernel_family family) { return find_family(family) != NULL; }
 
 int fa_family_archs(fa_kernel_family family, int *archs, int max)
 {
@@ -353,7 +356,7 @@ static void format_archs(fa_kernel_family family, char *buf, size_t len)
 /* Which family serves `requested` on a device of compute capability major.minor. sm90 kernels
  * are sm_90a code: they run on sm_90 only. sm80 kernels run on sm_80 and newer (SASS for the
  * built targets, PTX for later ones). */
-static fa_status choose_family(fa_kernel_family requested, int major, int minor,
+fa_status fa_choose_family(fa_kernel_family requested, int major, int minor,
                                fa_kernel_family *chosen)
 {
     if (major < 8)
@@ -361,19 +364,19 @@ static fa_status choose_family(fa_kernel_family requested, int major, int minor,
                        "GPU sm_%d%d is not supported: flashattn_c needs sm_80 (Ampere) or newer",
                        major, minor);
     if (requested == FA_KERNEL_AUTO) {
-        if (major == 9 && minor == 0 && family_built(FA_KERNEL_SM90))
+        if (major == 9 && minor == 0 && fa_family_built(FA_KERNEL_SM90))
             *chosen = FA_KERNEL_SM90;
-        else if (family_built(FA_KERNEL_SM80))
+        else if (fa_family_built(FA_KERNEL_SM80))
             *chosen = FA_KERNEL_SM80;
         else
             return fa_fail(FA_ERR_NO_KERNEL_FOR_ARCH,
                            "this build has no kernel family for sm_%d%d (families built: %s)",
-                           major, minor, family_built(FA_KERNEL_SM90) ? "sm90 only" : "none");
+                           major, minor, fa_family_built(FA_KERNEL_SM90) ? "sm90 only" : "none");
         return FA_OK;
     }
     if (requested != FA_KERNEL_SM80 && requested != FA_KERNEL_SM90)
         return fa_fail(FA_ERR_INVALID_ARGUMENT, "unknown kernel family code %d", (int)requested);
-    if (!family_built(requested))
+    if (!fa_family_built(requested))
         return fa_fail(FA_ERR_NO_KERNEL_FOR_ARCH,
                        "kernel family %s is not in this build (set FLASHATTN_C_ARCHS when building)",
                        fa_family_name(requested));
@@ -412,14 +415,49 @@ static fa_status validate_launch(const fa_launch *cfg, const fa_device *dev)
     return FA_OK;
 }
 
-/* fwd_<family>_hd<D>_<dtype>[_causal|_window][_softcap][_sinks]: the instance and what it adds. */
-static void forward_kernel_name(const fa_params *p, fa_kernel_family family, int head_dim_padded,
-                                char *buf, size_t len)
+fa_status fa_plan_validate(const fa_plan *plan, const fa_device *dev)
 {
-    static const char *const mask_suffix[] = {"", "_causal", "_window"};
-    snprintf(buf, len, "fwd_%s_hd%d_%s%s%s%s", fa_family_name(family), head_dim_padded,
-             dtype_short(p->dtype), mask_suffix[fa_params_mask_kind(p)],
-             p->softcap > 0.0f ? "_softcap" : "", p->sinks ? "_sinks" : "");
+    for (int i = 0; i < plan->num_launches; i++) {
+        fa_status s = validate_launch(&plan->launches[i], dev);
+        if (s != FA_OK)
+            return s;
+    }
+    return FA_OK;
+}
+
+const char *fa_mask_suffix(const fa_params *p)
+{
+    static const char *const suffix[] = {"", "_causal", "_window"};
+    return suffix[fa_params_mask_kind(p)];
+}
+
+void fa_launch_start(fa_launch *cfg, const char *kernel, fa_kernel_family family,
+                     const fa_device *dev)
+{
+    memset(cfg, 0, sizeof *cfg);
+    snprintf(cfg->kernel, sizeof cfg->kernel, "%s", kernel);
+    cfg->family = family;
+    cfg->block[0] = FA_THREADS_PER_BLOCK;
+    cfg->block[1] = 1;
+    cfg->block[2] = 1;
+    cfg->regs = -1;
+    cfg->arch_major = dev->major;
+    cfg->arch_minor = dev->minor;
+    cfg->device = -1;
+}
+
+fa_status fa_launch_grid(fa_launch *cfg, int64_t x, int64_t y, int64_t z, const char *dims,
+                         const fa_device *dev)
+{
+    if (x > dev->max_grid[0] || y > dev->max_grid[1] || z > dev->max_grid[2])
+        return fa_fail(FA_ERR_LAUNCH_CONFIG,
+                       "%s: grid (%lld,%lld,%lld) = %s exceeds the device limit (%d,%d,%d)",
+                       cfg->kernel, (long long)x, (long long)y, (long long)z, dims,
+                       dev->max_grid[0], dev->max_grid[1], dev->max_grid[2]);
+    cfg->grid[0] = (unsigned)x;
+    cfg->grid[1] = (unsigned)y;
+    cfg->grid[2] = (unsigned)z;
+    return FA_OK;
 }
 
 /* The forward's one launch: the family's tile for p, its grid for dev. p is resolved. */
@@ -432,17 +470,13 @@ static fa_status plan_forward_launch(const fa_params *p, const fa_device *dev,
         return fa_fail(FA_ERR_UNSUPPORTED, "kernel family %s has no tile for head_dim %d",
                        fa_family_name(family), p->head_dim);
 
-    memset(cfg, 0, sizeof *cfg);
-    forward_kernel_name(p, family, t.head_dim_padded, cfg->kernel, sizeof cfg->kernel);
-    cfg->family = family;
-    cfg->block[0] = FA_THREADS_PER_BLOCK;
-    cfg->block[1] = 1;
-    cfg->block[2] = 1;
+    /* fwd_<family>_hd<D>_<dtype>[_causal|_window][_softcap][_sinks]: the instance and what it adds. */
+    char name[FA_KERNEL_NAME_MAX];
+    snprintf(name, sizeof name, "fwd_%s_hd%d_%s%s%s%s", fa_family_name(family),
+             t.head_dim_padded, fa_dtype_short(p->dtype), fa_mask_suffix(p),
+             p->softcap > 0.0f ? "_softcap" : "", p->sinks ? "_sinks" : "");
+    fa_launch_start(cfg, name, family, dev);
     cfg->smem_bytes = t.smem_bytes;
-    cfg->regs = -1;
-    cfg->arch_major = dev->major;
-    cfg->arch_minor = dev->minor;
-    cfg->device = -1;
     cfg->block_m = t.block_m;
     cfg->block_n = t.block_n;
     cfg->stages = t.stages;
@@ -463,18 +497,9 @@ static fa_status plan_forward_launch(const fa_params *p, const fa_device *dev,
         cfg->grid[0] = (unsigned)(tiles < dev->sm_count ? tiles : dev->sm_count);
         cfg->grid[1] = 1;
         cfg->grid[2] = 1;
-    } else {
-        if (m_blocks > dev->max_grid[0] || heads > dev->max_grid[1] || batch > dev->max_grid[2])
-            return fa_fail(FA_ERR_LAUNCH_CONFIG,
-                           "%s: grid (%lld,%lld,%lld) = (query blocks, heads_q, batch) exceeds the "
-                           "device limit (%d,%d,%d)",
-                           cfg->kernel, (long long)m_blocks, (long long)heads, (long long)batch,
-                           dev->max_grid[0], dev->max_grid[1], dev->max_grid[2]);
-        cfg->grid[0] = (unsigned)m_blocks;
-        cfg->grid[1] = (unsigned)heads;
-        cfg->grid[2] = (unsigned)batch;
+        return FA_OK;
     }
-    return FA_OK;
+    return fa_launch_grid(cfg, m_blocks, heads, batch, "(query blocks, heads_q, batch)", dev);
 }
 
 /* Plans from resolved, checked params: every launch is checked against the contract here, so
@@ -483,17 +508,15 @@ static fa_status plan_forward(const fa_params *p, const fa_device *dev, fa_plan 
 {
     fa_status s;
     fa_kernel_family family = FA_KERNEL_AUTO;
-    if ((s = choose_family(p->family, dev->major, dev->minor, &family)) != FA_OK)
+    if ((s = fa_choose_family(p->family, dev->major, dev->minor, &family)) != FA_OK)
         return s;
     memset(plan, 0, sizeof *plan);
     if ((s = plan_forward_launch(p, dev, family, &plan->launches[0])) != FA_OK)
         return s;
     plan->num_launches = 1;
+    plan->main_launch = 0;
     plan->workspace_bytes = 0;
-    for (int i = 0; i < plan->num_launches; i++)
-        if ((s = validate_launch(&plan->launches[i], dev)) != FA_OK)
-            return s;
-    return FA_OK;
+    return fa_plan_validate(plan, dev);
 }
 
 fa_status fa_forward_plan(const fa_params *caller, const fa_device *dev, fa_plan *plan)
@@ -510,7 +533,7 @@ fa_status fa_launch_config(const fa_params *p, const fa_device *dev, fa_launch *
     fa_plan plan;
     fa_status s = fa_forward_plan(p, dev, &plan);
     if (s == FA_OK)
-        *cfg = plan.launches[0];
+        *cfg = plan.launches[plan.main_launch];
     return s;
 }
 
@@ -530,10 +553,10 @@ typedef struct {
 static kernel_attrs attrs_cache[FA_MAX_KERNEL_ATTRS];
 static int attrs_count;
 
-/* Looks up or queries fn's attributes and raises its dynamic smem limit to `smem` if needed.
- * A missing kernel image for this device is reported with the built and the device's archs. */
-static fa_status prepare_kernel(const void *fn, int device, const fa_device *dev,
-                                const fa_launch *cfg, int *regs_out)
+/* Looks up or queries fn's attributes and raises its dynamic smem limit if needed. A missing
+ * kernel image for this device is reported with the built and the device's archs. */
+fa_status fa_prepare_kernel(const void *fn, int device, const fa_device *dev, fa_launch *cfg,
+                            cudaStream_t stream)
 {
     pthread_mutex_lock(&cache_lock);
     kernel_attrs *a = NULL;
@@ -585,7 +608,9 @@ static fa_status prepare_kernel(const void *fn, int device, const fa_device *dev
     else if (a)
         *a = local;
     pthread_mutex_unlock(&cache_lock);
-    *regs_out = local.regs;
+    cfg->regs = local.regs;
+    cfg->device = device;
+    cfg->stream = (uintptr_t)stream;
     return FA_OK;
 }
 
@@ -610,14 +635,19 @@ static void log_launch(const fa_launch *cfg, const fa_params *p)
             p->causal ? 0 : p->window_right, (double)p->softcap, p->sinks != NULL);
 }
 
-/* The kernel and the <<<>>> of launch i of a forward plan (one launch today). */
-static const void *forward_kernel_fn(const family_ops *ops, const fa_params *p, int i)
+void fa_plan_record(const fa_plan *plan, const fa_params *p)
 {
-    (void)i;
-    fa_tile t;
-    memset(&t, 0, sizeof t);
-    ops->tile(p, &t);
-    return ops->kernel_fn(p, &t);
+    tl_last_plan = *plan;
+    tl_has_last_plan = 1;
+    if (log_launches())
+        for (int i = 0; i < plan->num_launches; i++)
+            log_launch(&plan->launches[i], p);
+}
+
+fa_status fa_current_device(int *device, fa_device *dev)
+{
+    FA_CUDA_TRY(cudaGetDevice(device));
+    return fa_device_query(*device, dev);
 }
 
 fa_status fa_forward(const fa_params *caller, cudaStream_t stream)
@@ -630,37 +660,25 @@ fa_status fa_forward(const fa_params *caller, cudaStream_t stream)
         return FA_OK;
 
     int device;
-    FA_CUDA_TRY(cudaGetDevice(&device));
     fa_device dev;
-    if ((s = fa_device_query(device, &dev)) != FA_OK)
-        return s;
     fa_plan plan;
-    if ((s = plan_forward(&p, &dev, &plan)) != FA_OK)
+    if ((s = fa_current_device(&device, &dev)) != FA_OK || (s = plan_forward(&p, &dev, &plan)) != FA_OK)
         return s;
 
-    /* Every kernel of the plan is present for this GPU and opted in before the first launch. */
+    /* The forward is one launch with no workspace. */
     const family_ops *ops = find_family(plan.launches[0].family); /* plan_forward chose a built one */
-    const void *fns[FA_PLAN_MAX_LAUNCHES];
-    for (int i = 0; i < plan.num_launches; i++) {
-        fa_launch *cfg = &plan.launches[i];
-        fns[i] = forward_kernel_fn(ops, &p, i);
-        if (!fns[i])
-            return fa_fail(FA_ERR_UNSUPPORTED, "%s is not instantiated in this build", cfg->kernel);
-        if ((s = prepare_kernel(fns[i], device, &dev, cfg, &cfg->regs)) != FA_OK)
-            return s;
-        cfg->device = device;
-        cfg->stream = (uintptr_t)stream;
-    }
-    /* The forward's plan has no workspace. The first op whose plan has one adds, here, the use
-     * of p.workspace or else a stream-ordered allocation of plan.workspace_bytes. */
-    cudaError_t err = ops->launch(&p, &plan.launches[0], stream);
+    fa_launch *cfg = &plan.launches[0];
+    fa_tile t;
+    memset(&t, 0, sizeof t);
+    ops->tile(&p, &t);
+    const void *fn = ops->kernel_fn(&p, &t);
+    if (!fn)
+        return fa_fail(FA_ERR_UNSUPPORTED, "%s is not instantiated in this build", cfg->kernel);
+    if ((s = fa_prepare_kernel(fn, device, &dev, cfg, stream)) != FA_OK)
+        return s;
+    cudaError_t err = ops->launch(&p, cfg, stream);
     if (err != cudaSuccess)
-        return fa_fail_cuda(err, plan.launches[0].kernel, __FILE__, __LINE__);
-
-    tl_last_plan = plan;
-    tl_has_last_plan = 1;
-    if (log_launches())
-        for (int i = 0; i < plan.num_launches; i++)
-            log_launch(&plan.launches[i], &p);
+        return fa_fail_cuda(err, cfg->kernel, __FILE__, __LINE__);
+    fa_plan_record(&plan, &p);
     return FA_OK;
 }

@@ -32,11 +32,19 @@ const char *fa_dtype_str(fa_dtype dtype)
     case FA_FLOAT16: return "float16";
     case FA_BFLOAT16: return "bfloat16";
     case FA_FLOAT32: return "float32";
+    case FA_FLOAT64: return "float64";
     }
     return "unknown";
 }
 
-int fa_dtype_itemsize(fa_dtype dtype) { return dtype == FA_FLOAT32 ? 4 : 2; }
+int fa_dtype_itemsize(fa_dtype dtype)
+{
+    switch (dtype) {
+    case FA_FLOAT32: return 4;
+    case FA_FLOAT64: return 8;
+    default: return 2;
+    }
+}
 
 /* 1 and *result set when obj has the attribute, 0 when it has not, -1 on another error. */
 static int get_optional_attr(PyObject *obj, const char *attr, PyObject **result)
@@ -228,6 +236,8 @@ static void dl_dtype_to_view(DLDataType dt, fa_tensor *t)
             t->dtype = FA_FLOAT16;
         else if (dt.lanes == 1 && dt.bits == 32)
             t->dtype = FA_FLOAT32;
+        else if (dt.lanes == 1 && dt.bits == 64)
+            t->dtype = FA_FLOAT64;
         break;
     case FA_DL_BFLOAT:
         snprintf(base, sizeof base, "bfloat%u", dt.bits);
@@ -451,6 +461,8 @@ static int parse_typestr(PyObject *typestr, fa_tensor *t)
             t->dtype = FA_FLOAT16;
         else if (size == 4)
             t->dtype = FA_FLOAT32;
+        else if (size == 8)
+            t->dtype = FA_FLOAT64;
         break;
     case 'i': snprintf(t->dtype_name, sizeof t->dtype_name, "int%d", size * 8); break;
     case 'u': snprintf(t->dtype_name, sizeof t->dtype_name, "uint%d", size * 8); break;
@@ -668,6 +680,8 @@ static int import_numpy(PyObject *obj, fa_tensor *t, int for_output)
             t->dtype = FA_FLOAT16;
         else if (PyArray_TYPE(arr) == NPY_FLOAT)
             t->dtype = FA_FLOAT32;
+        else if (PyArray_TYPE(arr) == NPY_DOUBLE)
+            t->dtype = FA_FLOAT64;
         else if (is_ml_dtypes_bfloat16(arr))
             t->dtype = FA_BFLOAT16;
     }

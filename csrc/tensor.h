@@ -159,7 +159,7 @@ int fa_tensor_is_compact(const fa_tensor *t);
 void fa_tensor_pack(const fa_tensor *t, void *dst);
 void fa_tensor_unpack(const void *src, const fa_tensor *t);
 
-/* "float16", "bfloat16", "float32". */
+/* "float16", "bfloat16", "float32", "float64". */
 const char *fa_dtype_str(fa_dtype dtype);
 int fa_dtype_itemsize(fa_dtype dtype);
 

@@ -50,4 +50,65 @@ FA_HD int fa_block_needs_mask(const fa_block_range *r, int n)
     return n < r->n_full_min || n >= r->n_full_max;
 }
 
+/* The transpose, for kernels that own keys (the backward): keys [key_begin, key_end) of one
+ * sequence against query rows cut into blocks of block_m.
+ *
+ *   visited   m_min <= m < m_max          the query blocks with a row that sees one of the keys
+ *   unmasked  m_full_min <= m < m_full_max   every row of the block sees every key (rows and
+ *                                         keys inside the lengths)
+ *
+ * Row i sees a key of the range when span(i).lo <= key_end - 1 and span(i).hi >= key_begin;
+ * both ends grow with i, so the rows form one interval. Key block n visits query block m
+ * exactly when query block m visits key block n (fa_block_range_rows). */
+typedef struct {
+    int m_min, m_max;
+    int m_full_min, m_full_max;
+} fa_row_block_range;
+
+FA_HD fa_row_block_range fa_block_range_cols(const fa_mask *m, int key_begin, int key_end,
+                                             int block_m)
+{
+    fa_row_block_range r = {0, 0, 0, 0};
+    const int partial = key_end > m->len_k;
+    if (partial)
+        key_end = m->len_k;
+    if (key_end <= key_begin || m->len_q <= 0)
+        return r;
+    const long long d = (long long)m->len_k - m->len_q;
+    /* First row whose span reaches key_begin: hi(i) = i + d + right >= key_begin. */
+    long long first = m->right < 0 ? 0 : (long long)key_begin - d - m->right;
+    /* Last row whose span starts at or before key_end - 1: lo(i) = i + d - left <= key_end - 1. */
+    long long last = m->left < 0 ? m->len_q - 1 : (long long)key_end - 1 - d + m->left;
+    /* Rows that see every key: hi(i) >= key_end - 1 and lo(i) <= key_begin. */
+    long long full_first = m->right < 0 ? 0 : (long long)key_end - 1 - d - m->right;
+    long long full_last = m->left < 0 ? m->len_q - 1 : (long long)key_begin - d + m->left;
+    if (first < 0)
+        first = 0;
+    if (last > m->len_q - 1)
+        last = m->len_q - 1;
+    if (last < first)
+        return r;
+    r.m_min = (int)(first / block_m);
+    r.m_max = (int)(last / block_m) + 1;
+    if (full_first < 0)
+        full_first = 0;
+    if (full_last > m->len_q - 1)
+        full_last = m->len_q - 1;
+    /* A partial key block (past len_k) is never unmasked. */
+    if (partial || full_last < full_first) {
+        r.m_full_min = r.m_full_max = r.m_min;
+        return r;
+    }
+    r.m_full_min = fa_imax(r.m_min, (int)((full_first + block_m - 1) / block_m));
+    r.m_full_max = fa_imin(r.m_max, (int)((full_last + 1) / block_m));
+    if (r.m_full_max < r.m_full_min)
+        r.m_full_max = r.m_full_min;
+    return r;
+}
+
+FA_HD int fa_row_block_needs_mask(const fa_row_block_range *r, int m)
+{
+    return m < r->m_full_min || m >= r->m_full_max;
+}
+
 #endif /* FA_COMMON_BLOCK_RANGE_H */

@@ -7,6 +7,23 @@
  *   fa_<fam>_launch(...)    the one <<<>>> site of the family; returns cudaGetLastError()
  *   fa_<fam>_archs(...)     the SASS targets the file was compiled for (__CUDA_ARCH_LIST__)
  * launch.c validates everything (block, smem, arch, grid) before it calls fa_<fam>_launch.
+ *
+ * The backward (backward.c plans it) runs three launches, each (384, 1, 1):
+ *   1. fa_bwd_pre     grid (ceil(seqlen_q / FA_BWD_PRE_ROWS), heads_q, batch), no dynamic smem:
+ *                     delta = rowsum(dout * out) in fp32; zeroes its rows of dq_accum and the
+ *                     dq_lock counters of the main kernel's query blocks that start in its rows;
+ *                     with sinks, dsink_part[b, h, x] = -sum over its rows of
+ *                     exp(sinks[h] - lse) * delta (a fixed order inside the CTA)
+ *   2. fa_<fam>_bwd   grid (ceil(seqlen_k / block_n), heads_kv, batch): one CTA owns block_n
+ *                     keys of one kv head, loops over the q heads of its group and the query
+ *                     blocks that see its keys (block_range.h), keeps dk and dv in registers
+ *                     and writes them (dk scaled by softmax_scale), and adds its unscaled
+ *                     dS K into dq_accum: fp32 atomics, or, when deterministic, in key-block
+ *                     order through dq_lock (the CTA of key block n adds to query block m of
+ *                     head h when dq_lock[b, h, m] == n - first key block of m, then
+ *                     increments it)
+ *   3. fa_bwd_post    grid as 1: dq = softmax_scale * dq_accum in q's dtype and strides; the
+ *                     CTA (0, h, 0) sums dsink_part[:, h, :] in a fixed order into dsinks[h]
  */
 #ifndef FA_KERNELS_H
 #define FA_KERNELS_H
@@ -42,6 +59,19 @@ static inline fa_mask_kind fa_params_mask_kind(const fa_params *p)
     return m.left < 0 && m.right == 0 ? FA_MASK_CAUSAL : FA_MASK_LOCAL;
 }
 
+/* Query rows per CTA of the backward's preprocess and postprocess. */
+#define FA_BWD_PRE_ROWS 64
+
+/* The backward's device workspace, carved from one allocation (backward.c). Offsets are
+ * 256-byte aligned. */
+typedef struct {
+    float *dq_accum;   /* (batch, heads_q, seqlen_q, head_dim) fp32, row-major */
+    float *delta;      /* (batch, heads_q, seqlen_q) fp32 */
+    float *dsink_part; /* (batch, heads_q, ceil(seqlen_q / FA_BWD_PRE_ROWS)); NULL without sinks */
+    int *dq_lock;      /* (batch, heads_q, ceil(seqlen_q / block_m)); NULL unless deterministic */
+    int block_m;       /* the main kernel's query rows per step: dq_lock's granularity */
+} fa_bwd_workspace;
+
 const void *fa_sm80_kernel_fn(const fa_params *p, const fa_tile *t);
 cudaError_t fa_sm80_launch(const fa_params *p, const fa_launch *cfg, cudaStream_t stream);
 int fa_sm80_archs(int *archs, int max);
@@ -49,6 +79,22 @@ int fa_sm80_archs(int *archs, int max);
 const void *fa_sm90_kernel_fn(const fa_params *p, const fa_tile *t);
 cudaError_t fa_sm90_launch(const fa_params *p, const fa_launch *cfg, cudaStream_t stream);
 int fa_sm90_archs(int *archs, int max);
+
+/* Backward (bwd_sm80*.cu). The tile, fa_sm80_bwd_tile(p, g, &t), is pure host and static
+ * inline in sm80_bwd_tiles.h (as fa_sm80_tile is in sm80_tiles.h). */
+const void *fa_sm80_bwd_kernel_fn(const fa_params *p, const fa_grad_params *g, const fa_tile *t);
+cudaError_t fa_sm80_bwd_launch(const fa_params *p, const fa_grad_params *g,
+                               const fa_bwd_workspace *ws, const fa_launch *cfg,
+                               cudaStream_t stream);
+/* The auxiliary kernels (bwd_sm80_aux.cu; generic CUDA, built with the sm80 family). */
+const void *fa_bwd_pre_kernel_fn(const fa_params *p);
+cudaError_t fa_bwd_pre_launch(const fa_params *p, const fa_grad_params *g,
+                              const fa_bwd_workspace *ws, const fa_launch *cfg,
+                              cudaStream_t stream);
+const void *fa_bwd_post_kernel_fn(const fa_params *p);
+cudaError_t fa_bwd_post_launch(const fa_params *p, const fa_grad_params *g,
+                               const fa_bwd_workspace *ws, const fa_launch *cfg,
+                               cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,356 @@
+/*
+ * backward.c -- the backward op of the C API: its parameter rules, its plan of three launches
+ * and a workspace, and the call that issues them.
+ *
+ *   fa_bwd_pre    delta = rowsum(dout * out); zeroes dq_accum (and the dq turn counters);
+ *                 the sink gradient's per-block partial sums
+ *   fa_<fam>_bwd  the main kernel: one CTA per key block and kv head; dk, dv written,
+ *                 dS K added into dq_accum
+ *   fa_bwd_post   dq = softmax_scale * dq_accum in q's dtype; dsinks
+ * (kernels/kernels.h states each kernel's grid and duties.) The plan's workspace holds
+ * dq_accum (fp32, batch * heads_q * seqlen_q * head_dim), delta, the sink partials and, when
+ * deterministic, one turn counter per (batch, head, query block) of the main kernel.
+ *
+ * Only the sm80 family has a backward kernel so far: auto plans it on every GPU (sm_90
+ * included, where it runs as sm_90 SASS), and an explicit sm90 request is an error.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "device_buffer.h"
+#include "fa_internal.h"
+#include "kernels/kernels.h"
+#include "launch_contract.h"
+#include "plan.h"
+#ifdef FA_WITH_SM80
+#include "kernels/sm80_bwd_tiles.h"
+#endif
+
+void fa_grad_params_init(fa_grad_params *g)
+{
+    memset(g, 0, sizeof *g);
+    g->struct_size = sizeof *g;
+}
+
+/* The first sized layout of fa_grad_params is the whole of today's struct. */
+#define FA_GRAD_PARAMS_MIN_SIZE sizeof(fa_grad_params)
+
+static fa_status resolve_grad(const fa_grad_params *in, fa_grad_params *out)
+{
+    if (!in)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT, "grad params must not be NULL");
+    if (in->struct_size < FA_GRAD_PARAMS_MIN_SIZE || in->struct_size > sizeof *in)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                       "grad.struct_size is %zu; set it with fa_grad_params_init (this library "
+                       "reads %zu to %zu bytes)",
+                       in->struct_size, (size_t)FA_GRAD_PARAMS_MIN_SIZE, sizeof *in);
+    fa_grad_params_init(out);
+    memcpy(out, in, in->struct_size);
+    return FA_OK;
+}
+
+/* Nothing for the kernels: no (batch, head) pair, or no rows and no keys (dsinks, if any, is
+ * then zero). */
+static int backward_empty(const fa_params *p)
+{
+    return p->batch == 0 || p->heads_q == 0 || (p->seqlen_q == 0 && p->seqlen_k == 0);
+}
+
+/* 16-byte bases and strides of whole 16-byte units, as the forward's arrays (launch.c). */
+static fa_status check_layout(const char *name, const void *ptr, int batch, int64_t sb, int rows,
+                              int64_t sr, int heads, int64_t sh)
+{
+    if (((uintptr_t)ptr) % 16 != 0)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                       "%s must be 16-byte aligned for the GPU kernels, got address %p", name, ptr);
+    if ((batch > 1 && sb % 8) || (rows > 1 && sr % 8) || (heads > 1 && sh % 8))
+        return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                       "%s strides must be multiples of 8 elements (16 bytes) for the GPU kernels, "
+                       "got (batch %lld, seq %lld, head %lld)",
+                       name, (long long)sb, (long long)sr, (long long)sh);
+    return FA_OK;
+}
+
+/* p and g resolved; p already passed fa_check_params. */
+static fa_status check_grad(const fa_params *p, const fa_grad_params *g, int gpu)
+{
+    if (backward_empty(p))
+        return FA_OK;
+    const int rows = p->seqlen_q > 0, keys = p->seqlen_k > 0;
+    if (rows && (!p->out || !p->lse || !g->dout || !g->dq))
+        return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                       "the backward needs out, lse (the forward's), dout and dq pointers");
+    if (keys && (!g->dk || !g->dv))
+        return fa_fail(FA_ERR_INVALID_ARGUMENT, "the backward needs dk and dv pointers");
+    if (!p->sinks != !g->dsinks)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                       p->sinks ? "sinks were given: dsinks (heads_q float32) must be too"
+                                : "dsinks was given without sinks");
+    if (!gpu)
+        return FA_OK;
+    fa_status s;
+    if (rows && ((s = check_layout("dout", g->dout, p->batch, g->do_batch_stride, p->seqlen_q,
+                                   g->do_row_stride, p->heads_q, g->do_head_stride)) != FA_OK ||
+                 (s = check_layout("dq", g->dq, p->batch, g->dq_batch_stride, p->seqlen_q,
+                                   g->dq_row_stride, p->heads_q, g->dq_head_stride)) != FA_OK))
+        return s;
+    if (keys && ((s = check_layout("dk", g->dk, p->batch, g->dk_batch_stride, p->seqlen_k,
+                                   g->dk_row_stride, p->heads_kv, g->dk_head_stride)) != FA_OK ||
+                 (s = check_layout("dv", g->dv, p->batch, g->dv_batch_stride, p->seqlen_k,
+                                   g->dv_row_stride, p->heads_kv, g->dv_head_stride)) != FA_OK))
+        return s;
+    if (g->dsinks && ((uintptr_t)g->dsinks) % 4 != 0)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT, "dsinks must be 4-byte aligned");
+    return FA_OK;
+}
+
+/* Resolves both structs into *p and *g and applies every rule. */
+static fa_status resolve_and_check(const fa_params *pc, const fa_grad_params *gc, int gpu,
+                                   fa_params *p, fa_grad_params *g)
+{
+    fa_status s = fa_params_resolve(pc, p);
+    if (s != FA_OK || (s = resolve_grad(gc, g)) != FA_OK || (s = fa_check_params(p, gpu)) != FA_OK)
+        return s;
+    return check_grad(p, g, gpu);
+}
+
+fa_status fa_check_grad_params(const fa_params *pc, const fa_grad_params *gc, int gpu)
+{
+    fa_params p;
+    fa_grad_params g;
+    return resolve_and_check(pc, gc, gpu, &p, &g);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Workspace                                                                                   */
+
+static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* The layout of the workspace at `base` (NULL: offsets from 0, to size it); returns its bytes. */
+static size_t carve_workspace(const fa_params *p, const fa_grad_params *g, int block_m,
+                              char *base, fa_bwd_workspace *ws)
+{
+    const size_t rows = (size_t)p->batch * p->heads_q * p->seqlen_q;
+    size_t at = 0;
+    memset(ws, 0, sizeof *ws);
+    ws->block_m = block_m;
+    ws->dq_accum = (float *)(base + at);
+    at += align256(rows * p->head_dim * sizeof(float));
+    ws->delta = (float *)(base + at);
+    at += align256(rows * sizeof(float));
+    if (p->sinks) {
+        ws->dsink_part = (float *)(base + at);
+        at += align256((size_t)p->batch * p->heads_q * ceil_div(p->seqlen_q, FA_BWD_PRE_ROWS) *
+                       sizeof(float));
+    }
+    if (g->deterministic) {
+        ws->dq_lock = (int *)(base + at);
+        at += align256((size_t)p->batch * p->heads_q * ceil_div(p->seqlen_q, block_m) * sizeof(int));
+    }
+    return at;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Plan                                                                                        */
+
+/* The family whose backward serves the request. */
+static fa_status choose_backward_family(const fa_params *p, const fa_device *dev,
+                                        fa_kernel_family *family)
+{
+    if (p->family == FA_KERNEL_SM90)
+        return fa_fail(FA_ERR_NO_KERNEL_FOR_ARCH,
+                       "kernel family sm90 has no backward kernel yet; the sm80 family's backward "
+                       "runs on sm_90 too (kernel='sm80' or 'auto')");
+    const fa_kernel_family requested = p->family == FA_KERNEL_AUTO ? FA_KERNEL_SM80 : p->family;
+    if (p->family == FA_KERNEL_AUTO && !fa_family_built(FA_KERNEL_SM80))
+        return fa_fail(FA_ERR_NO_KERNEL_FOR_ARCH,
+                       "this build has no backward kernel: the backward needs the sm80 family "
+                       "(FLASHATTN_C_ARCHS with a plain arch such as 80)");
+    return fa_choose_family(requested, dev->major, dev->minor, family);
+}
+
+typedef struct {
+    fa_plan plan;
+    int pre, main, post;         /* indices into plan.launches; main -1: no keys */
+    fa_tile tile;
+} backward_plan;
+
+static fa_status plan_backward(const fa_params *p, const fa_grad_params *g, const fa_device *dev,
+                               backward_plan *bp)
+{
+    fa_status s;
+    fa_kernel_family family;
+    if ((s = choose_backward_family(p, dev, &family)) != FA_OK)
+        return s;
+    memset(bp, 0, sizeof *bp);
+#ifdef FA_WITH_SM80
+    if (fa_sm80_bwd_tile(p, g, &bp->tile) != 0)
+#endif
+        return fa_fail(FA_ERR_UNSUPPORTED, "kernel family %s has no backward tile for head_dim %d",
+                       fa_family_name(family), p->head_dim);
+
+    /* Empty sizes launch nothing; counting them as 1 keeps the plan well formed for display. */
+    const int64_t heads_q = p->heads_q > 0 ? p->heads_q : 1, heads_kv = p->heads_kv > 0 ? p->heads_kv : 1;
+    const int64_t batch = p->batch > 0 ? p->batch : 1;
+    const int64_t row_blocks = p->seqlen_q > 0 ? ceil_div(p->seqlen_q, FA_BWD_PRE_ROWS) : 1;
+    const char *dt = fa_dtype_short(p->dtype);
+    const char *rows_dims = "(row blocks, heads_q, batch)";
+    fa_plan *plan = &bp->plan;
+    char name[FA_KERNEL_NAME_MAX];
+    int n = 0;
+
+    bp->pre = n;
+    snprintf(name, sizeof name, "bwd_pre_%s%s", dt, p->sinks ? "_sinks" : "");
+    fa_launch_start(&plan->launches[n], name, family, dev);
+    plan->launches[n].block_m = FA_BWD_PRE_ROWS;
+    if ((s = fa_launch_grid(&plan->launches[n++], row_blocks, heads_q, batch, rows_dims, dev)) != FA_OK)
+        return s;
+
+    bp->main = -1;
+    if (p->seqlen_k > 0 || p->batch == 0 || p->heads_q == 0) {
+        const fa_tile *t = &bp->tile;
+        bp->main = n;
+        snprintf(name, sizeof name, "bwd_%s_hd%d_%s%s%s%s", fa_family_name(family),
+                 t->head_dim_padded, dt, fa_mask_suffix(p), p->softcap > 0.0f ? "_softcap" : "",
+                 g->deterministic ? "_det" : "");
+        fa_launch *cfg = &plan->launches[n++];
+        fa_launch_start(cfg, name, family, dev);
+        cfg->smem_bytes = t->smem_bytes;
+        cfg->block_m = t->block_m;
+        cfg->block_n = t->block_n;
+        cfg->stages = t->stages;
+        cfg->head_dim_padded = t->head_dim_padded;
+        const int64_t key_blocks = p->seqlen_k > 0 ? ceil_div(p->seqlen_k, t->block_n) : 1;
+        if ((s = fa_launch_grid(cfg, key_blocks, heads_kv, batch, "(key blocks, heads_kv, batch)",
+                                dev)) != FA_OK)
+            return s;
+    }
+
+    bp->post = n;
+    snprintf(name, sizeof name, "bwd_post_%s%s", dt, p->sinks ? "_sinks" : "");
+    fa_launch_start(&plan->launches[n], name, family, dev);
+    plan->launches[n].block_m = FA_BWD_PRE_ROWS;
+    if ((s = fa_launch_grid(&plan->launches[n++], row_blocks, heads_q, batch, rows_dims, dev)) != FA_OK)
+        return s;
+
+    plan->num_launches = n;
+    plan->main_launch = bp->main >= 0 ? bp->main : bp->post;
+    fa_bwd_workspace ws;
+    plan->workspace_bytes = carve_workspace(p, g, bp->tile.block_m, NULL, &ws);
+    return fa_plan_validate(plan, dev);
+}
+
+fa_status fa_backward_plan(const fa_params *pc, const fa_grad_params *gc, const fa_device *dev,
+                           fa_plan *plan)
+{
+    fa_params p;
+    fa_grad_params g;
+    backward_plan bp;
+    fa_status s = resolve_and_check(pc, gc, 1, &p, &g);
+    if (s != FA_OK || (s = plan_backward(&p, &g, dev, &bp)) != FA_OK)
+        return s;
+    *plan = bp.plan;
+    return FA_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Launch                                                                                      */
+
+#ifdef FA_WITH_SM80
+typedef cudaError_t (*bwd_launch_fn)(const fa_params *, const fa_grad_params *,
+                                     const fa_bwd_workspace *, const fa_launch *, cudaStream_t);
+
+static fa_status issue(const fa_params *p, const fa_grad_params *g, const backward_plan *bp,
+                       const fa_bwd_workspace *ws, cudaStream_t stream)
+{
+    const bwd_launch_fn launch[3] = {fa_bwd_pre_launch, fa_sm80_bwd_launch, fa_bwd_post_launch};
+    const int index[3] = {bp->pre, bp->main, bp->post};
+    for (int k = 0; k < 3; k++) {
+        if (index[k] < 0)
+            continue;
+        const fa_launch *cfg = &bp->plan.launches[index[k]];
+        cudaError_t err = launch[k](p, g, ws, cfg, stream);
+        if (err != cudaSuccess)
+            return fa_fail_cuda(err, cfg->kernel, __FILE__, __LINE__);
+    }
+    return FA_OK;
+}
+
+/* Every kernel of the plan present for this GPU and opted in before the first launch. */
+static fa_status prepare_all(const fa_params *p, const fa_grad_params *g, backward_plan *bp,
+                             int device, const fa_device *dev, cudaStream_t stream)
+{
+    fa_launch *l = bp->plan.launches;
+    const void *fns[3] = {fa_bwd_pre_kernel_fn(p),
+                          bp->main >= 0 ? fa_sm80_bwd_kernel_fn(p, g, &bp->tile) : NULL,
+                          fa_bwd_post_kernel_fn(p)};
+    const int index[3] = {bp->pre, bp->main, bp->post};
+    for (int k = 0; k < 3; k++) {
+        if (index[k] < 0)
+            continue;
+        if (!fns[k])
+            return fa_fail(FA_ERR_UNSUPPORTED, "%s is not instantiated in this build",
+                           l[index[k]].kernel);
+        fa_status s = fa_prepare_kernel(fns[k], device, dev, &l[index[k]], stream);
+        if (s != FA_OK)
+            return s;
+    }
+    return FA_OK;
+}
+#endif
+
+fa_status fa_backward(const fa_params *pc, const fa_grad_params *gc, cudaStream_t stream)
+{
+    fa_params p;
+    fa_grad_params g;
+    fa_status s = resolve_and_check(pc, gc, 1, &p, &g);
+    if (s != FA_OK)
+        return s;
+    if (backward_empty(&p)) {
+        /* No rows anywhere: each sink's gradient is an empty sum. */
+        if (g.dsinks && p.heads_q > 0)
+            FA_CUDA_TRY(cudaMemsetAsync(g.dsinks, 0, sizeof(float) * (size_t)p.heads_q, stream));
+        return FA_OK;
+    }
+    int device;
+    fa_device dev;
+    backward_plan bp;
+    if ((s = fa_current_device(&device, &dev)) != FA_OK ||
+        (s = plan_backward(&p, &g, &dev, &bp)) != FA_OK)
+        return s;
+#ifdef FA_WITH_SM80
+    if ((s = prepare_all(&p, &g, &bp, device, &dev, stream)) != FA_OK)
+        return s;
+    const size_t need = bp.plan.workspace_bytes;
+    if (p.workspace && p.workspace_bytes < need)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                       "workspace holds %zu bytes; this backward's plan needs %zu "
+                       "(fa_backward_plan)", p.workspace_bytes, need);
+    if (p.workspace && ((uintptr_t)p.workspace) % 256 != 0)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT, "workspace must be 256-byte aligned");
+    /* Stream-ordered: the allocation and its release sit on `stream` between the launches,
+     * so no host synchronisation is needed and a CUDA graph can capture them (an exact
+     * cudaMalloc instead under FLASHATTN_C_EXACT_ALLOC, for memory checkers). */
+    void *base = p.workspace;
+    const int exact = fa_exact_alloc_requested();
+    if (!base)
+        FA_CUDA_TRY(fa_device_buffer_alloc(&base, need, stream, exact));
+    fa_bwd_workspace ws;
+    carve_workspace(&p, &g, bp.tile.block_m, (char *)base, &ws);
+    s = issue(&p, &g, &bp, &ws, stream);
+    if (!p.workspace) {
+        cudaError_t err = fa_device_buffer_free(base, stream, exact);
+        if (s == FA_OK && err != cudaSuccess)
+            return fa_fail_cuda(err, "fa_device_buffer_free", __FILE__, __LINE__);
+    }
+    if (s != FA_OK)
+        return s;
+    fa_plan_record(&bp.plan, &p);
+    return FA_OK;
+#else
+    (void)stream;
+    return fa_fail(FA_ERR_NO_KERNEL_FOR_ARCH, "this build has no backward kernel");
+#endif
+}

@@ -1,0 +1,272 @@
+/*
+ * sm80_bwd_config.cuh -- compile-time shape of one sm80 backward instance (BwdConfig), the
+ * kernel's argument block (BwdArgs), ldmatrix operand addressing, and the few PTX wrappers the
+ * forward's sm80_ptx.cuh does not have (4-byte cp.async, shared loads and stores that stay in
+ * place, the fp32 reductions into dq_accum, the dq turn counter's acquire load and release
+ * add).
+ *
+ * Warp layouts (12 warps; each GEMM of a query block is cut into whole warp tiles, and a warp
+ * past a GEMM's layout sits that GEMM out):
+ *   hd   S, dP (BM x BN)        dK, dV (BN x hd)        dQ (BM x hd)
+ *        warps   tile           warps   tile            warps   tile
+ *   64   3 x 4   16 x 48        6 x 2   32 x 32         3 x 4   16 x 16
+ *   128  3 x 4   16 x 24        3 x 4   32 x 32         3 x 4   16 x 32
+ *   256  2 x 6   16 x 8         3 x 4   16 x 64         2 x 4   16 x 64  (8 warps)
+ * Registers per thread (fp32): dK + dV accumulators 64, kept across the whole CTA; S held
+ * whole while dP runs in passes of DP_TILES n8 tiles (hd 64: 24 + 8, hd 128: 12 + 12,
+ * hd 256: 4 + 4); the dQ accumulator (hd 64: 8, 128: 16, 256: 32) once S and dP are gone;
+ * ldmatrix fragments of up to kGemmStepsInFlight k16 steps (sm80_bwd_math.cuh). ptxas fills
+ * the rest with fragments loaded ahead: 160 to 168 of 168, no spills (bwd_sm80.cu has the
+ * report). The block walk lives in shared memory, not registers (sm80_bwd_kernel.cuh).
+ *
+ * SCHEDULE, the order of a query block's GEMMs, copies and barriers (sm80_bwd_kernel.cuh):
+ *   0  dK | copy Q' | dV | copy dO' | dQ        4 barriers; Q' overlaps dV and dQ, dO' dQ
+ *   1  dK, dV | copy Q', dO' | dQ               3 barriers; both copies overlap dQ only
+ * At head_dim 128 (H200, bf16, 16k tokens) 1 ran at 174 TFLOP/s against 170 for 0; dP before
+ * S with the wait for Q' between them (5 barriers, Q' overlapping dQ and dP) ran at 162.
+ *
+ * ldmatrix lane patterns (lane l gives the row address of matrix l / 8, row l % 8; r_l is the
+ * lane's row and c_l its 16-byte chunk relative to the fragment's origin):
+ *   X  r_l = l % 8 + 8 * (l / 8 % 2), c_l = l / 16   A row-major (m x k), and B stored k x n
+ *                                                     (.trans), two n8 tiles
+ *   Y  r_l = l % 8 + 8 * (l / 16),    c_l = l / 8 % 2 A stored k x m (.trans), and B stored
+ *                                                     n x k, two n8 tiles
+ *   Z  r_l = l % 8,                   c_l = l / 8     B stored n x k, one n8 tile, two k16 steps
+ */
+#ifndef FA_SM80_BWD_CONFIG_CUH
+#define FA_SM80_BWD_CONFIG_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "../common/mask.h"
+#include "../common/score.h"
+#include "../launch_contract.h"
+#include "kernels.h"
+#include "sm80_bwd_tiles.h"
+#include "sm80_config.cuh"
+#include "sm80_ptx.cuh"
+
+namespace fa_sm80 {
+
+template <int HDP> struct BwdTileOf;
+/* BM, BN from sm80_bwd_tiles.h; warp layouts (rows x columns of warps) per GEMM; DP_TILES
+   and SCHEDULE as above (hd 64 and 256 were measured with schedule 0 only) */
+template <> struct BwdTileOf<64> {
+    static constexpr int bm = FA_SM80_BWD_HD64_BLOCK_M, bn = FA_SM80_BWD_HD64_BLOCK_N;
+    static constexpr int sdp_wm = 3, sdp_wn = 4, kv_wn = 6, kv_wd = 2, dq_wm = 3, dq_wd = 4;
+    static constexpr int dp_tiles = 2, schedule = 0;
+};
+template <> struct BwdTileOf<128> {
+    static constexpr int bm = FA_SM80_BWD_HD128_BLOCK_M, bn = FA_SM80_BWD_HD128_BLOCK_N;
+    static constexpr int sdp_wm = 3, sdp_wn = 4, kv_wn = 3, kv_wd = 4, dq_wm = 3, dq_wd = 4;
+    static constexpr int dp_tiles = 3, schedule = 1;
+};
+template <> struct BwdTileOf<256> {
+    static constexpr int bm = FA_SM80_BWD_HD256_BLOCK_M, bn = FA_SM80_BWD_HD256_BLOCK_N;
+    static constexpr int sdp_wm = 2, sdp_wn = 6, kv_wn = 3, kv_wd = 4, dq_wm = 2, dq_wd = 4;
+    static constexpr int dp_tiles = 1, schedule = 0;
+};
+
+template <int HDP>
+struct BwdConfig {
+    using T = BwdTileOf<HDP>;
+    static constexpr int kHeadDim = HDP;
+    static constexpr int kBM = T::bm;
+    static constexpr int kBN = T::bn;
+    static constexpr int kRowBytes = FA_SM80_BWD_ROW_BYTES(HDP);
+    static constexpr int kPSRowBytes = FA_SM80_BWD_PS_ROW_BYTES(kBN);
+    static constexpr int kKOffset = FA_SM80_BWD_K_OFFSET(HDP, kBM, kBN);
+    static constexpr int kVOffset = FA_SM80_BWD_V_OFFSET(HDP, kBM, kBN);
+    static constexpr int kQOffset = FA_SM80_BWD_Q_OFFSET(HDP, kBM, kBN);
+    static constexpr int kDOOffset = FA_SM80_BWD_DO_OFFSET(HDP, kBM, kBN);
+    static constexpr int kPOffset = FA_SM80_BWD_P_OFFSET(HDP, kBM, kBN);
+    static constexpr int kDSOffset = FA_SM80_BWD_DS_OFFSET(HDP, kBM, kBN);
+    static constexpr int kLseOffset = FA_SM80_BWD_LSE_OFFSET(HDP, kBM, kBN);
+    static constexpr int kDeltaOffset = FA_SM80_BWD_DELTA_OFFSET(HDP, kBM, kBN);
+    static constexpr int kIdsOffset = FA_SM80_BWD_IDS_OFFSET(HDP, kBM, kBN);
+    static constexpr int kSmemBytes = FA_SM80_BWD_SMEM_BYTES(HDP, kBM, kBN);
+    /* what load_tile_async (sm80_load.cuh) reads of a config */
+    static constexpr int kChunksPerRow = HDP / 8;
+    static constexpr int kRowsPerPass = kThreads / kChunksPerRow;
+
+    /* S and dP: warp (wm, wn) owns rows 16 wm .. + 15 and keys kSdpN wn .. + kSdpN - 1 */
+    static constexpr int kSdpWM = T::sdp_wm, kSdpWN = T::sdp_wn;
+    static constexpr int kSdpN = kBN / kSdpWN;
+    static constexpr int kSdpNT = kSdpN / 8;
+    static constexpr int kSdpKS = HDP / 16;
+    static constexpr int kSdpDpTiles = T::dp_tiles; /* n8 tiles per pass (sdp_block) */
+    /* the order of a query block's GEMMs and copies (sm80_bwd_kernel.cuh) */
+    static constexpr int kSchedule = T::schedule;
+    /* dK and dV: warp (wn, wd) owns keys kKvM wn .. and head_dim columns kKvD wd .. */
+    static constexpr int kKvWN = T::kv_wn, kKvWD = T::kv_wd;
+    static constexpr int kKvM = kBN / kKvWN;
+    static constexpr int kKvMT = kKvM / 16;
+    static constexpr int kKvD = HDP / kKvWD;
+    static constexpr int kKvNT = kKvD / 8;
+    static constexpr int kKvKS = kBM / 16;
+    /* dQ: warp (wm, wd) owns rows 16 wm .. and head_dim columns kDqD wd ..; warps from
+       kDqWarps on sit it out */
+    static constexpr int kDqWM = T::dq_wm, kDqWD = T::dq_wd;
+    static constexpr int kDqWarps = kDqWM * kDqWD;
+    static constexpr int kDqD = HDP / kDqWD;
+    static constexpr int kDqNT = kDqD / 8;
+    static constexpr int kDqKS = kBN / 16;
+
+    static_assert(kThreads == 384 && kWarps == 12, "the layout is written for 12 warps");
+    static_assert(kSdpWM * 16 == kBM && kSdpWM * kSdpWN == kWarps, "S/dP: whole warp tiles");
+    static_assert(kSdpN % 8 == 0 && kBN % kSdpWN == 0, "S/dP: whole n8 tiles");
+    static_assert(kSdpNT % 2 == 0 || kSdpKS % 2 == 0, "a lone n8 tile loads two k16 steps");
+    static_assert(kSdpNT % kSdpDpTiles == 0, "dP passes cover the tile");
+    static_assert(kKvWN * kKvWD == kWarps && kKvM % 16 == 0 && kBN % kKvWN == 0,
+                  "dK/dV: whole warp tiles");
+    static_assert(kKvNT % 2 == 0 && HDP % kKvWD == 0, "dK/dV: pairs of n8 tiles");
+    static_assert(kDqWM * 16 == kBM && kDqWarps <= kWarps, "dQ: whole warp tiles");
+    static_assert(kDqNT % 2 == 0 && HDP % kDqWD == 0, "dQ: pairs of n8 tiles");
+    /* a warp's head_dim slice starts on a multiple of its width (in chunks), so the swizzle's
+       XOR terms of slice, lane and step never share a bit (SmemOperand) */
+    static_assert((kKvD / 8 & (kKvD / 8 - 1)) == 0 && (kDqD / 8 & (kDqD / 8 - 1)) == 0,
+                  "power-of-two head_dim slices");
+    static_assert(kRowBytes % 128 == 0, "swizzled rows span whole 128-byte groups");
+    static_assert(kThreads % kChunksPerRow == 0, "a load pass covers whole rows");
+    static_assert(2 * kBM <= kThreads, "one thread per row copies lse, one delta");
+    static_assert(FA_SM80_BWD_IDS_BYTES >= 32 + 4 * kWarps, "the walk and a step per warp");
+    static_assert(kSmemBytes <= FA_SM80_SMEM_LIMIT, "fits 99 KB of shared memory");
+    static_assert(kKOffset % 128 == 0 && kVOffset % 128 == 0 && kQOffset % 128 == 0 &&
+                      kDOOffset % 128 == 0 && kPOffset % 16 == 0 && kDSOffset % 16 == 0 &&
+                      kLseOffset % 16 == 0 && kIdsOffset % 16 == 0,
+                  "regions keep the alignment of their accesses");
+};
+
+/* The kernel's argument block (built by make_bwd_args in bwd_sm80.cu); it lives in the
+   constant bank. */
+struct BwdArgs {
+    const void *q, *k, *v, *dout;
+    void *dk, *dv;
+    const float *lse;   /* (batch, heads_q, seqlen_q), natural log */
+    const float *delta; /* same layout */
+    float *dq_accum;    /* (batch, heads_q, seqlen_q, head_dim) */
+    int *dq_lock;       /* (batch, heads_q, lock_blocks); deterministic only */
+    int64_t q_batch_stride, q_row_stride, q_head_stride;
+    int64_t k_batch_stride, k_row_stride, k_head_stride;
+    int64_t v_batch_stride, v_row_stride, v_head_stride;
+    int64_t do_batch_stride, do_row_stride, do_head_stride;
+    int64_t dk_batch_stride, dk_row_stride, dk_head_stride;
+    int64_t dv_batch_stride, dv_row_stride, dv_head_stride;
+    int seqlen_q, seqlen_k, heads_q, head_dim;
+    int heads_per_kv;
+    /* the window of the uniform batch, normalised by fa_mask_make on the host */
+    int window_left, window_right;
+    int lock_blocks; /* ceil(seqlen_q / BLOCK_M) */
+    int deterministic;
+    fa_score score;
+    float softmax_scale;
+};
+
+__device__ __forceinline__ fa_mask make_bwd_mask(const BwdArgs &a, int len_q, int len_k)
+{
+    fa_mask m;
+    m.len_q = len_q;
+    m.len_k = len_k;
+    m.left = a.window_left;
+    m.right = a.window_right;
+    return m;
+}
+
+/* A 32-bit shared-memory load that stays where it is written: values kept in shared memory
+   are read there at each use, not hoisted into a register held across the main loop. */
+__device__ __forceinline__ int ld_shared_s32(uint32_t addr)
+{
+    int v;
+    asm volatile("ld.shared.s32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void st_shared_s32(uint32_t addr, int v)
+{
+    asm volatile("st.shared.s32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+
+/* An ldmatrix operand: a warp's fragment origin in a shared-memory tile, with this lane's
+   part (its lane pattern) folded in; at(r, c) adds a compile-time row offset r (a multiple of
+   8) and chunk offset c. In a swizzled tile (chunk ^ row % 8) the row offset leaves row % 8
+   alone and the chunk offsets of origin, lane and access occupy disjoint bits, so the swizzle
+   of the sum is an XOR of constants into the lane's term. */
+template <bool SWZ, int RB>
+struct SmemOperand {
+    uint32_t base; /* tile + origin row * RB + the origin chunk's 128-byte group */
+    uint32_t lane; /* lane row * RB + its swizzled chunk within the group, * 16 */
+
+    __device__ __forceinline__ uint32_t at(int r, int c) const
+    {
+        if constexpr (SWZ)
+            return base + (lane ^ static_cast<uint32_t>((c & 7) << 4)) + ((c & ~7) << 4) + r * RB;
+        else
+            return base + lane + r * RB + c * 16;
+    }
+};
+
+/* The operand at row row0 (a multiple of 8) and chunk chunk0 of the tile at tile_base, for a
+   lane at (r_l, c_l) of its pattern. */
+template <bool SWZ, int RB>
+__device__ __forceinline__ SmemOperand<SWZ, RB> make_operand(uint32_t tile_base, int row0,
+                                                             int chunk0, int r_l, int c_l)
+{
+    SmemOperand<SWZ, RB> o;
+    if constexpr (SWZ) {
+        o.base = tile_base + row0 * RB + ((chunk0 & ~7) << 4);
+        o.lane = r_l * RB + ((((chunk0 & 7) | c_l) ^ (r_l & 7)) << 4);
+    } else {
+        o.base = tile_base + row0 * RB + chunk0 * 16;
+        o.lane = r_l * RB + c_l * 16;
+    }
+    return o;
+}
+
+__device__ __forceinline__ int lane_row_x(int l) { return (l & 7) + ((l >> 3) & 1) * 8; }
+__device__ __forceinline__ int lane_chunk_x(int l) { return l >> 4; }
+__device__ __forceinline__ int lane_row_y(int l) { return (l & 7) + (l >> 4) * 8; }
+__device__ __forceinline__ int lane_chunk_y(int l) { return (l >> 3) & 1; }
+__device__ __forceinline__ int lane_row_z(int l) { return l & 7; }
+__device__ __forceinline__ int lane_chunk_z(int l) { return l >> 3; }
+
+/* 4-byte global -> shared copy (through L1: lse and delta rows are not 16-byte aligned);
+   src_bytes 0 writes zero. */
+__device__ __forceinline__ void cp_async_4(uint32_t dst, const void *src, uint32_t src_bytes)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n"
+                 :
+                 : "r"(dst), "l"(src), "r"(src_bytes)
+                 : "memory");
+}
+
+/* at[0] += a, at[1] += b, no value returned: one vector reduction on sm_90 (atomicAdd on a
+   float2 became an ATOMG that returns its result), two scalar ones before. */
+__device__ __forceinline__ void red_add_f32x2(float *at, float a, float b)
+{
+#if __CUDA_ARCH__ >= 900
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(at), "f"(a), "f"(b) : "memory");
+#else
+    asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(at), "f"(a) : "memory");
+    asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(at + 1), "f"(b) : "memory");
+#endif
+}
+
+/* The dq turn counter: read with acquire (what the previous key block added is visible
+   after), advanced with release. */
+__device__ __forceinline__ int ld_acquire_gpu(const int *p)
+{
+    int v;
+    asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void red_release_gpu_add(int *p, int v)
+{
+    asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+
+} /* namespace fa_sm80 */
+
+#endif /* FA_SM80_BWD_CONFIG_CUH */
