@@ -7,7 +7,10 @@ Checks, one PASS/FAIL line each, non-zero exit on any FAIL:
   3. launch     one call: last_launch() and the FLASHATTN_C_LOG_LAUNCH line show block=(384,1,1)
                 and the expected kernel for this GPU (sm90 family on sm_90 when built)
   4. correct    one small and one medium shape against a float64 reference (FA3 tolerance rule)
-  5. speed      a few timed iterations vs PyTorch SDPA's flash backend (FlashAttention-2) on one
+  5. backward   autograd through attention(): the log shows the three launches of the backward's
+                plan (preprocess, main, postprocess), each block=(384,1,1), and dq, dk, dv
+                against float64
+  6. speed      a few timed iterations vs PyTorch SDPA's flash backend (FlashAttention-2) on one
                 medium shape; FAIL below --floor (default 0.5x)
 
     python smoke_test.py [--floor 0.5] [--kernel sm80|sm90]
@@ -93,6 +96,60 @@ def check_correct(fa, torch, family, shape, causal):
                   " or NaN")
 
 
+def check_backward(fa, torch):
+    batch, seqlen, heads, head_dim = 1, 300, 4, 128
+    q, k, v, dout = (torch.randn(batch, seqlen, heads, head_dim, device="cuda",
+                                 dtype=torch.bfloat16) for _ in range(4))
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    os.environ["FLASHATTN_C_LOG_LAUNCH"] = "1"
+    try:
+        _, log = capture_stderr(lambda: (fa.attention(*leaves, causal=True).backward(dout),
+                                         torch.cuda.synchronize()))
+    except Exception as exc:
+        return report("backward", False, f"{type(exc).__name__}: {exc}")
+    finally:
+        os.environ.pop("FLASHATTN_C_LOG_LAUNCH", None)
+    # Autograd runs the backward on its own thread, so this thread's last_launch() shows the
+    # forward; the log has every launch, and the backward's plan says what it should be.
+    plan = fa.launch_config(batch=batch, seqlen_q=seqlen, seqlen_k=seqlen, heads_q=heads,
+                            heads_kv=heads, head_dim=head_dim, dtype="bf16", causal=True,
+                            backward=True)
+    launches = plan["launches"]
+    lines = [l for l in log.splitlines() if l.startswith("[flashattn_c] bwd_")]
+    shaped = (len(launches) == 3 == len(lines) and all(l["block"] == (384, 1, 1) for l in launches)
+              and all(l.split()[1] == p["kernel"] and "block=(384,1,1)" in l
+                      for l, p in zip(lines, launches)))
+    scale = head_dim ** -0.5
+    i = torch.arange(seqlen, device="cuda")
+    mask = i[None, :] <= i[:, None]
+
+    def grads(upcast):
+        xs = [x.detach().double() if upcast else x.detach().clone() for x in (q, k, v)]
+        for x in xs:
+            x.requires_grad_(True)
+        s = torch.einsum("bihd,bjhd->bhij", xs[0], xs[1]) * scale
+        s = s.masked_fill(~mask, float("-inf"))
+        p = torch.softmax(s if upcast else s.float(), -1)
+        o = torch.einsum("bhij,bjhd->bihd", p if upcast else p.to(v.dtype), xs[2])
+        return torch.autograd.grad(o, xs, dout.to(o.dtype))
+
+    ref, peer = grads(True), grads(False)
+    worst = []
+    for name, ours, r, pe in zip(("dq", "dk", "dv"), (x.grad for x in leaves), ref, peer):
+        r32 = r.float()
+        tol = 2 * (pe.double() - r).abs().max().item() + \
+            2 * ((r32 + 0.3 - 0.3) - r32).abs().max().item() + 1e-5  # tests/reference.py GRAD_ATOL
+        err = (ours.double() - r).abs().max().item()
+        worst.append((name, err, tol, bool(torch.isnan(ours).any())))
+    ok = shaped and all(err <= tol and not nan for _, err, tol, nan in worst)
+    names = " + ".join(l["kernel"] for l in launches)
+    errs = ", ".join(f"{n} {e:.2e} <= {t:.2e}" if e <= t else f"{n} {e:.2e} > {t:.2e}"
+                     for n, e, t, _ in worst)
+    return report("backward", ok, f"{names}, each block=(384,1,1): {errs}" if shaped else
+                  f"expected the plan's 3 launches {[l['kernel'] for l in launches]} with block "
+                  f"(384,1,1) in the log, got {lines}")
+
+
 def time_ms(torch, fn, iters):
     times = []
     for _ in range(iters):
@@ -171,6 +228,7 @@ def main():
 
     check_correct(fa, torch, args.kernel, (1, 77, 2, 64), causal=True)
     check_correct(fa, torch, args.kernel, (2, 1024, 8, 128), causal=False)
+    check_backward(fa, torch)
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
     import torch.nn.functional as F

@@ -77,16 +77,15 @@ static void attention_output_shape(fa_tensor *const *views, int role, int64_t *s
     shape[2] = q->shape[1];
 }
 
-static void strides_3(const fa_binding *b, int64_t *batch, int64_t *row, int64_t *head)
+void attention_strides(const fa_binding *b, int64_t *batch, int64_t *row, int64_t *head)
 {
     *batch = b->strides[0];
     *row = b->strides[1];
     *head = b->strides[2];
 }
 
-static void attention_build(fa_params *p, const fa_binding *b, const void *args)
+void attention_build_params(fa_params *p, const fa_binding *b, const attention_scalars *s)
 {
-    const attention_scalars *s = (const attention_scalars *)args;
     const int64_t *q = b[ATTN_Q].shape, *k = b[ATTN_K].shape;
     p->batch = (int)q[0];
     p->seqlen_q = (int)q[1];
@@ -107,18 +106,27 @@ static void attention_build(fa_params *p, const fa_binding *b, const void *args)
     p->k = b[ATTN_K].data;
     p->v = b[ATTN_V].data;
     p->out = b[ATTN_OUT].data;
-    strides_3(&b[ATTN_Q], &p->q_batch_stride, &p->q_row_stride, &p->q_head_stride);
-    strides_3(&b[ATTN_K], &p->k_batch_stride, &p->k_row_stride, &p->k_head_stride);
-    strides_3(&b[ATTN_V], &p->v_batch_stride, &p->v_row_stride, &p->v_head_stride);
-    strides_3(&b[ATTN_OUT], &p->o_batch_stride, &p->o_row_stride, &p->o_head_stride);
+    attention_strides(&b[ATTN_Q], &p->q_batch_stride, &p->q_row_stride, &p->q_head_stride);
+    attention_strides(&b[ATTN_K], &p->k_batch_stride, &p->k_row_stride, &p->k_head_stride);
+    attention_strides(&b[ATTN_V], &p->v_batch_stride, &p->v_row_stride, &p->v_head_stride);
+    attention_strides(&b[ATTN_OUT], &p->o_batch_stride, &p->o_row_stride, &p->o_head_stride);
     p->lse = b[ATTN_LSE].present ? (float *)b[ATTN_LSE].data : NULL;
     p->sinks = b[ATTN_SINKS].present ? (const float *)b[ATTN_SINKS].data : NULL;
 }
 
-static int attention_empty(const fa_params *p)
+static void attention_build(fa_op_params *a, const fa_binding *b, const void *args)
 {
-    return p->batch == 0 || p->heads_q == 0 || p->seqlen_q == 0;
+    attention_build_params(&a->p, b, (const attention_scalars *)args);
 }
+
+static int attention_empty(const fa_op_params *a)
+{
+    return a->p.batch == 0 || a->p.heads_q == 0 || a->p.seqlen_q == 0;
+}
+
+static fa_status attention_check(const fa_op_params *a, int gpu) { return fa_check_params(&a->p, gpu); }
+static fa_status attention_run_gpu(const fa_op_params *a, cudaStream_t s) { return fa_forward(&a->p, s); }
+static fa_status attention_run_cpu(const fa_op_params *a) { return fa_forward_cpu(&a->p); }
 
 const fa_op fa_attention_op = {
     .name = "attention",
@@ -128,16 +136,15 @@ const fa_op fa_attention_op = {
     .output_shape = attention_output_shape,
     .build = attention_build,
     .empty = attention_empty,
-    .check = fa_check_params,
-    .run_gpu = fa_forward,
-    .run_cpu = fa_forward_cpu,
+    .check = attention_check,
+    .run_gpu = attention_run_gpu,
+    .run_cpu = attention_run_cpu,
 };
 
 /* ------------------------------------------------------------------------------------------ */
 /* forward() and launch_config()                                                               */
 
-/* window_size as the C layer takes it: each side an int >= -1 (-1: unbounded). */
-static int check_window(int left, int right)
+int attention_check_window(int left, int right)
 {
     if (left < -1 || right < -1) {
         PyErr_Format(PyExc_ValueError,
@@ -149,7 +156,7 @@ static int check_window(int left, int right)
     return 0;
 }
 
-static int check_kernel(int kernel)
+int attention_check_kernel(int kernel)
 {
     if (kernel != FA_KERNEL_AUTO && kernel != FA_KERNEL_SM80 && kernel != FA_KERNEL_SM90) {
         PyErr_Format(PyExc_ValueError, "kernel code must be 0 (auto), 1 (sm80) or 2 (sm90), got %d",
@@ -159,21 +166,28 @@ static int check_kernel(int kernel)
     return 0;
 }
 
-PyObject *attention_forward_impl(PyObject *module, PyObject *const *arrays, PyObject *layouts,
-                                 const attention_scalars *s, uintptr_t stream,
-                                 PyObject *stream_owner, int device_kind, int device_index)
+int attention_check_device(int device_kind, int device_index)
 {
     if (device_kind != FA_DEVICE_AUTO && device_kind != FA_DEVICE_CPU &&
         device_kind != FA_DEVICE_CUDA) {
         PyErr_Format(PyExc_ValueError, "device_kind must be 0 (auto), 1 (cpu) or 2 (cuda), got %d",
                      device_kind);
-        return NULL;
+        return -1;
     }
     if (device_index < -1) {
         PyErr_Format(PyExc_ValueError, "device ordinal must be >= 0, got %d", device_index);
-        return NULL;
+        return -1;
     }
-    if (check_kernel(s->kernel) < 0 || check_window(s->window_left, s->window_right) < 0)
+    return 0;
+}
+
+PyObject *attention_forward_impl(PyObject *module, PyObject *const *arrays, PyObject *layouts,
+                                 const attention_scalars *s, uintptr_t stream,
+                                 PyObject *stream_owner, int device_kind, int device_index)
+{
+    if (attention_check_device(device_kind, device_index) < 0 ||
+        attention_check_kernel(s->kernel) < 0 ||
+        attention_check_window(s->window_left, s->window_right) < 0)
         return NULL;
     fa_call call;
     memset(&call, 0, sizeof call);
@@ -208,15 +222,29 @@ static void bind_sizes(const attention_sizes *z, fa_binding *b)
     }
 }
 
+static fa_status plan_forward(const fa_op_params *a, const fa_device *dev, fa_plan *plan)
+{
+    return fa_forward_plan(&a->p, dev, plan);
+}
+
 int attention_plan_impl(PyObject *module, const attention_sizes *z, const attention_scalars *s,
                         int arch_major, int arch_minor, int device, fa_plan *plan)
 {
-    if (check_window(s->window_left, s->window_right) < 0)
+    return attention_plan_with(module, z, s, NULL, plan_forward, arch_major, arch_minor, device,
+                               plan);
+}
+
+int attention_plan_with(PyObject *module, const attention_sizes *z, const attention_scalars *s,
+                        const fa_grad_params *g, attention_planner planner, int arch_major,
+                        int arch_minor, int device, fa_plan *plan)
+{
+    if (attention_check_window(s->window_left, s->window_right) < 0)
         return -1;
-    if (z->dtype == FA_FLOAT32) {
-        PyErr_SetString(PyExc_TypeError,
-                        "unsupported dtype float32 for a GPU launch: expected float16 or bfloat16 "
-                        "(float32 runs only on device='cpu')");
+    if (z->dtype == FA_FLOAT32 || z->dtype == FA_FLOAT64) {
+        PyErr_Format(PyExc_TypeError,
+                     "unsupported dtype %s for a GPU launch: expected float16 or bfloat16 (%s "
+                     "runs only on device='cpu')",
+                     fa_dtype_str((fa_dtype)z->dtype), fa_dtype_str((fa_dtype)z->dtype));
         return -1;
     }
     if (z->dtype != FA_FLOAT16 && z->dtype != FA_BFLOAT16) {
@@ -225,9 +253,13 @@ int attention_plan_impl(PyObject *module, const attention_sizes *z, const attent
     }
     fa_binding b[ATTN_NUM_ROLES];
     bind_sizes(z, b);
-    fa_params p;
-    fa_params_init(&p);
-    attention_build(&p, b, s);
+    fa_op_params a;
+    fa_params_init(&a.p);
+    attention_build_params(&a.p, b, s);
+    if (g)
+        a.g = *g;
+    else
+        fa_grad_params_init(&a.g);
 
     fa_call_error e;
     memset(&e, 0, sizeof e);
@@ -235,12 +267,12 @@ int attention_plan_impl(PyObject *module, const attention_sizes *z, const attent
     if (arch_major >= 0) {
         fa_error_status(&e, fa_device_nominal(arch_major, arch_minor, &dev));
         if (!e.kind)
-            fa_error_status(&e, fa_forward_plan(&p, &dev, plan));
+            fa_error_status(&e, planner(&a, &dev, plan));
     } else {
         Py_BEGIN_ALLOW_THREADS
         fa_query_device(&device, &dev, &e);
         if (!e.kind)
-            fa_error_status(&e, fa_forward_plan(&p, &dev, plan));
+            fa_error_status(&e, planner(&a, &dev, plan));
         Py_END_ALLOW_THREADS
         if (!e.kind)
             for (int l = 0; l < plan->num_launches; l++)

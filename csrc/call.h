@@ -7,8 +7,8 @@
  *                 dtype (the op's compute dtype or a fixed one), unit-stride and compact rules
  *   check_shapes  how the arrays' shapes relate (errors name the argument)
  *   output_shape  the shape of a new output the rules above do not give
- *   build         fa_params from the arrays' bindings (address and strides as the C API will
- *                 see them) and the op's scalar arguments
+ *   build         its C params (fa_op_params) from the arrays' bindings (address and strides as
+ *                 the C API will see them) and the op's scalar arguments
  *   check, run_gpu, run_cpu    its C entry points (fa_check_params, fa_forward, fa_forward_cpu)
  * and fa_call_run does the rest for every op: importing the arrays (DLPack, CUDA array
  * interface, NumPy, or a torch layout tuple), device and stream resolution, the generic
@@ -31,7 +31,7 @@
 #include "flashattn.h"
 #include "tensor.h"
 
-#define FA_MAX_ROLES 8
+#define FA_MAX_ROLES 12
 
 /* fa_role.flags */
 #define FA_ROLE_IN 0x1u       /* read by the op */
@@ -63,6 +63,12 @@ typedef struct {
     int present; /* 0: an absent optional role (data NULL) */
 } fa_binding;
 
+/* The C params of any op: the forward's (every op has them) and the backward's gradients. */
+typedef struct {
+    fa_params p;
+    fa_grad_params g;
+} fa_op_params;
+
 typedef struct {
     const char *name; /* the op as messages name it: "attention" */
     int num_roles;
@@ -73,13 +79,13 @@ typedef struct {
     int (*check_shapes)(fa_tensor *const *views);
     /* The shape of output role `role` (ndim from its fa_role) when it has no `like`. */
     void (*output_shape)(fa_tensor *const *views, int role, int64_t *shape);
-    /* Fills p (already fa_params_init'ed) from the bindings and the op's scalars. No Python:
-     * called again with the GIL released once real buffers replace the placeholders. */
-    void (*build)(fa_params *p, const fa_binding *b, const void *args);
-    int (*empty)(const fa_params *p); /* nothing to compute: outputs are returned unwritten */
-    fa_status (*check)(const fa_params *p, int gpu);
-    fa_status (*run_gpu)(const fa_params *p, cudaStream_t stream);
-    fa_status (*run_cpu)(const fa_params *p);
+    /* Fills a (both structs already initialised) from the bindings and the op's scalars. No
+     * Python: called again with the GIL released once real buffers replace the placeholders. */
+    void (*build)(fa_op_params *a, const fa_binding *b, const void *args);
+    int (*empty)(const fa_op_params *a); /* nothing to compute: outputs are returned unwritten */
+    fa_status (*check)(const fa_op_params *a, int gpu);
+    fa_status (*run_gpu)(const fa_op_params *a, cudaStream_t stream);
+    fa_status (*run_cpu)(const fa_op_params *a); /* a->p.interrupt is set */
 } fa_op;
 
 /* device_kind of a call: where it runs. */

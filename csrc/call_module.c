@@ -7,7 +7,7 @@
  *   1. import each array (tensor.c: DLPack, CUDA array interface, NumPy, torch layouts);
  *   2. check them against the role table (ndim, placement, device, dtype, strides), the op's
  *      shape rules, and the out= rules (shape, dtype, writable, no overlap with an input);
- *   3. build fa_params with placeholders for buffers that do not exist yet and run the op's
+ *   3. build the op's C params with placeholders for buffers that do not exist yet and run the op's
  *      C-API check, so every error is raised before any GPU work or write to out=;
  *   4. allocate new outputs (DeviceArray for device inputs, NumPy for host inputs);
  *   5. with the GIL released, run one of three paths:
@@ -269,7 +269,7 @@ typedef struct {
     int64_t shape[FA_MAX_ROLES][FA_TENSOR_MAX_DIMS];
     fa_dtype dtype[FA_MAX_ROLES];
     fa_binding b[FA_MAX_ROLES];
-    fa_params p;
+    fa_op_params a;
     exec_path path;
     int known_device; /* the inputs' CUDA ordinal when a producer said it, else -1 */
     int stream_on_inputs_device; /* layouts= (torch fast path): torch's current stream of the
@@ -428,7 +428,8 @@ static int check_devices(job *j)
     return 0;
 }
 
-/* The inputs of the op's compute dtype: each one a dtype the path computes, all the same. */
+/* The inputs of the op's compute dtype: each one a dtype the path computes, all the same.
+ * float32 and float64 are the host reference's alone: the GPU kernels have no such instance. */
 static int check_op_dtype(const job *j)
 {
     const int gpu = j->call->device_kind != FA_DEVICE_CPU;
@@ -439,11 +440,18 @@ static int check_op_dtype(const job *j)
         const fa_tensor *t = j->views[r];
         if (!t || is_output(j, r) || role_of(j, r)->dtype != FA_OP_DTYPE)
             continue;
-        if (t->dtype == FA_DTYPE_NONE || (gpu && t->dtype == FA_FLOAT32)) {
+        if (t->dtype == FA_DTYPE_NONE) {
             PyErr_Format(PyExc_TypeError,
-                         "unsupported dtype %s for %s: expected float16 or bfloat16 (float32 on "
-                         "device='cpu')",
+                         "unsupported dtype %s for %s: expected float16 or bfloat16 (float32 or "
+                         "float64 on device='cpu')",
                          t->dtype_name, t->name);
+            return -1;
+        }
+        if (gpu && (t->dtype == FA_FLOAT32 || t->dtype == FA_FLOAT64)) {
+            PyErr_Format(PyExc_TypeError,
+                         "unsupported dtype %s for %s: expected float16 or bfloat16 (%s runs only "
+                         "on device='cpu')",
+                         t->dtype_name, t->name, fa_dtype_str((fa_dtype)t->dtype));
             return -1;
         }
         if (!odd && t->dtype != first->dtype)
@@ -642,6 +650,15 @@ static int validate(job *j)
             return -1;
     if (j->op->check_shapes(j->views) < 0)
         return -1;
+    for (int r = 0; r < n; r++) {
+        const int like = role_of(j, r)->like;
+        if (j->views[r] && is_output(j, r) && like >= 0 && !j->views[like]) {
+            /* dsinks= without sinks: an output of an input that is not there. */
+            PyErr_Format(PyExc_ValueError, "%s was given without %s", role_of(j, r)->name,
+                         role_of(j, like)->name);
+            return -1;
+        }
+    }
     for (int r = 0; r < n; r++)
         if (j->views[r] && !is_output(j, r) && check_layout(j, r) < 0)
             return -1;
@@ -818,8 +835,8 @@ static void run_device_inputs(job *j)
         j->b[r].data = j->da[r]->ptr;
     }
     if (!j->err.kind) {
-        j->op->build(&j->p, j->b, j->call->args);
-        fa_error_status(&j->err, j->op->run_gpu(&j->p, stream));
+        j->op->build(&j->a, j->b, j->call->args);
+        fa_error_status(&j->err, j->op->run_gpu(&j->a, stream));
     }
     if (target != previous)
         (void)cudaSetDevice(previous);
@@ -905,8 +922,8 @@ static void run_host_on_gpu(job *j)
         for (int r = 0; r < n; r++)
             if (j->present[r])
                 j->b[r].data = dev[r];
-        j->op->build(&j->p, j->b, j->call->args);
-        fa_error_status(&j->err, j->op->run_gpu(&j->p, stream));
+        j->op->build(&j->a, j->b, j->call->args);
+        fa_error_status(&j->err, j->op->run_gpu(&j->a, stream));
     }
     if (!j->err.kind)
         stage_out(j, dev, staging, stream);
@@ -975,14 +992,14 @@ static void run_host_on_cpu(job *j)
             j->b[r].data = t->data;
         }
     }
-    j->op->build(&j->p, j->b, j->call->args);
+    j->op->build(&j->a, j->b, j->call->args);
     interrupt_state interrupt;
     (void)clock_gettime(CLOCK_MONOTONIC, &interrupt.last);
-    j->p.interrupt = check_interrupt;
-    j->p.interrupt_ctx = &interrupt;
-    fa_error_status(&j->err, j->op->run_cpu(&j->p));
-    j->p.interrupt = NULL;
-    j->p.interrupt_ctx = NULL;
+    j->a.p.interrupt = check_interrupt;
+    j->a.p.interrupt_ctx = &interrupt;
+    fa_error_status(&j->err, j->op->run_cpu(&j->a));
+    j->a.p.interrupt = NULL;
+    j->a.p.interrupt_ctx = NULL;
     for (int r = 0; r < n && !j->err.kind; r++)
         if (is_output(j, r) && j->views[r] && staging[r])
             fa_tensor_unpack(staging[r], j->views[r]);
@@ -1012,6 +1029,7 @@ static int host_typenum(fa_dtype dtype)
     case FA_FLOAT16: return NPY_HALF;
     case FA_BFLOAT16: return NPY_UINT16;
     case FA_FLOAT32: return NPY_FLOAT;
+    case FA_FLOAT64: return NPY_DOUBLE;
     }
     return NPY_HALF;
 }
@@ -1074,7 +1092,7 @@ static const char *const NO_GPU_HINT_HOST =
 /* The paths, with the GIL released; returns -1 with the exception raised on failure. */
 static int execute(PyObject *module, job *j)
 {
-    if (!j->op->empty(&j->p)) {
+    if (!j->op->empty(&j->a)) {
         Py_BEGIN_ALLOW_THREADS
         switch (j->path) {
         case PATH_DEVICE: run_device_inputs(j); break;
@@ -1135,9 +1153,10 @@ static int prepare(PyObject *module, job *j)
     j->path = j->views[0]->on_device ? PATH_DEVICE
               : c->device_kind == FA_DEVICE_CPU ? PATH_HOST_CPU : PATH_HOST_GPU;
     bind_for_check(j);
-    fa_params_init(&j->p);
-    j->op->build(&j->p, j->b, c->args);
-    fa_status status = j->op->check(&j->p, j->path != PATH_HOST_CPU);
+    fa_params_init(&j->a.p);
+    fa_grad_params_init(&j->a.g);
+    j->op->build(&j->a, j->b, c->args);
+    fa_status status = j->op->check(&j->a, j->path != PATH_HOST_CPU);
     if (status != FA_OK) {
         fa_call_error e;
         memset(&e, 0, sizeof e);

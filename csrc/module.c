@@ -4,8 +4,11 @@
  *   forward(q, k, v, out=None, *, causal, softmax_scale, return_lse, stream, device_kind,
  *           device_index, kernel, stream_owner, layouts, lse, window_left, window_right,
  *           softcap, sinks) -> (out, lse or None)
+ *   backward(dout, q, k, v, out, lse, *, dq, dk, dv, dsinks, <forward's scalars>,
+ *            deterministic) -> (dq, dk, dv, dsinks or None)
  *   launch_config(...), last_launch(), build_info()   introspection of the launch contract
- *   forward_roles     the forward's arrays in order: (name, is_output, fixed dtype or None)
+ *   forward_roles, backward_roles   each op's arrays in order: (name, is_output, fixed dtype
+ *                     or None)
  *
  * Each parser only converts its arguments (as CPython's Argument Clinic generates them) and
  * calls the op's _impl function (ops.h); the op is a descriptor run by the call engine
@@ -86,6 +89,42 @@ static PyObject *py_forward(PyObject *module, PyObject *args, PyObject *kwargs)
                                   device_index);
 }
 
+/* dq, dk, dv, dsinks: caller-owned outputs, as out= is for the forward; layouts as for
+ * forward, per role of backward_roles. */
+static PyObject *py_backward(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"dout", "q", "k", "v", "out", "lse", "dq", "dk", "dv", "dsinks",
+                             "causal", "softmax_scale", "stream", "device_kind",
+                             "device_index", "kernel", "stream_owner", "layouts",
+                             "window_left", "window_right", "softcap", "sinks",
+                             "deterministic", NULL};
+    PyObject *arrays[BWD_NUM_ROLES] = {NULL};
+    PyObject *scale_obj = Py_None, *stream_obj = Py_None, *stream_owner = Py_None;
+    PyObject *layouts = Py_None, *causal_obj = Py_False, *det_obj = Py_False;
+    PyObject *softcap_obj = NULL;
+    backward_scalars s = {.fwd = {.kernel = FA_KERNEL_AUTO, .window_left = -1, .window_right = -1}};
+    int device_kind = FA_DEVICE_AUTO, device_index = -1;
+    uintptr_t stream = 0;
+    arrays[BWD_DQ] = arrays[BWD_DK] = arrays[BWD_DV] = arrays[BWD_DSINKS] = Py_None;
+    arrays[BWD_SINKS] = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "OOOOOO|$OOOOOOOiiiOOiiOOO:backward", kwlist, &arrays[BWD_DOUT],
+            &arrays[BWD_Q], &arrays[BWD_K], &arrays[BWD_V], &arrays[BWD_OUT], &arrays[BWD_LSE],
+            &arrays[BWD_DQ], &arrays[BWD_DK], &arrays[BWD_DV], &arrays[BWD_DSINKS], &causal_obj,
+            &scale_obj, &stream_obj, &device_kind, &device_index, &s.fwd.kernel, &stream_owner,
+            &layouts, &s.fwd.window_left, &s.fwd.window_right, &softcap_obj, &arrays[BWD_SINKS],
+            &det_obj))
+        return NULL;
+    if (fa_parse_flag(causal_obj, "causal", &s.fwd.causal) < 0 ||
+        fa_parse_flag(det_obj, "deterministic", &s.deterministic) < 0 ||
+        fa_parse_stream(stream_obj, &stream) < 0 ||
+        parse_scale(scale_obj, &s.fwd.softmax_scale) < 0 ||
+        parse_softcap(softcap_obj, &s.fwd.softcap) < 0)
+        return NULL;
+    return attention_backward_impl(module, arrays, layouts, &s, stream, stream_owner,
+                                   device_kind, device_index);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Introspection                                                                               */
 
@@ -104,11 +143,11 @@ static PyObject *launch_to_dict(const fa_launch *l)
         l->stages, "head_dim_padded", l->head_dim_padded);
 }
 
-/* The main launch's dict, plus "launches" (every launch of the plan in order, the main one
- * first: auxiliary kernels of other ops join it) and "workspace_bytes". */
+/* The main launch's dict, plus "launches" (every launch of the plan in the order they run),
+ * "main_launch" (the main one's index there) and "workspace_bytes". */
 static PyObject *plan_to_dict(const fa_plan *plan)
 {
-    PyObject *d = launch_to_dict(&plan->launches[0]);
+    PyObject *d = launch_to_dict(&plan->launches[plan->main_launch]);
     PyObject *launches = d ? PyList_New(plan->num_launches) : NULL;
     if (!launches) {
         Py_XDECREF(d);
@@ -124,14 +163,18 @@ static PyObject *plan_to_dict(const fa_plan *plan)
         PyList_SET_ITEM(launches, i, item);
     }
     PyObject *ws = PyLong_FromSize_t(plan->workspace_bytes);
-    if (!ws || PyDict_SetItemString(d, "launches", launches) < 0 ||
-        PyDict_SetItemString(d, "workspace_bytes", ws) < 0) {
+    PyObject *main_index = ws ? PyLong_FromLong(plan->main_launch) : NULL;
+    if (!main_index || PyDict_SetItemString(d, "launches", launches) < 0 ||
+        PyDict_SetItemString(d, "workspace_bytes", ws) < 0 ||
+        PyDict_SetItemString(d, "main_launch", main_index) < 0) {
         Py_XDECREF(ws);
+        Py_XDECREF(main_index);
         Py_DECREF(launches);
         Py_DECREF(d);
         return NULL;
     }
     Py_DECREF(ws);
+    Py_DECREF(main_index);
     Py_DECREF(launches);
     return d;
 }
@@ -151,23 +194,32 @@ static PyObject *py_launch_config(PyObject *module, PyObject *args, PyObject *kw
     static char *kwlist[] = {"batch",  "seqlen_q",   "seqlen_k",   "heads_q", "heads_kv",
                              "head_dim", "dtype",    "causal",     "arch_major", "arch_minor",
                              "kernel", "device",     "window_left", "window_right", "softcap",
-                             "sinks",  NULL};
+                             "sinks",  "backward", "deterministic", NULL};
     attention_sizes z;
     attention_scalars s = {.softmax_scale = NAN, .kernel = FA_KERNEL_AUTO, .window_left = -1,
                            .window_right = -1};
     int arch_major = -1, arch_minor = 0, device = -1;
     PyObject *causal_obj = Py_False, *softcap_obj = NULL, *sinks_obj = Py_False;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiiiii|OiiiiiiOO:launch_config", kwlist,
+    PyObject *backward_obj = Py_False, *det_obj = Py_False;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiiiii|OiiiiiiOOOO:launch_config", kwlist,
                                      &z.batch, &z.seqlen_q, &z.seqlen_k, &z.heads_q, &z.heads_kv,
                                      &z.head_dim, &z.dtype, &causal_obj, &arch_major, &arch_minor,
                                      &s.kernel, &device, &s.window_left, &s.window_right,
-                                     &softcap_obj, &sinks_obj))
+                                     &softcap_obj, &sinks_obj, &backward_obj, &det_obj))
         return NULL;
+    int backward = 0;
+    backward_scalars bs;
     if (fa_parse_flag(causal_obj, "causal", &s.causal) < 0 ||
-        fa_parse_flag(sinks_obj, "sinks", &z.sinks) < 0 || parse_softcap(softcap_obj, &s.softcap) < 0)
+        fa_parse_flag(sinks_obj, "sinks", &z.sinks) < 0 ||
+        fa_parse_flag(backward_obj, "backward", &backward) < 0 ||
+        fa_parse_flag(det_obj, "deterministic", &bs.deterministic) < 0 ||
+        parse_softcap(softcap_obj, &s.softcap) < 0)
         return NULL;
+    bs.fwd = s;
     fa_plan plan;
-    if (attention_plan_impl(module, &z, &s, arch_major, arch_minor, device, &plan) < 0)
+    if ((backward ? attention_backward_plan_impl(module, &z, &bs, arch_major, arch_minor, device,
+                                                 &plan)
+                  : attention_plan_impl(module, &z, &s, arch_major, arch_minor, device, &plan)) < 0)
         return NULL;
     return plan_to_dict(&plan);
 }
@@ -241,13 +293,23 @@ static PyMethodDef module_methods[] = {
      "lse, as out does for out.\n"
      "Returns (out, lse or None): DeviceArrays for device inputs, NumPy arrays for host\n"
      "inputs (bfloat16 as uint16 bit patterns); a given out or lse is returned as is."},
+    {"backward", (PyCFunction)(void (*)(void))py_backward, METH_VARARGS | METH_KEYWORDS,
+     "backward(dout, q, k, v, out, lse, *, dq=None, dk=None, dv=None, dsinks=None,\n"
+     "         causal=False, softmax_scale=None, stream=0, device_kind=0, device_index=-1,\n"
+     "         kernel=0, stream_owner=None, layouts=None, window_left=-1, window_right=-1,\n"
+     "         softcap=0.0, sinks=None, deterministic=False)\n"
+     "--\n\n"
+     "Low-level attention backward; flashattn_c.attention_backward is the public entry point.\n"
+     "out and lse are the forward's; the scalars are the forward's. Arguments as forward's;\n"
+     "layouts per role of backward_roles. Returns (dq, dk, dv, dsinks or None)."},
     {"launch_config", (PyCFunction)(void (*)(void))py_launch_config,
      METH_VARARGS | METH_KEYWORDS,
      "launch_config(*, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype,\n"
      "              causal=False, arch_major=-1, arch_minor=0, kernel=0, device=-1,\n"
-     "              window_left=-1, window_right=-1, softcap=0.0, sinks=False)\n"
+     "              window_left=-1, window_right=-1, softcap=0.0, sinks=False,\n"
+     "              backward=False, deterministic=False)\n"
      "--\n\n"
-     "The launch fa_forward would make, without launching. arch_major >= 0: a nominal\n"
+     "The plan fa_forward (or, with backward, fa_backward) would run, without launching. arch_major >= 0: a nominal\n"
      "device of that compute capability (pure host); else the GPU `device` (-1: current)."},
     {"last_launch", (PyCFunction)py_last_launch, METH_NOARGS,
      "last_launch()\n--\n\nThe launch this thread issued last, as a dict, or None."},
@@ -286,6 +348,7 @@ static int module_exec(PyObject *m)
     if (PyModule_AddIntConstant(m, "FLOAT16", FA_FLOAT16) < 0 ||
         PyModule_AddIntConstant(m, "BFLOAT16", FA_BFLOAT16) < 0 ||
         PyModule_AddIntConstant(m, "FLOAT32", FA_FLOAT32) < 0 ||
+        PyModule_AddIntConstant(m, "FLOAT64", FA_FLOAT64) < 0 ||
         PyModule_AddIntConstant(m, "KERNEL_AUTO", FA_KERNEL_AUTO) < 0 ||
         PyModule_AddIntConstant(m, "KERNEL_SM80", FA_KERNEL_SM80) < 0 ||
         PyModule_AddIntConstant(m, "KERNEL_SM90", FA_KERNEL_SM90) < 0 ||
@@ -294,12 +357,18 @@ static int module_exec(PyObject *m)
         PyModule_AddIntConstant(m, "DEVICE_CUDA", FA_DEVICE_CUDA) < 0 ||
         PyModule_AddIntConstant(m, "THREADS_PER_BLOCK", FA_THREADS_PER_BLOCK) < 0)
         return -1;
-    PyObject *roles = fa_op_roles(&fa_attention_op);
-    if (!roles || PyModule_AddObjectRef(m, "forward_roles", roles) < 0) {
-        Py_XDECREF(roles);
-        return -1;
+    const struct {
+        const char *name;
+        const fa_op *op;
+    } ops[] = {{"forward_roles", &fa_attention_op}, {"backward_roles", &fa_attention_backward_op}};
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
+        PyObject *roles = fa_op_roles(ops[i].op);
+        if (!roles || PyModule_AddObjectRef(m, ops[i].name, roles) < 0) {
+            Py_XDECREF(roles);
+            return -1;
+        }
+        Py_DECREF(roles);
     }
-    Py_DECREF(roles);
     return 0;
 }
 
@@ -336,7 +405,7 @@ static PyModuleDef_Slot module_slots[] = {
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "flashattn_c._C",
-    .m_doc = "flashattn_c's C extension: attention forward over the C API in flashattn.h.",
+    .m_doc = "flashattn_c's C extension: attention forward and backward over the C API in flashattn.h.",
     .m_size = sizeof(fa_module_state),
     .m_methods = module_methods,
     .m_slots = module_slots,

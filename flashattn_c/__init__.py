@@ -1,8 +1,10 @@
-"""flashattn_c: exact softmax attention, forward pass (FlashAttention), in C and CUDA C.
+"""flashattn_c: exact softmax attention, forward and backward (FlashAttention), in C and CUDA C.
 
     import flashattn_c as fa
     out = fa.attention(q, k, v, causal=True)            # q (batch, seqlen_q, heads_q, head_dim)
     out, lse = fa.attention(q, k, v, return_lse=True)   # k, v (batch, seqlen_k, heads_kv, head_dim)
+    dq, dk, dv = fa.attention_backward(dout, q, k, v, out, lse)   # the gradients
+    out.backward(dout)    # torch inputs that require grad: attention() is differentiable
     fa.last_launch()      # what this thread last launched (kernel, grid, block (384, 1, 1), ...)
     fa.launch_config(batch=2, seqlen_q=4096, seqlen_k=4096, heads_q=32, heads_kv=8,
                      head_dim=128, dtype="bfloat16", arch=(9, 0))   # the same, without a GPU
@@ -19,6 +21,7 @@ from ._api import (  # noqa: E402  (the version above must stay a literal for se
     CudaError,
     DeviceArray,
     attention,
+    attention_backward,
     build_info,
     last_launch,
     launch_config,
@@ -26,6 +29,7 @@ from ._api import (  # noqa: E402  (the version above must stay a literal for se
 
 __all__ = [
     "attention",
+    "attention_backward",
     "last_launch",
     "launch_config",
     "build_info",

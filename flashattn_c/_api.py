@@ -49,10 +49,11 @@ except ImportError as _exc:  # noqa: N816
     raise _missing_extension_error(_exc) from None
 from ._C import CudaError, DeviceArray
 
-_DTYPE_CODES = {"float16": _C.FLOAT16, "bfloat16": _C.BFLOAT16, "float32": _C.FLOAT32}
+_DTYPE_CODES = {"float16": _C.FLOAT16, "bfloat16": _C.BFLOAT16, "float32": _C.FLOAT32,
+                "float64": _C.FLOAT64}
 # The short spellings the benchmark uses (and FlashAttention users write) mean the same dtypes.
 _DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32",
-                  "float": "float32"}
+                  "float": "float32", "fp64": "float64", "double": "float64"}
 _KERNEL_CODES = {"auto": _C.KERNEL_AUTO, "sm80": _C.KERNEL_SM80, "sm90": _C.KERNEL_SM90}
 _DEVICE_HELP = "None, 'cpu', 'cuda', 'cuda:N' or an int ordinal"
 
@@ -102,22 +103,14 @@ def _is_int(value):
         value.dtype.kind in "iu" and getattr(value, "ndim", 1) == 0
 
 
-def _no_autograd(args, torch):
-    """Refuses torch tensors that would need a gradient: attention() has no backward yet, so its
-    output would silently cut the graph (the torch fast path) or torch's DLPack export would
-    refuse them with a bare BufferError. Under torch.no_grad() they are read as detached."""
-    grad = torch.is_grad_enabled()
-    checked = []
-    for name, x in args:
-        if isinstance(x, torch.Tensor) and x.requires_grad:
-            if grad:
-                raise ValueError(
-                    f"{name} requires grad, but flashattn_c.attention has no backward yet: its "
-                    "output would carry no gradient. Call it under torch.no_grad() or pass "
-                    f"{name}.detach()")
-            x = x.detach()
-        checked.append(x)
-    return checked
+def _needs_autograd(torch, tensors):
+    """True when attention() must record a graph: grad mode is on and an input requires grad,
+    or torch.compile is tracing (it then sees the op as one node of its graph)."""
+    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    if compiling is not None and compiling():
+        return any(isinstance(x, torch.Tensor) for x in tensors)
+    return torch.is_grad_enabled() and any(
+        isinstance(x, torch.Tensor) and x.requires_grad for x in tensors)
 
 
 def _parse_kernel(kernel):
@@ -309,7 +302,8 @@ _NO_WINDOW = (-1, -1)
 
 
 def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=_NO_WINDOW, softcap=0.0,
-              sinks=None, return_lse=False, out=None, stream=None, device=None, kernel=None):
+              sinks=None, return_lse=False, deterministic=False, out=None, stream=None,
+              device=None, kernel=None):
     """Exact softmax attention, forward: out = softmax(softmax_scale * q k^T [masked]) v.
 
     Shapes (FlashAttention's layout):
@@ -324,8 +318,10 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=_NO_WIND
     x.transpose(1, 2) with no copy. Host arrays with other strides are copied as needed.
 
     dtypes: float16 and bfloat16 on the GPU (float32 accumulation); device="cpu" also takes
-    float32. bfloat16 reaches flashattn_c through DLPack (the CUDA array interface has no
-    bfloat16 type string) or, on the host, as an ml_dtypes.bfloat16 NumPy array.
+    float32 and float64 (float64 computed in float64, so torch.autograd.gradcheck can run on
+    it; lse and sinks stay float32). bfloat16 reaches flashattn_c through DLPack (the CUDA
+    array interface has no bfloat16 type string) or, on the host, as an ml_dtypes.bfloat16
+    NumPy array.
 
     Masks are aligned bottom-right, as in FlashAttention >= 2.1: with d = seqlen_k - seqlen_q,
     query i sees key j when i + d - left <= j <= i + d + right. A row that sees no key gets
@@ -376,8 +372,13 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=_NO_WIND
     Zero sizes: batch, heads_q or seqlen_q == 0 gives empty outputs and launches nothing;
     seqlen_k == 0 gives out = 0 and lse = -inf (sinks[h] with sinks).
 
-    torch tensors that require grad are refused (ValueError) while grad mode is on:
-    attention() has no backward yet. Under torch.no_grad() they are used as detached.
+    Training: with torch tensors that require grad (q, k, v, sinks) in grad mode, the call
+    records a node of the autograd graph (the torch.library op flashattn_c::attention_fwd,
+    whose backward is flashattn_c::attention_bwd, i.e. attention_backward()); torch.compile
+    (fullgraph=True) traces it as one op. out is then a new tensor (out= raises) on torch's
+    current stream (stream= raises), and lse is returned without a gradient (its
+    requires_grad is False). deterministic: a bool, used by that backward (see
+    attention_backward). Under torch.no_grad() the inputs are read as detached.
 
     Raises:
         TypeError / ValueError naming the argument, with expected vs got, before any GPU work.
@@ -400,16 +401,35 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=_NO_WIND
                              "the host reference")
         if stream is not None:
             raise ValueError("stream= orders GPU work; device='cpu' runs the host reference")
+    deterministic = _flag("deterministic", deterministic)
     framework = _framework(q)
     given_out = out
     torch = sys.modules.get("torch")
-    if torch is not None and (getattr(q, "requires_grad", False) or
-                              getattr(k, "requires_grad", False) or
-                              getattr(v, "requires_grad", False) or
-                              getattr(out, "requires_grad", False) or
-                              getattr(sinks, "requires_grad", False)):
-        q, k, v, out, sinks = _no_autograd(
-            (("q", q), ("k", k), ("v", v), ("out", out), ("sinks", sinks)), torch)
+    if torch is not None and _needs_autograd(torch, (q, k, v, sinks)):
+        if out is not None:
+            raise ValueError("out= cannot receive an output that autograd records (q, k, v or "
+                             "sinks require grad): leave out=None")
+        if stream is not None:
+            raise ValueError("stream= is not taken when autograd records the call (q, k, v or "
+                             "sinks require grad): the op runs on torch's current stream")
+        if kernel_code == _C.KERNEL_SM90:
+            raise ValueError("kernel='sm90' has no backward kernel yet, and q, k, v or sinks "
+                             "require grad: use kernel='auto' or 'sm80' (the sm80 family's "
+                             "backward runs on sm_90 too), or torch.no_grad()")
+        from . import _torch_ops
+
+        out, lse = _torch_ops.attention_fwd(q, k, v, sinks, causal, softmax_scale, left, right,
+                                            float(softcap), kernel_code, device_kind,
+                                            device_index, deterministic)
+        return (out, lse) if return_lse else out
+    if (torch is not None and isinstance(out, torch.Tensor) and out.requires_grad and
+            torch.is_grad_enabled()):
+        raise ValueError("out requires grad: writing into it would bypass autograd. Pass "
+                         "out.detach(), or call under torch.no_grad()")
+    if torch is not None and isinstance(q, torch.Tensor):
+        # Grad mode off: tensors that require grad are read as detached.
+        q, k, v, out, sinks = (x.detach() if isinstance(x, torch.Tensor) else x
+                               for x in (q, k, v, out, sinks))
     extra = dict(causal=causal, softmax_scale=softmax_scale, return_lse=return_lse,
                  device_kind=device_kind, device_index=device_index, kernel=kernel_code,
                  window_left=left, window_right=right, softcap=softcap)
@@ -438,6 +458,86 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=_NO_WIND
     return result
 
 
+def attention_backward(dout, q, k, v, out, lse, *, causal=False, softmax_scale=None,
+                       window_size=_NO_WINDOW, softcap=0.0, sinks=None, deterministic=False,
+                       dq=None, dk=None, dv=None, dsinks=None, stream=None, device=None,
+                       kernel=None):
+    """The gradients of attention(): (dq, dk, dv), or (dq, dk, dv, dsinks) when sinks is given.
+
+    dout is the gradient of out, of out's shape and dtype; out and lse are what
+    attention(q, k, v, ..., return_lse=True) returned for the same q, k, v and the same causal,
+    softmax_scale, window_size, softcap and sinks, which must be passed again. From them, with
+    no O(seqlen^2) memory:
+
+        D = rowsum(dout * out),   dS = P * (dout v^T - D)  (times 1 - tanh^2 with a softcap)
+        dq = softmax_scale dS k,  dk = softmax_scale dS^T q,  dv = P^T dout,
+        dsinks[h] = -sum over batch and rows of exp(sinks[h] - lse) * D
+
+    with dk and dv summed over the q heads that share a kv head. Rows that see no key get
+    zero gradients.
+
+    Args (the others as in attention()):
+        dout, out: (batch, seqlen_q, heads_q, head_dim) in q's dtype; lse: float32
+            (batch, heads_q, seqlen_q), contiguous.
+        deterministic: a bool. False (the default): dq is summed with fp32 atomics, in the order
+            the key blocks finish, so its last bits may differ between runs. True: every
+            (query block, head) sums its key blocks in a fixed order, bitwise reproducible,
+            at the cost of key blocks waiting for their turn.
+        dq, dk, dv, dsinks: arrays to write the gradients into (like q, k, v, sinks), returned
+            as given; nothing is written to them when the call raises.
+        kernel: None or "auto" (the sm80 family's backward, the only one built so far; it runs
+            on sm_80 and newer, sm_90 included), "sm80", or "sm90" (an error until that family
+            has a backward).
+
+    The launches (a preprocess, the main kernel, a postprocess; each (384, 1, 1)) and the
+    device workspace they share (fp32 dq accumulator, allocated stream-ordered on the call's
+    stream) are reported by last_launch() and planned by launch_config(backward=True).
+    """
+    device_kind, device_index = _parse_device(device)
+    kernel_code = _parse_kernel(kernel)
+    causal = _flag("causal", causal)
+    deterministic = _flag("deterministic", deterministic)
+    left, right = (-1, -1) if window_size is _NO_WINDOW else _parse_window(window_size)
+    if device_kind == _C.DEVICE_CPU:
+        if kernel is not None:
+            raise ValueError(f"kernel={kernel!r} selects a GPU kernel family; device='cpu' runs "
+                             "the host reference")
+        if stream is not None:
+            raise ValueError("stream= orders GPU work; device='cpu' runs the host reference")
+    framework = _framework(q)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        # Gradients are computed, never recorded: the inputs are read as detached.
+        dout, q, k, v, out, lse, sinks = (
+            x.detach() if isinstance(x, torch.Tensor) else x
+            for x in (dout, q, k, v, out, lse, sinks))
+    extra = dict(causal=causal, softmax_scale=softmax_scale, device_kind=device_kind,
+                 device_index=device_index, kernel=kernel_code, window_left=left,
+                 window_right=right, softcap=softcap, deterministic=deterministic)
+    given = dict(dq=dq, dk=dk, dv=dv, dsinks=dsinks)
+    arrays = dict(dout=dout, q=q, k=k, v=v, out=out, lse=lse, sinks=sinks, **given)
+    with_sinks = sinks is not None
+    if (framework == "torch" and stream is None and device_kind != _C.DEVICE_CPU and
+            q.dim() == 4 and k.dim() == 4):
+        new_outputs = {"dq": (q.shape, q.dtype), "dk": (k.shape, k.dtype),
+                       "dv": (v.shape, v.dtype)}
+        if with_sinks:
+            new_outputs["dsinks"] = ((q.shape[2],), torch.float32)
+        fast = _torch_call(_C.backward, _C.backward_roles, arrays, new_outputs, extra)
+        if fast is not None:
+            grads = tuple(given[n] if given[n] is not None else fast[n]
+                          for n in ("dq", "dk", "dv", "dsinks"))
+            return grads if with_sinks else grads[:3]
+    if stream is None:
+        handle, owner = _current_stream(q, framework) if device_kind != _C.DEVICE_CPU else (0, None)
+    else:
+        handle, owner = _stream_handle(stream)
+    results = _C.backward(**arrays, stream=handle, stream_owner=owner, **extra)
+    grads = tuple(given[n] if given[n] is not None else _as_framework(r, framework)
+                  for n, r in zip(("dq", "dk", "dv", "dsinks"), results))
+    return grads if with_sinks else grads[:3]
+
+
 def _dtype_name(dtype):
     if isinstance(dtype, str):
         return dtype
@@ -452,8 +552,10 @@ def _dtype_name(dtype):
 
 
 def launch_config(*, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype, causal=False,
-                  window_size=_NO_WINDOW, softcap=0.0, sinks=False, arch=None, kernel=None):
-    """The launch attention() would make for these sizes, computed without launching.
+                  window_size=_NO_WINDOW, softcap=0.0, sinks=False, arch=None, kernel=None,
+                  backward=False, deterministic=False):
+    """The launch attention() would make for these sizes, computed without launching; with
+    backward=True, attention_backward()'s plan (deterministic as there).
 
     arch=(major, minor) computes it for a nominal GPU of that compute capability (pure host, no
     GPU needed: e.g. (8, 0) A100, (8, 9) L4, (9, 0) H100/H200); arch=None for the current GPU
@@ -464,8 +566,11 @@ def launch_config(*, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dty
     Returns a dict: kernel (name: fwd_<family>_hd<padded head_dim>_<fp16|bf16>, then _causal or
     _window for a mask, _softcap, _sinks), family, grid, block (always (384, 1, 1)), smem_bytes
     (dynamic shared memory), regs (None: known only once launched), arch, device (-1 for a
-    nominal GPU), stream, block_m, block_n, stages, head_dim_padded; launches and
-    workspace_bytes as in last_launch().
+    nominal GPU), stream, block_m, block_n, stages, head_dim_padded; launches, main_launch and
+    workspace_bytes as in last_launch(). A backward's main kernel is named
+    bwd_<family>_hd<padded head_dim>_<fp16|bf16>, then _causal or _window, _softcap, _det
+    (deterministic); its preprocess bwd_pre_<dtype> and postprocess bwd_post_<dtype> (each
+    with _sinks when sinks are given).
     """
     sizes = dict(batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, heads_q=heads_q,
                  heads_kv=heads_kv, head_dim=head_dim)
@@ -493,15 +598,17 @@ def launch_config(*, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dty
     return _C.launch_config(**sizes, dtype=_DTYPE_CODES[name], causal=_flag("causal", causal),
                             arch_major=major, arch_minor=minor, kernel=_parse_kernel(kernel),
                             window_left=left, window_right=right, softcap=softcap,
-                            sinks=_flag("sinks", sinks))
+                            sinks=_flag("sinks", sinks), backward=_flag("backward", backward),
+                            deterministic=_flag("deterministic", deterministic))
 
 
 def last_launch():
     """The main launch of the op this thread issued last, or None: kernel, family, grid, block,
     smem_bytes, regs, arch, device, stream, block_m, block_n, stages, head_dim_padded; plus
-    launches (every launch of the op's plan in order, the main one first, each a dict of the
-    same keys) and workspace_bytes (the device scratch the plan used). The forward is one
-    launch with no workspace."""
+    launches (every launch of the op's plan in the order they ran, each a dict of the same
+    keys), main_launch (the main one's index there) and workspace_bytes (the device scratch the
+    plan used). The forward is one launch with no workspace; the backward three (preprocess,
+    main, postprocess) with an fp32 workspace."""
     return _C.last_launch()
 
 

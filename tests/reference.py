@@ -162,3 +162,84 @@ SOFTCAPS = [5.0, 30.0, 50.0]
 
 def window_id(w):
     return "w%d,%d" % tuple(w)
+
+
+# ---- backward -----------------------------------------------------------------------------------
+
+def attention_grads_numpy(q, k, v, dout, causal=False, softmax_scale=None, dtype=np.float64, *,
+                          window=(-1, -1), softcap=0.0, sinks=None):
+    """The gradients of attention_numpy's out with respect to q, k, v (and sinks), given dout,
+    computed naively in `dtype` from the inputs alone: (dq, dk, dv, dsinks or None).
+
+    With P the probabilities, t = tanh(x / c) for a softcap c (x the scaled score) and
+    D = rowsum(dout * out):  dS = P (dout v^T - D) (1 - t^2),  dq = scale dS k,
+    dk = scale dS^T q and dv = P^T dout summed over the q heads of a kv head,
+    dsinks[h] = -sum over batch and rows of P_sink D. float64 gives the reference; the input
+    dtype the peer."""
+    B, Sq, Hq, D = q.shape
+    Sk, Hk = k.shape[1], k.shape[2]
+    G = Hq // Hk
+    scale = dtype(1.0 / np.sqrt(D) if softmax_scale is None else softmax_scale)
+    qd, dod = q.astype(dtype), dout.astype(dtype)
+    kd = np.repeat(k.astype(dtype), G, axis=2)
+    vd = np.repeat(v.astype(dtype), G, axis=2)
+    x = (np.einsum("bihd,bjhd->bhij", qd, kd) * scale).astype(dtype)
+    if softcap and softcap > 0:
+        t = np.tanh(x / dtype(softcap)).astype(dtype)
+        logits = (dtype(softcap) * t).astype(dtype)
+    else:
+        t, logits = None, x
+    mask = visible_mask(Sq, Sk, causal, window)
+    logits = np.where(mask, logits, dtype(-np.inf))
+    top = logits.max(axis=-1, keepdims=True) if Sk else np.full((B, Hq, Sq, 1), -np.inf, dtype)
+    if sinks is not None:
+        sink = np.asarray(sinks, np.float32).astype(dtype).reshape(1, Hq, 1, 1)
+        top = np.maximum(top, sink)
+    safe = np.where(np.isfinite(top), top, dtype(0))
+    e = np.exp(logits - safe).astype(dtype)
+    denom = e.sum(axis=-1, keepdims=True)
+    if sinks is not None:
+        e_sink = np.exp(sink - safe).astype(dtype)
+        denom = denom + e_sink
+    with np.errstate(divide="ignore", invalid="ignore"):
+        probs = np.where(denom > 0, e / np.where(denom > 0, denom, 1), dtype(0)).astype(dtype)
+    out = np.einsum("bhij,bjhd->bihd", probs, vd).astype(dtype)
+    delta = np.einsum("bihd,bihd->bhi", dod, out).astype(dtype)
+    dp = np.einsum("bihd,bjhd->bhij", dod, vd).astype(dtype)
+    ds = (probs * (dp - delta[..., None])).astype(dtype)
+    if t is not None:
+        ds = (ds * (1 - t * t)).astype(dtype)
+    dq = (np.einsum("bhij,bjhd->bihd", ds, kd) * scale).astype(dtype)
+    dk_h = (np.einsum("bhij,bihd->bjhd", ds, qd) * scale).astype(dtype)
+    dv_h = np.einsum("bhij,bihd->bjhd", probs, dod).astype(dtype)
+    dk = dk_h.reshape(B, Sk, Hk, G, D).sum(axis=3).astype(dtype)
+    dv = dv_h.reshape(B, Sk, Hk, G, D).sum(axis=3).astype(dtype)
+    dsinks = None
+    if sinks is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p_sink = np.where(denom > 0, e_sink / np.where(denom > 0, denom, 1), 0)[..., 0]
+        dsinks = -(p_sink * delta).sum(axis=(0, 2)).astype(dtype)
+    return dq, dk, dv, dsinks
+
+
+# The gradients' absolute floor. Where a gradient is exactly zero in both the reference and the
+# peer (a row that sees one key: P = 1 and dP - D = 0 exactly), the FA3 bound is 0, but a kernel
+# forms D = dout . out and dP = dout . v as separate float32 sums of head_dim unit-scale terms,
+# so dS keeps their rounding: a few 1e-6 at head_dim 256 (measured on the H200: at most 5.1e-6).
+GRAD_ATOL = 1e-5
+
+
+def check_grads(grads, ref, peer, names=("dq", "dk", "dv", "dsinks")):
+    """The FA3 rule on each gradient against the float64 reference and the low-precision peer,
+    plus GRAD_ATOL; returns {name: (error, tolerance)}."""
+    report = {}
+    for name, ours, r, pe in zip(names, grads, ref, peer):
+        if r is None:
+            continue
+        ours = np.asarray(ours, np.float64)
+        assert not np.isnan(ours).any(), f"{name} has NaN"
+        err = float(np.max(np.abs(ours - r))) if ours.size else 0.0
+        tol = tolerance(r, pe) + GRAD_ATOL
+        assert err <= tol, f"{name}: max |ours - ref| = {err:.3e} exceeds the FA3 tolerance {tol:.3e}"
+        report[name] = (err, tol)
+    return report

@@ -122,12 +122,12 @@ def test_float16_and_bfloat16_do_not_mix(qkv):
     assert k_bf16.deleter_calls == 1
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.int32, np.uint8, np.complex64, np.bool_])
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8, np.complex64, np.bool_])
 def test_unsupported_dtypes(rng, dtype):
     q = np.ones(Q_SHAPE, dtype)
     name = np.dtype(dtype).name
     rejects(TypeError, rf"unsupported dtype {name} for q: expected float16 or bfloat16 "
-                       r"\(float32 on device='cpu'\)", q, q, q, device="cpu")
+                       r"\(float32 or float64 on device='cpu'\)", q, q, q, device="cpu")
 
 
 def test_float32_runs_only_on_the_host_reference(rng):
@@ -136,6 +136,16 @@ def test_float32_runs_only_on_the_host_reference(rng):
     # have raised CudaError instead).
     rejects(TypeError, r"unsupported dtype float32 for q: expected float16 or bfloat16", q, q, q)
     assert fa.attention(q, q, q, device="cpu").dtype == np.float32
+
+
+def test_float64_runs_only_on_the_host_reference(rng):
+    q = rng.standard_normal(Q_SHAPE)
+    rejects(TypeError, r"^unsupported dtype float64 for q: expected float16 or bfloat16 "
+                       r"\(float64 runs only on device='cpu'\)$", q, q, q)
+    rejects(TypeError, r"^unsupported dtype float64 for q: expected float16 or bfloat16 "
+                       r"\(float64 runs only on device='cpu'\)$", q, q, q, device="cuda")
+    out, lse = fa.attention(q, q, q, return_lse=True, device="cpu")
+    assert out.dtype == np.float64 and lse.dtype == np.float32
 
 
 def test_big_endian_arrays_are_refused(qkv):
@@ -621,9 +631,14 @@ def test_cuda_error_is_a_runtime_error():
 
 def test_launch_config_arguments():
     base = dict(batch=1, seqlen_q=8, seqlen_k=8, heads_q=2, heads_kv=2, head_dim=64)
-    with pytest.raises(TypeError, match=r"unsupported dtype float64: expected float16 or "
+    for dtype in ("float64", "fp64", "double", np.float64):
+        with pytest.raises(TypeError, match=r"^unsupported dtype float64 for a GPU launch: "
+                                            r"expected float16 or bfloat16 \(float64 runs only "
+                                            r"on device='cpu'\)$"):
+            fa.launch_config(dtype=dtype, arch=(9, 0), **base)
+    with pytest.raises(TypeError, match=r"unsupported dtype int32: expected float16 or "
                                         r"bfloat16"):
-        fa.launch_config(dtype="float64", arch=(9, 0), **base)
+        fa.launch_config(dtype="int32", arch=(9, 0), **base)
     with pytest.raises(TypeError, match=r"float32"):
         fa.launch_config(dtype=np.float32, arch=(9, 0), **base)
     with pytest.raises(ValueError, match=r"arch must be None or \(major, minor\), got 90"):

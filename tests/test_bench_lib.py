@@ -632,3 +632,310 @@ def test_cli_report_of_a_file_that_is_not_a_benchmark_csv(tmp_path):
                              text=True, timeout=60)
         assert res.returncode == 2, (name, res.stdout, res.stderr)
         assert "Traceback" not in res.stderr and path in res.stderr
+
+
+# ---- passes: backward and forward + backward -------------------------------------------------
+
+def test_pass_flops_factors():
+    assert bl.PASSES == ("fwd", "bwd", "fwd_bwd")
+    assert bl.pass_flops_factor("fwd") == 1.0
+    assert bl.pass_flops_factor("bwd") == 2.5
+    assert bl.pass_flops_factor("fwd_bwd") == 3.5
+    with pytest.raises(ValueError):
+        bl.pass_flops_factor("backward")
+    dense = bl.Config("fa", "bf16", 1, 16, 16, 16384, 16384, 128, False)
+    assert dense.flops() == dense.flops("fwd") == 4 * 16 * 16384 ** 2 * 128
+    assert dense.flops("bwd") == 2.5 * 4 * 16 * 16384 ** 2 * 128
+    assert dense.flops("fwd_bwd") == 3.5 * 4 * 16 * 16384 ** 2 * 128
+    causal = bl.Config("fa", "bf16", 2, 8, 8, 4096, 4096, 64, True)       # causal half, as today
+    assert causal.flops("bwd") == 2.5 * 4 * 2 * 8 * 4096 ** 2 * 64 / 2
+    window = bl.Config("masks", "bf16", 1, 16, 16, 16384, 16384, 128, True, 4096, 0)
+    pairs = sum(min(i, 4096) + 1 for i in range(16384))                    # visible pairs
+    assert window.flops("bwd") == 2.5 * 4 * 16 * 128 * pairs
+    assert window.flops("fwd_bwd") == 3.5 * window.flops()
+    assert window.plain().flops("bwd") == 2.5 * window.plain().flops()
+    # 1 ms for the backward of the anchor shape: 2.5x the forward's TFLOP/s at the same time
+    assert bl.tflops(dense.flops("bwd"), 3.53882) == pytest.approx(2.5 * 621.4, abs=0.3)
+
+
+def test_result_stem_and_plot_paths_distinguish_the_pass():
+    assert bl.result_stem("NVIDIA H200", "2026-12-10") == "fa_H200_2026-12-10"
+    assert bl.result_stem("NVIDIA H200", "2026-12-10", pass_="fwd") == "fa_H200_2026-12-10"
+    assert bl.result_stem("NVIDIA H200", "2026-12-10", pass_="bwd") == "fa_H200_2026-12-10_bwd"
+    assert (bl.result_stem("NVIDIA H200", "2026-12-10", "latency", "fwd_bwd")
+            == "fa_latency_H200_2026-12-10_fwd_bwd")
+    with pytest.raises(ValueError):
+        bl.result_stem("NVIDIA H200", "2026-12-10", pass_="back")
+    stems = {bl.result_stem("NVIDIA H200", "d", pass_=p) for p in bl.PASSES}
+    assert len(stems) == 3
+    assert bl.plot_path("r/fa_H200_d", "fa") == "r/fa_H200_d_fa.png"
+    assert bl.plot_path("r/fa_H200_d_bwd", "fa", "bwd") == "r/fa_H200_d_bwd_fa.png"
+    assert bl.plot_path("r/fa_H200_d_bwd", "masks", "bwd") == "r/fa_H200_d_bwd_masks.png"
+    assert bl.plot_path("r/fa_H200_d_bwd_2", "fa", "bwd") == "r/fa_H200_d_bwd_2_fa.png"
+    assert (bl.plot_path("r/fa_H200_d_fwd_bwd", "llm", "fwd_bwd")
+            == "r/fa_H200_d_fwd_bwd_llm.png")
+    assert bl.plot_path("r/fa_H200_2026-12-10_2", "fa") == "r/fa_H200_2026-12-10_2_fa.png"
+    # a CSV holding several passes: each pass's plots get their own names, whatever its name
+    paths = {bl.plot_path("r/all", "fa", p) for p in bl.PASSES}
+    assert paths == {"r/all_fa.png", "r/all_fa_bwd.png", "r/all_fa_fwd_bwd.png"}
+    for stem in ("r/x_bwd", "r/x_fwd_bwd", "r/x_bwd_3", "r/x"):
+        assert len({bl.plot_path(stem, "fa", p) for p in bl.PASSES}) == 3
+
+
+def test_unique_path_keeps_forward_and_backward_apart(tmp_path):
+    fwd = bl.unique_path(str(tmp_path), bl.result_stem("NVIDIA H200", "d"), ".csv")
+    open(fwd, "w").close()
+    bwd = bl.unique_path(str(tmp_path), bl.result_stem("NVIDIA H200", "d", pass_="bwd"), ".csv")
+    assert bwd.endswith("fa_H200_d_bwd.csv") and bwd != fwd
+
+
+NEW_COLUMNS = ["pass", "peak_mem_mb", "launches", "workspace_bytes", "check_scope",
+               "max_abs_err_dq", "tol_dq", "max_abs_err_dk", "tol_dk", "max_abs_err_dv", "tol_dv",
+               "max_abs_err_dsinks", "tol_dsinks"]
+
+
+def _grad_rows(cfg, times, pass_="bwd", mode="throughput"):
+    rows = []
+    for impl, t in times.items():
+        if isinstance(t, str):
+            rows.append(bl.make_row(ENV, cfg, impl, mode, pass_, status=t))
+        else:
+            flops = cfg.flops(pass_)
+            rows.append(bl.make_row(ENV, cfg, impl, mode, pass_, status="ok", median_ms=t,
+                                    tflops=bl.tflops(flops, t), flops=flops,
+                                    peak_mem_mb=100.0 + t))
+    return bl.fill_speedups(rows)
+
+
+def test_csv_pass_columns_round_trip(tmp_path):
+    fields = list(bl.CSV_FIELDS)
+    assert fields[:len(REQUIRED)] == REQUIRED             # the required columns stay first
+    for col in NEW_COLUMNS:
+        assert col in fields
+    assert len(set(fields)) == len(fields)
+    cfg = bl.Config("fa", "bf16", 1, 16, 16, 16384, 16384, 128, True)
+    rows = _grad_rows(cfg, {"ours_sm80": 2.0, "sdpa_default": 3.0})
+    rows[0].update(max_abs_err=1.5e-3, tol=4e-3, max_abs_err_dq=1e-3, tol_dq=3e-3,
+                   max_abs_err_dk=1.5e-3, tol_dk=4e-3, max_abs_err_dv=5e-4, tol_dv=2e-3,
+                   kernel="bwd_sm80_hd128_bf16_causal",
+                   launches="bwd_pre_hd128+bwd_sm80_hd128_bf16_causal+bwd_post_hd128",
+                   workspace_bytes=134217728, check_scope="heads 0,8,15 of 16, all batches")
+    path = str(tmp_path / "b.csv")
+    bl.write_csv(path, rows)
+    back = bl.read_csv(path)
+    assert [r["pass"] for r in back] == ["bwd", "bwd"]
+    assert back[0]["peak_mem_mb"] == pytest.approx(102.0)
+    assert back[0]["workspace_bytes"] == 134217728
+    assert back[0]["tol_dk"] == pytest.approx(4e-3) and back[0]["max_abs_err_dv"] == 5e-4
+    assert back[0]["max_abs_err_dsinks"] is None
+    assert back[0]["launches"].split("+")[1] == "bwd_sm80_hd128_bf16_causal"
+    assert back[0]["check_scope"] == "heads 0,8,15 of 16, all batches"
+    assert back[0]["flops"] == pytest.approx(cfg.flops("bwd"))
+    assert back[0]["speedup_vs_sdpa_default"] == pytest.approx(1.5)
+    with open(path, newline="") as f:
+        header = next(csv.reader(f))
+    assert header == fields
+
+
+def test_rows_default_to_the_forward_pass(tmp_path):
+    cfg = bl.suite_configs("fa", dtypes=["bf16"], causals=[True])[0]
+    row = bl.make_row(ENV, cfg, "ours_sm90", "throughput")
+    assert row["pass"] == "fwd" and bl.row_pass(row) == "fwd"
+    with pytest.raises(ValueError):
+        bl.make_row(ENV, cfg, "ours_sm90", "throughput", "backward")
+    # a CSV written before the pass column: its rows timed the forward
+    rows = _config_rows(cfg, {"ours_sm90": 1.0, "sdpa_default": 1.5})
+    old_fields = [f for f in bl.CSV_FIELDS if f not in NEW_COLUMNS]
+    path = str(tmp_path / "old.csv")
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=old_fields, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: bl._fmt(k, r.get(k)) for k in old_fields})
+    back = bl.read_csv(path)
+    assert "pass" not in back[0] and bl.row_pass(back[0]) == "fwd"
+    assert bl.config_key(back[0]) == bl.config_key(rows[0])
+    assert bl.summary_key(back[0]) == ("throughput", "fa")
+
+
+def test_passes_are_separate_configs_and_summaries():
+    cfg = bl.Config("fa", "bf16", 1, 16, 16, 16384, 16384, 128, False)
+    rows = (_config_rows(cfg, {"ours_sm80": 1.0, "sdpa_default": 2.0})
+            + _grad_rows(cfg, {"ours_sm80": 3.0, "sdpa_default": 4.5})
+            + _grad_rows(cfg, {"ours_sm80": 4.0, "sdpa_default": 4.0}, pass_="fwd_bwd"))
+    assert len(bl.group_configs(rows)) == 3
+    assert bl.passes_in(rows) == ["fwd", "bwd", "fwd_bwd"]
+    assert bl.passes_in(list(reversed(rows))) == ["fwd", "bwd", "fwd_bwd"]
+    s = bl.summarize(rows)
+    assert set(s) == {("throughput", "fa"), ("throughput", "fa", "bwd"),
+                      ("throughput", "fa", "fwd_bwd")}
+    assert s[("throughput", "fa")]["ours_sm80"]["geomean_vs_sdpa_default"] == pytest.approx(2.0)
+    assert s[("throughput", "fa", "bwd")]["ours_sm80"]["geomean_vs_sdpa_default"] == (
+        pytest.approx(1.5))
+    assert s[("throughput", "fa", "fwd_bwd")]["ours_sm80"]["geomean_vs_sdpa_default"] == (
+        pytest.approx(1.0))
+
+
+def test_summary_of_a_backward_run():
+    cfgs = bl.suite_configs("fa", dtypes=["bf16"], causals=[False], head_dims=[128])[:2]
+    rows = []
+    for cfg in cfgs:
+        rows += _grad_rows(cfg, {"ours_sm90": "skipped: RuntimeError: the sm90 backward is not "
+                                              "built", "ours_sm80": 2.0, "sdpa_default": 3.0,
+                                 "sdpa_flash": 4.0})
+    s = bl.summarize(rows)[("throughput", "fa", "bwd")]
+    assert (s["ours_sm90"]["ok"], s["ours_sm90"]["skipped"], s["ours_sm90"]["total"]) == (0, 2, 2)
+    assert (s["ours_sm80"]["ok"], s["ours_sm80"]["skipped"]) == (2, 0)
+    text = bl.format_summary(rows)
+    assert "== suite fa, throughput, backward (TFLOP/s at 2.5x the forward's FLOPs" in text
+    assert "fa throughput bwd ours_sm80: geomean 1.50x vs sdpa_default" in text
+    assert "2.00x vs sdpa_flash" in text
+    assert "0/2 ok (2 skipped)" in text
+    assert "MB sm80" in text and "MB sdpa_default" in text and "102" in text
+    assert "skip" in text
+    # a forward table keeps its title
+    fwd = _config_rows(cfgs[0], {"ours_sm80": 1.0, "sdpa_default": 1.5})
+    assert "== suite fa, throughput (TFLOP/s; speedup = SDPA time / ours) ==" in (
+        bl.format_summary(fwd))
+    assert "MB " not in bl.format_summary(fwd)           # rows without peak memory
+
+
+def test_grad_check_heads_and_scope():
+    assert bl.grad_check_kv_heads(16, 4096, 4096) == list(range(16))
+    assert bl.grad_check_kv_heads(16, 8192, 8192) == [0, 8, 15]
+    assert bl.grad_check_kv_heads(16, 16384, 16384, all_heads=True) == list(range(16))
+    assert bl.grad_check_kv_heads(8, 16384, 16384) == [0, 4, 7]
+    assert bl.grad_check_kv_heads(1, 16384, 16384) == [0]             # always something
+    assert bl.grad_check_kv_heads(2, 16384, 16384) == [0, 1]
+    assert bl.grad_check_scope(16, 16, list(range(16))) == "all heads"
+    assert bl.grad_check_scope(16, 16, [0, 8, 15]) == "heads 0,8,15 of 16, all batches"
+    assert bl.grad_check_scope(64, 8, [0, 4, 7]) == (
+        "kv heads 0,4,7 of 8 (q heads 0-7,32-39,56-63 of 64), all batches")
+    assert bl.grad_check_scope(28, 4, [0, 2, 3]) == (
+        "kv heads 0,2-3 of 4 (q heads 0-6,14-27 of 28), all batches")
+
+
+@pytest.mark.parametrize("B, Hq, Hkv, Sq, Sk, budget, kv_heads", [
+    (2, 8, 2, 17, 19, 10 ** 6, None),        # everything in one chunk per batch
+    (2, 8, 2, 17, 19, 1, None),              # one row of one head per chunk
+    (1, 8, 2, 17, 19, 3 * 17 * 19, None),    # 3 heads: within one group of 4
+    (3, 12, 3, 9, 9, 9 * 9 * 8, None),       # two whole groups of 4
+    (1, 6, 6, 20, 20, 7 * 20, [1, 2, 4]),    # MHA, a subset, row splits
+    (2, 64, 8, 16, 16, 16 * 16 * 20, [0, 4, 7]),
+    (1, 1, 1, 5, 1000, 10, None),            # budget below one row: one row anyway
+])
+def test_grad_reference_chunks_cover_the_selected_heads(B, Hq, Hkv, Sq, Sk, budget, kv_heads):
+    G = Hq // Hkv
+    chunks = bl.grad_reference_chunks(B, Hq, Hkv, Sq, Sk, budget, kv_heads)
+    selected = list(range(Hkv)) if kv_heads is None else kv_heads
+    covered = set()
+    for (b, kv0, kv1, g0, g1, r0, r1) in chunks:
+        assert kv1 > kv0 and g1 > g0 and r1 > r0
+        assert 0 <= g0 and g1 <= G and 0 <= r0 and r1 <= Sq
+        if kv1 - kv0 > 1:
+            assert (g0, g1) == (0, G)                      # several kv heads: whole groups
+        assert all(kv in selected for kv in range(kv0, kv1))
+        assert (kv1 - kv0) * (g1 - g0) * (r1 - r0) * Sk <= max(budget, Sk)
+        for kv in range(kv0, kv1):
+            for g in range(g0, g1):
+                for r in range(r0, r1):
+                    key = (b, kv * G + g, r)
+                    assert key not in covered
+                    covered.add(key)
+    expect = {(b, kv * G + g, r) for b in range(B) for kv in selected for g in range(G)
+              for r in range(Sq)}
+    assert covered == expect
+    batches = [c[0] for c in chunks]
+    assert batches == sorted(batches)                      # a batch's chunks are consecutive
+
+
+def test_grad_reference_chunks_at_the_default_budget_hold_whole_rows():
+    # --grad-ref-chunk-elems 2^28: every suite shape's chunks hold all query rows of a head
+    for suite in ("fa", "llm", "masks"):
+        for c in bl.suite_configs(suite, dtypes=["bf16"]):
+            kv = bl.grad_check_kv_heads(c.Hkv, c.Sq, c.Sk)
+            chunks = bl.grad_reference_chunks(c.B, c.Hq, c.Hkv, c.Sq, c.Sk, 1 << 28, kv)
+            assert all((r0, r1) == (0, c.Sq) for (*_, r0, r1) in chunks), c
+
+
+def test_grad_verdict():
+    errs = {"dq": 1e-3, "dk": 3e-3, "dv": 1e-3}
+    peer = {"dq": 1e-3, "dk": 1e-3, "dv": 2e-3}
+    rounding = {"dq": 0.0, "dk": 0.0, "dv": 0.0}
+    passed, worst, per = bl.grad_verdict(errs, peer, rounding)
+    assert not passed and worst == "dk"                      # 3e-3 > 2 * 1e-3
+    assert per["dk"] == (3e-3, pytest.approx(2e-3), False)
+    assert per["dq"][2] and per["dv"][2]
+    errs["dk"] = 1.9e-3
+    passed, worst, per = bl.grad_verdict(errs, peer, rounding)
+    assert passed and worst == "dk"                          # nearest its bound: 0.95
+    errs["dsinks"], peer["dsinks"], rounding["dsinks"] = 0.0, 0.0, 0.0
+    assert bl.grad_verdict(errs, peer, rounding)[0]          # exact dsinks passes
+    passed, _, per = bl.grad_verdict(errs, peer, rounding, nonfinite=True)
+    assert not passed and not any(ok for (_, _, ok) in per.values())
+    errs["dv"] = float("nan")
+    passed, worst, _ = bl.grad_verdict(errs, peer, rounding)
+    assert not passed and worst == "dv"
+
+
+def test_plot_panels_by_pass():
+    cfgs = bl.suite_configs("fa", dtypes=["bf16"], head_dims=[128], seqlens=[1024])
+    rows = []
+    for cfg in cfgs:
+        rows += _config_rows(cfg, {"ours_sm90": 1.0, "sdpa_default": 1.2})
+        rows += _grad_rows(cfg, {"ours_sm80": 2.0, "sdpa_flash": 2.5})
+    _, impls = bl.plot_panels(rows, "fa", "bwd")
+    assert impls == ["ours_sm80", "sdpa_flash"]
+    panels, impls = bl.plot_panels(rows, "fa", "fwd")
+    assert impls == ["ours_sm90", "sdpa_default"]
+    assert panels[0][1][1024]["ours_sm90"] == pytest.approx(cfgs[0].flops() / 1e9)
+    panels, _ = bl.plot_panels(rows, "fa", "bwd")
+    assert panels[0][1][1024]["ours_sm80"] == pytest.approx(cfgs[0].flops("bwd") / 2e9)
+
+
+def test_plot_writes_backward_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    cfg = bl.suite_configs("fa", dtypes=["bf16"], head_dims=[128], seqlens=[1024])[0]
+    rows = _grad_rows(cfg, {"ours_sm80": 2.0, "sdpa_flash": 2.5})
+    path = bl.plot_suite(rows, "fa", str(tmp_path / "b.png"), "NVIDIA H200", "bwd")
+    assert path and os.path.getsize(path) > 1000
+    assert bl.plot_suite(rows, "fa", str(tmp_path / "f.png"), "NVIDIA H200", "fwd") is None
+
+
+def test_cli_dry_run_lists_the_pass():
+    base = [sys.executable, SCRIPT, "--dry-run", "--suite", "fa", "--dtype", "bf16", "--causal",
+            "0", "--head-dims", "128"]
+    fwd = subprocess.run(base, capture_output=True, text=True, timeout=60)
+    bwd = subprocess.run(base + ["--pass", "bwd"], capture_output=True, text=True, timeout=60)
+    both = subprocess.run(base + ["--pass", "fwd_bwd"], capture_output=True, text=True,
+                          timeout=60)
+    for res in (fwd, bwd, both):
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.strip().endswith("6 configs")
+    f_lines = [l for l in fwd.stdout.splitlines() if "throughput" in l]
+    b_lines = [l for l in bwd.stdout.splitlines() if "throughput" in l]
+    assert all(" fwd " in l for l in f_lines) and all(" bwd " in l for l in b_lines)
+    assert all(" fwd_bwd " in l for l in both.stdout.splitlines() if "throughput" in l)
+
+    def gflop(line):
+        return float(line.rsplit("(", 1)[1].split()[0])
+
+    for f, b in zip(f_lines, b_lines):
+        assert gflop(b) == pytest.approx(2.5 * gflop(f), rel=1e-2)
+    bad = subprocess.run(base + ["--pass", "backward"], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "--pass" in bad.stderr
+
+
+def test_cli_report_of_a_backward_csv(tmp_path):
+    cfgs = bl.suite_configs("fa", dtypes=["bf16"], causals=[True], head_dims=[64])[:2]
+    rows = []
+    for cfg in cfgs:
+        rows += _grad_rows(cfg, {"ours_sm80": 1.0, "sdpa_default": 1.25, "sdpa_flash": 2.0})
+    path = str(tmp_path / "fa_H200_d_bwd.csv")
+    bl.write_csv(path, rows)
+    res = subprocess.run([sys.executable, SCRIPT, "--report", path], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "backward" in res.stdout and "fa throughput bwd ours_sm80: geomean 1.25x" in res.stdout
+    assert "MB sm80" in res.stdout

@@ -41,7 +41,7 @@ SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_matches_float64_reference(rng, shape, causal, dtype):
@@ -49,7 +49,7 @@ def test_matches_float64_reference(rng, shape, causal, dtype):
     run_and_check(q, k, v, causal)
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_large_magnitude_inputs_stress_the_softmax(rng, dtype):
     q, k, v = make_inputs(rng, 2, 97, 131, 4, 2, 64, dtype, q_scale=5.0)
     k = (k.astype(np.float32) * 3).astype(dtype)

@@ -329,29 +329,25 @@ def test_ml_dtypes_bfloat16_host_arrays_run_on_the_gpu(rng):
 
 
 # ================================================================================================
-# 9. torch tensors that require grad: refused by name while grad mode is on
+# 9. torch tensors that require grad: recorded for autograd, never silently detached
 
 
-def test_requires_grad_is_refused_by_name_on_the_dlpack_path():
+def test_requires_grad_gives_an_output_that_carries_the_gradient():
     torch = pytest.importorskip("torch")
     q = torch.randn(1, 8, 2, 64)
     k = torch.randn(1, 8, 2, 64, requires_grad=True)
-    with pytest.raises(ValueError, match=r"^k requires grad, but flashattn_c\.attention has no "
-                                         r"backward yet"):
-        fa.attention(q, k, k.detach(), device="cpu")
-    with pytest.raises(ValueError, match=r"^q requires grad"):
-        fa.attention(q.requires_grad_(), k.detach(), k.detach(), device="cpu")
-    with torch.no_grad():  # no graph to cut: read as detached
+    out = fa.attention(q, k, k.detach(), device="cpu")
+    assert out.requires_grad and out.grad_fn is not None
+    out.sum().backward()
+    assert k.grad is not None and k.grad.shape == k.shape and bool(k.grad.abs().sum() > 0)
+    with torch.no_grad():  # no graph to record: read as detached
         out = fa.attention(q, k, k, device="cpu")
     assert isinstance(out, torch.Tensor) and not out.requires_grad
 
 
-def test_requires_grad_sinks_and_out_are_named_too():
+def test_an_out_that_requires_grad_is_refused_by_name():
     torch = pytest.importorskip("torch")
     q = torch.randn(1, 8, 2, 64)
-    sinks = torch.zeros(2, requires_grad=True)
-    with pytest.raises(ValueError, match=r"^sinks requires grad"):
-        fa.attention(q, q, q, sinks=sinks, device="cpu")
     out = torch.zeros(1, 8, 2, 64, requires_grad=True)
     with pytest.raises(ValueError, match=r"^out requires grad"):
         fa.attention(q, q, q, out=out, device="cpu")
@@ -361,14 +357,16 @@ def test_requires_grad_sinks_and_out_are_named_too():
 
 
 @gpu_only
-def test_requires_grad_is_refused_on_the_torch_fast_path():
+def test_requires_grad_on_the_gpu_gives_an_output_that_carries_the_gradient():
     torch = pytest.importorskip("torch")
     q = torch.randn(1, 64, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     k = q.detach()
-    with pytest.raises(ValueError, match=r"^q requires grad"):
-        fa.attention(q, k, k)
+    out = fa.attention(q, k, k)
+    assert out.grad_fn is not None
+    out.float().sum().backward()
+    assert q.grad is not None and bool(torch.isfinite(q.grad).all())
     with torch.no_grad():
-        assert fa.attention(q, k, k).shape == q.shape
+        assert not fa.attention(q, k, k).requires_grad
 
 
 def test_zero_dim_torch_bools_are_flags():

@@ -240,7 +240,7 @@ def test_numpy_inputs_give_numpy_outputs(rng):
     assert np.array_equal(only_out, out)
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_strided_host_inputs_equal_their_contiguous_copies(rng, dtype):
     base_q = rng.standard_normal((2, 4, 17, 32)).astype(dtype)       # SDPA layout (B, H, S, D)
     q = base_q.transpose(0, 2, 1, 3)                                  # (B, S, H, D) view

@@ -152,7 +152,7 @@ def test_cpu_gqa(rng, heads, window, causal, softcap, use_sinks):
     cpu_check(q, k, v, causal, window, softcap, sinks)
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("window, causal", [((-1, -1), False), ((-1, -1), True),
                                             ((128, 0), True), ((17, 255), False)],
                          ids=["full", "causal", "w128-causal", "w17,255"])

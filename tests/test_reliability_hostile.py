@@ -210,7 +210,7 @@ def _set_lanes(lanes):
     (_set("ndim", 1000), ValueError, r"^q must be 4-D \(batch, seqlen_q, heads_q, head_dim\), got "
                                      r"1000-D$"),
     (_set_lanes(2), TypeError, r"^unsupported dtype float16x2 for q: expected float16 or "
-                               r"bfloat16 \(float32 on device='cpu'\)$"),
+                               r"bfloat16 \(float32 or float64 on device='cpu'\)$"),
     (_set("data", None), ValueError, r"^q, k, v and out pointers must not be NULL$"),
 ], ids=["major-2", "ndim-negative", "ndim-1000", "lanes-2", "null-data"])
 def test_damaged_dlpack_tensors(damage, error, match):
@@ -454,15 +454,21 @@ def test_out_over_a_device_input_is_refused():
 # float64
 
 
-@pytest.mark.parametrize("device", [None, "cpu"], ids=["gpu-path", "host-reference"])
-def test_float64_is_a_clear_type_error(host_qkv, device):
+def test_float64_is_a_clear_type_error_on_the_gpu_path(host_qkv):
     q, k, v = host_qkv
     with pytest.raises(TypeError, match=r"^unsupported dtype float64 for q: expected float16 or "
-                                        r"bfloat16 \(float32 on device='cpu'\)$"):
-        fa.attention(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64),
-                     device=device)
+                                        r"bfloat16 \(float64 runs only on device='cpu'\)$"):
+        fa.attention(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64))
     with pytest.raises(TypeError, match=r"^unsupported dtype float64 for k: expected float16"):
-        fa.attention(q, k.astype(np.float64), v, device=device)
+        fa.attention(q, k.astype(np.float64), v)
+
+
+def test_float64_runs_on_the_host_reference_but_does_not_mix(host_qkv):
+    q, k, v = (x.astype(np.float64) for x in host_qkv)
+    assert fa.attention(q, k, v, device="cpu").dtype == np.float64
+    with pytest.raises(TypeError, match=r"^q, k and v must have the same dtype, got q float16, "
+                                        r"k float64$"):
+        fa.attention(host_qkv[0], k, v, device="cpu")
 
 
 @needs_torch_gpu
@@ -472,7 +478,7 @@ def test_float64_torch_tensors_on_the_gpu():
     q = torch.randn(*Q_SHAPE, device="cuda", dtype=torch.float64)
     k = torch.randn(*KV_SHAPE, device="cuda", dtype=torch.float64)
     with pytest.raises(TypeError, match=r"^unsupported dtype float64 for q: expected float16 or "
-                                        r"bfloat16 \(float32 on device='cpu'\)$"):
+                                        r"bfloat16 \(float64 runs only on device='cpu'\)$"):
         fa.attention(q, k, k)
 
 

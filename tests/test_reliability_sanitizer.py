@@ -110,3 +110,48 @@ def test_small_shapes(rng, family, case):
     values = got.cpu().float().numpy()
     lse_host = lse.cpu().numpy()
     check_host_result(values, lse_host, q, k, v, causal, None, dtype)
+
+
+# The backward: preprocess, main kernel and postprocess on small float16 shapes (the NumPy peer
+# works at float16), gradients into NaN-filled buffers, every workspace an exact allocation
+# under tools/sanitize.sh (FLASHATTN_C_EXACT_ALLOC=1).
+# batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, causal, window, sinks, deterministic
+BACKWARD_CASES = [
+    (2, 17, 17, 2, 2, 64, False, (-1, -1), False, False),
+    (1, 129, 129, 2, 1, 128, True, (-1, -1), False, True),    # GQA, deterministic turns
+    (1, 239, 1, 2, 2, 64, True, (-1, -1), True, False),       # rows with no key, sinks
+    (1, 1, 239, 4, 2, 256, False, (-1, -1), False, False),
+    (1, 130, 200, 6, 2, 40, False, (17, 3), True, True),      # padded head_dim, window
+    (1, 33, 0, 2, 2, 64, True, (-1, -1), False, False),       # seqlen_k 0: dq = 0
+]
+
+
+def backward_case_id(c):
+    return (f"b{c[0]}_q{c[1]}_k{c[2]}_h{c[3]}:{c[4]}_d{c[5]}{'_causal' if c[6] else ''}"
+            f"_w{c[7][0]},{c[7][1]}{'_sinks' if c[8] else ''}{'_det' if c[9] else ''}")
+
+
+@pytest.mark.parametrize("case", BACKWARD_CASES, ids=backward_case_id)
+def test_backward_small_shapes(rng, case):
+    import torch
+    from reference import attention_grads_numpy, check_grads
+
+    B, Sq, Sk, Hq, Hkv, D, causal, window, with_sinks, det = case
+    host = [exact_values(rng, s, "float16") for s in
+            ((B, Sq, Hq, D), (B, Sk, Hkv, D), (B, Sk, Hkv, D), (B, Sq, Hq, D))]
+    q, k, v, dout = (to_device(torch, a, "float16", "compact") for a in host)
+    sinks = torch.from_numpy((rng.standard_normal(Hq) * 2).astype(np.float32)).cuda() \
+        if with_sinks else None
+    kw = dict(causal=causal, window_size=window, sinks=sinks)
+    out, lse = fa.attention(q, k, v, return_lse=True, **kw)
+    nan = lambda x: torch.from_numpy(np.full(x.shape, np.nan, np.float16)).cuda()
+    grads = fa.attention_backward(dout, q, k, v, out, lse, dq=nan(q), dk=nan(k), dv=nan(v),
+                                  dsinks=torch.full((Hq,), float("nan")).cuda() if with_sinks
+                                  else None, deterministic=det, kernel="sm80", **kw)
+    grads = [g.cpu().numpy() for g in grads] + ([] if with_sinks else [None])
+    sinks_host = None if sinks is None else sinks.cpu().numpy()
+    ref_kw = dict(window=window, sinks=sinks_host)
+    ref = attention_grads_numpy(*host[:3], host[3], causal, None, np.float64, **ref_kw)
+    peer = attention_grads_numpy(*(a.astype(np.float16) for a in host[:3]),
+                                 host[3].astype(np.float16), causal, None, np.float16, **ref_kw)
+    check_grads(grads, ref, peer)

@@ -1,0 +1,198 @@
+/*
+ * attention_backward.c -- the attention backward as an op of the call engine: its arrays,
+ * their shape rules, its params builder, and the logic behind backward() and the backward's
+ * plan.
+ *
+ *   dout  (batch, seqlen_q, heads_q, head_dim)   input, the gradient of out; the op's dtype
+ *   q, k, v, out                                 inputs, as the forward took and gave them
+ *   lse   float32 (batch, heads_q, seqlen_q)     input, the forward's, compact
+ *   sinks float32 (heads_q,)                     optional input where dout lives, compact
+ *   dq, dk, dv                                   outputs shaped like q, k, v
+ *   dsinks float32 (heads_q,)                    output exactly when sinks is given
+ * The forward's scalars (causal, scale, window, softcap, kernel) mean what they meant for the
+ * forward that made out and lse; attention.c builds that part of the params.
+ *
+ * Part of the flashattn_c._C extension (built by setup.py with the other C sources in csrc/).
+ */
+#include "compat.h"
+
+#include "ops.h"
+
+static const char *const Q_DIMS = "(batch, seqlen_q, heads_q, head_dim)";
+static const char *const KV_DIMS = "(batch, seqlen_k, heads_kv, head_dim)";
+
+static const fa_role backward_roles[BWD_NUM_ROLES] = {
+    [BWD_DOUT] = {"dout", FA_ROLE_IN, 4, Q_DIMS, FA_OP_DTYPE, -1, "head_dim"},
+    [BWD_Q] = {"q", FA_ROLE_IN, 4, Q_DIMS, FA_OP_DTYPE, -1, "head_dim"},
+    [BWD_K] = {"k", FA_ROLE_IN, 4, KV_DIMS, FA_OP_DTYPE, -1, "head_dim"},
+    [BWD_V] = {"v", FA_ROLE_IN, 4, KV_DIMS, FA_OP_DTYPE, -1, "head_dim"},
+    [BWD_OUT] = {"out", FA_ROLE_IN, 4, Q_DIMS, FA_OP_DTYPE, -1, "head_dim"},
+    [BWD_LSE] = {"lse", FA_ROLE_IN | FA_ROLE_COMPACT, 3, "(batch, heads_q, seqlen_q)", FA_FLOAT32,
+                 -1, NULL},
+    [BWD_SINKS] = {"sinks", FA_ROLE_IN | FA_ROLE_OPTIONAL | FA_ROLE_COMPACT | FA_ROLE_SIDE, 1,
+                   "(heads_q,)", FA_FLOAT32, -1, NULL},
+    [BWD_DQ] = {"dq", FA_ROLE_OUT, 4, Q_DIMS, FA_OP_DTYPE, BWD_Q, "head_dim"},
+    [BWD_DK] = {"dk", FA_ROLE_OUT, 4, KV_DIMS, FA_OP_DTYPE, BWD_K, "head_dim"},
+    [BWD_DV] = {"dv", FA_ROLE_OUT, 4, KV_DIMS, FA_OP_DTYPE, BWD_V, "head_dim"},
+    [BWD_DSINKS] = {"dsinks", FA_ROLE_OUT | FA_ROLE_OPTIONAL | FA_ROLE_COMPACT | FA_ROLE_SIDE, 1,
+                    "(heads_q,)", FA_FLOAT32, BWD_SINKS, NULL},
+};
+
+static int same_shape(const fa_tensor *a, const fa_tensor *b, const char *what)
+{
+    for (int d = 0; d < a->ndim; d++) {
+        if (a->shape[d] == b->shape[d])
+            continue;
+        char as[96], bs[96];
+        fa_format_shape(a->ndim, a->shape, as, sizeof as);
+        fa_format_shape(b->ndim, b->shape, bs, sizeof bs);
+        PyErr_Format(PyExc_ValueError, "%s, got %s and %s", what, as, bs);
+        return -1;
+    }
+    return 0;
+}
+
+/* The forward's rules between q, k, v and sinks, then: dout and out have q's shape, lse is
+ * the forward's (batch, heads_q, seqlen_q). */
+static int backward_check_shapes(fa_tensor *const *views)
+{
+    fa_tensor *fwd[ATTN_NUM_ROLES] = {
+        [ATTN_Q] = views[BWD_Q], [ATTN_K] = views[BWD_K], [ATTN_V] = views[BWD_V],
+        [ATTN_SINKS] = views[BWD_SINKS]};
+    if (fa_attention_op.check_shapes(fwd) < 0 ||
+        same_shape(views[BWD_DOUT], views[BWD_Q], "dout must have q's shape") < 0 ||
+        same_shape(views[BWD_OUT], views[BWD_Q],
+                   "out must be the forward's output, of q's shape") < 0)
+        return -1;
+    const fa_tensor *q = views[BWD_Q], *lse = views[BWD_LSE];
+    const int64_t want[3] = {q->shape[0], q->shape[2], q->shape[1]};
+    if (lse->shape[0] != want[0] || lse->shape[1] != want[1] || lse->shape[2] != want[2]) {
+        char got[96], exp[96];
+        fa_format_shape(3, lse->shape, got, sizeof got);
+        fa_format_shape(3, want, exp, sizeof exp);
+        PyErr_Format(PyExc_ValueError,
+                     "lse must be the forward's, (batch, heads_q, seqlen_q) = %s, got %s", exp,
+                     got);
+        return -1;
+    }
+    return 0;
+}
+
+static void backward_output_shape(fa_tensor *const *views, int role, int64_t *shape)
+{
+    (void)views;
+    (void)role;
+    (void)shape; /* every output has a `like` role */
+}
+
+static void backward_build(fa_op_params *a, const fa_binding *b, const void *args)
+{
+    const backward_scalars *s = (const backward_scalars *)args;
+    /* The forward's params, from the forward's arrays. */
+    fa_binding fwd[ATTN_NUM_ROLES];
+    fwd[ATTN_Q] = b[BWD_Q];
+    fwd[ATTN_K] = b[BWD_K];
+    fwd[ATTN_V] = b[BWD_V];
+    fwd[ATTN_OUT] = b[BWD_OUT];
+    fwd[ATTN_LSE] = b[BWD_LSE];
+    fwd[ATTN_SINKS] = b[BWD_SINKS];
+    attention_build_params(&a->p, fwd, &s->fwd);
+
+    fa_grad_params *g = &a->g;
+    g->dout = b[BWD_DOUT].data;
+    g->dq = b[BWD_DQ].data;
+    g->dk = b[BWD_DK].data;
+    g->dv = b[BWD_DV].data;
+    g->dsinks = b[BWD_DSINKS].present ? (float *)b[BWD_DSINKS].data : NULL;
+    attention_strides(&b[BWD_DOUT], &g->do_batch_stride, &g->do_row_stride, &g->do_head_stride);
+    attention_strides(&b[BWD_DQ], &g->dq_batch_stride, &g->dq_row_stride, &g->dq_head_stride);
+    attention_strides(&b[BWD_DK], &g->dk_batch_stride, &g->dk_row_stride, &g->dk_head_stride);
+    attention_strides(&b[BWD_DV], &g->dv_batch_stride, &g->dv_row_stride, &g->dv_head_stride);
+    g->deterministic = s->deterministic;
+}
+
+/* Nothing to write: every gradient has zero elements. */
+static int backward_empty(const fa_op_params *a)
+{
+    const fa_params *p = &a->p;
+    const int64_t rows = (int64_t)p->batch * p->seqlen_q * p->heads_q;
+    const int64_t keys = (int64_t)p->batch * p->seqlen_k * p->heads_kv;
+    return rows == 0 && keys == 0 && (!p->sinks || p->heads_q == 0);
+}
+
+static fa_status backward_check(const fa_op_params *a, int gpu)
+{
+    return fa_check_grad_params(&a->p, &a->g, gpu);
+}
+
+static fa_status backward_run_gpu(const fa_op_params *a, cudaStream_t stream)
+{
+    return fa_backward(&a->p, &a->g, stream);
+}
+
+static fa_status backward_run_cpu(const fa_op_params *a) { return fa_backward_cpu(&a->p, &a->g); }
+
+const fa_op fa_attention_backward_op = {
+    .name = "attention_backward",
+    .num_roles = BWD_NUM_ROLES,
+    .roles = backward_roles,
+    .check_shapes = backward_check_shapes,
+    .output_shape = backward_output_shape,
+    .build = backward_build,
+    .empty = backward_empty,
+    .check = backward_check,
+    .run_gpu = backward_run_gpu,
+    .run_cpu = backward_run_cpu,
+};
+
+PyObject *attention_backward_impl(PyObject *module, PyObject *const *arrays, PyObject *layouts,
+                                  const backward_scalars *s, uintptr_t stream,
+                                  PyObject *stream_owner, int device_kind, int device_index)
+{
+    if (attention_check_device(device_kind, device_index) < 0 ||
+        attention_check_kernel(s->fwd.kernel) < 0 ||
+        attention_check_window(s->fwd.window_left, s->fwd.window_right) < 0)
+        return NULL;
+    fa_call call;
+    memset(&call, 0, sizeof call);
+    for (int r = 0; r < BWD_NUM_ROLES; r++)
+        call.objs[r] = arrays[r];
+    call.want[BWD_DSINKS] = arrays[BWD_SINKS] && arrays[BWD_SINKS] != Py_None;
+    call.layouts = layouts;
+    call.stream = stream;
+    call.stream_owner = stream_owner;
+    call.device_kind = device_kind;
+    call.device_index = device_index;
+    call.args = s;
+    return fa_call_run(module, &fa_attention_backward_op, &call);
+}
+
+/* The gradients of a compact problem at the placeholder, for the plan's checks. */
+static fa_status plan_backward(const fa_op_params *a, const fa_device *dev, fa_plan *plan)
+{
+    fa_op_params full = *a;
+    fa_grad_params *g = &full.g;
+    const fa_params *p = &a->p;
+    g->dout = g->dq = p->q ? (void *)fa_placeholder : NULL;
+    g->dk = g->dv = fa_placeholder;
+    g->do_batch_stride = g->dq_batch_stride = p->q_batch_stride;
+    g->do_row_stride = g->dq_row_stride = p->q_row_stride;
+    g->do_head_stride = g->dq_head_stride = p->q_head_stride;
+    g->dk_batch_stride = g->dv_batch_stride = p->k_batch_stride;
+    g->dk_row_stride = g->dv_row_stride = p->k_row_stride;
+    g->dk_head_stride = g->dv_head_stride = p->k_head_stride;
+    g->dsinks = p->sinks ? (float *)fa_placeholder : NULL;
+    full.p.lse = (float *)fa_placeholder;
+    return fa_backward_plan(&full.p, g, dev, plan);
+}
+
+int attention_backward_plan_impl(PyObject *module, const attention_sizes *z,
+                                 const backward_scalars *s, int arch_major, int arch_minor,
+                                 int device, fa_plan *plan)
+{
+    fa_grad_params g;
+    fa_grad_params_init(&g);
+    g.deterministic = s->deterministic;
+    return attention_plan_with(module, z, &s->fwd, &g, plan_backward, arch_major, arch_minor,
+                               device, plan);
+}

@@ -1,0 +1,267 @@
+"""The backward on the GPU (issue 14): attention_backward and attention() under autograd against
+a float64 torch reference on the device, with FlashAttention-3's rule on each of dq, dk, dv and
+dsinks: max|ours - ref| <= 2 max|peer - ref| + 2 max|(ref + 0.3 - 0.3) - ref|, where peer is the
+same naive attention and its autograd at the input precision, plus reference.GRAD_ATOL (the
+float32 rounding of D and dP where both are exactly zero). Gradient buffers are poisoned with
+NaN before each call. last_launch() names the three launches of the plan.
+
+Skipped with a reason where there is no CUDA GPU or no PyTorch.
+
+    python -m pytest -q tests/test_backward_gpu.py
+"""
+import pytest
+
+import flashattn_c as fa
+from conftest import GPU_DTYPES, GPU_MARKS, require_family
+from reference import GRAD_ATOL, visible_mask
+
+pytestmark = GPU_MARKS
+BACKWARD_FAMILIES = ["sm80"]  # the families with a backward kernel
+
+
+def inputs(batch, sq, sk, hq, hk, d, dtype, scale=1.0, sdpa_layout=False, sinks=False):
+    import torch
+
+    dt = {"float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+
+    def rand(s, h, x_scale=1.0):
+        if sdpa_layout:
+            return (torch.randn(batch, h, s, d, device="cuda") * x_scale).to(dt).transpose(1, 2)
+        return (torch.randn(batch, s, h, d, device="cuda") * x_scale).to(dt)
+
+    q, k, v = rand(sq, hq, scale), rand(sk, hk, scale), rand(sk, hk)
+    dout = rand(sq, hq)
+    sink = torch.randn(hq, device="cuda", dtype=torch.float32) * 2 if sinks else None
+    return q, k, v, dout, sink
+
+
+def naive_grads(q, k, v, dout, causal, window, softcap, sinks, upcast):
+    """Autograd of the naive attention: float64 (upcast, the reference) or at the input
+    precision (the peer: scores and probabilities in the input dtype, softmax in float32)."""
+    import torch
+
+    Sq, Hq, Sk, Hk = q.shape[1], q.shape[2], k.shape[1], k.shape[2]
+    leaves = [x.detach().double() if upcast else x.detach().clone() for x in (q, k, v)]
+    sink = None if sinks is None else sinks.detach().clone().double()
+    for x in leaves + ([sink] if sink is not None else []):
+        x.requires_grad_(True)
+    ql, kl, vl = leaves
+    scale = q.shape[-1] ** -0.5
+    kk = kl.repeat_interleave(Hq // Hk, dim=2)
+    vv = vl.repeat_interleave(Hq // Hk, dim=2)
+    scores = torch.einsum("bihd,bjhd->bhij", ql * scale if not upcast else ql, kk)
+    if upcast:
+        scores = scores * scale
+    if softcap > 0:
+        scores = torch.tanh(scores / softcap) * softcap
+    work = scores if upcast else scores.float()
+    visible = torch.from_numpy(visible_mask(Sq, Sk, causal, window)).to(q.device)
+    work = work.masked_fill(~visible, float("-inf"))
+    if sink is not None:
+        col = sink.to(work.dtype)[None, :, None, None].expand(*work.shape[:-1], 1)
+        lse = torch.logsumexp(torch.cat([work, col], dim=-1), dim=-1)
+    else:
+        lse = torch.logsumexp(work, dim=-1)
+    safe = torch.where(torch.isneginf(lse), torch.zeros_like(lse), lse)
+    probs = torch.exp(work - safe[..., None])
+    if not upcast:
+        probs = probs.to(v.dtype)
+    out = torch.einsum("bhij,bjhd->bihd", probs, vv)
+    wrt = leaves + ([sink] if sink is not None else [])
+    grads = torch.autograd.grad(out, wrt, dout.to(out.dtype))
+    return list(grads) + ([None] if sink is None else [])
+
+
+def check(grads, ref, peer, label):
+    import torch
+
+    for name, ours, r, pe in zip(("dq", "dk", "dv", "dsinks"), grads, ref, peer):
+        if r is None:
+            continue
+        assert not torch.isnan(ours).any(), f"{name} has NaN ({label})"
+        r = r.double()
+        r32 = r.float()
+        noise = ((r32 + 0.3 - 0.3) - r32).abs().max().item() if r.numel() else 0.0
+        tol = 2 * (pe.double() - r).abs().max().item() + 2 * noise + GRAD_ATOL if r.numel() else 0.0
+        err = (ours.double() - r).abs().max().item() if r.numel() else 0.0
+        assert err <= tol, f"{name}: max |ours - ref| {err:.3e} > tolerance {tol:.3e} ({label})"
+
+
+def run_backward(family, q, k, v, dout, sinks, causal=False, window=(-1, -1), softcap=0.0,
+                 deterministic=False):
+    """Forward, then the backward into NaN-poisoned buffers; checks the launch record."""
+    import torch
+
+    kw = dict(causal=causal, window_size=window, softcap=softcap, sinks=sinks)
+    out, lse = fa.attention(q, k, v, return_lse=True, **kw)
+    poison = [torch.full(x.shape, float("nan"), dtype=x.dtype, device="cuda") for x in (q, k, v)]
+    dsinks = torch.full(sinks.shape, float("nan"), device="cuda") if sinks is not None else None
+    grads = fa.attention_backward(dout, q, k, v, out, lse, dq=poison[0], dk=poison[1],
+                                  dv=poison[2], dsinks=dsinks, deterministic=deterministic,
+                                  kernel=family, **kw)
+    torch.cuda.synchronize()
+    assert all(g is p for g, p in zip(grads, poison + [dsinks]))
+    launch = fa.last_launch()
+    names = [l["kernel"] for l in launch["launches"]]
+    assert len(names) == 3 and names[0].startswith("bwd_pre_") and names[2].startswith("bwd_post_")
+    assert launch["kernel"] == names[1] and names[1].startswith(f"bwd_{family}_hd")
+    assert all(l["block"] == (384, 1, 1) and l["regs"] > 0 for l in launch["launches"])
+    assert launch["workspace_bytes"] > 0
+    return list(grads) + ([None] if sinks is None else [])
+
+
+def gpu_case(family, batch, sq, sk, hq, hk, d, dtype, causal=False, window=(-1, -1),
+             softcap=0.0, sinks=False, scale=1.0, sdpa_layout=False):
+    require_family(family)
+    q, k, v, dout, sink = inputs(batch, sq, sk, hq, hk, d, dtype, scale, sdpa_layout, sinks)
+    grads = run_backward(family, q, k, v, dout, sink, causal, window, softcap)
+    ref = naive_grads(q, k, v, dout, causal, window, softcap, sink, upcast=True)
+    peer = naive_grads(q, k, v, dout, causal, window, softcap, sink, upcast=False)
+    check(grads, ref, peer, fa.last_launch()["kernel"])
+
+
+@pytest.mark.parametrize("family", BACKWARD_FAMILIES)
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("head_dim", [64, 128, 256, 72])
+@pytest.mark.parametrize("seqlen", [1, 17, 113, 239, 1023])
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_backward_head_dims_and_seqlens(family, dtype, head_dim, seqlen, causal):
+    gpu_case(family, 2, seqlen, seqlen, 2, 2, head_dim, dtype, causal)
+
+
+@pytest.mark.parametrize("family", BACKWARD_FAMILIES)
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_backward_long(family, dtype, head_dim, causal):
+    gpu_case(family, 1, 4224, 4224, 2, 1, head_dim, dtype, causal)
+
+
+@pytest.mark.parametrize("family", BACKWARD_FAMILIES)
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("pair", [(113, 203), (1, 239), (239, 1), (1024, 1023)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_backward_seqlen_q_differs(family, dtype, pair, causal):
+    gpu_case(family, 1, pair[0], pair[1], 4, 2, 64, dtype, causal)
+
+
+@pytest.mark.parametrize("family", BACKWARD_FAMILIES)
+@pytest.mark.parametrize("heads", [(6, 2), (8, 1)])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_backward_gqa(family, heads, head_dim, causal):
+    gpu_case(family, 2, 300, 333, heads[0], heads[1], head_dim, "bfloat16", causal)
+
+
+@pytest.mark.parametrize("family", BACKWARD_FAMILIES)
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("window,causal", [((0, 0), False), ((17, 1), False), ((128, -1), False),
+                                           ((-1, 33), False), ((255, 0), True), ((1, 0), True)])
+def test_gpu_backward_window(family, head_dim, window, causal):
+    gpu_case(family, 1, 700, 900, 2, 1, head_dim, "bfloat16", causal, window)
+
+
+@pytest.mark.parametrize("family", BACKWARD_FAMILIES)
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("softcap", [5.0, 30.0, 50.0])
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_backward_softcap(family, head_dim, softcap, causal):
+    gpu_case(family, 1, 400, 400, 2, 2, head_dim, "float16", causal, softcap=softcap,
+             scale=5.0 ** 0.5)
+
+
+@pytest.mark.parametrize("family", BACKWARD_FAMILIES)
+@pytest.mark.parametrize("window,causal", [((-1, -1), False), ((-1, -1), True), ((64, 0), True)])
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+def test_gpu_backward_sinks(family, window, causal, dtype):
+    # Sq > Sk with causal: the leading rows see only the sink.
+    gpu_case(family, 2, 300, 200, 4, 2, 64, dtype, causal, window, sinks=True)
+
+
+@pytest.mark.parametrize("family", BACKWARD_FAMILIES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_backward_sdpa_layout_on_a_side_stream(family, causal):
+    import torch
+
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        gpu_case(family, 2, 257, 257, 4, 2, 128, "bfloat16", causal, sdpa_layout=True)
+    side.synchronize()
+
+
+@pytest.mark.parametrize("family", BACKWARD_FAMILIES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_gpu_backward_deterministic_is_bitwise_reproducible(family, causal, head_dim):
+    import torch
+
+    require_family(family)
+    q, k, v, dout, _ = inputs(2, 1000, 1000, 4, 2, head_dim, "bfloat16")
+    first = None
+    for _ in range(10):
+        grads = run_backward(family, q, k, v, dout, None, causal, deterministic=True)[:3]
+        assert fa.last_launch()["kernel"].endswith("_det")
+        if first is None:
+            first = [g.clone() for g in grads]
+            ref = naive_grads(q, k, v, dout, causal, (-1, -1), 0.0, None, upcast=True)
+            peer = naive_grads(q, k, v, dout, causal, (-1, -1), 0.0, None, upcast=False)
+            check(grads + [None], ref, peer, "deterministic")
+        else:
+            assert all(torch.equal(a, b) for a, b in zip(first, grads)), "runs differ bitwise"
+
+
+def test_gpu_autograd_trains_and_matches_attention_backward(monkeypatch, capfd):
+    import torch
+
+    q, k, v, dout, sink = inputs(2, 300, 300, 4, 2, 128, "bfloat16", sinks=True)
+    leaves = [x.detach().clone().requires_grad_(True) for x in (q, k, v, sink)]
+    monkeypatch.setenv("FLASHATTN_C_LOG_LAUNCH", "1")
+    out = fa.attention(*leaves[:3], causal=True, sinks=leaves[3])
+    out.backward(dout)
+    torch.cuda.synchronize()
+    # Autograd runs the backward on its own thread: last_launch() (per thread) does not see it
+    # here, the launch log does.
+    logged = [l.split()[1] for l in capfd.readouterr().err.splitlines()
+              if l.startswith("[flashattn_c] bwd_")]
+    assert logged == ["bwd_pre_bf16_sinks", "bwd_sm80_hd128_bf16_causal", "bwd_post_bf16_sinks"]
+    monkeypatch.delenv("FLASHATTN_C_LOG_LAUNCH")
+    out2, lse = fa.attention(q, k, v, causal=True, sinks=sink, return_lse=True)
+    direct = fa.attention_backward(dout, q, k, v, out2, lse, causal=True, sinks=sink,
+                                   deterministic=True)
+    leaves2 = [x.detach().clone().requires_grad_(True) for x in (q, k, v, sink)]
+    out3 = fa.attention(*leaves2[:3], causal=True, sinks=leaves2[3], deterministic=True)
+    out3.backward(dout)
+    for a, b in zip(direct, [x.grad for x in leaves2]):
+        assert torch.equal(a, b), "autograd's backward is attention_backward's"
+    for a, b in zip(leaves, leaves2):
+        assert (a.grad.double() - b.grad.double()).abs().max().item() < 5e-2
+
+
+def test_gpu_torch_compile_fullgraph():
+    import torch
+
+    q, k, v, dout, _ = inputs(1, 256, 256, 4, 4, 64, "bfloat16")
+    leaves = [x.detach().clone().requires_grad_(True) for x in (q, k, v)]
+
+    def block(q, k, v):
+        return fa.attention(q, k, v, causal=True) * 2.0
+
+    compiled = torch.compile(block, fullgraph=True)
+    compiled(*leaves).backward(dout)
+    eager = [x.detach().clone().requires_grad_(True) for x in (q, k, v)]
+    block(*eager).backward(dout)
+    for a, b in zip(leaves, eager):
+        assert (a.grad.double() - b.grad.double()).abs().max().item() < 5e-2
+
+
+def test_gpu_backward_sm90_family_refuses():
+    import torch
+
+    q, k, v, dout, _ = inputs(1, 64, 64, 2, 2, 64, "bfloat16")
+    out, lse = fa.attention(q, k, v, return_lse=True)
+    with pytest.raises(RuntimeError, match="sm90 has no backward"):
+        fa.attention_backward(dout, q, k, v, out, lse, kernel="sm90")
+    leaves = [x.detach().clone().requires_grad_(True) for x in (q, k, v)]
+    with pytest.raises(ValueError, match="sm90"):
+        fa.attention(*leaves, kernel="sm90")
+    assert torch.isfinite(out).all()
