@@ -14,6 +14,13 @@ FlexAttention (a sliding-window block mask, a tanh score_mod, sinks folded in fr
 and against our own kernel at the same shape without them ("plain": dense causal for a causal
 window), not against SDPA, which has none of the three.
 
+A run times one pass (bench_attention.py --pass): the forward (fwd, the default), the backward
+alone (bwd) or both together (fwd_bwd). The backward counts 2.5 times the forward's FLOPs (five
+matrix products of the forward's size against two), fwd_bwd 3.5 times; its correctness rule is
+the forward's, applied to each of dq, dk, dv (and dsinks) against a float64 reference. Rows carry
+the pass in a `pass` column, result files and plots a _bwd / _fwd_bwd suffix, and the summary a
+table per pass.
+
     python -m pytest tests/test_bench_lib.py        # the CPU tests
     python benches/bench_attention.py --dry-run     # list the configs this module defines
 
@@ -38,6 +45,13 @@ BASELINES = tuple("sdpa_" + b for b in SDPA_BACKENDS)
 FLEX = "flex"                              # FlexAttention (torch.compile'd), mask configs only
 MASK_BASELINES = (FLEX, "plain")           # --baselines words for the mask configs
 SPEEDUP_BASELINES = BASELINES + (FLEX,)    # speedup_vs_<X> columns: same work, time ratio
+
+PASSES = ("fwd", "bwd", "fwd_bwd")
+# The backward recomputes S = Q K^T and adds dP = dO V^T, dV = P^T dO, dQ = dS K, dK = dS^T Q:
+# five matrix products of the forward's size against the forward's two.
+PASS_FLOP_FACTORS = {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5}
+PASS_TITLES = {"fwd": "forward", "bwd": "backward", "fwd_bwd": "forward + backward"}
+GRAD_NAMES = ("dq", "dk", "dv", "dsinks")
 
 
 def plain_impl_name(family):
@@ -73,16 +87,25 @@ CSV_FIELDS = (
     # (attention_flops: visible (q, k) pairs for a window), and the mask baselines
     "window_left", "window_right", "softcap", "sinks", "flops", "speedup_vs_flex",
     "tflops_ratio_vs_plain",
+    # passes: which one the row times, the extra device memory of one call, the op's whole plan
+    # of launches ("+"-joined kernel names) and workspace, which heads the gradient check covered,
+    # and each gradient's error and tolerance (max_abs_err / tol: the gradient nearest its bound)
+    "pass", "peak_mem_mb", "launches", "workspace_bytes", "check_scope",
+    "max_abs_err_dq", "tol_dq", "max_abs_err_dk", "tol_dk", "max_abs_err_dv", "tol_dv",
+    "max_abs_err_dsinks", "tol_dsinks",
 )
 ENV_FIELDS = ("gpu", "sm_count", "driver", "cuda", "torch", "cudnn", "git_commit", "date")
 INT_FIELDS = ("sm_count", "B", "Hq", "Hkv", "Sq", "Sk", "D", "causal", "smem_bytes",
-              "repeats", "calls_per_rep", "regs", "stages", "window_left", "window_right", "sinks")
+              "repeats", "calls_per_rep", "regs", "stages", "window_left", "window_right", "sinks",
+              "workspace_bytes")
 FLOAT_FIELDS = ("median_ms", "ci95_lo_ms", "ci95_hi_ms", "tflops",
                 "speedup_vs_sdpa_default", "speedup_vs_sdpa_flash", "speedup_vs_sdpa_cudnn",
                 "speedup_vs_sdpa_efficient", "max_abs_err", "tol", "ci95_coverage", "softcap",
-                "flops", "speedup_vs_flex", "tflops_ratio_vs_plain")
+                "flops", "speedup_vs_flex", "tflops_ratio_vs_plain", "peak_mem_mb",
+                "max_abs_err_dq", "tol_dq", "max_abs_err_dk", "tol_dk", "max_abs_err_dv", "tol_dv",
+                "max_abs_err_dsinks", "tol_dsinks")
 CONFIG_KEY_FIELDS = ("mode", "suite", "dtype", "B", "Hq", "Hkv", "Sq", "Sk", "D", "causal",
-                     "window_left", "window_right", "softcap", "sinks")
+                     "window_left", "window_right", "softcap", "sinks", "pass")
 
 STATUS_OK = "ok"
 STATUS_FAILED_CORRECTNESS = "failed-correctness"
@@ -156,9 +179,11 @@ class Config:
         return dataclasses.replace(self, window_left=-1, window_right=-1, softcap=0.0,
                                    sinks=False)
 
-    def flops(self):
+    def flops(self, pass_="fwd"):
+        """The FLOPs one pass counts: the forward's (attention_flops) times the pass's factor."""
         return attention_flops(self.B, self.Hq, self.Sq, self.Sk, self.D, self.causal,
-                               self.window if self.has_window() else None)
+                               self.window if self.has_window() else None) * pass_flops_factor(
+                                   pass_)
 
     def label(self):
         mask = "causal" if self.causal else "full"
@@ -277,6 +302,13 @@ def attention_flops(B, Hq, Sq, Sk, D, causal, window=None):
     return flops / 2 if causal else float(flops)
 
 
+def pass_flops_factor(pass_):
+    """The pass's FLOPs in units of the forward's: 1, 2.5 (bwd) or 3.5 (fwd_bwd)."""
+    if pass_ not in PASS_FLOP_FACTORS:
+        raise ValueError("unknown pass %r, expected one of %s" % (pass_, ", ".join(PASSES)))
+    return PASS_FLOP_FACTORS[pass_]
+
+
 def tflops(flops, ms):
     if ms is None or not ms > 0:
         return None
@@ -393,6 +425,100 @@ def reference_chunks(B, Hq, Sq, Sk, budget_elems):
     return chunks
 
 
+# The backward's float64 reference costs several float64 copies of a chunk's score matrix and
+# float64 matrix products over every (q head, query, key): from this sequence length up it checks
+# a few kv heads (grad_check_kv_heads) unless asked for all.
+GRAD_CHECK_SUBSET_FROM = 8192
+
+
+def grad_check_kv_heads(Hkv, Sq, Sk, all_heads=False):
+    """The kv heads whose gradients the backward's check covers, each with all the q heads of
+    its group and every batch: all of them below GRAD_CHECK_SUBSET_FROM, else the first, the
+    middle and the last (both ends of the head indexing and one inside)."""
+    if all_heads or max(Sq, Sk) < GRAD_CHECK_SUBSET_FROM:
+        return list(range(Hkv))
+    return sorted({0, Hkv // 2, Hkv - 1})
+
+
+def _ranges(values):
+    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8'."""
+    out, values = [], sorted(values)
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
+            j += 1
+        out.append(str(values[i]) if i == j else "%d-%d" % (values[i], values[j]))
+        i = j + 1
+    return ",".join(out)
+
+
+def grad_check_scope(Hq, Hkv, kv_heads):
+    """The check_scope note of a backward row: which heads its max_abs_err covers."""
+    if sorted(kv_heads) == list(range(Hkv)):
+        return "all heads"
+    G = Hq // Hkv
+    q_heads = [h for kv in kv_heads for h in range(kv * G, (kv + 1) * G)]
+    if G == 1:
+        return "heads %s of %d, all batches" % (_ranges(q_heads), Hq)
+    return "kv heads %s of %d (q heads %s of %d), all batches" % (
+        _ranges(kv_heads), Hkv, _ranges(q_heads), Hq)
+
+
+def grad_reference_chunks(B, Hq, Hkv, Sq, Sk, budget_elems, kv_heads=None):
+    """Chunks (b, kv0, kv1, g0, g1, r0, r1) of the backward reference: batch b, kv heads
+    kv0..kv1-1 and, of each one's group of G = Hq // Hkv q heads, members g0..g1-1, query rows
+    r0..r1-1. A chunk spans several kv heads only with whole groups (g0, g1 = 0, G), so a kv
+    head's gradient is a sum over its chunks; its score elements (kv1-kv0) (g1-g0) (r1-r0) Sk
+    stay within budget_elems (at least one row of one head). Only kv_heads (default all) are
+    covered; a chunk never spans a kv head outside them."""
+    G = Hq // Hkv
+    selected = sorted(set(range(Hkv) if kv_heads is None else kv_heads))
+    rows = max(1, min(Sq, budget_elems // max(1, Sk)))
+    heads = max(1, budget_elems // max(1, rows * Sk))       # q heads per chunk
+    runs = []                                                # consecutive selected kv heads
+    for kv in selected:
+        if runs and runs[-1][1] == kv:
+            runs[-1][1] = kv + 1
+        else:
+            runs.append([kv, kv + 1])
+    chunks = []
+    for b in range(B):
+        for lo, hi in runs:
+            if heads >= G:
+                per = heads // G
+                spans = [(kv, min(hi, kv + per), 0, G) for kv in range(lo, hi, per)]
+            else:
+                spans = [(kv, kv + 1, g, min(G, g + heads)) for kv in range(lo, hi)
+                         for g in range(0, G, heads)]
+            for (kv0, kv1, g0, g1) in spans:
+                for r0 in range(0, Sq, rows):
+                    chunks.append((b, kv0, kv1, g0, g1, r0, min(Sq, r0 + rows)))
+    return chunks
+
+
+def grad_verdict(errs, peer_errs, rounding_errs, nonfinite=False):
+    """The correctness rule for each gradient: errs, peer_errs, rounding_errs map a gradient's
+    name (dq, dk, dv, dsinks) to max|ours - ref|, max|peer - ref|, max|(ref + 0.3 - 0.3) - ref|.
+    NaN anywhere (nonfinite) fails every gradient.
+
+    Returns (passed, worst, per_grad): passed when every gradient passes; worst the gradient
+    with the largest err / tol (a failing one first); per_grad {name: (err, tol, passed)}."""
+    per_grad = {}
+    for name in errs:
+        ok, tol = correctness_verdict(errs[name], peer_errs[name], rounding_errs[name], nonfinite)
+        per_grad[name] = (errs[name], tol, ok)
+
+    def badness(name):
+        err, tol, ok = per_grad[name]
+        ratio = err / tol if tol > 0 else (0.0 if err == 0 else math.inf)
+        return (not ok, ratio if not math.isnan(ratio) else math.inf)
+
+    worst = max(per_grad, key=badness) if per_grad else None
+    passed = bool(per_grad) and all(ok for (_, _, ok) in per_grad.values())
+    return passed, worst, per_grad
+
+
 # --------------------------------------------------------------------------------------------
 # Timing plan
 # --------------------------------------------------------------------------------------------
@@ -493,10 +619,23 @@ def gpu_short_name(name):
     return short or "GPU"
 
 
-def result_stem(gpu_name, date_str, mode_tag=""):
-    """File name stem carrying GPU and date: fa_H100_2026-11-21 (fa_latency_... etc.)."""
+def result_stem(gpu_name, date_str, mode_tag="", pass_="fwd"):
+    """File name stem carrying GPU, date and pass: fa_H100_2026-11-21 for the forward
+    (fa_latency_... etc.), fa_H100_2026-11-21_bwd / _fwd_bwd for the others, so a backward run
+    never takes a forward run's name."""
+    pass_flops_factor(pass_)
     tag = ("_" + mode_tag) if mode_tag else ""
-    return "fa%s_%s_%s" % (tag, gpu_short_name(gpu_name), date_str)
+    suffix = "" if pass_ == "fwd" else "_" + pass_
+    return "fa%s_%s_%s%s" % (tag, gpu_short_name(gpu_name), date_str, suffix)
+
+
+def plot_path(stem_path, name, pass_="fwd"):
+    """STEM_<name>.png for a plot of one suite (or "masks") and pass. The pass a stem names
+    (result_stem's _bwd / _fwd_bwd tag, unique_path's _N after it; none: fwd) adds nothing;
+    any other pass adds _<pass>, so each pass of a CSV gets its own plots whatever its name."""
+    tag = re.search(r"_(fwd_bwd|bwd)(_\d+)?$", os.path.basename(stem_path))
+    suffix = "" if pass_ == (tag.group(1) if tag else "fwd") else "_" + pass_
+    return "%s_%s%s.png" % (stem_path, name, suffix)
 
 
 def unique_path(directory, stem, ext):
@@ -519,8 +658,10 @@ def _fmt(field, value):
             return "nan"
         if field == "tflops":
             return "%.2f" % value
-        if field in ("max_abs_err", "tol"):
+        if field.startswith(("max_abs_err", "tol")):
             return "%.3e" % value
+        if field == "peak_mem_mb":
+            return "%.1f" % value
         if field == "ci95_coverage":
             return "%.4f" % value
         return "%.6g" % value
@@ -575,14 +716,17 @@ def read_csv(path):
         return [{k: _parse(k, v) for k, v in row.items()} for row in reader]
 
 
-def make_row(env, cfg, impl, mode, **fields):
-    """One CSV row: the run's environment, the config, the impl, and measured fields."""
+def make_row(env, cfg, impl, mode, pass_="fwd", **fields):
+    """One CSV row: the run's environment, the config, the impl, the pass, and measured
+    fields."""
+    pass_flops_factor(pass_)
     row = {f: None for f in CSV_FIELDS}
     row.update({f: env.get(f) for f in ENV_FIELDS})
     row.update(suite=cfg.suite, dtype=cfg.dtype, B=cfg.B, Hq=cfg.Hq, Hkv=cfg.Hkv, Sq=cfg.Sq,
                Sk=cfg.Sk, D=cfg.D, causal=int(cfg.causal), impl=impl, mode=mode,
                window_left=cfg.window_left, window_right=cfg.window_right,
                softcap=float(cfg.softcap), sinks=int(bool(cfg.sinks)))
+    row["pass"] = pass_
     for key, value in fields.items():
         if key not in row:
             raise KeyError("not a CSV field: %s" % key)
@@ -590,8 +734,25 @@ def make_row(env, cfg, impl, mode, **fields):
     return row
 
 
+def row_pass(row):
+    """The pass a row timed; rows of CSVs older than the pass column timed the forward."""
+    return row.get("pass") or "fwd"
+
+
+def passes_in(rows):
+    """The passes rows hold, in PASSES order."""
+    present = {row_pass(r) for r in rows}
+    return [p for p in PASSES if p in present] + sorted(present - set(PASSES))
+
+
 def config_key(row):
-    return tuple(row.get(f) for f in CONFIG_KEY_FIELDS)
+    return tuple(row_pass(row) if f == "pass" else row.get(f) for f in CONFIG_KEY_FIELDS)
+
+
+def summary_key(row):
+    """(mode, suite) for a forward row, as before the passes, else (mode, suite, pass)."""
+    pass_ = row_pass(row)
+    return (row["mode"], row["suite"]) if pass_ == "fwd" else (row["mode"], row["suite"], pass_)
 
 
 def _or(value, default):
@@ -649,27 +810,30 @@ def group_configs(rows):
 
 
 def summarize(rows, baseline="sdpa_default"):
-    """Per (mode, suite) and per our impl: geometric-mean speedup vs SDPA default and vs SDPA
-    flash, the worst config (lowest speedup vs `baseline`) and ok/total counts.
+    """Per (mode, suite) (plus the pass, for passes other than fwd: summary_key) and per our
+    impl: geometric-mean speedup vs SDPA default and vs SDPA flash, the worst config (lowest
+    speedup vs `baseline`) and ok/skipped/total counts.
 
-    Returns {(mode, suite): {impl: {"geomean_vs_sdpa_default", "geomean_vs_sdpa_flash",
-    "n_vs_sdpa_default", "n_vs_sdpa_flash", "worst_label", "worst_speedup", "ok", "total"}}},
-    plus "geomean_vs_flex" / "n_vs_flex" (time ratio) and "geomean_vs_plain" / "n_vs_plain"
-    (TFLOP/s ratio) where the suite's configs have those baselines (the mask configs)."""
+    Returns {(mode, suite[, pass]): {impl: {"geomean_vs_sdpa_default", "geomean_vs_sdpa_flash",
+    "n_vs_sdpa_default", "n_vs_sdpa_flash", "worst_label", "worst_speedup", "ok", "skipped",
+    "total"}}}, plus "geomean_vs_flex" / "n_vs_flex" (time ratio) and "geomean_vs_plain" /
+    "n_vs_plain" (TFLOP/s ratio) where the suite's configs have those baselines (the mask
+    configs)."""
     out = {}
     for key, impls in group_configs(rows).items():
-        mode, suite = key[0], key[1]
-        per_suite = out.setdefault((mode, suite), {})
+        per_suite = out.setdefault(summary_key(next(iter(impls.values()))), {})
         for impl, row in impls.items():
             if not is_ours(impl):
                 continue
             s = per_suite.setdefault(impl, {"vs_sdpa_default": [], "vs_sdpa_flash": [],
                                             "vs_flex": [], "vs_plain": [],
                                             "worst_label": None, "worst_speedup": None,
-                                            "ok": 0, "total": 0})
+                                            "ok": 0, "skipped": 0, "total": 0})
             s["total"] += 1
             if row.get("status") == STATUS_OK:
                 s["ok"] += 1
+            elif (row.get("status") or "").startswith("skipped"):
+                s["skipped"] += 1
             for base in ("sdpa_default", "sdpa_flash", FLEX):
                 v = row.get("speedup_vs_" + base)
                 if v is not None:
@@ -713,31 +877,44 @@ def _x(v):
     return "%.2fx" % v if v is not None else "-"
 
 
+def _mem(row):
+    value = None if row is None else row.get("peak_mem_mb")
+    return "%.0f" % value if value is not None else "-"
+
+
 def format_summary(rows):
-    """The printed report: per (mode, suite) a table, then one line per our impl with the
-    geometric-mean speedups and the worst config."""
+    """The printed report: per (mode, suite) and pass a table (TFLOP/s or latency per impl, our
+    speedups, and each impl's peak memory where the rows have it), then one line per our impl
+    with the geometric-mean speedups and the worst config."""
     lines = []
     groups = group_configs(rows)
     summary = summarize(rows)
     impl_order = ([our_impl_name(f) for f in OUR_CHOICES] + list(BASELINES) + [FLEX]
                   + [plain_impl_name(f) for f in OUR_CHOICES])
-    seen = []
-    for key in groups:
-        if (key[0], key[1]) not in seen:
-            seen.append((key[0], key[1]))
-    for mode, suite in seen:
-        keys = [k for k in groups if k[0] == mode and k[1] == suite]
+    seen, skey_of = [], {}
+    for key, impls in groups.items():
+        skey_of[key] = summary_key(next(iter(impls.values())))
+        if skey_of[key] not in seen:
+            seen.append(skey_of[key])
+    for skey in seen:
+        mode, suite = skey[0], skey[1]
+        pass_ = skey[2] if len(skey) > 2 else "fwd"
+        keys = [k for k in groups if skey_of[k] == skey]
         present = [i for i in impl_order if any(i in groups[k] for k in keys)]
         present += sorted({i for k in keys for i in groups[k]} - set(present))
         ours = [i for i in present if is_ours(i)]
         unit = "us per call, Python wall clock" if mode == "latency" else "TFLOP/s"
+        if pass_ != "fwd" and mode != "latency":
+            unit += " at %gx the forward's FLOPs" % pass_flops_factor(pass_)
+        what = "%s, %s" % (suite, mode)
+        if pass_ != "fwd":
+            what += ", " + PASS_TITLES.get(pass_, pass_)
         lines.append("")
         if any(i == FLEX or is_plain(i) for i in present):
-            lines.append("== suite %s, %s (%s, visible pairs for a window; speedup = baseline "
-                         "time / ours; /plain = our TFLOP/s / plain's) ==" % (suite, mode, unit))
+            lines.append("== suite %s (%s, visible pairs for a window; speedup = baseline "
+                         "time / ours; /plain = our TFLOP/s / plain's) ==" % (what, unit))
         else:
-            lines.append("== suite %s, %s (%s; speedup = SDPA time / ours) ==" % (suite, mode,
-                                                                               unit))
+            lines.append("== suite %s (%s; speedup = SDPA time / ours) ==" % (what, unit))
         # SDPA columns where the suite has SDPA rows; FlexAttention and plain where it has those.
         ratio_cols = []
         if any(i in BASELINES for i in present) or not any(
@@ -748,9 +925,12 @@ def format_summary(rows):
             ratio_cols.append(("flex", "speedup_vs_flex"))
         if any(is_plain(i) for i in present):
             ratio_cols.append(("plain", "tflops_ratio_vs_plain"))
+        mem_impls = [i for i in present if any((groups[k].get(i) or {}).get("peak_mem_mb")
+                                               is not None for k in keys)]
         header = ["config"] + present
         for o in ours:
             header += ["%s/%s" % (o[5:], name) for name, _ in ratio_cols]
+        header += ["MB %s" % (i[5:] if is_ours(i) else i) for i in mem_impls]
         body = []
         for k in keys:
             impls = groups[k]
@@ -759,10 +939,15 @@ def format_summary(rows):
             for o in ours:
                 r = impls.get(o) or {}
                 line += [_x(r.get(field)) for _, field in ratio_cols]
+            line += [_mem(impls.get(i)) for i in mem_impls]
             body.append(line)
         lines += _table(header, body)
+        if mem_impls:
+            lines.append("(MB: peak device memory of one call above what was allocated before "
+                         "it)")
+        prefix = "%s %s" % (suite, mode) + ("" if pass_ == "fwd" else " " + pass_)
         for o in ours:
-            s = summary.get((mode, suite), {}).get(o)
+            s = summary.get(skey, {}).get(o)
             if s is None:
                 continue
             worst = ("worst %s (%s vs sdpa_default)" % (s["worst_label"], _x(s["worst_speedup"]))
@@ -774,11 +959,12 @@ def format_summary(rows):
             if s.get("n_vs_plain"):
                 extra += "; TFLOP/s geomean %s of plain (%d configs)" % (
                     _x(s["geomean_vs_plain"]), s["n_vs_plain"])
-            lines.append("%s %s %s: geomean %s vs sdpa_default (%d configs), %s vs sdpa_flash "
-                         "(%d configs); %d/%d ok; %s%s"
-                         % (suite, mode, o, _x(s["geomean_vs_sdpa_default"]),
+            skipped = " (%d skipped)" % s["skipped"] if s.get("skipped") else ""
+            lines.append("%s %s: geomean %s vs sdpa_default (%d configs), %s vs sdpa_flash "
+                         "(%d configs); %d/%d ok%s; %s%s"
+                         % (prefix, o, _x(s["geomean_vs_sdpa_default"]),
                             s["n_vs_sdpa_default"], _x(s["geomean_vs_sdpa_flash"]),
-                            s["n_vs_sdpa_flash"], s["ok"], s["total"], worst, extra))
+                            s["n_vs_sdpa_flash"], s["ok"], s["total"], skipped, worst, extra))
     return "\n".join(lines)
 
 
@@ -786,10 +972,10 @@ def format_summary(rows):
 # Progress
 # --------------------------------------------------------------------------------------------
 
-def config_cost(cfg, n_impls):
+def config_cost(cfg, n_impls, pass_="fwd"):
     """Relative wall-time weight of a config for the ETA: work plus a fixed per-config part
     (correctness, warm-up, launch-bound repetitions of tiny shapes)."""
-    return n_impls * (cfg.flops() + 2e10)
+    return n_impls * (cfg.flops(pass_) + 2e10)
 
 
 class Progress:
@@ -830,13 +1016,14 @@ IMPL_COLORS = {
 }
 
 
-def plot_panels(rows, suite):
-    """Throughput rows of one suite grouped for plotting.
+def plot_panels(rows, suite, pass_=None):
+    """Throughput rows of one suite (and of one pass, when pass_ is given) grouped for plotting.
 
     Returns (panels, impls): panels is an ordered list of (title, {seqlen: {impl: tflops}}),
     one panel per head_dim (fa) or head ratio (llm) x causal, and x dtype when both appear."""
     sel = [r for r in rows if r.get("suite") == suite and r.get("mode", "throughput") ==
-           "throughput" and r.get("status") == STATUS_OK and r.get("tflops") is not None]
+           "throughput" and r.get("status") == STATUS_OK and r.get("tflops") is not None
+           and (pass_ is None or row_pass(r) == pass_)]
     dtypes = sorted({r["dtype"] for r in sel})
     impl_order = [our_impl_name(f) for f in OUR_CHOICES] + list(BASELINES)
     impls = [i for i in impl_order if any(r["impl"] == i for r in sel)]
@@ -862,16 +1049,16 @@ def _seq_label(s):
     return "%dk" % (s // 1024) if s >= 1024 and s % 1024 == 0 else str(s)
 
 
-def plot_suite(rows, suite, path, gpu_name=""):
-    """Write one PNG for a suite. Returns the path, or None when matplotlib is missing or
-    there is nothing to plot."""
+def plot_suite(rows, suite, path, gpu_name="", pass_="fwd"):
+    """Write one PNG for a suite's rows of one pass. Returns the path, or None when matplotlib
+    is missing or there is nothing to plot."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    panels, impls = plot_panels(rows, suite)
+    panels, impls = plot_panels(rows, suite, pass_)
     if not panels:
         return None
     ncols = min(3, len(panels))
@@ -903,7 +1090,8 @@ def plot_suite(rows, suite, path, gpu_name=""):
         axes[idx // ncols][idx % ncols].axis("off")
     handles, labels = axes[0][0].get_legend_handles_labels()
     top_in = 4.2 * nrows + 0.9                    # figure height in inches
-    fig.suptitle("Attention forward, suite %s%s" % (suite, (", " + gpu_name) if gpu_name else ""),
+    fig.suptitle("Attention %s, suite %s%s" % (PASS_TITLES.get(pass_, pass_), suite,
+                                                (", " + gpu_name) if gpu_name else ""),
                  y=1 - 0.12 / top_in, va="top", fontsize=11)
     fig.legend(handles, labels, loc="upper center", ncol=len(impls), fontsize=9,
                bbox_to_anchor=(0.5, 1 - 0.42 / top_in))
@@ -913,10 +1101,10 @@ def plot_suite(rows, suite, path, gpu_name=""):
     return path
 
 
-def plot_masks(rows, path, gpu_name=""):
-    """One PNG for the mask configs (window, softcap, sinks) of a run, any suite: TFLOP/s per
-    config (visible pairs for windows), bars for ours, FlexAttention and plain; one panel per
-    dtype. Returns the path, or None when matplotlib is missing or nothing is to plot."""
+def plot_masks(rows, path, gpu_name="", pass_="fwd"):
+    """One PNG for the mask configs (window, softcap, sinks) of a run's pass, any suite: TFLOP/s
+    per config (visible pairs for windows), bars for ours, FlexAttention and plain; one panel
+    per dtype. Returns the path, or None when matplotlib is missing or nothing is to plot."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -925,7 +1113,7 @@ def plot_masks(rows, path, gpu_name=""):
         return None
     sel = [r for r in rows if r.get("mode", "throughput") == "throughput"
            and r.get("status") == STATUS_OK and r.get("tflops") is not None
-           and row_config(r).has_extras()]
+           and row_config(r).has_extras() and row_pass(r) == pass_]
     if not sel:
         return None
     dtypes = sorted({r["dtype"] for r in sel})
@@ -962,8 +1150,9 @@ def plot_masks(rows, path, gpu_name=""):
         top = max((v for d in data.values() for v in d.values()), default=1.0)
         ax.set_ylim(0, top * 1.18)
         ax.legend(fontsize=8, ncol=len(impls))
-    fig.suptitle("Attention forward, window / softcap / sinks%s"
-                 % ((", " + gpu_name) if gpu_name else ""), fontsize=11)
+    fig.suptitle("Attention %s, window / softcap / sinks%s"
+                 % (PASS_TITLES.get(pass_, pass_), (", " + gpu_name) if gpu_name else ""),
+                 fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
