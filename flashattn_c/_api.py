@@ -482,7 +482,9 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=False, softmax_scale=N
         deterministic: a bool. False (the default): dq is summed with fp32 atomics, in the order
             the key blocks finish, so its last bits may differ between runs. True: every
             (query block, head) sums its key blocks in a fixed order, bitwise reproducible,
-            at the cost of key blocks waiting for their turn.
+            at the cost of key blocks waiting for their turn: measured on an H200 (head_dim
+            128, bf16, 16k tokens, commit 0af33a7), 0.79x the default's speed without a mask
+            and 0.50x causal.
         dq, dk, dv, dsinks: arrays to write the gradients into (like q, k, v, sinks), returned
             as given; nothing is written to them when the call raises.
         kernel: None or "auto" (the sm80 family's backward, the only one built so far; it runs
