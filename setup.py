@@ -208,8 +208,9 @@ class CudaBuildExt(build_ext):
 
 def extension():
     c_sources = [os.path.join(CSRC, f) for f in
-                 ("module.c", "call_module.c", "attention.c", "attention_backward.c", "tensor.c",
-                  "device_array.c", "device_buffer.c", "launch.c", "backward.c", "cpu_reference.c",
+                 ("module.c", "call_module.c", "attention.c", "attention_backward.c",
+                  "attention_varlen.c", "attention_kvcache.c", "tensor.c", "device_array.c",
+                  "device_buffer.c", "launch.c", "backward.c", "kvcache.c", "cpu_reference.c",
                   "cpu_backward.c")]
     return Extension("flashattn_c._C", sources=c_sources + [s for s, _, _ in kernel_sources()])
 

@@ -35,7 +35,8 @@ void fa_grad_params_init(fa_grad_params *g)
 /* The first sized layout of fa_grad_params is the whole of today's struct. */
 #define FA_GRAD_PARAMS_MIN_SIZE sizeof(fa_grad_params)
 
-static fa_status resolve_grad(const fa_grad_params *in, fa_grad_params *out)
+fa_status fa_grad_params_resolve(const fa_params *p, const fa_grad_params *in,
+                                 fa_grad_params *out)
 {
     if (!in)
         return fa_fail(FA_ERR_INVALID_ARGUMENT, "grad params must not be NULL");
@@ -46,6 +47,11 @@ static fa_status resolve_grad(const fa_grad_params *in, fa_grad_params *out)
                        in->struct_size, (size_t)FA_GRAD_PARAMS_MIN_SIZE, sizeof *in);
     fa_grad_params_init(out);
     memcpy(out, in, in->struct_size);
+    /* Packed rows are addressed from the entry's first row alone (common/seqlen.h). */
+    if (p->cu_seqlens_q)
+        out->do_batch_stride = out->dq_batch_stride = 0;
+    if (p->cu_seqlens_k)
+        out->dk_batch_stride = out->dv_batch_stride = 0;
     return FA_OK;
 }
 
@@ -86,17 +92,24 @@ static fa_status check_grad(const fa_params *p, const fa_grad_params *g, int gpu
         return fa_fail(FA_ERR_INVALID_ARGUMENT,
                        p->sinks ? "sinks were given: dsinks (heads_q float32) must be too"
                                 : "dsinks was given without sinks");
+    if (p->seqused_k || p->kv_batch_idx || p->block_table)
+        return fa_fail(FA_ERR_UNSUPPORTED,
+                       "the backward takes uniform or packed (cu_seqlens) batches; seqused_k, "
+                       "kv_batch_idx and block_table (KV caches) are forward-only");
     if (!gpu)
         return FA_OK;
     fa_status s;
-    if (rows && ((s = check_layout("dout", g->dout, p->batch, g->do_batch_stride, p->seqlen_q,
+    const int q_batches = p->cu_seqlens_q ? 1 : p->batch, k_batches = p->cu_seqlens_k ? 1 : p->batch;
+    const int q_rows = p->cu_seqlens_q ? p->total_q : p->seqlen_q;
+    const int k_rows = p->cu_seqlens_k ? p->total_k : p->seqlen_k;
+    if (rows && ((s = check_layout("dout", g->dout, q_batches, g->do_batch_stride, q_rows,
                                    g->do_row_stride, p->heads_q, g->do_head_stride)) != FA_OK ||
-                 (s = check_layout("dq", g->dq, p->batch, g->dq_batch_stride, p->seqlen_q,
+                 (s = check_layout("dq", g->dq, q_batches, g->dq_batch_stride, q_rows,
                                    g->dq_row_stride, p->heads_q, g->dq_head_stride)) != FA_OK))
         return s;
-    if (keys && ((s = check_layout("dk", g->dk, p->batch, g->dk_batch_stride, p->seqlen_k,
+    if (keys && ((s = check_layout("dk", g->dk, k_batches, g->dk_batch_stride, k_rows,
                                    g->dk_row_stride, p->heads_kv, g->dk_head_stride)) != FA_OK ||
-                 (s = check_layout("dv", g->dv, p->batch, g->dv_batch_stride, p->seqlen_k,
+                 (s = check_layout("dv", g->dv, k_batches, g->dv_batch_stride, k_rows,
                                    g->dv_row_stride, p->heads_kv, g->dv_head_stride)) != FA_OK))
         return s;
     if (g->dsinks && ((uintptr_t)g->dsinks) % 4 != 0)
@@ -109,7 +122,8 @@ static fa_status resolve_and_check(const fa_params *pc, const fa_grad_params *gc
                                    fa_params *p, fa_grad_params *g)
 {
     fa_status s = fa_params_resolve(pc, p);
-    if (s != FA_OK || (s = resolve_grad(gc, g)) != FA_OK || (s = fa_check_params(p, gpu)) != FA_OK)
+    if (s != FA_OK || (s = fa_grad_params_resolve(p, gc, g)) != FA_OK ||
+        (s = fa_check_params(p, gpu)) != FA_OK)
         return s;
     return check_grad(p, g, gpu);
 }
@@ -323,28 +337,13 @@ fa_status fa_backward(const fa_params *pc, const fa_grad_params *gc, cudaStream_
 #ifdef FA_WITH_SM80
     if ((s = prepare_all(&p, &g, &bp, device, &dev, stream)) != FA_OK)
         return s;
-    const size_t need = bp.plan.workspace_bytes;
-    if (p.workspace && p.workspace_bytes < need)
-        return fa_fail(FA_ERR_INVALID_ARGUMENT,
-                       "workspace holds %zu bytes; this backward's plan needs %zu "
-                       "(fa_backward_plan)", p.workspace_bytes, need);
-    if (p.workspace && ((uintptr_t)p.workspace) % 256 != 0)
-        return fa_fail(FA_ERR_INVALID_ARGUMENT, "workspace must be 256-byte aligned");
-    /* Stream-ordered: the allocation and its release sit on `stream` between the launches,
-     * so no host synchronisation is needed and a CUDA graph can capture them (an exact
-     * cudaMalloc instead under FLASHATTN_C_EXACT_ALLOC, for memory checkers). */
-    void *base = p.workspace;
-    const int exact = fa_exact_alloc_requested();
-    if (!base)
-        FA_CUDA_TRY(fa_device_buffer_alloc(&base, need, stream, exact));
+    fa_workspace w;
+    if ((s = fa_workspace_acquire(&p, bp.plan.workspace_bytes, "fa_backward_plan", stream, &w)) != FA_OK)
+        return s;
     fa_bwd_workspace ws;
-    carve_workspace(&p, &g, bp.tile.block_m, (char *)base, &ws);
+    carve_workspace(&p, &g, bp.tile.block_m, (char *)w.base, &ws);
     s = issue(&p, &g, &bp, &ws, stream);
-    if (!p.workspace) {
-        cudaError_t err = fa_device_buffer_free(base, stream, exact);
-        if (s == FA_OK && err != cudaSuccess)
-            return fa_fail_cuda(err, "fa_device_buffer_free", __FILE__, __LINE__);
-    }
+    s = fa_workspace_release(&w, stream, s);
     if (s != FA_OK)
         return s;
     fa_plan_record(&bp.plan, &p);

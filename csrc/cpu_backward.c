@@ -27,6 +27,7 @@
 #include "common/seqlen.h"
 #include "fa_internal.h"
 #include "host_elem.h"
+#include "kernels/kernels.h"
 
 #define FA_CPU_BWD_BLOCK_M 64
 #define FA_CPU_BWD_BLOCK_N 64
@@ -39,22 +40,25 @@ static double dot64(const double *a, const double *b, int n)
     return s;
 }
 
-/* Rows of one (batch, head) of a strided 4-D array, as float64 (rows x D): float64 elements
- * exactly, the others widened. */
+/* Rows [row0, row0 + rows) of one (batch, head) of a strided array, as float64 (rows x D):
+ * float64 elements exactly, the others widened. row0 is the entry's first packed row (seqlen.h;
+ * 0 when not packed, sb 0 when packed). */
 static void load_rows(const void *base, fa_dtype dt, int64_t sb, int64_t sr, int64_t sh, int b,
-                      int h, int rows, int D, double *dst)
+                      int64_t row0, int h, int rows, int D, double *dst)
 {
     for (int i = 0; i < rows; i++)
         for (int d = 0; d < D; d++)
-            dst[(size_t)i * D + d] = fa_host_load64(base, b * sb + i * sr + h * sh + d, dt);
+            dst[(size_t)i * D + d] =
+                fa_host_load64(base, b * sb + (row0 + i) * sr + h * sh + d, dt);
 }
 
-static void store_rows(void *base, fa_dtype dt, int64_t sb, int64_t sr, int64_t sh, int b, int h,
-                       int rows, int D, const double *src)
+static void store_rows(void *base, fa_dtype dt, int64_t sb, int64_t sr, int64_t sh, int b,
+                       int64_t row0, int h, int rows, int D, const double *src)
 {
     for (int i = 0; i < rows; i++)
         for (int d = 0; d < D; d++)
-            fa_host_store64(base, b * sb + i * sr + h * sh + d, dt, src[(size_t)i * D + d]);
+            fa_host_store64(base, b * sb + (row0 + i) * sr + h * sh + d, dt,
+                            src[(size_t)i * D + d]);
 }
 
 typedef struct {
@@ -114,19 +118,21 @@ static void key_block(const fa_params *p, const bwd_scratch *w, const fa_mask *m
 
 /* One q head h of batch entry b: its rows' dq, its terms of dk, dv and dsinks[h]. */
 static fa_status q_head(const fa_params *p, const fa_grad_params *g, const bwd_scratch *w,
-                        const fa_mask *m, int b, int h)
+                        const fa_mask *m, const fa_seq_layout *L, const fa_seqlen *e, int b,
+                        int h)
 {
     const int D = p->head_dim, len_q = m->len_q;
-    load_rows(p->q, p->dtype, p->q_batch_stride, p->q_row_stride, p->q_head_stride, b, h, len_q,
-              D, w->q);
-    load_rows(g->dout, p->dtype, g->do_batch_stride, g->do_row_stride, g->do_head_stride, b, h,
-              len_q, D, w->dout);
-    load_rows(p->out, p->dtype, p->o_batch_stride, p->o_row_stride, p->o_head_stride, b, h,
+    const int64_t r0 = e->q_row0;
+    load_rows(p->q, p->dtype, p->q_batch_stride, p->q_row_stride, p->q_head_stride, b, r0, h,
+              len_q, D, w->q);
+    load_rows(g->dout, p->dtype, g->do_batch_stride, g->do_row_stride, g->do_head_stride, b, r0,
+              h, len_q, D, w->dout);
+    load_rows(p->out, p->dtype, p->o_batch_stride, p->o_row_stride, p->o_head_stride, b, r0, h,
               len_q, D, w->out);
     const double sink = fa_sink(p->sinks, h);
     for (int i = 0; i < len_q; i++) {
         w->delta[i] = dot64(w->dout + (size_t)i * D, w->out + (size_t)i * D, D);
-        w->lse[i] = p->lse[((int64_t)b * p->heads_q + h) * p->seqlen_q + i];
+        w->lse[i] = p->lse[fa_lse_index(L, e, b, p->heads_q, h, i)];
         if (p->sinks)
             w->dsinks[h] -= exp(sink - w->lse[i]) * w->delta[i];
     }
@@ -136,7 +142,7 @@ static fa_status q_head(const fa_params *p, const fa_grad_params *g, const bwd_s
             return fa_fail(FA_ERR_INTERRUPTED, "host reference: interrupted");
         key_block(p, w, m, j0, fa_imin(m->len_k, j0 + FA_CPU_BWD_BLOCK_N));
     }
-    store_rows(g->dq, p->dtype, g->dq_batch_stride, g->dq_row_stride, g->dq_head_stride, b, h,
+    store_rows(g->dq, p->dtype, g->dq_batch_stride, g->dq_row_stride, g->dq_head_stride, b, r0, h,
                len_q, D, w->dq);
     return FA_OK;
 }
@@ -148,8 +154,8 @@ fa_status fa_backward_cpu(const fa_params *pc, const fa_grad_params *gc)
     fa_status s = fa_params_resolve(pc, &p);
     if (s != FA_OK || (s = fa_check_grad_params(pc, gc, 0)) != FA_OK)
         return s;
-    fa_grad_params_init(&g);
-    memcpy(&g, gc, gc->struct_size < sizeof g ? gc->struct_size : sizeof g);
+    if ((s = fa_grad_params_resolve(&p, gc, &g)) != FA_OK)
+        return s;
     if (p.heads_q == 0)
         return FA_OK;
 
@@ -174,25 +180,26 @@ fa_status fa_backward_cpu(const fa_params *pc, const fa_grad_params *gc)
                     "(%d query rows, %d keys, head_dim %d)", p.seqlen_q, p.seqlen_k, D);
         goto done;
     }
+    const fa_seq_layout layout = fa_seq_layout_of(&p);
     for (int b = 0; b < p.batch; b++) {
-        const fa_seqlen len = fa_seqlen_of(b, p.seqlen_q, p.seqlen_k, p.cu_seqlens_q,
-                                           p.cu_seqlens_k);
+        const fa_seqlen len = fa_seqlen_at(&layout, b);
+        const int64_t k0 = len.k_row0;
         const fa_mask m = fa_mask_make(len.len_q, len.len_k, p.window_left, p.window_right,
                                        p.causal);
         for (int hk = 0; hk < p.heads_kv; hk++) {
-            load_rows(p.k, p.dtype, p.k_batch_stride, p.k_row_stride, p.k_head_stride, b, hk,
+            load_rows(p.k, p.dtype, p.k_batch_stride, p.k_row_stride, p.k_head_stride, b, k0, hk,
                       len.len_k, D, w.k);
-            load_rows(p.v, p.dtype, p.v_batch_stride, p.v_row_stride, p.v_head_stride, b, hk,
+            load_rows(p.v, p.dtype, p.v_batch_stride, p.v_row_stride, p.v_head_stride, b, k0, hk,
                       len.len_k, D, w.v);
             memset(w.dk, 0, sizeof(double) * k_elems);
             memset(w.dv, 0, sizeof(double) * k_elems);
             for (int h = hk * group; h < (hk + 1) * group; h++)
-                if ((s = q_head(&p, &g, &w, &m, b, h)) != FA_OK)
+                if ((s = q_head(&p, &g, &w, &m, &layout, &len, b, h)) != FA_OK)
                     goto done;
-            store_rows(g.dk, p.dtype, g.dk_batch_stride, g.dk_row_stride, g.dk_head_stride, b, hk,
-                       len.len_k, D, w.dk);
-            store_rows(g.dv, p.dtype, g.dv_batch_stride, g.dv_row_stride, g.dv_head_stride, b, hk,
-                       len.len_k, D, w.dv);
+            store_rows(g.dk, p.dtype, g.dk_batch_stride, g.dk_row_stride, g.dk_head_stride, b, k0,
+                       hk, len.len_k, D, w.dk);
+            store_rows(g.dv, p.dtype, g.dv_batch_stride, g.dv_row_stride, g.dv_head_stride, b, k0,
+                       hk, len.len_k, D, w.dv);
         }
     }
     if (g.dsinks)

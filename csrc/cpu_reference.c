@@ -1,7 +1,8 @@
 /*
  * cpu_reference.c -- the host reference of fa_forward: same semantics, plain C.
  *
- *   q, out: (batch, seqlen_q, heads_q, head_dim); k, v: (batch, seqlen_k, heads_kv, head_dim);
+ *   q, out: (batch, seqlen_q, heads_q, head_dim); k, v: (batch, seqlen_k, heads_kv, head_dim),
+ *   or any sequence layout of common/seqlen.h (packed, used lengths, cache entries, pages);
  *   float16 / bfloat16 / float32 storage with float32 arithmetic, or float64 storage with float64
  *   arithmetic (the same row code over a double scalar type); lse float32 (batch, heads_q,
  *   seqlen_q).
@@ -30,6 +31,7 @@
 #include "common/seqlen.h"
 #include "fa_internal.h"
 #include "host_elem.h"
+#include "kernels/kernels.h"
 
 #define FA_CPU_BLOCK_M 64 /* rows per group: one interrupt poll and one block range each */
 #define FA_CPU_BLOCK_N 64 /* keys per online-softmax step */
@@ -261,9 +263,9 @@ static void scratch_free(cpu_scratch *w)
                                                                                                    \
     static void forward_row_##SFX(const fa_params *p, const cpu_scratch *w, const fa_mask *m,      \
                                   const fa_block_range *r, const row_rules *k, float sink,         \
-                                  int len_k, int b, int h, int i)                                  \
+                                  const fa_seq_layout *L, const fa_seqlen *e, int b, int h, int i) \
     {                                                                                              \
-        const int D = p->head_dim;                                                                 \
+        const int D = p->head_dim, len_k = e->len_k;                                               \
         const fa_key_span span = fa_mask_row(m, i);                                                \
         const T *qrow = w->qrow, *kf = w->kf, *vf = w->vf;                                         \
         T *acc = w->acc, *block_acc = w->block_acc, *tv = w->t;                                    \
@@ -314,25 +316,32 @@ static void scratch_free(cpu_scratch *w)
         T inv;                                                                                     \
         float lse;                                                                                 \
         finalize_##SFX(row_max, row_sum, sink, k, &inv, &lse);                                     \
-        const int64_t o = b * p->o_batch_stride + i * p->o_row_stride + h * p->o_head_stride;      \
+        const int64_t o = fa_q_row_offset(e, b, i, p->o_batch_stride, p->o_row_stride) +           \
+                          h * p->o_head_stride;                                                    \
         for (int d = 0; d < D; d++)                                                                \
             STORE(p->out, o + d, p->dtype, acc[d] * inv); /* empty row: 0 * 0 */                   \
         if (p->lse)                                                                                \
-            p->lse[((int64_t)b * p->heads_q + h) * p->seqlen_q + i] = lse;                         \
+            p->lse[fa_lse_index(L, e, b, p->heads_q, h, i)] = lse;                                 \
     }                                                                                              \
                                                                                                    \
     static fa_status forward_kv_head_##SFX(const fa_params *p, const cpu_scratch *w,               \
-                                           const fa_mask *m, const row_rules *k, int b, int hk)    \
+                                           const fa_mask *m, const row_rules *k,                   \
+                                           const fa_seq_layout *L, const fa_seqlen *e, int b,      \
+                                           int hk)                                                 \
     {                                                                                              \
         const int D = p->head_dim, group = p->heads_q / p->heads_kv;                               \
         T *kf = w->kf, *vf = w->vf, *qrow = w->qrow;                                               \
         for (int j = 0; j < m->len_k; j++)                                                         \
             for (int d = 0; d < D; d++) {                                                          \
                 kf[(size_t)j * D + d] = LOAD(                                                      \
-                    p->k, b * p->k_batch_stride + j * p->k_row_stride + hk * p->k_head_stride + d, \
+                    p->k,                                                                          \
+                    fa_k_row_offset(L, e, b, j, p->k_batch_stride, p->k_row_stride) +              \
+                        hk * p->k_head_stride + d,                                                 \
                     p->dtype);                                                                     \
                 vf[(size_t)j * D + d] = LOAD(                                                      \
-                    p->v, b * p->v_batch_stride + j * p->v_row_stride + hk * p->v_head_stride + d, \
+                    p->v,                                                                          \
+                    fa_k_row_offset(L, e, b, j, p->v_batch_stride, p->v_row_stride) +              \
+                        hk * p->v_head_stride + d,                                                 \
                     p->dtype);                                                                     \
             }                                                                                      \
         for (int h = hk * group; h < (hk + 1) * group; h++) {                                      \
@@ -345,10 +354,11 @@ static void scratch_free(cpu_scratch *w)
                 for (int i = i0; i < i1; i++) {                                                    \
                     for (int d = 0; d < D; d++)                                                    \
                         qrow[d] = LOAD(p->q,                                                       \
-                                       b * p->q_batch_stride + i * p->q_row_stride +               \
+                                       fa_q_row_offset(e, b, i, p->q_batch_stride,                 \
+                                                       p->q_row_stride) +                          \
                                            h * p->q_head_stride + d,                               \
                                        p->dtype);                                                  \
-                    forward_row_##SFX(p, w, m, &r, k, sink, m->len_k, b, h, i);                    \
+                    forward_row_##SFX(p, w, m, &r, k, sink, L, e, b, h, i);                        \
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
@@ -393,9 +403,9 @@ fa_status fa_forward_cpu(const fa_params *caller)
         goto done;
     }
 
+    const fa_seq_layout layout = fa_seq_layout_of(p);
     for (int b = 0; b < p->batch; b++) {
-        const fa_seqlen len = fa_seqlen_of(b, p->seqlen_q, p->seqlen_k, p->cu_seqlens_q,
-                                           p->cu_seqlens_k);
+        const fa_seqlen len = fa_seqlen_at(&layout, b);
         const fa_mask m = fa_mask_make(len.len_q, len.len_k, p->window_left, p->window_right,
                                        p->causal);
         for (int hk = 0; hk < p->heads_kv; hk++) {
@@ -403,8 +413,8 @@ fa_status fa_forward_cpu(const fa_params *caller)
                 s = fa_fail(FA_ERR_INTERRUPTED, "host reference: interrupted");
                 goto done;
             }
-            s = wide ? forward_kv_head_f64(p, &w, &m, &k, b, hk)
-                     : forward_kv_head_f32(p, &w, &m, &k, b, hk);
+            s = wide ? forward_kv_head_f64(p, &w, &m, &k, &layout, &len, b, hk)
+                     : forward_kv_head_f32(p, &w, &m, &k, &layout, &len, b, hk);
             if (s != FA_OK)
                 goto done;
         }

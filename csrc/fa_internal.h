@@ -29,6 +29,11 @@ fa_status fa_fail_cuda(cudaError_t err, const char *what, const char *file, int 
  * every later field its default (fa_params_init). Every public entry point starts here. */
 fa_status fa_params_resolve(const fa_params *in, fa_params *out);
 
+/* The same for the backward's gradients, given the resolved forward params (packed rows
+ * zero the batch strides, as fa_params_resolve does for p). */
+fa_status fa_grad_params_resolve(const fa_params *p, const fa_grad_params *in,
+                                 fa_grad_params *out);
+
 /* True when the params describe no work (an empty output, nothing to launch). */
 static inline int fa_params_empty(const fa_params *p)
 {

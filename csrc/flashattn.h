@@ -81,9 +81,8 @@ typedef struct {
     int64_t v_batch_stride, v_row_stride, v_head_stride;
     int64_t o_batch_stride, o_row_stride, o_head_stride;
     int batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim;
-    /* Variable-length batches (cumulative offsets, batch + 1 entries). Reserved: must be
-     * NULL today; kernels take per-batch lengths from fa_seqlen_q()/fa_seqlen_k()-style
-     * helpers so that they need no change when these are filled in. */
+    /* Packed (variable-length) batches: batch + 1 int32 offsets, where q lives; NULL: not
+     * packed. See total_q below and common/seqlen.h. */
     const int32_t *cu_seqlens_q, *cu_seqlens_k;
     fa_dtype dtype;
     float softmax_scale;                 /* finite, >= 0; 1/sqrt(head_dim) is the usual value */
@@ -101,6 +100,23 @@ typedef struct {
      * call with FA_ERR_INTERRUPTED. NULL: never interrupted. */
     int (*interrupt)(void *ctx);
     void *interrupt_ctx;
+    /* Sequence layout beyond uniform batches (common/seqlen.h holds the rule). The int32
+     * arrays live where q lives and are read, never written, by the kernels; what a kernel
+     * cannot check (offsets, lengths and page indices in device memory) must be in range.
+     * Packed: with cu_seqlens_q, q and out are (total_q, heads_q, head_dim), entry b owning
+     * rows [cu_seqlens_q[b], cu_seqlens_q[b+1]); seqlen_q is the longest entry (an upper
+     * bound), batch strides are ignored and lse is (heads_q, total_q). cu_seqlens_k likewise
+     * for k and v (total_k rows). */
+    int total_q, total_k;
+    const int32_t *seqused_k;    /* NULL, or (batch,): entry b uses its first seqused_k[b] keys */
+    const int32_t *kv_batch_idx; /* NULL, or (batch,): entry b reads k/v entry kv_batch_idx[b] */
+    int kv_batches;              /* k/v's first extent when kv_batch_idx or block_table is set */
+    /* Paged k/v: (kv_batches pages, page_size, heads_kv, head_dim), their batch stride the
+     * page stride; key j of entry b is row j % page_size of page block_table[b * stride +
+     * j / page_size]; seqlen_k <= pages per entry * page_size. NULL: not paged. */
+    const int32_t *block_table;
+    int64_t block_table_stride;
+    int page_size;
 } fa_params;
 
 /* Zeroes *p and sets struct_size and the defaults (no window, no softcap, no sinks). */
@@ -205,6 +221,36 @@ int fa_last_plan(fa_plan *out);
 const char *fa_last_error(void);
 cudaError_t fa_last_cuda_error(void);
 const char *fa_status_name(fa_status s);
+
+/* Attention over a KV cache (FlashAttention's flash_attn_with_kvcache). In p, k and v are the
+ * caches: dense (kv_batches or batch, seqlen_k, heads_kv, head_dim) with seqlen_k its capacity,
+ * or paged through p->block_table; p->seqused_k must be NULL (the op derives it). Entry b first
+ * writes its seqlen_new new keys and values into rows cache_seqlens[b] .. + seqlen_new - 1 of
+ * its cache (in place), then attends over its first cache_seqlens[b] + seqlen_new keys. q is
+ * (batch, seqlen_q, heads_q, head_dim); causal and windows align bottom-right per entry. */
+typedef struct {
+    size_t struct_size;
+    const void *k_new, *v_new;      /* NULL (nothing appended), or (batch, seqlen_new, heads_kv, head_dim) */
+    int seqlen_new;
+    int64_t kn_batch_stride, kn_row_stride, kn_head_stride;
+    int64_t vn_batch_stride, vn_row_stride, vn_head_stride;
+    const int32_t *cache_seqlens;   /* (batch,) int32 where q lives; NULL: cache_seqlen for all */
+    int cache_seqlen;
+    /* Key splits of the split-KV decode kernel: 0 picks them (fa_kvcache_plan documents the
+     * rule), 1 runs without a split, n > 1 asks for n (fewer when there are fewer key blocks). */
+    int num_splits;
+} fa_kvcache_params;
+
+void fa_kvcache_params_init(fa_kvcache_params *c);
+
+/* Plan (pure host), run, and the host reference of the KV-cache op. The plan is up to three
+ * launches: the append (when k_new is given; it also writes each entry's key count into the
+ * workspace), the attention kernel (the split-KV decode kernel, or the forward family's
+ * kernel for long query chunks), and the combine of the splits (when there are several). */
+fa_status fa_kvcache_plan(const fa_params *p, const fa_kvcache_params *c, const fa_device *dev,
+                          fa_plan *plan);
+fa_status fa_kvcache(const fa_params *p, const fa_kvcache_params *c, cudaStream_t stream);
+fa_status fa_kvcache_cpu(const fa_params *p, const fa_kvcache_params *c);
 
 /* Compiled SASS targets of a family, as compute-capability numbers (90 = sm_90 or sm_90a):
  * returns how many were written to archs[0..max). */

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "device_buffer.h"
 #include "fa_internal.h"
 #include "launch_contract.h"
 #include "plan.h"
@@ -117,6 +118,11 @@ fa_status fa_params_resolve(const fa_params *in, fa_params *out)
                        in->struct_size, (size_t)FA_PARAMS_MIN_SIZE, sizeof *in);
     fa_params_init(out);
     memcpy(out, in, in->struct_size);
+    /* Packed rows are addressed from the entry's first row alone (common/seqlen.h). */
+    if (out->cu_seqlens_q)
+        out->q_batch_stride = out->o_batch_stride = 0;
+    if (out->cu_seqlens_k)
+        out->k_batch_stride = out->v_batch_stride = 0;
     return FA_OK;
 }
 
@@ -153,6 +159,80 @@ static fa_status check_gpu_layout(const char *name, const void *ptr, int batch, 
     return FA_OK;
 }
 
+/* The sequence layout's sizes and combinations (common/seqlen.h); values are checked by
+ * check_seq_values where they are host memory. */
+static fa_status check_seq_layout(const fa_params *p)
+{
+    const int packed_q = p->cu_seqlens_q != NULL, packed_k = p->cu_seqlens_k != NULL;
+    if ((packed_q && p->total_q < 0) || (packed_k && p->total_k < 0))
+        return fa_fail(FA_ERR_INVALID_ARGUMENT, "total_q (%d) and total_k (%d) must be >= 0",
+                       p->total_q, p->total_k);
+    if (p->block_table && packed_k)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                       "block_table (paged k/v) cannot be combined with cu_seqlens_k (packed k/v)");
+    if (p->kv_batch_idx && (packed_k || p->block_table))
+        return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                       "kv_batch_idx selects dense cache entries; it cannot be combined with %s",
+                       packed_k ? "cu_seqlens_k" : "block_table");
+    if ((p->block_table || p->kv_batch_idx) && p->kv_batches <= 0)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                       "kv_batches (k/v's first extent: %s) must be > 0, got %d",
+                       p->block_table ? "pages" : "cache entries", p->kv_batches);
+    if (p->block_table) {
+        if (p->page_size <= 0)
+            return fa_fail(FA_ERR_INVALID_ARGUMENT, "page_size must be > 0, got %d", p->page_size);
+        const int64_t pages = ((int64_t)p->seqlen_k + p->page_size - 1) / p->page_size;
+        if (p->batch > 1 && p->block_table_stride < pages)
+            return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                           "block_table_stride (%lld) is less than the %lld pages of seqlen_k %d",
+                           (long long)p->block_table_stride, (long long)pages, p->seqlen_k);
+    }
+    return FA_OK;
+}
+
+/* Host arrays only: offsets ascend within their totals, lengths and indices are in range. */
+static fa_status check_seq_values(const fa_params *p)
+{
+    const int32_t *cu[2] = {p->cu_seqlens_q, p->cu_seqlens_k};
+    const int total[2] = {p->total_q, p->total_k}, longest[2] = {p->seqlen_q, p->seqlen_k};
+    for (int t = 0; t < 2; t++) {
+        if (!cu[t])
+            continue;
+        const char *name = t ? "cu_seqlens_k" : "cu_seqlens_q";
+        if (cu[t][0] != 0 || cu[t][p->batch] != total[t])
+            return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                           "%s must start at 0 and end at %s (%d), got %d and %d", name,
+                           t ? "total_k" : "total_q", total[t], cu[t][0], cu[t][p->batch]);
+        for (int b = 0; b < p->batch; b++)
+            if (cu[t][b + 1] < cu[t][b] || cu[t][b + 1] - cu[t][b] > longest[t])
+                return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                               "%s[%d..%d] = (%d, %d): lengths must be >= 0 and at most %s (%d)",
+                               name, b, b + 1, cu[t][b], cu[t][b + 1],
+                               t ? "max_seqlen_k" : "max_seqlen_q", longest[t]);
+    }
+    for (int b = 0; b < p->batch; b++) {
+        if (p->seqused_k && (p->seqused_k[b] < 0 || p->seqused_k[b] > p->seqlen_k))
+            return fa_fail(FA_ERR_INVALID_ARGUMENT, "seqused_k[%d] = %d is outside [0, %d]", b,
+                           p->seqused_k[b], p->seqlen_k);
+        if (p->kv_batch_idx && (p->kv_batch_idx[b] < 0 || p->kv_batch_idx[b] >= p->kv_batches))
+            return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                           "kv_batch_idx[%d] = %d is outside the %d cache entries", b,
+                           p->kv_batch_idx[b], p->kv_batches);
+        if (p->block_table) {
+            const fa_seq_layout layout = fa_seq_layout_of(p);
+            const int used = fa_seqlen_at(&layout, b).len_k;
+            for (int j = 0; j < (used + p->page_size - 1) / p->page_size; j++) {
+                const int32_t page = p->block_table[(int64_t)b * p->block_table_stride + j];
+                if (page < 0 || page >= p->kv_batches)
+                    return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                                   "block_table[%d, %d] = %d is outside the %d pages", b, j, page,
+                                   p->kv_batches);
+            }
+        }
+    }
+    return FA_OK;
+}
+
 fa_status fa_check_params(const fa_params *caller, int gpu)
 {
     fa_params resolved;
@@ -180,9 +260,8 @@ fa_status fa_check_params(const fa_params *caller, int gpu)
     if (!isfinite(p->softcap) || p->softcap < 0.0f)
         return fa_fail(FA_ERR_INVALID_ARGUMENT, "softcap must be finite and >= 0 (0: off), got %g",
                        (double)p->softcap);
-    if (p->cu_seqlens_q || p->cu_seqlens_k)
-        return fa_fail(FA_ERR_UNSUPPORTED,
-                       "variable-length batches (cu_seqlens_q/cu_seqlens_k) are not supported yet");
+    if ((s = check_seq_layout(p)) != FA_OK)
+        return s;
     if (p->dtype != FA_FLOAT16 && p->dtype != FA_BFLOAT16 && p->dtype != FA_FLOAT32 &&
         p->dtype != FA_FLOAT64)
         return fa_fail(FA_ERR_UNSUPPORTED, "unsupported dtype code %d", (int)p->dtype);
@@ -201,16 +280,33 @@ fa_status fa_check_params(const fa_params *caller, int gpu)
     int has_keys = p->seqlen_k > 0;
     if (!p->q || !p->out || (has_keys && (!p->k || !p->v)))
         return fa_fail(FA_ERR_INVALID_ARGUMENT, "q, k, v and out pointers must not be NULL");
+    if (!gpu && (s = check_seq_values(p)) != FA_OK)
+        return s;
     if (gpu) {
-        if ((s = check_gpu_layout("q", p->q, p->batch, p->q_batch_stride, p->seqlen_q,
+        /* The extents the strides step over: packed rows are one batch of total rows; pages
+         * and cache entries are kv_batches entries of page_size or seqlen_k rows. */
+        const int q_batches = p->cu_seqlens_q ? 1 : p->batch;
+        const int q_rows = p->cu_seqlens_q ? p->total_q : p->seqlen_q;
+        const int kv_batches = p->cu_seqlens_k ? 1
+                               : (p->block_table || p->kv_batch_idx) ? p->kv_batches : p->batch;
+        const int kv_rows = p->cu_seqlens_k ? p->total_k
+                            : p->block_table ? p->page_size : p->seqlen_k;
+        if ((s = check_gpu_layout("q", p->q, q_batches, p->q_batch_stride, q_rows,
                                   p->q_row_stride, p->heads_q, p->q_head_stride)) != FA_OK ||
-            (has_keys && (s = check_gpu_layout("k", p->k, p->batch, p->k_batch_stride, p->seqlen_k,
+            (has_keys && (s = check_gpu_layout("k", p->k, kv_batches, p->k_batch_stride, kv_rows,
                                                p->k_row_stride, p->heads_kv, p->k_head_stride)) != FA_OK) ||
-            (has_keys && (s = check_gpu_layout("v", p->v, p->batch, p->v_batch_stride, p->seqlen_k,
+            (has_keys && (s = check_gpu_layout("v", p->v, kv_batches, p->v_batch_stride, kv_rows,
                                                p->v_row_stride, p->heads_kv, p->v_head_stride)) != FA_OK) ||
-            (s = check_gpu_layout("out", p->out, p->batch, p->o_batch_stride, p->seqlen_q,
+            (s = check_gpu_layout("out", p->out, q_batches, p->o_batch_stride, q_rows,
                                   p->o_row_stride, p->heads_q, p->o_head_stride)) != FA_OK)
             return s;
+        const int32_t *arrays[] = {p->cu_seqlens_q, p->cu_seqlens_k, p->seqused_k,
+                                   p->kv_batch_idx, p->block_table};
+        for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
+            if (((uintptr_t)arrays[i]) % 4 != 0)
+                return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                               "cu_seqlens, seqused_k, kv_batch_idx and block_table must be "
+                               "4-byte aligned int32 arrays");
         if (p->lse && ((uintptr_t)p->lse) % 4 != 0)
             return fa_fail(FA_ERR_INVALID_ARGUMENT, "lse must be 4-byte aligned");
         if (p->sinks && ((uintptr_t)p->sinks) % 4 != 0)
@@ -461,8 +557,29 @@ fa_status fa_launch_grid(fa_launch *cfg, int64_t x, int64_t y, int64_t z, const 
 }
 
 /* The forward's one launch: the family's tile for p, its grid for dev. p is resolved. */
-static fa_status plan_forward_launch(const fa_params *p, const fa_device *dev,
-                                     fa_kernel_family family, fa_launch *cfg)
+fa_status fa_forward_family(const fa_params *p, const fa_device *dev, fa_kernel_family *family)
+{
+    fa_status s = fa_choose_family(p->family, dev->major, dev->minor, family);
+    if (s != FA_OK || *family != FA_KERNEL_SM90)
+        return s;
+#ifdef FA_WITH_SM90
+    /* auto takes the sm80 family for the layouts the sm90 kernel lacks; the kernel name in
+     * the plan and the launch log says which ran. */
+    const char *why = fa_sm90_seq_unsupported(p);
+    if (!why)
+        return FA_OK;
+    if (p->family == FA_KERNEL_AUTO && fa_family_built(FA_KERNEL_SM80)) {
+        *family = FA_KERNEL_SM80;
+        return FA_OK;
+    }
+    return fa_fail(FA_ERR_UNSUPPORTED, "kernel family sm90: %s", why);
+#else
+    return FA_OK;
+#endif
+}
+
+fa_status fa_plan_forward_launch(const fa_params *p, const fa_device *dev,
+                                 fa_kernel_family family, fa_launch *cfg)
 {
     fa_tile t;
     memset(&t, 0, sizeof t);
@@ -508,10 +625,10 @@ static fa_status plan_forward(const fa_params *p, const fa_device *dev, fa_plan 
 {
     fa_status s;
     fa_kernel_family family = FA_KERNEL_AUTO;
-    if ((s = fa_choose_family(p->family, dev->major, dev->minor, &family)) != FA_OK)
+    if ((s = fa_forward_family(p, dev, &family)) != FA_OK)
         return s;
     memset(plan, 0, sizeof *plan);
-    if ((s = plan_forward_launch(p, dev, family, &plan->launches[0])) != FA_OK)
+    if ((s = fa_plan_forward_launch(p, dev, family, &plan->launches[0])) != FA_OK)
         return s;
     plan->num_launches = 1;
     plan->main_launch = 0;
@@ -627,12 +744,25 @@ static void log_launch(const fa_launch *cfg, const fa_params *p)
 {
     fprintf(stderr,
             "[flashattn_c] %s grid=(%u,%u,%u) block=(%u,%u,%u) smem=%zu regs=%d sm_%d%d "
-            "stream=0x%llx B=%d Sq=%d Sk=%d Hq=%d Hkv=%d D=%d %s window=(%d,%d) softcap=%g sinks=%d\n",
+            "stream=0x%llx B=%d Sq=%d Sk=%d Hq=%d Hkv=%d D=%d %s window=(%d,%d) softcap=%g sinks=%d "
+            "layout=%s\n",
             cfg->kernel, cfg->grid[0], cfg->grid[1], cfg->grid[2], cfg->block[0], cfg->block[1],
             cfg->block[2], cfg->smem_bytes, cfg->regs, cfg->arch_major, cfg->arch_minor,
             (unsigned long long)cfg->stream, p->batch, p->seqlen_q, p->seqlen_k, p->heads_q,
             p->heads_kv, p->head_dim, dtype_name(p->dtype), p->window_left,
-            p->causal ? 0 : p->window_right, (double)p->softcap, p->sinks != NULL);
+            p->causal ? 0 : p->window_right, (double)p->softcap, p->sinks != NULL,
+            fa_layout_name(p));
+}
+
+const char *fa_layout_name(const fa_params *p)
+{
+    if (p->block_table)
+        return p->cu_seqlens_q ? "packed_q+paged" : "paged";
+    if (p->cu_seqlens_q || p->cu_seqlens_k)
+        return "packed";
+    if (p->kv_batch_idx || p->seqused_k)
+        return "cache";
+    return "dense";
 }
 
 void fa_plan_record(const fa_plan *plan, const fa_params *p)
@@ -642,6 +772,39 @@ void fa_plan_record(const fa_plan *plan, const fa_params *p)
     if (log_launches())
         for (int i = 0; i < plan->num_launches; i++)
             log_launch(&plan->launches[i], p);
+}
+
+fa_status fa_workspace_acquire(const fa_params *p, size_t need, const char *planner,
+                               cudaStream_t stream, fa_workspace *w)
+{
+    memset(w, 0, sizeof *w);
+    if (p->workspace) {
+        if (p->workspace_bytes < need)
+            return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                           "workspace holds %zu bytes; this plan needs %zu (%s)",
+                           p->workspace_bytes, need, planner);
+        if (((uintptr_t)p->workspace) % 256 != 0)
+            return fa_fail(FA_ERR_INVALID_ARGUMENT, "workspace must be 256-byte aligned");
+        w->base = p->workspace;
+        return FA_OK;
+    }
+    /* Stream-ordered: the allocation and its release sit on `stream` between the launches,
+     * so no host synchronisation is needed and a CUDA graph can capture them. */
+    w->exact = fa_exact_alloc_requested();
+    w->owned = 1;
+    FA_CUDA_TRY(fa_device_buffer_alloc(&w->base, need, stream, w->exact));
+    return FA_OK;
+}
+
+fa_status fa_workspace_release(fa_workspace *w, cudaStream_t stream, fa_status status)
+{
+    if (!w->owned)
+        return status;
+    cudaError_t err = fa_device_buffer_free(w->base, stream, w->exact);
+    w->owned = 0;
+    if (status == FA_OK && err != cudaSuccess)
+        return fa_fail_cuda(err, "fa_device_buffer_free", __FILE__, __LINE__);
+    return status;
 }
 
 fa_status fa_current_device(int *device, fa_device *dev)
@@ -666,19 +829,27 @@ fa_status fa_forward(const fa_params *caller, cudaStream_t stream)
         return s;
 
     /* The forward is one launch with no workspace. */
-    const family_ops *ops = find_family(plan.launches[0].family); /* plan_forward chose a built one */
-    fa_launch *cfg = &plan.launches[0];
+    if ((s = fa_run_forward_launch(&p, &plan.launches[0], device, &dev, stream)) != FA_OK)
+        return s;
+    fa_plan_record(&plan, &p);
+    return FA_OK;
+}
+
+fa_status fa_run_forward_launch(const fa_params *p, fa_launch *cfg, int device,
+                                const fa_device *dev, cudaStream_t stream)
+{
+    const family_ops *ops = find_family(cfg->family); /* the planner chose a built one */
     fa_tile t;
     memset(&t, 0, sizeof t);
-    ops->tile(&p, &t);
-    const void *fn = ops->kernel_fn(&p, &t);
+    ops->tile(p, &t);
+    const void *fn = ops->kernel_fn(p, &t);
     if (!fn)
         return fa_fail(FA_ERR_UNSUPPORTED, "%s is not instantiated in this build", cfg->kernel);
-    if ((s = fa_prepare_kernel(fn, device, &dev, cfg, stream)) != FA_OK)
+    fa_status s = fa_prepare_kernel(fn, device, dev, cfg, stream);
+    if (s != FA_OK)
         return s;
-    cudaError_t err = ops->launch(&p, cfg, stream);
+    cudaError_t err = ops->launch(p, cfg, stream);
     if (err != cudaSuccess)
         return fa_fail_cuda(err, cfg->kernel, __FILE__, __LINE__);
-    fa_plan_record(&plan, &p);
     return FA_OK;
 }

@@ -41,6 +41,31 @@ void fa_plan_record(const fa_plan *plan, const fa_params *p);
 const char *fa_dtype_short(fa_dtype d);
 const char *fa_mask_suffix(const fa_params *p);
 
+/* The forward's family for p on dev: p->family resolved, auto taking sm80 for a sequence
+ * layout the sm90 kernel lacks (fa_sm90_seq_unsupported). */
+fa_status fa_forward_family(const fa_params *p, const fa_device *dev, fa_kernel_family *family);
+/* The forward kernel's launch for resolved, checked p (also the KV-cache op's main launch
+ * for long query chunks), and running it: its kernel image prepared, then launched. */
+fa_status fa_plan_forward_launch(const fa_params *p, const fa_device *dev,
+                                 fa_kernel_family family, fa_launch *cfg);
+fa_status fa_run_forward_launch(const fa_params *p, fa_launch *cfg, int device,
+                                const fa_device *dev, cudaStream_t stream);
+
+/* A plan's device workspace: p->workspace when the caller gave one (checked against `need`;
+ * `planner` names the query that sizes it), else a stream-ordered allocation on `stream`
+ * (exact under FLASHATTN_C_EXACT_ALLOC) that fa_workspace_release frees after the launches
+ * enqueued before it. release returns `status`, or the free's error when status was FA_OK. */
+typedef struct {
+    void *base;
+    int owned, exact;
+} fa_workspace;
+fa_status fa_workspace_acquire(const fa_params *p, size_t need, const char *planner,
+                               cudaStream_t stream, fa_workspace *w);
+fa_status fa_workspace_release(fa_workspace *w, cudaStream_t stream, fa_status status);
+
+/* "dense", "packed", "paged", "cache": the sequence layout, for the launch log. */
+const char *fa_layout_name(const fa_params *p);
+
 /* The current device and its description. */
 fa_status fa_current_device(int *device, fa_device *dev);
 

@@ -11,7 +11,7 @@ done
 cuda=${CUDA_HOME:-$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")}
 lib=$cuda/lib64; [ -f "$lib/libcudart_static.a" ] || lib=$cuda/lib
 gcc -O2 -std=c11 -Wall -Icsrc -I"$cuda/include" tools/fa_selftest.c \
-    "${tmp}csrc/launch.o" "${tmp}csrc/backward.o" "${tmp}csrc/device_buffer.o" \
+    "${tmp}csrc/launch.o" "${tmp}csrc/backward.o" "${tmp}csrc/kvcache.o" "${tmp}csrc/device_buffer.o" \
     "${tmp}csrc/cpu_reference.o" "${tmp}csrc/cpu_backward.o" "${tmp}"csrc/kernels/*.cu.o \
     -L"$lib" -lcudart_static -ldl -lpthread -lrt -lstdc++ -lm -o tools/fa_selftest
 echo "built tools/fa_selftest"

@@ -1,0 +1,396 @@
+/*
+ * kvcache.c -- the KV-cache op of the C API (flashattn.h, fa_kvcache): its rules, its plan and
+ * the call that issues it. kernels/kernels.h states each kernel's grid and duties.
+ *
+ *   fa_append   (k_new given) entry b's seqlen_new new keys and values written into its cache
+ *               at rows cache_seqlens[b] ..; with per-entry lengths it also writes the entry's
+ *               key count cache_seqlens[b] + seqlen_new into the workspace (seqused)
+ *   main        attention of q over each entry's first cache_seqlens[b] + seqlen_new keys:
+ *               the split-KV decode kernel when the packed rows of an entry (seqlen_q * G,
+ *               the q heads of a kv head sharing each K/V byte) are few or splits were asked
+ *               for, else the forward family's kernel with the cache as its k/v
+ *   fa_combine  (num_splits > 1) the splits' partial outputs merged by their LSE
+ *
+ * The split count (num_splits == 0) follows the wave rule of FlashAttention 3's heuristic: the
+ * decode grid has ctas = m_tiles * heads_kv * batch CTAs and each may be cut into s splits of
+ * at least FA_SPLIT_MIN_KEYS keys (from seqlen_k, the cache's capacity: the used lengths live
+ * on the device and a captured graph must not depend on them). With one CTA per SM, s waves
+ * fill w = ctas * s / sm_count SMs-worth; the plan takes the smallest s whose efficiency
+ * w / ceil(w) is within 85% of the best s up to FA_MAX_SPLITS, and 1 when ctas already fill
+ * 80% of the SMs.
+ *
+ * Workspace (256-byte aligned pieces): seqused (batch int32) when the append writes it;
+ * o_partial and lse_partial (kernels.h) when num_splits > 1.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fa_internal.h"
+#include "kernels/kernels.h"
+#include "plan.h"
+
+#define FA_DECODE_MAX_ROWS 128 /* packed rows per entry up to which the decode kernel runs */
+#define FA_SPLIT_MIN_KEYS 512  /* fewest keys a split is planned for */
+#define FA_MAX_SPLITS 128
+
+void fa_kvcache_params_init(fa_kvcache_params *c)
+{
+    memset(c, 0, sizeof *c);
+    c->struct_size = sizeof *c;
+}
+
+#define FA_KVCACHE_PARAMS_MIN_SIZE sizeof(fa_kvcache_params)
+
+static fa_status resolve_cache(const fa_kvcache_params *in, fa_kvcache_params *out)
+{
+    if (!in)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT, "kvcache params must not be NULL");
+    if (in->struct_size < FA_KVCACHE_PARAMS_MIN_SIZE || in->struct_size > sizeof *in)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                       "kvcache.struct_size is %zu; set it with fa_kvcache_params_init (this "
+                       "library reads %zu to %zu bytes)",
+                       in->struct_size, (size_t)FA_KVCACHE_PARAMS_MIN_SIZE, sizeof *in);
+    fa_kvcache_params_init(out);
+    memcpy(out, in, in->struct_size);
+    return FA_OK;
+}
+
+/* The op's rules on top of fa_check_params (which p, the caches as k and v, passes first). */
+static fa_status check_cache(const fa_params *p, const fa_kvcache_params *c, int gpu)
+{
+    if (p->seqused_k)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                       "the KV-cache op derives seqused_k from cache_seqlens; leave it NULL");
+    if (p->cu_seqlens_q || p->cu_seqlens_k)
+        return fa_fail(FA_ERR_UNSUPPORTED,
+                       "the KV-cache op takes (batch, seqlen_q, heads, head_dim) queries; "
+                       "cu_seqlens are not supported with a cache");
+    if (c->seqlen_new < 0 || c->cache_seqlen < 0 || c->num_splits < 0)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                       "seqlen_new (%d), cache_seqlen (%d) and num_splits (%d) must be >= 0",
+                       c->seqlen_new, c->cache_seqlen, c->num_splits);
+    if (!c->k_new != !c->v_new || (c->seqlen_new > 0 && !c->k_new))
+        return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                       "k_new and v_new come together, and seqlen_new > 0 needs them");
+    if (c->seqlen_new > p->seqlen_k || (!c->cache_seqlens && c->cache_seqlen > p->seqlen_k - c->seqlen_new))
+        return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                       "cache_seqlen (%d) + seqlen_new (%d) exceed the cache's %d keys",
+                       c->cache_seqlen, c->seqlen_new, p->seqlen_k);
+    if (!gpu) {
+        for (int b = 0; c->cache_seqlens && b < p->batch; b++)
+            if (c->cache_seqlens[b] < 0 || c->cache_seqlens[b] > p->seqlen_k - c->seqlen_new)
+                return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                               "cache_seqlens[%d] = %d: with seqlen_new %d it must be in [0, %d] "
+                               "(the cache holds %d keys)",
+                               b, c->cache_seqlens[b], c->seqlen_new, p->seqlen_k - c->seqlen_new,
+                               p->seqlen_k);
+        return FA_OK;
+    }
+    const int64_t unit = 8;
+    const void *ptrs[2] = {c->k_new, c->v_new};
+    const int64_t strides[2][3] = {{c->kn_batch_stride, c->kn_row_stride, c->kn_head_stride},
+                                   {c->vn_batch_stride, c->vn_row_stride, c->vn_head_stride}};
+    for (int t = 0; t < 2 && c->seqlen_new > 0; t++)
+        if (((uintptr_t)ptrs[t]) % 16 != 0 || (p->batch > 1 && strides[t][0] % unit) ||
+            (c->seqlen_new > 1 && strides[t][1] % unit) || (p->heads_kv > 1 && strides[t][2] % unit))
+            return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                           "%s must be 16-byte aligned with strides of whole 8-element units for "
+                           "the GPU kernels", t ? "v_new" : "k_new");
+    if (((uintptr_t)c->cache_seqlens) % 4 != 0)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT, "cache_seqlens must be a 4-byte aligned int32 array");
+    return FA_OK;
+}
+
+/* The attention p describes once the append has run: each entry's key count from
+ * cache_seqlens (+ seqlen_new, through the append's seqused) or one uniform count. */
+static fa_params attention_params(const fa_params *p, const fa_kvcache_params *c,
+                                  const int32_t *seqused)
+{
+    fa_params a = *p;
+    if (c->cache_seqlens)
+        a.seqused_k = c->seqlen_new > 0 ? seqused : c->cache_seqlens;
+    else
+        a.seqlen_k = c->cache_seqlen + c->seqlen_new;
+    return a;
+}
+
+static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+typedef struct {
+    fa_plan plan;
+    int append, main, combine; /* indices into plan.launches; -1: absent */
+    int decode;                /* 1: main is the decode kernel; 0: the forward family's */
+    int num_splits;
+    fa_tile tile;
+    size_t seqused_bytes, partial_bytes;
+} kvcache_plan;
+
+static int choose_splits(int64_t ctas, int seqlen_k, const fa_device *dev)
+{
+    if (ctas >= (int64_t)dev->sm_count * 4 / 5)
+        return 1;
+    int most = seqlen_k / FA_SPLIT_MIN_KEYS;
+    if (most > FA_MAX_SPLITS)
+        most = FA_MAX_SPLITS;
+    if (most <= 1)
+        return 1;
+    double eff[FA_MAX_SPLITS + 1], best = 0.0;
+    for (int s = 1; s <= most; s++) {
+        const double waves = (double)(ctas * s) / dev->sm_count;
+        const double whole = (double)(int64_t)(waves + 0.999999);
+        eff[s] = waves / whole;
+        if (eff[s] > best)
+            best = eff[s];
+    }
+    for (int s = 1; s <= most; s++)
+        if (eff[s] >= 0.85 * best)
+            return s;
+    return 1;
+}
+
+/* Plans from resolved, checked params: every launch is checked against the contract here. */
+static fa_status plan_kvcache(const fa_params *p, const fa_kvcache_params *c, const fa_device *dev,
+                              kvcache_plan *kp)
+{
+    fa_status s;
+    memset(kp, 0, sizeof *kp);
+    kp->append = kp->main = kp->combine = -1;
+    const fa_params a = attention_params(p, c, NULL);
+    const int group = p->heads_q / p->heads_kv;
+    const int64_t rows = (int64_t)p->seqlen_q * group;
+    const char *dt = fa_dtype_short(p->dtype);
+    fa_plan *plan = &kp->plan;
+    char name[FA_KERNEL_NAME_MAX];
+    int n = 0;
+
+    if (c->seqlen_new > 0) {
+        if (!fa_family_built(FA_KERNEL_SM80))
+            return fa_fail(FA_ERR_NO_KERNEL_FOR_ARCH,
+                           "the KV-cache append is built with the sm80 family, absent here");
+        kp->append = n;
+        snprintf(name, sizeof name, "kvcache_append_%s", dt);
+        fa_launch_start(&plan->launches[n], name, FA_KERNEL_SM80, dev);
+        plan->launches[n].block_m = FA_APPEND_ROWS;
+        const int64_t blocks = ((int64_t)c->seqlen_new + FA_APPEND_ROWS - 1) / FA_APPEND_ROWS;
+        if ((s = fa_launch_grid(&plan->launches[n++], blocks, p->heads_kv, p->batch,
+                                "(row blocks, heads_kv, batch)", dev)) != FA_OK)
+            return s;
+        kp->seqused_bytes = c->cache_seqlens ? align256(sizeof(int32_t) * (size_t)p->batch) : 0;
+    }
+
+    if (p->seqlen_q == 0) { /* an append alone */
+        plan->num_launches = n;
+        plan->main_launch = 0;
+        plan->workspace_bytes = kp->seqused_bytes;
+        return fa_plan_validate(plan, dev);
+    }
+    kp->decode = c->num_splits > 1 || rows <= FA_DECODE_MAX_ROWS;
+    kp->main = n;
+    if (kp->decode) {
+        fa_kernel_family fam;
+        if ((s = fa_choose_family(FA_KERNEL_SM80, dev->major, dev->minor, &fam)) != FA_OK)
+            return s;
+        if (p->family == FA_KERNEL_SM90)
+            return fa_fail(FA_ERR_UNSUPPORTED,
+                           "kernel family sm90 has no split-KV decode kernel; this call (%lld "
+                           "packed query rows per entry, num_splits %d) runs the sm80 family's",
+                           (long long)rows, c->num_splits);
+        if (fa_decode_tile(&a, dev->smem_optin, &kp->tile) != 0)
+            return fa_fail(FA_ERR_UNSUPPORTED, "the decode kernel has no tile for head_dim %d",
+                           p->head_dim);
+        const fa_tile *t = &kp->tile;
+        const int64_t m_tiles = rows > 0 ? (rows + t->block_m - 1) / t->block_m : 1;
+        const int64_t ctas = m_tiles * p->heads_kv * p->batch;
+        int splits = c->num_splits > 0 ? c->num_splits : choose_splits(ctas, a.seqlen_k, dev);
+        const int key_blocks = (a.seqlen_k + t->block_n - 1) / t->block_n;
+        if (splits > key_blocks)
+            splits = key_blocks > 0 ? key_blocks : 1;
+        kp->num_splits = splits;
+        snprintf(name, sizeof name, "decode_sm80_hd%d_%s%s%s%s", t->head_dim_padded, dt,
+                 fa_mask_suffix(&a), p->softcap > 0.0f ? "_softcap" : "",
+                 splits > 1 ? "_split" : "");
+        fa_launch *cfg = &plan->launches[n++];
+        fa_launch_start(cfg, name, FA_KERNEL_SM80, dev);
+        cfg->smem_bytes = t->smem_bytes;
+        cfg->block_m = t->block_m;
+        cfg->block_n = t->block_n;
+        cfg->stages = t->stages;
+        cfg->head_dim_padded = t->head_dim_padded;
+        if ((s = fa_launch_grid(cfg, m_tiles * splits, p->heads_kv, p->batch,
+                                "(splits x row tiles, heads_kv, batch)", dev)) != FA_OK)
+            return s;
+        if (splits > 1) {
+            const size_t row_count = (size_t)splits * p->batch * p->heads_q * p->seqlen_q;
+            kp->partial_bytes = align256(row_count * (size_t)p->head_dim * sizeof(float)) +
+                                align256(row_count * sizeof(float));
+            kp->combine = n;
+            snprintf(name, sizeof name, "combine_%s%s", dt, p->sinks ? "_sinks" : "");
+            fa_launch_start(&plan->launches[n], name, FA_KERNEL_SM80, dev);
+            plan->launches[n].block_m = FA_COMBINE_ROWS;
+            const int64_t row_blocks =
+                ((int64_t)p->seqlen_q * p->heads_q + FA_COMBINE_ROWS - 1) / FA_COMBINE_ROWS;
+            if ((s = fa_launch_grid(&plan->launches[n++], row_blocks, p->batch, 1,
+                                    "(row blocks, batch)", dev)) != FA_OK)
+                return s;
+        }
+    } else {
+        fa_kernel_family fam;
+        kp->num_splits = 1;
+        if ((s = fa_forward_family(&a, dev, &fam)) != FA_OK ||
+            (s = fa_plan_forward_launch(&a, dev, fam, &plan->launches[n++])) != FA_OK)
+            return s;
+    }
+    plan->num_launches = n;
+    plan->main_launch = kp->main;
+    plan->workspace_bytes = kp->seqused_bytes + kp->partial_bytes;
+    return fa_plan_validate(plan, dev);
+}
+
+static fa_status resolve_and_check(const fa_params *pc, const fa_kvcache_params *cc, int gpu,
+                                   fa_params *p, fa_kvcache_params *c)
+{
+    fa_status s = fa_params_resolve(pc, p);
+    if (s != FA_OK || (s = resolve_cache(cc, c)) != FA_OK)
+        return s;
+    /* The caches are checked as k and v of their full capacity. */
+    if ((s = fa_check_params(p, gpu)) != FA_OK)
+        return s;
+    return check_cache(p, c, gpu);
+}
+
+fa_status fa_kvcache_plan(const fa_params *pc, const fa_kvcache_params *cc, const fa_device *dev,
+                          fa_plan *plan)
+{
+    fa_params p;
+    fa_kvcache_params c;
+    kvcache_plan kp;
+    fa_status s = resolve_and_check(pc, cc, 1, &p, &c);
+    if (s != FA_OK || (s = plan_kvcache(&p, &c, dev, &kp)) != FA_OK)
+        return s;
+    *plan = kp.plan;
+    return FA_OK;
+}
+
+#ifdef FA_WITH_SM80
+/* Every kernel of the plan present for this GPU and opted in, then the launches in order. */
+static fa_status issue(const fa_params *p, const fa_kvcache_params *c, kvcache_plan *kp,
+                       char *base, int device, const fa_device *dev, cudaStream_t stream)
+{
+    int32_t *seqused = kp->seqused_bytes ? (int32_t *)base : NULL;
+    const fa_params a = attention_params(p, c, seqused);
+    fa_split_workspace ws;
+    ws.num_splits = kp->num_splits;
+    ws.o_partial = NULL;
+    ws.lse_partial = NULL;
+    if (kp->partial_bytes) {
+        const size_t row_count = (size_t)kp->num_splits * p->batch * p->heads_q * p->seqlen_q;
+        ws.o_partial = (float *)(base + kp->seqused_bytes);
+        ws.lse_partial =
+            (float *)(base + kp->seqused_bytes + align256(row_count * (size_t)p->head_dim * sizeof(float)));
+    }
+    fa_launch *l = kp->plan.launches;
+    fa_status s;
+    if (kp->append >= 0 && (s = fa_prepare_kernel(fa_append_kernel_fn(p), device, dev,
+                                                  &l[kp->append], stream)) != FA_OK)
+        return s;
+    if (kp->main >= 0 && kp->decode) {
+        const void *fn = fa_decode_kernel_fn(&a, &kp->tile);
+        if (!fn)
+            return fa_fail(FA_ERR_UNSUPPORTED, "%s is not instantiated in this build",
+                           l[kp->main].kernel);
+        if ((s = fa_prepare_kernel(fn, device, dev, &l[kp->main], stream)) != FA_OK)
+            return s;
+    }
+    if (kp->combine >= 0 && (s = fa_prepare_kernel(fa_combine_kernel_fn(p), device, dev,
+                                                   &l[kp->combine], stream)) != FA_OK)
+        return s;
+
+    cudaError_t err;
+    if (kp->append >= 0 && (err = fa_append_launch(p, c, seqused, &l[kp->append], stream)) != cudaSuccess)
+        return fa_fail_cuda(err, l[kp->append].kernel, __FILE__, __LINE__);
+    if (kp->main < 0)
+        return FA_OK;
+    if (!kp->decode)
+        return fa_run_forward_launch(&a, &l[kp->main], device, dev, stream);
+    if ((err = fa_decode_launch(&a, &ws, &l[kp->main], stream)) != cudaSuccess)
+        return fa_fail_cuda(err, l[kp->main].kernel, __FILE__, __LINE__);
+    if (kp->combine >= 0 && (err = fa_combine_launch(&a, &ws, &l[kp->combine], stream)) != cudaSuccess)
+        return fa_fail_cuda(err, l[kp->combine].kernel, __FILE__, __LINE__);
+    return FA_OK;
+}
+#endif
+
+fa_status fa_kvcache(const fa_params *pc, const fa_kvcache_params *cc, cudaStream_t stream)
+{
+    fa_params p;
+    fa_kvcache_params c;
+    fa_status s = resolve_and_check(pc, cc, 1, &p, &c);
+    if (s != FA_OK)
+        return s;
+    if (p.batch == 0 || p.heads_q == 0 || (p.seqlen_q == 0 && c.seqlen_new == 0))
+        return FA_OK;
+#ifdef FA_WITH_SM80
+    int device;
+    fa_device dev;
+    kvcache_plan kp;
+    if ((s = fa_current_device(&device, &dev)) != FA_OK || (s = plan_kvcache(&p, &c, &dev, &kp)) != FA_OK)
+        return s;
+    fa_workspace w;
+    if ((s = fa_workspace_acquire(&p, kp.plan.workspace_bytes, "fa_kvcache_plan", stream, &w)) != FA_OK)
+        return s;
+    s = issue(&p, &c, &kp, (char *)w.base, device, &dev, stream);
+    if ((s = fa_workspace_release(&w, stream, s)) != FA_OK)
+        return s;
+    fa_params a = attention_params(&p, &c, NULL);
+    fa_plan_record(&kp.plan, &a);
+    return FA_OK;
+#else
+    (void)stream;
+    return fa_fail(FA_ERR_NO_KERNEL_FOR_ARCH, "the KV-cache op's kernels are built with the sm80 "
+                                              "family, absent from this build");
+#endif
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Host reference                                                                              */
+
+fa_status fa_kvcache_cpu(const fa_params *pc, const fa_kvcache_params *cc)
+{
+    fa_params p;
+    fa_kvcache_params c;
+    fa_status s = resolve_and_check(pc, cc, 0, &p, &c);
+    if (s != FA_OK)
+        return s;
+    const fa_seq_layout layout = fa_seq_layout_of(&p);
+    int32_t *used = NULL;
+    if (c.cache_seqlens && p.batch > 0) {
+        if (!(used = malloc(sizeof(int32_t) * (size_t)p.batch)))
+            return fa_fail(FA_ERR_OUT_OF_MEMORY, "host KV cache: out of memory");
+        for (int b = 0; b < p.batch; b++)
+            used[b] = c.cache_seqlens[b] + c.seqlen_new;
+    }
+    /* The append: element copies through the cache's own row addressing. */
+    const size_t es = p.dtype == FA_FLOAT64 ? 8 : p.dtype == FA_FLOAT32 ? 4 : 2;
+    for (int b = 0; b < p.batch; b++) {
+        const fa_seqlen e = fa_seqlen_at(&layout, b);
+        const int start = c.cache_seqlens ? c.cache_seqlens[b] : c.cache_seqlen;
+        for (int i = 0; i < c.seqlen_new; i++)
+            for (int h = 0; h < p.heads_kv; h++) {
+                const int64_t kd = fa_k_row_offset(&layout, &e, b, start + i, p.k_batch_stride,
+                                                   p.k_row_stride) + h * p.k_head_stride;
+                const int64_t vd = fa_k_row_offset(&layout, &e, b, start + i, p.v_batch_stride,
+                                                   p.v_row_stride) + h * p.v_head_stride;
+                const int64_t ks = b * c.kn_batch_stride + i * c.kn_row_stride + h * c.kn_head_stride;
+                const int64_t vs = b * c.vn_batch_stride + i * c.vn_row_stride + h * c.vn_head_stride;
+                memcpy((char *)p.k + kd * (int64_t)es, (const char *)c.k_new + ks * (int64_t)es,
+                       es * (size_t)p.head_dim);
+                memcpy((char *)p.v + vd * (int64_t)es, (const char *)c.v_new + vs * (int64_t)es,
+                       es * (size_t)p.head_dim);
+            }
+    }
+    const fa_params a = attention_params(&p, &c, used);
+    s = fa_forward_cpu(&a);
+    free(used);
+    return s;
+}
