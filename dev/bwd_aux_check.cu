@@ -14,7 +14,9 @@
  *         against a float64 sum of the device's dsink_part.
  *   both again: delta, dsink_part, dq and dsinks bitwise the same (fixed reduction order).
  * Then one case whose batch stride passes 2^31 elements (about 13 GB of device memory;
- * skipped when it cannot be allocated). Exit status 0 when everything passes.
+ * skipped when it cannot be allocated), and packed (cu_seqlens_q) batches of ragged lengths
+ * (0, 1, 17, 128, 300, 65: run_packed_case), where rows outside every entry must stay
+ * untouched. Exit status 0 when everything passes.
  */
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
@@ -25,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "kernels/bwd_sm80_aux.cu"
@@ -477,6 +480,266 @@ static void run_case(const Case &c)
     cudaFree(d_lock);
 }
 
+/* A packed (varlen) batch: entries of ragged lengths own the rows [cu[b], cu[b + 1]) of
+ * (total, heads, head_dim) out, dout and dq, with 2 rows before the first entry and 3 after the
+ * last that no entry owns; lse, delta and dq_accum's rows are (heads, total_q) (fa_lse_index).
+ * Checked: delta, dq_accum zeroed and dq_lock counters zeroed for the entries' own rows and
+ * blocks, dsink_part per entry and part (0 past an entry's rows), dq bit-exact; every row and
+ * counter outside them (and the canaries) still poisoned. */
+static void run_packed_case(int D, fa_dtype dt, int sinks_on, int lock, int block_m)
+{
+    const int H = 3, R = FA_BWD_PRE_ROWS;
+    const std::vector<int> lens = {0, 1, 17, 128, 300, 65};
+    const int B = (int)lens.size();
+    std::vector<int32_t> cu(1, 2);
+    for (int b = 0; b < B; ++b)
+        cu.push_back(cu.back() + lens[b]);
+    const int total = cu.back() + 3, S = *std::max_element(lens.begin(), lens.end());
+    const int parts = (S + R - 1) / R;
+    const int failures_before = failures;
+    const Case c = {B, H, S, D, dt, sinks_on, lock, block_m, 0};
+    std::vector<int> owner(total, -1);
+    for (int b = 0; b < B; ++b)
+        for (int r = cu[b]; r < cu[b + 1]; ++r)
+            owner[r] = b;
+
+    /* one batch of `total` rows: out (total, H, D + 8 | row pad 16), dout (total, H, D | pad 8),
+       dq compact; packed, the batch strides are 0 (the host passes 0, seqlen.h) */
+    Tensor16 out, dout, dq;
+    out.L.hs = D + 8;
+    out.L.rs = H * out.L.hs + 16;
+    dout.L.hs = D;
+    dout.L.rs = (int64_t)H * D + 8;
+    dq.L.hs = D;
+    dq.L.rs = (int64_t)H * D;
+    out.L.bs = dout.L.bs = dq.L.bs = 0;
+    const Layout lo = out.L, ldo = dout.L, ldq = dq.L;
+    alloc16(out, 1, total, H, D);
+    alloc16(dout, 1, total, H, D);
+    alloc16(dq, 1, total, H, D);
+
+    std::vector<float> sinks(H);
+    for (int h = 0; h < H; ++h)
+        sinks[h] = (h == H - 1) ? -INFINITY : 4.0f * urand() - 2.0f;
+    const int64_t n_stat = (int64_t)H * total;
+    std::vector<float> lse((size_t)n_stat, 0.f);
+    for (int h = 0; h < H; ++h)
+        for (int r = 0; r < total; ++r) {
+            if (owner[r] < 0)
+                continue;
+            const int i = r - cu[owner[r]];
+            float v;
+            if (!sinks_on)
+                v = 6.0f * urand() - 1.0f;
+            else if (i % 7 == 3)
+                v = sinks[h];
+            else
+                v = (sinks[h] == -INFINITY ? 2.0f * urand() : sinks[h] + 3.0f * urand());
+            lse[(size_t)h * total + r] = v;
+        }
+    const size_t n_elem = (size_t)total * H * D;
+    std::vector<uint16_t> h_out(n_elem), h_dout(n_elem);
+    for (size_t k = 0; k < n_elem; ++k) {
+        const int r = (int)(k / ((size_t)H * D));
+        const bool poison = owner[r] < 0; /* rows no entry owns: NaN, never read */
+        h_out[k] = poison ? kPad16 : to_bits(2.0f * urand() - 1.0f, dt);
+        h_dout[k] = poison ? kPad16 : to_bits(4.0f * urand() - 2.0f, dt);
+    }
+    upload16(out, h_out, 1, total, H, D);
+    upload16(dout, h_dout, 1, total, H, D);
+
+    float *d_lse = dalloc<float>(n_stat, 0);
+    CK(cudaMemcpy(d_lse, lse.data(), lse.size() * 4, cudaMemcpyHostToDevice));
+    float *d_sinks = nullptr, *d_dsinks = nullptr;
+    if (sinks_on) {
+        d_sinks = dalloc<float>(H, 0);
+        CK(cudaMemcpy(d_sinks, sinks.data(), (size_t)H * 4, cudaMemcpyHostToDevice));
+        d_dsinks = dalloc<float>(H, 0xFF);
+    }
+    int32_t *d_cu = dalloc<int32_t>(B + 1, 0);
+    CK(cudaMemcpy(d_cu, cu.data(), cu.size() * 4, cudaMemcpyHostToDevice));
+    const int64_t n_acc = n_stat * D;
+    const int lock_per = (S + block_m - 1) / block_m;
+    const int64_t n_lock = (int64_t)B * H * lock_per, n_part = (int64_t)B * H * parts;
+    float *d_acc = dalloc<float>(n_acc, 0xFF);
+    float *d_delta = dalloc<float>(n_stat, 0xFF);
+    float *d_part = sinks_on ? dalloc<float>(n_part, 0xFF) : nullptr;
+    int *d_lock = lock ? dalloc<int>(n_lock, 0x7F) : nullptr;
+
+    fa_params p;
+    memset(&p, 0, sizeof(p));
+    p.struct_size = sizeof(p);
+    p.out = out.dev;
+    p.lse = d_lse;
+    p.o_batch_stride = lo.bs;
+    p.o_row_stride = lo.rs;
+    p.o_head_stride = lo.hs;
+    p.batch = B;
+    p.seqlen_q = S;
+    p.seqlen_k = S;
+    p.heads_q = H;
+    p.heads_kv = H;
+    p.head_dim = D;
+    p.dtype = dt;
+    p.softmax_scale = 1.0f / sqrtf((float)D);
+    p.window_left = p.window_right = -1;
+    p.sinks = d_sinks;
+    p.cu_seqlens_q = d_cu;
+    p.cu_seqlens_k = d_cu;
+    p.total_q = p.total_k = total;
+    fa_grad_params g;
+    memset(&g, 0, sizeof(g));
+    g.struct_size = sizeof(g);
+    g.dout = dout.dev;
+    g.dq = dq.dev;
+    g.dsinks = d_dsinks;
+    g.do_batch_stride = ldo.bs;
+    g.do_row_stride = ldo.rs;
+    g.do_head_stride = ldo.hs;
+    g.dq_batch_stride = ldq.bs;
+    g.dq_row_stride = ldq.rs;
+    g.dq_head_stride = ldq.hs;
+    g.deterministic = lock;
+    fa_bwd_workspace ws;
+    ws.dq_accum = d_acc;
+    ws.delta = d_delta;
+    ws.dsink_part = d_part;
+    ws.dq_lock = d_lock;
+    ws.block_m = block_m;
+    fa_launch cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.grid[0] = (unsigned)parts;
+    cfg.grid[1] = (unsigned)H;
+    cfg.grid[2] = (unsigned)B;
+    cfg.block[0] = 384;
+    cfg.block[1] = cfg.block[2] = 1;
+
+    CK(fa_bwd_pre_launch(&p, &g, &ws, &cfg, 0));
+    CK(cudaDeviceSynchronize());
+    std::vector<double> delta_ref((size_t)n_stat, 0.0), delta_mag((size_t)n_stat, 0.0);
+    for (int r = 0; r < total; ++r)
+        for (int h = 0; h < H; ++h) {
+            if (owner[r] < 0)
+                continue;
+            double sum = 0.0, m = 0.0;
+            const size_t k = ((size_t)r * H + h) * D;
+            for (int d = 0; d < D; ++d) {
+                const double t = (double)from_bits(h_dout[k + d], dt) * from_bits(h_out[k + d], dt);
+                sum += t;
+                m += fabs(t);
+            }
+            delta_ref[(size_t)h * total + r] = sum;
+            delta_mag[(size_t)h * total + r] = m;
+        }
+    {
+        const std::vector<float> delta = dread(d_delta, n_stat);
+        const std::vector<float> acc = dread(d_acc, n_acc);
+        int64_t bad = 0, stray = 0, acc_bad = 0;
+        for (int h = 0; h < H; ++h)
+            for (int r = 0; r < total; ++r) {
+                const size_t k = (size_t)h * total + r;
+                if (owner[r] < 0) {
+                    stray += fbits(delta[k]) != 0xFFFFFFFFu;
+                    for (int d = 0; d < D; ++d)
+                        stray += fbits(acc[k * D + d]) != 0xFFFFFFFFu;
+                    continue;
+                }
+                bad += !(fabs(delta[k] - delta_ref[k]) <= 1e-5 * delta_mag[k] + 1e-6);
+                for (int d = 0; d < D; ++d)
+                    acc_bad += fbits(acc[k * D + d]) != 0u;
+            }
+        report(c, "packed delta", bad);
+        report(c, "packed dq_accum not zeroed", acc_bad);
+        report(c, "packed delta/dq_accum written outside the entries", stray);
+        report(c, "packed delta canary", canary_bad(delta, n_stat, 0xFF));
+        report(c, "packed dq_accum canary", canary_bad(acc, n_acc, 0xFF));
+    }
+    if (lock) {
+        const std::vector<int> lk = dread(d_lock, n_lock);
+        int64_t bad = 0;
+        for (int b = 0; b < B; ++b)
+            for (int h = 0; h < H; ++h)
+                for (int m = 0; m < lock_per; ++m) {
+                    const int v = lk[((size_t)b * H + h) * lock_per + m];
+                    bad += m * block_m < lens[b] ? v != 0 : v != 0x7F7F7F7F;
+                }
+        report(c, "packed dq_lock", bad);
+        report(c, "packed dq_lock canary", canary_bad(lk, n_lock, 0x7F));
+    }
+    std::vector<float> part;
+    if (sinks_on) {
+        part = dread(d_part, n_part);
+        int64_t bad = 0;
+        for (int b = 0; b < B; ++b)
+            for (int h = 0; h < H; ++h)
+                for (int x = 0; x < parts; ++x) {
+                    double sum = 0.0, m = 0.0;
+                    for (int i = x * R; i < lens[b] && i < (x + 1) * R; ++i) {
+                        const size_t k = (size_t)h * total + cu[b] + i;
+                        const double w = lse[k] == sinks[h] ? 1.0 : exp((double)sinks[h] - lse[k]);
+                        sum -= w * delta_ref[k];
+                        m += w * delta_mag[k];
+                    }
+                    bad += !(fabs(part[((size_t)b * H + h) * parts + x] - sum) <= 2e-5 * m + 1e-6);
+                }
+        report(c, "packed dsink_part", bad);
+    }
+
+    std::vector<float> acc((size_t)n_acc);
+    for (auto &v : acc)
+        v = 8.0f * urand() - 4.0f;
+    CK(cudaMemcpy(d_acc, acc.data(), (size_t)n_acc * 4, cudaMemcpyHostToDevice));
+    CK(fa_bwd_post_launch(&p, &g, &ws, &cfg, 0));
+    CK(cudaDeviceSynchronize());
+    std::vector<uint16_t> got_dq;
+    report(c, "packed dq padding/canary written", download16(dq, got_dq, 1, total, H, D));
+    {
+        int64_t bad = 0, stray = 0;
+        for (int r = 0; r < total; ++r)
+            for (int h = 0; h < H; ++h)
+                for (int d = 0; d < D; ++d) {
+                    const uint16_t got = got_dq[((size_t)r * H + h) * D + d];
+                    if (owner[r] < 0) {
+                        stray += got != kPad16;
+                        continue;
+                    }
+                    const float a = acc[((size_t)h * total + r) * D + d];
+                    bad += got != to_bits(p.softmax_scale * a, dt);
+                }
+        report(c, "packed dq", bad);
+        report(c, "packed dq written outside the entries", stray);
+    }
+    if (sinks_on) {
+        const std::vector<float> dsinks = dread(d_dsinks, H);
+        int64_t bad = 0;
+        for (int h = 0; h < H; ++h) {
+            double sum = 0.0, m = 0.0;
+            for (int b = 0; b < B; ++b)
+                for (int x = 0; x < parts; ++x) {
+                    const double v = part[((size_t)b * H + h) * parts + x];
+                    sum += v;
+                    m += fabs(v);
+                }
+            bad += !(fabs(dsinks[(size_t)h] - sum) <= 1e-5 * m + 1e-6);
+        }
+        report(c, "packed dsinks", bad);
+    }
+    if (failures == failures_before)
+        printf("  ok   packed lengths (0,1,17,128,300,65) H=%d D=%d %s sinks=%d lock=%d(bm %d)\n",
+               H, D, dt == FA_FLOAT16 ? "fp16" : "bf16", sinks_on, lock, block_m);
+    cudaFree(out.dev);
+    cudaFree(dout.dev);
+    cudaFree(dq.dev);
+    cudaFree(d_lse);
+    cudaFree(d_sinks);
+    cudaFree(d_dsinks);
+    cudaFree(d_cu);
+    cudaFree(d_acc);
+    cudaFree(d_delta);
+    cudaFree(d_part);
+    cudaFree(d_lock);
+}
+
 int main()
 {
     fa_params p;
@@ -512,6 +775,9 @@ int main()
                     }
     const Case big = {2, 2, 113, 64, FA_BFLOAT16, 1, 1, 128, ((int64_t)1 << 31) + 64};
     run_case(big);
+    run_packed_case(64, FA_BFLOAT16, 1, 1, 48);
+    run_packed_case(72, FA_FLOAT16, 0, 0, 64);
+    run_packed_case(64, FA_FLOAT16, 1, 0, 128);
 
     printf(failures ? "FAILED: %d checks\n" : "all passed\n", failures);
     return failures ? 1 : 0;

@@ -18,7 +18,9 @@
  * workspace, dk/dv poisoned with NaN. dq = softmax_scale * dq_accum on the host. Reported:
  * max |ours - ref| / max |ref| for dq, dk, dv (pass below 2e-2 for bf16, 1e-2 for fp16);
  * every dk/dv element written and finite, the columns past head_dim and the guard past
- * dq_accum untouched; deterministic cases run twice and must match bitwise.
+ * dq_accum untouched; deterministic cases run twice and must match bitwise. Then packed
+ * (cu_seqlens) ragged batches, lengths 0, 1, 17, 128, 300 (run_packed_case), where no row of
+ * dq_accum, dk or dv outside every entry may change.
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -408,6 +410,252 @@ static void run_case(const Case &c)
     cudaFree(ddv);
 }
 
+/* A packed (cu_seqlens_q, cu_seqlens_k) batch of ragged entries: q, dout, dq rows
+ * [cu_q[b], cu_q[b+1]) and k, v, dk, dv rows [cu_k[b], cu_k[b] + len_k) of (total, heads,
+ * head_dim) tensors, lse, delta and dq_accum's rows (heads, total_q) (seqlen.h). Rows before the
+ * first entry and after the last belong to none; with used_k the entries see only their first
+ * len_k of len_k + 7 packed keys (seqused_k), and the 7 belong to none. Reference and checks
+ * as run_case, per entry; dk/dv rows of no entry must keep their NaN poison, and dq_accum rows
+ * of no entry their zeros. */
+static void run_packed_case(int D, bool bf16, int causal, int det, bool used_k)
+{
+    const int Hq = 6, Hk = 2, G = Hq / Hk;
+    const std::vector<int> lq = {0, 1, 17, 128, 300}, lk = {5, 1, 300, 128, 17};
+    const int B = (int)lq.size(), extra = used_k ? 7 : 0;
+    std::vector<int32_t> cu_q(1, 2), cu_k(1, 1), used(lk.begin(), lk.end());
+    for (int b = 0; b < B; ++b) {
+        cu_q.push_back(cu_q.back() + lq[b]);
+        cu_k.push_back(cu_k.back() + lk[b] + extra);
+    }
+    const int total_q = cu_q.back() + 3, total_k = cu_k.back() + 2;
+    int Sq = 0, Sk = 0;
+    for (int b = 0; b < B; ++b) {
+        Sq = std::max(Sq, lq[b]);
+        Sk = std::max(Sk, cu_k[b + 1] - cu_k[b]);
+    }
+    const float scale = 1.0f / sqrtf((float)D);
+    char name[96];
+    snprintf(name, sizeof name, "packed hd%d %s %s%s%s (0,1,17,128,300)", D, bf16 ? "bf16" : "fp16",
+             causal ? "causal" : "none", det ? " det" : "", used_k ? " seqused_k" : "");
+    std::mt19937_64 rng(99 + D + causal * 3 + det * 5 + used_k * 7);
+    std::normal_distribution<float> nd(0.f, 1.f);
+    const int64_t qrs = (int64_t)Hq * D, krs = (int64_t)Hk * D;
+    std::vector<uint16_t> q_b(total_q * qrs), do_b(total_q * qrs);
+    std::vector<uint16_t> k_b(total_k * krs), v_b(total_k * krs);
+    std::vector<double> q(q_b.size()), dout(q_b.size()), k(k_b.size()), v(k_b.size());
+    auto fill = [&](std::vector<uint16_t> &bits, std::vector<double> &vals) {
+        for (size_t i = 0; i < bits.size(); ++i) {
+            bits[i] = to_bits(nd(rng), bf16);
+            vals[i] = from_bits(bits[i], bf16);
+        }
+    };
+    fill(q_b, q);
+    fill(do_b, dout);
+    fill(k_b, k);
+    fill(v_b, v);
+
+    /* ---- reference, per entry ---- */
+    std::vector<double> dq_ref(q.size(), 0.0), dk_ref(k.size(), 0.0), dv_ref(k.size(), 0.0);
+    std::vector<float> lse_in((size_t)Hq * total_q, 0.f), delta_in((size_t)Hq * total_q, 0.f);
+    for (int b = 0; b < B; ++b) {
+        const fa_mask mask = fa_mask_make(lq[b], lk[b], -1, -1, causal);
+        std::vector<double> logit(std::max(1, lk[b])), p(std::max(1, lk[b])), o(D);
+        for (int h = 0; h < Hq; ++h)
+            for (int i = 0; i < lq[b]; ++i) {
+                const int64_t qr = cu_q[b] + i;
+                const double *qi = &q[qr * qrs + h * D], *doi = &dout[qr * qrs + h * D];
+                const fa_key_span span = lk[b] > 0 ? fa_mask_row(&mask, i) : fa_key_span{0, -1};
+                double mx = -INFINITY;
+                for (int j = span.lo; j <= span.hi; ++j) {
+                    const double *kj = &k[(cu_k[b] + j) * krs + (h / G) * D];
+                    double sdot = 0;
+                    for (int d = 0; d < D; ++d)
+                        sdot += qi[d] * kj[d];
+                    logit[j] = scale * sdot;
+                    mx = std::max(mx, logit[j]);
+                }
+                double sum = 0;
+                for (int j = span.lo; j <= span.hi; ++j)
+                    sum += exp(logit[j] - mx);
+                const double lse = span.hi >= span.lo ? mx + log(sum) : -INFINITY;
+                std::fill(o.begin(), o.end(), 0.0);
+                for (int j = span.lo; j <= span.hi; ++j) {
+                    p[j] = exp(logit[j] - lse);
+                    const double *vj = &v[(cu_k[b] + j) * krs + (h / G) * D];
+                    for (int d = 0; d < D; ++d)
+                        o[d] += p[j] * vj[d];
+                }
+                double delta_exact = 0, delta_q = 0;
+                for (int d = 0; d < D; ++d) {
+                    delta_exact += doi[d] * o[d];
+                    delta_q += (double)from_bits(to_bits((float)doi[d], bf16), bf16) *
+                               from_bits(to_bits((float)o[d], bf16), bf16);
+                }
+                lse_in[(size_t)h * total_q + qr] = (float)lse;
+                delta_in[(size_t)h * total_q + qr] = (float)delta_q;
+                for (int j = span.lo; j <= span.hi; ++j) {
+                    const int64_t kr = cu_k[b] + j;
+                    const double *vj = &v[kr * krs + (h / G) * D], *kj = &k[kr * krs + (h / G) * D];
+                    double dp = 0;
+                    for (int d = 0; d < D; ++d)
+                        dp += doi[d] * vj[d];
+                    const double ds = p[j] * (dp - delta_exact);
+                    for (int d = 0; d < D; ++d) {
+                        dq_ref[qr * qrs + h * D + d] += scale * ds * kj[d];
+                        dk_ref[kr * krs + (h / G) * D + d] += scale * ds * qi[d];
+                        dv_ref[kr * krs + (h / G) * D + d] += p[j] * doi[d];
+                    }
+                }
+            }
+    }
+
+    /* ---- device ---- */
+    fa_params pp;
+    memset(&pp, 0, sizeof pp);
+    pp.struct_size = sizeof pp;
+    fa_grad_params g;
+    memset(&g, 0, sizeof g);
+    g.struct_size = sizeof g;
+    pp.batch = B;
+    pp.seqlen_q = Sq;
+    pp.seqlen_k = Sk;
+    pp.heads_q = Hq;
+    pp.heads_kv = Hk;
+    pp.head_dim = D;
+    pp.dtype = bf16 ? FA_BFLOAT16 : FA_FLOAT16;
+    pp.softmax_scale = scale;
+    pp.causal = causal;
+    pp.window_left = pp.window_right = -1;
+    pp.family = FA_KERNEL_SM80;
+    pp.total_q = total_q;
+    pp.total_k = total_k;
+    pp.q_row_stride = qrs, pp.q_head_stride = D;
+    pp.k_row_stride = pp.v_row_stride = krs, pp.k_head_stride = pp.v_head_stride = D;
+    g.do_row_stride = qrs, g.do_head_stride = D;
+    g.dk_row_stride = g.dv_row_stride = krs, g.dk_head_stride = g.dv_head_stride = D;
+    g.deterministic = det;
+    fa_tile t;
+    fa_sm80_bwd_tile(&pp, &g, &t);
+    auto dev_copy = [](const void *src, size_t bytes) {
+        void *d;
+        CK(cudaMalloc(&d, bytes));
+        CK(cudaMemcpy(d, src, bytes, cudaMemcpyHostToDevice));
+        return d;
+    };
+    void *d_q = dev_copy(q_b.data(), q_b.size() * 2), *d_k = dev_copy(k_b.data(), k_b.size() * 2);
+    void *d_v = dev_copy(v_b.data(), v_b.size() * 2);
+    void *d_do = dev_copy(do_b.data(), do_b.size() * 2);
+    float *d_lse = (float *)dev_copy(lse_in.data(), lse_in.size() * 4);
+    float *d_delta = (float *)dev_copy(delta_in.data(), delta_in.size() * 4);
+    int32_t *d_cuq = (int32_t *)dev_copy(cu_q.data(), cu_q.size() * 4);
+    int32_t *d_cuk = (int32_t *)dev_copy(cu_k.data(), cu_k.size() * 4);
+    int32_t *d_used = (int32_t *)dev_copy(used.data(), used.size() * 4);
+    const size_t acc_elems = (size_t)Hq * total_q * D, guard = 4096;
+    float *d_acc;
+    CK(cudaMalloc(&d_acc, (acc_elems + guard) * 4));
+    const int lock_n = B * Hq * ((Sq + t.block_m - 1) / t.block_m);
+    int *d_lock;
+    CK(cudaMalloc(&d_lock, std::max(lock_n, 1) * 4));
+    void *d_dk, *d_dv;
+    CK(cudaMalloc(&d_dk, k_b.size() * 2));
+    CK(cudaMalloc(&d_dv, k_b.size() * 2));
+    pp.q = d_q, pp.k = d_k, pp.v = d_v, pp.lse = d_lse;
+    pp.cu_seqlens_q = d_cuq, pp.cu_seqlens_k = d_cuk, pp.seqused_k = used_k ? d_used : nullptr;
+    g.dout = d_do, g.dk = d_dk, g.dv = d_dv;
+    const void *fn = fa_sm80_bwd_kernel_fn(&pp, &g, &t);
+    CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)t.smem_bytes));
+    fa_bwd_workspace ws;
+    memset(&ws, 0, sizeof ws);
+    ws.dq_accum = d_acc;
+    ws.delta = d_delta;
+    ws.dq_lock = det ? d_lock : nullptr;
+    ws.block_m = t.block_m;
+    fa_launch cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.grid[0] = (Sk + t.block_n - 1) / t.block_n;
+    cfg.grid[1] = Hk;
+    cfg.grid[2] = B;
+    cfg.block[0] = 384;
+    cfg.block[1] = cfg.block[2] = 1;
+    cfg.smem_bytes = t.smem_bytes;
+    cfg.block_m = t.block_m;
+    cfg.block_n = t.block_n;
+    cfg.head_dim_padded = t.head_dim_padded;
+    std::vector<float> acc(acc_elems + guard), acc_first;
+    std::vector<uint16_t> dk_o(k_b.size()), dv_o(k_b.size()), dk_first, dv_first;
+    bool bitwise = true;
+    for (int r = 0; r < (det ? 2 : 1); ++r) {
+        CK(cudaMemset(d_acc, 0, (acc_elems + guard) * 4));
+        CK(cudaMemset(d_lock, 0, std::max(lock_n, 1) * 4));
+        CK(cudaMemset(d_dk, 0xff, k_b.size() * 2));
+        CK(cudaMemset(d_dv, 0xff, k_b.size() * 2));
+        CK(fa_sm80_bwd_launch(&pp, &g, &ws, &cfg, 0));
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(acc.data(), d_acc, acc.size() * 4, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(dk_o.data(), d_dk, dk_o.size() * 2, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(dv_o.data(), d_dv, dv_o.size() * 2, cudaMemcpyDeviceToHost));
+        if (r == 0) {
+            acc_first = acc, dk_first = dk_o, dv_first = dv_o;
+        } else {
+            bitwise = memcmp(acc.data(), acc_first.data(), acc.size() * 4) == 0 &&
+                      dk_o == dk_first && dv_o == dv_first;
+        }
+    }
+
+    /* ---- compare ---- */
+    std::vector<int> q_owner(total_q, -1), k_owner(total_k, -1);
+    for (int b = 0; b < B; ++b) {
+        for (int i = 0; i < lq[b]; ++i)
+            q_owner[cu_q[b] + i] = b;
+        for (int j = 0; j < lk[b]; ++j)
+            k_owner[cu_k[b] + j] = b;
+    }
+    double mq = 0, mk = 0, mv = 0, eq = 0, ek = 0, ev = 0;
+    int64_t stray = 0;
+    bool finite = true;
+    for (size_t i = acc_elems; i < acc.size(); ++i)
+        stray += acc[i] != 0.f;
+    for (int h = 0; h < Hq; ++h)
+        for (int r = 0; r < total_q; ++r)
+            for (int d = 0; d < D; ++d) {
+                const float a = acc[((size_t)h * total_q + r) * D + d];
+                if (q_owner[r] < 0) {
+                    stray += a != 0.f;
+                    continue;
+                }
+                const double ref = dq_ref[r * qrs + h * D + d], ours = (double)scale * a;
+                finite &= std::isfinite(ours);
+                mq = std::max(mq, fabs(ref));
+                eq = std::max(eq, fabs(ours - ref));
+            }
+    for (int r = 0; r < total_k; ++r)
+        for (int e = 0; e < krs; ++e) {
+            const size_t at = (size_t)r * krs + e;
+            if (k_owner[r] < 0) {
+                stray += dk_o[at] != 0xffff || dv_o[at] != 0xffff;
+                continue;
+            }
+            const double ok_ = from_bits(dk_o[at], bf16), ov = from_bits(dv_o[at], bf16);
+            finite &= std::isfinite(ok_) && std::isfinite(ov);
+            mk = std::max(mk, fabs(dk_ref[at]));
+            mv = std::max(mv, fabs(dv_ref[at]));
+            ek = std::max(ek, fabs(ok_ - dk_ref[at]));
+            ev = std::max(ev, fabs(ov - dv_ref[at]));
+        }
+    const double tol = bf16 ? 2e-2 : 1e-2;
+    auto rel = [](double e, double m) { return m > 0 ? e / m : e; };
+    const double rq = rel(eq, mq), rk = rel(ek, mk), rv = rel(ev, mv);
+    const bool ok = finite && stray == 0 && bitwise && rq <= tol && rk <= tol && rv <= tol;
+    printf("%-44s dq %.2e dk %.2e dv %.2e (max|ref| %.1e %.1e %.1e)%s%s%s %s\n", name, rq, rk,
+           rv, mq, mk, mv, finite ? "" : " NONFINITE", stray ? " STRAY-WRITE" : "",
+           det ? (bitwise ? " bitwise=yes" : " bitwise=NO") : "", ok ? "ok" : "FAIL");
+    if (!ok)
+        ++g_failures;
+    cudaFree(d_q), cudaFree(d_k), cudaFree(d_v), cudaFree(d_do), cudaFree(d_lse), cudaFree(d_delta);
+    cudaFree(d_cuq), cudaFree(d_cuk), cudaFree(d_used), cudaFree(d_acc), cudaFree(d_lock);
+    cudaFree(d_dk), cudaFree(d_dv);
+}
+
 /* ---- timing ---- */
 __global__ void fill_random(uint16_t *x, size_t n, uint32_t seed, bool bf16, float mult)
 {
@@ -601,7 +849,12 @@ int main(int argc, char **argv)
         add(Case{nullptr, 256, 1, 1, 2, 1, 203, 113, 1, -1, -1, 30.f, 1, 1}, "hd256 bf16 causal 203x113 sc det");
         for (const Case &c : cases)
             run_case(c);
-        printf("%d cases, %d failed\n", (int)cases.size(), g_failures);
+        /* packed ragged batches (cu_seqlens), one with seqused_k */
+        run_packed_case(64, true, 1, 0, false);
+        run_packed_case(128, true, 1, 1, false);
+        run_packed_case(128, false, 0, 0, true);
+        run_packed_case(256, true, 1, 0, false);
+        printf("%d cases, %d failed\n", (int)cases.size() + 4, g_failures);
     }
     if (mode == "time1") {
         time_case(128, true, 1, 16, 16384, 0, 0, 0.f);

@@ -117,6 +117,7 @@ static BwdArgs make_bwd_args(const fa_params *p, const fa_grad_params *g,
     a.deterministic = g->deterministic ? 1 : 0;
     a.score = fa_score_make(p->softmax_scale, p->softcap);
     a.softmax_scale = p->softmax_scale;
+    a.layout = fa_seq_layout_of(p);
     return a;
 }
 

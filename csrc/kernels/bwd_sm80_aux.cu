@@ -4,14 +4,18 @@
  * needs tensor cores, so it runs on every target the sm80 family is built for.
  *
  * Both kernels: grid (ceil(seqlen_q / R), heads_q, batch), R = FA_BWD_PRE_ROWS = 64, block 384,
- * static shared memory only. CTA (x, h, b) owns query rows [x R, min(x R + R, len_q)) of head h
- * of batch entry b (len_q from seqlen.h). A row of head_dim elements is head_dim / 8 vectors
- * of 16 bytes (8 fp16/bf16, or two float4 of fp32); the CTA's rows x vectors are one flat list
- * of items, and thread t takes items t, t + 384, ... (at most 6), so all 384 threads issue
- * 16-byte loads whatever head_dim is, and a warp reads whole rows (contiguous 16 * head_dim/8
- * bytes each) however out, dout and dq are strided.
+ * static shared memory only; seqlen_q the longest entry. CTA (x, h, b) owns query rows
+ * [x R, min(x R + R, len_q)) of head h of batch entry b (len_q and every row address from
+ * seqlen.h: out, dout and dq rows through fa_q_row_offset, lse, delta and dq_accum's rows
+ * through fa_lse_index, (batch, heads_q, seqlen_q) or, packed, (heads_q, total_q); a row past
+ * len_q, in a packed batch the next entry's, is neither read nor written). A row of head_dim
+ * elements is head_dim / 8 vectors of 16 bytes (8 fp16/bf16, or two float4 of fp32); the
+ * CTA's rows x vectors are one flat list of items, and thread t takes items t, t + 384, ...
+ * (at most 6), so all 384 threads issue 16-byte loads whatever head_dim is, and a warp reads
+ * whole rows (contiguous 16 * head_dim/8 bytes each) however out, dout and dq are strided.
  *
- *   fa_bwd_pre   delta[b, h, i] = sum_d float(dout[b, i, h, d]) * float(out[b, i, h, d]):
+ *   fa_bwd_pre   delta[b, h, i] = sum_d float(dout[b, i, h, d]) * float(out[b, i, h, d])
+ *                (indices as the uniform layout spells them):
  *                each item's 8 products go to a shared slot [row][vector]; thread r < R then
  *                adds row r's slots in vector order (a fixed order: delta is reproducible).
  *                It zeroes dq_accum's rows of the CTA (contiguous: float4 stores over the
@@ -58,7 +62,7 @@ struct Args {
     const float *lse, *sinks;
     float *delta, *dq_accum, *dsink_part, *dsinks;
     int *dq_lock;
-    const int32_t *cu_seqlens_q, *cu_seqlens_k;
+    fa_seq_layout layout; /* seqlen.h: rows of out, dout, dq; the index of lse, delta, dq_accum */
     int64_t o_batch_stride, o_row_stride, o_head_stride;
     int64_t do_batch_stride, do_row_stride, do_head_stride;
     int64_t dq_batch_stride, dq_row_stride, dq_head_stride;
@@ -148,9 +152,9 @@ template <typename T> __global__ void __launch_bounds__(kThreads) bwd_pre_kernel
 
     const int x = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const int tid = threadIdx.x;
-    const int len_q = fa_seqlen_of(b, a.seqlen_q, a.seqlen_k, a.cu_seqlens_q, a.cu_seqlens_k).len_q;
+    const fa_seqlen e = fa_seqlen_at(&a.layout, b);
     const int r0 = x * kRows;
-    const int rows = min(kRows, len_q - r0);
+    const int rows = min(kRows, e.len_q - r0);
     const int64_t bh = (int64_t)b * a.heads_q + h;
     const int parts = div_up(a.seqlen_q, kRows);
     if (rows <= 0) {
@@ -159,13 +163,17 @@ template <typename T> __global__ void __launch_bounds__(kThreads) bwd_pre_kernel
             a.dsink_part[bh * parts + x] = 0.0f;
         return;
     }
+    /* row r0 + i of the CTA in delta (and lse, and dq_accum's rows): stat0 + i, lse's layout */
+    const int64_t stat0 = fa_lse_index(&a.layout, &e, b, a.heads_q, h, r0);
 
     const int nvec = a.head_dim >> 3;
     const int items = rows * nvec;
-    const T *out = static_cast<const T *>(a.out) + (int64_t)b * a.o_batch_stride +
-                   (int64_t)h * a.o_head_stride + (int64_t)r0 * a.o_row_stride;
-    const T *dout = static_cast<const T *>(a.dout) + (int64_t)b * a.do_batch_stride +
-                    (int64_t)h * a.do_head_stride + (int64_t)r0 * a.do_row_stride;
+    const T *out = static_cast<const T *>(a.out) +
+                   fa_q_row_offset(&e, b, r0, a.o_batch_stride, a.o_row_stride) +
+                   (int64_t)h * a.o_head_stride;
+    const T *dout = static_cast<const T *>(a.dout) +
+                    fa_q_row_offset(&e, b, r0, a.do_batch_stride, a.do_row_stride) +
+                    (int64_t)h * a.do_head_stride;
 
     /* Every load first, so each thread has all its bytes in flight at once. */
     uint4 vo[kMaxItems], vd[kMaxItems];
@@ -182,7 +190,7 @@ template <typename T> __global__ void __launch_bounds__(kThreads) bwd_pre_kernel
 
     /* The zeroing stores go out while the loads are pending. */
     {
-        float4 *acc = reinterpret_cast<float4 *>(a.dq_accum + (bh * a.seqlen_q + r0) * a.head_dim);
+        float4 *acc = reinterpret_cast<float4 *>(a.dq_accum + stat0 * a.head_dim);
         const int n4 = rows * (a.head_dim >> 2);
         const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         for (int k = tid; k < n4; k += kThreads)
@@ -209,7 +217,7 @@ template <typename T> __global__ void __launch_bounds__(kThreads) bwd_pre_kernel
         float d = 0.0f;
         for (int v = 0; v < nvec; ++v)
             d += slot[tid][v];
-        a.delta[bh * a.seqlen_q + r0 + tid] = d;
+        a.delta[stat0 + tid] = d;
         row_delta[tid] = d;
     }
     if (a.dsink_part == nullptr)
@@ -218,7 +226,7 @@ template <typename T> __global__ void __launch_bounds__(kThreads) bwd_pre_kernel
 
     if (tid < FA_WARP_SIZE) {
         const float sink = fa_sink(a.sinks, h);
-        const float *lse = a.lse + bh * a.seqlen_q + r0;
+        const float *lse = a.lse + stat0;
         float s = 0.0f;
 #pragma unroll
         for (int k = 0; k < 2; ++k) {
@@ -268,19 +276,19 @@ template <typename T> __global__ void __launch_bounds__(kThreads) bwd_post_kerne
     if (a.dsinks != nullptr && a.dsink_part != nullptr && x == 0 && b == 0)
         reduce_dsink(a, h);
 
-    const int len_q = fa_seqlen_of(b, a.seqlen_q, a.seqlen_k, a.cu_seqlens_q, a.cu_seqlens_k).len_q;
+    const fa_seqlen e = fa_seqlen_at(&a.layout, b);
     const int r0 = x * kRows;
-    const int rows = min(kRows, len_q - r0);
+    const int rows = min(kRows, e.len_q - r0);
     if (rows <= 0)
         return;
 
     const int nvec = a.head_dim >> 3;
     const int items = rows * nvec;
-    const int64_t bh = (int64_t)b * a.heads_q + h;
-    const float4 *acc =
-        reinterpret_cast<const float4 *>(a.dq_accum + (bh * a.seqlen_q + r0) * a.head_dim);
-    T *dq = static_cast<T *>(a.dq) + (int64_t)b * a.dq_batch_stride +
-            (int64_t)h * a.dq_head_stride + (int64_t)r0 * a.dq_row_stride;
+    const float4 *acc = reinterpret_cast<const float4 *>(
+        a.dq_accum + fa_lse_index(&a.layout, &e, b, a.heads_q, h, r0) * a.head_dim);
+    T *dq = static_cast<T *>(a.dq) +
+            fa_q_row_offset(&e, b, r0, a.dq_batch_stride, a.dq_row_stride) +
+            (int64_t)h * a.dq_head_stride;
     const float scale = a.softmax_scale;
 
     /* Item it covers acc[2 it], acc[2 it + 1]: the CTA's accumulator rows are contiguous. */
@@ -354,8 +362,7 @@ Args make_args(const fa_params *p, const fa_grad_params *g, const fa_bwd_workspa
     a.dsink_part = ws->dsink_part;
     a.dsinks = g->dsinks;
     a.dq_lock = ws->dq_lock;
-    a.cu_seqlens_q = p->cu_seqlens_q;
-    a.cu_seqlens_k = p->cu_seqlens_k;
+    a.layout = fa_seq_layout_of(p);
     a.o_batch_stride = p->o_batch_stride;
     a.o_row_stride = p->o_row_stride;
     a.o_head_stride = p->o_head_stride;

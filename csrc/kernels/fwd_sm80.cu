@@ -117,6 +117,7 @@ Args make_args(const fa_params *p)
     a.window_left = mask.left;
     a.window_right = mask.right;
     a.score = fa_score_make(p->softmax_scale, p->softcap);
+    a.layout = fa_seq_layout_of(p);
     return a;
 }
 

@@ -5,6 +5,13 @@
  *   q, out (batch, seqlen_q, heads_q, head_dim); k, v (batch, seqlen_k, heads_kv, head_dim);
  *   any element strides with unit head_dim stride; float16 or bfloat16; head_dim a multiple of
  *   8 up to 256 (run as 64, 128 or 256 with zero padding); lse float32 (batch, heads_q, seqlen_q).
+ *   Sequence layouts (common/seqlen.h): packed q and/or k/v (cu_seqlens, lse (heads_q,
+ *   total_q)), seqused_k, kv_batch_idx, and paged k/v whose page_size is a multiple of the
+ *   instance's key block; fa_sm90_seq_unsupported below names what it refuses. Each entry is
+ *   its own sequence: its lengths set its mask, its block range and its stores; rows and keys
+ *   a box reads past them (the next packed entry, a cache's unused tail) are never stored
+ *   and never weigh: their scores are masked to P = 0 and, where that memory may hold NaN,
+ *   their V rows are zeroed in shared memory (sm90_scheduler.cuh, sm90_fwd_mainloop.cuh).
  *   Instances per head dim: mask kind (none, causal, window: common/mask.h, sm90_mask.cuh) x
  *   softcap hook (common/score.h) x dtype; sinks are a runtime pointer read once per tile at the
  *   row end. Key blocks outside a tile's window (common/block_range.h) are never loaded.
@@ -54,6 +61,9 @@
  */
 #include <cuda_runtime.h>
 
+#include <climits>
+#include <cstdio>
+
 #include "kernels.h"
 #include "sm90_tiles.h"
 
@@ -98,4 +108,27 @@ extern "C" int fa_sm90_archs(int *archs, int max) {
     (void)max;
 #endif
     return n;
+}
+
+// What of p's sequence layout the sm90 forward cannot run (pure host; NULL: it runs it all):
+//   paged k/v with a page_size that no key block of the head dim's instances divides: a key
+//     block must lie inside one page, so that one TMA box (page, row) loads it;
+//   packed q with total_q past INT32_MAX - 64: a Q box starts up to 63 rows past the last
+//     entry, and TMA coordinates are signed 32-bit.
+// The message is kept per thread until this thread's next call.
+extern "C" const char *fa_sm90_seq_unsupported(const fa_params *p) {
+    static thread_local char why[128];
+    if (p == nullptr) return nullptr;
+    fa_tile t;
+    if (p->block_table && fa_sm90_tile(p, &t) == 0 && (p->page_size <= 0 || p->page_size % t.block_n != 0)) {
+        std::snprintf(why, sizeof why, "paged k/v needs page_size a multiple of %d on sm90 (got %d)", t.block_n,
+                      p->page_size);
+        return why;
+    }
+    if (p->cu_seqlens_q && p->total_q > INT_MAX - 64) {
+        std::snprintf(why, sizeof why, "packed q needs total_q at most %d on sm90 (got %d)", INT_MAX - 64,
+                      p->total_q);
+        return why;
+    }
+    return nullptr;
 }

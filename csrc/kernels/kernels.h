@@ -30,6 +30,7 @@
 
 #include "../flashattn.h"
 #include "../common/mask.h"
+#include "../common/seqlen.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -59,6 +60,23 @@ static inline fa_mask_kind fa_params_mask_kind(const fa_params *p)
     return m.left < 0 && m.right == 0 ? FA_MASK_CAUSAL : FA_MASK_LOCAL;
 }
 
+/* The sequence layout of p, as every kernel's argument block carries it. */
+static inline fa_seq_layout fa_seq_layout_of(const fa_params *p)
+{
+    fa_seq_layout s;
+    s.seqlen_q = p->seqlen_q;
+    s.seqlen_k = p->seqlen_k;
+    s.total_q = p->total_q;
+    s.cu_seqlens_q = p->cu_seqlens_q;
+    s.cu_seqlens_k = p->cu_seqlens_k;
+    s.seqused_k = p->seqused_k;
+    s.kv_batch_idx = p->kv_batch_idx;
+    s.block_table = p->block_table;
+    s.block_table_stride = p->block_table_stride;
+    s.page_size = p->page_size;
+    return s;
+}
+
 /* Query rows per CTA of the backward's preprocess and postprocess. */
 #define FA_BWD_PRE_ROWS 64
 
@@ -79,6 +97,8 @@ int fa_sm80_archs(int *archs, int max);
 const void *fa_sm90_kernel_fn(const fa_params *p, const fa_tile *t);
 cudaError_t fa_sm90_launch(const fa_params *p, const fa_launch *cfg, cudaStream_t stream);
 int fa_sm90_archs(int *archs, int max);
+/* NULL when the sm90 forward runs p's sequence layout, else why not (pure host). */
+const char *fa_sm90_seq_unsupported(const fa_params *p);
 
 /* Backward (bwd_sm80*.cu). The tile, fa_sm80_bwd_tile(p, g, &t), is pure host and static
  * inline in sm80_bwd_tiles.h (as fa_sm80_tile is in sm80_tiles.h). */
@@ -95,6 +115,45 @@ const void *fa_bwd_post_kernel_fn(const fa_params *p);
 cudaError_t fa_bwd_post_launch(const fa_params *p, const fa_grad_params *g,
                                const fa_bwd_workspace *ws, const fa_launch *cfg,
                                cudaStream_t stream);
+
+/* The KV-cache op (kvcache.c plans it): up to three launches, each (384, 1, 1).
+ *   1. fa_append    (when k_new is given) grid (ceil(seqlen_new / FA_APPEND_ROWS), heads_kv,
+ *                   batch): copies k_new/v_new rows i to cache key cache_seqlens[b] + i of entry
+ *                   b (dense or paged, common/seqlen.h); with cache_seqlens, CTA (0, 0, b) also
+ *                   writes seqused[b] = cache_seqlens[b] + seqlen_new.
+ *   2. fa_decode    grid (num_splits * m_tiles, heads_kv, batch): GQA packing, the q heads of
+ *                   kv head hk and the query rows of entry b form packed rows r = i * G + g
+ *                   (query row i, q head hk * G + g), m_tiles = ceil(seqlen_q * G / block_m).
+ *                   Split s of the entry's visible key blocks (block_range.h over the tile's
+ *                   rows, cut into num_splits contiguous runs of whole blocks) is reduced by one
+ *                   CTA. num_splits == 1: out and lse (dense layout) are written, sinks
+ *                   included; else o_partial and lse_partial (sinks left to the combine), a
+ *                   split with no visible key writing lse -inf and o 0.
+ *   3. fa_combine   (num_splits > 1) grid (ceil(seqlen_q * heads_q / FA_COMBINE_ROWS), batch):
+ *                   lse = log(sum_s exp(lse_s) + exp(sink)), out = sum_s exp(lse_s - lse) o_s,
+ *                   out 0 and lse -inf (sink with sinks) for a row no split saw. */
+#define FA_APPEND_ROWS 64
+#define FA_COMBINE_ROWS 32
+
+typedef struct {
+    float *o_partial;   /* (num_splits, batch, heads_q, seqlen_q, head_dim) fp32, row-major */
+    float *lse_partial; /* (num_splits, batch, heads_q, seqlen_q) fp32 */
+    int num_splits;
+} fa_split_workspace;
+
+/* The decode kernel's tile for p on a device with smem_optin bytes of shared memory per block
+ * (fwd_sm80_decode.cu; pure host): block_m packed rows, block_n keys per step. Returns 0 when
+ * the head_dim has no instance. */
+int fa_decode_tile(const fa_params *p, int smem_optin, fa_tile *t);
+const void *fa_decode_kernel_fn(const fa_params *p, const fa_tile *t);
+cudaError_t fa_decode_launch(const fa_params *p, const fa_split_workspace *ws,
+                             const fa_launch *cfg, cudaStream_t stream);
+const void *fa_append_kernel_fn(const fa_params *p);
+cudaError_t fa_append_launch(const fa_params *p, const fa_kvcache_params *c, int32_t *seqused,
+                             const fa_launch *cfg, cudaStream_t stream);
+const void *fa_combine_kernel_fn(const fa_params *p);
+cudaError_t fa_combine_launch(const fa_params *p, const fa_split_workspace *ws,
+                              const fa_launch *cfg, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

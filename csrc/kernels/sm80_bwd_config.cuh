@@ -42,6 +42,7 @@
 
 #include "../common/mask.h"
 #include "../common/score.h"
+#include "../common/seqlen.h"
 #include "../launch_contract.h"
 #include "kernels.h"
 #include "sm80_bwd_tiles.h"
@@ -144,9 +145,9 @@ struct BwdConfig {
 struct BwdArgs {
     const void *q, *k, *v, *dout;
     void *dk, *dv;
-    const float *lse;   /* (batch, heads_q, seqlen_q), natural log */
+    const float *lse;   /* (batch, heads_q, seqlen_q), natural log; packed (heads_q, total_q) */
     const float *delta; /* same layout */
-    float *dq_accum;    /* (batch, heads_q, seqlen_q, head_dim) */
+    float *dq_accum;    /* lse's layout, times head_dim */
     int *dq_lock;       /* (batch, heads_q, lock_blocks); deterministic only */
     int64_t q_batch_stride, q_row_stride, q_head_stride;
     int64_t k_batch_stride, k_row_stride, k_head_stride;
@@ -162,7 +163,39 @@ struct BwdArgs {
     int deterministic;
     fa_score score;
     float softmax_scale;
+    /* Where each batch entry's rows and keys are (seqlen.h), read by the SEQ instances: packed
+       cu_seqlens and seqused_k (the host refuses paged or kv_batch_idx k/v for the backward).
+       dq_accum rows and delta are laid out like the LSE (fa_lse_index). Last, so that the
+       uniform instances see every field before it where it was. */
+    fa_seq_layout layout;
 };
+
+/* SEQ instances: the CTA's batch entry (fa_seqlen_at) in static shared memory, 5 ints at `at`:
+   len_q, len_k, q_row0, k_row0, kv_batch; thread 0 stores it with the walk (CtaWalk::save)
+   and every later use reads it back (CtaWalk::saved), as the walk itself is. */
+struct BwdEntrySlot {
+    uint32_t at;
+
+    __device__ __forceinline__ void store(const fa_seqlen &e) const
+    {
+        st_shared_s32(at, e.len_q);
+        st_shared_s32(at + 4, e.len_k);
+        st_shared_s32(at + 8, static_cast<int>(e.q_row0));
+        st_shared_s32(at + 12, static_cast<int>(e.k_row0));
+        st_shared_s32(at + 16, e.kv_batch);
+    }
+    __device__ __forceinline__ fa_seqlen load() const
+    {
+        fa_seqlen e;
+        e.len_q = ld_shared_s32(at);
+        e.len_k = ld_shared_s32(at + 4);
+        e.q_row0 = ld_shared_s32(at + 8);
+        e.k_row0 = ld_shared_s32(at + 12);
+        e.kv_batch = ld_shared_s32(at + 16);
+        return e;
+    }
+};
+constexpr int kBwdEntryInts = 5;
 
 __device__ __forceinline__ fa_mask make_bwd_mask(const BwdArgs &a, int len_q, int len_k)
 {
@@ -172,20 +205,6 @@ __device__ __forceinline__ fa_mask make_bwd_mask(const BwdArgs &a, int len_q, in
     m.left = a.window_left;
     m.right = a.window_right;
     return m;
-}
-
-/* A 32-bit shared-memory load that stays where it is written: values kept in shared memory
-   are read there at each use, not hoisted into a register held across the main loop. */
-__device__ __forceinline__ int ld_shared_s32(uint32_t addr)
-{
-    int v;
-    asm volatile("ld.shared.s32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
-    return v;
-}
-
-__device__ __forceinline__ void st_shared_s32(uint32_t addr, int v)
-{
-    asm volatile("st.shared.s32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
 }
 
 /* An ldmatrix operand: a warp's fragment origin in a shared-memory tile, with this lane's

@@ -2,7 +2,8 @@
  * sm80_bwd_epilogue.cuh -- what leaves the CTA: each query block's dQ (added into the fp32
  * dq_accum, in key-block order when deterministic), and at the end dK and dV.
  *
- *   dq_accum[b, h, row, :] += dS K      (unscaled; the postprocess multiplies by softmax_scale)
+ *   dq_accum[b, h, row, :] += dS K      (unscaled; the postprocess multiplies by softmax_scale;
+ *                                        rows laid out like the LSE: fa_lse_index)
  *   dk[b, key, hk, :] = softmax_scale * dK,   dv[b, key, hk, :] = dV   (16-bit)
  * Deterministic order (kernels.h): the CTA of key block n adds to query block m of head h
  * when dq_lock[b, h, m] == n - (m's first key block); one thread polls with acquire, the
@@ -14,6 +15,7 @@
 #define FA_SM80_BWD_EPILOGUE_CUH
 
 #include "../common/block_range.h"
+#include "../common/seqlen.h"
 #include "sm80_bwd_config.cuh"
 
 namespace fa_sm80 {
@@ -76,14 +78,15 @@ __device__ __forceinline__ void dq_turn_pass(const BwdArgs &p, int batch, int h,
     }
 }
 
-/* dK (times softmax_scale) and dV of the CTA's keys [key0, key0 + BN) of kv head hk; keys
-   past len_k and columns past head_dim are not stored. The caller has passed a barrier after
-   the last read of K and V. */
-template <class C, bool BF16>
+/* dK (times softmax_scale) and dV of the CTA's keys [key0, key0 + BN) of entry e and kv head
+   hk, at k's row addressing (seqlen.h; unpaged) with dk's and dv's strides; keys past e.len_k
+   and columns past head_dim are not stored. The caller has passed a barrier after the last
+   read of K and V. */
+template <class C, bool BF16, bool SEQ>
 __device__ __forceinline__ void store_dkdv(const BwdArgs &p, unsigned char *smem,
                                            float (&dk)[C::kKvMT][C::kKvNT][4],
-                                           float (&dv)[C::kKvMT][C::kKvNT][4], int batch, int hk,
-                                           int key0, int len_k)
+                                           float (&dv)[C::kKvMT][C::kKvNT][4], const fa_seqlen &e,
+                                           int batch, int hk, int key0)
 {
     const int lane = reread_thread_index() & 31, warp = reread_thread_index() >> 5;
     const int wn = warp / C::kKvWD, wd = warp % C::kKvWD;
@@ -110,13 +113,17 @@ __device__ __forceinline__ void store_dkdv(const BwdArgs &p, unsigned char *smem
     const int chunk = tid % C::kChunksPerRow;
     if (chunk * 8 >= p.head_dim)
         return;
-    const int rows_valid = min(C::kBN, len_k - key0);
-    uint16_t *dk_base = static_cast<uint16_t *>(p.dk) +
-                        static_cast<int64_t>(batch) * p.dk_batch_stride +
-                        static_cast<int64_t>(hk) * p.dk_head_stride + chunk * 8;
-    uint16_t *dv_base = static_cast<uint16_t *>(p.dv) +
-                        static_cast<int64_t>(batch) * p.dv_batch_stride +
-                        static_cast<int64_t>(hk) * p.dv_head_stride + chunk * 8;
+    /* keys of this entry only: packed, the ones past len_k are the next entry's */
+    const int rows_valid = min(C::kBN, e.len_k - key0);
+    const fa_seq_layout layout = layout_of<SEQ>(p);
+    uint16_t *dk_base =
+        static_cast<uint16_t *>(p.dk) +
+        fa_k_row_offset(&layout, &e, batch, 0, p.dk_batch_stride, p.dk_row_stride) +
+        static_cast<int64_t>(hk) * p.dk_head_stride + chunk * 8;
+    uint16_t *dv_base =
+        static_cast<uint16_t *>(p.dv) +
+        fa_k_row_offset(&layout, &e, batch, 0, p.dv_batch_stride, p.dv_row_stride) +
+        static_cast<int64_t>(hk) * p.dv_head_stride + chunk * 8;
 #pragma unroll
     for (int i = 0; i < (C::kBN + C::kRowsPerPass - 1) / C::kRowsPerPass; ++i) {
         const int r = tid / C::kChunksPerRow + i * C::kRowsPerPass;

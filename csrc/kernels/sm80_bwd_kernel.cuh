@@ -51,35 +51,38 @@ namespace fa_sm80 {
    step per warp. */
 constexpr int kWalkInts = 8;
 
-template <class C>
+template <class C, bool SEQ>
 struct CtaWalk {
     int batch, hk, n_block, key0, len_q, len_k;
+    fa_seqlen entry; /* seqlen.h: where the entry's rows and keys are */
     fa_mask mask;
     fa_row_block_range range;
 
     __device__ __forceinline__ static CtaWalk make(const BwdArgs &p, int n_block, int hk,
-                                                   int batch)
+                                                   int batch, const fa_seqlen &e)
     {
         CtaWalk w;
         w.n_block = n_block;
         w.batch = batch;
         w.hk = hk;
-        const fa_seqlen len = fa_seqlen_of(batch, p.seqlen_q, p.seqlen_k, nullptr, nullptr);
-        w.len_q = len.len_q;
-        w.len_k = len.len_k;
+        w.entry = e;
+        w.len_q = e.len_q;
+        w.len_k = e.len_k;
         w.key0 = n_block * C::kBN;
         w.mask = make_bwd_mask(p, w.len_q, w.len_k);
         return w;
     }
-    /* from blockIdx: before the prologue's barrier */
+    /* from blockIdx and, SEQ, the layout in global memory: before the prologue's barrier */
     __device__ __forceinline__ static CtaWalk direct(const BwdArgs &p)
     {
-        CtaWalk w = make(p, blockIdx.x, blockIdx.y, blockIdx.z);
+        const fa_seq_layout layout = layout_of<SEQ>(p);
+        const int batch = blockIdx.z;
+        CtaWalk w = make(p, blockIdx.x, blockIdx.y, batch, fa_seqlen_at(&layout, batch));
         w.range = fa_block_range_cols(&w.mask, w.key0, w.key0 + C::kBN, C::kBM);
         return w;
     }
     /* thread 0, before the prologue's barrier */
-    __device__ __forceinline__ void save(unsigned char *smem, int n_iters) const
+    __device__ __forceinline__ void save(unsigned char *smem, BwdEntrySlot slot, int n_iters) const
     {
         int *ids = reinterpret_cast<int *>(smem + C::kIdsOffset);
         ids[0] = n_block;
@@ -90,12 +93,23 @@ struct CtaWalk {
         ids[5] = range.m_max;
         ids[6] = range.m_full_min;
         ids[7] = range.m_full_max;
+        if constexpr (SEQ)
+            slot.store(entry);
     }
     /* from the copy in shared memory: after the prologue's barrier */
-    __device__ __forceinline__ static CtaWalk saved(const BwdArgs &p, uint32_t smem_base)
+    __device__ __forceinline__ static CtaWalk saved(const BwdArgs &p, uint32_t smem_base,
+                                                    BwdEntrySlot slot)
     {
         const uint32_t ids = smem_base + C::kIdsOffset;
-        CtaWalk w = make(p, ld_shared_s32(ids), ld_shared_s32(ids + 4), ld_shared_s32(ids + 8));
+        const int batch = ld_shared_s32(ids + 8);
+        fa_seqlen e;
+        if constexpr (SEQ) {
+            e = slot.load();
+        } else {
+            const fa_seq_layout layout = layout_of<false>(p);
+            e = fa_seqlen_at(&layout, batch);
+        }
+        CtaWalk w = make(p, ld_shared_s32(ids), ld_shared_s32(ids + 4), batch, e);
         w.range.m_min = ld_shared_s32(ids + 16);
         w.range.m_max = ld_shared_s32(ids + 20);
         w.range.m_full_min = ld_shared_s32(ids + 24);
@@ -134,21 +148,27 @@ __device__ __forceinline__ void advance_warp_step(uint32_t smem_base)
     __syncwarp();
 }
 
-template <int HDP, bool BF16>
+/* SEQ false: a uniform batch (layout_of: no layout array), the code of the uniform backward;
+   SEQ true: packed cu_seqlens and seqused_k (seqlen.h), the entry kept in shared memory
+   (BwdEntrySlot). The host picks by whether p has a layout array. */
+template <int HDP, bool BF16, bool SEQ>
 __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) bwd_sm80_kernel(const BwdArgs p)
 {
     using C = BwdConfig<HDP>;
+    using Walk = CtaWalk<C, SEQ>;
     extern __shared__ __align__(128) unsigned char smem[];
     const uint32_t smem_base = smem_addr(smem);
+    __shared__ __align__(4) int entry_ints[SEQ ? kBwdEntryInts : 1];
+    const BwdEntrySlot slot{smem_addr(entry_ints)};
 
     int n_iters;
     {
-        const CtaWalk<C> w = CtaWalk<C>::direct(p);
+        const Walk w = Walk::direct(p);
         if (w.key0 >= w.len_k)
             return;
         n_iters = p.heads_per_kv * w.blocks();
         if (threadIdx.x == 0)
-            w.save(smem, n_iters);
+            w.save(smem, slot, n_iters);
         if ((threadIdx.x & 31) == 0)
             reinterpret_cast<int *>(smem + C::kIdsOffset)[kWalkInts + (threadIdx.x >> 5)] = 0;
     }
@@ -159,11 +179,11 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) bwd_sm80_kernel(const
 
     if (n_iters > 0) {
         {
-            const CtaWalk<C> w = CtaWalk<C>::direct(p);
+            const Walk w = Walk::direct(p);
             const int h = w.head(p, 0), row0 = w.block(0) * C::kBM;
-            load_kv<C>(smem_base, p, w.batch, w.hk, w.key0, w.len_k);
-            load_q_stats<C>(smem_base, p, w.batch, h, row0, w.len_q);
-            load_do<C>(smem_base, p, w.batch, h, row0, w.len_q);
+            load_kv<C, SEQ>(smem_base, p, w.entry, w.batch, w.hk, w.key0);
+            load_q_stats<C, SEQ>(smem_base, p, w.entry, w.batch, h, row0);
+            load_do<C, SEQ>(smem_base, p, w.entry, w.batch, h, row0);
             cp_async_commit_group();
             cp_async_wait_group<0>();
             __syncthreads();
@@ -174,18 +194,18 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) bwd_sm80_kernel(const
         auto copy_next_q = [&]() {
             if (warp_step<C>(smem_base) + 1 < ld_shared_s32(n_iters_at)) {
                 const int it = warp_step<C>(smem_base);
-                const CtaWalk<C> w = CtaWalk<C>::saved(p, smem_base);
-                load_q_stats<C>(smem_base, p, w.batch, w.head(p, it + 1),
-                                w.block(it + 1) * C::kBM, w.len_q);
+                const Walk w = Walk::saved(p, smem_base, slot);
+                load_q_stats<C, SEQ>(smem_base, p, w.entry, w.batch, w.head(p, it + 1),
+                                     w.block(it + 1) * C::kBM);
                 cp_async_commit_group();
             }
         };
         auto copy_next_do = [&]() {
             if (warp_step<C>(smem_base) + 1 < ld_shared_s32(n_iters_at)) {
                 const int it = warp_step<C>(smem_base);
-                const CtaWalk<C> w = CtaWalk<C>::saved(p, smem_base);
-                load_do<C>(smem_base, p, w.batch, w.head(p, it + 1), w.block(it + 1) * C::kBM,
-                           w.len_q);
+                const Walk w = Walk::saved(p, smem_base, slot);
+                load_do<C, SEQ>(smem_base, p, w.entry, w.batch, w.head(p, it + 1),
+                                w.block(it + 1) * C::kBM);
                 cp_async_commit_group();
             }
         };
@@ -193,7 +213,7 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) bwd_sm80_kernel(const
         while (warp_step<C>(smem_base) < ld_shared_s32(n_iters_at)) {
             {
                 const int it = warp_step<C>(smem_base);
-                const CtaWalk<C> w = CtaWalk<C>::saved(p, smem_base);
+                const Walk w = Walk::saved(p, smem_base, slot);
                 const int m = w.block(it);
                 const bool masked = fa_row_block_needs_mask(&w.range, m);
                 if (p.score.softcap_pre != 0.f)
@@ -226,14 +246,17 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) bwd_sm80_kernel(const
                 if (warp < C::kDqWarps)
                     dq_gemm<C, BF16>(dq, smem_base);
                 const int it = warp_step<C>(smem_base);
-                const CtaWalk<C> w = CtaWalk<C>::saved(p, smem_base);
+                const Walk w = Walk::saved(p, smem_base, slot);
                 const int h = w.head(p, it), m = w.block(it);
                 const int tid = reread_thread_index();
                 if (p.deterministic)
                     dq_turn_wait(p, w.mask, w.batch, h, m, w.n_block, C::kBM, C::kBN, tid);
                 if (warp < C::kDqWarps) {
-                    const int64_t bh = static_cast<int64_t>(w.batch) * p.heads_q + h;
-                    float *dst = p.dq_accum + (bh * p.seqlen_q + m * C::kBM) * p.head_dim;
+                    /* dq_accum rows are laid out like the LSE (fa_lse_index), head_dim wide */
+                    const fa_seq_layout layout = layout_of<SEQ>(p);
+                    float *dst = p.dq_accum + fa_lse_index(&layout, &w.entry, w.batch,
+                                                           p.heads_q, h, m * C::kBM) *
+                                                  p.head_dim;
                     dq_add<C>(dq, dst, min(C::kBM, w.len_q - m * C::kBM), p.head_dim);
                 }
                 if (p.deterministic)
@@ -247,20 +270,30 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) bwd_sm80_kernel(const
     }
 
     __syncthreads(); /* the saved indices are visible also where no block was walked */
-    const CtaWalk<C> w = CtaWalk<C>::saved(p, smem_base);
-    store_dkdv<C, BF16>(p, smem, dk, dv, w.batch, w.hk, w.key0, w.len_k);
+    const Walk w = Walk::saved(p, smem_base, slot);
+    store_dkdv<C, BF16, SEQ>(p, smem, dk, dv, w.entry, w.batch, w.hk, w.key0);
 }
 
 typedef void (*bwd_kernel_t)(const BwdArgs);
 
-template <int HDP>
+template <int HDP, bool SEQ>
 bwd_kernel_t pick_bwd_dtype(fa_dtype dtype)
 {
     switch (dtype) {
-    case FA_FLOAT16: return bwd_sm80_kernel<HDP, false>;
-    case FA_BFLOAT16: return bwd_sm80_kernel<HDP, true>;
+    case FA_FLOAT16: return bwd_sm80_kernel<HDP, false, SEQ>;
+    case FA_BFLOAT16: return bwd_sm80_kernel<HDP, true, SEQ>;
     default: return nullptr;
     }
+}
+
+/* The SEQ instances serve p's layout arrays (packed cu_seqlens, seqused_k); without one, the
+   uniform instances run, the code of the uniform batch alone (as the forward's). */
+template <int HDP>
+bwd_kernel_t pick_bwd_layout(const fa_params *p)
+{
+    const bool seq = p->cu_seqlens_q != NULL || p->cu_seqlens_k != NULL ||
+                     p->seqused_k != NULL || p->kv_batch_idx != NULL || p->block_table != NULL;
+    return seq ? pick_bwd_dtype<HDP, true>(p->dtype) : pick_bwd_dtype<HDP, false>(p->dtype);
 }
 
 } /* namespace fa_sm80 */
@@ -269,7 +302,7 @@ bwd_kernel_t pick_bwd_dtype(fa_dtype dtype)
 #define FA_SM80_BWD_DEFINE_HEAD_DIM(HD)                                                          \
     extern "C" const void *fa_sm80_bwd_hd##HD##_kernel(const fa_params *p)                      \
     {                                                                                            \
-        return reinterpret_cast<const void *>(fa_sm80::pick_bwd_dtype<HD>(p->dtype));           \
+        return reinterpret_cast<const void *>(fa_sm80::pick_bwd_layout<HD>(p));                \
     }
 
 #endif /* FA_SM80_BWD_KERNEL_CUH */

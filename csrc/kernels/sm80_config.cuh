@@ -21,6 +21,7 @@
 
 #include "../common/mask.h"
 #include "../common/score.h"
+#include "../common/seqlen.h"
 #include "../launch_contract.h"
 #include "kernels.h"
 #include "sm80_ptx.cuh"
@@ -111,20 +112,29 @@ struct Args {
     float *lse;         /* NULL: not written */
     const float *sinks; /* NULL, or one logit per q head */
     int64_t q_batch_stride, q_row_stride, q_head_stride;
-    int64_t k_batch_stride, k_row_stride, k_head_stride;
+    int64_t k_batch_stride, k_row_stride, k_head_stride; /* k's batch stride: the page's, paged */
     int64_t v_batch_stride, v_row_stride, v_head_stride;
     int64_t o_batch_stride, o_row_stride, o_head_stride;
-    int seqlen_q, seqlen_k, heads_q, head_dim;
+    int seqlen_q, seqlen_k; /* = layout's: what the uniform instances read (layout_of) */
+    int heads_q, head_dim;
     int heads_per_kv; /* heads_q / heads_kv: consecutive q heads share one kv head */
-    /* The window of the uniform batch, normalised by fa_mask_make on the host (make_args) */
+    /* The window, normalised by fa_mask_make on the host against the longest entry (make_args) */
     int window_left, window_right;
     fa_score score;
+    /* Where each batch entry's rows and keys are (seqlen.h): lengths (the maxima when packed),
+       cu_seqlens, seqused_k, kv_batch_idx, block_table; the SEQ instances read it. Every row
+       address, length and LSE index of the kernel comes through seqlen.h's functions. Last,
+       so that the uniform instances see the fields before it where they were: ptxas's
+       register allocation followed the argument offsets (up to 4 registers at head_dim 64). */
+    fa_seq_layout layout;
 };
 
-/* The mask of one batch entry (mask.h). Every entry of a uniform batch has the same lengths,
-   so make_args ran fa_mask_make once on the host and the normalised window arrives in the
-   constant bank: normalising it here held two more registers across the main loop and
-   spilled (a variable-length batch will call fa_mask_make per entry here). The full and
+/* The mask of one batch entry (mask.h), for its own lengths. make_args ran fa_mask_make once
+   on the host, against seqlen_q and seqlen_k (the maxima of a packed batch), and the window
+   arrives in the constant bank: normalising it here held two more registers across the main
+   loop and spilled. Normalising against an entry's own lengths gives the same spans: a bound
+   is dropped only where it reaches past every key of every row (left >= len_k, right >=
+   len_q), and a bound at least the maxima reaches past those of every entry. The full and
    causal instances were picked for a window of (-1, -1) or (-1, 0) (fa_params_mask_kind):
    spelled as constants, every compare against them folds, and these instances run the code
    they ran before windows existed. */
@@ -138,6 +148,127 @@ __device__ __forceinline__ fa_mask make_mask(const Args &a, int len_q, int len_k
     m.right = MASK == FA_MASK_LOCAL ? a.window_right : MASK == FA_MASK_CAUSAL ? 0 : -1;
     return m;
 }
+
+/* A 32-bit shared-memory load that stays where it is written: values kept in shared memory
+   are read there at each use, not hoisted into a register held across the main loop. */
+__device__ __forceinline__ int ld_shared_s32(uint32_t addr)
+{
+    int v;
+    asm volatile("ld.shared.s32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void st_shared_s32(uint32_t addr, int v)
+{
+    asm volatile("st.shared.s32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ int64_t ld_shared_s64(uint32_t addr)
+{
+    int64_t v;
+    asm volatile("ld.shared.s64 %0, [%1];\n" : "=l"(v) : "r"(addr) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void st_shared_s64(uint32_t addr, int64_t v)
+{
+    asm volatile("st.shared.s64 [%0], %1;\n" ::"r"(addr), "l"(v) : "memory");
+}
+
+/* The layout of a uniform batch (no cu_seqlens, seqused_k, kv_batch_idx or block table): a's
+   lengths with every array pointer a constant NULL, so that each seqlen.h function folds to
+   the uniform arithmetic (entry b: batch index b, len_q = seqlen_q, len_k = seqlen_k) and the
+   lengths stay in the constant bank. The uniform instances (SEQ false) read the layout
+   through this; the host picks them only when p has none of those arrays. A: the forward's
+   Args or the backward's BwdArgs (seqlen_q, seqlen_k, layout). */
+template <bool SEQ, class A>
+__device__ __forceinline__ fa_seq_layout layout_of(const A &a)
+{
+    if constexpr (SEQ)
+        return a.layout;
+    fa_seq_layout l;
+    l.seqlen_q = a.seqlen_q;
+    l.seqlen_k = a.seqlen_k;
+    l.total_q = 0;
+    l.cu_seqlens_q = l.cu_seqlens_k = nullptr;
+    l.seqused_k = nullptr;
+    l.kv_batch_idx = nullptr;
+    l.block_table = nullptr;
+    l.block_table_stride = 0;
+    l.page_size = 1;
+    return l;
+}
+
+/* SEQ instances: what the main loop and the epilogue need of the CTA's batch entry (seqlen.h)
+   and of its walk over key blocks, in static shared memory at `at` (8-byte aligned):
+     int     len_q, len_k, q_row0, n_max, n_vis, n_top, n_bottom, rows   (bytes 0 .. 31)
+     int64   k_off, v_off                                                 (bytes 32 .. 47)
+   q_row0 is the entry's first packed row (an int32 cu_seqlens value); rows = row_end - row0,
+   the tile's rows inside the entry; k_off and v_off are fa_k_row_offset of the entry's key 0
+   in k and v (unpaged: key j is at k_off + j * row_stride). The prologue takes the entry from
+   global memory into registers; thread 0 stores this before the prologue's barrier, and the
+   main loop and the epilogue read back, at each use, the fields they need: held across the
+   main loop they spilled (ptxas, head_dim 128), where the uniform instances derive them from
+   the constant bank. */
+struct EntrySlot {
+    uint32_t at;
+
+    __device__ __forceinline__ void store(const fa_seqlen &e, int n_max, int n_vis, int n_top,
+                                          int n_bottom, int rows, int64_t k_off,
+                                          int64_t v_off) const
+    {
+        st_shared_s32(at, e.len_q);
+        st_shared_s32(at + 4, e.len_k);
+        st_shared_s32(at + 8, static_cast<int>(e.q_row0));
+        st_shared_s32(at + 12, n_max);
+        st_shared_s32(at + 16, n_vis);
+        st_shared_s32(at + 20, n_top);
+        st_shared_s32(at + 24, n_bottom);
+        st_shared_s32(at + 28, rows);
+        st_shared_s64(at + 32, k_off);
+        st_shared_s64(at + 40, v_off);
+    }
+    __device__ __forceinline__ int len_q() const { return ld_shared_s32(at); }
+    __device__ __forceinline__ int len_k() const { return ld_shared_s32(at + 4); }
+    /* what q's rows and the LSE need (fa_q_row_offset, fa_lse_index) */
+    __device__ __forceinline__ fa_seqlen q_side() const
+    {
+        fa_seqlen e;
+        e.len_q = ld_shared_s32(at);
+        e.len_k = 0;
+        e.q_row0 = ld_shared_s32(at + 8);
+        e.k_row0 = 0;
+        e.kv_batch = 0;
+        return e;
+    }
+    __device__ __forceinline__ int n_max() const { return ld_shared_s32(at + 12); }
+    __device__ __forceinline__ int n_vis() const { return ld_shared_s32(at + 16); }
+    __device__ __forceinline__ int n_top() const { return ld_shared_s32(at + 20); }
+    __device__ __forceinline__ int n_bottom() const { return ld_shared_s32(at + 24); }
+    __device__ __forceinline__ int rows() const { return ld_shared_s32(at + 28); }
+    __device__ __forceinline__ int64_t k_off() const { return ld_shared_s64(at + 32); }
+    __device__ __forceinline__ int64_t v_off() const { return ld_shared_s64(at + 40); }
+};
+constexpr int kSlotBytes = 48;
+
+/* The mask of the CTA's batch entry where the main loop needs it (masked blocks): built there
+   from the slot's lengths (SEQ), or the one the kernel built at its top (uniform: every entry
+   has seqlen_q and seqlen_k, and the compiler derives its fields from the constant bank;
+   built inside the loop, its window's loads and differences were hoisted out of it and held,
+   and ptxas spilled at head_dim 64). */
+template <bool SEQ>
+struct EntryMask {
+    EntrySlot slot;
+    fa_mask uniform;
+
+    template <fa_mask_kind MASK>
+    __device__ __forceinline__ fa_mask get(const Args &p) const
+    {
+        if constexpr (SEQ)
+            return make_mask<MASK>(p, slot.len_q(), slot.len_k());
+        return uniform;
+    }
+};
 
 /* Whether a key is visible in a row's span; the lower bound exists only with a left window. */
 template <fa_mask_kind MASK>
@@ -170,6 +301,13 @@ __device__ __forceinline__ int reread_block_index_x()
     asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(bx));
     return bx;
 }
+/* blockIdx.z (the batch entry), read afresh: the paged K/V loads of the main loop need it. */
+__device__ __forceinline__ int reread_block_index_z()
+{
+    int bz;
+    asm volatile("mov.u32 %0, %%ctaid.z;" : "=r"(bz));
+    return bz;
+}
 __device__ __forceinline__ int reread_grid_dim_x()
 {
     int nx;
@@ -177,14 +315,16 @@ __device__ __forceinline__ int reread_grid_dim_x()
     return nx;
 }
 
-/* The tile's first query row, from a fresh read of blockIdx.x. */
-template <class C, fa_mask_kind MASK>
+/* The tile's first query row, from a fresh read of blockIdx.x. gridDim.x is a constant-bank
+   value, yet ptxas held it in a register across the main loop (and spilled it) where the row
+   is needed there: the local softcap instance at head_dim 128, and in the SEQ instances,
+   whose per-block row tests read the entry's rows from shared memory, the causal ones on
+   sm_90. Those read it afresh too. */
+template <class C, fa_mask_kind MASK, bool SEQ = false>
 __device__ __forceinline__ int tile_row0()
 {
-    /* gridDim.x is a constant-bank value, yet ptxas held (and spilled) it across the main
-       loop of the local softcap instance at head_dim 128; the others compile as they are */
-    const int grid_x =
-        MASK == FA_MASK_LOCAL ? reread_grid_dim_x() : static_cast<int>(gridDim.x);
+    const int grid_x = MASK == FA_MASK_LOCAL || SEQ ? reread_grid_dim_x()
+                                                    : static_cast<int>(gridDim.x);
     return m_block_of<MASK>(reread_block_index_x(), grid_x) * C::kBlockM;
 }
 

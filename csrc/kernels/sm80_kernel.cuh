@@ -30,11 +30,11 @@ struct WarpPos {
    unmasked blocks with QK_AHEAD, S of the next sub-block is computed before the softmax of
    this one, so its mmas run on the tensor cores while the warp works through the exp2s and
    shuffles. */
-template <class C, bool BF16, fa_mask_kind MASK, bool SOFTCAP>
+template <class C, bool BF16, fa_mask_kind MASK, bool SOFTCAP, bool SEQ>
 __device__ __forceinline__ void key_block(const Args &p, RowState<C> &st,
                                           const uint32_t (&q_frag)[C::kQSteps][4],
-                                          const WarpPos &w, const fa_mask &mask,
-                                          int seqlen_q, uint32_t stage, int kb, bool masked,
+                                          const WarpPos &w, const EntryMask<SEQ> &masks,
+                                          uint32_t stage, int kb, bool masked,
                                           unsigned char *smem)
 {
     const int key_block0 = kb * C::kBlockN;
@@ -46,14 +46,17 @@ __device__ __forceinline__ void key_block(const Args &p, RowState<C> &st,
                %ctaid rather than held across the main loop (see reread_thread_index): the
                warp's first row, this lane's fragment row g and first key column 2t. */
             const int m_tid = reread_thread_index();
-            const int w_first = tile_row0<C, MASK>() + (m_tid >> 5) / C::kDS * C::kWarpRows;
+            const int w_first =
+                tile_row0<C, MASK, SEQ>() + (m_tid >> 5) / C::kDS * C::kWarpRows;
             const int row_lo = w_first + ((m_tid & 31) >> 2);
             const int lane_key = 2 * (m_tid & 3);
             if (masked) {
+                /* the entry's mask (EntryMask, at this use) */
+                const fa_mask mask = masks.template get<MASK>(p);
                 /* skip a sub-block no row of this warp sees (warp-uniform): the rows' spans
                    slide right with the row, so their union runs from the first row's lo to the
                    last row's hi */
-                const int w_last = min(w_first + C::kWarpRows, seqlen_q) - 1;
+                const int w_last = min(w_first + C::kWarpRows, mask.len_q) - 1;
                 const fa_key_span first = fa_mask_row(&mask, w_first);
                 const fa_key_span last = fa_mask_row(&mask, w_last);
                 if (key_first > last.hi ||
@@ -65,8 +68,7 @@ __device__ __forceinline__ void key_block(const Args &p, RowState<C> &st,
             float s[C::kSTiles][4];
             qk<C, BF16>(s, q_frag, stage + sub * C::kSubN * C::kRowBytes, w.k_lane_off);
             exchange_s<C>(s, smem, w.warp, w.lane, w.row_group);
-            attend<C, BF16, MASK, SOFTCAP>(s, st, masked, mask, row_lo, key_first + lane_key,
-                                           p.score,
+            attend<C, BF16, MASK, SOFTCAP>(s, st, masked, p, masks, row_lo, key_first + lane_key,
                                            stage + C::kKVBytes + sub * C::kSubN * C::kRowBytes,
                                            w.v_lane_off);
         }
@@ -84,14 +86,17 @@ __device__ __forceinline__ void key_block(const Args &p, RowState<C> &st,
             if (sub + 1 < C::kSubs)
                 qk<C, BF16>(s_next, q_frag, stage + (sub + 1) * C::kSubN * C::kRowBytes,
                             w.k_lane_off);
-            attend<C, BF16, MASK, SOFTCAP>(s, st, false, mask, 0, 0, p.score,
+            attend<C, BF16, MASK, SOFTCAP>(s, st, false, p, masks, 0, 0,
                                            stage + C::kKVBytes + sub * C::kSubN * C::kRowBytes,
                                            w.v_lane_off);
         }
     }
 }
 
-template <int HDP, bool BF16, fa_mask_kind MASK, bool SOFTCAP>
+/* SEQ false: a uniform batch (layout_of: no layout array), everything from the constant bank
+   as before sequence layouts existed; SEQ true: any layout of seqlen.h, the entry and its walk
+   kept in shared memory (EntrySlot). The host picks by whether p has a layout array. */
+template <int HDP, bool BF16, fa_mask_kind MASK, bool SOFTCAP, bool SEQ>
 __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const Args p)
 {
     using C = Config<HDP, SOFTCAP>;
@@ -111,33 +116,33 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
     const int kv_head = head / p.heads_per_kv;
     /* grid.y and grid.z are at most 65535 (launch.c checks), so each fits 16 bits */
     const uint32_t batch_kv_head = (static_cast<uint32_t>(batch) << 16) | kv_head;
-    /* Uniform batches: no cu_seqlens yet (launch.c refuses them), and a constant NULL keeps
-       the lengths in the constant bank rather than in two registers across the main loop. */
-    const fa_seqlen len = fa_seqlen_of(batch, p.seqlen_q, p.seqlen_k, nullptr, nullptr);
-    const int seqlen_q = len.len_q;
-    const int seqlen_k = len.len_k;
+    /* The batch entry (seqlen.h): its lengths and where its rows are. The grid covers the
+       longest entry; a tile past this entry's rows has nothing to do, and every later row test
+       is against the entry's len_q, so no row of the next packed entry is read or written. */
+    const fa_seq_layout layout = layout_of<SEQ>(p);
+    const fa_seqlen entry = fa_seqlen_at(&layout, batch);
     const int head_dim = p.head_dim;
     const int row0 = m_block * C::kBlockM;
-    const int row_end = min(row0 + C::kBlockM, seqlen_q);
+    const int row_end = min(row0 + C::kBlockM, entry.len_q);
     if (row_end <= row0)
         return;
 
     /* ---- the key blocks this tile visits ---- */
     /* Key blocks n_min <= n < n_max hold every key a row of this tile sees (block_range.h);
        they are visited from n_max - 1 down, n_vis of them. Empty tiles leave here rather than
-       run a zero-trip main loop, and seqlen_k == 0 is tested before the range: the range
+       run a zero-trip main loop, and len_k == 0 is tested before the range: the range
        function's own empty tests are then dominated by these, its results carry no "or
-       empty" alternative, and without a window the compiler recomputes them from the
-       constant bank in the main loop instead of holding registers (ptxas spilled at head_dim
-       128 otherwise). */
-    const fa_mask mask = make_mask<MASK>(p, seqlen_q, seqlen_k);
-    if (seqlen_k <= 0) {
-        store_empty_tile<C>(p, batch, head, row0, row_end, seqlen_q);
+       empty" alternative, and in the uniform instances without a window the compiler
+       recomputes them from the constant bank in the main loop instead of holding registers
+       (ptxas spilled at head_dim 128 otherwise). */
+    const fa_mask mask = make_mask<MASK>(p, entry.len_q, entry.len_k);
+    if (entry.len_k <= 0) {
+        store_empty_tile<C>(p, layout, entry, batch, head, row0, row_end);
         return;
     }
     const fa_block_range range = fa_block_range_rows(&mask, row0, row_end, C::kBlockN);
     if (range.n_max <= range.n_min) {
-        store_empty_tile<C>(p, batch, head, row0, row_end, seqlen_q);
+        store_empty_tile<C>(p, layout, entry, batch, head, row0, row_end);
         return;
     }
     const int n_max = range.n_max;
@@ -145,7 +150,7 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
     /* fa_block_needs_mask(&range, kb) in visiting order (kb = n_max - 1 - it): it < n_top
        (kb >= n_full_max) or it >= n_bottom (kb < n_full_min, only with a left window: the
        compare folds away otherwise). As counts, the compiler derives them from the constant
-       bank in the main loop of the full instance. */
+       bank in the main loop of the full uniform instance. */
     const int n_top = range.n_max - range.n_full_max;
     const int n_bottom = range.n_max - range.n_full_min;
 
@@ -153,13 +158,28 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
     /* a thread whose 16-byte chunk lies past head_dim copies zeros (see load_tile_async) */
     const bool copy_col_ok = (tid % C::kChunksPerRow) * 8 < head_dim;
     __shared__ __align__(8) uint64_t stage_bars[2 * C::kStages]; /* full[], then empty[] */
-    const KVRing<C> ring{smem_base, smem_addr(stage_bars), p, batch_kv_head, seqlen_k};
+    __shared__ __align__(8) unsigned char slot_bytes[SEQ ? kSlotBytes : 8];
+    const EntrySlot slot{smem_addr(slot_bytes)};
+    if (SEQ && tid == 0) { /* read after ring.init's barrier */
+        /* key 0 of the entry in k and v (unpaged; paged loads address every row themselves) */
+        const bool paged = p.layout.block_table != nullptr;
+        const int64_t k_off = paged ? 0
+                                    : fa_k_row_offset(&p.layout, &entry, batch, 0,
+                                                      p.k_batch_stride, p.k_row_stride);
+        const int64_t v_off = paged ? 0
+                                    : fa_k_row_offset(&p.layout, &entry, batch, 0,
+                                                      p.v_batch_stride, p.v_row_stride);
+        slot.store(entry, n_max, n_vis, n_top, n_bottom, row_end - row0, k_off, v_off);
+    }
+    const KVRing<C, SEQ> ring{smem_base, smem_addr(stage_bars), p, batch_kv_head, slot,
+                              entry.len_k};
     ring.init(tid);
-    const uint16_t *q_ptr = static_cast<const uint16_t *>(p.q) +
-                            static_cast<int64_t>(batch) * p.q_batch_stride +
-                            static_cast<int64_t>(head) * p.q_head_stride;
+    const uint16_t *q_ptr =
+        static_cast<const uint16_t *>(p.q) +
+        fa_q_row_offset(&entry, batch, 0, p.q_batch_stride, p.q_row_stride) +
+        static_cast<int64_t>(head) * p.q_head_stride;
     load_tile_async<C, C::kBlockM, kThreads>(smem_base + C::kQOffset, q_ptr, p.q_row_stride,
-                                             row0, seqlen_q, copy_col_ok, tid);
+                                             row0, entry.len_q, copy_col_ok, tid);
     cp_async_commit_group();
     ring.prologue(n_max, n_vis, copy_col_ok, tid);
     __syncthreads();
@@ -205,16 +225,23 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
     st.init();
 
     /* ---- main loop: key blocks n_max - 1 down to n_min ---- */
+    /* SEQ: the walk's bounds are read back from the slot at each use (EntrySlot) */
+    const EntryMask<SEQ> masks{slot, mask};
 #pragma unroll 1
-    for (int it = 0; it < n_vis; ++it) {
-        const int kb = n_max - 1 - it;
-        const uint32_t stage = ring.acquire(it, kb, n_vis, head_dim, copy_col_ok, tid);
-        const bool masked = it < n_top || (MASK == FA_MASK_LOCAL && it >= n_bottom);
-        /* a warp whose rows all lie past seqlen_q (the last tile) has nothing to compute */
-        const bool warp_active = row0 + row_group * C::kWarpRows < seqlen_q;
+    for (int it = 0; it < (SEQ ? slot.n_vis() : n_vis); ++it) {
+        const int kb = (SEQ ? slot.n_max() : n_max) - 1 - it;
+        const uint32_t stage =
+            ring.acquire(it, kb, SEQ ? slot.n_vis() : n_vis, head_dim, copy_col_ok, tid);
+        const bool masked = it < (SEQ ? slot.n_top() : n_top) ||
+                            (MASK == FA_MASK_LOCAL && it >= (SEQ ? slot.n_bottom() : n_bottom));
+        /* a warp whose rows all lie past len_q (the entry's last tile) has nothing to compute;
+           SEQ: its row group from a fresh read of %tid, as in key_block */
+        const bool warp_active =
+            SEQ ? (reread_thread_index() >> 5) / C::kDS * C::kWarpRows < slot.rows()
+                : row0 + row_group * C::kWarpRows < entry.len_q;
         if (warp_active) {
-            key_block<C, BF16, MASK, SOFTCAP>(p, st, q_frag, w, mask, seqlen_q, stage, kb,
-                                              masked, smem);
+            key_block<C, BF16, MASK, SOFTCAP, SEQ>(p, st, q_frag, w, masks, stage, kb, masked,
+                                                   smem);
         } else {
 #pragma unroll
             for (int sub = 0; sub < C::kSubs; ++sub)
@@ -223,7 +250,7 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
         ring.release(it);
     }
 
-    store_tile<C, BF16, MASK>(p, st, smem, seqlen_q);
+    store_tile<C, BF16, MASK, SEQ>(p, st, smem, slot, entry);
 }
 
 } /* namespace fa_sm80 */

@@ -98,15 +98,17 @@ __device__ __forceinline__ void exchange_skip(int row_group)
 }
 
 /* Score hook, mask, online softmax and O += P V for one sub-block (see the top of the file).
-   masked: the block needs the element mask (fa_block_needs_mask); row_lo: this lane's row g
-   (absolute query row), key_lo: this lane's first key column 2t (absolute key). Rows past
-   seqlen_q get whatever span mask.h gives them and are never stored. */
-template <class C, bool BF16, fa_mask_kind MASK, bool SOFTCAP>
+   masked: the block needs the element mask (fa_block_needs_mask) of the CTA's batch entry,
+   which `masks` (EntryMask) gives here, where it is used; row_lo: this lane's row g
+   (query row within the entry), key_lo: this lane's first key column 2t (key within the
+   entry). Rows past the entry's len_q get whatever span mask.h gives them and are never
+   stored. */
+template <class C, bool BF16, fa_mask_kind MASK, bool SOFTCAP, class Masks>
 __device__ __forceinline__ void attend(float (&s)[C::kSTiles][4], RowState<C> &st, bool masked,
-                                       const fa_mask &mask, int row_lo, int key_lo,
-                                       const fa_score &score, uint32_t v_rows,
-                                       uint32_t v_lane_off)
+                                       const Args &p, const Masks &masks, int row_lo, int key_lo,
+                                       uint32_t v_rows, uint32_t v_lane_off)
 {
+    const fa_score &score = p.score;
     if constexpr (SOFTCAP) {
 #pragma unroll
         for (int t = 0; t < C::kSTiles; ++t)
@@ -115,8 +117,10 @@ __device__ __forceinline__ void attend(float (&s)[C::kSTiles][4], RowState<C> &s
                 s[t][e] = tanh_approx_f32(s[t][e] * score.softcap_pre);
     }
     if (masked) {
-        /* c0, c1 are keys 2t, 2t+1 of row g; c2, c3 the same keys of row g + 8. The spans are
-           computed here rather than kept across the loop: registers are the scarce resource. */
+        /* c0, c1 are keys 2t, 2t+1 of row g; c2, c3 the same keys of row g + 8. The spans, and
+           the lengths they come from, are computed here rather than kept across the loop (or
+           across Q K^T): registers are the scarce resource. */
+        const fa_mask mask = masks.template get<MASK>(p);
         const fa_key_span span_lo = fa_mask_row(&mask, row_lo);
         const fa_key_span span_hi = fa_mask_row(&mask, row_lo + 8);
 #pragma unroll

@@ -8,8 +8,11 @@
  * expects: [D/64 chunks][64 rows][128 bytes] (chunks chunk_bytes apart), 16-byte unit u of row r
  * stored at unit u ^ (r % 8). That XOR spreads the 8 row addresses of each stmatrix phase over
  * all 32 banks. One thread then issues a TMA store per 64-column chunk; TMA clips rows past
- * seqlen_q and columns past head_dim, so only real elements reach global memory.
- * LSE goes straight from registers (one lane of each quad).
+ * the tensor's end and columns past head_dim, so only real elements reach global memory.
+ * Packed rows (common/seqlen.h) end inside the tensor, at the next entry: the warpgroup whose
+ * 64 rows cross its entry's end copies its rows below len_q from the staging area with 16-byte
+ * stores instead (store_rows_direct: at most 64 x head_dim x 2 bytes, once per entry and head).
+ * LSE goes straight from registers (one lane of each quad), at fa_lse_index.
  * Device-only; included by fwd_sm90.cu.
  */
 #ifndef FA_SM90_EPILOGUE_CUH
@@ -51,11 +54,32 @@ __device__ __forceinline__ void stage_output(const float (&o)[kHeadDim / 2], con
     }
 }
 
-// lse_head: this (batch, head)'s LSE row (NULL: not written); rows at or past len_q are skipped.
-__device__ __forceinline__ void store_lse(float *lse_head, int row0, int len_q, const float (&lse)[2], int lane) {
-    if (lse_head == nullptr || (lane & 3) != 0) return;
-    if (row0 < len_q) lse_head[row0] = lse[0];
-    if (row0 + 8 < len_q) lse_head[row0 + 8] = lse[1];
+// Rows [0, rows) of a warpgroup's staging area (as stage_output wrote it) straight to global
+// memory, for the rows a TMA store would write past their entry. out_row0: element 0 of staged
+// row 0 in out; row_stride in elements; only the head_dim real columns (a multiple of 8) are
+// written. Thread t moves 16-byte unit t % (kHeadDim / 8) of a row, so 8 consecutive threads
+// read one 128-byte line (conflict-free through the swizzle) and write contiguous bytes;
+// 16-byte alignment holds as for TMA (base and strides in 16-byte units, launch.c).
+template <int kHeadDim>
+__device__ __forceinline__ void store_rows_direct(uint16_t *out_row0, int64_t row_stride, int rows, int head_dim,
+                                                  uint32_t region, uint32_t chunk_bytes, int tid_in_wg) {
+    constexpr int kUnits = kHeadDim / 8;
+    const int units = head_dim / 8;
+    for (int idx = tid_in_wg; idx < rows * kUnits; idx += 128) {
+        const int r = idx / kUnits, u = idx % kUnits;
+        if (u >= units) continue;
+        const uint32_t addr =
+            region + (uint32_t)r * 128u + (uint32_t)(u >> 3) * chunk_bytes + ((uint32_t)((u & 7) ^ (r & 7)) << 4);
+        *reinterpret_cast<uint4 *>(out_row0 + r * row_stride + 8 * u) = ld_shared_v4(addr);
+    }
+}
+
+// lse_entry: this (entry, head)'s LSE row 0 (fa_lse_index; NULL: not written); rows at or past
+// len_q are skipped.
+__device__ __forceinline__ void store_lse(float *lse_entry, int row0, int len_q, const float (&lse)[2], int lane) {
+    if (lse_entry == nullptr || (lane & 3) != 0) return;
+    if (row0 < len_q) lse_entry[row0] = lse[0];
+    if (row0 + 8 < len_q) lse_entry[row0 + 8] = lse[1];
 }
 
 }  // namespace fa_sm90

@@ -30,12 +30,20 @@ static_assert(128 * FA_SM90_PRODUCER_REGS + 256 * FA_SM90_CONSUMER_REGS <= 65536
 
 namespace fa_sm90 {
 
+// Map extents per layout (sm90_fwd_launch.cuh; coordinates in sm90_scheduler.cuh):
+//   q, out  (head_dim, seqlen_q, heads_q, batch), or (head_dim, total_q, heads_q, 1) packed
+//   k, v    (head_dim, seqlen_k, heads_kv, batch or kv_batches with kv_batch_idx),
+//           (head_dim, total_k, heads_kv, 1) packed, (head_dim, page_size, heads_kv, kv_batches) paged
 struct KernelParams {  // CUtensorMap carries its own 128-byte alignment
-    CUtensorMap tmap_q;  // (head_dim, seqlen_q, heads_q, batch), box 64 x 64 (one warpgroup's rows)
-    CUtensorMap tmap_k;  // (head_dim, seqlen_k, heads_kv, batch), box 64 x block_n
+    CUtensorMap tmap_q;  // box 64 x 64 (one warpgroup's rows)
+    CUtensorMap tmap_k;  // box 64 x block_n
     CUtensorMap tmap_v;  // as k
-    CUtensorMap tmap_o;  // (head_dim, seqlen_q, heads_q, batch), box 64 x 64 (one warpgroup's rows)
+    CUtensorMap tmap_o;  // box 64 x 64 (one warpgroup's rows)
     float *lse;          // NULL: not written
+    // out as a pointer too, for the rows a TMA store would write past their packed entry.
+    void *out;
+    int64_t o_batch_stride, o_row_stride, o_head_stride;
+    int head_dim;
     SchedulerArgs sched;
     fa_score score;                   // scale_log2 and the softcap hook (common/score.h)
     int window_left, window_right;    // kMask == FA_MASK_LOCAL: the window, causal folded in

@@ -5,7 +5,9 @@
  * of its threads issues every TMA load (producer); warpgroups 1 and 2 rise to
  * FA_SM90_CONSUMER_REGS and each computes 64 query rows of every tile (consumer: key loop in
  * sm90_fwd_mainloop.cuh, then store_tile). Both sides walk the persistent tile order of
- * sm90_scheduler.cuh and the same key blocks per tile, so they never exchange indices.
+ * sm90_scheduler.cuh and the same key blocks per tile, so they never exchange indices: each
+ * reads the tile's entry (lengths, row origins: common/seqlen.h) at the tile's start and
+ * derives the mask, the key-block range and the TMA coordinates from it alone.
  * Device-only; instantiated by fwd_sm90.cu.
  */
 #ifndef FA_SM90_FWD_KERNEL_CUH
@@ -35,31 +37,35 @@ __device__ __forceinline__ void producer(const KernelParams &prm, uint32_t smem)
     uint32_t o_free_phase = 0;
     for (int tile = blockIdx.x; tile < sched.num_iters; tile += gridDim.x) {
         const TileCoord tc = decode_tile(sched, tile);
-        const fa_seqlen len = seq_lengths(sched, tc.batch);
-        if (tc.m_block < 0 || tc.m_block * Cfg::kBlockM >= len.len_q) continue;
+        const fa_seqlen e = fa_seqlen_at(&sched.seq, tc.batch);
+        if (tc.m_block < 0 || tc.m_block * Cfg::kBlockM >= e.len_q) continue;
         const fa_block_range range =
-            rows_block_range<Cfg>(sequence_mask<Cfg>(prm, len), tc.m_block * Cfg::kBlockM, Cfg::kBlockM);
+            rows_block_range<Cfg>(sequence_mask<Cfg>(prm, e), tc.m_block * Cfg::kBlockM, Cfg::kBlockM);
+        const TmaRow q_at = q_tma_row(sched.seq, e, tc.batch, tc.m_block * Cfg::kBlockM);
+        // Key blocks are looked up only inside the visited range (paged: an entry's pages end there).
+        const TmaRow top = range.n_max > 0 ? kv_tma_row(sched.seq, e, tc.batch, (range.n_max - 1) * Cfg::kBlockN)
+                                           : TmaRow{0, 0};
         if constexpr (Cfg::kOInV) {
             // K and Q of the tile go out while the previous tile's O may still sit in the V ring;
             // the first V waits for both of its stores to have read it (once per tile, so the
             // parity stays in step even for a tile without keys).
-            if (range.n_max > 0) producer_load_block<Cfg>(prm, smem, kv, range.n_max - 1, tc, 0);
-            producer_load_q<Cfg>(prm, smem, q_phase, tc);
+            if (range.n_max > 0) producer_load_block<Cfg>(prm, smem, kv, top, tc.head_kv, 0);
+            producer_load_q<Cfg>(prm, smem, q_phase, q_at, tc.head_q);
             mbarrier_wait(bars + 8 * Cfg::kBarOFree, o_free_phase ^ 1u);
             o_free_phase ^= 1u;
             if (range.n_max > 0) {
-                producer_load_block<Cfg>(prm, smem, kv, range.n_max - 1, tc, 1);
+                producer_load_block<Cfg>(prm, smem, kv, top, tc.head_kv, 1);
                 kv.advance(Cfg::kStages);
             }
         } else {
             // The first K/V block goes out before Q: its slot is freed by the previous tile's main
             // loop, while each Q half is free only once its warpgroup is done with the previous tile.
-            if (range.n_max > 0) producer_load_kv<Cfg>(prm, smem, kv, range.n_max - 1, tc);
-            producer_load_q<Cfg>(prm, smem, q_phase, tc);
+            if (range.n_max > 0) producer_load_kv<Cfg>(prm, smem, kv, top, tc.head_kv);
+            producer_load_q<Cfg>(prm, smem, q_phase, q_at, tc.head_q);
         }
         q_phase ^= 1u;
         for (int n = range.n_max - 2; n >= first_block<Cfg::kMask>(range); --n)
-            producer_load_kv<Cfg>(prm, smem, kv, n, tc);
+            producer_load_kv<Cfg>(prm, smem, kv, kv_tma_row(sched.seq, e, tc.batch, n * Cfg::kBlockN), tc.head_kv);
     }
 }
 
@@ -68,13 +74,26 @@ __device__ __forceinline__ void producer(const KernelParams &prm, uint32_t smem)
 // staging buffer of its own must first have been read by the previous tile's store; the V
 // ring, once both warpgroups' last P V retired (the producer refills it only after these
 // stores have read it).
+// One TMA store per 64-column chunk writes the warpgroup's 64 rows, clipped at the tensor's
+// end. Packed rows end inside the tensor: the warpgroup whose rows cross its entry's end (one
+// per entry and head) writes its rows below len_q itself, from the staging rows, and one past
+// the end writes none (the rows beyond are the next entry's, or outside every entry).
+// The entry's rows are looked up again here rather than kept through the key loop, where
+// every register counts (head_dim 256 spilled); unpacked, it is only arithmetic on arguments.
 template <class Cfg>
 __device__ __forceinline__ void store_tile(const KernelParams &prm, uint32_t smem, const TileCoord &tc,
                                            int consumer_idx, int warp_in_wg, int lane,
                                            const float (&o)[Cfg::kHeadDim / 2], const float (&inv_l)[2],
-                                           bool has_keys, const float (&lse)[2], int len_q) {
+                                           bool has_keys, const float (&lse)[2]) {
+    const SchedulerArgs &sched = prm.sched;
+    const fa_seqlen e = fa_seqlen_at(&sched.seq, tc.batch);
     const int tid_in_wg = warp_in_wg * 32 + lane;
     const int wg_row0 = tc.m_block * Cfg::kBlockM + consumer_idx * 64;
+    // Broadcast from lane 0 so that the compiler sees a warp-uniform branch: derived from the
+    // warpgroup index it is not provably so, and the barrier in the per-thread branch then cost
+    // registers through the key loop (head_dim 256 and 128 with 176-key blocks spilled).
+    const bool tma_store =
+        __shfl_sync(0xffffffffu, sched.seq.cu_seqlens_q == nullptr || wg_row0 + 64 <= e.len_q, 0);
     const uint32_t o_rows = Cfg::kOStaging ? smem + Cfg::kOffO + consumer_idx * Cfg::kOWgBytes
                             : Cfg::kOInV   ? smem + Cfg::kOffV + consumer_idx * Cfg::kOWgBytes
                                            : smem + Cfg::kOffQ + consumer_idx * Cfg::kWgRowsBytes;
@@ -87,21 +106,36 @@ __device__ __forceinline__ void store_tile(const KernelParams &prm, uint32_t sme
     stage_output<Cfg::kHeadDim, Cfg::kBf16>(o, inv_l, has_keys, o_rows, o_chunk_bytes, warp_in_wg, lane);
     fence_proxy_async_shared_cta();
     bar_sync(kBarEpilogueBase + consumer_idx, 128);
-    if (tid_in_wg == 0) {
+    if (tma_store) {
+        if (tid_in_wg == 0) {
+            const TmaRow at = q_tma_row(sched.seq, e, tc.batch, wg_row0);
 #pragma unroll
-        for (int c = 0; c < Cfg::kChunks; ++c)
-            cp_async_bulk_tensor_4d_s2g(&prm.tmap_o, o_rows + c * o_chunk_bytes, 64 * c, wg_row0, tc.head_q,
-                                        tc.batch);
-        cp_async_bulk_commit_group();
-        if constexpr (!Cfg::kQFreeAfterLastQk) {
-            // The producer may overwrite these Q rows once the store has read them.
-            cp_async_bulk_wait_group_read_0();
-            mbarrier_arrive(smem + Cfg::kOffBar + 8 * (Cfg::kBarQEmpty + consumer_idx));
+            for (int c = 0; c < Cfg::kChunks; ++c)
+                cp_async_bulk_tensor_4d_s2g(&prm.tmap_o, o_rows + c * o_chunk_bytes, 64 * c, at.row, tc.head_q,
+                                            at.batch);
+            cp_async_bulk_commit_group();
+            if constexpr (!Cfg::kQFreeAfterLastQk) {
+                // The producer may overwrite these Q rows once the store has read them.
+                cp_async_bulk_wait_group_read_0();
+                mbarrier_arrive(smem + Cfg::kOffBar + 8 * (Cfg::kBarQEmpty + consumer_idx));
+            }
         }
+    } else {
+        const int rows = min(max(e.len_q - wg_row0, 0), 64);
+        uint16_t *out_row0 = static_cast<uint16_t *>(prm.out) +
+                             fa_q_row_offset(&e, tc.batch, wg_row0, prm.o_batch_stride, prm.o_row_stride) +
+                             (int64_t)tc.head_q * prm.o_head_stride;
+        store_rows_direct<Cfg::kHeadDim>(out_row0, prm.o_row_stride, rows, prm.head_dim, o_rows, o_chunk_bytes,
+                                         tid_in_wg);
+        // Every thread's reads of the staging rows are done before they are handed on (the Q
+        // rows to the producer here, the V ring or the staging buffer to the next tile).
+        bar_sync(kBarEpilogueBase + consumer_idx, 128);
+        if (!Cfg::kQFreeAfterLastQk && tid_in_wg == 0)
+            mbarrier_arrive(smem + Cfg::kOffBar + 8 * (Cfg::kBarQEmpty + consumer_idx));
     }
-    const SchedulerArgs &sched = prm.sched;
-    float *lse_head = prm.lse ? prm.lse + ((int64_t)tc.batch * sched.heads_q + tc.head_q) * sched.seqlen_q : nullptr;
-    store_lse(lse_head, wg_row0 + warp_in_wg * 16 + (lane >> 2), len_q, lse, lane);
+    float *lse_entry =
+        prm.lse ? prm.lse + fa_lse_index(&sched.seq, &e, tc.batch, sched.heads_q, tc.head_q, 0) : nullptr;
+    store_lse(lse_entry, wg_row0 + warp_in_wg * 16 + (lane >> 2), e.len_q, lse, lane);
 }
 
 template <class Cfg>
@@ -135,9 +169,9 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
 #pragma unroll 1
     for (int tile = blockIdx.x; tile < sched.num_iters; tile += gridDim.x) {
         const TileCoord tc = decode_tile(sched, tile);
-        const fa_seqlen len = seq_lengths(sched, tc.batch);
-        if (tc.m_block < 0 || tc.m_block * Cfg::kBlockM >= len.len_q) continue;
-        const fa_mask mask = sequence_mask<Cfg>(prm, len);
+        const fa_seqlen e = fa_seqlen_at(&sched.seq, tc.batch);
+        if (tc.m_block < 0 || tc.m_block * Cfg::kBlockM >= e.len_q) continue;
+        const fa_mask mask = sequence_mask<Cfg>(prm, e);
         const fa_block_range range = rows_block_range<Cfg>(mask, tc.m_block * Cfg::kBlockM, Cfg::kBlockM);
         const int wg_row0 = tc.m_block * Cfg::kBlockM + consumer_idx * 64;  // first query row of this warpgroup
         const int row0 = wg_row0 + warp_in_wg * 16 + (lane >> 2);          // this thread's first row
@@ -169,6 +203,16 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
         mbarrier_wait(q_full, q_phase);
         q_phase ^= 1u;
         if (wg_range.n_max > 0) {
+            // The first block's keys from len_k on, where memory past len_k is not zero-filled by
+            // TMA: their V rows are zeroed before any P V reads them. Its V is waited for before
+            // the first Q K^T then; with O staged in the V ring, that V is loaded only once this
+            // warpgroup's previous O store has read the ring, so release that first.
+            const int v_keys = e.len_k - (wg_range.n_max - 1) * Cfg::kBlockN;
+            if (kv_tail_unbounded(sched.seq) && v_keys < Cfg::kBlockN) {
+                if (o_store_pending) release_o_in_v<Cfg>(bars, store_thread);
+                o_store_pending = false;
+                zero_v_tail<Cfg>(ring.wait_v(), v_keys, consumer_idx);
+            }
             consumer_mainloop<Cfg>(ring, wg_range, mask, prm.score, q_rows, consumer_idx, row0,
                                    o_store_pending && store_thread, o, m, l);
         } else {
@@ -180,7 +224,7 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
         float inv_l[2], lse[2];
         softmax_finalize(m, l, prm.score, fa_sink(prm.sinks, tc.head_q), inv_l, lse);
 
-        store_tile<Cfg>(prm, smem, tc, consumer_idx, warp_in_wg, lane, o, inv_l, wg_range.n_max > 0, lse, len.len_q);
+        store_tile<Cfg>(prm, smem, tc, consumer_idx, warp_in_wg, lane, o, inv_l, wg_range.n_max > 0, lse);
         o_store_pending = Cfg::kOInV;
     }
 

@@ -1,7 +1,7 @@
 /*
  * sm90_fwd_launch.cuh -- host side of one head dim's sm90 forward instances: find the
- * instance of sm90_instances.def that serves a problem, fill its KernelParams (tensor maps,
- * score hook, window, sinks, scheduler) and launch it.
+ * instance of sm90_instances.def that serves a problem, fill its KernelParams (tensor maps over
+ * the sequence layout's extents, score hook, window, sinks, scheduler) and launch it.
  *
  * fwd_sm90_hd<D>.cu expands FA_SM90_DEFINE_HEAD_DIM(D) into its two C entry points;
  * fwd_sm90.cu routes the family's calls (kernels.h) to them by head dim. launch.c has checked
@@ -41,7 +41,7 @@ constexpr bool built_for_sm90() {
 template <int kHd, class F>
 bool dispatch_head_dim(const fa_params *p, F &&f) {
     const int mask = fa_params_mask_kind(p);
-    const bool short_keys = FA_SM90_SHORT_KEYS(kHd, mask != FA_MASK_NONE, p->seqlen_k);
+    const bool short_keys = fa_sm90_short_keys(p, kHd, mask != FA_MASK_NONE) != 0;
     const bool softcap = p->softcap > 0.f;
     const bool bf16 = p->dtype == FA_BFLOAT16;
     if (p->dtype != FA_FLOAT16 && p->dtype != FA_BFLOAT16) return false;
@@ -61,6 +61,22 @@ bool dispatch_head_dim(const fa_params *p, F &&f) {
     return false;
 }
 
+// Rows and batches of a map (sm90_fwd_config.cuh lists them per layout; the kernel's
+// coordinates, sm90_scheduler.cuh, address exactly these extents).
+struct MapExtent {
+    int rows, batches;
+};
+
+inline MapExtent q_map_extent(const fa_params *p) {
+    return p->cu_seqlens_q ? MapExtent{p->total_q, 1} : MapExtent{p->seqlen_q, p->batch};
+}
+
+inline MapExtent kv_map_extent(const fa_params *p) {
+    if (p->block_table) return MapExtent{p->page_size, p->kv_batches};
+    if (p->cu_seqlens_k) return MapExtent{p->total_k, 1};
+    return MapExtent{p->seqlen_k, p->kv_batch_idx ? p->kv_batches : p->batch};
+}
+
 // The kernel's arguments for p; false when a tensor map cannot be encoded.
 template <class Cfg>
 bool make_kernel_params(const fa_params *p, const fa_launch *cfg, fa_sm90_host::EncodeTiledFn encode,
@@ -68,27 +84,33 @@ bool make_kernel_params(const fa_params *p, const fa_launch *cfg, fa_sm90_host::
     using fa_sm90_host::encode_map;
     std::memset(prm, 0, sizeof(*prm));
     const CUtensorMapDataType dt = Cfg::kBf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-    // seqlen_k == 0 may come with NULL k/v and zero strides. No K/V box is issued then,
-    // but the encoder wants a legal map: describe q's memory instead.
+    const MapExtent qx = q_map_extent(p), kvx = kv_map_extent(p);
+    // seqlen_k == 0 (no entry has a key) may come with NULL k/v and zero strides. No K/V box is
+    // issued then, but the encoder wants a legal map: describe q's memory instead.
     const bool no_keys = p->seqlen_k == 0;
     const bool ok =
-        encode_map(encode, &prm->tmap_q, dt, p->q, p->head_dim, p->seqlen_q, p->heads_q, p->batch,
+        encode_map(encode, &prm->tmap_q, dt, p->q, p->head_dim, qx.rows, p->heads_q, qx.batches,
                    p->q_row_stride, p->q_head_stride, p->q_batch_stride, 64) &&
         (no_keys
-             ? encode_map(encode, &prm->tmap_k, dt, p->q, p->head_dim, 1, p->heads_q, p->batch,
+             ? encode_map(encode, &prm->tmap_k, dt, p->q, p->head_dim, 1, p->heads_q, qx.batches,
                           p->q_row_stride, p->q_head_stride, p->q_batch_stride, Cfg::kBlockN) &&
-                   encode_map(encode, &prm->tmap_v, dt, p->q, p->head_dim, 1, p->heads_q, p->batch,
+                   encode_map(encode, &prm->tmap_v, dt, p->q, p->head_dim, 1, p->heads_q, qx.batches,
                               p->q_row_stride, p->q_head_stride, p->q_batch_stride, Cfg::kBlockN)
-             : encode_map(encode, &prm->tmap_k, dt, p->k, p->head_dim, p->seqlen_k, p->heads_kv,
-                          p->batch, p->k_row_stride, p->k_head_stride, p->k_batch_stride,
+             : encode_map(encode, &prm->tmap_k, dt, p->k, p->head_dim, kvx.rows, p->heads_kv,
+                          kvx.batches, p->k_row_stride, p->k_head_stride, p->k_batch_stride,
                           Cfg::kBlockN) &&
-                   encode_map(encode, &prm->tmap_v, dt, p->v, p->head_dim, p->seqlen_k, p->heads_kv,
-                              p->batch, p->v_row_stride, p->v_head_stride, p->v_batch_stride,
+                   encode_map(encode, &prm->tmap_v, dt, p->v, p->head_dim, kvx.rows, p->heads_kv,
+                              kvx.batches, p->v_row_stride, p->v_head_stride, p->v_batch_stride,
                               Cfg::kBlockN)) &&
-        encode_map(encode, &prm->tmap_o, dt, p->out, p->head_dim, p->seqlen_q, p->heads_q, p->batch,
+        encode_map(encode, &prm->tmap_o, dt, p->out, p->head_dim, qx.rows, p->heads_q, qx.batches,
                    p->o_row_stride, p->o_head_stride, p->o_batch_stride, 64);
     if (!ok) return false;
     prm->lse = p->lse;
+    prm->out = p->out;
+    prm->o_batch_stride = p->o_batch_stride;
+    prm->o_row_stride = p->o_row_stride;
+    prm->o_head_stride = p->o_head_stride;
+    prm->head_dim = p->head_dim;
     prm->score = fa_score_make(p->softmax_scale, p->softcap);
     prm->window_left = p->window_left;
     prm->window_right = p->causal ? 0 : p->window_right;
@@ -97,10 +119,7 @@ bool make_kernel_params(const fa_params *p, const fa_launch *cfg, fa_sm90_host::
     s.batch = p->batch;
     s.heads_q = p->heads_q;
     s.heads_kv = p->heads_kv;
-    s.seqlen_q = p->seqlen_q;
-    s.seqlen_k = p->seqlen_k;
-    s.cu_seqlens_q = p->cu_seqlens_q;
-    s.cu_seqlens_k = p->cu_seqlens_k;
+    s.seq = fa_seq_layout_of(p);
     s.num_m_blocks = (p->seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM;
     const int num_tiles = s.num_m_blocks * p->heads_q * p->batch;  // <= INT32_MAX - grid (launch.c)
     s.causal = Cfg::kCausal ? 1 : 0;

@@ -8,6 +8,11 @@
  * Each turn issues the next block's Q K^T together with this block's P V, so the softmax of
  * one block runs under the other's GEMM; with pingpong (head_dim 128) the two warpgroups also
  * take turns at the tensor cores.
+ * Keys at or past the entry's len_k are masked to P = 0. Only the first block (n_max - 1) can
+ * hold such keys; where the layout leaves arbitrary memory there (seqused_k, pages), the
+ * consumer zeroes its V rows past len_k before the tile's key loop (zero_v_tail: up to
+ * block_n x head_dim x 2 bytes, 16 per thread and store), so the loop itself is the same for
+ * every layout.
  * Device-only.
  */
 #ifndef FA_SM90_FWD_MAINLOOP_CUH
@@ -103,6 +108,25 @@ __device__ __forceinline__ void release_o_in_v(uint32_t bars, bool store_thread)
             mbarrier_arrive(bars + 8 * Cfg::kBarOFree);
         }
     }
+}
+
+// Zeroes rows [from, kBlockN) of a V slot: keys past len_k whose memory may hold NaN or Inf
+// (kv_tail_unbounded); their P is exactly 0, but 0 * NaN in P V is not. Rows are whole
+// 128-byte lines of every 64-column chunk, so the swizzle does not matter. Both warpgroups
+// may zero the same slot: they write the same zeros, and each orders its own stores before
+// its wgmma (async proxy) reads them. Once per tile, only for the first block, which is the
+// only one that can reach past len_k. Outside the key loop: a branch at the end of its first
+// block's softmax measured 2-4% slower on short causal tiles of the uniform layout, where it
+// is never taken.
+template <class Cfg>
+__device__ __forceinline__ void zero_v_tail(uint32_t v_slot, int from, int consumer) {
+    const uint32_t tid_in_wg = threadIdx.x % 128;
+#pragma unroll
+    for (int c = 0; c < Cfg::kChunks; ++c)
+        for (uint32_t off = (uint32_t)from * 128u + 16u * tid_in_wg; off < Cfg::kKVChunkBytes; off += 16u * 128u)
+            st_shared_v4_zero(v_slot + c * Cfg::kKVChunkBytes + off);
+    fence_proxy_async_shared_cta();
+    bar_sync(kBarEpilogueBase + consumer, 128);
 }
 
 // Runs the key blocks n_max-1 .. n_min of one tile; leaves O (unnormalised), m and l.

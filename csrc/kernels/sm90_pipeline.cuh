@@ -4,7 +4,8 @@
  * A ring of Cfg::kStages slots per tensor (K and V), each with a full mbarrier (the TMA load
  * landed: one arrival with the byte count) and an empty one (every consumer warp is done with
  * the slot: kSlotReleaseArrivals). Producer and consumers walk the same slot sequence, each
- * with its own RingPos; the phase parity flips whenever the slot index wraps. The loads take
+ * with its own RingPos; the phase parity flips whenever the slot index wraps. Boxes are placed
+ * by TMA (row, batch) coordinates of the sequence layout (sm90_scheduler.cuh). The loads take
  * any Cfg with the forward's layout names (kOffK, kOffV, kBarKFull, ...), so another op's
  * kernel reuses them with its own layout.
  * Device-only.
@@ -29,10 +30,11 @@ struct RingPos {
     }
 };
 
-// Loads key block n_block of K (kv_index 0) or V (1) into the ring slot at pos.
+// Loads the key block whose first key is at `at` (kv_tma_row) of K (kv_index 0) or V (1) into
+// the ring slot at pos.
 template <class Cfg>
 __device__ __forceinline__ void producer_load_block(const KernelParams &prm, uint32_t smem, const RingPos &pos,
-                                                    int n_block, const TileCoord &tc, int kv_index) {
+                                                    TmaRow at, int head_kv, int kv_index) {
     const uint32_t bars = smem + Cfg::kOffBar;
     const uint32_t full = bars + 8 * ((kv_index ? Cfg::kBarVFull : Cfg::kBarKFull) + pos.slot);
     const uint32_t empty = bars + 8 * ((kv_index ? Cfg::kBarVEmpty : Cfg::kBarKEmpty) + pos.slot);
@@ -43,21 +45,23 @@ __device__ __forceinline__ void producer_load_block(const KernelParams &prm, uin
     mbarrier_arrive_expect_tx(full, Cfg::kKVSlotBytes);
 #pragma unroll
     for (int c = 0; c < Cfg::kChunks; ++c)
-        cp_async_bulk_tensor_4d_g2s(dst + c * Cfg::kKVChunkBytes, tmap, full, 64 * c, n_block * Cfg::kBlockN,
-                                    tc.head_kv, tc.batch);
+        cp_async_bulk_tensor_4d_g2s(dst + c * Cfg::kKVChunkBytes, tmap, full, 64 * c, at.row, head_kv, at.batch);
 }
 
 template <class Cfg>
-__device__ __forceinline__ void producer_load_kv(const KernelParams &prm, uint32_t smem, RingPos &pos, int n_block,
-                                                 const TileCoord &tc) {
-    producer_load_block<Cfg>(prm, smem, pos, n_block, tc, 0);
-    producer_load_block<Cfg>(prm, smem, pos, n_block, tc, 1);
+__device__ __forceinline__ void producer_load_kv(const KernelParams &prm, uint32_t smem, RingPos &pos, TmaRow at,
+                                                 int head_kv) {
+    producer_load_block<Cfg>(prm, smem, pos, at, head_kv, 0);
+    producer_load_block<Cfg>(prm, smem, pos, at, head_kv, 1);
     pos.advance(Cfg::kStages);
 }
 
+// The tile's 128 Q rows from `at` (q_tma_row of its first row), one 64-row half per consumer
+// warpgroup. Rows past the tensor read as zeros; rows past a packed entry are the next
+// entry's, computed on and never stored (store_tile).
 template <class Cfg>
 __device__ __forceinline__ void producer_load_q(const KernelParams &prm, uint32_t smem, uint32_t q_phase,
-                                                const TileCoord &tc) {
+                                                TmaRow at, int head_q) {
     const uint32_t bars = smem + Cfg::kOffBar;
 #pragma unroll
     for (int wg = 0; wg < FA_NUM_CONSUMER_WARPGROUPS; ++wg) {
@@ -67,8 +71,7 @@ __device__ __forceinline__ void producer_load_q(const KernelParams &prm, uint32_
 #pragma unroll
         for (int c = 0; c < Cfg::kChunks; ++c)
             cp_async_bulk_tensor_4d_g2s(smem + Cfg::kOffQ + c * Cfg::kQChunkBytes + wg * Cfg::kWgRowsBytes,
-                                        &prm.tmap_q, q_full, 64 * c, tc.m_block * Cfg::kBlockM + 64 * wg,
-                                        tc.head_q, tc.batch);
+                                        &prm.tmap_q, q_full, 64 * c, at.row + 64 * wg, head_q, at.batch);
     }
 }
 

@@ -1,8 +1,8 @@
 /*
  * sm90_ptx.cuh -- thin inline-PTX wrappers for the sm90 attention kernel, one per instruction,
  * each named after the PTX it emits: mbarriers, TMA (cp.async.bulk.tensor), proxy fences,
- * named barriers, setmaxnreg, stmatrix, the wgmma fence/commit/wait and the wgmma
- * shared-memory matrix descriptor.
+ * 16-byte shared loads and stores, named barriers, setmaxnreg, stmatrix, the wgmma
+ * fence/commit/wait and the wgmma shared-memory matrix descriptor.
  *
  * Device-only; needs the sm_90a target (-gencode arch=compute_90a,code=sm_90a).
  * Shared-memory operands are 32-bit shared-window addresses (smem_addr()).
@@ -115,6 +115,21 @@ FA_DEV void cp_async_bulk_wait_group_0() { asm volatile("cp.async.bulk.wait_grou
 // (a TMA store reading them, a TMA load overwriting them).
 FA_DEV void fence_proxy_async_shared_cta() {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// ---------------------------------------------------------------- shared memory, 16 bytes
+
+FA_DEV void st_shared_v4_zero(uint32_t addr) {
+    asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n" ::"r"(addr), "r"(0u) : "memory");
+}
+
+FA_DEV uint4 ld_shared_v4(uint32_t addr) {
+    uint4 v;
+    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(addr)
+                 : "memory");
+    return v;
 }
 
 // ---------------------------------------------------------------- named barriers

@@ -1,5 +1,6 @@
 /*
- * sm90_scheduler.cuh -- the persistent tile order of the sm90 kernel and the per-batch lengths.
+ * sm90_scheduler.cuh -- the persistent tile order of the sm90 kernel, and where a tile's entry
+ * keeps its rows.
  *
  * A tile is (batch, head_q, m_block): 128 query rows of one head. num_tiles =
  * ceil(max_seqlen_q / 128) * heads_q * batch; CTA c handles indices c, c + gridDim.x, ... below
@@ -15,9 +16,21 @@
  *           tiles per CTA); in pairs it has at most one pair more than the mean.
  *   causal, fewer tiles: m_block descending outer, (batch, head) inner: the tiles with the
  *           most key blocks run first (longest-processing-time first).
- * Lengths come from seq_lengths() (common/seqlen.h), which reads cu_seqlens when given (variable-length batches,
- * reserved today) and the uniform lengths otherwise; the main loop never assumes that all
- * batches share one length. Device-only; included by fwd_sm90.cu.
+ * The tile count is sized by the longest entry; a tile whose m_block starts at or past its own
+ * entry's len_q (a shorter packed entry) is skipped by producer and consumers alike, before
+ * any barrier, at the cost of reading the entry's lengths.
+ *
+ * Rows. An entry's lengths and row origins come from common/seqlen.h (fa_seqlen_at) and
+ * nowhere else. The TMA maps (sm90_fwd_launch.cuh) are (head_dim, rows, heads, batches); a
+ * (row, batch) coordinate pair is seqlen.h's element offset taken with strides in coordinate
+ * units: a row 1, a batch 2^32, and 0 for the batch of a packed tensor (the host passes batch
+ * stride 0 there too, and its map has a single batch). So
+ *   q, out  (row, batch) = (q_row0 + i, b), or (q_row0 + i, 0) when packed;
+ *   k, v    (row, batch) = (k_row0 + j, kv_batch), (k_row0 + j, 0) when packed, or
+ *           (j % page_size, block_table[b][j / page_size]) when paged: with page_size a
+ *           multiple of block_n a key block lies in one page, so one box loads it.
+ * Packed rows go up to total + 63 (a Q box's start), within 32 bits (fa_sm90_seq_unsupported).
+ * Device-only; included by fwd_sm90.cu.
  */
 #ifndef FA_SM90_SCHEDULER_CUH
 #define FA_SM90_SCHEDULER_CUH
@@ -30,10 +43,8 @@ namespace fa_sm90 {
 
 struct SchedulerArgs {
     int batch, heads_q, heads_kv;
-    int seqlen_q, seqlen_k;            // uniform lengths (the maxima when cu_seqlens are given)
-    const int32_t *cu_seqlens_q;       // NULL: every batch has seqlen_q rows
-    const int32_t *cu_seqlens_k;
-    int num_m_blocks;                  // ceil(seqlen_q / 128)
+    fa_seq_layout seq;                 // lengths (the maxima when packed) and row layout
+    int num_m_blocks;                  // ceil(seq.seqlen_q / 128)
     int causal;
     int pair_tiles;                    // causal with at least two tiles per CTA: see above
     int num_iters;                     // loop bound of the persistent loop (>= the tile count)
@@ -43,8 +54,36 @@ struct TileCoord {
     int batch, head_q, head_kv, m_block;  // m_block < 0: no tile at this index (skip it)
 };
 
-__device__ __forceinline__ fa_seqlen seq_lengths(const SchedulerArgs &s, int b) {
-    return fa_seqlen_of(b, s.seqlen_q, s.seqlen_k, s.cu_seqlens_q, s.cu_seqlens_k);
+// A TMA (row, batch) coordinate pair of the maps above.
+struct TmaRow {
+    int row, batch;
+};
+
+constexpr int64_t kTmaBatchUnit = (int64_t)1 << 32;
+
+__device__ __forceinline__ TmaRow tma_row(int64_t packed) {
+    TmaRow t;
+    t.row = (int)(uint32_t)packed;
+    t.batch = (int)(packed >> 32);
+    return t;
+}
+
+// Query row i of entry b (e = fa_seqlen_at(seq, b)) in the q and out maps.
+__device__ __forceinline__ TmaRow q_tma_row(const fa_seq_layout &s, const fa_seqlen &e, int b, int i) {
+    return tma_row(fa_q_row_offset(&e, b, i, s.cu_seqlens_q ? 0 : kTmaBatchUnit, 1));
+}
+
+// Key j of entry b in the k and v maps; paged, j must start a key block (one page lookup).
+__device__ __forceinline__ TmaRow kv_tma_row(const fa_seq_layout &s, const fa_seqlen &e, int b, int j) {
+    return tma_row(fa_k_row_offset(&s, &e, b, j, s.cu_seqlens_k && !s.block_table ? 0 : kTmaBatchUnit, 1));
+}
+
+// Whether the memory past an entry's len_k inside its last key block may hold anything (a KV
+// cache filled to seqused_k, or a page's unused tail). TMA zero-fills only past the map's end,
+// and P V would turn 0 * NaN into NaN, so such a block's V tail is zeroed (consumer_mainloop).
+// Packed k/v without seqused_k holds the next entry's keys there: finite, so P = 0 suffices.
+__device__ __forceinline__ bool kv_tail_unbounded(const fa_seq_layout &s) {
+    return s.seqused_k != nullptr || s.block_table != nullptr;
 }
 
 __device__ __forceinline__ TileCoord decode_tile(const SchedulerArgs &s, int tile) {

@@ -27,6 +27,10 @@
  * (opt-in limit 232448). head_dim 64 leaves room for up to 4 stages (165120; measured no
  * faster than 2).
  *
+ * Paged k/v needs block_n to divide page_size (one key block, one page, one TMA box); where a
+ * head dim has two instances the dividing one is taken (fa_sm90_short_keys), and
+ * fa_sm90_seq_unsupported (fwd_sm90.cu) refuses a page size that neither divides.
+ *
  * Usage: fa_tile t; if (fa_sm90_tile(&params, &t) == 0) ... t.smem_bytes ...
  */
 #ifndef FA_SM90_TILES_H
@@ -82,12 +86,16 @@
                                                : FA_SM90_BLOCK_N_HD256_CAUSAL)            \
                                : FA_SM90_BLOCK_N_HD256))
 /* Whether a problem with seqlen_k keys counts as short for its head dim and mask (the third
- * argument above); only head_dim 128 full and head_dim 256 masked have a short instance. */
+ * argument above); only head_dim 128 full and head_dim 256 masked have a short instance.
+ * Paged k/v may take the other instance (fa_sm90_short_keys). */
 #define FA_SM90_SHORT_KEYS(hd, masked, seqlen_k)                                                   \
     ((hd) == 128 && !(masked)  ? FA_SM90_SHORT_SEQLEN_K > 0 && (seqlen_k) <= FA_SM90_SHORT_SEQLEN_K \
      : (hd) == 256 && (masked) ? FA_SM90_SHORT_SEQLEN_K_HD256_CAUSAL > 0 &&                        \
                                      (seqlen_k) <= FA_SM90_SHORT_SEQLEN_K_HD256_CAUSAL             \
                                : 0)
+
+/* Whether a head dim and mask have a short-keys instance (sm90_instances.def). */
+#define FA_SM90_HAS_SHORT_KEYS(hd, masked) (((hd) == 128 && !(masked)) || ((hd) == 256 && (masked)))
 
 #define FA_SM90_SMEM_OPTIN_LIMIT 232448 /* H100 / H200: 227 KB per block after opt-in */
 
@@ -129,9 +137,23 @@ static inline int fa_sm90_head_dim_padded(int head_dim) {
     return head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : 256;
 }
 
-/* Fills *t for a 16-bit (float16 / bfloat16) problem (head_dim, dtype, mask kind and seqlen_k
- * of *p). Returns -1, leaving *t untouched, when head_dim is not a multiple of 8 in [8, 256] or
- * dtype is not a 16-bit type. */
+/* The short-keys choice for p (hd = its padded head dim, masked = its mask kind is not
+ * FA_MASK_NONE): by seqlen_k (the longest entry's keys), except for paged k/v, which the kernel
+ * runs only with a key block that divides page_size (a block then lies inside one page, one TMA
+ * box): where the head dim has both instances and only the other one's block divides
+ * page_size, that one. The kernel dispatch and the launch tile both take it from here. */
+static inline int fa_sm90_short_keys(const fa_params *p, int hd, int masked) {
+    const int by_length = FA_SM90_SHORT_KEYS(hd, masked, p->seqlen_k) ? 1 : 0;
+    if (p->block_table && p->page_size > 0 && FA_SM90_HAS_SHORT_KEYS(hd, masked) &&
+        p->page_size % FA_SM90_BLOCK_N(hd, masked, by_length) != 0 &&
+        p->page_size % FA_SM90_BLOCK_N(hd, masked, !by_length) == 0)
+        return !by_length;
+    return by_length;
+}
+
+/* Fills *t for a 16-bit (float16 / bfloat16) problem (head_dim, dtype, mask kind, seqlen_k and,
+ * when paged, page_size of *p). Returns -1, leaving *t untouched, when head_dim is not a
+ * multiple of 8 in [8, 256] or dtype is not a 16-bit type. */
 static inline int fa_sm90_tile(const fa_params *p, fa_tile *t) {
     if (p == NULL || t == NULL) return -1;
     int hd = fa_sm90_head_dim_padded(p->head_dim);
@@ -139,7 +161,7 @@ static inline int fa_sm90_tile(const fa_params *p, fa_tile *t) {
     t->block_m = FA_SM90_BLOCK_M;
     /* A window takes the causal tiles: its masked blocks sit at the edges as causal ones do. */
     const int masked = fa_params_mask_kind(p) != FA_MASK_NONE;
-    t->block_n = FA_SM90_BLOCK_N(hd, masked, FA_SM90_SHORT_KEYS(hd, masked, p->seqlen_k));
+    t->block_n = FA_SM90_BLOCK_N(hd, masked, fa_sm90_short_keys(p, hd, masked));
     t->stages = FA_SM90_STAGES(hd);
     t->head_dim_padded = hd;
     t->smem_bytes = FA_SM90_SMEM_BYTES(hd, t->block_n, t->stages);
