@@ -13,6 +13,7 @@
  */
 #include "compat.h"
 
+#include <limits.h>
 #include <math.h>
 
 #include "ops.h"
@@ -33,8 +34,9 @@ static const fa_role attention_roles[ATTN_NUM_ROLES] = {
 
 /* The rules between shapes that the role table cannot state; GQA's heads_q % heads_kv and
  * head_dim's range are fa_check_params's. */
-static int attention_check_shapes(fa_tensor *const *views)
+static int attention_check_shapes(fa_tensor *const *views, const void *args)
 {
+    (void)args;
     const fa_tensor *q = views[ATTN_Q], *k = views[ATTN_K], *v = views[ATTN_V];
     const fa_tensor *sinks = views[ATTN_SINKS];
     for (int d = 0; d < 4; d++) {
@@ -84,6 +86,18 @@ void attention_strides(const fa_binding *b, int64_t *batch, int64_t *row, int64_
     *head = b->strides[2];
 }
 
+void attention_build_scalars(fa_params *p, const attention_scalars *s)
+{
+    p->causal = s->causal;
+    p->family = (fa_kernel_family)s->kernel;
+    p->softmax_scale = isnan(s->softmax_scale)
+                           ? (p->head_dim > 0 ? 1.0f / sqrtf((float)p->head_dim) : 1.0f)
+                           : (float)s->softmax_scale;
+    p->window_left = s->window_left;
+    p->window_right = s->window_right;
+    p->softcap = (float)s->softcap;
+}
+
 void attention_build_params(fa_params *p, const fa_binding *b, const attention_scalars *s)
 {
     const int64_t *q = b[ATTN_Q].shape, *k = b[ATTN_K].shape;
@@ -94,14 +108,7 @@ void attention_build_params(fa_params *p, const fa_binding *b, const attention_s
     p->seqlen_k = (int)k[1];
     p->heads_kv = (int)k[2];
     p->dtype = b[ATTN_Q].dtype;
-    p->causal = s->causal;
-    p->family = (fa_kernel_family)s->kernel;
-    p->softmax_scale = isnan(s->softmax_scale)
-                           ? (p->head_dim > 0 ? 1.0f / sqrtf((float)p->head_dim) : 1.0f)
-                           : (float)s->softmax_scale;
-    p->window_left = s->window_left;
-    p->window_right = s->window_right;
-    p->softcap = (float)s->softcap;
+    attention_build_scalars(p, s);
     p->q = b[ATTN_Q].data;
     p->k = b[ATTN_K].data;
     p->v = b[ATTN_V].data;
@@ -124,9 +131,9 @@ static int attention_empty(const fa_op_params *a)
     return a->p.batch == 0 || a->p.heads_q == 0 || a->p.seqlen_q == 0;
 }
 
-static fa_status attention_check(const fa_op_params *a, int gpu) { return fa_check_params(&a->p, gpu); }
-static fa_status attention_run_gpu(const fa_op_params *a, cudaStream_t s) { return fa_forward(&a->p, s); }
-static fa_status attention_run_cpu(const fa_op_params *a) { return fa_forward_cpu(&a->p); }
+fa_status attention_check(const fa_op_params *a, int gpu) { return fa_check_params(&a->p, gpu); }
+fa_status attention_run_gpu(const fa_op_params *a, cudaStream_t s) { return fa_forward(&a->p, s); }
+fa_status attention_run_cpu(const fa_op_params *a) { return fa_forward_cpu(&a->p); }
 
 const fa_op fa_attention_op = {
     .name = "attention",
@@ -181,26 +188,35 @@ int attention_check_device(int device_kind, int device_index)
     return 0;
 }
 
-PyObject *attention_forward_impl(PyObject *module, PyObject *const *arrays, PyObject *layouts,
-                                 const attention_scalars *s, uintptr_t stream,
-                                 PyObject *stream_owner, int device_kind, int device_index)
+PyObject *attention_call(PyObject *module, const fa_op *op, const attention_call_args *c)
 {
-    if (attention_check_device(device_kind, device_index) < 0 ||
+    const attention_scalars *s = c->fwd;
+    if (attention_check_device(c->device_kind, c->device_index) < 0 ||
         attention_check_kernel(s->kernel) < 0 ||
         attention_check_window(s->window_left, s->window_right) < 0)
         return NULL;
     fa_call call;
     memset(&call, 0, sizeof call);
-    for (int r = 0; r < ATTN_NUM_ROLES; r++)
-        call.objs[r] = arrays[r];
-    call.want[ATTN_LSE] = s->return_lse;
-    call.layouts = layouts;
-    call.stream = stream;
-    call.stream_owner = stream_owner;
-    call.device_kind = device_kind;
-    call.device_index = device_index;
-    call.args = s;
-    return fa_call_run(module, &fa_attention_op, &call);
+    for (int r = 0; r < op->num_roles; r++)
+        call.objs[r] = c->arrays[r];
+    if (c->want_role >= 0)
+        call.want[c->want_role] = 1;
+    call.layouts = c->layouts;
+    call.stream = c->stream;
+    call.stream_owner = c->stream_owner;
+    call.device_kind = c->device_kind;
+    call.device_index = c->device_index;
+    call.args = c->args;
+    return fa_call_run(module, op, &call);
+}
+
+PyObject *attention_forward_impl(PyObject *module, PyObject *const *arrays, PyObject *layouts,
+                                 const attention_scalars *s, uintptr_t stream,
+                                 PyObject *stream_owner, int device_kind, int device_index)
+{
+    const attention_call_args c = {arrays, layouts, s, s, s->return_lse ? ATTN_LSE : -1,
+                                   stream, stream_owner, device_kind, device_index};
+    return attention_call(module, &fa_attention_op, &c);
 }
 
 /* Compact bindings of the sizes' arrays at the placeholder: what launch_config plans for. */
@@ -234,6 +250,26 @@ int attention_plan_impl(PyObject *module, const attention_sizes *z, const attent
                                plan);
 }
 
+/* A packed batch as the plan sees it: every entry at its longest, the entries' rows one after
+ * another (the compact bindings' row and head strides are the packed ones; the batch strides
+ * are ignored), offsets at the placeholder (the plan reads only where they are). */
+static int attention_plan_packed(fa_params *p, const attention_sizes *z)
+{
+    const int64_t total_q = (int64_t)z->batch * z->seqlen_q;
+    const int64_t total_k = (int64_t)z->batch * z->seqlen_k;
+    if (total_q > INT_MAX || total_k > INT_MAX) {
+        PyErr_Format(PyExc_ValueError,
+                     "varlen: batch x seqlen_q (%lld) and batch x seqlen_k (%lld) packed rows "
+                     "must be at most %d",
+                     (long long)total_q, (long long)total_k, INT_MAX);
+        return -1;
+    }
+    p->cu_seqlens_q = p->cu_seqlens_k = (const int32_t *)fa_placeholder;
+    p->total_q = (int)total_q;
+    p->total_k = (int)total_k;
+    return 0;
+}
+
 int attention_plan_with(PyObject *module, const attention_sizes *z, const attention_scalars *s,
                         const fa_grad_params *g, attention_planner planner, int arch_major,
                         int arch_minor, int device, fa_plan *plan)
@@ -256,6 +292,8 @@ int attention_plan_with(PyObject *module, const attention_sizes *z, const attent
     fa_op_params a;
     fa_params_init(&a.p);
     attention_build_params(&a.p, b, s);
+    if (z->varlen && attention_plan_packed(&a.p, z) < 0)
+        return -1;
     if (g)
         a.g = *g;
     else

@@ -38,7 +38,7 @@ static const fa_role backward_roles[BWD_NUM_ROLES] = {
                     "(heads_q,)", FA_FLOAT32, BWD_SINKS, NULL},
 };
 
-static int same_shape(const fa_tensor *a, const fa_tensor *b, const char *what)
+int attention_same_shape(const fa_tensor *a, const fa_tensor *b, const char *what)
 {
     for (int d = 0; d < a->ndim; d++) {
         if (a->shape[d] == b->shape[d])
@@ -54,15 +54,15 @@ static int same_shape(const fa_tensor *a, const fa_tensor *b, const char *what)
 
 /* The forward's rules between q, k, v and sinks, then: dout and out have q's shape, lse is
  * the forward's (batch, heads_q, seqlen_q). */
-static int backward_check_shapes(fa_tensor *const *views)
+static int backward_check_shapes(fa_tensor *const *views, const void *args)
 {
     fa_tensor *fwd[ATTN_NUM_ROLES] = {
         [ATTN_Q] = views[BWD_Q], [ATTN_K] = views[BWD_K], [ATTN_V] = views[BWD_V],
         [ATTN_SINKS] = views[BWD_SINKS]};
-    if (fa_attention_op.check_shapes(fwd) < 0 ||
-        same_shape(views[BWD_DOUT], views[BWD_Q], "dout must have q's shape") < 0 ||
-        same_shape(views[BWD_OUT], views[BWD_Q],
-                   "out must be the forward's output, of q's shape") < 0)
+    if (fa_attention_op.check_shapes(fwd, &((const backward_scalars *)args)->fwd) < 0 ||
+        attention_same_shape(views[BWD_DOUT], views[BWD_Q], "dout must have q's shape") < 0 ||
+        attention_same_shape(views[BWD_OUT], views[BWD_Q],
+                             "out must be the forward's output, of q's shape") < 0)
         return -1;
     const fa_tensor *q = views[BWD_Q], *lse = views[BWD_LSE];
     const int64_t want[3] = {q->shape[0], q->shape[2], q->shape[1]};
@@ -85,6 +85,23 @@ static void backward_output_shape(fa_tensor *const *views, int role, int64_t *sh
     (void)shape; /* every output has a `like` role */
 }
 
+void backward_build_grads(fa_grad_params *g, const fa_binding *b, const backward_grad_roles *r,
+                          attention_stride_fn strides, int deterministic)
+{
+    g->dout = b[r->dout].data;
+    g->dq = b[r->dq].data;
+    g->dk = b[r->dk].data;
+    g->dv = b[r->dv].data;
+    g->dsinks = b[r->dsinks].present ? (float *)b[r->dsinks].data : NULL;
+    strides(&b[r->dout], &g->do_batch_stride, &g->do_row_stride, &g->do_head_stride);
+    strides(&b[r->dq], &g->dq_batch_stride, &g->dq_row_stride, &g->dq_head_stride);
+    strides(&b[r->dk], &g->dk_batch_stride, &g->dk_row_stride, &g->dk_head_stride);
+    strides(&b[r->dv], &g->dv_batch_stride, &g->dv_row_stride, &g->dv_head_stride);
+    g->deterministic = deterministic;
+}
+
+static const backward_grad_roles grad_roles = {BWD_DOUT, BWD_DQ, BWD_DK, BWD_DV, BWD_DSINKS};
+
 static void backward_build(fa_op_params *a, const fa_binding *b, const void *args)
 {
     const backward_scalars *s = (const backward_scalars *)args;
@@ -97,40 +114,29 @@ static void backward_build(fa_op_params *a, const fa_binding *b, const void *arg
     fwd[ATTN_LSE] = b[BWD_LSE];
     fwd[ATTN_SINKS] = b[BWD_SINKS];
     attention_build_params(&a->p, fwd, &s->fwd);
-
-    fa_grad_params *g = &a->g;
-    g->dout = b[BWD_DOUT].data;
-    g->dq = b[BWD_DQ].data;
-    g->dk = b[BWD_DK].data;
-    g->dv = b[BWD_DV].data;
-    g->dsinks = b[BWD_DSINKS].present ? (float *)b[BWD_DSINKS].data : NULL;
-    attention_strides(&b[BWD_DOUT], &g->do_batch_stride, &g->do_row_stride, &g->do_head_stride);
-    attention_strides(&b[BWD_DQ], &g->dq_batch_stride, &g->dq_row_stride, &g->dq_head_stride);
-    attention_strides(&b[BWD_DK], &g->dk_batch_stride, &g->dk_row_stride, &g->dk_head_stride);
-    attention_strides(&b[BWD_DV], &g->dv_batch_stride, &g->dv_row_stride, &g->dv_head_stride);
-    g->deterministic = s->deterministic;
+    backward_build_grads(&a->g, b, &grad_roles, attention_strides, s->deterministic);
 }
 
-/* Nothing to write: every gradient has zero elements. */
-static int backward_empty(const fa_op_params *a)
+/* Nothing to write: every gradient has zero elements. Packed rows count their totals. */
+int backward_empty(const fa_op_params *a)
 {
     const fa_params *p = &a->p;
-    const int64_t rows = (int64_t)p->batch * p->seqlen_q * p->heads_q;
-    const int64_t keys = (int64_t)p->batch * p->seqlen_k * p->heads_kv;
-    return rows == 0 && keys == 0 && (!p->sinks || p->heads_q == 0);
+    const int64_t q_rows = p->cu_seqlens_q ? p->total_q : (int64_t)p->batch * p->seqlen_q;
+    const int64_t k_rows = p->cu_seqlens_k ? p->total_k : (int64_t)p->batch * p->seqlen_k;
+    return q_rows * p->heads_q == 0 && k_rows * p->heads_kv == 0 && (!p->sinks || p->heads_q == 0);
 }
 
-static fa_status backward_check(const fa_op_params *a, int gpu)
+fa_status backward_check(const fa_op_params *a, int gpu)
 {
     return fa_check_grad_params(&a->p, &a->g, gpu);
 }
 
-static fa_status backward_run_gpu(const fa_op_params *a, cudaStream_t stream)
+fa_status backward_run_gpu(const fa_op_params *a, cudaStream_t stream)
 {
     return fa_backward(&a->p, &a->g, stream);
 }
 
-static fa_status backward_run_cpu(const fa_op_params *a) { return fa_backward_cpu(&a->p, &a->g); }
+fa_status backward_run_cpu(const fa_op_params *a) { return fa_backward_cpu(&a->p, &a->g); }
 
 const fa_op fa_attention_backward_op = {
     .name = "attention_backward",
@@ -149,22 +155,10 @@ PyObject *attention_backward_impl(PyObject *module, PyObject *const *arrays, PyO
                                   const backward_scalars *s, uintptr_t stream,
                                   PyObject *stream_owner, int device_kind, int device_index)
 {
-    if (attention_check_device(device_kind, device_index) < 0 ||
-        attention_check_kernel(s->fwd.kernel) < 0 ||
-        attention_check_window(s->fwd.window_left, s->fwd.window_right) < 0)
-        return NULL;
-    fa_call call;
-    memset(&call, 0, sizeof call);
-    for (int r = 0; r < BWD_NUM_ROLES; r++)
-        call.objs[r] = arrays[r];
-    call.want[BWD_DSINKS] = arrays[BWD_SINKS] && arrays[BWD_SINKS] != Py_None;
-    call.layouts = layouts;
-    call.stream = stream;
-    call.stream_owner = stream_owner;
-    call.device_kind = device_kind;
-    call.device_index = device_index;
-    call.args = s;
-    return fa_call_run(module, &fa_attention_backward_op, &call);
+    const int sinks = arrays[BWD_SINKS] && arrays[BWD_SINKS] != Py_None;
+    const attention_call_args c = {arrays, layouts, &s->fwd, s, sinks ? BWD_DSINKS : -1,
+                                   stream, stream_owner, device_kind, device_index};
+    return attention_call(module, &fa_attention_backward_op, &c);
 }
 
 /* The gradients of a compact problem at the placeholder, for the plan's checks. */

@@ -3,8 +3,9 @@
  * role-tagged arrays.
  *
  * An op is described once, by a static fa_op (attention.c holds the forward's):
- *   roles         its array arguments in order: name, input or output, optional or not, ndim,
- *                 dtype (the op's compute dtype or a fixed one), unit-stride and compact rules
+ *   roles         its array arguments in order: name, input or output (or an input written in
+ *                 place), optional or not, ndim, dtype (the op's compute dtype or a fixed one:
+ *                 float32, or int32 for index arrays), unit-stride and compact rules
  *   check_shapes  how the arrays' shapes relate (errors name the argument)
  *   output_shape  the shape of a new output the rules above do not give
  *   build         its C params (fa_op_params) from the arrays' bindings (address and strides as
@@ -31,7 +32,7 @@
 #include "flashattn.h"
 #include "tensor.h"
 
-#define FA_MAX_ROLES 12
+#define FA_MAX_ROLES 16
 
 /* fa_role.flags */
 #define FA_ROLE_IN 0x1u       /* read by the op */
@@ -39,6 +40,10 @@
 #define FA_ROLE_OPTIONAL 0x4u /* may be absent (None): an input not given, an output not asked */
 #define FA_ROLE_COMPACT 0x8u  /* the C API takes it compact row-major (no strides) */
 #define FA_ROLE_SIDE 0x10u    /* a per-op parameter array that lives where role 0 lives */
+/* An input the op also writes in place (a KV cache): it must be writable, shares no byte with
+ * the other inputs, and host copies of it come back after the GPU work. Its `like` names the
+ * role whose presence makes the op write it (-1: always written). */
+#define FA_ROLE_WRITTEN 0x20u
 
 /* fa_role.dtype for a role that takes the op's compute dtype (role 0's). */
 #define FA_OP_DTYPE (-2)
@@ -48,8 +53,10 @@ typedef struct {
     unsigned flags;       /* FA_ROLE_* */
     int ndim;
     const char *dims;     /* "(batch, seqlen_q, heads_q, head_dim)", for ndim messages */
-    int dtype;            /* FA_OP_DTYPE, or the fa_dtype the role always has */
-    int like;             /* outputs: the role whose shape and dtype a given one must have; -1 */
+    int dtype;            /* FA_OP_DTYPE, or the element code the role always has (fa_dtype or
+                             FA_DTYPE_INT32) */
+    int like;             /* outputs: the role whose shape and dtype a given one must have;
+                             FA_ROLE_WRITTEN inputs: see there; -1 */
     const char *unit_dim; /* non-NULL: the last dim's name; device views need unit stride there */
 } fa_role;
 
@@ -59,31 +66,40 @@ typedef struct {
     void *data;            /* a placeholder while the buffer does not exist yet */
     int64_t shape[FA_TENSOR_MAX_DIMS];
     int64_t strides[FA_TENSOR_MAX_DIMS];
-    fa_dtype dtype;
-    int present; /* 0: an absent optional role (data NULL) */
+    fa_dtype dtype; /* or FA_DTYPE_INT32 */
+    int present;    /* 0: an absent optional role (data NULL) */
 } fa_binding;
 
-/* The C params of any op: the forward's (every op has them) and the backward's gradients. */
+/* The C params of any op: the forward's (every op has them), the backward's gradients and the
+ * KV-cache op's cache parameters. The engine initialises all three (their _init functions)
+ * before an op's build fills what it uses. */
 typedef struct {
     fa_params p;
     fa_grad_params g;
+    fa_kvcache_params c;
 } fa_op_params;
 
 typedef struct {
     const char *name; /* the op as messages name it: "attention" */
     int num_roles;
     const fa_role *roles;
-    /* The op's rules between shapes, after the role table's checks of each array (ndim,
-     * place, device, dtype) and before those of its layout. Returns 0, or -1 with a Python
-     * exception set. views[r] is NULL for an absent role or an output the call allocates. */
-    int (*check_shapes)(fa_tensor *const *views);
+    /* The op's rules between shapes (and the op's scalars: args as for build), after the
+     * role table's checks of each array (ndim, place, device, dtype) and before those of its
+     * layout. Returns 0, or -1 with a Python exception set. views[r] is NULL for an absent
+     * role or an output the call allocates. */
+    int (*check_shapes)(fa_tensor *const *views, const void *args);
     /* The shape of output role `role` (ndim from its fa_role) when it has no `like`. */
     void (*output_shape)(fa_tensor *const *views, int role, int64_t *shape);
-    /* Fills a (both structs already initialised) from the bindings and the op's scalars. No
+    /* Fills a (its structs already initialised) from the bindings and the op's scalars. No
      * Python: called again with the GIL released once real buffers replace the placeholders. */
     void (*build)(fa_op_params *a, const fa_binding *b, const void *args);
     int (*empty)(const fa_op_params *a); /* nothing to compute: outputs are returned unwritten */
     fa_status (*check)(const fa_op_params *a, int gpu);
+    /* Optional (NULL: none). The values of side arrays that the C API reads only when it runs
+     * (a KV cache's lengths): judged here where they are host memory, the host path's arrays
+     * and host arrays bound for the GPU before they are copied. Returns 0, or -1 with a Python
+     * exception set. */
+    int (*check_values)(const fa_op_params *a);
     fa_status (*run_gpu)(const fa_op_params *a, cudaStream_t stream);
     fa_status (*run_cpu)(const fa_op_params *a); /* a->p.interrupt is set */
 } fa_op;

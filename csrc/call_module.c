@@ -285,6 +285,20 @@ static const fa_role *role_of(const job *j, int r) { return &j->op->roles[r]; }
 
 static int is_output(const job *j, int r) { return (role_of(j, r)->flags & FA_ROLE_OUT) != 0; }
 
+/* An FA_ROLE_WRITTEN input that this call writes: its `like` role, if it names one, is given. */
+static int written_input(const fa_role *role, PyObject *const *objs)
+{
+    if (!(role->flags & FA_ROLE_WRITTEN) || (role->flags & FA_ROLE_OUT))
+        return 0;
+    return role->like < 0 || (objs[role->like] && objs[role->like] != Py_None);
+}
+
+/* Whether the call writes role r's memory: an output, or an input it writes in place. */
+static int writes(const job *j, int r)
+{
+    return is_output(j, r) || (j->views[r] && written_input(role_of(j, r), j->call->objs));
+}
+
 static int64_t shape_numel(int ndim, const int64_t *shape)
 {
     int64_t n = 1;
@@ -440,7 +454,8 @@ static int check_op_dtype(const job *j)
         const fa_tensor *t = j->views[r];
         if (!t || is_output(j, r) || role_of(j, r)->dtype != FA_OP_DTYPE)
             continue;
-        if (t->dtype == FA_DTYPE_NONE) {
+        /* int32 is an element code of index arrays only, never an attention dtype. */
+        if (t->dtype == FA_DTYPE_NONE || t->dtype == FA_DTYPE_INT32) {
             PyErr_Format(PyExc_TypeError,
                          "unsupported dtype %s for %s: expected float16 or bfloat16 (float32 or "
                          "float64 on device='cpu')",
@@ -544,10 +559,11 @@ static int tensor_dense(const fa_tensor *t, uintptr_t lo, uintptr_t hi)
     return (int64_t)(hi - lo) == fa_tensor_numel(t) * t->itemsize;
 }
 
-/* The kernels read the inputs while they write an output: a shared byte would be read after
- * it was overwritten. Refused where both views are dense and their spans meet (then they
- * certainly share bytes, e.g. out=q). Views with gaps, e.g. interleaved halves of one packed
- * buffer, may meet without sharing a byte; as with torch's out= checks, they are not judged. */
+/* The kernels read the inputs while they write an output (or an input written in place): a
+ * shared byte would be read after it was overwritten. Refused where both views are dense and
+ * their spans meet (then they certainly share bytes, e.g. out=q). Views with gaps, e.g.
+ * interleaved halves of one packed buffer, may meet without sharing a byte; as with torch's
+ * out= checks, they are not judged. */
 static int check_overlap(const job *j, const fa_tensor *out)
 {
     uintptr_t out_lo, out_hi;
@@ -556,7 +572,7 @@ static int check_overlap(const job *j, const fa_tensor *out)
         return 0;
     for (int r = 0; r < j->op->num_roles; r++) {
         const fa_tensor *in = j->views[r];
-        if (!in || is_output(j, r))
+        if (!in || in == out || is_output(j, r))
             continue;
         uintptr_t lo, hi;
         tensor_span(in, &lo, &hi);
@@ -631,9 +647,22 @@ static int check_given_output(const job *j, int r)
     return check_overlap(j, t);
 }
 
+/* An input the op writes in place: writable, and sharing no byte with what the op reads. */
+static int check_written_input(const job *j, int r)
+{
+    const fa_tensor *t = j->views[r];
+    if (t->readonly) {
+        PyErr_Format(PyExc_ValueError, "%s is read-only: %s writes into it in place", t->name,
+                     j->op->name);
+        return -1;
+    }
+    return check_overlap(j, t);
+}
+
 /* Every rule of the role table and the op, in the order the messages are documented: the
  * required inputs' ndim, where the arrays live, their dtypes, each input's own kind, the op's
- * shape rules, the inputs' layouts, then the given outputs. */
+ * shape rules, the inputs' layouts and whether those the op writes can be written, then the
+ * given outputs. */
 static int validate(job *j)
 {
     const int n = j->op->num_roles;
@@ -648,7 +677,7 @@ static int validate(job *j)
     for (int r = 0; r < n; r++)
         if (j->views[r] && !is_output(j, r) && check_input_kind(j, r) < 0)
             return -1;
-    if (j->op->check_shapes(j->views) < 0)
+    if (j->op->check_shapes(j->views, j->call->args) < 0)
         return -1;
     for (int r = 0; r < n; r++) {
         const int like = role_of(j, r)->like;
@@ -661,6 +690,9 @@ static int validate(job *j)
     }
     for (int r = 0; r < n; r++)
         if (j->views[r] && !is_output(j, r) && check_layout(j, r) < 0)
+            return -1;
+    for (int r = 0; r < n; r++)
+        if (j->views[r] && !is_output(j, r) && writes(j, r) && check_written_input(j, r) < 0)
             return -1;
     settle_shapes(j);
     for (int r = 0; r < n; r++)
@@ -864,20 +896,22 @@ static void stage_in(job *j, void *const *dev, void **staging, cudaStream_t stre
     }
 }
 
-/* Device results back to their host arrays: a new one, a compact given one, or a staging
- * buffer unpacked into a strided given one once the copies are done. */
+/* Device results back to their host arrays (outputs, and inputs the op wrote in place): a new
+ * one, a compact given one, or a staging buffer unpacked into a strided given one once the
+ * copies are done. A written input that was packed on the way in reuses its staging buffer. */
 static void stage_out(job *j, void *const *dev, void **staging, cudaStream_t stream)
 {
     for (int r = 0; r < j->op->num_roles && !j->err.kind; r++) {
         const fa_tensor *t = j->views[r];
         const size_t bytes = role_bytes(j, r);
-        if (!is_output(j, r) || !bytes)
+        if (!writes(j, r) || !bytes)
             continue;
         void *dst = j->host_data[r];
         if (t && fa_tensor_is_compact(t)) {
             dst = t->data;
         } else if (t) {
-            staging[r] = malloc(bytes);
+            if (!staging[r])
+                staging[r] = malloc(bytes);
             if (!staging[r]) {
                 fail(&j->err, FA_ERR_KIND_MEMORY, "out of host memory");
                 break;
@@ -889,7 +923,7 @@ static void stage_out(job *j, void *const *dev, void **staging, cudaStream_t str
     if (!j->err.kind)
         CUDA_OR_FAIL(&j->err, cudaStreamSynchronize(stream));
     for (int r = 0; r < j->op->num_roles && !j->err.kind; r++)
-        if (is_output(j, r) && j->views[r] && staging[r])
+        if (writes(j, r) && j->views[r] && staging[r])
             fa_tensor_unpack(staging[r], j->views[r]);
 }
 
@@ -1001,7 +1035,7 @@ static void run_host_on_cpu(job *j)
     j->a.p.interrupt = NULL;
     j->a.p.interrupt_ctx = NULL;
     for (int r = 0; r < n && !j->err.kind; r++)
-        if (is_output(j, r) && j->views[r] && staging[r])
+        if (writes(j, r) && j->views[r] && staging[r])
             fa_tensor_unpack(staging[r], j->views[r]);
 done:
     for (int r = 0; r < n; r++)
@@ -1031,7 +1065,7 @@ static int host_typenum(fa_dtype dtype)
     case FA_FLOAT32: return NPY_FLOAT;
     case FA_FLOAT64: return NPY_DOUBLE;
     }
-    return NPY_HALF;
+    return (int)dtype == FA_DTYPE_INT32 ? NPY_INT32 : NPY_HALF;
 }
 
 /* New outputs, before the GIL is released: DeviceArrays (memory allocated later, on the
@@ -1135,13 +1169,54 @@ static int import_all(const fa_op *op, const fa_call *c, fa_tensor *views, job *
         j->present[r] = 1;
         PyObject *layout = c->layouts != Py_None ? PyTuple_GET_ITEM(c->layouts, r) : Py_None;
         const char *name = op->roles[r].name;
+        /* An array the op writes must be the caller's memory, not a copy of it. */
+        const int receives = out || written_input(&op->roles[r], c->objs);
         int rc = layout != Py_None ? fa_tensor_from_layout(obj, layout, name, &views[r])
-                                   : fa_tensor_import(obj, name, dlpack_stream, out, &views[r]);
+                                   : fa_tensor_import(obj, name, dlpack_stream, receives,
+                                                      &views[r]);
         if (rc < 0)
             return -1;
         j->views[r] = &views[r];
     }
     return 0;
+}
+
+static void raise_status(PyObject *module, fa_status status)
+{
+    fa_call_error e;
+    memset(&e, 0, sizeof e);
+    fa_error_status(&e, status);
+    fa_error_raise(module, &e, NULL);
+}
+
+/* Host arrays bound for the GPU: the side arrays' values (offsets, lengths, page indices),
+ * which the C API checks only where they are host memory, are judged now, while they still
+ * are: the op's check runs as for the host path, and its check_values, with the side arrays
+ * bound to their host memory (the other arrays keep their placeholders; only the side arrays'
+ * values are read). The bindings are rebuilt afterwards. Returns 0, or -1 with an exception. */
+static int check_side_values(PyObject *module, job *j)
+{
+    fa_binding saved[FA_MAX_ROLES];
+    memcpy(saved, j->b, sizeof saved);
+    for (int r = 0; r < j->op->num_roles; r++) {
+        const fa_tensor *t = j->views[r];
+        if (t && (role_of(j, r)->flags & FA_ROLE_SIDE) && !is_output(j, r)) {
+            j->b[r].data = t->data;
+            memcpy(j->b[r].strides, t->strides, sizeof j->b[r].strides);
+        }
+    }
+    j->op->build(&j->a, j->b, j->call->args);
+    const fa_status status = j->op->check(&j->a, 0);
+    int rc = 0;
+    if (status != FA_OK) {
+        raise_status(module, status);
+        rc = -1;
+    } else if (j->op->check_values) {
+        rc = j->op->check_values(&j->a);
+    }
+    memcpy(j->b, saved, sizeof saved);
+    j->op->build(&j->a, j->b, j->call->args);
+    return rc;
 }
 
 /* Checks everything, the C API's own rules included, before any work. */
@@ -1155,15 +1230,17 @@ static int prepare(PyObject *module, job *j)
     bind_for_check(j);
     fa_params_init(&j->a.p);
     fa_grad_params_init(&j->a.g);
+    fa_kvcache_params_init(&j->a.c);
     j->op->build(&j->a, j->b, c->args);
     fa_status status = j->op->check(&j->a, j->path != PATH_HOST_CPU);
     if (status != FA_OK) {
-        fa_call_error e;
-        memset(&e, 0, sizeof e);
-        fa_error_status(&e, status);
-        fa_error_raise(module, &e, NULL);
+        raise_status(module, status);
         return -1;
     }
+    if (j->path == PATH_HOST_GPU && check_side_values(module, j) < 0)
+        return -1;
+    if (j->path == PATH_HOST_CPU && j->op->check_values && j->op->check_values(&j->a) < 0)
+        return -1;
     j->stream_on_inputs_device = c->layouts != Py_None;
     j->exact_alloc = fa_exact_alloc_requested();
     return allocate_outputs(module, j);

@@ -7,8 +7,11 @@
  *   backward(dout, q, k, v, out, lse, *, dq, dk, dv, dsinks, <forward's scalars>,
  *            deterministic) -> (dq, dk, dv, dsinks or None)
  *   launch_config(...), last_launch(), build_info()   introspection of the launch contract
- *   forward_roles, backward_roles   each op's arrays in order: (name, is_output, fixed dtype
- *                     or None)
+ *   varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, ...),
+ *   varlen_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, ...)   packed batches
+ *   kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens, ...)   over a KV cache
+ *   forward_roles, backward_roles, varlen_forward_roles, varlen_backward_roles, kvcache_roles
+ *                     each op's arrays in order: (name, is_output, fixed dtype or None)
  *
  * Each parser only converts its arguments (as CPython's Argument Clinic generates them) and
  * calls the op's _impl function (ops.h); the op is a descriptor run by the call engine
@@ -55,6 +58,20 @@ static int parse_softcap(PyObject *obj, double *softcap)
     return fa_parse_real(obj, "softcap", softcap);
 }
 
+/* The scalar arguments every attention op shares, converted in place: the flags, the scale,
+ * the softcap and the stream. return_lse_obj NULL: the op has no such flag. */
+static int parse_attention_scalars(PyObject *causal_obj, PyObject *return_lse_obj,
+                                   PyObject *scale_obj, PyObject *softcap_obj,
+                                   PyObject *stream_obj, attention_scalars *s, uintptr_t *stream)
+{
+    if (fa_parse_flag(causal_obj, "causal", &s->causal) < 0 ||
+        (return_lse_obj && fa_parse_flag(return_lse_obj, "return_lse", &s->return_lse) < 0) ||
+        fa_parse_stream(stream_obj, stream) < 0 || parse_scale(scale_obj, &s->softmax_scale) < 0 ||
+        parse_softcap(softcap_obj, &s->softcap) < 0)
+        return -1;
+    return 0;
+}
+
 /* layouts (internal, from flashattn_c._api): per role a layout tuple read off a torch tensor,
  * or None for the generic import; the stream is then torch's current one on the tensors'
  * device. lse (internal): a caller-owned float32 output, as out= is for out. */
@@ -80,10 +97,8 @@ static PyObject *py_forward(PyObject *module, PyObject *args, PyObject *kwargs)
             &layouts, &arrays[ATTN_LSE], &s.window_left, &s.window_right, &softcap_obj,
             &arrays[ATTN_SINKS]))
         return NULL;
-    if (fa_parse_flag(causal_obj, "causal", &s.causal) < 0 ||
-        fa_parse_flag(return_lse_obj, "return_lse", &s.return_lse) < 0 ||
-        fa_parse_stream(stream_obj, &stream) < 0 || parse_scale(scale_obj, &s.softmax_scale) < 0 ||
-        parse_softcap(softcap_obj, &s.softcap) < 0)
+    if (parse_attention_scalars(causal_obj, return_lse_obj, scale_obj, softcap_obj, stream_obj, &s,
+                                &stream) < 0)
         return NULL;
     return attention_forward_impl(module, arrays, layouts, &s, stream, stream_owner, device_kind,
                                   device_index);
@@ -115,14 +130,119 @@ static PyObject *py_backward(PyObject *module, PyObject *args, PyObject *kwargs)
             &layouts, &s.fwd.window_left, &s.fwd.window_right, &softcap_obj, &arrays[BWD_SINKS],
             &det_obj))
         return NULL;
-    if (fa_parse_flag(causal_obj, "causal", &s.fwd.causal) < 0 ||
-        fa_parse_flag(det_obj, "deterministic", &s.deterministic) < 0 ||
-        fa_parse_stream(stream_obj, &stream) < 0 ||
-        parse_scale(scale_obj, &s.fwd.softmax_scale) < 0 ||
-        parse_softcap(softcap_obj, &s.fwd.softcap) < 0)
+    if (fa_parse_flag(det_obj, "deterministic", &s.deterministic) < 0 ||
+        parse_attention_scalars(causal_obj, NULL, scale_obj, softcap_obj, stream_obj, &s.fwd,
+                                &stream) < 0)
         return NULL;
     return attention_backward_impl(module, arrays, layouts, &s, stream, stream_owner,
                                    device_kind, device_index);
+}
+
+/* Packed batches: arrays and keywords as forward's, plus the int32 offsets and the longest
+ * entry of each side; lse is (heads_q, total_q). */
+static PyObject *py_varlen_forward(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"q",           "k",           "v",             "cu_seqlens_q",
+                             "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k", "out",
+                             "causal",      "softmax_scale", "return_lse",  "stream",
+                             "device_kind", "device_index", "kernel",       "stream_owner",
+                             "layouts",     "lse",         "window_left",   "window_right",
+                             "softcap",     "sinks",       NULL};
+    PyObject *arrays[VL_NUM_ROLES] = {NULL};
+    PyObject *scale_obj = Py_None, *stream_obj = Py_None, *stream_owner = Py_None;
+    PyObject *layouts = Py_None, *causal_obj = Py_False, *return_lse_obj = Py_False;
+    PyObject *softcap_obj = NULL;
+    varlen_scalars s = {.fwd = {.kernel = FA_KERNEL_AUTO, .window_left = -1, .window_right = -1}};
+    int device_kind = FA_DEVICE_AUTO, device_index = -1;
+    uintptr_t stream = 0;
+    arrays[VL_OUT] = arrays[VL_LSE] = arrays[VL_SINKS] = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "OOOOOii|O$OOOOiiiOOOiiOO:varlen_forward", kwlist, &arrays[VL_Q],
+            &arrays[VL_K], &arrays[VL_V], &arrays[VL_CU_Q], &arrays[VL_CU_K], &s.max_seqlen_q,
+            &s.max_seqlen_k, &arrays[VL_OUT], &causal_obj, &scale_obj, &return_lse_obj,
+            &stream_obj, &device_kind, &device_index, &s.fwd.kernel, &stream_owner, &layouts,
+            &arrays[VL_LSE], &s.fwd.window_left, &s.fwd.window_right, &softcap_obj,
+            &arrays[VL_SINKS]))
+        return NULL;
+    if (parse_attention_scalars(causal_obj, return_lse_obj, scale_obj, softcap_obj, stream_obj,
+                                &s.fwd, &stream) < 0)
+        return NULL;
+    return attention_varlen_impl(module, arrays, layouts, &s, stream, stream_owner, device_kind,
+                                 device_index);
+}
+
+/* The backward of varlen_forward: arrays and keywords as backward's, plus the offsets and the
+ * longest entries; lse is the forward's (heads_q, total_q). */
+static PyObject *py_varlen_backward(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"dout",         "q",            "k",            "v",
+                             "out",          "lse",          "cu_seqlens_q", "cu_seqlens_k",
+                             "max_seqlen_q", "max_seqlen_k", "dq",           "dk",
+                             "dv",           "dsinks",       "causal",       "softmax_scale",
+                             "stream",       "device_kind",  "device_index", "kernel",
+                             "stream_owner", "layouts",      "window_left",  "window_right",
+                             "softcap",      "sinks",        "deterministic", NULL};
+    PyObject *arrays[VLB_NUM_ROLES] = {NULL};
+    PyObject *scale_obj = Py_None, *stream_obj = Py_None, *stream_owner = Py_None;
+    PyObject *layouts = Py_None, *causal_obj = Py_False, *det_obj = Py_False;
+    PyObject *softcap_obj = NULL;
+    varlen_scalars s = {.fwd = {.kernel = FA_KERNEL_AUTO, .window_left = -1, .window_right = -1}};
+    int device_kind = FA_DEVICE_AUTO, device_index = -1;
+    uintptr_t stream = 0;
+    arrays[VLB_DQ] = arrays[VLB_DK] = arrays[VLB_DV] = arrays[VLB_DSINKS] = Py_None;
+    arrays[VLB_SINKS] = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "OOOOOOOOii|$OOOOOOOiiiOOiiOOO:varlen_backward", kwlist,
+            &arrays[VLB_DOUT], &arrays[VLB_Q], &arrays[VLB_K], &arrays[VLB_V], &arrays[VLB_OUT],
+            &arrays[VLB_LSE], &arrays[VLB_CU_Q], &arrays[VLB_CU_K], &s.max_seqlen_q,
+            &s.max_seqlen_k, &arrays[VLB_DQ], &arrays[VLB_DK], &arrays[VLB_DV],
+            &arrays[VLB_DSINKS], &causal_obj, &scale_obj, &stream_obj, &device_kind,
+            &device_index, &s.fwd.kernel, &stream_owner, &layouts, &s.fwd.window_left,
+            &s.fwd.window_right, &softcap_obj, &arrays[VLB_SINKS], &det_obj))
+        return NULL;
+    if (fa_parse_flag(det_obj, "deterministic", &s.deterministic) < 0 ||
+        parse_attention_scalars(causal_obj, NULL, scale_obj, softcap_obj, stream_obj, &s.fwd,
+                                &stream) < 0)
+        return NULL;
+    return attention_varlen_backward_impl(module, arrays, layouts, &s, stream, stream_owner,
+                                          device_kind, device_index);
+}
+
+/* The KV-cache op: q, the caches (written in place when k and v are given), the optional new
+ * keys and values and index arrays; cache_seqlen is every entry's cached keys when
+ * cache_seqlens (the array) is None. */
+static PyObject *py_kvcache(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"q",            "k_cache",       "v_cache",     "k",
+                             "v",            "cache_seqlens", "cache_batch_idx", "block_table",
+                             "sinks",        "out",           "lse",         "cache_seqlen",
+                             "num_splits",   "causal",        "softmax_scale", "return_lse",
+                             "stream",       "device_kind",   "device_index", "kernel",
+                             "stream_owner", "layouts",       "window_left", "window_right",
+                             "softcap",      NULL};
+    PyObject *arrays[KVC_NUM_ROLES] = {NULL};
+    PyObject *scale_obj = Py_None, *stream_obj = Py_None, *stream_owner = Py_None;
+    PyObject *layouts = Py_None, *causal_obj = Py_False, *return_lse_obj = Py_False;
+    PyObject *softcap_obj = NULL;
+    kvcache_scalars s = {.fwd = {.kernel = FA_KERNEL_AUTO, .window_left = -1, .window_right = -1}};
+    int device_kind = FA_DEVICE_AUTO, device_index = -1;
+    uintptr_t stream = 0;
+    for (int r = KVC_K; r < KVC_NUM_ROLES; r++)
+        arrays[r] = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "OOO|OO$OOOOOOiiOOOOiiiOOiiO:kvcache", kwlist, &arrays[KVC_Q],
+            &arrays[KVC_K_CACHE], &arrays[KVC_V_CACHE], &arrays[KVC_K], &arrays[KVC_V],
+            &arrays[KVC_CACHE_SEQLENS], &arrays[KVC_CACHE_BATCH_IDX], &arrays[KVC_BLOCK_TABLE],
+            &arrays[KVC_SINKS], &arrays[KVC_OUT], &arrays[KVC_LSE], &s.cache_seqlen,
+            &s.num_splits, &causal_obj, &scale_obj, &return_lse_obj, &stream_obj, &device_kind,
+            &device_index, &s.fwd.kernel, &stream_owner, &layouts, &s.fwd.window_left,
+            &s.fwd.window_right, &softcap_obj))
+        return NULL;
+    if (parse_attention_scalars(causal_obj, return_lse_obj, scale_obj, softcap_obj, stream_obj,
+                                &s.fwd, &stream) < 0)
+        return NULL;
+    return attention_kvcache_impl(module, arrays, layouts, &s, stream, stream_owner, device_kind,
+                                  device_index);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -194,23 +314,25 @@ static PyObject *py_launch_config(PyObject *module, PyObject *args, PyObject *kw
     static char *kwlist[] = {"batch",  "seqlen_q",   "seqlen_k",   "heads_q", "heads_kv",
                              "head_dim", "dtype",    "causal",     "arch_major", "arch_minor",
                              "kernel", "device",     "window_left", "window_right", "softcap",
-                             "sinks",  "backward", "deterministic", NULL};
+                             "sinks",  "backward", "deterministic", "varlen", NULL};
     attention_sizes z;
     attention_scalars s = {.softmax_scale = NAN, .kernel = FA_KERNEL_AUTO, .window_left = -1,
                            .window_right = -1};
     int arch_major = -1, arch_minor = 0, device = -1;
     PyObject *causal_obj = Py_False, *softcap_obj = NULL, *sinks_obj = Py_False;
-    PyObject *backward_obj = Py_False, *det_obj = Py_False;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiiiii|OiiiiiiOOOO:launch_config", kwlist,
+    PyObject *backward_obj = Py_False, *det_obj = Py_False, *varlen_obj = Py_False;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiiiii|OiiiiiiOOOOO:launch_config", kwlist,
                                      &z.batch, &z.seqlen_q, &z.seqlen_k, &z.heads_q, &z.heads_kv,
                                      &z.head_dim, &z.dtype, &causal_obj, &arch_major, &arch_minor,
                                      &s.kernel, &device, &s.window_left, &s.window_right,
-                                     &softcap_obj, &sinks_obj, &backward_obj, &det_obj))
+                                     &softcap_obj, &sinks_obj, &backward_obj, &det_obj,
+                                     &varlen_obj))
         return NULL;
     int backward = 0;
     backward_scalars bs;
     if (fa_parse_flag(causal_obj, "causal", &s.causal) < 0 ||
         fa_parse_flag(sinks_obj, "sinks", &z.sinks) < 0 ||
+        fa_parse_flag(varlen_obj, "varlen", &z.varlen) < 0 ||
         fa_parse_flag(backward_obj, "backward", &backward) < 0 ||
         fa_parse_flag(det_obj, "deterministic", &bs.deterministic) < 0 ||
         parse_softcap(softcap_obj, &s.softcap) < 0)
@@ -302,14 +424,49 @@ static PyMethodDef module_methods[] = {
      "Low-level attention backward; flashattn_c.attention_backward is the public entry point.\n"
      "out and lse are the forward's; the scalars are the forward's. Arguments as forward's;\n"
      "layouts per role of backward_roles. Returns (dq, dk, dv, dsinks or None)."},
+    {"varlen_forward", (PyCFunction)(void (*)(void))py_varlen_forward,
+     METH_VARARGS | METH_KEYWORDS,
+     "varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, out=None,\n"
+     "               *, causal=False, softmax_scale=None, return_lse=False, stream=0,\n"
+     "               device_kind=0, device_index=-1, kernel=0, stream_owner=None, layouts=None,\n"
+     "               lse=None, window_left=-1, window_right=-1, softcap=0.0, sinks=None)\n"
+     "--\n\n"
+     "Low-level forward on packed batches; flashattn_c.attention_varlen is the public entry\n"
+     "point. q (total_q, heads_q, head_dim), k and v (total_k, heads_kv, head_dim),\n"
+     "cu_seqlens_q/k int32 (batch + 1,) where q lives; lse (heads_q, total_q). Other arguments\n"
+     "as forward's; layouts per role of varlen_forward_roles. Returns (out, lse or None)."},
+    {"varlen_backward", (PyCFunction)(void (*)(void))py_varlen_backward,
+     METH_VARARGS | METH_KEYWORDS,
+     "varlen_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,\n"
+     "                max_seqlen_k, *, dq=None, dk=None, dv=None, dsinks=None, causal=False,\n"
+     "                softmax_scale=None, stream=0, device_kind=0, device_index=-1, kernel=0,\n"
+     "                stream_owner=None, layouts=None, window_left=-1, window_right=-1,\n"
+     "                softcap=0.0, sinks=None, deterministic=False)\n"
+     "--\n\n"
+     "Low-level backward of varlen_forward; flashattn_c.attention_varlen_backward is the public\n"
+     "entry point. Arguments as backward's and varlen_forward's; layouts per role of\n"
+     "varlen_backward_roles. Returns (dq, dk, dv, dsinks or None)."},
+    {"kvcache", (PyCFunction)(void (*)(void))py_kvcache, METH_VARARGS | METH_KEYWORDS,
+     "kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens=None, cache_batch_idx=None,\n"
+     "        block_table=None, sinks=None, out=None, lse=None, cache_seqlen=0, num_splits=0,\n"
+     "        causal=False, softmax_scale=None, return_lse=False, stream=0, device_kind=0,\n"
+     "        device_index=-1, kernel=0, stream_owner=None, layouts=None, window_left=-1,\n"
+     "        window_right=-1, softcap=0.0)\n"
+     "--\n\n"
+     "Low-level attention over a KV cache; flashattn_c.attention_with_kvcache is the public\n"
+     "entry point. k and v (new keys and values) are written into k_cache and v_cache in place.\n"
+     "cache_seqlens: int32 (batch,) where q lives, or None for cache_seqlen in every entry.\n"
+     "Other arguments as forward's; layouts per role of kvcache_roles. Returns (out, lse or\n"
+     "None)."},
     {"launch_config", (PyCFunction)(void (*)(void))py_launch_config,
      METH_VARARGS | METH_KEYWORDS,
      "launch_config(*, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype,\n"
      "              causal=False, arch_major=-1, arch_minor=0, kernel=0, device=-1,\n"
      "              window_left=-1, window_right=-1, softcap=0.0, sinks=False,\n"
-     "              backward=False, deterministic=False)\n"
+     "              backward=False, deterministic=False, varlen=False)\n"
      "--\n\n"
-     "The plan fa_forward (or, with backward, fa_backward) would run, without launching. arch_major >= 0: a nominal\n"
+     "The plan fa_forward (or, with backward, fa_backward) would run, without launching; varlen:\n"
+     "for batch packed entries of seqlen_q / seqlen_k rows. arch_major >= 0: a nominal\n"
      "device of that compute capability (pure host); else the GPU `device` (-1: current)."},
     {"last_launch", (PyCFunction)py_last_launch, METH_NOARGS,
      "last_launch()\n--\n\nThe launch this thread issued last, as a dict, or None."},
@@ -349,6 +506,7 @@ static int module_exec(PyObject *m)
         PyModule_AddIntConstant(m, "BFLOAT16", FA_BFLOAT16) < 0 ||
         PyModule_AddIntConstant(m, "FLOAT32", FA_FLOAT32) < 0 ||
         PyModule_AddIntConstant(m, "FLOAT64", FA_FLOAT64) < 0 ||
+        PyModule_AddIntConstant(m, "INT32", FA_DTYPE_INT32) < 0 ||
         PyModule_AddIntConstant(m, "KERNEL_AUTO", FA_KERNEL_AUTO) < 0 ||
         PyModule_AddIntConstant(m, "KERNEL_SM80", FA_KERNEL_SM80) < 0 ||
         PyModule_AddIntConstant(m, "KERNEL_SM90", FA_KERNEL_SM90) < 0 ||
@@ -360,7 +518,11 @@ static int module_exec(PyObject *m)
     const struct {
         const char *name;
         const fa_op *op;
-    } ops[] = {{"forward_roles", &fa_attention_op}, {"backward_roles", &fa_attention_backward_op}};
+    } ops[] = {{"forward_roles", &fa_attention_op},
+               {"backward_roles", &fa_attention_backward_op},
+               {"varlen_forward_roles", &fa_attention_varlen_op},
+               {"varlen_backward_roles", &fa_attention_varlen_backward_op},
+               {"kvcache_roles", &fa_attention_kvcache_op}};
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
         PyObject *roles = fa_op_roles(ops[i].op);
         if (!roles || PyModule_AddObjectRef(m, ops[i].name, roles) < 0) {
@@ -405,7 +567,8 @@ static PyModuleDef_Slot module_slots[] = {
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "flashattn_c._C",
-    .m_doc = "flashattn_c's C extension: attention forward and backward over the C API in flashattn.h.",
+    .m_doc = "flashattn_c's C extension: attention forward and backward (uniform or packed "
+             "batches) and attention over a KV cache, over the C API in flashattn.h.",
     .m_size = sizeof(fa_module_state),
     .m_methods = module_methods,
     .m_slots = module_slots,

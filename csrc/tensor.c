@@ -26,21 +26,23 @@
 /* ------------------------------------------------------------------------------------------ */
 /* Small helpers                                                                               */
 
-const char *fa_dtype_str(fa_dtype dtype)
+const char *fa_dtype_str(int dtype)
 {
     switch (dtype) {
     case FA_FLOAT16: return "float16";
     case FA_BFLOAT16: return "bfloat16";
     case FA_FLOAT32: return "float32";
     case FA_FLOAT64: return "float64";
+    case FA_DTYPE_INT32: return "int32";
     }
     return "unknown";
 }
 
-int fa_dtype_itemsize(fa_dtype dtype)
+int fa_dtype_itemsize(int dtype)
 {
     switch (dtype) {
-    case FA_FLOAT32: return 4;
+    case FA_FLOAT32:
+    case FA_DTYPE_INT32: return 4;
     case FA_FLOAT64: return 8;
     default: return 2;
     }
@@ -244,7 +246,11 @@ static void dl_dtype_to_view(DLDataType dt, fa_tensor *t)
         if (dt.lanes == 1 && dt.bits == 16)
             t->dtype = FA_BFLOAT16;
         break;
-    case FA_DL_INT: snprintf(base, sizeof base, "int%u", dt.bits); break;
+    case FA_DL_INT:
+        snprintf(base, sizeof base, "int%u", dt.bits);
+        if (dt.lanes == 1 && dt.bits == 32)
+            t->dtype = FA_DTYPE_INT32;
+        break;
     case FA_DL_UINT: snprintf(base, sizeof base, "uint%u", dt.bits); break;
     case FA_DL_BOOL: snprintf(base, sizeof base, "bool"); break;
     case FA_DL_COMPLEX: snprintf(base, sizeof base, "complex%u", dt.bits); break;
@@ -464,7 +470,11 @@ static int parse_typestr(PyObject *typestr, fa_tensor *t)
         else if (size == 8)
             t->dtype = FA_FLOAT64;
         break;
-    case 'i': snprintf(t->dtype_name, sizeof t->dtype_name, "int%d", size * 8); break;
+    case 'i':
+        snprintf(t->dtype_name, sizeof t->dtype_name, "int%d", size * 8);
+        if (size == 4)
+            t->dtype = FA_DTYPE_INT32;
+        break;
     case 'u': snprintf(t->dtype_name, sizeof t->dtype_name, "uint%d", size * 8); break;
     case 'b': snprintf(t->dtype_name, sizeof t->dtype_name, "bool"); break;
     case 'c': snprintf(t->dtype_name, sizeof t->dtype_name, "complex%d", size * 8); break;
@@ -684,6 +694,9 @@ static int import_numpy(PyObject *obj, fa_tensor *t, int for_output)
             t->dtype = FA_FLOAT64;
         else if (is_ml_dtypes_bfloat16(arr))
             t->dtype = FA_BFLOAT16;
+        /* By kind and size: NPY_INT32 is NPY_INT or NPY_LONG depending on the platform. */
+        else if (PyArray_ISSIGNED(arr) && PyArray_ITEMSIZE(arr) == 4)
+            t->dtype = FA_DTYPE_INT32;
     }
     t->ndim = PyArray_NDIM(arr);
     if (t->ndim <= FA_TENSOR_MAX_DIMS) {
@@ -776,7 +789,9 @@ int fa_tensor_from_layout(PyObject *obj, PyObject *layout, const char *name, fa_
                           &strides, &dtype, &device))
         return -1;
     if (PyTuple_GET_SIZE(strides) != PyTuple_GET_SIZE(shape) ||
-        (dtype != FA_FLOAT16 && dtype != FA_BFLOAT16 && dtype != FA_FLOAT32) || device < 0) {
+        (dtype != FA_FLOAT16 && dtype != FA_BFLOAT16 && dtype != FA_FLOAT32 &&
+         dtype != FA_DTYPE_INT32) ||
+        device < 0) {
         PyErr_Format(PyExc_ValueError, "%s: malformed layout %R", name, layout);
         return -1;
     }
@@ -788,8 +803,8 @@ int fa_tensor_from_layout(PyObject *obj, PyObject *layout, const char *name, fa_
     if (PyErr_Occurred())
         return -1;
     t->dtype = dtype;
-    t->itemsize = fa_dtype_itemsize((fa_dtype)dtype);
-    snprintf(t->dtype_name, sizeof t->dtype_name, "%s", fa_dtype_str((fa_dtype)dtype));
+    t->itemsize = fa_dtype_itemsize(dtype);
+    snprintf(t->dtype_name, sizeof t->dtype_name, "%s", fa_dtype_str(dtype));
     t->on_device = 1;
     t->device_id = device;
     t->data = (void *)(uintptr_t)ptr;

@@ -107,6 +107,10 @@ typedef struct DLManagedTensorVersioned {
 
 #define FA_TENSOR_MAX_DIMS 8
 #define FA_DTYPE_NONE (-1) /* fa_tensor.dtype when the element type is none of fa_dtype */
+/* int32, for the ops' index arrays (cu_seqlens, cache_seqlens, block_table, ...). An element
+ * code of the Python layer alone: the C API's fa_dtype is the attention's element types, and
+ * its int32 arrays have no dtype field. Far from fa_dtype's values so that enum can grow. */
+#define FA_DTYPE_INT32 16
 
 typedef struct {
     const char *name;     /* the argument, for messages: "q", "k", "v", "out" */
@@ -115,7 +119,7 @@ typedef struct {
     int ndim;             /* may exceed FA_TENSOR_MAX_DIMS; then shape/strides are not filled */
     int64_t shape[FA_TENSOR_MAX_DIMS];
     int64_t strides[FA_TENSOR_MAX_DIMS]; /* elements, may be negative */
-    int dtype;                           /* an fa_dtype, or FA_DTYPE_NONE */
+    int dtype;                           /* an fa_dtype, FA_DTYPE_INT32 or FA_DTYPE_NONE */
     int itemsize;                        /* bytes per element */
     char dtype_name[40];                 /* "float16", "bfloat16", "float64", "int32", ... */
     int on_device;                       /* 1: CUDA device memory; 0: host memory */
@@ -140,7 +144,8 @@ int fa_tensor_import(PyObject *obj, const char *name, uintptr_t dlpack_stream, i
 
 /* Fills *t from a layout tuple (data_ptr, shape, strides, dtype, device) that the Python layer
  * read off a device tensor of a framework it recognises (torch.Tensor), sparing the DLPack
- * round trip; strides in elements, dtype an fa_dtype code, device a CUDA ordinal. The view keeps
+ * round trip; strides in elements, dtype an fa_dtype code (float16, bfloat16, float32) or
+ * FA_DTYPE_INT32, device a CUDA ordinal. The view keeps
  * obj alive. Returns 0, or -1 with a Python exception set and *t empty. */
 int fa_tensor_from_layout(PyObject *obj, PyObject *layout, const char *name, fa_tensor *t);
 
@@ -159,8 +164,8 @@ int fa_tensor_is_compact(const fa_tensor *t);
 void fa_tensor_pack(const fa_tensor *t, void *dst);
 void fa_tensor_unpack(const void *src, const fa_tensor *t);
 
-/* "float16", "bfloat16", "float32", "float64". */
-const char *fa_dtype_str(fa_dtype dtype);
-int fa_dtype_itemsize(fa_dtype dtype);
+/* "float16", "bfloat16", "float32", "float64", "int32" (dtype: an fa_dtype or FA_DTYPE_INT32). */
+const char *fa_dtype_str(int dtype);
+int fa_dtype_itemsize(int dtype);
 
 #endif /* FA_TENSOR_H */

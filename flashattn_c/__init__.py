@@ -5,6 +5,10 @@
     out, lse = fa.attention(q, k, v, return_lse=True)   # k, v (batch, seqlen_k, heads_kv, head_dim)
     dq, dk, dv = fa.attention_backward(dout, q, k, v, out, lse)   # the gradients
     out.backward(dout)    # torch inputs that require grad: attention() is differentiable
+    out = fa.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+                          # packed sequences: q (total_q, heads_q, head_dim), int32 offsets
+    out = fa.attention_with_kvcache(q, k_cache, v_cache, k, v, cache_seqlens=lengths)
+                          # decoding: k, v appended to the caches in place, then attended
     fa.last_launch()      # what this thread last launched (kernel, grid, block (384, 1, 1), ...)
     fa.launch_config(batch=2, seqlen_q=4096, seqlen_k=4096, heads_q=32, heads_kv=8,
                      head_dim=128, dtype="bfloat16", arch=(9, 0))   # the same, without a GPU
@@ -22,6 +26,9 @@ from ._api import (  # noqa: E402  (the version above must stay a literal for se
     DeviceArray,
     attention,
     attention_backward,
+    attention_varlen,
+    attention_varlen_backward,
+    attention_with_kvcache,
     build_info,
     last_launch,
     launch_config,
@@ -30,6 +37,9 @@ from ._api import (  # noqa: E402  (the version above must stay a literal for se
 __all__ = [
     "attention",
     "attention_backward",
+    "attention_varlen",
+    "attention_varlen_backward",
+    "attention_with_kvcache",
     "last_launch",
     "launch_config",
     "build_info",

@@ -230,18 +230,19 @@ def _as_framework(result, framework):
 _TORCH_DTYPE_CODES = {}
 
 
-def _torch_layout(torch, t, float32=False):
+def _torch_layout(torch, t, fixed=None):
     """(data_ptr, shape, strides, dtype code, device) of a CUDA torch tensor of a GPU dtype (or,
-    with float32=True, of float32: lse, sinks), else None. Read at C speed off the tensor: the
-    DLPack exchange costs several microseconds of Python per array in torch, more than the
-    kernel itself at small sizes."""
+    with fixed a dtype code, of that one: float32 for lse and sinks, int32 for index arrays),
+    else None. Read at C speed off the tensor: the DLPack exchange costs several microseconds
+    of Python per array in torch, more than the kernel itself at small sizes."""
     if not _TORCH_DTYPE_CODES:
         _TORCH_DTYPE_CODES.update({torch.float16: _C.FLOAT16, torch.bfloat16: _C.BFLOAT16,
-                                   torch.float32: _C.FLOAT32})
+                                   torch.float32: _C.FLOAT32, torch.int32: _C.INT32})
     if not isinstance(t, torch.Tensor) or not t.is_cuda:
         return None
     code = _TORCH_DTYPE_CODES.get(t.dtype)
-    if code is None or (code == _C.FLOAT32) != float32:
+    wanted = code == fixed if fixed is not None else code in (_C.FLOAT16, _C.BFLOAT16)
+    if not wanted:
         return None
     return (t.data_ptr(), t.shape, t.stride(), code, t.device.index)
 
@@ -282,16 +283,16 @@ def _torch_call(c_op, roles, arrays, new_outputs, extra):
     layouts = {}
     for name, _, fixed in roles:
         if arrays.get(name) is not None:
-            layouts[name] = _torch_layout(torch, arrays[name], float32=fixed == _C.FLOAT32)
+            layouts[name] = _torch_layout(torch, arrays[name], fixed)
             if layouts[name] is None:
                 return None
     device = arrays[roles[0][0]].device
     arrays = dict(arrays)
-    for name, _, _ in roles:  # in role order, as _C allocates its own outputs
+    for name, _, fixed in roles:  # in role order, as _C allocates its own outputs
         if name in new_outputs and arrays.get(name) is None:
             shape, dtype = new_outputs[name]
             arrays[name] = _torch_empty(torch, shape, dtype, device)
-            layouts[name] = _torch_layout(torch, arrays[name], float32=dtype == torch.float32)
+            layouts[name] = _torch_layout(torch, arrays[name], fixed)
     c_op(**{name: arrays.get(name) for name, _, _ in roles},
          stream=_torch_current_stream(torch, device),
          layouts=tuple(layouts.get(name) for name, _, _ in roles), **extra)
@@ -540,6 +541,317 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=False, softmax_scale=N
     return grads if with_sinks else grads[:3]
 
 
+def _gpu_args(device, kernel, stream):
+    """(device_kind, device_index, kernel code) of a call; a kernel family or a stream asks for
+    GPU work, which device='cpu' (the host reference) does not do."""
+    device_kind, device_index = _parse_device(device)
+    kernel_code = _parse_kernel(kernel)
+    if device_kind == _C.DEVICE_CPU:
+        if kernel is not None:
+            raise ValueError(f"kernel={kernel!r} selects a GPU kernel family; device='cpu' runs "
+                             "the host reference")
+        if stream is not None:
+            raise ValueError("stream= orders GPU work; device='cpu' runs the host reference")
+    return device_kind, device_index, kernel_code
+
+
+def _int_arg(name, value):
+    """An int argument in [0, 2**31 - 1] (an int or an integer NumPy scalar, not a bool)."""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if not 0 <= value <= _INT32_MAX:
+        raise ValueError(f"{name} must be in [0, {_INT32_MAX}], got {value}")
+    return value
+
+
+def _detached(torch, arrays):
+    """arrays (role name -> array) with torch tensors that require grad read as detached: the
+    same memory, so an array the op writes in place is still written."""
+    if torch is None:
+        return arrays
+    return {n: x.detach() if isinstance(x, torch.Tensor) and x.requires_grad else x
+            for n, x in arrays.items()}
+
+
+def _call_op(c_op, roles, arrays, extra, *, framework, stream, device_kind, torch_outputs):
+    """c_op (an op of _C) on arrays (role name -> array or None), extra its other keywords:
+    through torch's fast path when torch_outputs (role name -> (shape, dtype) of each new output
+    to allocate) is given and no stream is, else through the general path. Returns role name ->
+    output in the caller's array type for every output role of roles: a given one as it was
+    passed here, None for an optional one not asked for."""
+    outputs = [name for name, is_output, _ in roles if is_output]
+    if torch_outputs is not None and stream is None and device_kind != _C.DEVICE_CPU:
+        fast = _torch_call(c_op, roles, arrays, torch_outputs, extra)
+        if fast is not None:
+            return {n: fast.get(n) for n in outputs}
+    first = arrays[roles[0][0]]
+    if stream is None:
+        handle, owner = (_current_stream(first, framework) if device_kind != _C.DEVICE_CPU
+                         else (0, None))
+    else:
+        handle, owner = _stream_handle(stream)
+    results = c_op(**arrays, stream=handle, stream_owner=owner, **extra)
+    return {n: arrays[n] if arrays.get(n) is not None else _as_framework(r, framework)
+            for n, r in zip(outputs, results)}
+
+
+def _refuse_autograd_options(out, stream, kernel_code, inputs):
+    """What a call that autograd records cannot take (as attention() under autograd)."""
+    if out is not None:
+        raise ValueError(f"out= cannot receive an output that autograd records ({inputs} "
+                         "require grad): leave out=None")
+    if stream is not None:
+        raise ValueError(f"stream= is not taken when autograd records the call ({inputs} "
+                         "require grad): the op runs on torch's current stream")
+    if kernel_code == _C.KERNEL_SM90:
+        raise ValueError(f"kernel='sm90' has no backward kernel yet, and {inputs} require "
+                         "grad: use kernel='auto' or 'sm80' (the sm80 family's backward runs "
+                         "on sm_90 too), or torch.no_grad()")
+
+
+def _refuse_out_that_requires_grad(torch, out):
+    if (torch is not None and isinstance(out, torch.Tensor) and out.requires_grad and
+            torch.is_grad_enabled()):
+        raise ValueError("out requires grad: writing into it would bypass autograd. Pass "
+                         "out.detach(), or call under torch.no_grad()")
+
+
+def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
+                     causal=False, softmax_scale=None, window_size=_NO_WINDOW, softcap=0.0,
+                     sinks=None, return_lse=False, deterministic=False, out=None, stream=None,
+                     device=None, kernel=None):
+    """attention() on a packed batch of sequences of different lengths (FlashAttention's
+    flash_attn_varlen_func): entry b's queries are rows cu_seqlens_q[b] .. cu_seqlens_q[b + 1] - 1
+    of q, its keys and values rows cu_seqlens_k[b] .. cu_seqlens_k[b + 1] - 1 of k and v, and
+    each entry attends only to its own keys.
+
+    Shapes:
+        q, out        (total_q, heads_q, head_dim)
+        k, v          (total_k, heads_kv, head_dim), heads_q a multiple of heads_kv (GQA)
+        cu_seqlens_q  int32 (batch + 1,): 0, then each entry's end row in q; contiguous, where q
+        cu_seqlens_k  lives (a device array on q's GPU for device inputs, a host array for host
+                      inputs). Both have batch + 1 entries; an entry may be empty (length 0).
+        lse           float32 (heads_q, total_q), natural log (FlashAttention's varlen layout)
+        sinks         float32 (heads_q,), optional
+    max_seqlen_q, max_seqlen_k: ints >= 0, at least the longest entry of each side (the GPU
+    grid is sized by them; a larger bound costs idle blocks, a smaller one is an error).
+
+    Each entry is attention() of its own lengths: causal and the window are aligned
+    bottom-right per entry (query i of an entry of lengths (sq, sk) sees key j when
+    j <= i + sk - sq with causal), softcap and sinks as in attention(). A row that sees no key
+    (an entry with no keys, or masked) gets out = 0 and lse = -inf (sinks[h] with sinks).
+
+    The offsets are checked where they are host memory (host inputs, on either path): they
+    must start at 0, ascend, end at total_q (total_k), and no entry may be longer than
+    max_seqlen_q (max_seqlen_k); a ValueError names the array. Offsets in device memory are
+    not checked, since reading them would synchronise with the GPU: device arrays whose
+    offsets break these rules give undefined results (out-of-range reads and rows never
+    written), as in FlashAttention. The shapes' part is checked for every input:
+    total_q <= batch * max_seqlen_q.
+
+    Training: with torch tensors that require grad (q, k, v or sinks) in grad mode, the call
+    records the torch.library op flashattn_c::attention_varlen_fwd, whose backward is
+    flashattn_c::attention_varlen_bwd (attention_varlen_backward()); cu_seqlens must then be
+    torch tensors, and out=, stream= and kernel='sm90' are refused as in attention().
+
+    Other arguments (causal, softmax_scale, window_size, softcap, return_lse, deterministic,
+    out, stream, device, kernel) and the returned types are attention()'s; kernel=None or
+    "auto" picks the fastest family that runs packed batches on the GPU (the launch log and
+    last_launch() name the kernel that ran).
+
+    Raises TypeError / ValueError naming the argument before any GPU work (cu_seqlens_q must
+    be int32, lengths that differ, ...), and otherwise what attention() raises.
+    """
+    device_kind, device_index, kernel_code = _gpu_args(device, kernel, stream)
+    causal = _flag("causal", causal)
+    return_lse = _flag("return_lse", return_lse)
+    deterministic = _flag("deterministic", deterministic)
+    left, right = (-1, -1) if window_size is _NO_WINDOW else _parse_window(window_size)
+    max_seqlen_q = _int_arg("max_seqlen_q", max_seqlen_q)
+    max_seqlen_k = _int_arg("max_seqlen_k", max_seqlen_k)
+    framework = _framework(q)
+    torch = sys.modules.get("torch")
+    if torch is not None and _needs_autograd(torch, (q, k, v, sinks)):
+        _refuse_autograd_options(out, stream, kernel_code, "q, k, v or sinks")
+        for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+            if not isinstance(cu, torch.Tensor):
+                raise TypeError(f"{name} must be a torch tensor when autograd records the call "
+                                f"(q, k, v or sinks require grad), got {type(cu).__name__}")
+        from . import _torch_ops
+
+        out, lse = _torch_ops.attention_varlen_fwd(
+            q, k, v, cu_seqlens_q, cu_seqlens_k, sinks, max_seqlen_q, max_seqlen_k, causal,
+            softmax_scale, left, right, float(softcap), kernel_code, device_kind, device_index,
+            deterministic)
+        return (out, lse) if return_lse else out
+    _refuse_out_that_requires_grad(torch, out)
+    arrays = _detached(torch, dict(q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q,
+                                   cu_seqlens_k=cu_seqlens_k, out=out, sinks=sinks))
+    extra = dict(max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, causal=causal,
+                 softmax_scale=softmax_scale, return_lse=return_lse, device_kind=device_kind,
+                 device_index=device_index, kernel=kernel_code, window_left=left,
+                 window_right=right, softcap=softcap)
+    torch_outputs = None
+    if framework == "torch" and q.dim() == 3:
+        torch_outputs = {"out": (q.shape, q.dtype)}
+        if return_lse:
+            torch_outputs["lse"] = ((q.shape[1], q.shape[0]), torch.float32)
+    got = _call_op(_C.varlen_forward, _C.varlen_forward_roles, arrays, extra,
+                   framework=framework, stream=stream, device_kind=device_kind,
+                   torch_outputs=torch_outputs)
+    result = out if out is not None else got["out"]
+    return (result, got["lse"]) if return_lse else result
+
+
+def attention_varlen_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                              max_seqlen_k, *, causal=False, softmax_scale=None,
+                              window_size=_NO_WINDOW, softcap=0.0, sinks=None,
+                              deterministic=False, dq=None, dk=None, dv=None, dsinks=None,
+                              stream=None, device=None, kernel=None):
+    """The gradients of attention_varlen(): (dq, dk, dv), or (dq, dk, dv, dsinks) with sinks.
+
+    attention_backward() on a packed batch: dout and out (total_q, heads_q, head_dim) in q's
+    dtype, lse the forward's float32 (heads_q, total_q), and cu_seqlens_q, cu_seqlens_k,
+    max_seqlen_q, max_seqlen_k, causal, softmax_scale, window_size, softcap and sinks as the
+    forward (attention_varlen(..., return_lse=True)) was given them. dq is shaped like q, dk
+    and dv like k and v (summed over the q heads of a kv head); rows of keys no entry owns
+    are not written. deterministic, dq=, dk=, dv=, dsinks=, stream, device and kernel as in
+    attention_backward(); offsets are checked as attention_varlen() checks them.
+    """
+    device_kind, device_index, kernel_code = _gpu_args(device, kernel, stream)
+    causal = _flag("causal", causal)
+    deterministic = _flag("deterministic", deterministic)
+    left, right = (-1, -1) if window_size is _NO_WINDOW else _parse_window(window_size)
+    max_seqlen_q = _int_arg("max_seqlen_q", max_seqlen_q)
+    max_seqlen_k = _int_arg("max_seqlen_k", max_seqlen_k)
+    framework = _framework(q)
+    torch = sys.modules.get("torch")
+    given = dict(dq=dq, dk=dk, dv=dv, dsinks=dsinks)
+    # Gradients are computed, never recorded: the inputs are read as detached.
+    arrays = _detached(torch, dict(dout=dout, q=q, k=k, v=v, out=out, lse=lse,
+                                   cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                                   sinks=sinks, **given))
+    extra = dict(max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, causal=causal,
+                 softmax_scale=softmax_scale, device_kind=device_kind,
+                 device_index=device_index, kernel=kernel_code, window_left=left,
+                 window_right=right, softcap=softcap, deterministic=deterministic)
+    torch_outputs = None
+    if framework == "torch" and q.dim() == 3 and k.dim() == 3:
+        torch_outputs = {"dq": (q.shape, q.dtype), "dk": (k.shape, k.dtype),
+                         "dv": (v.shape, v.dtype)}
+        if sinks is not None:
+            torch_outputs["dsinks"] = ((q.shape[1],), torch.float32)
+    got = _call_op(_C.varlen_backward, _C.varlen_backward_roles, arrays, extra,
+                   framework=framework, stream=stream, device_kind=device_kind,
+                   torch_outputs=torch_outputs)
+    grads = tuple(given[n] if given[n] is not None else got[n]
+                  for n in ("dq", "dk", "dv", "dsinks"))
+    return grads if sinks is not None else grads[:3]
+
+
+def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens,
+                           cache_batch_idx=None, block_table=None, causal=False,
+                           softmax_scale=None, window_size=_NO_WINDOW, softcap=0.0, sinks=None,
+                           num_splits=0, return_lse=False, out=None, stream=None, device=None,
+                           kernel=None):
+    """Attention over a KV cache, for decoding (FlashAttention's flash_attn_with_kvcache).
+
+    Each batch entry b holds cache_seqlens[b] keys and values in its cache. When k and v are
+    given, entry b's seqlen_new new keys and values are first written into its cache, in
+    place, at positions cache_seqlens[b] .. cache_seqlens[b] + seqlen_new - 1; then q attends
+    to the entry's first cache_seqlens[b] + seqlen_new keys, with causal and the window
+    aligned bottom-right on those keys (the last query row sees the last key). cache_seqlens
+    itself is not updated: advance it for the next step.
+
+    Shapes:
+        q, out            (batch, seqlen_q, heads_q, head_dim)
+        k_cache, v_cache  dense: (batch_cache, max_seqlen, heads_kv, head_dim), one entry per
+                          batch entry (batch_cache = batch), or any number with
+                          cache_batch_idx; paged: (num_pages, page_size, heads_kv, head_dim)
+                          with block_table. q's dtype; written in place when k and v are given,
+                          so they must be writable (a read-only array raises ValueError) and
+                          host (NumPy) caches come back written after a GPU call.
+        k, v              (batch, seqlen_new, heads_kv, head_dim): new keys and values, both or
+                          neither (None: nothing is appended, the caches are only read)
+        cache_seqlens     an int (every entry's cached keys) or int32 (batch,) where q lives
+        cache_batch_idx   None or int32 (batch,): entry b uses dense cache entry
+                          cache_batch_idx[b] (the indices must differ when k and v are given)
+        block_table       None or int32 (batch, max_pages), unit stride on max_pages: entry b's
+                          key j lives in row j % page_size of page block_table[b, j // page_size];
+                          each entry holds up to max_pages * page_size keys, and every page
+                          index must be in [0, num_pages)
+        sinks             float32 (heads_q,), optional
+        lse               float32 (batch, heads_q, seqlen_q)
+    heads_q a multiple of heads_kv (GQA: the decode kernel packs the q heads that share a kv
+    head into one tile, so each key and value is read once per kv head).
+
+    Values in host memory are checked before anything runs (cache_seqlens[b] + seqlen_new
+    within the entry's keys, cache_batch_idx within batch_cache, page indices within
+    num_pages): ValueError naming the array. Values in device memory are not checked (that
+    would synchronise with the GPU): out-of-range ones read and write outside the caches, as
+    in FlashAttention.
+
+    Args (the others as in attention()):
+        num_splits: an int >= 0. The decode kernel may split each entry's keys into num_splits
+            parts that run in parallel, then merge them by their lse (launch "combine_..."):
+            0 lets the plan choose from the grid size and the GPU, 1 runs without a split, n
+            asks for n (fewer when the cache has fewer key blocks). Long query chunks (many
+            query rows per kv head) run on the forward kernel family instead, without a split.
+        kernel: None or "auto" (the decode kernel and the append are the sm80 family's, the
+            forward family the fastest that runs the layout: paged caches with page_size
+            below 128 take sm80), "sm80", or "sm90" (an error where the sm90 family cannot run
+            the call: the decode path, or a paged cache it cannot read).
+
+    No autograd: an inference op. A torch input that requires grad in grad mode raises
+    ValueError; under torch.no_grad() the inputs are read as detached (the caches' memory is
+    still written). With torch tensors on torch's current stream the call launches without a
+    host synchronisation and allocates only stream-ordered memory, so it can be captured in a
+    CUDA graph (torch.cuda.graph) and replayed: a replay reads the arrays' contents then
+    (q, the caches, cache_seqlens) at the addresses captured.
+
+    Returns out, or (out, lse) with return_lse, in the input's array type. last_launch()
+    lists the plan's launches: the append ("kvcache_append_<dtype>", when k and v are given),
+    the attention kernel ("decode_sm80_hd<D>_<dtype>..." or the forward family's), and the
+    split-KV combine ("combine_<dtype>", when the keys were split).
+    """
+    device_kind, device_index, kernel_code = _gpu_args(device, kernel, stream)
+    causal = _flag("causal", causal)
+    return_lse = _flag("return_lse", return_lse)
+    left, right = (-1, -1) if window_size is _NO_WINDOW else _parse_window(window_size)
+    num_splits = _int_arg("num_splits", num_splits)
+    cache_seqlen = 0
+    if _is_int(cache_seqlens):
+        cache_seqlen, cache_seqlens = _int_arg("cache_seqlens", cache_seqlens), None
+    elif cache_seqlens is None or isinstance(cache_seqlens, (bool, float, complex)):
+        raise TypeError("cache_seqlens must be an int or an int32 array (batch,) of each "
+                        f"entry's cached keys, got {type(cache_seqlens).__name__}")
+    framework = _framework(q)
+    torch = sys.modules.get("torch")
+    arrays = dict(q=q, k_cache=k_cache, v_cache=v_cache, k=k, v=v, cache_seqlens=cache_seqlens,
+                  cache_batch_idx=cache_batch_idx, block_table=block_table, sinks=sinks, out=out)
+    if torch is not None and torch.is_grad_enabled():
+        for name, x in arrays.items():
+            if isinstance(x, torch.Tensor) and x.requires_grad:
+                raise ValueError(f"attention_with_kvcache is an inference op with no backward, "
+                                 f"and {name} requires grad: call it under torch.no_grad() or "
+                                 f"pass {name}.detach()")
+    arrays = _detached(torch, arrays)
+    extra = dict(cache_seqlen=cache_seqlen, num_splits=num_splits, causal=causal,
+                 softmax_scale=softmax_scale, return_lse=return_lse, device_kind=device_kind,
+                 device_index=device_index, kernel=kernel_code, window_left=left,
+                 window_right=right, softcap=softcap)
+    torch_outputs = None
+    if framework == "torch" and q.dim() == 4:
+        torch_outputs = {"out": (q.shape, q.dtype)}
+        if return_lse:
+            torch_outputs["lse"] = ((q.shape[0], q.shape[2], q.shape[1]), torch.float32)
+    got = _call_op(_C.kvcache, _C.kvcache_roles, arrays, extra, framework=framework,
+                   stream=stream, device_kind=device_kind, torch_outputs=torch_outputs)
+    result = out if out is not None else got["out"]
+    return (result, got["lse"]) if return_lse else result
+
+
 def _dtype_name(dtype):
     if isinstance(dtype, str):
         return dtype
@@ -555,9 +867,12 @@ def _dtype_name(dtype):
 
 def launch_config(*, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype, causal=False,
                   window_size=_NO_WINDOW, softcap=0.0, sinks=False, arch=None, kernel=None,
-                  backward=False, deterministic=False):
+                  backward=False, deterministic=False, varlen=False):
     """The launch attention() would make for these sizes, computed without launching; with
-    backward=True, attention_backward()'s plan (deterministic as there).
+    backward=True, attention_backward()'s plan (deterministic as there); with varlen=True,
+    attention_varlen()'s (or attention_varlen_backward()'s) for batch packed entries of
+    seqlen_q queries and seqlen_k keys each (the plan depends on the longest entries,
+    max_seqlen_q and max_seqlen_k, not on the offsets).
 
     arch=(major, minor) computes it for a nominal GPU of that compute capability (pure host, no
     GPU needed: e.g. (8, 0) A100, (8, 9) L4, (9, 0) H100/H200); arch=None for the current GPU
@@ -601,7 +916,8 @@ def launch_config(*, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dty
                             arch_major=major, arch_minor=minor, kernel=_parse_kernel(kernel),
                             window_left=left, window_right=right, softcap=softcap,
                             sinks=_flag("sinks", sinks), backward=_flag("backward", backward),
-                            deterministic=_flag("deterministic", deterministic))
+                            deterministic=_flag("deterministic", deterministic),
+                            varlen=_flag("varlen", varlen))
 
 
 def last_launch():

@@ -1,14 +1,18 @@
-"""attention() as torch.library ops with autograd: imported by flashattn_c._api only when a
-torch caller needs a graph (inputs that require grad, or torch.compile tracing), so importing
-flashattn_c never imports torch.
+"""attention() and attention_varlen() as torch.library ops with autograd: imported by
+flashattn_c._api only when a torch caller needs a graph (inputs that require grad, or
+torch.compile tracing), so importing flashattn_c never imports torch.
 
     flashattn_c::attention_fwd(q, k, v, sinks, ...) -> (out, lse)
     flashattn_c::attention_bwd(dout, q, k, v, out, lse, sinks, ...) -> (dq, dk, dv, dsinks)
+    flashattn_c::attention_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, sinks, ...)
+    flashattn_c::attention_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
+                                      sinks, ...)
 
-Both run the C ops (fa_forward / fa_backward, or the host references for CPU tensors) on
-torch's current stream; their fake implementations give torch.compile the output shapes. The
-forward's autograd saves q, k, v, out, lse and sinks; lse is not differentiable. dsinks is an
-empty tensor when there are no sinks (a custom op returns no None).
+Each pair runs the C ops (fa_forward / fa_backward, or the host references for CPU tensors) on
+torch's current stream; their fake implementations give torch.compile the output shapes. A
+forward's autograd saves q, k, v, out, lse and sinks (and the offsets); lse is not
+differentiable, nor are the offsets. dsinks is an empty tensor when there are no sinks (a
+custom op returns no None).
 """
 from typing import Optional, Tuple
 
@@ -92,3 +96,76 @@ def _backward(ctx, dout, _dlse):
 
 
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---- packed (variable-length) batches: attention_varlen() -----------------------------------
+
+@torch.library.custom_op("flashattn_c::attention_varlen_fwd", mutates_args=())
+def attention_varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
+                         sinks: Optional[torch.Tensor], max_seqlen_q: int, max_seqlen_k: int,
+                         causal: bool, softmax_scale: Optional[float], window_left: int,
+                         window_right: int, softcap: float, kernel: int, device_kind: int,
+                         device_index: int,
+                         deterministic: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    device = _device(q, device_kind, device_index)
+    out, lse = _api.attention_varlen(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
+        softmax_scale=softmax_scale, window_size=(window_left, window_right), softcap=softcap,
+        sinks=sinks, return_lse=True, device=device,
+        kernel=None if device == "cpu" else _KERNEL_NAMES[kernel])
+    return out, lse
+
+
+@attention_varlen_fwd.register_fake
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, sinks, max_seqlen_q, max_seqlen_k, causal,
+      softmax_scale, window_left, window_right, softcap, kernel, device_kind, device_index,
+      deterministic):
+    return q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+
+
+@torch.library.custom_op("flashattn_c::attention_varlen_bwd", mutates_args=())
+def attention_varlen_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         out: torch.Tensor, lse: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                         cu_seqlens_k: torch.Tensor, sinks: Optional[torch.Tensor],
+                         max_seqlen_q: int, max_seqlen_k: int, causal: bool,
+                         softmax_scale: Optional[float], window_left: int, window_right: int,
+                         softcap: float, kernel: int, device_kind: int, device_index: int,
+                         deterministic: bool
+                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    device = _device(q, device_kind, device_index)
+    grads = _api.attention_varlen_backward(
+        dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+        causal=causal, softmax_scale=softmax_scale, window_size=(window_left, window_right),
+        softcap=softcap, sinks=sinks, deterministic=deterministic, device=device,
+        kernel=None if device == "cpu" else _KERNEL_NAMES[kernel])
+    dsinks = grads[3] if sinks is not None else q.new_empty((0,), dtype=torch.float32)
+    return grads[0], grads[1], grads[2], dsinks
+
+
+@attention_varlen_bwd.register_fake
+def _(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, sinks, max_seqlen_q, max_seqlen_k,
+      causal, softmax_scale, window_left, window_right, softcap, kernel, device_kind,
+      device_index, deterministic):
+    dsinks = q.new_empty((q.shape[1] if sinks is not None else 0,), dtype=torch.float32)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dsinks
+
+
+def _varlen_setup_context(ctx, inputs, output):
+    q, k, v, cu_seqlens_q, cu_seqlens_k, sinks = inputs[:6]
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, sinks)
+    ctx.scalars = inputs[6:]
+    ctx.mark_non_differentiable(lse)
+
+
+def _varlen_backward(ctx, dout, _dlse):
+    q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, sinks = ctx.saved_tensors
+    dq, dk, dv, dsinks = attention_varlen_bwd(dout.contiguous(), q, k, v, out, lse, cu_seqlens_q,
+                                              cu_seqlens_k, sinks, *ctx.scalars)
+    # No gradient for the offsets (integers) or the scalars.
+    return ((dq, dk, dv, None, None, dsinks if sinks is not None else None) +
+            (None,) * len(ctx.scalars))
+
+
+attention_varlen_fwd.register_autograd(_varlen_backward, setup_context=_varlen_setup_context)

@@ -243,3 +243,86 @@ def check_grads(grads, ref, peer, names=("dq", "dk", "dv", "dsinks")):
         assert err <= tol, f"{name}: max |ours - ref| = {err:.3e} exceeds the FA3 tolerance {tol:.3e}"
         report[name] = (err, tol)
     return report
+
+
+# ---- packed batches and KV caches: per-entry slices of attention_numpy --------------------------
+
+def attention_varlen_numpy(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=False, softmax_scale=None,
+                           dtype=np.float64, *, window=(-1, -1), softcap=0.0, sinks=None):
+    """attention_numpy on each entry of a packed batch: entry b is rows cu_seqlens_q[b] ..
+    cu_seqlens_q[b + 1] - 1 of q (total_q, Hq, D) against rows cu_seqlens_k[b] .. of k and v
+    (total_k, Hk, D), with the mask aligned bottom-right on the entry's own lengths. Returns out
+    (total_q, Hq, D) and lse (Hq, total_q), FlashAttention's varlen layout."""
+    total_q, Hq, D = q.shape
+    scale = 1.0 / np.sqrt(D) if softmax_scale is None else softmax_scale
+    out = np.zeros((total_q, Hq, D), dtype)
+    lse = np.full((Hq, total_q), -np.inf, np.float64)
+    for b in range(len(cu_seqlens_q) - 1):
+        q0, q1 = int(cu_seqlens_q[b]), int(cu_seqlens_q[b + 1])
+        k0, k1 = int(cu_seqlens_k[b]), int(cu_seqlens_k[b + 1])
+        if q1 == q0:
+            continue
+        o, l = attention_numpy(q[None, q0:q1], k[None, k0:k1], v[None, k0:k1], causal, scale,
+                               dtype, window=window, softcap=softcap, sinks=sinks)
+        out[q0:q1] = o[0]
+        lse[:, q0:q1] = l[0]
+    return out, lse
+
+
+def attention_varlen_grads_numpy(q, k, v, dout, cu_seqlens_q, cu_seqlens_k, causal=False,
+                                 softmax_scale=None, dtype=np.float64, *, window=(-1, -1),
+                                 softcap=0.0, sinks=None):
+    """attention_grads_numpy on each entry of a packed batch: (dq, dk, dv, dsinks or None), dq
+    shaped like q, dk and dv like k and v (keys no entry owns get 0)."""
+    D = q.shape[2]
+    scale = 1.0 / np.sqrt(D) if softmax_scale is None else softmax_scale
+    dq = np.zeros(q.shape, dtype)
+    dk, dv = np.zeros(k.shape, dtype), np.zeros(v.shape, dtype)
+    dsinks = None if sinks is None else np.zeros(q.shape[1], dtype)
+    for b in range(len(cu_seqlens_q) - 1):
+        q0, q1 = int(cu_seqlens_q[b]), int(cu_seqlens_q[b + 1])
+        k0, k1 = int(cu_seqlens_k[b]), int(cu_seqlens_k[b + 1])
+        g = attention_grads_numpy(q[None, q0:q1], k[None, k0:k1], v[None, k0:k1],
+                                  dout[None, q0:q1], causal, scale, dtype, window=window,
+                                  softcap=softcap, sinks=sinks)
+        dq[q0:q1], dk[k0:k1], dv[k0:k1] = g[0][0], g[1][0], g[2][0]
+        if sinks is not None:
+            dsinks = (dsinks + g[3]).astype(dtype)
+    return dq, dk, dv, dsinks
+
+
+def kvcache_numpy(q, k_cache, v_cache, cache_seqlens, k=None, v=None, *, cache_batch_idx=None,
+                  block_table=None, causal=False, softmax_scale=None, dtype=np.float64,
+                  window=(-1, -1), softcap=0.0, sinks=None):
+    """flash_attn_with_kvcache in NumPy: the new k, v (B, S_new, Hk, D) written into copies of
+    the caches at rows cache_seqlens[b] .., then attention_numpy of each entry's q over its first
+    cache_seqlens[b] + S_new keys. Dense caches (B_cache, S_max, Hk, D), entry b reading cache
+    entry cache_batch_idx[b] (or b); paged caches (num_pages, page_size, Hk, D) with key j of
+    entry b in row j % page_size of page block_table[b, j // page_size].
+
+    Returns (out (B, Sq, Hq, D), lse (B, Hq, Sq), k_cache after, v_cache after)."""
+    B, Sq, Hq, D = q.shape
+    k_after, v_after = k_cache.copy(), v_cache.copy()
+    lens = np.broadcast_to(np.asarray(cache_seqlens, np.int64), (B,))
+    new = 0 if k is None else k.shape[1]
+
+    def rows(b, j):  # (entry or page index, row) of key positions j of entry b
+        if block_table is not None:
+            page_size = k_cache.shape[1]
+            return np.asarray(block_table)[b, j // page_size], j % page_size
+        entry = b if cache_batch_idx is None else int(cache_batch_idx[b])
+        return np.full_like(j, entry), j
+
+    for b in range(B):
+        where = rows(b, lens[b] + np.arange(new))
+        if new:
+            k_after[where] = k[b]
+            v_after[where] = v[b]
+    out = np.zeros((B, Sq, Hq, D), dtype)
+    lse = np.zeros((B, Hq, Sq), np.float64)
+    for b in range(B):
+        where = rows(b, np.arange(lens[b] + new))
+        o, l = attention_numpy(q[b:b + 1], k_after[where][None], v_after[where][None], causal,
+                               softmax_scale, dtype, window=window, softcap=softcap, sinks=sinks)
+        out[b], lse[b] = o[0], l[0]
+    return out, lse, k_after, v_after
