@@ -1,0 +1,387 @@
+"""bench_serving: the serving ops of flashattn_c against PyTorch's SDPA on one GPU.
+
+Suites (--suite decode,varlen; both by default):
+
+decode   attention_with_kvcache on one new query row per sequence (seqlen_q 1), GQA 32:8 and 8:1
+         at head_dim 128 (and 64:8 at 64 with --wide), batch 1, 8, 64, caches of 1k-128k keys,
+         dense and paged (--page-size, 64 by default), every sequence at the cache's length.
+         Baselines see the dense cache as (B, Hkv, S, D) and call SDPA with enable_gqa=True
+         under each backend (default dispatch, cudnn, flash). Reported: microseconds per call
+         and GB/s of K and V read (2 * B * S * Hkv * D * itemsize bytes per call).
+varlen   attention_varlen on ragged causal batches whose lengths follow a long-tailed
+         (log-normal) distribution, 16k tokens, 16 heads, head_dim 128, against SDPA on the
+         zero-padded batch (a boolean mask of causal and key padding) and on nested jagged
+         tensors (is_causal), and against our own dense call on equal lengths with the same
+         tokens. Reported: useful TFLOP/s, sum over sequences of 4 H L^2 D / 2.
+
+Correctness comes first: every config's output is checked against a float32 reference by the
+project's rule (max|ours - ref| <= 2 max|peer - ref| + 2 max|(ref + 0.3 - 0.3) - ref|, peer =
+SDPA default), and a config that fails is reported as failed, not timed.
+
+Timing: CUDA events around `calls` back-to-back calls, `repeats` times, impls interleaved;
+the median and its 95% interval (bench_lib.median_ci). No L2 flush: a decode cache of 4 MB stays
+in L2 between calls, as it would between a model's layers only if the cache were that small.
+
+    python benches/bench_serving.py --save-csv --plot
+    python benches/bench_serving.py --suite decode --batches 1 --caches 8192 --repeats 20
+"""
+import argparse
+import csv
+import datetime
+import math
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import bench_lib as bl  # noqa: E402
+
+FIELDS = ("suite", "impl", "status", "dtype", "B", "Hq", "Hkv", "Sq", "Sk", "D", "layout",
+          "page_size", "lengths", "median_us", "ci95_lo_us", "ci95_hi_us", "gbs", "tflops",
+          "max_abs_err", "tol", "kernels", "gpu", "driver", "torch", "git_commit", "date")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--suite", default="decode,varlen")
+    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
+    p.add_argument("--batches", default="1,8,64")
+    p.add_argument("--caches", default="1024,4096,8192,16384,65536,131072")
+    p.add_argument("--gqa", default="32:8,8:1", help="heads_q:heads_kv pairs of the decode suite")
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--page-size", type=int, default=64)
+    p.add_argument("--max-cache-gb", type=float, default=40.0,
+                   help="skip decode configs whose K+V cache exceeds this")
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--calls", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-csv", action="store_true")
+    p.add_argument("--plot", action="store_true")
+    p.add_argument("--out-dir", default=os.path.join(HERE, "results"))
+    p.add_argument("--git-commit", default=None)
+    return p.parse_args(argv)
+
+
+def time_impls(torch, impls, repeats, calls):
+    """{name: [ms per call, ...]}: impls interleaved, rotating which goes first."""
+    names = list(impls)
+    for fn in impls.values():
+        fn()
+    torch.cuda.synchronize()
+    samples = {n: [] for n in names}
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for r in range(repeats):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            fn = impls[n]
+            start.record()
+            for _ in range(calls):
+                fn()
+            end.record()
+            end.synchronize()
+            samples[n].append(start.elapsed_time(end) / calls)
+    return samples
+
+
+def summarize(samples_ms):
+    lo, hi, _ = bl.median_ci(samples_ms)
+    return 1e3 * bl.median(samples_ms), 1e3 * lo, 1e3 * hi
+
+
+def rule(torch, ours, peer, ref):
+    ours_err = float((ours.float() - ref).abs().max())
+    peer_err = float((peer.float() - ref).abs().max())
+    rounding = float(((ref + 0.3) - 0.3 - ref).abs().max())
+    nonfinite = not bool(torch.isfinite(ours.float()).all())
+    passed, tol = bl.correctness_verdict(ours_err, peer_err, rounding, nonfinite)
+    return passed, ours_err, tol
+
+
+def launched_kernels(fa):
+    """'append+decode+combine'-style names of the launches of this thread's last op."""
+    last = fa.last_launch()
+    if not last:
+        return ""
+    return "+".join(l["kernel"] for l in last.get("launches") or [last])
+
+
+# --------------------------------------------------------------------------------------------
+# decode
+# --------------------------------------------------------------------------------------------
+
+def decode_configs(args):
+    for pair in args.gqa.split(","):
+        hq, hkv = (int(x) for x in pair.split(":"))
+        for b in (int(x) for x in args.batches.split(",")):
+            for s in (int(x) for x in args.caches.split(",")):
+                yield b, hq, hkv, s
+
+
+def run_decode(torch, fa, args, env, writer, rows):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    import torch.nn.functional as F
+    dt = getattr(torch, bl.DTYPE_NAMES[args.dtype])
+    D, page = args.head_dim, args.page_size
+    backends = {"sdpa_default": None, "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION,
+                "sdpa_flash": SDPBackend.FLASH_ATTENTION}
+    for B, Hq, Hkv, S in decode_configs(args):
+        kv_bytes = 2 * B * S * Hkv * D * 2
+        if kv_bytes > args.max_cache_gb * 1e9:
+            continue
+        g = torch.Generator(device="cuda").manual_seed(args.seed)
+        q = torch.randn(B, 1, Hq, D, device="cuda", dtype=dt, generator=g)
+        kc = torch.randn(B, S, Hkv, D, device="cuda", dtype=dt, generator=g)
+        vc = torch.randn(B, S, Hkv, D, device="cuda", dtype=dt, generator=g)
+        lens = torch.full((B,), S, device="cuda", dtype=torch.int32)
+        pages_per = S // page
+        perm = torch.randperm(B * pages_per, device="cuda", generator=g).to(torch.int32)
+        block_table = perm.view(B, pages_per)
+        kp = torch.empty(B * pages_per, page, Hkv, D, device="cuda", dtype=dt)
+        vp = torch.empty_like(kp)
+        kp[block_table.flatten().long()] = kc.reshape(B * pages_per, page, Hkv, D)
+        vp[block_table.flatten().long()] = vc.reshape(B * pages_per, page, Hkv, D)
+        qt, kt, vt = q.transpose(1, 2), kc.transpose(1, 2), vc.transpose(1, 2)
+
+        def sdpa(backend):
+            if backend is None:
+                return lambda: F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True)
+            def call():
+                with sdpa_kernel(backend):
+                    return F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True)
+            return call
+
+        impls = {
+            "ours_dense": lambda: fa.attention_with_kvcache(q, kc, vc, cache_seqlens=lens),
+            "ours_paged": lambda: fa.attention_with_kvcache(q, kp, vp, cache_seqlens=lens,
+                                                            block_table=block_table),
+        }
+        for name, backend in backends.items():
+            impls[name] = sdpa(backend)
+        ref = F.scaled_dot_product_attention(qt.float(), kt.float(), vt.float(),
+                                             enable_gqa=True).transpose(1, 2)
+        peer = impls["sdpa_default"]().transpose(1, 2)
+        checked, kernels = {}, {}
+        for name in list(impls):
+            try:
+                out = impls[name]()
+                out = out if name.startswith("ours") else out.transpose(1, 2)
+                checked[name] = rule(torch, out, peer, ref)
+                kernels[name] = launched_kernels(fa) if name.startswith("ours") else ""
+            except Exception as exc:  # a baseline may refuse a shape
+                checked[name] = (None, float("nan"), float("nan"))
+                kernels[name] = "%s: %s" % (type(exc).__name__, str(exc)[:120])
+                del impls[name]
+        timed = {n: f for n, f in impls.items() if checked[n][0]}
+        samples = time_impls(torch, timed, args.repeats, args.calls) if timed else {}
+        for name, (passed, err, tol) in checked.items():
+            row = dict(env, suite="decode", impl=name, dtype=args.dtype, B=B, Hq=Hq, Hkv=Hkv,
+                       Sq=1, Sk=S, D=D, layout="paged" if name == "ours_paged" else "dense",
+                       page_size=page if name == "ours_paged" else "", lengths="uniform",
+                       max_abs_err=err, tol=tol, kernels=kernels[name])
+            if passed is None:
+                row["status"] = "error"
+            elif not passed:
+                row["status"] = "failed-correctness"
+            else:
+                med, lo, hi = summarize(samples[name])
+                row.update(status="ok", median_us=med, ci95_lo_us=lo, ci95_hi_us=hi,
+                           gbs=kv_bytes / (med * 1e-6) / 1e9)
+            rows.append(row)
+            writer(row)
+        del kc, vc, kp, vp
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------
+# varlen
+# --------------------------------------------------------------------------------------------
+
+def ragged_lengths(rng_seed, total, longest, sigma):
+    import random
+    rng = random.Random(rng_seed)
+    lens = []
+    while sum(lens) < total:
+        lens.append(max(1, min(longest, int(rng.lognormvariate(math.log(longest / 8), sigma)))))
+    lens[-1] -= sum(lens) - total
+    return [l for l in lens if l > 0]
+
+
+def run_varlen(torch, fa, args, env, writer, rows):
+    import torch.nn.functional as F
+    dt = getattr(torch, bl.DTYPE_NAMES[args.dtype])
+    H, D, total = 16, 128, 16384
+    cases = [("ragged_s1", ragged_lengths(args.seed, total, 8192, 1.0)),
+             ("ragged_s2", ragged_lengths(args.seed + 1, total, 8192, 1.5)),
+             ("equal_2k", [2048] * 8)]
+    for tag, lens in cases:
+        B, T, L = len(lens), sum(lens), max(lens)
+        g = torch.Generator(device="cuda").manual_seed(args.seed)
+        q = torch.randn(T, H, D, device="cuda", dtype=dt, generator=g)
+        k = torch.randn(T, H, D, device="cuda", dtype=dt, generator=g)
+        v = torch.randn(T, H, D, device="cuda", dtype=dt, generator=g)
+        cu = torch.tensor([0] + list(itertools_accumulate(lens)), device="cuda", dtype=torch.int32)
+        useful = sum(4.0 * H * l * l * D / 2 for l in lens)
+        pad = torch.zeros(B, L, H, D, device="cuda", dtype=dt)
+        qp, kp, vp = pad.clone(), pad.clone(), pad.clone()
+        valid = torch.zeros(B, L, dtype=torch.bool, device="cuda")
+        for b, l in enumerate(lens):
+            s = int(cu[b])
+            qp[b, :l], kp[b, :l], vp[b, :l] = q[s:s + l], k[s:s + l], v[s:s + l]
+            valid[b, :l] = True
+        causal = torch.ones(L, L, dtype=torch.bool, device="cuda").tril()
+        mask = (causal[None] & valid[:, None, :])[:, None]
+        qpt, kpt, vpt = qp.transpose(1, 2), kp.transpose(1, 2), vp.transpose(1, 2)
+        impls = {
+            "ours_varlen": lambda: fa.attention_varlen(q, k, v, cu, cu, L, L, causal=True),
+            "sdpa_padded": lambda: F.scaled_dot_product_attention(qpt, kpt, vpt, attn_mask=mask),
+        }
+        try:
+            offsets = cu.long()
+            nq = torch.nested.nested_tensor_from_jagged(q, offsets).transpose(1, 2)
+            nk = torch.nested.nested_tensor_from_jagged(k, offsets).transpose(1, 2)
+            nv = torch.nested.nested_tensor_from_jagged(v, offsets).transpose(1, 2)
+            impls["sdpa_nested"] = lambda: F.scaled_dot_product_attention(nq, nk, nv, is_causal=True)
+        except Exception as exc:
+            print("# nested jagged SDPA unavailable: %s" % exc)
+        if len(set(lens)) == 1:
+            qd, kd, vd = (x.view(B, lens[0], H, D) for x in (q, k, v))
+            impls["ours_dense"] = lambda: fa.attention(qd, kd, vd, causal=True)
+        # Reference: float32 per sequence; the peer is SDPA default per sequence.
+        ref = torch.empty(T, H, D, device="cuda", dtype=torch.float32)
+        peer = torch.empty(T, H, D, device="cuda", dtype=dt)
+        for b, l in enumerate(lens):
+            s = int(cu[b])
+            sl = [x[s:s + l].transpose(0, 1)[None] for x in (q, k, v)]
+            ref[s:s + l] = F.scaled_dot_product_attention(
+                *[x.float() for x in sl], is_causal=True)[0].transpose(0, 1)
+            peer[s:s + l] = F.scaled_dot_product_attention(*sl, is_causal=True)[0].transpose(0, 1)
+        checked, kernels = {}, {}
+        for name in list(impls):
+            try:
+                out = impls[name]()
+                if name == "sdpa_padded":
+                    out = out.transpose(1, 2)[valid]
+                elif name == "sdpa_nested":
+                    out = out.transpose(1, 2).values()
+                elif name == "ours_dense":
+                    out = out.reshape(T, H, D)
+                checked[name] = rule(torch, out, peer, ref)
+                kernels[name] = launched_kernels(fa) if name.startswith("ours") else ""
+            except Exception as exc:
+                checked[name] = (None, float("nan"), float("nan"))
+                kernels[name] = "%s: %s" % (type(exc).__name__, str(exc)[:120])
+                del impls[name]
+        timed = {n: f for n, f in impls.items() if checked[n][0]}
+        samples = time_impls(torch, timed, args.repeats, max(1, args.calls // 4)) if timed else {}
+        for name, (passed, err, tol) in checked.items():
+            row = dict(env, suite="varlen", impl=name, dtype=args.dtype, B=B, Hq=H, Hkv=H, Sq=L,
+                       Sk=L, D=D, layout=tag, lengths=" ".join(str(l) for l in lens)[:400],
+                       max_abs_err=err, tol=tol, kernels=kernels[name])
+            if passed is None:
+                row["status"] = "error"
+            elif not passed:
+                row["status"] = "failed-correctness"
+            else:
+                med, lo, hi = summarize(samples[name])
+                row.update(status="ok", median_us=med, ci95_lo_us=lo, ci95_hi_us=hi,
+                           tflops=useful / (med * 1e-6) / 1e12)
+            rows.append(row)
+            writer(row)
+
+
+def itertools_accumulate(values):
+    total = 0
+    for v in values:
+        total += v
+        yield total
+
+
+# --------------------------------------------------------------------------------------------
+
+def plot(rows, stem):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    dec = [r for r in rows if r["suite"] == "decode" and r["status"] == "ok"]
+    if dec:
+        groups = sorted({(r["B"], r["Hq"], r["Hkv"]) for r in dec})
+        fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.6), squeeze=False)
+        for ax, (B, Hq, Hkv) in zip(axes[0], groups):
+            for impl in sorted({r["impl"] for r in dec}):
+                pts = sorted((r["Sk"], r["gbs"]) for r in dec
+                             if r["impl"] == impl and (r["B"], r["Hq"], r["Hkv"]) == (B, Hq, Hkv))
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
+            ax.set_xscale("log", base=2)
+            ax.set_title("decode B=%d %d:%d" % (B, Hq, Hkv))
+            ax.set_xlabel("cache keys")
+            ax.set_ylabel("GB/s of K+V")
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(stem + "_decode.png", dpi=110)
+    var = [r for r in rows if r["suite"] == "varlen" and r["status"] == "ok"]
+    if var:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        cases = sorted({r["layout"] for r in var})
+        impls = sorted({r["impl"] for r in var})
+        width = 0.8 / max(1, len(impls))
+        for i, impl in enumerate(impls):
+            ys = [next((r["tflops"] for r in var if r["impl"] == impl and r["layout"] == c), 0)
+                  for c in cases]
+            ax.bar([j + i * width for j in range(len(cases))], ys, width, label=impl)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cases))], cases)
+        ax.set_ylabel("useful TFLOP/s")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(stem + "_varlen.png", dpi=110)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+    sys.path.insert(0, REPO)
+    import flashattn_c as fa
+    props = torch.cuda.get_device_properties(0)
+    now = datetime.datetime.now()
+    commit = args.git_commit or os.popen("git -C %s rev-parse --short HEAD 2>/dev/null" % REPO).read().strip()
+    smi = os.popen("nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null")
+    env = {"gpu": props.name, "driver": (smi.read().split("\n") or ["unknown"])[0] or "unknown",
+           "torch": torch.__version__, "git_commit": commit or "unknown",
+           "date": now.isoformat(timespec="seconds")}
+    print("# flashattn_c serving benchmark: %s" % env)
+    rows = []
+    out = None
+    stem = None
+    if args.save_csv or args.plot:
+        os.makedirs(args.out_dir, exist_ok=True)
+        stem_name = "serving_%s_%s" % (bl.gpu_short_name(props.name), now.strftime("%Y-%m-%d"))
+        stem = bl.unique_path(args.out_dir, stem_name, ".csv")[:-4]
+    if args.save_csv:
+        out = open(stem + ".csv", "w", newline="")
+        w = csv.DictWriter(out, fieldnames=FIELDS, extrasaction="ignore")
+        w.writeheader()
+
+    def writer(row):
+        keys = ("suite", "impl", "status", "B", "Hq", "Hkv", "Sk", "layout", "median_us", "gbs",
+                "tflops", "kernels")
+        print(" ".join("%s=%s" % (k, ("%.4g" % row[k]) if isinstance(row.get(k), float) else row.get(k, ""))
+                       for k in keys), flush=True)
+        if out:
+            w.writerow(row)
+            out.flush()
+
+    suites = args.suite.split(",")
+    if "decode" in suites:
+        run_decode(torch, fa, args, env, writer, rows)
+    if "varlen" in suites:
+        run_varlen(torch, fa, args, env, writer, rows)
+    if out:
+        out.close()
+        print("# wrote %s.csv" % stem)
+    if args.plot and stem:
+        plot(rows, stem)
+        print("# wrote %s_*.png" % stem)
+
+
+if __name__ == "__main__":
+    main()
