@@ -254,32 +254,13 @@ static int kvcache_empty(const fa_op_params *a)
     return a->p.batch == 0 || a->p.heads_q == 0 || (a->p.seqlen_q == 0 && a->c.seqlen_new == 0);
 }
 
-/* The general rules (the caches as k and v of their full capacity); the cache's own rules are
- * fa_kvcache's and fa_kvcache_cpu's, which check them before anything is written, and this
- * file's shape rules and check_values state them first, with the arguments' names. */
+/* fa_kvcache_check: the general rules (the caches as k and v of their full capacity) and the
+ * cache's own, the host arrays' values among them (cache_seqlens, cache_batch_idx, pages,
+ * overlapping appends), which the call engine has checked while they are host memory, also on
+ * the way to the GPU. */
 static fa_status kvcache_check(const fa_op_params *a, int gpu)
 {
-    return fa_check_params(&a->p, gpu);
-}
-
-/* Host lengths: the C API reads cache_seqlens on the device only when it runs there, so rows
- * past a cache would be written by the append: refused while they are still host values. */
-static int kvcache_check_values(const fa_op_params *a)
-{
-    const fa_params *p = &a->p;
-    const fa_kvcache_params *c = &a->c;
-    const int limit = p->seqlen_k - c->seqlen_new;
-    for (int b = 0; c->cache_seqlens && b < p->batch; b++) {
-        const int32_t n = c->cache_seqlens[b];
-        if (n < 0 || n > limit) {
-            PyErr_Format(PyExc_ValueError,
-                         "cache_seqlens[%d] = %d: with %d new keys it must be in [0, %d] (each "
-                         "entry's cache holds %d keys)",
-                         b, (int)n, c->seqlen_new, limit, p->seqlen_k);
-            return -1;
-        }
-    }
-    return 0;
+    return fa_kvcache_check(&a->p, &a->c, gpu);
 }
 
 static fa_status kvcache_run_gpu(const fa_op_params *a, cudaStream_t stream)
@@ -298,7 +279,6 @@ const fa_op fa_attention_kvcache_op = {
     .build = kvcache_build,
     .empty = kvcache_empty,
     .check = kvcache_check,
-    .check_values = kvcache_check_values,
     .run_gpu = kvcache_run_gpu,
     .run_cpu = kvcache_run_cpu,
 };

@@ -252,6 +252,12 @@ fa_status fa_kvcache_plan(const fa_params *p, const fa_kvcache_params *c, const 
 fa_status fa_kvcache(const fa_params *p, const fa_kvcache_params *c, cudaStream_t stream);
 fa_status fa_kvcache_cpu(const fa_params *p, const fa_kvcache_params *c);
 
+/* The KV-cache op's rules on top of fa_check_params's. gpu == 0: also the values of the host
+ * arrays (cache_seqlens leave room for seqlen_new; no two entries append into the same cache
+ * slot, through a repeated kv_batch_idx or a page that two block_table rows share); gpu != 0:
+ * the GPU-only rules (alignment). Device arrays' values are the caller's to get right. */
+fa_status fa_kvcache_check(const fa_params *p, const fa_kvcache_params *c, int gpu);
+
 /* Compiled SASS targets of a family, as compute-capability numbers (90 = sm_90 or sm_90a):
  * returns how many were written to archs[0..max). */
 int fa_family_archs(fa_kernel_family family, int *archs, int max);

@@ -56,6 +56,71 @@ static fa_status resolve_cache(const fa_kvcache_params *in, fa_kvcache_params *o
     return FA_OK;
 }
 
+static int compare_int64(const void *x, const void *y)
+{
+    const int64_t a = *(const int64_t *)x, b = *(const int64_t *)y;
+    return (a > b) - (a < b);
+}
+
+/* Cache slots (entry or page, row) that two entries' appends would both write: the entries
+   would race. Dense caches collide through a repeated kv_batch_idx, paged ones through pages
+   that two block_table rows share where both append. FA_OK when every slot is written once. */
+static fa_status check_appends_apart(const fa_params *p, const fa_kvcache_params *c)
+{
+    if (c->seqlen_new == 0 || p->batch < 2 || (!p->kv_batch_idx && !p->block_table))
+        return FA_OK;
+    const int64_t n = (int64_t)p->batch * c->seqlen_new;
+    int64_t *slots = malloc((size_t)n * 2 * sizeof *slots);
+    if (!slots)
+        return fa_fail(FA_ERR_OUT_OF_MEMORY, "KV-cache append check: out of memory");
+    const int64_t rows = p->block_table ? p->page_size : p->seqlen_k;
+    int64_t *sorted = slots + n;
+    for (int b = 0; b < p->batch; b++) {
+        const int start = c->cache_seqlens ? c->cache_seqlens[b] : c->cache_seqlen;
+        for (int j = 0; j < c->seqlen_new; j++) {
+            const int key = start + j;
+            const int64_t holder =
+                p->block_table ? p->block_table[(int64_t)b * p->block_table_stride + key / p->page_size]
+                               : p->kv_batch_idx[b];
+            slots[(int64_t)b * c->seqlen_new + j] = holder * rows + (p->block_table ? key % p->page_size : key);
+        }
+    }
+    memcpy(sorted, slots, (size_t)n * sizeof *slots);
+    qsort(sorted, (size_t)n, sizeof *sorted, compare_int64);
+    int64_t twice = -1;
+    for (int64_t i = 1; i < n && twice < 0; i++)
+        if (sorted[i] == sorted[i - 1])
+            twice = sorted[i];
+    int first = -1, second = -1;
+    for (int64_t i = 0; twice >= 0 && i < n; i++)
+        if (slots[i] == twice && first < 0)
+            first = (int)(i / c->seqlen_new);
+        else if (slots[i] == twice && (int)(i / c->seqlen_new) != first)
+            second = (int)(i / c->seqlen_new);
+    free(slots);
+    if (twice < 0)
+        return FA_OK;
+    return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                   "entries %d and %d would both append into %s %lld, row %lld (%s): appends "
+                   "must not overlap", first, second, p->block_table ? "page" : "cache entry",
+                   (long long)(twice / rows), (long long)(twice % rows),
+                   p->block_table ? "block_table rows share the page" : "cache_batch_idx repeats it");
+}
+
+/* Host arrays: each entry's cache_seqlens leaves room for the new keys, and no two appends
+   overlap. */
+static fa_status check_host_values(const fa_params *p, const fa_kvcache_params *c)
+{
+    const int limit = p->seqlen_k - c->seqlen_new;
+    for (int b = 0; c->cache_seqlens && b < p->batch; b++)
+        if (c->cache_seqlens[b] < 0 || c->cache_seqlens[b] > limit)
+            return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                           "cache_seqlens[%d] = %d: with %d new keys it must be in [0, %d] (each "
+                           "entry's cache holds %d keys)",
+                           b, c->cache_seqlens[b], c->seqlen_new, limit, p->seqlen_k);
+    return check_appends_apart(p, c);
+}
+
 /* The op's rules on top of fa_check_params (which p, the caches as k and v, passes first). */
 static fa_status check_cache(const fa_params *p, const fa_kvcache_params *c, int gpu)
 {
@@ -77,16 +142,8 @@ static fa_status check_cache(const fa_params *p, const fa_kvcache_params *c, int
         return fa_fail(FA_ERR_INVALID_ARGUMENT,
                        "cache_seqlen (%d) + seqlen_new (%d) exceed the cache's %d keys",
                        c->cache_seqlen, c->seqlen_new, p->seqlen_k);
-    if (!gpu) {
-        for (int b = 0; c->cache_seqlens && b < p->batch; b++)
-            if (c->cache_seqlens[b] < 0 || c->cache_seqlens[b] > p->seqlen_k - c->seqlen_new)
-                return fa_fail(FA_ERR_INVALID_ARGUMENT,
-                               "cache_seqlens[%d] = %d: with seqlen_new %d it must be in [0, %d] "
-                               "(the cache holds %d keys)",
-                               b, c->cache_seqlens[b], c->seqlen_new, p->seqlen_k - c->seqlen_new,
-                               p->seqlen_k);
-        return FA_OK;
-    }
+    if (!gpu)
+        return check_host_values(p, c);
     const int64_t unit = 8;
     const void *ptrs[2] = {c->k_new, c->v_new};
     const int64_t strides[2][3] = {{c->kn_batch_stride, c->kn_row_stride, c->kn_head_stride},
@@ -257,6 +314,13 @@ static fa_status resolve_and_check(const fa_params *pc, const fa_kvcache_params 
     if ((s = fa_check_params(p, gpu)) != FA_OK)
         return s;
     return check_cache(p, c, gpu);
+}
+
+fa_status fa_kvcache_check(const fa_params *pc, const fa_kvcache_params *cc, int gpu)
+{
+    fa_params p;
+    fa_kvcache_params c;
+    return resolve_and_check(pc, cc, gpu, &p, &c);
 }
 
 fa_status fa_kvcache_plan(const fa_params *pc, const fa_kvcache_params *cc, const fa_device *dev,

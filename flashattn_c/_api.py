@@ -788,7 +788,7 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens
 
     Values in host memory are checked before anything runs (cache_seqlens[b] + seqlen_new
     within the entry's keys, cache_batch_idx within batch_cache, page indices within
-    num_pages): ValueError naming the array. Values in device memory are not checked (that
+    num_pages, no cache slot appended to by two entries): ValueError naming the array. Values in device memory are not checked (that
     would synchronise with the GPU): out-of-range ones read and write outside the caches, as
     in FlashAttention.
 

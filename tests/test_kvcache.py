@@ -287,6 +287,25 @@ def test_host_lengths_are_checked_before_any_gpu_work(rng):
              block_table=bad)
 
 
+@pytest.mark.parametrize("device", ["cpu", None])
+def test_overlapping_appends_are_refused(rng, device):
+    """Two entries that would append into the same cache slot race on the GPU: refused while
+    the indices are host values, on both paths; sharing a page only to read it is allowed."""
+    c = Cache(rng, new=2, batch_cache=3, cache_batch_idx=[0, 1, 2], lens=(5, 5, 5))
+    rejected(c, ValueError, r"entries 1 and 2 would both append into cache entry 1, row 5 "
+             r"\(cache_batch_idx repeats it\): appends must not overlap", device=device,
+             cache_batch_idx=np.array([0, 1, 1], np.int32))
+    p = Cache(rng, new=1, capacity=32, page_size=16, lens=(20, 20, 3))
+    shared = p.block_table.copy()
+    shared[1, 1] = shared[0, 1]  # entries 0 and 1 both append key 20: row 4 of that page
+    rejected(p, ValueError, rf"entries 0 and 1 would both append into page {shared[0, 1]}, row 4 "
+             r"\(block_table rows share the page\)", device=device, block_table=shared)
+    prefix = p.block_table.copy()
+    prefix[1, 0] = prefix[0, 0]  # a shared first page, read by both, written by neither
+    p.block_table = prefix
+    p.check()
+
+
 @pytest.mark.parametrize("kw, error, match", [
     (dict(v=None), ValueError, "k and v .* must be given together, got k without v"),
     (dict(k=None), ValueError, "got v without k"),
