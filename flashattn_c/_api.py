@@ -345,7 +345,8 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=_NO_WIND
         return_lse: a bool; also return lse: the call then returns (out, lse).
         out: an array to write the result into (q's shape and dtype, writable, on q's device,
             sharing no memory with q, k or v: ValueError where it certainly does); it is
-            returned as given. Nothing is written to it when the call raises.
+            returned as given (a torch tensor's version counter moves, as after an in-place
+            op). Nothing is written to it when the call raises.
         stream: where the GPU work is enqueued: an int cudaStream_t (0 = legacy default
             stream), or an object with __cuda_stream__() -> (version, handle), .cuda_stream
             (torch.cuda.Stream) or .ptr (cupy.cuda.Stream). Default: the current stream of the
@@ -442,6 +443,7 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=_NO_WIND
         fast = _torch_call(_C.forward, _C.forward_roles,
                            dict(q=q, k=k, v=v, out=out, sinks=sinks), new_outputs, extra)
         if fast is not None:
+            _written_in_place(torch, (given_out,))
             result = given_out if given_out is not None else fast["out"]
             return (result, fast["lse"]) if return_lse else result
     if stream is None:
@@ -451,6 +453,7 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=_NO_WIND
 
     result, lse = _C.forward(q, k, v, out, sinks=sinks, stream=handle, stream_owner=owner, **extra)
     if given_out is not None:
+        _written_in_place(torch, (given_out,))
         result = given_out
     else:
         result = _as_framework(result, framework)
@@ -581,9 +584,11 @@ def _call_op(c_op, roles, arrays, extra, *, framework, stream, device_kind, torc
     output in the caller's array type for every output role of roles: a given one as it was
     passed here, None for an optional one not asked for."""
     outputs = [name for name, is_output, _ in roles if is_output]
+    given = [arrays[n] for n in outputs if arrays.get(n) is not None]
     if torch_outputs is not None and stream is None and device_kind != _C.DEVICE_CPU:
         fast = _torch_call(c_op, roles, arrays, torch_outputs, extra)
         if fast is not None:
+            _written_in_place(sys.modules["torch"], given)
             return {n: fast.get(n) for n in outputs}
     first = arrays[roles[0][0]]
     if stream is None:
@@ -592,6 +597,7 @@ def _call_op(c_op, roles, arrays, extra, *, framework, stream, device_kind, torc
     else:
         handle, owner = _stream_handle(stream)
     results = c_op(**arrays, stream=handle, stream_owner=owner, **extra)
+    _written_in_place(sys.modules.get("torch"), given)
     return {n: arrays[n] if arrays.get(n) is not None else _as_framework(r, framework)
             for n, r in zip(outputs, results)}
 
@@ -848,8 +854,21 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens
             torch_outputs["lse"] = ((q.shape[0], q.shape[2], q.shape[1]), torch.float32)
     got = _call_op(_C.kvcache, _C.kvcache_roles, arrays, extra, framework=framework,
                    stream=stream, device_kind=device_kind, torch_outputs=torch_outputs)
+    if k is not None:
+        _written_in_place(torch, (k_cache, v_cache))
     result = out if out is not None else got["out"]
     return (result, got["lse"]) if return_lse else result
+
+
+def _written_in_place(torch, arrays):
+    """Bump the version counter of the torch tensors among arrays, which an op wrote in place
+    (an out= buffer, a KV cache), as torch's own in-place ops do: autograd then refuses a
+    backward that saved their old values, instead of computing it from the new ones."""
+    if torch is None:
+        return
+    for x in arrays:
+        if isinstance(x, torch.Tensor):
+            torch.autograd.graph.increment_version(x)  # one tensor a call: older torch
 
 
 def _dtype_name(dtype):

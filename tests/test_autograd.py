@@ -82,6 +82,26 @@ def test_no_grad_reads_inputs_as_detached(rng):
     assert out.grad_fn is None and not out.requires_grad
 
 
+@pytest.mark.parametrize("op", ["attention", "attention_varlen"])
+def test_out_written_in_place_is_seen_by_autograd(rng, op):
+    """out= is written in place: its version counter moves, as after torch's own in-place ops,
+    so a backward that saved its old values raises instead of reading the new ones."""
+    q, k, v, _ = leaves(rng, 1, 6, 6, 2, 2, 16)
+    q, k, v = q.detach(), k.detach(), v.detach()
+    out = torch.zeros_like(q)
+    weight = torch.ones_like(q, requires_grad=True)
+    saved = weight * out  # autograd keeps out for weight's gradient
+    version = out._version
+    if op == "attention":
+        fa.attention(q, k, v, out=out, device="cpu")
+    else:
+        cu = torch.tensor([0, 6], dtype=torch.int32)
+        fa.attention_varlen(q[0], k[0], v[0], cu, cu, 6, 6, out=out[0], device="cpu")
+    assert out._version > version and out.abs().sum() > 0
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        saved.sum().backward()
+
+
 def test_torch_compile_fullgraph_traces_the_op(rng):
     """One graph, no break: the op is opaque to dynamo, its fake kernel gives the shapes."""
     q, k, v, _ = leaves(rng, 1, 16, 16, 2, 2, 8)

@@ -287,6 +287,25 @@ def test_host_lengths_are_checked_before_any_gpu_work(rng):
              block_table=bad)
 
 
+def test_cache_writes_are_seen_by_autograd(rng):
+    """The append writes the caches in place: their version counters move, as after torch's own
+    in-place ops, so a backward that saved the old cache raises; a call without new keys writes
+    nothing and moves nothing."""
+    torch = pytest.importorskip("torch")
+    c = Cache(rng, new=1)
+    q, kc, vc, k, v = (torch.from_numpy(x) for x in (c.q, c.k_cache, c.v_cache, c.k, c.v))
+    lens = torch.from_numpy(c.lens)
+    weight = torch.ones(kc.shape, dtype=kc.dtype, requires_grad=True)
+    saved = weight * kc  # autograd keeps the cache for weight's gradient
+    versions = (kc._version, vc._version)
+    fa.attention_with_kvcache(q, kc, vc, cache_seqlens=lens, device="cpu")
+    assert (kc._version, vc._version) == versions
+    fa.attention_with_kvcache(q, kc, vc, k, v, cache_seqlens=lens, device="cpu")
+    assert kc._version > versions[0] and vc._version > versions[1]
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        saved.sum().backward()
+
+
 @pytest.mark.parametrize("device", ["cpu", None])
 def test_overlapping_appends_are_refused(rng, device):
     """Two entries that would append into the same cache slot race on the GPU: refused while
