@@ -31,15 +31,7 @@
 #include <vector>
 
 #include "kernels/bwd_sm80_aux.cu"
-
-#define CK(call)                                                                               \
-    do {                                                                                       \
-        const cudaError_t e_ = (call);                                                         \
-        if (e_ != cudaSuccess) {                                                               \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-            exit(2);                                                                           \
-        }                                                                                      \
-    } while (0)
+#include "dev_check.h"
 
 static const int kCanary = 64; /* elements past the end of every buffer that must stay poisoned */
 
@@ -50,32 +42,6 @@ static float urand() /* [0, 1) */
     rng_state ^= rng_state >> 7;
     rng_state ^= rng_state << 17;
     return (float)((rng_state >> 40) * (1.0 / 16777216.0));
-}
-
-static uint16_t to_bits(float f, fa_dtype dt)
-{
-    uint16_t u;
-    if (dt == FA_FLOAT16) {
-        const __half h = __float2half_rn(f);
-        memcpy(&u, &h, 2);
-    } else {
-        const __nv_bfloat16 h = __float2bfloat16_rn(f);
-        memcpy(&u, &h, 2);
-    }
-    return u;
-}
-
-static float from_bits(uint16_t u, fa_dtype dt)
-{
-    if (dt == FA_FLOAT16) {
-        __half_raw r;
-        r.x = u;
-        return __half2float(__half(r));
-    }
-    uint32_t w = (uint32_t)u << 16;
-    float f;
-    memcpy(&f, &w, 4);
-    return f;
 }
 
 static uint32_t fbits(float f)

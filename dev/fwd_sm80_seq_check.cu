@@ -49,40 +49,7 @@
 #include "flashattn.h"
 #include "kernels/kernels.h"
 #include "kernels/sm80_tiles.h"
-
-#define CK(x)                                                                                  \
-    do {                                                                                       \
-        cudaError_t e_ = (x);                                                                  \
-        if (e_ != cudaSuccess) {                                                               \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));  \
-            exit(2);                                                                           \
-        }                                                                                      \
-    } while (0)
-
-static uint16_t to_bits(float x, bool bf16)
-{
-    uint16_t b;
-    if (bf16) {
-        const __nv_bfloat16 h = __float2bfloat16_rn(x);
-        memcpy(&b, &h, 2);
-    } else {
-        const __half h = __float2half_rn(x);
-        memcpy(&b, &h, 2);
-    }
-    return b;
-}
-
-static float from_bits(uint16_t b, bool bf16)
-{
-    if (bf16) {
-        __nv_bfloat16 h;
-        memcpy(&h, &b, 2);
-        return __bfloat162float(h);
-    }
-    __half h;
-    memcpy(&h, &b, 2);
-    return __half2float(h);
-}
+#include "dev_check.h"
 
 static const uint16_t kOutSentinel = 0x3c01; /* a finite value no output row is expected to hold */
 static const float kLseSentinel = 12345.0f;

@@ -60,15 +60,7 @@
 #include "flashattn.h"
 #include "kernels/kernels.h"
 #include "kernels/sm90_tiles.h"
-
-#define CK(x)                                                                                  \
-    do {                                                                                       \
-        cudaError_t e_ = (x);                                                                  \
-        if (e_ != cudaSuccess) {                                                               \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));  \
-            exit(2);                                                                           \
-        }                                                                                      \
-    } while (0)
+#include "dev_check.h"
 
 static const int kHq = 8, kHk = 2;
 static const int kQPadRows = 40;     /* packed q: rows past the last entry */
@@ -77,31 +69,6 @@ static const int kLseGuard = 256;    /* floats past the lse */
 static const uint16_t kOutSentinel = 0xffff;
 static const uint32_t kLseSentinel = 0x7fc0beefu; /* a NaN no kernel computes */
 static const int kNoPage = 0x3fffffff;            /* block_table slots past an entry's pages */
-
-static uint16_t to_bits(float x, bool bf16)
-{
-    uint16_t b;
-    if (bf16) {
-        __nv_bfloat16 h = __float2bfloat16_rn(x);
-        memcpy(&b, &h, 2);
-    } else {
-        __half h = __float2half_rn(x);
-        memcpy(&b, &h, 2);
-    }
-    return b;
-}
-
-static float from_bits(uint16_t b, bool bf16)
-{
-    if (bf16) {
-        __nv_bfloat16 h;
-        memcpy(&h, &b, 2);
-        return __bfloat162float(h);
-    }
-    __half h;
-    memcpy(&h, &b, 2);
-    return __half2float(h);
-}
 
 enum KvMode { KV_PACKED, KV_CACHE, KV_PAGED };
 
