@@ -60,23 +60,7 @@ static int attention_check_shapes(fa_tensor *const *views, const void *args)
                      (long long)q->shape[3], (long long)k->shape[3]);
         return -1;
     }
-    if (sinks && sinks->shape[0] != q->shape[2]) {
-        PyErr_Format(PyExc_ValueError,
-                     "sinks must have heads_q = %lld entries (one logit per query head), got %lld",
-                     (long long)q->shape[2], (long long)sinks->shape[0]);
-        return -1;
-    }
-    return 0;
-}
-
-/* lse: (batch, heads_q, seqlen_q). out takes q's shape through its role's `like`. */
-static void attention_output_shape(fa_tensor *const *views, int role, int64_t *shape)
-{
-    const fa_tensor *q = views[ATTN_Q];
-    (void)role;
-    shape[0] = q->shape[0];
-    shape[1] = q->shape[2];
-    shape[2] = q->shape[1];
+    return fa_check_sinks_shape(sinks, q->shape[2]);
 }
 
 void attention_strides(const fa_binding *b, int64_t *batch, int64_t *row, int64_t *head)
@@ -140,7 +124,7 @@ const fa_op fa_attention_op = {
     .num_roles = ATTN_NUM_ROLES,
     .roles = attention_roles,
     .check_shapes = attention_check_shapes,
-    .output_shape = attention_output_shape,
+    .output_shape = fa_lse_shape_of_q, /* lse; out is like q */
     .build = attention_build,
     .empty = attention_empty,
     .check = attention_check,

@@ -178,23 +178,7 @@ static int kvcache_check_shapes(fa_tensor *const *views, const void *args)
                      s->cache_seqlen, (long long)added, (long long)keys);
         return -1;
     }
-    if (sinks && sinks->shape[0] != q->shape[2]) {
-        PyErr_Format(PyExc_ValueError,
-                     "sinks must have heads_q = %lld entries (one logit per query head), got %lld",
-                     (long long)q->shape[2], (long long)sinks->shape[0]);
-        return -1;
-    }
-    return 0;
-}
-
-/* lse: (batch, heads_q, seqlen_q). out takes q's shape through its role's `like`. */
-static void kvcache_output_shape(fa_tensor *const *views, int role, int64_t *shape)
-{
-    const fa_tensor *q = views[KVC_Q];
-    (void)role;
-    shape[0] = q->shape[0];
-    shape[1] = q->shape[2];
-    shape[2] = q->shape[1];
+    return fa_check_sinks_shape(sinks, q->shape[2]);
 }
 
 static void kvcache_build(fa_op_params *a, const fa_binding *b, const void *args)
@@ -275,7 +259,7 @@ const fa_op fa_attention_kvcache_op = {
     .num_roles = KVC_NUM_ROLES,
     .roles = kvcache_roles,
     .check_shapes = kvcache_check_shapes,
-    .output_shape = kvcache_output_shape,
+    .output_shape = fa_lse_shape_of_q, /* lse; out is like q */
     .build = kvcache_build,
     .empty = kvcache_empty,
     .check = kvcache_check,

@@ -118,13 +118,7 @@ static int varlen_check_forward_shapes(fa_tensor *const *views, const varlen_rol
     if (check_rows(q, "total_q", "cu_seqlens_q", "max_seqlen_q", batch, s->max_seqlen_q) < 0 ||
         check_rows(k, "total_k", "cu_seqlens_k", "max_seqlen_k", batch, s->max_seqlen_k) < 0)
         return -1;
-    if (sinks && sinks->shape[0] != q->shape[1]) {
-        PyErr_Format(PyExc_ValueError,
-                     "sinks must have heads_q = %lld entries (one logit per query head), got %lld",
-                     (long long)q->shape[1], (long long)sinks->shape[0]);
-        return -1;
-    }
-    return 0;
+    return fa_check_sinks_shape(sinks, q->shape[1]);
 }
 
 static int varlen_check_shapes(fa_tensor *const *views, const void *args)

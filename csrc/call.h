@@ -118,6 +118,11 @@ typedef struct {
     const void *args; /* the op's scalars, for build */
 } fa_call;
 
+/* Shape rules several ops share, for their check_shapes and output_shape. */
+int fa_check_sinks_shape(const fa_tensor *sinks, int64_t heads_q); /* NULL sinks: 0 */
+/* lse (batch, heads_q, seqlen_q) of a (batch, seqlen_q, heads_q, head_dim) q in role 0. */
+void fa_lse_shape_of_q(fa_tensor *const *views, int role, int64_t *shape);
+
 /* Runs op on the call's arrays. Returns a tuple with one item per output role, in role order:
  * the given array, a new one (DeviceArray for device inputs, NumPy for host inputs; bfloat16
  * as uint16 bits), or None for an optional output not asked for. NULL with an exception set

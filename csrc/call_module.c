@@ -219,6 +219,26 @@ int fa_parse_flag(PyObject *obj, const char *name, int *flag)
 /* An int, float, or a NumPy scalar of either, for a float32 parameter: not a bool, not NaN,
  * >= 0 and at most FLT_MAX, so that it reaches the kernels as a finite float (values below
  * float32's smallest round to 0). An int too large for a double is out of range too. */
+int fa_check_sinks_shape(const fa_tensor *sinks, int64_t heads_q)
+{
+    if (sinks && sinks->shape[0] != heads_q) {
+        PyErr_Format(PyExc_ValueError,
+                     "sinks must have heads_q = %lld entries (one logit per query head), got %lld",
+                     (long long)heads_q, (long long)sinks->shape[0]);
+        return -1;
+    }
+    return 0;
+}
+
+void fa_lse_shape_of_q(fa_tensor *const *views, int role, int64_t *shape)
+{
+    const fa_tensor *q = views[0];
+    (void)role;
+    shape[0] = q->shape[0];
+    shape[1] = q->shape[2];
+    shape[2] = q->shape[1];
+}
+
 int fa_parse_real(PyObject *obj, const char *name, double *value)
 {
     if (PyBool_Check(obj) || PyArray_IsScalar(obj, Bool) || PyComplex_Check(obj) ||
