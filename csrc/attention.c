@@ -254,9 +254,9 @@ static int attention_plan_packed(fa_params *p, const attention_sizes *z)
     return 0;
 }
 
-int attention_plan_with(PyObject *module, const attention_sizes *z, const attention_scalars *s,
-                        const fa_grad_params *g, attention_planner planner, int arch_major,
-                        int arch_minor, int device, fa_plan *plan)
+/* The sizes and scalars every plan function checks first: a window of ints >= -1, a 16-bit
+ * float dtype. */
+int attention_plan_check(const attention_sizes *z, const attention_scalars *s)
 {
     if (attention_check_window(s->window_left, s->window_right) < 0)
         return -1;
@@ -271,6 +271,15 @@ int attention_plan_with(PyObject *module, const attention_sizes *z, const attent
         PyErr_Format(PyExc_ValueError, "dtype code must be 0 or 1, got %d", z->dtype);
         return -1;
     }
+    return 0;
+}
+
+int attention_plan_with(PyObject *module, const attention_sizes *z, const attention_scalars *s,
+                        const fa_grad_params *g, attention_planner planner, int arch_major,
+                        int arch_minor, int device, fa_plan *plan)
+{
+    if (attention_plan_check(z, s) < 0)
+        return -1;
     fa_binding b[ATTN_NUM_ROLES];
     bind_sizes(z, b);
     fa_op_params a;
@@ -282,19 +291,25 @@ int attention_plan_with(PyObject *module, const attention_sizes *z, const attent
         a.g = *g;
     else
         fa_grad_params_init(&a.g);
+    fa_kvcache_params_init(&a.c);
+    return attention_plan_on(module, &a, planner, arch_major, arch_minor, device, plan);
+}
 
+int attention_plan_on(PyObject *module, const fa_op_params *a, attention_planner planner,
+                      int arch_major, int arch_minor, int device, fa_plan *plan)
+{
     fa_call_error e;
     memset(&e, 0, sizeof e);
     fa_device dev;
     if (arch_major >= 0) {
         fa_error_status(&e, fa_device_nominal(arch_major, arch_minor, &dev));
         if (!e.kind)
-            fa_error_status(&e, planner(&a, &dev, plan));
+            fa_error_status(&e, planner(a, &dev, plan));
     } else {
         Py_BEGIN_ALLOW_THREADS
         fa_query_device(&device, &dev, &e);
         if (!e.kind)
-            fa_error_status(&e, planner(&a, &dev, plan));
+            fa_error_status(&e, planner(a, &dev, plan));
         Py_END_ALLOW_THREADS
         if (!e.kind)
             for (int l = 0; l < plan->num_launches; l++)

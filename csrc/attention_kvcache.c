@@ -247,6 +247,73 @@ static fa_status kvcache_check(const fa_op_params *a, int gpu)
     return fa_kvcache_check(&a->p, &a->c, gpu);
 }
 
+static fa_status plan_kvcache(const fa_op_params *a, const fa_device *dev, fa_plan *plan)
+{
+    return fa_kvcache_plan(&a->p, &a->c, dev, plan);
+}
+
+/* Compact arrays of the sizes at the placeholder: q and out (batch, seqlen_q, heads_q,
+ * head_dim); the caches (batch, seqlen_k, heads_kv, head_dim), or paged (batch * pages,
+ * page_size, ...) with a (batch, pages) block_table; k and v (batch, seqlen_new, ...) when
+ * seqlen_new > 0; cache_seqlens an array (batch,), as serving passes it: the plan then reads
+ * the caches' capacity, never the lengths (one int for every entry plans for that length). */
+int attention_kvcache_plan_impl(PyObject *module, const attention_sizes *z,
+                                const kvcache_scalars *s, int seqlen_new, int page_size,
+                                int arch_major, int arch_minor, int device, fa_plan *plan)
+{
+    if (attention_plan_check(z, &s->fwd) < 0)
+        return -1;
+    if (seqlen_new < 0 || page_size < 0 || s->num_splits < 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "seqlen_new (%d), page_size (%d) and num_splits (%d) must be >= 0",
+                     seqlen_new, page_size, s->num_splits);
+        return -1;
+    }
+    const int pages = page_size ? (z->seqlen_k + page_size - 1) / page_size : 0;
+    const int64_t q[4] = {z->batch, z->seqlen_q, z->heads_q, z->head_dim};
+    const int64_t cache[4] = {page_size ? (int64_t)z->batch * pages : z->batch,
+                              page_size ? page_size : z->seqlen_k, z->heads_kv, z->head_dim};
+    const int64_t added[4] = {z->batch, seqlen_new, z->heads_kv, z->head_dim};
+    const int64_t table[2] = {z->batch, pages};
+    const int64_t heads[1] = {z->heads_q}, entries[1] = {z->batch};
+    const struct {
+        int role, ndim;
+        const int64_t *shape;
+        int present;
+        fa_dtype dtype;
+    } arrays[] = {
+        {KVC_Q, 4, q, 1, (fa_dtype)z->dtype},
+        {KVC_K_CACHE, 4, cache, 1, (fa_dtype)z->dtype},
+        {KVC_V_CACHE, 4, cache, 1, (fa_dtype)z->dtype},
+        {KVC_K, 4, added, seqlen_new > 0, (fa_dtype)z->dtype},
+        {KVC_V, 4, added, seqlen_new > 0, (fa_dtype)z->dtype},
+        {KVC_CACHE_SEQLENS, 1, entries, 1, FA_DTYPE_INT32},
+        {KVC_BLOCK_TABLE, 2, table, page_size > 0, FA_DTYPE_INT32},
+        {KVC_SINKS, 1, heads, z->sinks, FA_FLOAT32},
+        {KVC_OUT, 4, q, 1, (fa_dtype)z->dtype},
+    };
+    fa_binding b[KVC_NUM_ROLES];
+    memset(b, 0, sizeof b);
+    for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++) {
+        fa_binding *x = &b[arrays[i].role];
+        x->present = arrays[i].present;
+        x->data = x->present ? fa_placeholder : NULL;
+        x->dtype = arrays[i].dtype;
+        const int nd = arrays[i].ndim;
+        x->strides[nd - 1] = 1;
+        for (int d = 0; d < nd; d++)
+            x->shape[d] = arrays[i].shape[d];
+        for (int d = nd - 2; d >= 0; d--)
+            x->strides[d] = x->strides[d + 1] * (x->shape[d + 1] > 0 ? x->shape[d + 1] : 1);
+    }
+    fa_op_params a;
+    fa_params_init(&a.p);
+    fa_grad_params_init(&a.g);
+    fa_kvcache_params_init(&a.c);
+    kvcache_build(&a, b, s);
+    return attention_plan_on(module, &a, plan_kvcache, arch_major, arch_minor, device, plan);
+}
+
 static fa_status kvcache_run_gpu(const fa_op_params *a, cudaStream_t stream)
 {
     return fa_kvcache(&a->p, &a->c, stream);

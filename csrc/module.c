@@ -314,36 +314,52 @@ static PyObject *py_launch_config(PyObject *module, PyObject *args, PyObject *kw
     static char *kwlist[] = {"batch",  "seqlen_q",   "seqlen_k",   "heads_q", "heads_kv",
                              "head_dim", "dtype",    "causal",     "arch_major", "arch_minor",
                              "kernel", "device",     "window_left", "window_right", "softcap",
-                             "sinks",  "backward", "deterministic", "varlen", NULL};
+                             "sinks",  "backward", "deterministic", "varlen", "kvcache",
+                             "seqlen_new", "page_size", "num_splits", NULL};
     attention_sizes z;
     attention_scalars s = {.softmax_scale = NAN, .kernel = FA_KERNEL_AUTO, .window_left = -1,
                            .window_right = -1};
     int arch_major = -1, arch_minor = 0, device = -1;
     PyObject *causal_obj = Py_False, *softcap_obj = NULL, *sinks_obj = Py_False;
     PyObject *backward_obj = Py_False, *det_obj = Py_False, *varlen_obj = Py_False;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiiiii|OiiiiiiOOOOO:launch_config", kwlist,
-                                     &z.batch, &z.seqlen_q, &z.seqlen_k, &z.heads_q, &z.heads_kv,
-                                     &z.head_dim, &z.dtype, &causal_obj, &arch_major, &arch_minor,
-                                     &s.kernel, &device, &s.window_left, &s.window_right,
-                                     &softcap_obj, &sinks_obj, &backward_obj, &det_obj,
-                                     &varlen_obj))
+    PyObject *kvcache_obj = Py_False;
+    int seqlen_new = 0, page_size = 0, num_splits = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiiiii|OiiiiiiOOOOOOiii:launch_config",
+                                     kwlist, &z.batch, &z.seqlen_q, &z.seqlen_k, &z.heads_q,
+                                     &z.heads_kv, &z.head_dim, &z.dtype, &causal_obj, &arch_major,
+                                     &arch_minor, &s.kernel, &device, &s.window_left,
+                                     &s.window_right, &softcap_obj, &sinks_obj, &backward_obj,
+                                     &det_obj, &varlen_obj, &kvcache_obj, &seqlen_new, &page_size,
+                                     &num_splits))
         return NULL;
-    int backward = 0;
+    int backward = 0, kvcache = 0;
     backward_scalars bs;
     if (fa_parse_flag(causal_obj, "causal", &s.causal) < 0 ||
         fa_parse_flag(sinks_obj, "sinks", &z.sinks) < 0 ||
         fa_parse_flag(varlen_obj, "varlen", &z.varlen) < 0 ||
         fa_parse_flag(backward_obj, "backward", &backward) < 0 ||
+        fa_parse_flag(kvcache_obj, "kvcache", &kvcache) < 0 ||
         fa_parse_flag(det_obj, "deterministic", &bs.deterministic) < 0 ||
         parse_softcap(softcap_obj, &s.softcap) < 0)
         return NULL;
-    bs.fwd = s;
-    fa_plan plan;
-    if ((backward ? attention_backward_plan_impl(module, &z, &bs, arch_major, arch_minor, device,
-                                                 &plan)
-                  : attention_plan_impl(module, &z, &s, arch_major, arch_minor, device, &plan)) < 0)
+    if (kvcache && (backward || z.varlen)) {
+        PyErr_SetString(PyExc_ValueError, "kvcache=True plans attention_with_kvcache(), which has "
+                                          "no backward and no packed variant: leave backward and "
+                                          "varlen False");
         return NULL;
-    return plan_to_dict(&plan);
+    }
+    bs.fwd = s;
+    const kvcache_scalars ks = {.fwd = s, .cache_seqlen = 0, .num_splits = num_splits};
+    fa_plan plan;
+    int rc;
+    if (kvcache)
+        rc = attention_kvcache_plan_impl(module, &z, &ks, seqlen_new, page_size, arch_major,
+                                         arch_minor, device, &plan);
+    else if (backward)
+        rc = attention_backward_plan_impl(module, &z, &bs, arch_major, arch_minor, device, &plan);
+    else
+        rc = attention_plan_impl(module, &z, &s, arch_major, arch_minor, device, &plan);
+    return rc < 0 ? NULL : plan_to_dict(&plan);
 }
 
 /* _no_gpu_reason(cuda_error, driver_version): the reason a no-GPU CudaError gives, for a given
@@ -463,11 +479,14 @@ static PyMethodDef module_methods[] = {
      "launch_config(*, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype,\n"
      "              causal=False, arch_major=-1, arch_minor=0, kernel=0, device=-1,\n"
      "              window_left=-1, window_right=-1, softcap=0.0, sinks=False,\n"
-     "              backward=False, deterministic=False, varlen=False)\n"
+     "              backward=False, deterministic=False, varlen=False, kvcache=False,\n"
+     "              seqlen_new=0, page_size=0, num_splits=0)\n"
      "--\n\n"
-     "The plan fa_forward (or, with backward, fa_backward) would run, without launching; varlen:\n"
-     "for batch packed entries of seqlen_q / seqlen_k rows. arch_major >= 0: a nominal\n"
-     "device of that compute capability (pure host); else the GPU `device` (-1: current)."},
+     "The plan fa_forward (or, with backward, fa_backward; with kvcache, fa_kvcache) would run,\n"
+     "without launching; varlen: for batch packed entries of seqlen_q / seqlen_k rows; kvcache:\n"
+     "caches of seqlen_k keys per entry (paged when page_size > 0), seqlen_new appended.\n"
+     "arch_major >= 0: a nominal device of that compute capability (pure host); else the GPU\n"
+     "`device` (-1: current)."},
     {"last_launch", (PyCFunction)py_last_launch, METH_NOARGS,
      "last_launch()\n--\n\nThe launch this thread issued last, as a dict, or None."},
     {"_no_gpu_reason", (PyCFunction)py_no_gpu_reason, METH_VARARGS,

@@ -91,6 +91,10 @@ typedef fa_status (*attention_planner)(const fa_op_params *a, const fa_device *d
 int attention_plan_with(PyObject *module, const attention_sizes *z, const attention_scalars *s,
                         const fa_grad_params *g, attention_planner planner, int arch_major,
                         int arch_minor, int device, fa_plan *plan);
+/* Its parts: the checks of the sizes and scalars, and the planning of built params a. */
+int attention_plan_check(const attention_sizes *z, const attention_scalars *s);
+int attention_plan_on(PyObject *module, const fa_op_params *a, attention_planner planner,
+                      int arch_major, int arch_minor, int device, fa_plan *plan);
 
 /* attention_backward.c: the backward. Roles, in the order of backward()'s arrays. */
 enum {
@@ -214,6 +218,13 @@ typedef struct {
     int cache_seqlen; /* every entry's cached keys when cache_seqlens is not an array */
     int num_splits;   /* 0: the plan picks */
 } kvcache_scalars;
+
+/* launch_config(kvcache=True): the plan of a KV-cache call of sizes z (seqlen_k: each entry's
+ * cache capacity), seqlen_new appended keys (0: none) and a paged cache of page_size keys per
+ * page (0: dense), as attention_plan_impl. */
+int attention_kvcache_plan_impl(PyObject *module, const attention_sizes *z,
+                                const kvcache_scalars *s, int seqlen_new, int page_size,
+                                int arch_major, int arch_minor, int device, fa_plan *plan);
 
 /* kvcache(): returns (out, lse or None); k_cache and v_cache are written in place. */
 PyObject *attention_kvcache_impl(PyObject *module, PyObject *const *arrays, PyObject *layouts,

@@ -886,12 +886,17 @@ def _dtype_name(dtype):
 
 def launch_config(*, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype, causal=False,
                   window_size=_NO_WINDOW, softcap=0.0, sinks=False, arch=None, kernel=None,
-                  backward=False, deterministic=False, varlen=False):
+                  backward=False, deterministic=False, varlen=False, kvcache=False, seqlen_new=0,
+                  page_size=0, num_splits=0):
     """The launch attention() would make for these sizes, computed without launching; with
     backward=True, attention_backward()'s plan (deterministic as there); with varlen=True,
     attention_varlen()'s (or attention_varlen_backward()'s) for batch packed entries of
     seqlen_q queries and seqlen_k keys each (the plan depends on the longest entries,
-    max_seqlen_q and max_seqlen_k, not on the offsets).
+    max_seqlen_q and max_seqlen_k, not on the offsets); with kvcache=True,
+    attention_with_kvcache()'s for caches of seqlen_k keys per entry (dense, or paged with
+    page_size keys per page when page_size > 0), seqlen_new new keys appended (0: none) and
+    num_splits as there, cache_seqlens an array (the plan then depends on the caches'
+    capacity, not on the lengths; an int cache_seqlens plans for that length instead).
 
     arch=(major, minor) computes it for a nominal GPU of that compute capability (pure host, no
     GPU needed: e.g. (8, 0) A100, (8, 9) L4, (9, 0) H100/H200); arch=None for the current GPU
@@ -906,10 +911,13 @@ def launch_config(*, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dty
     workspace_bytes as in last_launch(). A backward's main kernel is named
     bwd_<family>_hd<padded head_dim>_<fp16|bf16>, then _causal or _window, _softcap, _det
     (deterministic); its preprocess bwd_pre_<dtype> and postprocess bwd_post_<dtype> (each
-    with _sinks when sinks are given).
+    with _sinks when sinks are given). A KV-cache plan's launches: kvcache_append_<dtype> (with
+    seqlen_new > 0), the attention kernel (decode_sm80_hd<padded head_dim>_<dtype>, then _causal
+    or _window, _softcap, _split; or the forward family's), combine_<dtype> (split runs).
     """
     sizes = dict(batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, heads_q=heads_q,
-                 heads_kv=heads_kv, head_dim=head_dim)
+                 heads_kv=heads_kv, head_dim=head_dim, seqlen_new=seqlen_new,
+                 page_size=page_size, num_splits=num_splits)
     for name, value in sizes.items():
         if not _is_int(value):
             raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -936,7 +944,7 @@ def launch_config(*, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dty
                             window_left=left, window_right=right, softcap=softcap,
                             sinks=_flag("sinks", sinks), backward=_flag("backward", backward),
                             deterministic=_flag("deterministic", deterministic),
-                            varlen=_flag("varlen", varlen))
+                            varlen=_flag("varlen", varlen), kvcache=_flag("kvcache", kvcache))
 
 
 def last_launch():

@@ -235,3 +235,64 @@ def test_launch_config_takes_the_benchmark_dtype_spellings(short, long):
 def test_launch_config_short_float32_is_still_not_a_gpu_dtype():
     with pytest.raises(TypeError, match=r"float32"):
         config(H100, dtype="fp32")
+
+
+# ---- attention_with_kvcache's plan (kvcache=True) -------------------------------------------
+
+
+def kvcache_plan(arch=H100, **overrides):
+    shape = dict(batch=1, seqlen_q=1, seqlen_k=8192, heads_q=32, heads_kv=8, head_dim=128,
+                 dtype="bfloat16", kvcache=True)
+    shape.update(overrides)
+    cfg = fa.launch_config(**shape, arch=arch)
+    assert all(l["block"] == (384, 1, 1) for l in cfg["launches"])
+    assert cfg["launches"][cfg["main_launch"]]["kernel"] == cfg["kernel"]
+    return [(l["kernel"], l["grid"]) for l in cfg["launches"]], cfg["workspace_bytes"]
+
+
+@needs_sm80
+def test_kvcache_decode_is_split_by_the_wave_rule():
+    """One query row per entry, GQA 32:8: the 4 q heads of a kv head share a decode CTA; 8 CTAs
+    leave an H100/H200's 132 SMs idle, so the keys are split (14 parts at 8k keys and 15 at
+    128k: the plans the H200 ran in the measurements of benches/NOTES.md, "Serving v1") and
+    merged by the combine kernel through the workspace."""
+    launches, workspace = kvcache_plan(seqlen_new=1)
+    assert launches == [("kvcache_append_bf16", (1, 8, 1)),
+                        ("decode_sm80_hd128_bf16_split", (14, 8, 1)), ("combine_bf16", (1, 1, 1))]
+    assert workspace > 0
+    assert kvcache_plan(seqlen_k=131072)[0] == [("decode_sm80_hd128_bf16_split", (15, 8, 1)),
+                                                ("combine_bf16", (1, 1, 1))]
+    assert kvcache_plan(page_size=64)[0] == kvcache_plan()[0]
+
+
+@needs_sm80
+def test_kvcache_num_splits_is_taken_as_asked():
+    assert kvcache_plan(num_splits=1) == ([("decode_sm80_hd128_bf16", (1, 8, 1))], 0)
+    launches, workspace = kvcache_plan(num_splits=4)
+    assert launches == [("decode_sm80_hd128_bf16_split", (4, 8, 1)), ("combine_bf16", (1, 1, 1))]
+    assert workspace > 0
+
+
+@needs_sm80
+@needs_sm90
+def test_kvcache_long_chunks_run_the_forward_family():
+    """512 new queries per entry (x 4 q heads per kv head) are past the decode kernel's 128
+    packed rows: the forward family runs over the cache; paged caches whose page size the sm90
+    family cannot read (not a multiple of its 128-key blocks) run the sm80 family's."""
+    chunk = dict(batch=2, seqlen_q=512, seqlen_new=512, causal=True)
+    assert kvcache_plan(**chunk)[0] == [("kvcache_append_bf16", (8, 8, 2)),
+                                        ("fwd_sm90_hd128_bf16_causal", (132, 1, 1))]
+    assert kvcache_plan(**chunk, page_size=128)[0][1][0] == "fwd_sm90_hd128_bf16_causal"
+    assert kvcache_plan(**chunk, page_size=64)[0][1][0] == "fwd_sm80_hd128_bf16_causal"
+
+
+@pytest.mark.parametrize("kw, error, match", [
+    (dict(backward=True), ValueError, "kvcache=True plans attention_with_kvcache.*no backward"),
+    (dict(varlen=True), ValueError, "no packed variant"),
+    (dict(seqlen_new=-1), ValueError, r"seqlen_new must be in \[0, 2147483647\], got -1"),
+    (dict(page_size=-16), ValueError, r"page_size must be in \[0, 2147483647\], got -16"),
+    (dict(kernel="sm90"), ValueError, "kernel family sm90 has no split-KV decode kernel"),
+])
+def test_kvcache_plan_refusals_name_the_argument(kw, error, match):
+    with pytest.raises(error, match=match):
+        kvcache_plan(**kw)
