@@ -2,12 +2,15 @@
 
 Suites (--suite decode,varlen; both by default):
 
-decode   attention_with_kvcache on one new query row per sequence (seqlen_q 1), GQA 32:8 and 8:1
-         at head_dim 128 (--gqa, --head-dim), batch 1, 8, 64, caches of 1k-128k keys,
-         dense and paged (--page-size, 64 by default), every sequence at the cache's length.
-         Baselines see the dense cache as (B, Hkv, S, D) and call SDPA with enable_gqa=True
-         under each backend (default dispatch, cudnn, flash). Reported: microseconds per call
-         and GB/s of K and V read (2 * B * S * Hkv * D * itemsize bytes per call).
+decode   attention_with_kvcache on one new query row per sequence (seqlen_q 1), every sequence
+         at the cache's length, over the product of --dtype (bf16, fp16), --head-dim (64, 128),
+         --gqa (32:8, 64:8, 8:1), --batches (1, 8, 64, 256) and --caches (1k, 8k, 32k, 128k
+         keys), skipping caches past --max-cache-gb: the serving issue's suite, 192
+         configurations before the skip, each printed as it completes. Dense and paged
+         (--page-size, 64 by default). Baselines see the dense cache as (B, Hkv, S, D) and call
+         SDPA with enable_gqa=True under each backend (default dispatch, cudnn, flash).
+         Reported: microseconds per call and GB/s of K and V read (2 * B * S * Hkv * D *
+         itemsize bytes per call).
 varlen   attention_varlen on ragged causal batches whose lengths follow a long-tailed
          (log-normal) distribution, 16k tokens, 16 heads, head_dim 128, against SDPA on the
          zero-padded batch (a boolean mask of causal and key padding) and on nested jagged
@@ -45,11 +48,12 @@ FIELDS = ("suite", "impl", "status", "dtype", "B", "Hq", "Hkv", "Sq", "Sk", "D",
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--suite", default="decode,varlen")
-    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
-    p.add_argument("--batches", default="1,8,64")
-    p.add_argument("--caches", default="1024,4096,8192,16384,65536,131072")
-    p.add_argument("--gqa", default="32:8,8:1", help="heads_q:heads_kv pairs of the decode suite")
-    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--dtype", default="bf16,fp16", help="bf16 and/or fp16, comma-separated")
+    p.add_argument("--batches", default="1,8,64,256")
+    p.add_argument("--caches", default="1024,8192,32768,131072")
+    p.add_argument("--gqa", default="32:8,64:8,8:1",
+                   help="heads_q:heads_kv pairs of the decode suite")
+    p.add_argument("--head-dim", default="64,128", help="the decode suite's head dims")
     p.add_argument("--page-size", type=int, default=64)
     p.add_argument("--max-cache-gb", type=float, default=40.0,
                    help="skip decode configs whose K+V cache exceeds this")
@@ -60,7 +64,12 @@ def parse_args(argv=None):
     p.add_argument("--plot", action="store_true")
     p.add_argument("--out-dir", default=os.path.join(HERE, "results"))
     p.add_argument("--git-commit", default=None)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.dtypes = args.dtype.split(",")
+    if not args.dtypes or any(d not in ("bf16", "fp16") for d in args.dtypes):
+        p.error(f"--dtype: bf16 and/or fp16, comma-separated, got {args.dtype!r}")
+    args.head_dims = [int(x) for x in args.head_dim.split(",")]
+    return args
 
 
 def time_impls(torch, impls, repeats, calls):
@@ -110,11 +119,14 @@ def launched_kernels(fa):
 # --------------------------------------------------------------------------------------------
 
 def decode_configs(args):
-    for pair in args.gqa.split(","):
-        hq, hkv = (int(x) for x in pair.split(":"))
-        for b in (int(x) for x in args.batches.split(",")):
-            for s in (int(x) for x in args.caches.split(",")):
-                yield b, hq, hkv, s
+    """(dtype name, head_dim, batch, heads_q, heads_kv, cache keys) of the decode suite."""
+    for name in args.dtypes:
+        for d in args.head_dims:
+            for pair in args.gqa.split(","):
+                hq, hkv = (int(x) for x in pair.split(":"))
+                for b in (int(x) for x in args.batches.split(",")):
+                    for s in (int(x) for x in args.caches.split(",")):
+                        yield name, d, b, hq, hkv, s
 
 
 def decode_reference(F, torch, qt, kt, vt):
@@ -128,11 +140,11 @@ def decode_reference(F, torch, qt, kt, vt):
 def run_decode(torch, fa, args, env, writer, rows):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     import torch.nn.functional as F
-    dt = getattr(torch, bl.DTYPE_NAMES[args.dtype])
-    D, page = args.head_dim, args.page_size
+    page = args.page_size
     backends = {"sdpa_default": None, "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION,
                 "sdpa_flash": SDPBackend.FLASH_ATTENTION}
-    for B, Hq, Hkv, S in decode_configs(args):
+    for dtype_name, D, B, Hq, Hkv, S in decode_configs(args):
+        dt = getattr(torch, bl.DTYPE_NAMES[dtype_name])
         kv_bytes = 2 * B * S * Hkv * D * 2
         if kv_bytes > args.max_cache_gb * 1e9:
             continue
@@ -181,7 +193,7 @@ def run_decode(torch, fa, args, env, writer, rows):
         timed = {n: f for n, f in impls.items() if checked[n][0]}
         samples = time_impls(torch, timed, args.repeats, args.calls) if timed else {}
         for name, (passed, err, tol) in checked.items():
-            row = dict(env, suite="decode", impl=name, dtype=args.dtype, B=B, Hq=Hq, Hkv=Hkv,
+            row = dict(env, suite="decode", impl=name, dtype=dtype_name, B=B, Hq=Hq, Hkv=Hkv,
                        Sq=1, Sk=S, D=D, layout="paged" if name == "ours_paged" else "dense",
                        page_size=page if name == "ours_paged" else "", lengths="uniform",
                        max_abs_err=err, tol=tol, kernels=kernels[name])
@@ -215,12 +227,12 @@ def ragged_lengths(rng_seed, total, longest, sigma):
 
 def run_varlen(torch, fa, args, env, writer, rows):
     import torch.nn.functional as F
-    dt = getattr(torch, bl.DTYPE_NAMES[args.dtype])
     H, D, total = 16, 128, 16384
     cases = [("ragged_s1", ragged_lengths(args.seed, total, 8192, 1.0)),
              ("ragged_s2", ragged_lengths(args.seed + 1, total, 8192, 1.5)),
              ("equal_2k", [2048] * 8)]
-    for tag, lens in cases:
+    for dtype_name, (tag, lens) in ((d, c) for d in args.dtypes for c in cases):
+        dt = getattr(torch, bl.DTYPE_NAMES[dtype_name])
         B, T, L = len(lens), sum(lens), max(lens)
         g = torch.Generator(device="cuda").manual_seed(args.seed)
         q = torch.randn(T, H, D, device="cuda", dtype=dt, generator=g)
@@ -281,7 +293,7 @@ def run_varlen(torch, fa, args, env, writer, rows):
         timed = {n: f for n, f in impls.items() if checked[n][0]}
         samples = time_impls(torch, timed, args.repeats, max(1, args.calls // 4)) if timed else {}
         for name, (passed, err, tol) in checked.items():
-            row = dict(env, suite="varlen", impl=name, dtype=args.dtype, B=B, Hq=H, Hkv=H, Sq=L,
+            row = dict(env, suite="varlen", impl=name, dtype=dtype_name, B=B, Hq=H, Hkv=H, Sq=L,
                        Sk=L, D=D, layout=tag, lengths=" ".join(str(l) for l in lens)[:400],
                        max_abs_err=err, tol=tol, kernels=kernels[name])
             if passed is None:
@@ -311,32 +323,37 @@ def plot(rows, stem):
     import matplotlib.pyplot as plt
     dec = [r for r in rows if r["suite"] == "decode" and r["status"] == "ok"]
     if dec:
-        groups = sorted({(r["B"], r["Hq"], r["Hkv"]) for r in dec})
-        fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.6), squeeze=False)
-        for ax, (B, Hq, Hkv) in zip(axes[0], groups):
+        key = lambda r: (r["dtype"], r["D"], r["Hq"], r["Hkv"], r["B"])
+        groups = sorted({key(r) for r in dec})
+        cols = min(6, len(groups))
+        rows_n = (len(groups) + cols - 1) // cols
+        fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3.4 * rows_n), squeeze=False)
+        for ax in axes.flat[len(groups):]:
+            ax.set_visible(False)
+        for ax, group in zip(axes.flat, groups):
             for impl in sorted({r["impl"] for r in dec}):
-                pts = sorted((r["Sk"], r["gbs"]) for r in dec
-                             if r["impl"] == impl and (r["B"], r["Hq"], r["Hkv"]) == (B, Hq, Hkv))
+                pts = sorted((r["Sk"], r["gbs"]) for r in dec if r["impl"] == impl and key(r) == group)
                 if pts:
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
             ax.set_xscale("log", base=2)
-            ax.set_title("decode B=%d %d:%d" % (B, Hq, Hkv))
+            ax.set_title("%s hd%d %d:%d B=%d" % group, fontsize=9)
             ax.set_xlabel("cache keys")
             ax.set_ylabel("GB/s of K+V")
-        axes[0][0].legend(fontsize=7)
+        axes.flat[0].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(stem + "_decode.png", dpi=110)
     var = [r for r in rows if r["suite"] == "varlen" and r["status"] == "ok"]
     if var:
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        cases = sorted({r["layout"] for r in var})
+        fig, ax = plt.subplots(figsize=(8, 3.6))
+        cases = sorted({(r["dtype"], r["layout"]) for r in var})
         impls = sorted({r["impl"] for r in var})
         width = 0.8 / max(1, len(impls))
         for i, impl in enumerate(impls):
-            ys = [next((r["tflops"] for r in var if r["impl"] == impl and r["layout"] == c), 0)
-                  for c in cases]
+            ys = [next((r["tflops"] for r in var
+                        if r["impl"] == impl and (r["dtype"], r["layout"]) == c), 0) for c in cases]
             ax.bar([j + i * width for j in range(len(cases))], ys, width, label=impl)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cases))], cases)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cases))],
+                      ["%s\n%s" % c for c in cases], fontsize=7)
         ax.set_ylabel("useful TFLOP/s")
         ax.legend(fontsize=7)
         fig.tight_layout()

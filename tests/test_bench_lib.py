@@ -939,3 +939,22 @@ def test_cli_report_of_a_backward_csv(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "backward" in res.stdout and "fa throughput bwd ours_sm80: geomean 1.25x" in res.stdout
     assert "MB sm80" in res.stdout
+
+
+# ---- bench_serving's decode suite -----------------------------------------------------------
+
+def test_serving_decode_suite_is_the_issues_product():
+    """dtypes x head dims x GQA x batches x caches; --dtype names only bf16 and fp16."""
+    import bench_serving as bs
+
+    configs = list(bs.decode_configs(bs.parse_args([])))
+    assert len(configs) == 2 * 2 * 3 * 4 * 4
+    assert {c[0] for c in configs} == {"bf16", "fp16"} and {c[1] for c in configs} == {64, 128}
+    assert {(c[3], c[4]) for c in configs} == {(32, 8), (64, 8), (8, 1)}
+    assert {c[2] for c in configs} == {1, 8, 64, 256}
+    assert {c[5] for c in configs} == {1024, 8192, 32768, 131072}
+    narrow = bs.parse_args(["--dtype", "fp16", "--head-dim", "128", "--gqa", "8:1",
+                            "--batches", "1", "--caches", "4096"])
+    assert list(bs.decode_configs(narrow)) == [("fp16", 128, 1, 8, 1, 4096)]
+    with pytest.raises(SystemExit):
+        bs.parse_args(["--dtype", "bf16,fp32"])
