@@ -171,6 +171,26 @@ def test_mask_function_overlays_raise():
         fa_transformers.padding_mask(1, 4, 4, mask_function=chunked)
 
 
+def test_mask_patterns_are_read_once_per_fingerprint(monkeypatch):
+    """transformers makes a fresh mask closure at every forward: the pattern is read once for
+    each distinct function and parameters (a sliding window of 5 and one of 6 differ), never
+    for a function over per-token tensors, whose pattern can change between calls."""
+    probed = []
+    probe = fa_transformers._probe_pattern
+    monkeypatch.setattr(fa_transformers, "_CHECKED", set())
+    monkeypatch.setattr(fa_transformers, "_probe_pattern",
+                        lambda f: probed.append(f) or probe(f))
+    window = transformers.masking_utils.sliding_window_causal_mask_function
+    for w in (5, 5, 6, 5, 6):
+        fa_transformers.padding_mask(1, 4, 4, mask_function=window(w))
+    assert len(probed) == 2
+    chunked = transformers.masking_utils.chunked_causal_mask_function
+    for _ in range(2):
+        with pytest.raises(NotImplementedError, match="chunked"):
+            fa_transformers.padding_mask(1, 4, 4, mask_function=chunked(8, torch.zeros(1).long()))
+    assert len(probed) == 4
+
+
 @pytest.mark.parametrize("kind", ["llama", "gemma2"])
 def test_gpu_prefill_and_generate_bf16(kind):
     """On the GPU in bfloat16: logits of real tokens within bf16 noise of eager's, and generate
