@@ -171,13 +171,37 @@ def test_mask_function_overlays_raise():
         fa_transformers.padding_mask(1, 4, 4, mask_function=chunked)
 
 
+def test_cross_attention_keeps_every_query_and_masks_the_keys():
+    """A bidirectional layer whose keys are another sequence's (an encoder's, padded): the mask
+    function keeps every key position, and each query sees exactly its row's real keys."""
+    bidirectional = transformers.masking_utils.bidirectional_mask_function
+    keys = torch.ones(2, 7, dtype=torch.bool)
+    keys[1, 5:] = False
+    mask = fa_transformers.padding_mask(2, 3, 7, mask_function=bidirectional,
+                                        attention_mask=keys)
+    assert torch.equal(mask, keys)
+
+    class CrossAttention:
+        is_causal = False
+
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(2, 4, 3, 16, generator=g)   # (batch, heads_q, decoder tokens, head_dim)
+    k = torch.randn(2, 2, 7, 16, generator=g)   # (batch, heads_kv, encoder tokens, head_dim)
+    v = torch.randn(2, 2, 7, 16, generator=g)
+    out, weights = fa_transformers.attention_forward(CrossAttention(), q, k, v, mask)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), attn_mask=mask[:, None, None, :])
+    assert weights is None and out.shape == (2, 3, 4, 16)
+    assert (out - ref.transpose(1, 2)).abs().max().item() <= 1e-5
+
+
 def test_mask_patterns_are_read_once_per_fingerprint(monkeypatch):
     """transformers makes a fresh mask closure at every forward: the pattern is read once for
     each distinct function and parameters (a sliding window of 5 and one of 6 differ), never
     for a function over per-token tensors, whose pattern can change between calls."""
     probed = []
     probe = fa_transformers._probe_pattern
-    monkeypatch.setattr(fa_transformers, "_CHECKED", set())
+    monkeypatch.setattr(fa_transformers, "_CHECKED", {})
     monkeypatch.setattr(fa_transformers, "_probe_pattern",
                         lambda f: probed.append(f) or probe(f))
     window = transformers.masking_utils.sliding_window_causal_mask_function

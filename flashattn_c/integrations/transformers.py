@@ -10,7 +10,8 @@ through flashattn_c:
 - no padding: attention() on the (batch, seqlen, heads, head_dim) views of transformers' tensors,
   GQA without repeating k and v;
 - a padded batch (left or right): the tokens that the 2D padding mask keeps are packed and run
-  through attention_varlen, one entry per row; padded query rows come back as zeros;
+  through attention_varlen, one entry per row; padded query rows come back as zeros (in
+  cross-attention, a bidirectional layer over another sequence's keys, every query is kept);
 - the layer's own arguments: its causal flag (the `is_causal` keyword, else `module.is_causal`),
   `scaling`, `sliding_window` (a token sees itself and the `sliding_window - 1` before it, as
   transformers' masks say), `softcap` (Gemma 2) and `s_aux`, the attention sinks (gpt-oss).
@@ -53,18 +54,20 @@ def padding_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_
                  attention_mask=None, use_vmap=False, **kwargs):
     """transformers' mask-function protocol: returns None when every key of every row is a real
     token, else a bool (batch, n) mask of the layer's first n keys (True = a token to attend to;
-    the keys run from position kv_offset). n is kv_length, or fewer with a static cache, whose
-    slots past the tokens seen so far hold nothing yet; the attention function reads only the
-    mask's keys, and takes the queries as its last seqlen_q."""
+    the keys run from position kv_offset). n is kv_length, or, for causal self-attention, fewer
+    with a static cache, whose slots past the tokens seen so far hold nothing yet; the attention
+    function reads only the mask's keys. Bidirectional masks keep every key: their keys need not
+    be the queries' tokens (cross-attention to an encoder's)."""
     import torch
 
     if use_vmap:
         raise NotImplementedError(
             f"the {NAME} attention backend runs causal, sliding-window and bidirectional masks "
             "with padding; this model adds a mask overlay (or_mask_function / and_mask_function)")
-    if mask_function is not None:
-        _check_pattern(mask_function)
+    pattern = _check_pattern(mask_function) if mask_function is not None else "causal"
     seen = int(q_offset) + q_length - int(kv_offset)  # keys holding tokens, from the layer's first
+    if pattern == "bidirectional":
+        seen = kv_length
     if attention_mask is None:
         if seen >= kv_length:
             return None
@@ -73,7 +76,7 @@ def padding_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_
     return None if mask.shape[1] == kv_length and bool(mask.all()) else mask
 
 
-_CHECKED = set()  # fingerprints of the mask functions whose pattern was read and allowed
+_CHECKED = {}  # fingerprint of a mask function -> its pattern, read once
 
 
 def _fingerprint(obj, depth=0):
@@ -96,14 +99,16 @@ def _fingerprint(obj, depth=0):
 def _check_pattern(mask_function):
     """The keys that rows _PROBE_ROW and _PROBE_ROW - 1 see must be what one of the kernels' masks
     shows: every key (bidirectional), every key up to the row (causal), or the w keys ending at it
-    (sliding window, w the same for both rows). Read once per fingerprint: the probe evaluates
-    the function at 2 x 2^18 positions, and a model makes its masks at every forward."""
+    (sliding window, w the same for both rows); returns which. Read once per fingerprint: the
+    probe evaluates the function at 2 x 2^18 positions, and a model makes its masks at every
+    forward."""
     key = _fingerprint(mask_function)
     if key is not None and key in _CHECKED:
-        return
-    _probe_pattern(mask_function)
+        return _CHECKED[key]
+    pattern = _probe_pattern(mask_function)
     if key is not None:
-        _CHECKED.add(key)
+        _CHECKED[key] = pattern
+    return pattern
 
 
 def _probe_pattern(mask_function):
@@ -125,12 +130,13 @@ def _probe_pattern(mask_function):
     causal = all(s == (0, row) for s, row in zip(spans, rows))
     window = (all(s is not None and s[1] == row for s, row in zip(spans, rows))
               and spans[0][1] - spans[0][0] == spans[1][1] - spans[1][0])
-    if not (bidirectional or causal or window):
-        raise NotImplementedError(
-            f"the {NAME} attention backend runs causal, sliding-window and bidirectional masks "
-            f"with padding; this model's mask function ({getattr(mask_function, '__name__', '?')})"
-            " makes another pattern (chunked attention, or sequences packed into one row through"
-            " position_ids: pass an attention_mask instead)")
+    if bidirectional or causal or window:
+        return "bidirectional" if bidirectional else "causal" if causal else "window"
+    raise NotImplementedError(
+        f"the {NAME} attention backend runs causal, sliding-window and bidirectional masks "
+        f"with padding; this model's mask function ({getattr(mask_function, '__name__', '?')})"
+        " makes another pattern (chunked attention, or sequences packed into one row through"
+        " position_ids: pass an attention_mask instead)")
 
 
 # ---- the attention function ----------------------------------------------------------------------
@@ -167,17 +173,21 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
 
 
 def _padded(q, k, v, mask, options):
-    """Pack the kept tokens, one varlen entry per row, and scatter the output back. Query rows are
-    the last seqlen_q positions of the keys' mask (all of them when seqlen_q == seqlen_k)."""
+    """Pack the kept tokens, one varlen entry per row, and scatter the output back. In causal
+    self-attention the queries are the last seqlen_q tokens of the keys' mask; a decode step's
+    query, and every query of a bidirectional layer whose keys are another sequence's (seqlen_q
+    != seqlen_k: cross-attention), is a real token."""
     torch = _torch()
     batch, seqlen_q, heads_q, head_dim = q.shape
     seqlen_k = mask.shape[1]
     k, v = k[:, :seqlen_k], v[:, :seqlen_k]
-    rows_q = mask[:, -seqlen_q:] if seqlen_q <= seqlen_k else None
-    if rows_q is None:
+    causal = options["causal"]
+    if causal and seqlen_q > seqlen_k:
         raise ValueError(f"seqlen_q {seqlen_q} exceeds the mask's {seqlen_k} keys")
-    if seqlen_q == 1:  # a decode step: the new token is real in every row
-        rows_q = torch.ones_like(rows_q)
+    if seqlen_q == 1 or (not causal and seqlen_q != seqlen_k):
+        rows_q = torch.ones(batch, seqlen_q, dtype=torch.bool, device=mask.device)
+    else:
+        rows_q = mask[:, -seqlen_q:]
     keep_k = mask.flatten().nonzero().flatten()
     keep_q = rows_q.flatten().nonzero().flatten()
     cu_k = _offsets(mask.sum(1, dtype=torch.int32))
