@@ -296,3 +296,36 @@ def test_kvcache_long_chunks_run_the_forward_family():
 def test_kvcache_plan_refusals_name_the_argument(kw, error, match):
     with pytest.raises(error, match=match):
         kvcache_plan(**kw)
+
+
+def documented_splits(ctas, seqlen_k, sm_count):
+    """kvcache.c's split rule as its header states it: none when the CTAs fill 80% of the
+    SMs; else the smallest s (at least 512 keys a split, at most 128) whose wave efficiency
+    w / ceil(w), w = ctas * s / SMs, is within 85% of the best."""
+    if ctas >= sm_count * 4 // 5:
+        return 1
+    most = min(seqlen_k // 512, 128)
+    if most <= 1:
+        return 1
+    eff = {s: (ctas * s / sm_count) / math.ceil(ctas * s / sm_count - 1e-6)
+           for s in range(1, most + 1)}
+    best = max(eff.values())
+    return next(s for s in range(1, most + 1) if eff[s] >= 0.85 * best)
+
+
+@needs_sm80
+@pytest.mark.parametrize("arch", [A100, L4, H100])
+@pytest.mark.parametrize("batch, heads, seqlen_k", [
+    (1, (32, 8), 1024), (1, (32, 8), 8192), (1, (8, 1), 131072), (2, (64, 8), 4096),
+    (4, (32, 8), 65536), (8, (8, 1), 2000), (16, (32, 8), 8192), (64, (32, 8), 8192)])
+def test_kvcache_split_count_follows_the_documented_rule(arch, batch, heads, seqlen_k):
+    hq, hkv = heads
+    cfg = fa.launch_config(batch=batch, seqlen_q=1, seqlen_k=seqlen_k, heads_q=hq, heads_kv=hkv,
+                           head_dim=128, dtype="bf16", kvcache=True, arch=arch)
+    main = cfg["launches"][cfg["main_launch"]]
+    ctas = batch * hkv  # one 16-row tile holds the hq / hkv query rows of a kv head
+    splits = documented_splits(ctas, seqlen_k, SM_COUNT[arch])
+    assert main["grid"] == (splits, hkv, batch)
+    assert main["kernel"].endswith("_split") == (splits > 1)
+    assert [l["kernel"] for l in cfg["launches"]][1:] == (["combine_bf16"] if splits > 1 else [])
+    assert (cfg["workspace_bytes"] > 0) == (splits > 1)
