@@ -284,7 +284,7 @@ static PyObject *da_get_stream(fa_device_array *self, void *c)
 static PyObject *da_get_allocator(fa_device_array *self, void *c)
 {
     (void)c;
-    return PyUnicode_FromString(self->exact_alloc ? "cudaMalloc" : "cudaMallocAsync");
+    return PyUnicode_FromString(self->exact_alloc ? "cudaMalloc" : "cudaMallocFromPoolAsync");
 }
 
 static PyObject *da_get_cai(fa_device_array *self, void *c)
@@ -676,7 +676,8 @@ static PyGetSetDef da_getset[] = {
     {"stream", (getter)da_get_stream, NULL,
      "Handle of the stream the memory is ordered on (0 = legacy default stream).", NULL},
     {"allocator", (getter)da_get_allocator, NULL,
-     "'cudaMallocAsync' (the stream-ordered pool, the default) or 'cudaMalloc' (exact-size\n"
+     "'cudaMallocFromPoolAsync' (flashattn_c's stream-ordered pool, the default) or\n"
+     "'cudaMalloc' (exact-size\n"
      "allocations, chosen with FLASHATTN_C_EXACT_ALLOC=1 when the array was made).", NULL},
     {"__cuda_array_interface__", (getter)da_get_cai, NULL,
      "CUDA array interface v3 (float16 / float32 only: bfloat16 has no type string).", NULL},
@@ -691,7 +692,8 @@ static PyType_Slot da_slots[] = {
     {Py_tp_doc,
      (void *)"Owning device buffer returned by flashattn_c.attention for device inputs of no\n"
              "known framework (torch and CuPy inputs get their own type back through it).\n\n"
-             "Allocated with cudaMallocAsync on the launch stream and freed with cudaFreeAsync\n"
+             "Allocated from flashattn_c's stream-ordered pool on the launch stream\n"
+             "(cudaMallocFromPoolAsync) and freed with cudaFreeAsync\n"
              "on the same stream once neither the array nor any DLPack export of it is alive\n"
              "(cudaMalloc / cudaFree of exactly nbytes under FLASHATTN_C_EXACT_ALLOC=1).\n"
              "A stream passed as an object is kept alive by the array; a raw integer handle\n"

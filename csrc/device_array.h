@@ -2,8 +2,8 @@
  * device_array.h -- flashattn_c.DeviceArray, the owning device buffer results come back in,
  * and the module state shared by the extension's Python-facing sources.
  *
- * A DeviceArray owns one compact row-major allocation made with cudaMallocAsync on the stream
- * of the launch that fills it, and frees it with cudaFreeAsync on that same stream (or, opted
+ * A DeviceArray owns one compact row-major allocation made stream-ordered (device_buffer.h's
+ * pool) on the stream of the launch that fills it, and frees it with cudaFreeAsync on that same stream (or, opted
  * into with FLASHATTN_C_EXACT_ALLOC=1, cudaMalloc / cudaFree of exactly nbytes). It exports
  * __dlpack__ / __dlpack_device__ (so torch.from_dlpack / cupy.from_dlpack take it with no
  * copy) and, except for bfloat16, __cuda_array_interface__ v3. Shapes up to 4-D: out is
@@ -57,7 +57,7 @@ fa_device_array *fa_device_array_new(PyTypeObject *type, int ndim, const int64_t
                                      fa_dtype dtype, int device, uintptr_t stream,
                                      PyObject *stream_owner);
 
-/* Allocates a->nbytes: cudaMallocAsync on a->stream, or cudaMalloc in exact mode. The current
+/* Allocates a->nbytes: from the pool on a->stream, or cudaMalloc in exact mode. The current
  * device must be a->device. No Python calls: usable with the GIL released (nobody else can see
  * `a` yet). */
 cudaError_t fa_device_array_allocate(fa_device_array *a);

@@ -392,6 +392,20 @@ static PyObject *archs_list(fa_kernel_family family)
     return list;
 }
 
+static PyObject *py_pool_usage(PyObject *module, PyObject *args)
+{
+    int device;
+    if (!PyArg_ParseTuple(args, "i:_pool_usage", &device))
+        return NULL;
+    size_t used, reserved;
+    const cudaError_t err = fa_device_pool_usage(device, &used, &reserved);
+    if (err != cudaSuccess)
+        return PyErr_Format(PyExc_RuntimeError, "reading the pool of cuda:%d failed: %s", device,
+                            cudaGetErrorName(err));
+    (void)module;
+    return Py_BuildValue("(nn)", (Py_ssize_t)used, (Py_ssize_t)reserved);
+}
+
 static PyObject *py_build_info(PyObject *module, PyObject *unused)
 {
     (void)module;
@@ -492,6 +506,9 @@ static PyMethodDef module_methods[] = {
     {"_no_gpu_reason", (PyCFunction)py_no_gpu_reason, METH_VARARGS,
      "_no_gpu_reason(cuda_error, driver_version)\n--\n\n"
      "The reason a no-GPU CudaError states for that cudaError_t and driver version (tests)."},
+    {"_pool_usage", (PyCFunction)py_pool_usage, METH_VARARGS,
+     "_pool_usage(device)\n--\n\n"
+     "(used, reserved) bytes of flashattn_c's stream-ordered pool on cuda:device (tests)."},
     {"build_info", (PyCFunction)py_build_info, METH_NOARGS,
      "build_info()\n--\n\nLaunch contract constants and compiled kernel families."},
     {NULL, NULL, 0, NULL},

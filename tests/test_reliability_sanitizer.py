@@ -97,7 +97,7 @@ def test_small_shapes(rng, family, case):
                             kernel=kernel)
         exact = os.environ.get("FLASHATTN_C_EXACT_ALLOC") == "1"
         for array in arrays:
-            assert array.allocator == ("cudaMalloc" if exact else "cudaMallocAsync")
+            assert array.allocator == ("cudaMalloc" if exact else "cudaMallocFromPoolAsync")
         got, lse = (torch.from_dlpack(a) for a in arrays)
     else:
         got, lse = _C.forward(dq, dk, dv, out, causal=causal, return_lse=True, stream=stream,
