@@ -789,10 +789,12 @@ static void wait_for_stream(job *j, cudaStream_t ours, uintptr_t producer)
 
 /* Asks the driver where a view's memory lives: __cuda_array_interface__ does not say, and a
  * DLPack producer's claim of kDLCUDA is checked rather than trusted (a host address handed to
- * the kernel would fault, or silently read host memory). */
+ * the kernel would fault, or silently read host memory). A torch tensor's layout needs no
+ * question: its device is torch's own record of where its allocator put the memory (and the
+ * question costs a driver call per array on the path that exists to be fast). */
 static int locate_device_view(job *j, fa_tensor *t)
 {
-    if (!t->data)
+    if (!t->data || t->device_read_off_owner)
         return 0;
     struct cudaPointerAttributes attr;
     cudaError_t err = cudaPointerGetAttributes(&attr, t->data);

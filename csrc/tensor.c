@@ -807,6 +807,7 @@ int fa_tensor_from_layout(PyObject *obj, PyObject *layout, const char *name, fa_
     snprintf(t->dtype_name, sizeof t->dtype_name, "%s", fa_dtype_str(dtype));
     t->on_device = 1;
     t->device_id = device;
+    t->device_read_off_owner = 1;
     t->data = (void *)(uintptr_t)ptr;
     t->owner = Py_NewRef(obj);
     return 0;

@@ -124,6 +124,8 @@ typedef struct {
     char dtype_name[40];                 /* "float16", "bfloat16", "float64", "int32", ... */
     int on_device;                       /* 1: CUDA device memory; 0: host memory */
     int device_id;                       /* CUDA ordinal; -1: host, or not yet known */
+    int device_read_off_owner;           /* device_id is the framework's own record of where
+                                            its tensor lives (a layout), not a protocol's claim */
     int readonly;
     int has_stream;     /* __cuda_array_interface__ named a stream our work must wait for */
     uintptr_t stream;   /* that stream (1 = legacy default, 2 = per-thread default) */

@@ -238,13 +238,16 @@ def _torch_layout(torch, t, fixed=None):
     if not _TORCH_DTYPE_CODES:
         _TORCH_DTYPE_CODES.update({torch.float16: _C.FLOAT16, torch.bfloat16: _C.BFLOAT16,
                                    torch.float32: _C.FLOAT32, torch.int32: _C.INT32})
-    if not isinstance(t, torch.Tensor) or not t.is_cuda:
+    if not isinstance(t, torch.Tensor):
         return None
     code = _TORCH_DTYPE_CODES.get(t.dtype)
-    wanted = code == fixed if fixed is not None else code in (_C.FLOAT16, _C.BFLOAT16)
-    if not wanted:
+    if code is None or (code != fixed if fixed is not None else
+                        code != _C.FLOAT16 and code != _C.BFLOAT16):
         return None
-    return (t.data_ptr(), t.shape, t.stride(), code, t.device.index)
+    device = t.get_device()  # -1 on the host; an int, with no torch.device made
+    if device < 0:
+        return None
+    return (t.data_ptr(), t.shape, t.stride(), code, device)
 
 
 def _torch_current_stream(torch, device):
@@ -280,23 +283,25 @@ def _torch_call(c_op, roles, arrays, new_outputs, extra):
     such a tensor: the general path then takes the call (and names what is wrong). Validation
     is the C layer's, as for every other input."""
     torch = sys.modules["torch"]
-    layouts = {}
-    for name, _, fixed in roles:
-        if arrays.get(name) is not None:
-            layouts[name] = _torch_layout(torch, arrays[name], fixed)
-            if layouts[name] is None:
-                return None
-    device = arrays[roles[0][0]].device
-    arrays = dict(arrays)
+    called, layouts = {}, []
+    device = None
     for name, _, fixed in roles:  # in role order, as _C allocates its own outputs
-        if name in new_outputs and arrays.get(name) is None:
+        x = arrays.get(name)
+        if x is None and name in new_outputs:
             shape, dtype = new_outputs[name]
-            arrays[name] = _torch_empty(torch, shape, dtype, device)
-            layouts[name] = _torch_layout(torch, arrays[name], fixed)
-    c_op(**{name: arrays.get(name) for name, _, _ in roles},
-         stream=_torch_current_stream(torch, device),
-         layouts=tuple(layouts.get(name) for name, _, _ in roles), **extra)
-    return arrays
+            x = _torch_empty(torch, shape, dtype, device)
+        called[name] = x
+        if x is None:
+            layouts.append(None)
+            continue
+        layout = _torch_layout(torch, x, fixed)
+        if layout is None:
+            return None
+        if device is None:  # the first role is a required input
+            device = x.device
+        layouts.append(layout)
+    c_op(**called, stream=_torch_current_stream(torch, device), layouts=tuple(layouts), **extra)
+    return called
 
 
 _NO_WINDOW = (-1, -1)
@@ -836,13 +841,15 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens
     torch = sys.modules.get("torch")
     arrays = dict(q=q, k_cache=k_cache, v_cache=v_cache, k=k, v=v, cache_seqlens=cache_seqlens,
                   cache_batch_idx=cache_batch_idx, block_table=block_table, sinks=sinks, out=out)
-    if torch is not None and torch.is_grad_enabled():
-        for name, x in arrays.items():
-            if isinstance(x, torch.Tensor) and x.requires_grad:
-                raise ValueError(f"attention_with_kvcache is an inference op with no backward, "
-                                 f"and {name} requires grad: call it under torch.no_grad() or "
-                                 f"pass {name}.detach()")
-    arrays = _detached(torch, arrays)
+    if torch is not None and any(isinstance(x, torch.Tensor) and x.requires_grad
+                                 for x in arrays.values()):
+        if torch.is_grad_enabled():
+            name = next(n for n, x in arrays.items()
+                        if isinstance(x, torch.Tensor) and x.requires_grad)
+            raise ValueError(f"attention_with_kvcache is an inference op with no backward, "
+                             f"and {name} requires grad: call it under torch.no_grad() or "
+                             f"pass {name}.detach()")
+        arrays = _detached(torch, arrays)
     extra = dict(cache_seqlen=cache_seqlen, num_splits=num_splits, causal=causal,
                  softmax_scale=softmax_scale, return_lse=return_lse, device_kind=device_kind,
                  device_index=device_index, kernel=kernel_code, window_left=left,
