@@ -14,10 +14,15 @@
  * The split count (num_splits == 0) follows the wave rule of FlashAttention 3's heuristic: the
  * decode grid has ctas = m_tiles * heads_kv * batch CTAs and each may be cut into s splits of
  * at least FA_SPLIT_MIN_KEYS keys (from seqlen_k, the cache's capacity: the used lengths live
- * on the device and a captured graph must not depend on them). With one CTA per SM, s waves
- * fill w = ctas * s / sm_count SMs-worth; the plan takes the smallest s whose efficiency
- * w / ceil(w) is within 85% of the best s up to FA_MAX_SPLITS, and 1 when ctas already fill
- * 80% of the SMs.
+ * on the device and a captured graph must not depend on them). With one CTA per SM, s splits
+ * fill w = ctas * s / sm_count waves; the plan takes the smallest s whose efficiency
+ * w / ceil(w) is within FA_SPLIT_WAVE_SHARE of the best s up to FA_MAX_SPLITS and two waves,
+ * and 1 when ctas already fill 80% of the SMs. Why (H200, dev/decode_check.cu --bench,
+ * benches/NOTES.md "Serving v2"): one decode CTA streams its keys at a bounded rate, so the
+ * time falls with every CTA a wave gains, while each further wave costs a few microseconds of
+ * its own. At B = 1, GQA 32:8, 8k keys (8 CTAs unsplit), decode + combine from a CUDA graph
+ * took 15.2 us with 16 splits (efficiency 0.97), 16.5 with 14 (0.85, FlashAttention 3's
+ * pick), 18.7 with 8 and 22.8 with 32 (two waves).
  *
  * Workspace (256-byte aligned pieces): seqused (batch int32) when the append writes it;
  * o_partial and lse_partial (kernels.h) when num_splits > 1.
@@ -31,7 +36,8 @@
 #include "plan.h"
 
 #define FA_DECODE_MAX_ROWS 128 /* packed rows per entry up to which the decode kernel runs */
-#define FA_SPLIT_MIN_KEYS 512  /* fewest keys a split is planned for */
+#define FA_SPLIT_MIN_KEYS 64     /* fewest keys a split is planned for */
+#define FA_SPLIT_WAVE_SHARE 0.95 /* of the best wave efficiency that a split count must reach */
 #define FA_MAX_SPLITS 128
 
 void fa_kvcache_params_init(fa_kvcache_params *c)
@@ -188,6 +194,9 @@ static int choose_splits(int64_t ctas, int seqlen_k, const fa_device *dev)
     if (ctas >= (int64_t)dev->sm_count * 4 / 5)
         return 1;
     int most = seqlen_k / FA_SPLIT_MIN_KEYS;
+    const int64_t two_waves = 2 * (int64_t)dev->sm_count / ctas;
+    if (most > two_waves)
+        most = (int)two_waves;
     if (most > FA_MAX_SPLITS)
         most = FA_MAX_SPLITS;
     if (most <= 1)
@@ -201,7 +210,7 @@ static int choose_splits(int64_t ctas, int seqlen_k, const fa_device *dev)
             best = eff[s];
     }
     for (int s = 1; s <= most; s++)
-        if (eff[s] >= 0.85 * best)
+        if (eff[s] >= FA_SPLIT_WAVE_SHARE * best)
             return s;
     return 1;
 }
@@ -284,9 +293,10 @@ static fa_status plan_kvcache(const fa_params *p, const fa_kvcache_params *c, co
             kp->combine = n;
             snprintf(name, sizeof name, "combine_%s%s", dt, p->sinks ? "_sinks" : "");
             fa_launch_start(&plan->launches[n], name, FA_KERNEL_SM80, dev);
-            plan->launches[n].block_m = FA_COMBINE_ROWS;
+            const int combine_rows = fa_combine_rows(p->head_dim, splits);
+            plan->launches[n].block_m = combine_rows;
             const int64_t row_blocks =
-                ((int64_t)p->seqlen_q * p->heads_q + FA_COMBINE_ROWS - 1) / FA_COMBINE_ROWS;
+                ((int64_t)p->seqlen_q * p->heads_q + combine_rows - 1) / combine_rows;
             if ((s = fa_launch_grid(&plan->launches[n++], row_blocks, p->batch, 1,
                                     "(row blocks, batch)", dev)) != FA_OK)
                 return s;

@@ -17,7 +17,8 @@
  *   bench options: --splits N (N splits instead of the rule), --page N (a paged cache of page
  *   size N, permuted table), --parts (decode and combine timed apart), --batch B (one batch
  *   size), --keys N (one cache length), --smem BYTES (the ring of a smaller device class),
- *   --carveout (the combine kernel on the decode's L1/shared split)
+ *   --carveout (the combine kernel on the decode's L1/shared split), --no-pdl (the combine as
+ *   an ordinary launch, not a programmatic dependent of the decode launch)
  * (on an A100 use -gencode arch=compute_80,code=sm_80.)
  *
  * A case: `batch` entries with their own cache lengths (0 and 1 among them), the caches dense
@@ -100,6 +101,25 @@ static fa_launch make_cfg(unsigned gx, unsigned gy, unsigned gz, size_t smem)
     cfg.block[0] = 384;
     cfg.block[1] = cfg.block[2] = 1;
     cfg.smem_bytes = smem;
+    return cfg;
+}
+
+/* --no-pdl: the combine launched as an ordinary launch (arch 0), to time what the programmatic
+   dependent launch saves. */
+static bool g_no_pdl = false;
+
+/* The combine's launch as kvcache.c plans it: fa_combine_rows rows a CTA, and the device's
+   arch, which makes it a programmatic dependent of the decode launch on sm_90. */
+static fa_launch combine_cfg(int rows, int batch, int head_dim, int num_splits)
+{
+    const int per_cta = fa_combine_rows(head_dim, num_splits);
+    fa_launch cfg = make_cfg((rows + per_cta - 1) / per_cta, batch, 1, 0);
+    cfg.block_m = per_cta;
+    int device = 0;
+    CK(cudaGetDevice(&device));
+    CK(cudaDeviceGetAttribute(&cfg.arch_major, cudaDevAttrComputeCapabilityMajor, device));
+    if (g_no_pdl)
+        cfg.arch_major = 0;
     return cfg;
 }
 
@@ -375,7 +395,7 @@ static void run_case(const Case &c, int index)
         CK(fa_decode_launch(&a, &ws, &cfg, 0));
     }
     if (ns > 1) {
-        const fa_launch cfg = make_cfg((Sq * Hq + FA_COMBINE_ROWS - 1) / FA_COMBINE_ROWS, B, 1, 0);
+        const fa_launch cfg = combine_cfg(Sq * Hq, B, D, ns);
         CK(fa_combine_launch(&a, &ws, &cfg, 0));
     }
     CK(cudaDeviceSynchronize());
@@ -504,7 +524,9 @@ static std::vector<Case> make_cases()
                     cases.push_back(c);
                     ++n;
                 }
-    /* long caches: every split sees many chunks, windows cut inside them */
+    /* long caches: every split sees many chunks, windows cut inside them; up to 200 splits,
+       so that one to eight threads share a combine item */
+    const int long_splits[] = {1, 16, 45, 100, 16, 200};
     for (int k = 0; k < 12; ++k) {
         Case c;
         c.hd = hds[k % 3];
@@ -516,7 +538,7 @@ static std::vector<Case> make_cases()
         c.seqlen_new = k % 3 == 0 ? 0 : c.sq;
         c.page = (k / 3) % 2 ? 64 : 0;
         c.kv_idx = k == 7; /* a dense case: kv_batch_idx is not combined with a block table */
-        c.splits = k % 4 == 0 ? 1 : 16;
+        c.splits = long_splits[k % 6];
         c.causal = k % 2;
         c.wl = k % 3 == 1 ? 100 : -1;
         c.wr = -1;
@@ -571,12 +593,12 @@ __global__ void fill_random(uint16_t *x, size_t n, uint32_t seed)
     }
 }
 
-/* kvcache.c's split rule (FlashAttention 3's wave heuristic). */
+/* kvcache.c's split rule (FlashAttention 3's wave heuristic, at most two waves). */
 static int choose_splits(long long ctas, int seqlen_k, int sm_count)
 {
     if (ctas >= (long long)sm_count * 4 / 5)
         return 1;
-    int most = std::min(seqlen_k / 512, 128);
+    const int most = (int)std::min<long long>(std::min(seqlen_k / 64, 128), 2LL * sm_count / ctas);
     if (most <= 1)
         return 1;
     double eff[129], best = 0;
@@ -586,7 +608,7 @@ static int choose_splits(long long ctas, int seqlen_k, int sm_count)
         best = std::max(best, eff[s]);
     }
     for (int s = 1; s <= most; s++)
-        if (eff[s] >= 0.85 * best)
+        if (eff[s] >= 0.95 * best)
             return s;
     return 1;
 }
@@ -698,7 +720,7 @@ static void bench(int force_splits, int page, bool carveout, bool parts, int onl
             dcfg.block_n = t.block_n;
             dcfg.stages = t.stages;
             dcfg.head_dim_padded = t.head_dim_padded;
-            const fa_launch ccfg = make_cfg((Hq + FA_COMBINE_ROWS - 1) / FA_COMBINE_ROWS, B, 1, 0);
+            const fa_launch ccfg = combine_cfg(Hq, B, 128, ns);
             auto call = [&]() {
                 CK(fa_decode_launch(&p, &ws, &dcfg, stream));
                 if (ns > 1)
@@ -804,6 +826,8 @@ int main(int argc, char **argv)
             carveout = true;
         else if (!strcmp(argv[i], "--parts"))
             parts = true;
+        else if (!strcmp(argv[i], "--no-pdl"))
+            g_no_pdl = true;
         else if (!strcmp(argv[i], "--keys") && i + 1 < argc)
             only_keys = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--batch") && i + 1 < argc)
@@ -814,7 +838,7 @@ int main(int argc, char **argv)
             page = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: %s [--quick] [--bench [--splits N] [--page N] [--carveout] [--parts]\n"
-                    "        [--batch B] [--keys N] [--smem BYTES]]\n",
+                    "        [--batch B] [--keys N] [--smem BYTES] [--no-pdl]]\n",
                     argv[0]);
             return 2;
         }

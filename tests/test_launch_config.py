@@ -253,15 +253,17 @@ def kvcache_plan(arch=H100, **overrides):
 @needs_sm80
 def test_kvcache_decode_is_split_by_the_wave_rule():
     """One query row per entry, GQA 32:8: the 4 q heads of a kv head share a decode CTA; 8 CTAs
-    leave an H100/H200's 132 SMs idle, so the keys are split (14 parts at 8k keys and 15 at
-    128k: the plans the H200 ran in the measurements of benches/NOTES.md, "Serving v1") and
-    merged by the combine kernel through the workspace."""
+    leave an H100/H200's 132 SMs idle, so the keys are split in 16 parts (128 CTAs, one wave:
+    the plan the H200 ran in benches/NOTES.md, "Serving v2") and merged by the combine kernel
+    through the workspace, 12 rows of 128 columns a CTA."""
     launches, workspace = kvcache_plan(seqlen_new=1)
     assert launches == [("kvcache_append_bf16", (1, 8, 1)),
-                        ("decode_sm80_hd128_bf16_split", (14, 8, 1)), ("combine_bf16", (1, 1, 1))]
+                        ("decode_sm80_hd128_bf16_split", (16, 8, 1)), ("combine_bf16", (3, 1, 1))]
     assert workspace > 0
-    assert kvcache_plan(seqlen_k=131072)[0] == [("decode_sm80_hd128_bf16_split", (15, 8, 1)),
-                                                ("combine_bf16", (1, 1, 1))]
+    assert kvcache_plan(seqlen_k=131072)[0] == [("decode_sm80_hd128_bf16_split", (16, 8, 1)),
+                                                ("combine_bf16", (3, 1, 1))]
+    assert kvcache_plan(head_dim=64)[0] == [("decode_sm80_hd64_bf16_split", (16, 8, 1)),
+                                            ("combine_bf16", (2, 1, 1))]
     assert kvcache_plan(page_size=64)[0] == kvcache_plan()[0]
 
 
@@ -269,8 +271,23 @@ def test_kvcache_decode_is_split_by_the_wave_rule():
 def test_kvcache_num_splits_is_taken_as_asked():
     assert kvcache_plan(num_splits=1) == ([("decode_sm80_hd128_bf16", (1, 8, 1))], 0)
     launches, workspace = kvcache_plan(num_splits=4)
-    assert launches == [("decode_sm80_hd128_bf16_split", (4, 8, 1)), ("combine_bf16", (1, 1, 1))]
+    assert launches == [("decode_sm80_hd128_bf16_split", (4, 8, 1)), ("combine_bf16", (3, 1, 1))]
     assert workspace > 0
+
+
+@needs_sm80
+@pytest.mark.parametrize("head_dim, splits, combine_grid", [
+    (128, 32, (3, 1, 1)),    # 12 rows of 32 items, one thread each
+    (128, 33, (6, 1, 1)),    # two threads an item: 6 rows a CTA
+    (128, 200, (32, 1, 1)),  # eight threads an item: one row a CTA
+    (256, 200, (32, 1, 1)),  # 64 items a row: four threads each fill 256 of the 384
+    (64, 200, (11, 1, 1)),   # 16 items x 8 threads: three rows a CTA
+])
+def test_kvcache_combine_covers_every_row_at_any_split_count(head_dim, splits, combine_grid):
+    """The combine shares an item among more threads as the splits grow (kernels.h,
+    fa_combine_threads_per_item), never so many that a CTA holds no whole row."""
+    launches, _ = kvcache_plan(head_dim=head_dim, num_splits=splits, seqlen_k=131072)
+    assert launches[-1] == ("combine_bf16", combine_grid)
 
 
 @needs_sm80
@@ -300,17 +317,17 @@ def test_kvcache_plan_refusals_name_the_argument(kw, error, match):
 
 def documented_splits(ctas, seqlen_k, sm_count):
     """kvcache.c's split rule as its header states it: none when the CTAs fill 80% of the
-    SMs; else the smallest s (at least 512 keys a split, at most 128) whose wave efficiency
-    w / ceil(w), w = ctas * s / SMs, is within 85% of the best."""
+    SMs; else the smallest s (at least 64 keys a split, at most 128 splits and two waves)
+    whose wave efficiency w / ceil(w), w = ctas * s / SMs, is within 95% of the best."""
     if ctas >= sm_count * 4 // 5:
         return 1
-    most = min(seqlen_k // 512, 128)
+    most = min(seqlen_k // 64, 128, 2 * sm_count // ctas)
     if most <= 1:
         return 1
     eff = {s: (ctas * s / sm_count) / math.ceil(ctas * s / sm_count - 1e-6)
            for s in range(1, most + 1)}
     best = max(eff.values())
-    return next(s for s in range(1, most + 1) if eff[s] >= 0.85 * best)
+    return next(s for s in range(1, most + 1) if eff[s] >= 0.95 * best)
 
 
 @needs_sm80

@@ -14,22 +14,26 @@
  *             With cache_seqlens, thread 0 of CTA (0, 0, b) writes seqused[b] = cache_seqlens[b]
  *             + seqlen_new, the entry's key count the decode kernel reads as seqused_k.
  *
- * fa_combine  grid (ceil(seqlen_q * heads_q / C), batch), C = FA_COMBINE_ROWS = 32, block 384,
- *             no shared memory. CTA (x, b) owns the rows f in [x C, x C + C) of entry b,
- *             f = h * seqlen_q + i (the order of the partials, so the CTA's rows are
- *             contiguous in each split's o_partial). With n splits, per row:
+ * fa_combine  grid (ceil(seqlen_q * heads_q / C), batch), C = fa_combine_rows(head_dim, n) =
+ *             384 / (head_dim / 4 * T), block 384, no shared memory. CTA (x, b) owns the rows
+ *             f in [x C, x C + C) of entry b, f = h * seqlen_q + i (the order of the partials, so
+ *             the CTA's rows are contiguous in each split's o_partial). With n splits, per row:
  *               top = max(max_s lse_s, sink),  total = sum_s e^(lse_s - top) + e^(sink - top)
  *               lse = top + log(total),          out = sum_s e^(lse_s - lse) o_s
  *             (sink = -inf without sinks; score.h's fa_exp_below is exact at x == top). A row
  *             no split saw has every lse_s = -inf: out 0, lse -inf, or the sink exactly.
- *             Item (row, 8 columns), thread t takes items t, t + 384, ...: it runs the sum
- *             online over the splits (running max, rescaled sum and accumulator), 8 splits
- *             at a time with their loads (lse_s, a broadcast within the row, and two float4
- *             of o_s) all issued before any is used, so a call costs ceil(n / 8) memory
- *             round trips; the split count is unbounded and nothing is staged in shared
- *             memory. out in q's dtype and strides (16-byte stores), and the row's lse
- *             (batch, heads_q, seqlen_q) from the item of its first 8 columns when p->lse
- *             is set.
+ *             Item (row, 4 columns) belongs to T = fa_combine_threads_per_item(hd, n) adjacent
+ *             threads; each runs the sum online (running max, rescaled sum and accumulator)
+ *             over every T-th batch of 16 splits, all loads of a batch (lse_s, a broadcast
+ *             within the row, and a float4 of o_s) issued before any is used, and the T
+ *             partial sums meet through warp shuffles: a call costs at most two round trips to
+ *             L2 (where the decode launch has just written the partials) up to 128 splits (64
+ *             at head_dim 256).
+ *             Nothing is staged in shared memory. out in q's dtype and strides (8-byte stores),
+ *             and the row's lse (batch, heads_q, seqlen_q) from the item of its first 4
+ *             columns when p->lse is set. On sm_90 the kernel starts as a programmatic
+ *             dependent of the decode launch and waits for its memory (griddepcontrol.wait)
+ *             before the first load; elsewhere it starts after the decode launch as usual.
  *
  * Element offsets are int64 throughout (strides may pass 2^31).
  */
@@ -44,13 +48,13 @@
 #include "../common/seqlen.h"
 #include "../launch_contract.h"
 #include "kernels.h"
+#include "sm80_ptx.cuh"
 
 namespace fa_kvcache_aux {
 
 constexpr int kThreads = FA_THREADS_PER_BLOCK;
 constexpr int kMaxHeadDim = 256;
 constexpr int kAppendRows = FA_APPEND_ROWS;
-constexpr int kCombineRows = FA_COMBINE_ROWS;
 constexpr int kAppendItems = (2 * kAppendRows * (kMaxHeadDim / 8) + kThreads - 1) / kThreads;
 
 /* ------------------------------------------------------------------------------------------ */
@@ -130,6 +134,8 @@ struct CombineArgs {
     int64_t o_batch_stride, o_row_stride, o_head_stride;
     fa_seq_layout seq;
     int num_splits, batch, heads_q, head_dim;
+    int rows;             /* of a CTA: fa_combine_rows(head_dim, num_splits), the plan's block_m */
+    int threads_per_item; /* fa_combine_threads_per_item(head_dim, num_splits): 1, 2, 4, 8 */
 };
 
 template <bool BF16>
@@ -147,102 +153,115 @@ __device__ __forceinline__ uint32_t pack_pair(float lo, float hi)
 }
 
 /* Splits whose loads one thread has in flight at once. */
-constexpr int kSplitBatch = 8;
+constexpr int kSplitBatch = 16;
+
+/* The running (top, sum, acc) of another thread of the item, `lane_mask` lanes away, merged
+   into this thread's: both sums rescaled to the larger top. */
+__device__ __forceinline__ void merge_partner(float &top, float &sum, float4 &acc, int lane_mask)
+{
+    const float ot = __shfl_xor_sync(0xffffffffu, top, lane_mask);
+    const float os = __shfl_xor_sync(0xffffffffu, sum, lane_mask);
+    float4 oa;
+    oa.x = __shfl_xor_sync(0xffffffffu, acc.x, lane_mask);
+    oa.y = __shfl_xor_sync(0xffffffffu, acc.y, lane_mask);
+    oa.z = __shfl_xor_sync(0xffffffffu, acc.z, lane_mask);
+    oa.w = __shfl_xor_sync(0xffffffffu, acc.w, lane_mask);
+    const float mx = fmaxf(top, ot);
+    const float mine = fa_exp_below(top, mx), theirs = fa_exp_below(ot, mx);
+    sum = sum * mine + os * theirs;
+    acc.x = acc.x * mine + oa.x * theirs;
+    acc.y = acc.y * mine + oa.y * theirs;
+    acc.z = acc.z * mine + oa.z * theirs;
+    acc.w = acc.w * mine + oa.w * theirs;
+    top = mx;
+}
 
 template <bool BF16>
 __global__ void __launch_bounds__(kThreads) combine_kernel(const CombineArgs a)
 {
     const int x = blockIdx.x, b = blockIdx.y;
-    const int tid = threadIdx.x;
     const int seqlen_q = a.seq.seqlen_q;
+    const int quads = a.head_dim >> 2;
+    const int tpi = a.threads_per_item, part = threadIdx.x % tpi, item = threadIdx.x / tpi;
+    const int r = item / quads, pc = item - r * quads;
+    const int f = x * a.rows + r, h = f / seqlen_q, i = f - h * seqlen_q;
     const fa_seqlen e = fa_seqlen_at(&a.seq, b);
-    const int f0 = x * kCombineRows;
-    const int n_rows = min(kCombineRows, a.heads_q * seqlen_q - f0);
-    if (n_rows <= 0)
-        return;
-    const int ns = a.num_splits;
+    /* Past the CTA's rows, the entry's heads, or a shorter entry's query rows: no item. Such
+       threads still take part in the shuffles below (an item's threads agree on it). */
+    const bool real = r < a.rows && f < a.heads_q * seqlen_q && i < e.len_q;
+    const int ns = real ? a.num_splits : 0;
     const int64_t split_stride = (int64_t)a.batch * a.heads_q * seqlen_q; /* rows per split */
-    const int64_t row0 = (int64_t)b * a.heads_q * seqlen_q + f0;          /* in split 0 */
-    const int64_t o_step = split_stride * a.head_dim / 4;                 /* float4s per split */
+    const int64_t row = (int64_t)b * a.heads_q * seqlen_q + f;            /* in split 0 */
+    const int64_t o_step = split_stride * quads;                          /* float4s per split */
+    const float *ls = a.lse_partial + row;
+    const float4 *o = reinterpret_cast<const float4 *>(a.o_partial + row * a.head_dim) + pc;
+    fa_sm80::griddepcontrol_wait();
 
-    const int nvec = a.head_dim >> 3;
-    for (int it = tid; it < n_rows * nvec; it += kThreads) {
-        const int r = it / nvec, pc = it - r * nvec;
-        const int f = f0 + r, h = f / seqlen_q, i = f - h * seqlen_q;
-        if (i >= e.len_q)
-            continue; /* a shorter entry of a packed batch */
-        const float *ls = a.lse_partial + row0 + r;
-        const float4 *o = reinterpret_cast<const float4 *>(a.o_partial + (row0 + r) * a.head_dim) + 2 * pc;
-        /* Online over the splits, kSplitBatch at a time with all their loads issued first:
-           top = running max of lse_s, sum = sum_s e^(lse_s - top), acc = sum_s e^(lse_s - top) o_s.
-           A split that saw nothing has lse_s = -inf: weight 0 (its o_s is 0). */
-        float top = -INFINITY, sum = 0.f;
-        float acc[8];
+    /* Online over this thread's batches of kSplitBatch splits (batches part, part + tpi, ...),
+       all loads of a batch issued before any is used:
+       top = running max of lse_s, sum = sum_s e^(lse_s - top), acc = sum_s e^(lse_s - top) o_s.
+       A split that saw nothing has lse_s = -inf: weight 0 (its o_s is 0). */
+    float top = -INFINITY, sum = 0.f;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int s0 = part * kSplitBatch; s0 < ns; s0 += tpi * kSplitBatch) {
+        float lb[kSplitBatch];
+        float4 ob[kSplitBatch];
 #pragma unroll
-        for (int j = 0; j < 8; ++j)
-            acc[j] = 0.f;
-        for (int s0 = 0; s0 < ns; s0 += kSplitBatch) {
-            float lb[kSplitBatch];
-            float4 lo[kSplitBatch], hi[kSplitBatch];
-#pragma unroll
-            for (int k = 0; k < kSplitBatch; ++k) {
-                if (s0 + k < ns) {
-                    lb[k] = ls[(s0 + k) * split_stride];
-                    lo[k] = __ldg(o + (s0 + k) * o_step);
-                    hi[k] = __ldg(o + (s0 + k) * o_step + 1);
-                } else {
-                    lb[k] = -INFINITY;
-                    lo[k] = hi[k] = make_float4(0.f, 0.f, 0.f, 0.f);
-                }
+        for (int k = 0; k < kSplitBatch; ++k) {
+            if (s0 + k < ns) {
+                lb[k] = ls[(s0 + k) * split_stride];
+                ob[k] = o[(s0 + k) * o_step];
+            } else {
+                lb[k] = -INFINITY;
+                ob[k] = make_float4(0.f, 0.f, 0.f, 0.f);
             }
-            float mx = top;
-#pragma unroll
-            for (int k = 0; k < kSplitBatch; ++k)
-                mx = fmaxf(mx, lb[k]);
-            if (mx == -INFINITY)
-                continue; /* nothing seen yet */
-            const float corr = fa_exp_below(top, mx);
-            sum *= corr;
-#pragma unroll
-            for (int j = 0; j < 8; ++j)
-                acc[j] *= corr;
-#pragma unroll
-            for (int k = 0; k < kSplitBatch; ++k) {
-                const float w = fa_exp_below(lb[k], mx);
-                sum += w;
-                acc[0] = fmaf(w, lo[k].x, acc[0]);
-                acc[1] = fmaf(w, lo[k].y, acc[1]);
-                acc[2] = fmaf(w, lo[k].z, acc[2]);
-                acc[3] = fmaf(w, lo[k].w, acc[3]);
-                acc[4] = fmaf(w, hi[k].x, acc[4]);
-                acc[5] = fmaf(w, hi[k].y, acc[5]);
-                acc[6] = fmaf(w, hi[k].z, acc[6]);
-                acc[7] = fmaf(w, hi[k].w, acc[7]);
-            }
-            top = mx;
         }
-        /* The sink joins the denominator: lse = max(top, sink) + log(total). */
-        const float sink = fa_sink(a.sinks, h);
-        const float t2 = fmaxf(top, sink);
-        float lse = -INFINITY, scale = 0.f;
-        if (t2 != -INFINITY) {
-            const float keys = sum == 0.f ? 0.f : fa_exp_below(top, t2);
-            const float total = sum * keys + fa_exp_below(sink, t2);
-            lse = t2 + logf(total);
-            scale = keys / total;
+        float mx = top;
+#pragma unroll
+        for (int k = 0; k < kSplitBatch; ++k)
+            mx = fmaxf(mx, lb[k]);
+        if (mx == -INFINITY)
+            continue; /* nothing seen yet */
+        const float corr = fa_exp_below(top, mx);
+        sum *= corr;
+        acc.x *= corr;
+        acc.y *= corr;
+        acc.z *= corr;
+        acc.w *= corr;
+#pragma unroll
+        for (int k = 0; k < kSplitBatch; ++k) {
+            const float w = fa_exp_below(lb[k], mx);
+            sum += w;
+            acc.x = fmaf(w, ob[k].x, acc.x);
+            acc.y = fmaf(w, ob[k].y, acc.y);
+            acc.z = fmaf(w, ob[k].z, acc.z);
+            acc.w = fmaf(w, ob[k].w, acc.w);
         }
-        uint4 v;
-        v.x = pack_pair<BF16>(acc[0] * scale, acc[1] * scale);
-        v.y = pack_pair<BF16>(acc[2] * scale, acc[3] * scale);
-        v.z = pack_pair<BF16>(acc[4] * scale, acc[5] * scale);
-        v.w = pack_pair<BF16>(acc[6] * scale, acc[7] * scale);
-        uint16_t *dst = static_cast<uint16_t *>(a.out) +
-                        fa_q_row_offset(&e, b, i, a.o_batch_stride, a.o_row_stride) +
-                        (int64_t)h * a.o_head_stride + pc * 8;
-        *reinterpret_cast<uint4 *>(dst) = v;
-        if (a.lse != nullptr && pc == 0)
-            a.lse[fa_lse_index(&a.seq, &e, b, a.heads_q, h, i)] = lse;
+        top = mx;
     }
+    for (int lane_mask = 1; lane_mask < tpi; lane_mask <<= 1)
+        merge_partner(top, sum, acc, lane_mask);
+    if (!real || part != 0)
+        return;
+    /* The sink joins the denominator: lse = max(top, sink) + log(total). */
+    const float sink = fa_sink(a.sinks, h);
+    const float t2 = fmaxf(top, sink);
+    float lse = -INFINITY, scale = 0.f;
+    if (t2 != -INFINITY) {
+        const float keys = sum == 0.f ? 0.f : fa_exp_below(top, t2);
+        const float total = sum * keys + fa_exp_below(sink, t2);
+        lse = t2 + logf(total);
+        scale = keys / total;
+    }
+    uint2 v;
+    v.x = pack_pair<BF16>(acc.x * scale, acc.y * scale);
+    v.y = pack_pair<BF16>(acc.z * scale, acc.w * scale);
+    uint16_t *dst = static_cast<uint16_t *>(a.out) +
+                    fa_q_row_offset(&e, b, i, a.o_batch_stride, a.o_row_stride) +
+                    (int64_t)h * a.o_head_stride + pc * 4;
+    *reinterpret_cast<uint2 *>(dst) = v;
+    if (a.lse != nullptr && pc == 0)
+        a.lse[fa_lse_index(&a.seq, &e, b, a.heads_q, h, i)] = lse;
 }
 
 typedef void (*combine_kernel_t)(const CombineArgs);
@@ -347,10 +366,25 @@ cudaError_t fa_combine_launch(const fa_params *p, const fa_split_workspace *ws,
     a.batch = p->batch;
     a.heads_q = p->heads_q;
     a.head_dim = p->head_dim;
-    const dim3 grid(cfg->grid[0], cfg->grid[1], cfg->grid[2]);
-    const dim3 block(cfg->block[0], cfg->block[1], cfg->block[2]);
-    kernel<<<grid, block, cfg->smem_bytes, stream>>>(a);
-    return cudaGetLastError();
+    a.rows = cfg->block_m;
+    a.threads_per_item = fa_combine_threads_per_item(p->head_dim, ws->num_splits);
+    if (a.rows < 1 || a.rows > fa_combine_rows(p->head_dim, ws->num_splits))
+        return cudaErrorInvalidConfiguration;
+    cudaLaunchConfig_t launch;
+    memset(&launch, 0, sizeof launch);
+    launch.gridDim = dim3(cfg->grid[0], cfg->grid[1], cfg->grid[2]);
+    launch.blockDim = dim3(cfg->block[0], cfg->block[1], cfg->block[2]);
+    launch.dynamicSmemBytes = cfg->smem_bytes;
+    launch.stream = stream;
+    /* sm_90: scheduled while the decode grid drains; the kernel waits for its memory. */
+    cudaLaunchAttribute dependent;
+    dependent.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    dependent.val.programmaticStreamSerializationAllowed = 1;
+    if (cfg->arch_major >= 9) {
+        launch.attrs = &dependent;
+        launch.numAttrs = 1;
+    }
+    return cudaLaunchKernelEx(&launch, kernel, a);
 }
 
 } /* extern "C" */

@@ -31,6 +31,7 @@
 #include "../flashattn.h"
 #include "../common/mask.h"
 #include "../common/seqlen.h"
+#include "../launch_contract.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -129,11 +130,32 @@ cudaError_t fa_bwd_post_launch(const fa_params *p, const fa_grad_params *g,
  *                   CTA. num_splits == 1: out and lse (dense layout) are written, sinks
  *                   included; else o_partial and lse_partial (sinks left to the combine), a
  *                   split with no visible key writing lse -inf and o 0.
- *   3. fa_combine   (num_splits > 1) grid (ceil(seqlen_q * heads_q / FA_COMBINE_ROWS), batch):
- *                   lse = log(sum_s exp(lse_s) + exp(sink)), out = sum_s exp(lse_s - lse) o_s,
- *                   out 0 and lse -inf (sink with sinks) for a row no split saw. */
+ *   3. fa_combine   (num_splits > 1) grid (ceil(seqlen_q * heads_q / fa_combine_rows(head_dim,
+ *                   num_splits)), batch): lse = log(sum_s exp(lse_s) + exp(sink)), out = sum_s exp(lse_s -
+ *                   lse) o_s, out 0 and lse -inf (sink with sinks) for a row no split saw. On
+ *                   sm_90 it is launched as a programmatic dependent of the decode launch
+ *                   (fa_combine_launch), so it is scheduled while the decode grid drains and
+ *                   waits for its results in the kernel (griddepcontrol.wait). */
 #define FA_APPEND_ROWS 64
-#define FA_COMBINE_ROWS 32
+
+/* Threads that share one (row, 4 columns) item of the combine: each sums every t-th batch of
+ * 16 splits, so that a thread waits on at most two round trips of loads for up to 128 splits
+ * (64 at head_dim 256, whose 64 items a row leave room for 4 threads each in a CTA); the
+ * threads of an item then merge through warp shuffles. */
+static inline int fa_combine_threads_per_item(int head_dim, int num_splits)
+{
+    const int items = head_dim / 4; /* of a row */
+    int t = 1;
+    while (t < 8 && t * 2 * 16 < num_splits && items * t * 2 <= FA_THREADS_PER_BLOCK)
+        t *= 2;
+    return t;
+}
+
+/* Rows a combine CTA merges (at least 1): its 384 threads cover whole items. */
+static inline int fa_combine_rows(int head_dim, int num_splits)
+{
+    return FA_THREADS_PER_BLOCK / (head_dim / 4 * fa_combine_threads_per_item(head_dim, num_splits));
+}
 
 typedef struct {
     float *o_partial;   /* (num_splits, batch, heads_q, seqlen_q, head_dim) fp32, row-major */

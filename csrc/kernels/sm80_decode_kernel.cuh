@@ -352,6 +352,9 @@ __global__ void __launch_bounds__(kThreads, 1) decode_kernel(const Args a)
     const uint32_t smem_base = smem_addr(smem);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
+    /* The combine (sm_90) may be scheduled now, onto SMs this grid leaves free: it waits for
+       this grid's memory itself. */
+    fa_sm80::griddepcontrol_launch_dependents();
     const int m_tile = blockIdx.x % a.m_tiles, split = blockIdx.x / a.m_tiles;
     const int hk = blockIdx.y, b = blockIdx.z;
     const fa_seqlen e = fa_seqlen_at(&a.seq, b);

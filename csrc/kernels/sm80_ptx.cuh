@@ -1,7 +1,8 @@
 /*
- * sm80_ptx.cuh -- inline-PTX wrappers used by fwd_sm80.cu, one per instruction, named after it.
- * Needs sm_80 or newer (cp.async, bf16 mma, mbarrier). Used by the sm80 kernel only;
- * shared-memory operands are 32-bit shared-window addresses (__cvta_generic_to_shared).
+ * sm80_ptx.cuh -- inline-PTX wrappers of the sm80 family, one per instruction, named after it.
+ * Needs sm_80 or newer (cp.async, bf16 mma, mbarrier; griddepcontrol is sm_90 and compiles to
+ * nothing below it); shared-memory operands are 32-bit shared-window addresses
+ * (__cvta_generic_to_shared).
  *
  * Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16", 16-bit A/B, f32 C/D), with
  * g = lane / 4 and t = lane % 4; the lower-indexed element sits in the low half of a register:
@@ -132,6 +133,25 @@ __device__ __forceinline__ float tanh_approx_f32(float x)
 __device__ __forceinline__ void bar_sync(uint32_t id, uint32_t threads)
 {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+/* Programmatic dependent launch (sm_90; no-ops before it, where no launch is programmatic).
+   launch_dependents: this CTA lets the grid launched after it as a programmatic dependent be
+   scheduled (once every CTA has said so or exited). wait: blocks until the grid this one
+   depends on has completed and its memory is visible; returns at once when the launch was not
+   a programmatic dependent. */
+__device__ __forceinline__ void griddepcontrol_launch_dependents()
+{
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void griddepcontrol_wait()
+{
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
 }
 
 } /* namespace fa_sm80 */
