@@ -1,6 +1,6 @@
 """bench_serving: the serving ops of flashattn_c against PyTorch's SDPA on one GPU.
 
-Suites (--suite decode,varlen; both by default):
+Suites (--suite decode,varlen,chunked; all three by default):
 
 decode   attention_with_kvcache on one new query row per sequence (seqlen_q 1), every sequence
          at the cache's length, over the product of --dtype (bf16, fp16), --head-dim (64, 128),
@@ -10,19 +10,27 @@ decode   attention_with_kvcache on one new query row per sequence (seqlen_q 1), 
          (--page-size, 64 by default). Baselines see the dense cache as (B, Hkv, S, D) and call
          SDPA with enable_gqa=True under each backend (default dispatch, cudnn, flash).
          Reported: microseconds per call and GB/s of K and V read (2 * B * S * Hkv * D *
-         itemsize bytes per call).
+         itemsize bytes per call), twice: eager calls back to back (host time included where
+         it exceeds the GPU's), and replayed from a CUDA graph of the same calls (GPU time, as
+         a serving stack that captures its decode step sees it; graph_us, graph_gbs; empty for
+         a baseline that cannot be captured).
 varlen   attention_varlen on ragged causal batches whose lengths follow a long-tailed
          (log-normal) distribution, 16k tokens, 16 heads, head_dim 128, against SDPA on the
          zero-padded batch (a boolean mask of causal and key padding) and on nested jagged
          tensors (is_causal), and against our own dense call on equal lengths with the same
          tokens. Reported: useful TFLOP/s, sum over sequences of 4 H L^2 D / 2.
+chunked  chunked prefill: attention_with_kvcache appending a chunk of 512 or 2048 new keys
+         (and as many causal query rows) to a cache of 8k or 32k keys, against attention() on
+         the same queries and the full keys (what the call attends to), GQA 32:8, head_dim 128,
+         batch 1. Reported: microseconds and TFLOP/s of the visible (bottom-right causal) pairs.
 
 Correctness comes first: every config's output is checked against a float32 reference by the
 project's rule (max|ours - ref| <= 2 max|peer - ref| + 2 max|(ref + 0.3 - 0.3) - ref|, peer =
 SDPA default), and a config that fails is reported as failed, not timed.
 
 Timing: CUDA events around `calls` back-to-back calls, `repeats` times, impls interleaved;
-the median and its 95% interval (bench_lib.median_ci). No L2 flush: a decode cache of 4 MB stays
+the median and its 95% interval (bench_lib.median_ci). Decode also replays a CUDA graph of
+`calls` calls `repeats` times per impl (median). No L2 flush: a decode cache of 4 MB stays
 in L2 between calls, as it would between a model's layers only if the cache were that small.
 
     python benches/bench_serving.py --save-csv --plot
@@ -41,13 +49,14 @@ sys.path.insert(0, HERE)
 import bench_lib as bl  # noqa: E402
 
 FIELDS = ("suite", "impl", "status", "dtype", "B", "Hq", "Hkv", "Sq", "Sk", "D", "layout",
-          "page_size", "lengths", "median_us", "ci95_lo_us", "ci95_hi_us", "gbs", "tflops",
+          "page_size", "lengths", "median_us", "ci95_lo_us", "ci95_hi_us", "gbs", "graph_us",
+          "graph_gbs", "tflops",
           "max_abs_err", "tol", "kernels", "gpu", "driver", "torch", "git_commit", "date")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--suite", default="decode,varlen")
+    p.add_argument("--suite", default="decode,varlen,chunked")
     p.add_argument("--dtype", default="bf16,fp16", help="bf16 and/or fp16, comma-separated")
     p.add_argument("--batches", default="1,8,64,256")
     p.add_argument("--caches", default="1024,8192,32768,131072")
@@ -65,6 +74,9 @@ def parse_args(argv=None):
     p.add_argument("--out-dir", default=os.path.join(HERE, "results"))
     p.add_argument("--git-commit", default=None)
     args = p.parse_args(argv)
+    unknown = set(args.suite.split(",")) - {"decode", "varlen", "chunked"}
+    if unknown:
+        p.error(f"--suite: decode, varlen and/or chunked, got {sorted(unknown)}")
     args.dtypes = args.dtype.split(",")
     if not args.dtypes or any(d not in ("bf16", "fp16") for d in args.dtypes):
         p.error(f"--dtype: bf16 and/or fp16, comma-separated, got {args.dtype!r}")
@@ -89,6 +101,35 @@ def time_impls(torch, impls, repeats, calls):
             end.record()
             end.synchronize()
             samples[n].append(start.elapsed_time(end) / calls)
+    return samples
+
+
+def graph_times(torch, fn, repeats, calls):
+    """ms per call of fn replayed from a CUDA graph of `calls` calls, `repeats` replays; None
+    when fn cannot be captured (a baseline whose kernel synchronises or allocates)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    try:
+        with torch.cuda.stream(stream):
+            fn()
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+    except Exception:  # noqa: BLE001 -- a capture failure of any kind means "not capturable"
+        torch.cuda.synchronize()
+        return None
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    samples = []
+    for _ in range(repeats):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / calls)
     return samples
 
 
@@ -192,6 +233,7 @@ def run_decode(torch, fa, args, env, writer, rows):
                 del impls[name]
         timed = {n: f for n, f in impls.items() if checked[n][0]}
         samples = time_impls(torch, timed, args.repeats, args.calls) if timed else {}
+        graphed = {n: graph_times(torch, f, args.repeats, args.calls) for n, f in timed.items()}
         for name, (passed, err, tol) in checked.items():
             row = dict(env, suite="decode", impl=name, dtype=dtype_name, B=B, Hq=Hq, Hkv=Hkv,
                        Sq=1, Sk=S, D=D, layout="paged" if name == "ours_paged" else "dense",
@@ -205,6 +247,9 @@ def run_decode(torch, fa, args, env, writer, rows):
                 med, lo, hi = summarize(samples[name])
                 row.update(status="ok", median_us=med, ci95_lo_us=lo, ci95_hi_us=hi,
                            gbs=kv_bytes / (med * 1e-6) / 1e9)
+                if graphed[name]:
+                    g_us = 1e3 * bl.median(graphed[name])
+                    row.update(graph_us=g_us, graph_gbs=kv_bytes / (g_us * 1e-6) / 1e9)
             rows.append(row)
             writer(row)
         del kc, vc, kp, vp
@@ -308,6 +353,60 @@ def run_varlen(torch, fa, args, env, writer, rows):
             writer(row)
 
 
+# --------------------------------------------------------------------------------------------
+# chunked prefill
+# --------------------------------------------------------------------------------------------
+
+def run_chunked(torch, fa, args, env, writer, rows):
+    import torch.nn.functional as F
+    B, Hq, Hkv, D = 1, 32, 8, 128
+    for dtype_name in args.dtypes:
+        dt = getattr(torch, bl.DTYPE_NAMES[dtype_name])
+        for S in (8192, 32768):
+            for chunk in (512, 2048):
+                g = torch.Generator(device="cuda").manual_seed(args.seed)
+                q = torch.randn(B, chunk, Hq, D, device="cuda", dtype=dt, generator=g)
+                kc = torch.randn(B, S, Hkv, D, device="cuda", dtype=dt, generator=g)
+                vc = torch.randn(B, S, Hkv, D, device="cuda", dtype=dt, generator=g)
+                # the chunk's own keys: appended where they already are, so every call is alike
+                kn, vn = kc[:, S - chunk:].clone(), vc[:, S - chunk:].clone()
+                impls = {
+                    "ours_kvcache": lambda: fa.attention_with_kvcache(
+                        q, kc, vc, kn, vn, cache_seqlens=S - chunk, causal=True),
+                    "ours_attention": lambda: fa.attention(q, kc, vc, causal=True),
+                }
+                rows_i = torch.arange(chunk, device="cuda")[:, None]
+                visible = torch.arange(S, device="cuda")[None] <= rows_i + (S - chunk)
+                qt, kt, vt = q.transpose(1, 2), kc.transpose(1, 2), vc.transpose(1, 2)
+                ref = F.scaled_dot_product_attention(qt.float(), kt.float(), vt.float(),
+                                                     attn_mask=visible,
+                                                     enable_gqa=True).transpose(1, 2)
+                peer = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=visible,
+                                                      enable_gqa=True).transpose(1, 2)
+                pairs = int(visible.sum())
+                checked, kernels = {}, {}
+                for name in list(impls):
+                    checked[name] = rule(torch, impls[name](), peer, ref)
+                    kernels[name] = launched_kernels(fa)
+                timed = {n: f for n, f in impls.items() if checked[n][0]}
+                samples = time_impls(torch, timed, args.repeats, args.calls) if timed else {}
+                for name, (passed, err, tol) in checked.items():
+                    row = dict(env, suite="chunked", impl=name, dtype=dtype_name, B=B, Hq=Hq,
+                               Hkv=Hkv, Sq=chunk, Sk=S, D=D, layout="dense", page_size="",
+                               lengths="uniform", max_abs_err=err, tol=tol,
+                               kernels=kernels[name])
+                    if not passed:
+                        row["status"] = "failed-correctness"
+                    else:
+                        med, lo, hi = summarize(samples[name])
+                        row.update(status="ok", median_us=med, ci95_lo_us=lo, ci95_hi_us=hi,
+                                   tflops=4.0 * B * Hq * D * pairs / (med * 1e-6) / 1e12)
+                    rows.append(row)
+                    writer(row)
+                del kc, vc, kn, vn
+                torch.cuda.empty_cache()
+
+
 def itertools_accumulate(values):
     total = 0
     for v in values:
@@ -331,10 +430,14 @@ def plot(rows, stem):
         for ax in axes.flat[len(groups):]:
             ax.set_visible(False)
         for ax, group in zip(axes.flat, groups):
-            for impl in sorted({r["impl"] for r in dec}):
-                pts = sorted((r["Sk"], r["gbs"]) for r in dec if r["impl"] == impl and key(r) == group)
-                if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
+            for i, impl in enumerate(sorted({r["impl"] for r in dec})):
+                mine = [r for r in dec if r["impl"] == impl and key(r) == group]
+                for field, style, label in (("graph_gbs", "-", impl + " (graph)"),
+                                            ("gbs", ":", impl + " (eager)")):
+                    pts = sorted((r["Sk"], r[field]) for r in mine if r.get(field))
+                    if pts:
+                        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o",
+                                markersize=3, color="C%d" % i, label=label)
             ax.set_xscale("log", base=2)
             ax.set_title("%s hd%d %d:%d B=%d" % group, fontsize=9)
             ax.set_xlabel("cache keys")
@@ -386,19 +489,17 @@ def main(argv=None):
         w.writeheader()
 
     def writer(row):
-        keys = ("suite", "impl", "status", "B", "Hq", "Hkv", "Sk", "layout", "median_us", "gbs",
-                "tflops", "kernels")
+        keys = ("suite", "impl", "status", "dtype", "D", "B", "Hq", "Hkv", "Sk", "layout",
+                "median_us", "gbs", "graph_us", "graph_gbs", "tflops", "kernels")
         print(" ".join("%s=%s" % (k, ("%.4g" % row[k]) if isinstance(row.get(k), float) else row.get(k, ""))
                        for k in keys), flush=True)
         if out:
             w.writerow(row)
             out.flush()
 
-    suites = args.suite.split(",")
-    if "decode" in suites:
-        run_decode(torch, fa, args, env, writer, rows)
-    if "varlen" in suites:
-        run_varlen(torch, fa, args, env, writer, rows)
+    runners = {"decode": run_decode, "varlen": run_varlen, "chunked": run_chunked}
+    for suite in args.suite.split(","):  # in the order asked
+        runners[suite](torch, fa, args, env, writer, rows)
     if out:
         out.close()
         print("# wrote %s.csv" % stem)

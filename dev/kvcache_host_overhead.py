@@ -6,7 +6,10 @@ For each decode shape (one query row, bf16, hd128, every entry at the cache's le
   sdpa     SDPA's default dispatch on the same dense cache, eager
 and the plan (kernel names and grids). With --profile, the CUDA runtime calls of one eager call
 and their host time, from torch.profiler: launches, the workspace's cudaMallocAsync and
-cudaFreeAsync, attribute queries.
+cudaFreeAsync, attribute queries. With --host, where the host time of one call goes (wall clock
+over calls issued without a synchronisation, so the GPU's speed does not enter): the whole call,
+the C op inside it, torch.empty of the output, SDPA's call, and the wrapper's Python functions
+by cProfile.
 
     python dev/kvcache_host_overhead.py
     python dev/kvcache_host_overhead.py --shapes 1:8192,64:8192 --splits 0,1 --profile
@@ -29,6 +32,7 @@ def parse_args(argv=None):
     p.add_argument("--calls", type=int, default=50)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--host", action="store_true")
     return p.parse_args(argv)
 
 
@@ -74,6 +78,79 @@ def runtime_calls(torch, fn):
     return sorted(rows, key=lambda r: -r[2])
 
 
+def host_us(torch, fn, calls=200):
+    """Host microseconds per call of fn, issued back to back: fewer calls than the launch queue
+    holds, so the host never waits for the GPU."""
+    import time
+
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        samples.append((time.perf_counter() - start) * 1e6 / calls)
+        torch.cuda.synchronize()
+    return sorted(samples)[2]
+
+
+class TimedOp:
+    """_C with its op `name` timed: host seconds spent inside the C call."""
+
+    def __init__(self, c_module, name):
+        self._c, self._name, self.seconds = c_module, name, 0.0
+
+    def __getattr__(self, attr):
+        value = getattr(self._c, attr)
+        if attr != self._name:
+            return value
+
+        def timed(*args, **kwargs):
+            import time
+
+            start = time.perf_counter()
+            try:
+                return value(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+        return timed
+
+
+def host_breakdown(torch, fa, call, sdpa, shape_of_out):
+    """Prints where one eager call's host time goes."""
+    import cProfile
+    import pstats
+
+    from flashattn_c import _api
+
+    whole = host_us(torch, call)
+    timed = TimedOp(_api._C, "kvcache")
+    _api._C = timed
+    try:
+        host_us(torch, call)
+        calls = 20 + 5 * 200
+        c_op = timed.seconds * 1e6 / calls
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(2000):
+            call()
+        profiler.disable()
+    finally:
+        _api._C = timed._c
+    torch.cuda.synchronize()
+    empty = host_us(torch, lambda: torch.empty(shape_of_out, dtype=torch.bfloat16,
+                                               device="cuda"))
+    print(f"    host: call {whole:.1f} us = C op {c_op:.1f} + Python {whole - c_op:.1f} "
+          f"(torch.empty of out alone {empty:.1f}); SDPA call {host_us(torch, sdpa):.1f} us")
+    stats = pstats.Stats(profiler).sort_stats("tottime")
+    for (file, line, fn), (_, ncalls, tottime, _, _) in sorted(
+            stats.stats.items(), key=lambda kv: -kv[1][2])[:12]:
+        print(f"    {tottime / 2000 * 1e6:6.2f} us/call own  {fn} ({os.path.basename(file)}:{line})"
+              f" x{ncalls // 2000}")
+
+
 def main(argv=None):
     args = parse_args(argv)
     import torch
@@ -105,6 +182,9 @@ def main(argv=None):
             print(f"B={batch} keys={keys} ({mb:.0f} MB) splits={splits}: eager {eager:.1f} us, "
                   f"graph {replay:.1f} us ({mb / replay * 1e3:.0f} GB/s), sdpa eager {sdpa:.1f} us; "
                   f"{plan}")
+            if args.host:
+                host_breakdown(torch, fa, call, lambda: F.scaled_dot_product_attention(
+                    qt, kt, vt, enable_gqa=True), q.shape)
             if args.profile:
                 for name, count, host_us in runtime_calls(torch, call):
                     print(f"    {name:40s} x{count:<3d} {host_us:8.1f} us host")
