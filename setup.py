@@ -102,7 +102,13 @@ def kernel_sources():
 def source_digest(src, cmd):
     """Hash of the command, the source and every csrc header: an object whose recorded digest
     matches is reused, even when copied to another machine with fresh timestamps."""
-    flags = [a for a in cmd[1:] if not a.startswith("--threads=")]  # parallelism, not output
+    flags = []
+    for a, before in zip(cmd[1:], cmd):
+        # parallelism and the object's location (absolute under FLASHATTN_C_BUILD_TEMP) are
+        # not what is built
+        if a.startswith("--threads=") or a == "-o" or before == "-o":
+            continue
+        flags.append(a)
     h = hashlib.sha256(" ".join(flags).encode())
     paths = [src]
     for root, _, files in os.walk(CSRC):

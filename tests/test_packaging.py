@@ -5,12 +5,14 @@ The sdist is made here with the running setuptools (no compiler involved: `setup
 only gathers files). Building a wheel from it and installing that into a clean venv takes a
 full nvcc build, so .ci/run does that step.
 """
+import fcntl
 import importlib.metadata
 import os
 import re
 import subprocess
 import sys
 import tarfile
+import tempfile
 
 import pytest
 
@@ -38,9 +40,13 @@ def tracked_files():
 def sdist_members(tmp_path_factory):
     pytest.importorskip("setuptools")  # a venv of Python >= 3.12 comes without it
     out = tmp_path_factory.mktemp("sdist")
-    proc = subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(out),
-                           "sdist", "--dist-dir", str(out)], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=300)
+    # sdist stages the release tree in the repository itself: pytest -n workers that build it
+    # at once would remove each other's staging directory, so they take turns.
+    with open(os.path.join(tempfile.gettempdir(), "flashattn_c_sdist.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base",
+                               str(out), "sdist", "--dist-dir", str(out)], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     archives = [f for f in os.listdir(out) if f.endswith(".tar.gz")]
     assert len(archives) == 1, os.listdir(out)
