@@ -238,16 +238,15 @@ def _torch_layout(torch, t, fixed=None):
     if not _TORCH_DTYPE_CODES:
         _TORCH_DTYPE_CODES.update({torch.float16: _C.FLOAT16, torch.bfloat16: _C.BFLOAT16,
                                    torch.float32: _C.FLOAT32, torch.int32: _C.INT32})
-    if not isinstance(t, torch.Tensor):
+    if not isinstance(t, torch.Tensor) or not t.is_cuda:
         return None
     code = _TORCH_DTYPE_CODES.get(t.dtype)
     if code is None or (code != fixed if fixed is not None else
                         code != _C.FLOAT16 and code != _C.BFLOAT16):
         return None
-    device = t.get_device()  # -1 on the host; an int, with no torch.device made
-    if device < 0:
-        return None
-    return (t.data_ptr(), t.shape, t.stride(), code, device)
+    # The C side trusts this device (no driver query), so only CUDA tensors get here;
+    # get_device() gives the ordinal as an int, with no torch.device made.
+    return (t.data_ptr(), t.shape, t.stride(), code, t.get_device())
 
 
 def _torch_current_stream(torch, device):
