@@ -11,10 +11,11 @@
  *               for, else the forward family's kernel with the cache as its k/v
  *   fa_combine  (num_splits > 1) the splits' partial outputs merged by their LSE
  *
- * The split count (num_splits == 0) follows the wave rule of FlashAttention 3's heuristic: the
- * decode grid has ctas = m_tiles * heads_kv * batch CTAs and each may be cut into s splits of
- * at least FA_SPLIT_MIN_KEYS keys (from seqlen_k, the cache's capacity: the used lengths live
- * on the device and a captured graph must not depend on them). With one CTA per SM, s splits
+ * The split count (num_splits == 0; kernels.h's fa_kvcache_splits) follows the wave rule of
+ * FlashAttention 3's heuristic: the decode grid has ctas = m_tiles * heads_kv * batch CTAs
+ * and each may be cut into s splits of at least FA_SPLIT_MIN_KEYS keys (from seqlen_k, the
+ * cache's capacity: the used lengths live on the device and a captured graph must not depend
+ * on them). With one CTA per SM, s splits
  * fill w = ctas * s / sm_count waves; the plan takes the smallest s whose efficiency
  * w / ceil(w) is within FA_SPLIT_WAVE_SHARE of the best s up to FA_MAX_SPLITS and two waves,
  * and 1 when ctas already fill 80% of the SMs. Why (H200, dev/decode_check.cu --bench,
@@ -36,9 +37,6 @@
 #include "plan.h"
 
 #define FA_DECODE_MAX_ROWS 128 /* packed rows per entry up to which the decode kernel runs */
-#define FA_SPLIT_MIN_KEYS 64     /* fewest keys a split is planned for */
-#define FA_SPLIT_WAVE_SHARE 0.95 /* of the best wave efficiency that a split count must reach */
-#define FA_MAX_SPLITS 128
 
 void fa_kvcache_params_init(fa_kvcache_params *c)
 {
@@ -189,32 +187,6 @@ typedef struct {
     size_t seqused_bytes, partial_bytes;
 } kvcache_plan;
 
-static int choose_splits(int64_t ctas, int seqlen_k, const fa_device *dev)
-{
-    if (ctas >= (int64_t)dev->sm_count * 4 / 5)
-        return 1;
-    int most = seqlen_k / FA_SPLIT_MIN_KEYS;
-    const int64_t two_waves = 2 * (int64_t)dev->sm_count / ctas;
-    if (most > two_waves)
-        most = (int)two_waves;
-    if (most > FA_MAX_SPLITS)
-        most = FA_MAX_SPLITS;
-    if (most <= 1)
-        return 1;
-    double eff[FA_MAX_SPLITS + 1], best = 0.0;
-    for (int s = 1; s <= most; s++) {
-        const double waves = (double)(ctas * s) / dev->sm_count;
-        const double whole = (double)(int64_t)(waves + 0.999999);
-        eff[s] = waves / whole;
-        if (eff[s] > best)
-            best = eff[s];
-    }
-    for (int s = 1; s <= most; s++)
-        if (eff[s] >= FA_SPLIT_WAVE_SHARE * best)
-            return s;
-    return 1;
-}
-
 /* Plans from resolved, checked params: every launch is checked against the contract here. */
 static fa_status plan_kvcache(const fa_params *p, const fa_kvcache_params *c, const fa_device *dev,
                               kvcache_plan *kp)
@@ -268,7 +240,8 @@ static fa_status plan_kvcache(const fa_params *p, const fa_kvcache_params *c, co
         const fa_tile *t = &kp->tile;
         const int64_t m_tiles = rows > 0 ? (rows + t->block_m - 1) / t->block_m : 1;
         const int64_t ctas = m_tiles * p->heads_kv * p->batch;
-        int splits = c->num_splits > 0 ? c->num_splits : choose_splits(ctas, a.seqlen_k, dev);
+        int splits = c->num_splits > 0 ? c->num_splits
+                                        : fa_kvcache_splits(ctas, a.seqlen_k, dev->sm_count);
         const int key_blocks = (a.seqlen_k + t->block_n - 1) / t->block_n;
         if (splits > key_blocks)
             splits = key_blocks > 0 ? key_blocks : 1;

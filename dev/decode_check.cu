@@ -593,26 +593,6 @@ __global__ void fill_random(uint16_t *x, size_t n, uint32_t seed)
     }
 }
 
-/* kvcache.c's split rule (FlashAttention 3's wave heuristic, at most two waves). */
-static int choose_splits(long long ctas, int seqlen_k, int sm_count)
-{
-    if (ctas >= (long long)sm_count * 4 / 5)
-        return 1;
-    const int most = (int)std::min<long long>(std::min(seqlen_k / 64, 128), 2LL * sm_count / ctas);
-    if (most <= 1)
-        return 1;
-    double eff[129], best = 0;
-    for (int s = 1; s <= most; s++) {
-        const double waves = (double)(ctas * s) / sm_count;
-        eff[s] = waves / std::ceil(waves);
-        best = std::max(best, eff[s]);
-    }
-    for (int s = 1; s <= most; s++)
-        if (eff[s] >= 0.95 * best)
-            return s;
-    return 1;
-}
-
 static void bench(int force_splits, int page, bool carveout, bool parts, int only_b, int optin_force, int only_keys)
 {
     fa_params probe;
@@ -709,7 +689,7 @@ static void bench(int force_splits, int page, bool carveout, bool parts, int onl
             CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)t.smem_bytes));
             const int m_tiles = (Hq / Hk + t.block_m - 1) / t.block_m;
             const long long ctas = (long long)m_tiles * Hk * B;
-            int ns = force_splits > 0 ? force_splits : choose_splits(ctas, L, prop.multiProcessorCount);
+            int ns = force_splits > 0 ? force_splits : fa_kvcache_splits(ctas, L, prop.multiProcessorCount);
             ns = std::max(1, std::min(ns, (L + t.block_n - 1) / t.block_n));
             fa_split_workspace ws;
             ws.num_splits = ns;

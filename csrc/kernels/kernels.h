@@ -138,6 +138,39 @@ cudaError_t fa_bwd_post_launch(const fa_params *p, const fa_grad_params *g,
  *                   waits for its results in the kernel (griddepcontrol.wait). */
 #define FA_APPEND_ROWS 64
 
+#define FA_SPLIT_MIN_KEYS 64     /* fewest keys a split is planned for */
+#define FA_SPLIT_WAVE_SHARE 0.95 /* of the best wave efficiency that a split count must reach */
+#define FA_MAX_SPLITS 128
+
+/* The split count the KV-cache plan takes when none is asked for (kvcache.c's header states the
+ * rule and the measurements behind it): ctas decode CTAs unsplit, seqlen_k keys of cache
+ * capacity, sm_count SMs. Pure host. */
+static inline int fa_kvcache_splits(int64_t ctas, int seqlen_k, int sm_count)
+{
+    if (ctas >= (int64_t)sm_count * 4 / 5)
+        return 1;
+    int most = seqlen_k / FA_SPLIT_MIN_KEYS;
+    const int64_t two_waves = 2 * (int64_t)sm_count / ctas;
+    if (most > two_waves)
+        most = (int)two_waves;
+    if (most > FA_MAX_SPLITS)
+        most = FA_MAX_SPLITS;
+    if (most <= 1)
+        return 1;
+    double eff[FA_MAX_SPLITS + 1], best = 0.0;
+    for (int s = 1; s <= most; s++) {
+        const double waves = (double)(ctas * s) / sm_count;
+        const double whole = (double)(int64_t)(waves + 0.999999);
+        eff[s] = waves / whole;
+        if (eff[s] > best)
+            best = eff[s];
+    }
+    for (int s = 1; s <= most; s++)
+        if (eff[s] >= FA_SPLIT_WAVE_SHARE * best)
+            return s;
+    return 1;
+}
+
 /* Threads that share one (row, 4 columns) item of the combine: each sums every t-th batch of
  * 16 splits, so that a thread waits on at most two round trips of loads for up to 128 splits
  * (64 at head_dim 256, whose 64 items a row leave room for 4 threads each in a CTA); the
