@@ -11,8 +11,10 @@
  * dq_accum (fp32, batch * heads_q * seqlen_q * head_dim), delta, the sink partials and, when
  * deterministic, one turn counter per (batch, head, query block) of the main kernel.
  *
- * Only the sm80 family has a backward kernel so far: auto plans it on every GPU (sm_90
- * included, where it runs as sm_90 SASS), and an explicit sm90 request is an error.
+ * Main kernels: the sm90 family's (bwd_sm90.cu: head_dim up to 128, uniform batches, not
+ * deterministic) and the sm80 family's (everything else; it runs on sm_90 too). auto takes
+ * the sm90 one on sm_90 where it serves the problem (choose_backward_family). The preprocess
+ * and postprocess are built with the sm80 family, which every backward needs.
  */
 #include <stdio.h>
 #include <string.h>
@@ -24,6 +26,9 @@
 #include "plan.h"
 #ifdef FA_WITH_SM80
 #include "kernels/sm80_bwd_tiles.h"
+#endif
+#ifdef FA_WITH_SM90
+#include "kernels/sm90_bwd_tiles.h"
 #endif
 
 void fa_grad_params_init(fa_grad_params *g)
@@ -169,25 +174,49 @@ static size_t carve_workspace(const fa_params *p, const fa_grad_params *g, int b
 /* ------------------------------------------------------------------------------------------ */
 /* Plan                                                                                        */
 
-/* The family whose backward serves the request. */
-static fa_status choose_backward_family(const fa_params *p, const fa_device *dev,
-                                        fa_kernel_family *family)
+/* The family whose backward serves the request. auto takes the sm90 backward on sm_90 where
+ * it serves p (fa_sm90_bwd_unsupported) and the sm80 family's elsewhere; the choice is the
+ * main launch's kernel name in the record. An explicit sm90 that does not serve p is an error. */
+static fa_status choose_backward_family(const fa_params *p, const fa_grad_params *g,
+                                        const fa_device *dev, fa_kernel_family *family)
 {
-    if (p->family == FA_KERNEL_SM90)
-        return fa_fail(FA_ERR_NO_KERNEL_FOR_ARCH,
-                       "kernel family sm90 has no backward kernel yet; the sm80 family's backward "
-                       "runs on sm_90 too (kernel='sm80' or 'auto')");
-    const fa_kernel_family requested = p->family == FA_KERNEL_AUTO ? FA_KERNEL_SM80 : p->family;
-    if (p->family == FA_KERNEL_AUTO && !fa_family_built(FA_KERNEL_SM80))
+    fa_status s;
+    if (p->family == FA_KERNEL_SM90) {
+        if ((s = fa_choose_family(FA_KERNEL_SM90, dev->major, dev->minor, family)) != FA_OK)
+            return s;
+#ifdef FA_WITH_SM90
+        const char *why = fa_sm90_bwd_unsupported(p, g);
+        if (why)
+            return fa_fail(FA_ERR_UNSUPPORTED,
+                           "kernel family sm90 has no backward for this problem: %s "
+                           "(kernel='sm80' or 'auto')",
+                           why);
+#endif
+        if (!fa_family_built(FA_KERNEL_SM80))
+            return fa_fail(FA_ERR_NO_KERNEL_FOR_ARCH,
+                           "the backward's preprocess and postprocess are built with the sm80 "
+                           "family (FLASHATTN_C_ARCHS with a plain arch such as 80)");
+        return FA_OK;
+    }
+    if (!fa_family_built(FA_KERNEL_SM80))
         return fa_fail(FA_ERR_NO_KERNEL_FOR_ARCH,
                        "this build has no backward kernel: the backward needs the sm80 family "
                        "(FLASHATTN_C_ARCHS with a plain arch such as 80)");
-    return fa_choose_family(requested, dev->major, dev->minor, family);
+    if ((s = fa_choose_family(p->family, dev->major, dev->minor, family)) != FA_OK)
+        return s;
+#ifdef FA_WITH_SM90
+    if (*family == FA_KERNEL_SM90 && fa_sm90_bwd_unsupported(p, g) == NULL)
+        return FA_OK;
+#endif
+    (void)g;
+    *family = FA_KERNEL_SM80;
+    return FA_OK;
 }
 
 typedef struct {
     fa_plan plan;
     int pre, main, post;         /* indices into plan.launches; main -1: no keys */
+    fa_kernel_family family;     /* the main kernel's */
     fa_tile tile;
 } backward_plan;
 
@@ -196,12 +225,20 @@ static fa_status plan_backward(const fa_params *p, const fa_grad_params *g, cons
 {
     fa_status s;
     fa_kernel_family family;
-    if ((s = choose_backward_family(p, dev, &family)) != FA_OK)
+    if ((s = choose_backward_family(p, g, dev, &family)) != FA_OK)
         return s;
     memset(bp, 0, sizeof *bp);
-#ifdef FA_WITH_SM80
-    if (fa_sm80_bwd_tile(p, g, &bp->tile) != 0)
+    bp->family = family;
+    int no_tile = 1;
+#ifdef FA_WITH_SM90
+    if (family == FA_KERNEL_SM90)
+        no_tile = fa_sm90_bwd_tile(p, g, &bp->tile);
 #endif
+#ifdef FA_WITH_SM80
+    if (family == FA_KERNEL_SM80)
+        no_tile = fa_sm80_bwd_tile(p, g, &bp->tile);
+#endif
+    if (no_tile)
         return fa_fail(FA_ERR_UNSUPPORTED, "kernel family %s has no backward tile for head_dim %d",
                        fa_family_name(family), p->head_dim);
 
@@ -276,10 +313,31 @@ fa_status fa_backward_plan(const fa_params *pc, const fa_grad_params *gc, const 
 typedef cudaError_t (*bwd_launch_fn)(const fa_params *, const fa_grad_params *,
                                      const fa_bwd_workspace *, const fa_launch *, cudaStream_t);
 
+static bwd_launch_fn main_launch_fn(fa_kernel_family family)
+{
+#ifdef FA_WITH_SM90
+    if (family == FA_KERNEL_SM90)
+        return fa_sm90_bwd_launch;
+#endif
+    (void)family;
+    return fa_sm80_bwd_launch;
+}
+
+static const void *main_kernel_fn(const fa_params *p, const fa_grad_params *g,
+                                  const backward_plan *bp)
+{
+#ifdef FA_WITH_SM90
+    if (bp->family == FA_KERNEL_SM90)
+        return fa_sm90_bwd_kernel_fn(p, g, &bp->tile);
+#endif
+    return fa_sm80_bwd_kernel_fn(p, g, &bp->tile);
+}
+
 static fa_status issue(const fa_params *p, const fa_grad_params *g, const backward_plan *bp,
                        const fa_bwd_workspace *ws, cudaStream_t stream)
 {
-    const bwd_launch_fn launch[3] = {fa_bwd_pre_launch, fa_sm80_bwd_launch, fa_bwd_post_launch};
+    const bwd_launch_fn launch[3] = {fa_bwd_pre_launch, main_launch_fn(bp->family),
+                                     fa_bwd_post_launch};
     const int index[3] = {bp->pre, bp->main, bp->post};
     for (int k = 0; k < 3; k++) {
         if (index[k] < 0)
@@ -298,7 +356,7 @@ static fa_status prepare_all(const fa_params *p, const fa_grad_params *g, backwa
 {
     fa_launch *l = bp->plan.launches;
     const void *fns[3] = {fa_bwd_pre_kernel_fn(p),
-                          bp->main >= 0 ? fa_sm80_bwd_kernel_fn(p, g, &bp->tile) : NULL,
+                          bp->main >= 0 ? main_kernel_fn(p, g, bp) : NULL,
                           fa_bwd_post_kernel_fn(p)};
     const int index[3] = {bp->pre, bp->main, bp->post};
     for (int k = 0; k < 3; k++) {

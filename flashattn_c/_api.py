@@ -419,9 +419,7 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=_NO_WIND
             raise ValueError("stream= is not taken when autograd records the call (q, k, v or "
                              "sinks require grad): the op runs on torch's current stream")
         if kernel_code == _C.KERNEL_SM90:
-            raise ValueError("kernel='sm90' has no backward kernel yet, and q, k, v or sinks "
-                             "require grad: use kernel='auto' or 'sm80' (the sm80 family's "
-                             "backward runs on sm_90 too), or torch.no_grad()")
+            _refuse_sm90_backward(q, k, causal, left, right, softcap, sinks, deterministic)
         from . import _torch_ops
 
         out, lse = _torch_ops.attention_fwd(q, k, v, sinks, causal, softmax_scale, left, right,
@@ -606,6 +604,26 @@ def _call_op(c_op, roles, arrays, extra, *, framework, stream, device_kind, torc
             for n, r in zip(outputs, results)}
 
 
+def _refuse_sm90_backward(q, k, causal, left, right, softcap, sinks, deterministic):
+    """kernel='sm90' under autograd: the ValueError the backward's plan would raise (the sm90
+    backward serves head_dim up to 128, uniform batches, not deterministic), raised at the
+    forward, before any GPU work, rather than after it."""
+    dtype = str(q.dtype).replace("torch.", "")
+    if dtype not in _DTYPE_CODES or q.dim() != 4 or k.dim() != 4:
+        return  # the forward names what is wrong with these
+    try:
+        _C.launch_config(batch=q.shape[0], seqlen_q=q.shape[1], seqlen_k=k.shape[1],
+                         heads_q=q.shape[2], heads_kv=k.shape[2], head_dim=q.shape[3],
+                         seqlen_new=0, page_size=0, num_splits=0, dtype=_DTYPE_CODES[dtype],
+                         causal=causal, arch_major=9, arch_minor=0, kernel=_C.KERNEL_SM90,
+                         window_left=left, window_right=right, softcap=softcap,
+                         sinks=sinks is not None, backward=True, deterministic=deterministic,
+                         varlen=False, kvcache=False)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise ValueError(f"q, k, v or sinks require grad, and the backward of kernel='sm90' "
+                         f"cannot run: {e}. Use kernel='auto' or 'sm80', or torch.no_grad()") from None
+
+
 def _refuse_autograd_options(out, stream, kernel_code, inputs):
     """What a call that autograd records cannot take (as attention() under autograd)."""
     if out is not None:
@@ -615,9 +633,9 @@ def _refuse_autograd_options(out, stream, kernel_code, inputs):
         raise ValueError(f"stream= is not taken when autograd records the call ({inputs} "
                          "require grad): the op runs on torch's current stream")
     if kernel_code == _C.KERNEL_SM90:
-        raise ValueError(f"kernel='sm90' has no backward kernel yet, and {inputs} require "
-                         "grad: use kernel='auto' or 'sm80' (the sm80 family's backward runs "
-                         "on sm_90 too), or torch.no_grad()")
+        raise ValueError(f"kernel='sm90' has no backward for packed batches, and {inputs} "
+                         "require grad: use kernel='auto' or 'sm80' (the sm80 family's "
+                         "backward runs on sm_90 too), or torch.no_grad()")
 
 
 def _refuse_out_that_requires_grad(torch, out):
@@ -663,7 +681,8 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     Training: with torch tensors that require grad (q, k, v or sinks) in grad mode, the call
     records the torch.library op flashattn_c::attention_varlen_fwd, whose backward is
     flashattn_c::attention_varlen_bwd (attention_varlen_backward()); cu_seqlens must then be
-    torch tensors, and out=, stream= and kernel='sm90' are refused as in attention().
+    torch tensors, and out= and stream= are refused as in attention(), and kernel='sm90' (its
+    backward takes uniform batches only).
 
     Other arguments (causal, softmax_scale, window_size, softcap, return_lse, deterministic,
     out, stream, device, kernel) and the returned types are attention()'s; kernel=None or

@@ -182,12 +182,22 @@ sm80_built = pytest.mark.skipif(not fa.build_info()["families"]["sm80"],
                                 reason="the backward needs the sm80 family, not in this build")
 
 
+sm90_built = pytest.mark.skipif(not (fa.build_info()["families"]["sm80"] and
+                                     fa.build_info()["families"].get("sm90")),
+                                reason="the sm90 backward needs the sm80 and sm90 families")
+
+
+def auto_family(arch):
+    """The family whose backward auto plans on arch for a problem the sm90 backward serves."""
+    return "sm90" if arch == (9, 0) and fa.build_info()["families"].get("sm90") else "sm80"
+
+
 @sm80_built
 @pytest.mark.parametrize("arch", [(8, 0), (8, 9), (9, 0)])
 def test_backward_plan_is_preprocess_main_postprocess(arch):
     cfg = plan(arch=arch)
     names = [l["kernel"] for l in cfg["launches"]]
-    assert names == ["bwd_pre_bf16", "bwd_sm80_hd128_bf16", "bwd_post_bf16"]
+    assert names == ["bwd_pre_bf16", f"bwd_{auto_family(arch)}_hd128_bf16", "bwd_post_bf16"]
     assert cfg["main_launch"] == 1 and cfg["kernel"] == names[1]
     assert all(l["block"] == (384, 1, 1) for l in cfg["launches"])
     pre, main, post = cfg["launches"]
@@ -203,17 +213,40 @@ def test_backward_plan_names_what_it_adds():
     cfg = plan(causal=True, softcap=30.0, sinks=True, deterministic=True)
     assert [l["kernel"] for l in cfg["launches"]] == [
         "bwd_pre_bf16_sinks", "bwd_sm80_hd128_bf16_causal_softcap_det", "bwd_post_bf16_sinks"]
-    assert plan(window_size=(100, 0))["kernel"] == "bwd_sm80_hd128_bf16_window"
-    assert plan(window_size=(5000, 0))["kernel"] == "bwd_sm80_hd128_bf16_causal"  # hides nothing left
+    fam = auto_family((9, 0))
+    assert plan(window_size=(100, 0))["kernel"] == f"bwd_{fam}_hd128_bf16_window"
+    assert plan(window_size=(5000, 0))["kernel"] == f"bwd_{fam}_hd128_bf16_causal"  # hides nothing left
     # sinks add the per-block partials; deterministic adds one turn counter per query block
     base = plan()["workspace_bytes"]
     assert plan(sinks=True)["workspace_bytes"] == base + 2 * 8 * 16 * 4  # a float per row block
     assert plan(deterministic=True)["workspace_bytes"] > base
 
 
-def test_backward_on_sm90_family_is_an_error_not_a_fallback():
-    with pytest.raises(RuntimeError, match="sm90 has no backward"):
-        plan(kernel="sm90")
+@sm90_built
+def test_sm90_backward_plan_tiles():
+    for head_dim, padded, smem in ((64, 64, 116992), (72, 128, 198912), (128, 128, 198912)):
+        cfg = plan(kernel="sm90", head_dim=head_dim, causal=True)
+        main = cfg["launches"][cfg["main_launch"]]
+        assert main["kernel"] == f"bwd_sm90_hd{padded}_bf16_causal"
+        assert (main["block_m"], main["block_n"], main["smem_bytes"]) == (64, 128, smem)
+        assert main["grid"] == (8, 2, 2) and main["block"] == (384, 1, 1)  # 128-key blocks
+
+
+@sm90_built
+@pytest.mark.parametrize("kw,match", [
+    (dict(head_dim=256), "head_dim up to 128"),
+    (dict(deterministic=True), "no deterministic mode"),
+    (dict(varlen=True), "uniform batches"),
+])
+def test_sm90_backward_refuses_what_it_lacks_and_auto_takes_sm80(kw, match):
+    with pytest.raises(ValueError, match=match):
+        plan(kernel="sm90", **kw)
+    assert plan(**kw)["kernel"].startswith("bwd_sm80_")  # auto: the family that serves it
+
+
+def test_sm90_backward_is_refused_off_sm90():
+    with pytest.raises(RuntimeError, match="sm90"):
+        plan(kernel="sm90", arch=(8, 0))
 
 
 # ================================================================================================

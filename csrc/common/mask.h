@@ -65,4 +65,21 @@ FA_HD int fa_mask_visible(const fa_mask *m, int row, int key)
     return key >= s.lo && key <= s.hi;
 }
 
+/* The transpose of fa_mask_row, for kernels that hold keys in rows (the backward's S^T): the
+ * query rows lo..hi (inclusive) that see key j; hi < lo: none (also for j outside [0, len_k)).
+ * Row i sees j when i + d - left <= j <= i + d + right (an unbounded side drops its bound), so
+ * the rows are j - d - right <= i <= j - d + left, clipped to [0, len_q). */
+FA_HD fa_key_span fa_mask_col(const fa_mask *m, int key)
+{
+    fa_key_span s = {0, -1};
+    if (key < 0 || key >= m->len_k)
+        return s;
+    const long long d = (long long)m->len_k - m->len_q;
+    const long long lo = m->right < 0 ? 0 : (long long)key - d - m->right;
+    const long long hi = m->left < 0 ? m->len_q - 1 : (long long)key - d + m->left;
+    s.lo = lo < 0 ? 0 : (int)(lo > m->len_q ? m->len_q : lo);
+    s.hi = hi > m->len_q - 1 ? m->len_q - 1 : (int)(hi < -1 ? -1 : hi);
+    return s;
+}
+
 #endif /* FA_COMMON_MASK_H */

@@ -101,10 +101,16 @@ int fa_sm90_archs(int *archs, int max);
 /* NULL when the sm90 forward runs p's sequence layout, else why not (pure host). */
 const char *fa_sm90_seq_unsupported(const fa_params *p);
 
-/* Backward (bwd_sm80*.cu). The tile, fa_sm80_bwd_tile(p, g, &t), is pure host and static
+/* Backward (bwd_sm80*.cu, bwd_sm90.cu). The tile, fa_sm80_bwd_tile(p, g, &t), is pure host and static
  * inline in sm80_bwd_tiles.h (as fa_sm80_tile is in sm80_tiles.h). */
 const void *fa_sm80_bwd_kernel_fn(const fa_params *p, const fa_grad_params *g, const fa_tile *t);
 cudaError_t fa_sm80_bwd_launch(const fa_params *p, const fa_grad_params *g,
+                               const fa_bwd_workspace *ws, const fa_launch *cfg,
+                               cudaStream_t stream);
+/* The sm90 backward (bwd_sm90.cu); its tile, fa_sm90_bwd_tile(p, g, &t), and what it does not
+ * serve, fa_sm90_bwd_unsupported(p, g), are pure host in sm90_bwd_tiles.h. */
+const void *fa_sm90_bwd_kernel_fn(const fa_params *p, const fa_grad_params *g, const fa_tile *t);
+cudaError_t fa_sm90_bwd_launch(const fa_params *p, const fa_grad_params *g,
                                const fa_bwd_workspace *ws, const fa_launch *cfg,
                                cudaStream_t stream);
 /* The auxiliary kernels (bwd_sm80_aux.cu; generic CUDA, built with the sm80 family). */

@@ -25,15 +25,37 @@
 
 namespace fa_sm90 {
 
+// Where lane `lane` of warp warp_in_wg addresses the rows of stmatrix_cols16 in a warpgroup's
+// 64-row area at region (its rows in chunk 0, 1024-byte aligned).
+struct StmatrixLane {
+    int mat;            // which of the four 8x8 matrices this lane addresses
+    int row;            // the row it addresses
+    uint32_t row_addr;  // that row's 128-byte line in chunk 0
+    __device__ __forceinline__ StmatrixLane(uint32_t region, int warp_in_wg, int lane) {
+        mat = lane >> 3;
+        row = 16 * warp_in_wg + (mat & 1) * 8 + (lane & 7);
+        row_addr = region + (uint32_t)row * 128u;
+    }
+};
+
+// Columns 16i .. 16i + 15 of a warpgroup's 64 rows from the accumulator fragment, packed to
+// 16 bit (r0..r3 as stmatrix_x4 takes them, which is also the wgmma A fragment of k-step i),
+// into the swizzled area (64-column chunks chunk_bytes apart).
+__device__ __forceinline__ void stmatrix_cols16(const StmatrixLane &at, uint32_t chunk_bytes, int i, uint32_t r0,
+                                                uint32_t r1, uint32_t r2, uint32_t r3) {
+    const int unit_global = 2 * i + (at.mat >> 1);  // 8-column group this lane's row address covers
+    const uint32_t addr = at.row_addr + (uint32_t)(unit_global >> 3) * chunk_bytes +
+                          ((uint32_t)((unit_global & 7) ^ (at.row & 7)) << 4);
+    stmatrix_x4(addr, r0, r1, r2, r3);
+}
+
 // region: shared address of this warpgroup's rows in chunk 0 (1024-byte aligned);
 // chunk_bytes: distance between 64-column chunks of the staging area. has_keys == false writes zeros
 // without reading o (a tile that saw no key never ran a wgmma, so o is undefined).
 template <int kHeadDim, bool kBf16>
 __device__ __forceinline__ void stage_output(const float (&o)[kHeadDim / 2], const float (&inv_l)[2], bool has_keys,
                                              uint32_t region, uint32_t chunk_bytes, int warp_in_wg, int lane) {
-    const int mat = lane >> 3;   // which of the four 8x8 matrices this lane addresses
-    const int row = 16 * warp_in_wg + (mat & 1) * 8 + (lane & 7);
-    const uint32_t row_addr = region + (uint32_t)row * 128u;
+    const StmatrixLane at(region, warp_in_wg, lane);
 #pragma unroll
     for (int i = 0; i < kHeadDim / 16; ++i) {
         float v[8];
@@ -47,10 +69,7 @@ __device__ __forceinline__ void stage_output(const float (&o)[kHeadDim / 2], con
         const uint32_t r1 = pack2<kBf16>(v[2], v[3]);  // rows 8-15, columns 16i .. 16i+7
         const uint32_t r2 = pack2<kBf16>(v[4], v[5]);  // rows 0-7,  columns 16i+8 .. 16i+15
         const uint32_t r3 = pack2<kBf16>(v[6], v[7]);  // rows 8-15, columns 16i+8 .. 16i+15
-        const int unit_global = 2 * i + (mat >> 1);     // 8-column group this lane's row address covers
-        const uint32_t addr = row_addr + (uint32_t)(unit_global >> 3) * chunk_bytes +
-                              ((uint32_t)((unit_global & 7) ^ (row & 7)) << 4);
-        stmatrix_x4(addr, r0, r1, r2, r3);
+        stmatrix_cols16(at, chunk_bytes, i, r0, r1, r2, r3);
     }
 }
 

@@ -2,7 +2,8 @@
  * sm90_ptx.cuh -- thin inline-PTX wrappers for the sm90 attention kernel, one per instruction,
  * each named after the PTX it emits: mbarriers, TMA (cp.async.bulk.tensor), proxy fences,
  * 16-byte shared loads and stores, named barriers, setmaxnreg, stmatrix, the wgmma
- * fence/commit/wait and the wgmma shared-memory matrix descriptor.
+ * fence/commit/wait, the wgmma shared-memory matrix descriptor, and the TMA reduction the
+ * backward adds dQ with.
  *
  * Device-only; needs the sm_90a target (-gencode arch=compute_90a,code=sm_90a).
  * Shared-memory operands are 32-bit shared-window addresses (smem_addr()).
@@ -101,6 +102,17 @@ FA_DEV void cp_async_bulk_tensor_4d_s2g(const void *tensor_map, uint32_t src, in
         : "memory");
 }
 
+// Shared -> global reduction, 4-D box: global += shared elementwise (the map's element type;
+// f32 here), rows and columns past the tensor clipped.
+FA_DEV void cp_reduce_async_bulk_tensor_4d_add_s2g(const void *tensor_map, uint32_t src, int c0, int c1, int c2,
+                                                   int c3) {
+    asm volatile(
+        "cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(
+            reinterpret_cast<uint64_t>(tensor_map)),
+        "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+        : "memory");
+}
+
 FA_DEV void cp_async_bulk_commit_group() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 
 // Waits until the committed bulk stores have finished reading shared memory.
@@ -129,6 +141,20 @@ FA_DEV uint4 ld_shared_v4(uint32_t addr) {
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                  : "r"(addr)
                  : "memory");
+    return v;
+}
+
+FA_DEV void st_shared_f32(uint32_t addr, float v) {
+    asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(addr), "f"(v) : "memory");
+}
+
+FA_DEV void st_shared_v2_f32(uint32_t addr, float a, float b) {
+    asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(a), "f"(b) : "memory");
+}
+
+FA_DEV float2 ld_shared_f32x2(uint32_t addr) {
+    float2 v;
+    asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(v.x), "=f"(v.y) : "r"(addr) : "memory");
     return v;
 }
 

@@ -44,27 +44,36 @@ inline EncodeTiledFn encode_tiled_fn() {
     return fn;
 }
 
-// A 4-D map over a (head_dim, rows, heads, batch) tensor with element strides (1, row, head,
-// batch), box (64, box_rows, 1, 1), 128-byte swizzle, zero fill outside the tensor.
-inline bool encode_map(EncodeTiledFn encode, CUtensorMap *map, CUtensorMapDataType dtype, const void *base, int head_dim,
-                int rows, int heads, int batch, int64_t row_stride, int64_t head_stride, int64_t batch_stride,
-                int box_rows) {
+// A 4-D map over a (cols, rows, heads, batch) tensor of elem_bytes-byte elements with element
+// strides (1, row, head, batch), box (box_cols, box_rows, 1, 1), 128-byte swizzle (box_cols *
+// elem_bytes must be 128), zero fill outside the tensor.
+inline bool encode_map_box(EncodeTiledFn encode, CUtensorMap *map, CUtensorMapDataType dtype, int elem_bytes,
+                           const void *base, int cols, int rows, int heads, int batch, int64_t row_stride,
+                           int64_t head_stride, int64_t batch_stride, int box_cols, int box_rows) {
     // Empty extents never get a box issued; TMA just needs a legal map.
-    const cuuint64_t dims[4] = {(cuuint64_t)head_dim, (cuuint64_t)(rows > 0 ? rows : 1),
+    const cuuint64_t dims[4] = {(cuuint64_t)cols, (cuuint64_t)(rows > 0 ? rows : 1),
                                 (cuuint64_t)(heads > 0 ? heads : 1), (cuuint64_t)(batch > 0 ? batch : 1)};
     const int64_t elem_strides[3] = {row_stride, head_stride, batch_stride};
     cuuint64_t strides[3];
     for (int i = 0; i < 3; ++i) {
-        const int64_t bytes = elem_strides[i] * 2;
+        const int64_t bytes = elem_strides[i] * elem_bytes;
         // The stride of an extent-1 dimension is never used; replace any value TMA would refuse.
         const bool legal = bytes > 0 && bytes % 16 == 0 && bytes < ((int64_t)1 << 40);
         strides[i] = legal || dims[i + 1] != 1 ? (cuuint64_t)bytes : (cuuint64_t)16;
     }
-    const cuuint32_t box[4] = {64u, (cuuint32_t)box_rows, 1u, 1u};
+    const cuuint32_t box[4] = {(cuuint32_t)box_cols, (cuuint32_t)box_rows, 1u, 1u};
     const cuuint32_t unit[4] = {1u, 1u, 1u, 1u};
     return encode(map, dtype, 4, const_cast<void *>(base), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
                   CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// The 16-bit operands' map: (head_dim, rows, heads, batch), box (64, box_rows, 1, 1).
+inline bool encode_map(EncodeTiledFn encode, CUtensorMap *map, CUtensorMapDataType dtype, const void *base, int head_dim,
+                int rows, int heads, int batch, int64_t row_stride, int64_t head_stride, int64_t batch_stride,
+                int box_rows) {
+    return encode_map_box(encode, map, dtype, 2, base, head_dim, rows, heads, batch, row_stride, head_stride,
+                          batch_stride, 64, box_rows);
 }
 
 }  // namespace fa_sm90_host

@@ -3,6 +3,8 @@
  * for every N that is a multiple of 16 up to 256:
  *   Wgmma<N>::ss<kBf16>(d, desc_a, desc_b, scale_d)          A and B from shared memory, both K-major
  *   Wgmma<N>::rs<kBf16>(d, a0..a3, desc_b, scale_d)          A from registers, B MN-major (imm-trans-b 1)
+ *   Wgmma<N>::ss_mn<kBf16>(d, desc_a, desc_b, scale_d)       both from shared memory, both MN-major
+ *                                                             (imm-trans-a 1, imm-trans-b 1)
  * d is the warpgroup accumulator fragment, N/2 floats per thread; scale_d == 0 computes
  * D = A*B (no accumulator read, so accumulators need no zero fill), otherwise D += A*B.
  *
@@ -57,11 +59,12 @@ template <int N>
 struct Wgmma;
 
 // I0..I5 are the operand numbers that follow the N/2 accumulators (N/2 .. N/2 + 5).
-#define FA_WG_DEFINE_TYPED(N, CH, I0, I1, I2, I3, I4, I5, TYPES)                                   \
+// TRANS: imm-trans-a, imm-trans-b ("0, 0": both K-major).
+#define FA_WG_DEFINE_TYPED(N, CH, I0, I1, I2, I3, I4, I5, TYPES, TRANS)                            \
     asm volatile(                                                                                 \
         "{\n.reg .pred p;\nsetp.ne.b32 p, %" #I2 ", 0;\n"                                          \
         "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TYPES " {" FA_WG_ACC_STR_##CH "}, %" #I0    \
-        ", %" #I1 ", p, 1, 1, 0, 0;\n}\n"                                                           \
+        ", %" #I1 ", p, 1, 1, " TRANS ";\n}\n"                                                       \
         : FA_WG_ACC_OPS_##CH(d)                                                                   \
         : "l"(desc_a), "l"(desc_b), "r"(scale_d)                                                  \
         : "memory")
@@ -82,9 +85,18 @@ struct Wgmma;
         static __device__ __forceinline__ void ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, \
                                                   int scale_d) {                                  \
             if constexpr (kBf16) {                                                                \
-                FA_WG_DEFINE_TYPED(N, CH, I0, I1, I2, I3, I4, I5, "bf16.bf16");                   \
+                FA_WG_DEFINE_TYPED(N, CH, I0, I1, I2, I3, I4, I5, "bf16.bf16", "0, 0");           \
             } else {                                                                              \
-                FA_WG_DEFINE_TYPED(N, CH, I0, I1, I2, I3, I4, I5, "f16.f16");                     \
+                FA_WG_DEFINE_TYPED(N, CH, I0, I1, I2, I3, I4, I5, "f16.f16", "0, 0");             \
+            }                                                                                     \
+        }                                                                                         \
+        template <bool kBf16>                                                                     \
+        static __device__ __forceinline__ void ss_mn(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, \
+                                                     int scale_d) {                               \
+            if constexpr (kBf16) {                                                                \
+                FA_WG_DEFINE_TYPED(N, CH, I0, I1, I2, I3, I4, I5, "bf16.bf16", "1, 1");           \
+            } else {                                                                              \
+                FA_WG_DEFINE_TYPED(N, CH, I0, I1, I2, I3, I4, I5, "f16.f16", "1, 1");             \
             }                                                                                     \
         }                                                                                         \
         template <bool kBf16>                                                                     \

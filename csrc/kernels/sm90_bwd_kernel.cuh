@@ -1,0 +1,433 @@
+/*
+ * sm90_bwd_kernel.cuh -- the sm90 backward main kernel: its roles, one query block's GEMMs
+ * and elementwise pass, and the dQ and dK/dV stores. bwd_sm90.cu has the design and the
+ * launch.
+ *
+ * Roles (384 threads):
+ *   warpgroup 0 (24 registers): warp 0, one thread, issues every TMA load -- K and V once,
+ *     then per step the Q and dO blocks into their rings; warp 1 writes each step's base-2
+ *     lse and delta rows beside them (row stats) and arrives on the same full barriers;
+ *     warp 2 adds the consumers' staged dQ halves into dq_accum by TMA reductions (dQ warp).
+ *   warpgroups 1 and 2 (240 registers): consumer c owns keys key0 + 64c .. + 63 and keeps
+ *     their dK and dV in registers through the whole walk. Per query block:
+ *       S^T  = K_c Q^T,  dP^T = V_c dO^T                 wgmma, both operands in shared
+ *                                                        memory, two commit groups
+ *       P^T  = exp2(t * scale_log2 - lse2),  t = S^T or tanh(S^T * softcap_pre)   (score.h)
+ *              0 where mask.h hides the pair (masked blocks only, block_range.h); this runs
+ *              while the dP^T GEMM is in flight
+ *       dS^T = P^T (dP^T - delta), times (1 - t^2) with softcap
+ *       dS^T to shared memory (stmatrix)
+ *       dV  += P^T dO                                    wgmma, A = the 16-bit P^T fragment in
+ *                                                        registers, B = dO read MN-major
+ *       both warpgroups meet (named barrier): all of dS^T is written
+ *       dQ half (64 x D/2) = dS K                        wgmma, both operands MN-major
+ *       dK  += dS^T Q                                    as dV; the dQ half is staged for the
+ *                                                        dQ warp while it runs
+ *       then the Q/dO slot is freed.
+ *     At the end dK (times softmax_scale) and dV go straight from registers to global memory,
+ *     keys below len_k and columns below head_dim.
+ * Rows past len_q read as zeros (TMA) and get lse2 = +inf, so their P and dS are exactly 0;
+ * keys past len_k are masked (their block is never unmasked, block_range.h).
+ * Device-only.
+ */
+#ifndef FA_SM90_BWD_KERNEL_CUH
+#define FA_SM90_BWD_KERNEL_CUH
+
+#include "sm90_bwd_config.cuh"
+#include "sm90_epilogue.cuh"
+#include "sm90_pipeline.cuh"
+#include "sm90_ptx.cuh"
+#include "sm90_scheduler.cuh"
+#include "sm90_softmax.cuh"
+#include "sm90_wgmma.cuh"
+
+namespace fa_sm90 {
+
+// ---------------------------------------------------------------- producer warpgroup
+
+// One Q or dO block (rows from `at`, q head h) into its ring slot at pos.
+__device__ __forceinline__ void load_row_block(const CUtensorMap *tmap, uint32_t dst, uint32_t full, uint32_t empty,
+                                               uint32_t phase, uint32_t bytes, int chunks, uint32_t chunk_bytes,
+                                               TmaRow at, int h) {
+    mbarrier_wait(empty, phase ^ 1u);
+    mbarrier_arrive_expect_tx(full, bytes);
+    for (int c = 0; c < chunks; ++c) cp_async_bulk_tensor_4d_g2s(dst + c * chunk_bytes, tmap, full, 64 * c, at.row, h, at.batch);
+}
+
+// One thread: K and V, then every step's Q and dO.
+template <class Cfg>
+__device__ __forceinline__ void bwd_producer(const BwdParams &prm, uint32_t smem, const BwdWalk &w) {
+    const uint32_t bars = smem + Cfg::kOffBar;
+    prefetch_tensormap(&prm.tmap_q);
+    prefetch_tensormap(&prm.tmap_k);
+    prefetch_tensormap(&prm.tmap_v);
+    prefetch_tensormap(&prm.tmap_do);
+    const TmaRow k_at = kv_tma_row(prm.seq, w.e, w.batch, w.key0);
+    mbarrier_arrive_expect_tx(bars + 8 * Cfg::kBarKV, 2 * Cfg::kKVBytes);
+#pragma unroll
+    for (int c = 0; c < Cfg::kChunks; ++c) {
+        cp_async_bulk_tensor_4d_g2s(smem + Cfg::kOffK + c * Cfg::kKVChunkBytes, &prm.tmap_k, bars + 8 * Cfg::kBarKV,
+                                    64 * c, k_at.row, w.hk, k_at.batch);
+        cp_async_bulk_tensor_4d_g2s(smem + Cfg::kOffV + c * Cfg::kKVChunkBytes, &prm.tmap_v, bars + 8 * Cfg::kBarKV,
+                                    64 * c, k_at.row, w.hk, k_at.batch);
+    }
+    RingPos pos{0, 0u};
+    for (int it = 0; it < w.steps; ++it) {
+        const int h = w.head(it);
+        const TmaRow at = q_tma_row(prm.seq, w.e, w.batch, w.m_block(it) * Cfg::kBlockM);
+        load_row_block(&prm.tmap_q, Cfg::q_slot(smem, pos.slot),
+                       bars + 8 * (Cfg::kBarQFull + pos.slot), bars + 8 * (Cfg::kBarQEmpty + pos.slot), pos.phase,
+                       Cfg::kRowSlotBytes, Cfg::kChunks, Cfg::kRowChunkBytes, at, h);
+        load_row_block(&prm.tmap_do, Cfg::do_slot(smem, pos.slot),
+                       bars + 8 * (Cfg::kBarDoFull + pos.slot), bars + 8 * (Cfg::kBarDoEmpty + pos.slot), pos.phase,
+                       Cfg::kRowSlotBytes, Cfg::kChunks, Cfg::kRowChunkBytes, at, h);
+        pos.advance(Cfg::kStages);
+    }
+}
+
+// One warp: per step, lse in base 2 (+inf for rows past len_q and rows that saw no key, so
+// that their P is exactly 0, never from -inf - -inf) beside the Q slot, and delta (0 past
+// len_q) beside the dO slot. Every lane arrives after its own stores.
+template <class Cfg>
+__device__ __forceinline__ void bwd_row_stats(const BwdParams &prm, uint32_t smem, const BwdWalk &w, int lane) {
+    const uint32_t bars = smem + Cfg::kOffBar;
+    RingPos pos{0, 0u};
+    for (int it = 0; it < w.steps; ++it) {
+        const int row0 = w.m_block(it) * Cfg::kBlockM;
+        const int64_t base = fa_lse_index(&prm.seq, &w.e, w.batch, prm.heads_q, w.head(it), 0);
+        const uint32_t lse_slot = Cfg::lse_slot(smem, pos.slot);
+        const uint32_t delta_slot = Cfg::delta_slot(smem, pos.slot);
+        mbarrier_wait(bars + 8 * (Cfg::kBarQEmpty + pos.slot), pos.phase ^ 1u);
+        for (int r = lane; r < Cfg::kBlockM; r += FA_WARP_SIZE) {
+            const float l = row0 + r < w.e.len_q ? prm.lse[base + row0 + r] : -INFINITY;
+            st_shared_f32(lse_slot + 4 * r, l == -INFINITY ? INFINITY : l * FA_LOG2E);
+        }
+        mbarrier_arrive(bars + 8 * (Cfg::kBarQFull + pos.slot));
+        mbarrier_wait(bars + 8 * (Cfg::kBarDoEmpty + pos.slot), pos.phase ^ 1u);
+        for (int r = lane; r < Cfg::kBlockM; r += FA_WARP_SIZE)
+            st_shared_f32(delta_slot + 4 * r, row0 + r < w.e.len_q ? prm.delta[base + row0 + r] : 0.f);
+        mbarrier_arrive(bars + 8 * (Cfg::kBarDoFull + pos.slot));
+        pos.advance(Cfg::kStages);
+    }
+}
+
+// One warp: per step, each consumer's staged dQ half into dq_accum by one TMA reduction per
+// 32-column chunk (rows past seqlen_q and columns past head_dim clipped), then the staging is
+// handed back once the reduction has read it. Both halves start free (when there is a step);
+// the last ones are not handed back, so that every arrival on the named barriers meets a wait.
+template <class Cfg>
+__device__ __forceinline__ void bwd_dq_writer(const BwdParams &prm, uint32_t smem, const BwdWalk &w, int lane) {
+    if (w.steps == 0) return;
+    if (lane == 0) prefetch_tensormap(&prm.tmap_dq);
+#pragma unroll
+    for (int c = 0; c < FA_NUM_CONSUMER_WARPGROUPS; ++c) bar_arrive(kBarDqEmpty + c, kDqBarThreads);
+    for (int it = 0; it < w.steps; ++it) {
+        const int h = w.head(it), row0 = w.m_block(it) * Cfg::kBlockM;
+#pragma unroll
+        for (int c = 0; c < FA_NUM_CONSUMER_WARPGROUPS; ++c) {
+            bar_sync(kBarDqFull + c, kDqBarThreads);
+            if (lane == 0) {
+#pragma unroll
+                for (int ch = 0; ch < Cfg::kDqChunks; ++ch)
+                    cp_reduce_async_bulk_tensor_4d_add_s2g(
+                        &prm.tmap_dq, smem + Cfg::kOffDq + c * Cfg::kDqWgBytes + ch * Cfg::kDqChunkBytes,
+                        c * Cfg::kDqCols + 32 * ch, row0, h, w.batch);
+                cp_async_bulk_commit_group();
+                cp_async_bulk_wait_group_read_0();
+            }
+            __syncwarp();
+            if (it + 1 < w.steps) bar_arrive(kBarDqEmpty + c, kDqBarThreads);
+        }
+    }
+    if (lane == 0) cp_async_bulk_wait_group_0();
+}
+
+// ---------------------------------------------------------------- consumer GEMMs
+
+// acc (64 keys x M) = X_c Y^T over head_dim: S^T with (K, Q), dP^T with (V, dO). Both K-major.
+template <class Cfg>
+__device__ __forceinline__ void issue_key_scores(float (&acc)[Cfg::kBlockM / 2], uint32_t key_rows, uint32_t row_slot) {
+#pragma unroll
+    for (int kk = 0; kk < Cfg::kHeadDim / 16; ++kk) {
+        const uint32_t off_x = (kk / 4) * Cfg::kKVChunkBytes + (kk % 4) * 32;
+        const uint32_t off_y = (kk / 4) * Cfg::kRowChunkBytes + (kk % 4) * 32;
+        Wgmma<Cfg::kBlockM>::template ss<Cfg::kBf16>(acc, make_smem_desc(key_rows + off_x, 16, 1024),
+                                                      make_smem_desc(row_slot + off_y, 16, 1024), kk > 0 ? 1 : 0);
+    }
+}
+
+// acc (64 keys x D) += A (registers: P^T or dS^T, 64 x M) x Y (dO or Q, M x D, read MN-major).
+template <class Cfg>
+__device__ __forceinline__ void issue_key_grad(float (&acc)[Cfg::kHeadDim / 2], const uint32_t (&a)[Cfg::kBlockM / 4],
+                                               uint32_t row_slot) {
+#pragma unroll
+    for (int kk = 0; kk < Cfg::kBlockM / 16; ++kk)
+        Wgmma<Cfg::kHeadDim>::template rs<Cfg::kBf16>(acc, a[4 * kk], a[4 * kk + 1], a[4 * kk + 2], a[4 * kk + 3],
+                                                       make_smem_desc(row_slot + kk * 2048, Cfg::kRowChunkBytes, 1024),
+                                                       1);
+}
+
+// dq (64 rows x D/2 columns, consumer c's half from column c D/2) = dS (dS^T read MN-major)
+// x K (read MN-major), over the CTA's N keys. At head_dim 64 a half starts 64 bytes into the
+// 128-byte swizzled rows, which the descriptor takes as it takes the forward's 32-byte k-steps:
+// the swizzle is a function of the address bits.
+template <class Cfg>
+__device__ __forceinline__ void issue_dq(float (&dq)[Cfg::kDqCols / 2], uint32_t ds_buf, uint32_t k_base, int c) {
+    const int col0 = c * Cfg::kDqCols;
+    const uint32_t b0 = k_base + (col0 / 64) * Cfg::kKVChunkBytes + (col0 % 64) * 2;
+#pragma unroll
+    for (int kk = 0; kk < Cfg::kBlockN / 16; ++kk)
+        Wgmma<Cfg::kDqCols>::template ss_mn<Cfg::kBf16>(dq, make_smem_desc(ds_buf + kk * 2048, Cfg::kDsChunkBytes, 1024),
+                                                         make_smem_desc(b0 + kk * 2048, Cfg::kKVChunkBytes, 1024),
+                                                         kk > 0 ? 1 : 0);
+}
+
+// ---------------------------------------------------------------- consumer elementwise pass
+
+// P^T from S^T (element 4j + e of a fragment is key key_lo + 8 (e >> 1) and query column
+// 8j + 2 (lane % 4) + (e & 1) of the block, from row0), packed into p as the A fragment of
+// dV += P^T dO; st keeps what dS^T multiplies: P^T, times (1 - t^2) with softcap. Runs while
+// the dP^T GEMM is in flight.
+template <class Cfg, bool kSoftcap>
+__device__ __forceinline__ void probs(float (&st)[Cfg::kBlockM / 2], uint32_t (&p)[Cfg::kBlockM / 4],
+                                      uint32_t lse_slot, bool masked, const fa_mask &mask, int row0, int key_lo,
+                                      const fa_score &score, int lane) {
+    fa_key_span rows[2];
+    if (masked) {
+        rows[0] = fa_mask_col(&mask, key_lo);
+        rows[1] = fa_mask_col(&mask, key_lo + 8);
+    }
+#pragma unroll
+    for (int j = 0; j < Cfg::kBlockM / 8; ++j) {
+        const int col = 8 * j + 2 * (lane & 3);
+        const float2 lse2 = ld_shared_f32x2(lse_slot + 4 * col);
+        float pv[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int i = 4 * j + e;
+            float t = st[i];
+            if constexpr (kSoftcap) t = tanh_approx_f32(t * score.softcap_pre);
+            float pe = exp2f(fmaf(t, score.scale_log2, -((e & 1) ? lse2.y : lse2.x)));
+            if (masked) {
+                const int row = row0 + col + (e & 1);
+                const fa_key_span &r = rows[e >> 1];
+                if (row < r.lo || row > r.hi) pe = 0.f;
+            }
+            pv[e] = pe;
+            st[i] = kSoftcap ? pe * (1.f - t * t) : pe;
+        }
+        p[2 * j] = pack2<Cfg::kBf16>(pv[0], pv[1]);
+        p[2 * j + 1] = pack2<Cfg::kBf16>(pv[2], pv[3]);
+    }
+}
+
+// dS^T = st (dP^T - delta), packed into ds as the A fragment of dK += dS^T Q.
+template <class Cfg>
+__device__ __forceinline__ void grads(const float (&st)[Cfg::kBlockM / 2], float (&dpt)[Cfg::kBlockM / 2],
+                                      uint32_t (&ds)[Cfg::kBlockM / 4], uint32_t delta_slot, int lane) {
+#pragma unroll
+    for (int j = 0; j < Cfg::kBlockM / 8; ++j) {
+        const float2 delta = ld_shared_f32x2(delta_slot + 4 * (8 * j + 2 * (lane & 3)));
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dpt[4 * j + e] = st[4 * j + e] * (dpt[4 * j + e] - ((e & 1) ? delta.y : delta.x));
+    }
+    pack_probs<Cfg::kBf16>(dpt, ds);
+}
+
+// ---------------------------------------------------------------- consumer stores
+
+// The dQ half into its staging area, as the TMA reduction's 128-byte swizzle lays out a box of
+// 32 fp32 columns x 64 rows: 16-byte unit u of row r at unit u ^ (r % 8), which also spreads
+// each store's 8 rows over all banks. Element 4j + e is row 16 warp + lane / 4 + 8 (e >> 1)
+// and column 8j + 2 (lane % 4) + (e & 1) of the half.
+template <class Cfg>
+__device__ __forceinline__ void stage_dq(uint32_t staging, const float (&dq)[Cfg::kDqCols / 2], int warp_in_wg,
+                                         int lane) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int row = 16 * warp_in_wg + (lane >> 2) + 8 * half;
+        const uint32_t line = staging + (uint32_t)row * 128u + (uint32_t)(lane & 1) * 8u;
+#pragma unroll
+        for (int j = 0; j < Cfg::kDqCols / 8; ++j) {
+            const int unit = (8 * j % 32 + 2 * (lane & 3)) / 4;
+            st_shared_v2_f32(line + (j / 4) * Cfg::kDqChunkBytes + ((uint32_t)(unit ^ (row & 7)) << 4),
+                             dq[4 * j + 2 * half], dq[4 * j + 2 * half + 1]);
+        }
+    }
+}
+
+// dK (times softmax_scale) or dV of the consumer's 64 keys, 16-bit, straight from registers.
+template <class Cfg>
+__device__ __forceinline__ void store_key_rows(void *base, int64_t batch_stride, int64_t row_stride,
+                                               int64_t head_stride, const BwdParams &prm, const BwdWalk &w, int c,
+                                               const float (&acc)[Cfg::kHeadDim / 2], float scale, int warp_in_wg,
+                                               int lane) {
+    const int key_lo = w.key0 + 64 * c + 16 * warp_in_wg + (lane >> 2);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int key = key_lo + 8 * half;
+        if (key >= w.e.len_k) continue;
+        uint16_t *row = static_cast<uint16_t *>(base) +
+                        fa_k_row_offset(&prm.seq, &w.e, w.batch, key, batch_stride, row_stride) +
+                        (int64_t)w.hk * head_stride + 2 * (lane & 3);
+#pragma unroll
+        for (int j = 0; j < Cfg::kHeadDim / 8; ++j)
+            if (8 * j + 2 * (lane & 3) < prm.head_dim)
+                *reinterpret_cast<uint32_t *>(row + 8 * j) =
+                    pack2<Cfg::kBf16>(acc[4 * j + 2 * half] * scale, acc[4 * j + 2 * half + 1] * scale);
+    }
+}
+
+// ---------------------------------------------------------------- consumer
+
+// Waits for the Q and dO of ring slot pos, then issues S^T and dP^T as two commit groups.
+template <class Cfg>
+__device__ __forceinline__ void issue_scores(uint32_t smem, const RingPos &pos, uint32_t k_rows, uint32_t v_rows,
+                                             float (&st)[Cfg::kBlockM / 2], float (&dpt)[Cfg::kBlockM / 2]) {
+    const uint32_t bars = smem + Cfg::kOffBar;
+    // Both waits before the fence: a wait loop between the fence and a wgmma makes ptxas
+    // fence again (C7519).
+    mbarrier_wait(bars + 8 * (Cfg::kBarQFull + pos.slot), pos.phase);
+    mbarrier_wait(bars + 8 * (Cfg::kBarDoFull + pos.slot), pos.phase);
+    wgmma_fence();
+    issue_key_scores<Cfg>(st, k_rows, Cfg::q_slot(smem, pos.slot));
+    wgmma_commit_group();
+    issue_key_scores<Cfg>(dpt, v_rows, Cfg::do_slot(smem, pos.slot));
+    wgmma_commit_group();
+}
+
+// P^T and dS^T of a step from its S^T and dP^T in flight (probs runs under the dP^T GEMM);
+// dS^T also to shared memory for both warpgroups' dQ GEMMs.
+template <class Cfg>
+__device__ __forceinline__ void step_probs_grads(const BwdParams &prm, uint32_t smem, const BwdWalk &w, int slot, int m,
+                                                 uint32_t ds_rows, int key_lo, float (&st)[Cfg::kBlockM / 2],
+                                                 float (&dpt)[Cfg::kBlockM / 2], uint32_t (&p)[Cfg::kBlockM / 4],
+                                                 uint32_t (&ds)[Cfg::kBlockM / 4], int warp_in_wg, int lane) {
+    wgmma_wait_group<1>();  // S^T done; dP^T may still run
+    fence_operands(st);
+    const bool masked = fa_row_block_needs_mask(&w.range, m);
+    const uint32_t lse_slot = Cfg::lse_slot(smem, slot);
+    if (prm.score.softcap_pre != 0.f)
+        probs<Cfg, true>(st, p, lse_slot, masked, w.mask, m * Cfg::kBlockM, key_lo, prm.score, lane);
+    else
+        probs<Cfg, false>(st, p, lse_slot, masked, w.mask, m * Cfg::kBlockM, key_lo, prm.score, lane);
+    wgmma_wait_group<0>();
+    fence_operands(dpt);
+    grads<Cfg>(st, dpt, ds, Cfg::delta_slot(smem, slot), lane);
+    const StmatrixLane ds_at(ds_rows, warp_in_wg, lane);
+#pragma unroll
+    for (int i = 0; i < Cfg::kBlockM / 16; ++i)
+        stmatrix_cols16(ds_at, Cfg::kDsChunkBytes, i, ds[4 * i], ds[4 * i + 1], ds[4 * i + 2], ds[4 * i + 3]);
+    fence_proxy_async_shared_cta();
+}
+
+// The dQ half of a step into its staging area once the dQ warp has read the previous one.
+template <class Cfg>
+__device__ __forceinline__ void hand_over_dq(uint32_t smem, int c, const float (&dq)[Cfg::kDqCols / 2], int warp_in_wg,
+                                             int lane) {
+    bar_sync(kBarDqEmpty + c, kDqBarThreads);
+    stage_dq<Cfg>(smem + Cfg::kOffDq + c * Cfg::kDqWgBytes, dq, warp_in_wg, lane);
+    fence_proxy_async_shared_cta();
+    bar_arrive(kBarDqFull + c, kDqBarThreads);
+}
+
+// The walk of consumer c. Each step's GEMMs retire inside it (wgmma groups in flight across
+// the loop's back edge made ptxas serialise them, C7515/C7517). Inside a step: dV, then the
+// meeting, dQ, and dK issued behind it, so the dQ half is staged while dK runs.
+template <class Cfg>
+__device__ __forceinline__ void bwd_consumer(const BwdParams &prm, uint32_t smem, const BwdWalk &w, int c,
+                                             int warp_in_wg, int lane) {
+    constexpr int kNs = Cfg::kBlockM / 2;
+    const uint32_t bars = smem + Cfg::kOffBar;
+    const uint32_t k_rows = smem + Cfg::kOffK + c * Cfg::kWgKeyBytes;
+    const uint32_t v_rows = smem + Cfg::kOffV + c * Cfg::kWgKeyBytes;
+    const int key_lo = w.key0 + 64 * c + 16 * warp_in_wg + (lane >> 2);  // this thread's first key
+
+    float dk[Cfg::kHeadDim / 2], dv[Cfg::kHeadDim / 2];
+#pragma unroll
+    for (int i = 0; i < Cfg::kHeadDim / 2; ++i) dk[i] = dv[i] = 0.f;
+    mbarrier_wait(bars + 8 * Cfg::kBarKV, 0);
+    RingPos pos{0, 0u};
+#pragma unroll 1
+    for (int it = 0; it < w.steps; ++it) {
+        float st[kNs], dpt[kNs], dq[Cfg::kDqCols / 2];
+        uint32_t p[kNs / 2], ds[kNs / 2];
+        issue_scores<Cfg>(smem, pos, k_rows, v_rows, st, dpt);
+        // dS^T buffers alternate: the one written here was last read by the dQ GEMMs of the
+        // step before last, which both warpgroups waited for before the previous meeting.
+        const uint32_t ds_buf = smem + Cfg::kOffDs + (it & 1) * Cfg::kDsBytes;
+        step_probs_grads<Cfg>(prm, smem, w, pos.slot, w.m_block(it), ds_buf + c * Cfg::kWgKeyBytes, key_lo, st, dpt,
+                              p, ds, warp_in_wg, lane);
+        fence_operands(dv);
+        fence_operands(p);
+        wgmma_fence();
+        issue_key_grad<Cfg>(dv, p, Cfg::do_slot(smem, pos.slot));
+        wgmma_commit_group();
+        bar_sync(kBarDsReady, 2 * 128);
+        fence_operands(dk);
+        fence_operands(ds);
+        wgmma_fence();
+        issue_dq<Cfg>(dq, ds_buf, smem + Cfg::kOffK, c);
+        wgmma_commit_group();
+        issue_key_grad<Cfg>(dk, ds, Cfg::q_slot(smem, pos.slot));
+        wgmma_commit_group();
+        wgmma_wait_group<1>();  // dV and dQ done; dK may still run
+        fence_operands(dv);
+        fence_operands(p);
+        fence_operands(dq);
+        hand_over_dq<Cfg>(smem, c, dq, warp_in_wg, lane);
+        wgmma_wait_group<0>();
+        fence_operands(dk);
+        fence_operands(ds);
+        if (lane == 0) {
+            mbarrier_arrive(bars + 8 * (Cfg::kBarQEmpty + pos.slot));
+            mbarrier_arrive(bars + 8 * (Cfg::kBarDoEmpty + pos.slot));
+        }
+        pos.advance(Cfg::kStages);
+    }
+    store_key_rows<Cfg>(prm.dk, prm.dk_batch_stride, prm.dk_row_stride, prm.dk_head_stride, prm, w, c, dk,
+                        prm.softmax_scale, warp_in_wg, lane);
+    store_key_rows<Cfg>(prm.dv, prm.dv_batch_stride, prm.dv_row_stride, prm.dv_head_stride, prm, w, c, dv, 1.f,
+                        warp_in_wg, lane);
+}
+
+template <class Cfg>
+__global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) bwd_kernel(const __grid_constant__ BwdParams prm) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ uint8_t smem_raw[];
+    const uint32_t smem = (smem_addr(smem_raw) + (FA_SM90_SMEM_ALIGN - 1)) & ~(uint32_t)(FA_SM90_SMEM_ALIGN - 1);
+    const uint32_t bars = smem + Cfg::kOffBar;
+    const int warp = threadIdx.x / FA_WARP_SIZE;
+    const int lane = threadIdx.x % FA_WARP_SIZE;
+    const int warpgroup = warp / FA_WARPS_PER_WARPGROUP;
+    const BwdWalk w = make_walk<Cfg>(prm);
+    if (w.key0 >= w.e.len_k) return;  // a key block past a shorter entry's keys: nothing to do
+
+    if (threadIdx.x == 0) {
+        mbarrier_init(bars + 8 * Cfg::kBarKV, 1);
+#pragma unroll
+        for (int st = 0; st < Cfg::kStages; ++st) {
+            mbarrier_init(bars + 8 * (Cfg::kBarQFull + st), Cfg::kFullArrivals);
+            mbarrier_init(bars + 8 * (Cfg::kBarQEmpty + st), Cfg::kEmptyArrivals);
+            mbarrier_init(bars + 8 * (Cfg::kBarDoFull + st), Cfg::kFullArrivals);
+            mbarrier_init(bars + 8 * (Cfg::kBarDoEmpty + st), Cfg::kEmptyArrivals);
+        }
+        fence_mbarrier_init();
+    }
+    __syncthreads();
+
+    if (warpgroup == 0) {
+        setmaxnreg_dec<FA_SM90_PRODUCER_REGS>();
+        if (warp == 0 && lane == 0) bwd_producer<Cfg>(prm, smem, w);
+        if (warp == 1) bwd_row_stats<Cfg>(prm, smem, w, lane);
+        if (warp == 2) bwd_dq_writer<Cfg>(prm, smem, w, lane);
+        return;
+    }
+    setmaxnreg_inc<FA_SM90_CONSUMER_REGS>();
+    bwd_consumer<Cfg>(prm, smem, w, warpgroup - 1, warp % FA_WARPS_PER_WARPGROUP, lane);
+#endif
+}
+
+}  // namespace fa_sm90
+
+#endif /* FA_SM90_BWD_KERNEL_CUH */

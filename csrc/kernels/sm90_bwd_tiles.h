@@ -1,0 +1,86 @@
+/*
+ * sm90_bwd_tiles.h -- tile table of the sm90 (Hopper) backward main kernel (bwd_sm90.cu).
+ *
+ * One CTA owns BLOCK_N = 128 keys of one kv head, 64 per consumer warpgroup (the wgmma M of
+ * S^T = K Q^T), and walks the query blocks of BLOCK_M = 64 rows that see them. Per consumer
+ * thread (fp32 registers): dK and dV, D / 2 each, for the CTA's life; per query block S^T and
+ * dP^T, 32 each, which become 16-bit fragments of 16 each, then half a dQ row block, D / 4.
+ * 128-row query blocks at head_dim 64 (FlashAttention-3's tile there) spilled: S^T and dP^T
+ * of 64 each beside dK, dV and the walk passed the 240 of setmaxnreg. head_dim 256 would need
+ * 256 for dK and dV alone, so it stays with the sm80 family. Pure C, so launch logic and CI
+ * tests size it without a GPU.
+ *
+ * Shared memory (bytes; 16-bit elements; D = head_dim_padded, M = BLOCK_M, N = BLOCK_N,
+ * S = stages):
+ *     K, V                 2 * N * D * 2          (the CTA's keys, for its whole life)
+ *     Q ring           S *     M * D * 2
+ *     dO ring          S *     M * D * 2
+ *     dS^T, two            2 * N * M * 2          (read by both warpgroups' dQ GEMM)
+ *     dQ staging               M * D * 4          (fp32, both halves, for the TMA reduction)
+ *     lse, delta       S * 2 * M * 4              (with Q and dO: base-2 lse and delta per row)
+ *     mbarriers            FA_SM90_BARRIER_BYTES
+ *     alignment slack      FA_SM90_SMEM_ALIGN
+ *   D=64,  M=64, S=2:  32768 + 16384 + 16384 + 32768 + 16384 + 1024 + 256 + 1024 = 116992
+ *   D=128, M=64, S=2:  65536 + 32768 + 32768 + 32768 + 32768 + 1024 + 256 + 1024 = 198912
+ */
+#ifndef FA_SM90_BWD_TILES_H
+#define FA_SM90_BWD_TILES_H
+
+#include "../launch_contract.h"
+#include "kernels.h"
+#include "sm90_tiles.h"
+
+#define FA_SM90_BWD_BLOCK_N 128
+#define FA_SM90_BWD_BLOCK_M(hd) 64
+#define FA_SM90_BWD_STAGES 2
+
+#define FA_SM90_BWD_SMEM_BYTES(hd)                                                             \
+    (4u * (size_t)FA_SM90_BWD_BLOCK_N * (size_t)(hd) +                                         \
+     4u * (size_t)FA_SM90_BWD_STAGES * (size_t)FA_SM90_BWD_BLOCK_M(hd) * (size_t)(hd) +        \
+     4u * (size_t)FA_SM90_BWD_BLOCK_N * (size_t)FA_SM90_BWD_BLOCK_M(hd) +                      \
+     4u * (size_t)FA_SM90_BWD_BLOCK_M(hd) * (size_t)(hd) +                                     \
+     8u * (size_t)FA_SM90_BWD_STAGES * (size_t)FA_SM90_BWD_BLOCK_M(hd) +                       \
+     (size_t)FA_SM90_BARRIER_BYTES + (size_t)FA_SM90_SMEM_ALIGN)
+
+FA_STATIC_ASSERT(FA_SM90_BWD_SMEM_BYTES(64) == 116992, "hd64 layout matches the table above");
+FA_STATIC_ASSERT(FA_SM90_BWD_SMEM_BYTES(128) == 198912, "hd128 layout matches the table above");
+FA_STATIC_ASSERT(FA_SM90_BWD_SMEM_BYTES(128) <= FA_SM90_SMEM_OPTIN_LIMIT &&
+                     FA_SM90_BWD_SMEM_BYTES(64) <= FA_SM90_SMEM_OPTIN_LIMIT,
+                 "the sm90 backward tiles fit the 227 KB opt-in shared memory");
+FA_STATIC_ASSERT(FA_SM90_BWD_BLOCK_N == 64 * FA_NUM_CONSUMER_WARPGROUPS,
+                 "each consumer warpgroup owns 64 keys (the wgmma M of S^T)");
+
+/* Why the sm90 backward does not serve p and g, or NULL when it does (pure host). */
+static inline const char *fa_sm90_bwd_unsupported(const fa_params *p, const fa_grad_params *g)
+{
+    if (p->dtype != FA_FLOAT16 && p->dtype != FA_BFLOAT16)
+        return "the sm90 backward takes float16 or bfloat16";
+    if (p->head_dim < 8 || p->head_dim > 128 || p->head_dim % 8 != 0)
+        return "the sm90 backward has head_dim up to 128 (a multiple of 8); head_dim 256 runs "
+               "on the sm80 family's backward";
+    if (p->cu_seqlens_q || p->cu_seqlens_k || p->seqused_k || p->kv_batch_idx || p->block_table)
+        return "the sm90 backward takes uniform batches; packed (cu_seqlens) batches run on the "
+               "sm80 family's backward";
+    if (g && g->deterministic)
+        return "the sm90 backward has no deterministic mode; deterministic=True runs on the "
+               "sm80 family's backward";
+    return NULL;
+}
+
+/* Fills *t for p (its head_dim alone sets the tile); returns 0, or -1 where
+ * fa_sm90_bwd_unsupported names a reason. */
+static inline int fa_sm90_bwd_tile(const fa_params *p, const fa_grad_params *g, fa_tile *t)
+{
+    if (p == NULL || t == NULL || fa_sm90_bwd_unsupported(p, g) != NULL)
+        return -1;
+    const int hd = p->head_dim <= 64 ? 64 : 128;
+    t->head_dim_padded = hd;
+    t->block_m = FA_SM90_BWD_BLOCK_M(hd);
+    t->block_n = FA_SM90_BWD_BLOCK_N;
+    t->stages = FA_SM90_BWD_STAGES;
+    t->smem_bytes = FA_SM90_BWD_SMEM_BYTES(hd);
+    t->persistent = 0;
+    return 0;
+}
+
+#endif /* FA_SM90_BWD_TILES_H */
