@@ -166,6 +166,39 @@ def window_id(w):
 
 # ---- backward -----------------------------------------------------------------------------------
 
+def attention_probs_numpy(q, k, v, causal=False, softmax_scale=None, dtype=np.float64, *,
+                          window=(-1, -1), softcap=0.0, sinks=None):
+    """The probabilities of attention_numpy, naively in `dtype`: (probs (B, Hq, Sq, Sk), t (the
+    tanh of a softcap, or None), denom and e_sink (the row sums and the sink's term, or None))."""
+    B, Sq, Hq, D = q.shape
+    Sk, Hk = k.shape[1], k.shape[2]
+    G = Hq // Hk
+    scale = dtype(1.0 / np.sqrt(D) if softmax_scale is None else softmax_scale)
+    kd = np.repeat(k.astype(dtype), G, axis=2)
+    x = (np.einsum("bihd,bjhd->bhij", q.astype(dtype), kd) * scale).astype(dtype)
+    if softcap and softcap > 0:
+        t = np.tanh(x / dtype(softcap)).astype(dtype)
+        logits = (dtype(softcap) * t).astype(dtype)
+    else:
+        t, logits = None, x
+    mask = visible_mask(Sq, Sk, causal, window)
+    logits = np.where(mask, logits, dtype(-np.inf))
+    top = logits.max(axis=-1, keepdims=True) if Sk else np.full((B, Hq, Sq, 1), -np.inf, dtype)
+    e_sink = None
+    if sinks is not None:
+        sink = np.asarray(sinks, np.float32).astype(dtype).reshape(1, Hq, 1, 1)
+        top = np.maximum(top, sink)
+    safe = np.where(np.isfinite(top), top, dtype(0))
+    e = np.exp(logits - safe).astype(dtype)
+    denom = e.sum(axis=-1, keepdims=True)
+    if sinks is not None:
+        e_sink = np.exp(sink - safe).astype(dtype)
+        denom = denom + e_sink
+    with np.errstate(divide="ignore", invalid="ignore"):
+        probs = np.where(denom > 0, e / np.where(denom > 0, denom, 1), dtype(0)).astype(dtype)
+    return probs, t, denom, e_sink
+
+
 def attention_grads_numpy(q, k, v, dout, causal=False, softmax_scale=None, dtype=np.float64, *,
                           window=(-1, -1), softcap=0.0, sinks=None):
     """The gradients of attention_numpy's out with respect to q, k, v (and sinks), given dout,
@@ -183,26 +216,8 @@ def attention_grads_numpy(q, k, v, dout, causal=False, softmax_scale=None, dtype
     qd, dod = q.astype(dtype), dout.astype(dtype)
     kd = np.repeat(k.astype(dtype), G, axis=2)
     vd = np.repeat(v.astype(dtype), G, axis=2)
-    x = (np.einsum("bihd,bjhd->bhij", qd, kd) * scale).astype(dtype)
-    if softcap and softcap > 0:
-        t = np.tanh(x / dtype(softcap)).astype(dtype)
-        logits = (dtype(softcap) * t).astype(dtype)
-    else:
-        t, logits = None, x
-    mask = visible_mask(Sq, Sk, causal, window)
-    logits = np.where(mask, logits, dtype(-np.inf))
-    top = logits.max(axis=-1, keepdims=True) if Sk else np.full((B, Hq, Sq, 1), -np.inf, dtype)
-    if sinks is not None:
-        sink = np.asarray(sinks, np.float32).astype(dtype).reshape(1, Hq, 1, 1)
-        top = np.maximum(top, sink)
-    safe = np.where(np.isfinite(top), top, dtype(0))
-    e = np.exp(logits - safe).astype(dtype)
-    denom = e.sum(axis=-1, keepdims=True)
-    if sinks is not None:
-        e_sink = np.exp(sink - safe).astype(dtype)
-        denom = denom + e_sink
-    with np.errstate(divide="ignore", invalid="ignore"):
-        probs = np.where(denom > 0, e / np.where(denom > 0, denom, 1), dtype(0)).astype(dtype)
+    probs, t, denom, e_sink = attention_probs_numpy(q, k, v, causal, softmax_scale, dtype,
+                                                    window=window, softcap=softcap, sinks=sinks)
     out = np.einsum("bhij,bjhd->bihd", probs, vd).astype(dtype)
     delta = np.einsum("bihd,bihd->bhi", dod, out).astype(dtype)
     dp = np.einsum("bihd,bjhd->bhij", dod, vd).astype(dtype)
@@ -222,6 +237,43 @@ def attention_grads_numpy(q, k, v, dout, causal=False, softmax_scale=None, dtype
     return dq, dk, dv, dsinks
 
 
+def rounding_slack(q, k, v, dout, to_input, causal=False, softmax_scale=None, *,
+                   window=(-1, -1), softcap=0.0, sinks=None):
+    """What a backward's own roundings move dq and dk by, beyond what the peer's errors bound:
+    {"dq": .., "dk": ..}, added to their tolerances.
+
+    A backward forms D_i = dout_i . out_i from out as the forward stored it (to_input: an array
+    at that precision, e.g. rounded to float16), and D_i and dP_ij = dout_i . v_j as float32
+    sums. dS_ij = P_ij (dP_ij - D_i) (times 1 - t^2 <= 1 with softcap) then moves by
+      P_ij (|dout_i . (to_input(out_i) - out_i)| + 2^-23 sum_d |dout_id out_id|)   (D: shared by
+                                                                     the row's keys)
+      P_ij 2^-23 sum_d |dout_id v_jd|                                (dP: its own per key)
+    taken as about two float32 ulps of each sum's magnitude. dq_i = scale sum_j dS_ij k_j adds
+    them linearly (D_i's error is the same for every key); dk_j = scale sum_i dS_ij q_i adds
+    them in quadrature, as the rows round independently (and sums over the q heads of its kv
+    head).
+    Where one key dominates the rows, the peer's errors can be nearly zero while the kernel's
+    are not (239 rows, one key: dk 1.04e-5 against a tolerance of 1.0e-5 on the H200)."""
+    B, Sq, Hq, D = q.shape
+    Sk, Hk = k.shape[1], k.shape[2]
+    G = Hq // Hk
+    scale = 1.0 / np.sqrt(D) if softmax_scale is None else softmax_scale
+    probs, _, _, _ = attention_probs_numpy(q, k, v, causal, softmax_scale, np.float64,
+                                           window=window, softcap=softcap, sinks=sinks)
+    vv = np.repeat(v.astype(np.float64), G, axis=2)
+    kk = np.abs(np.repeat(k.astype(np.float64), G, axis=2))
+    out = np.einsum("bhij,bjhd->bihd", probs, vv)
+    do = dout.astype(np.float64)
+    moved = np.abs((do * (to_input(out) - out)).sum(-1)) + 2.0 ** -23 * np.abs(do * out).sum(-1)
+    ds_moved = probs * (moved.transpose(0, 2, 1)[..., None]                 # (b, h, i, j)
+                        + 2.0 ** -23 * np.einsum("bihd,bjhd->bhij", np.abs(do), np.abs(vv)))
+    qa = np.abs(q.astype(np.float64))
+    dq = scale * np.einsum("bhij,bjhd->bihd", ds_moved, kk)
+    dk = scale * np.sqrt(np.einsum("bhij,bihd->bjhd", ds_moved ** 2, qa ** 2))
+    dk = dk.reshape(B, Sk, Hk, G, D).sum(axis=3)
+    return {"dq": float(dq.max()) if dq.size else 0.0, "dk": float(dk.max()) if dk.size else 0.0}
+
+
 # The gradients' absolute floor. Where a gradient is exactly zero in both the reference and the
 # peer (a row that sees one key: P = 1 and dP - D = 0 exactly), the FA3 bound is 0, but a kernel
 # forms D = dout . out and dP = dout . v as separate float32 sums of head_dim unit-scale terms,
@@ -229,9 +281,10 @@ def attention_grads_numpy(q, k, v, dout, causal=False, softmax_scale=None, dtype
 GRAD_ATOL = 1e-5
 
 
-def check_grads(grads, ref, peer, names=("dq", "dk", "dv", "dsinks")):
+def check_grads(grads, ref, peer, names=("dq", "dk", "dv", "dsinks"), slack=None):
     """The FA3 rule on each gradient against the float64 reference and the low-precision peer,
-    plus GRAD_ATOL; returns {name: (error, tolerance)}."""
+    plus GRAD_ATOL and slack.get(name) (rounding_slack, for a kernel); returns
+    {name: (error, tolerance)}."""
     report = {}
     for name, ours, r, pe in zip(names, grads, ref, peer):
         if r is None:
@@ -239,7 +292,7 @@ def check_grads(grads, ref, peer, names=("dq", "dk", "dv", "dsinks")):
         ours = np.asarray(ours, np.float64)
         assert not np.isnan(ours).any(), f"{name} has NaN"
         err = float(np.max(np.abs(ours - r))) if ours.size else 0.0
-        tol = tolerance(r, pe) + GRAD_ATOL
+        tol = tolerance(r, pe) + GRAD_ATOL + (slack or {}).get(name, 0.0)
         assert err <= tol, f"{name}: max |ours - ref| = {err:.3e} exceeds the FA3 tolerance {tol:.3e}"
         report[name] = (err, tol)
     return report
