@@ -967,11 +967,10 @@ class Bench:
         grads = []
         try:
             fwd_launch = None
-            if pass_ == "bwd" or poison:
-                out, lse = fa.attention(q, k, v, causal=cfg.causal, kernel=kernel,
-                                        return_lse=True, **extras)
-                backward = functools.partial(fa.attention_backward, dout, q, k, v, out, lse,
-                                             causal=cfg.causal, kernel=kernel, **extras)
+            out, lse = fa.attention(q, k, v, causal=cfg.causal, kernel=kernel,
+                                    return_lse=True, **extras)
+            backward = functools.partial(fa.attention_backward, dout, q, k, v, out, lse,
+                                         causal=cfg.causal, kernel=kernel, **extras)
             if pass_ == "bwd":
                 im.call = backward
                 if poison:
@@ -1001,15 +1000,20 @@ class Bench:
                 out_g = fa.attention(ql, kl, vl, causal=cfg.causal, kernel=kernel, **grad_extras)
                 fwd_launch = fa.last_launch()
                 result = self.grad_dict(torch.autograd.grad(out_g, inputs, dout), cfg)
-                launch = fa.last_launch()
                 del out_g
                 if check:
                     grads.append(result)
+                # Autograd ran the backward on its own thread, whose launch record this thread
+                # cannot read (last_launch() is per thread): the same backward called here
+                # gives the record.
                 if poison:
                     bufs = {"dq": torch.full_like(q, float("nan")),
                             "dk": torch.full_like(k, float("nan")),
                             "dv": torch.full_like(v, float("nan"))}
                     grads.append(dict(self.grad_dict(backward(**bufs), cfg), **bufs))
+                else:
+                    backward()
+                launch = fa.last_launch()
             torch.cuda.synchronize()
         except Exception as e:  # the library's own errors: a row that says what it raised
             im.status = self.ours_error_status(e)
