@@ -485,17 +485,20 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=False, softmax_scale=N
     Args (the others as in attention()):
         dout, out: (batch, seqlen_q, heads_q, head_dim) in q's dtype; lse: float32
             (batch, heads_q, seqlen_q), contiguous.
-        deterministic: a bool. False (the default): dq is summed with fp32 atomics, in the order
-            the key blocks finish, so its last bits may differ between runs. True: every
-            (query block, head) sums its key blocks in a fixed order, bitwise reproducible,
-            at the cost of key blocks waiting for their turn: measured on an H200 (head_dim
-            128, bf16, 16k tokens, commit 0af33a7), 0.79x the default's speed without a mask
-            and 0.50x causal.
+        deterministic: a bool. False (the default): dq is summed with fp32 atomics (sm80) or
+            TMA reductions (sm90), in the order the key blocks finish, so its last bits may
+            differ between runs. True: every (query block, head) sums its key blocks in a
+            fixed order, bitwise reproducible, at the cost of key blocks waiting for their
+            turn; only the sm80 family's backward has this mode, so kernel="auto" runs it
+            there. Measured on an H200 (head_dim 128, bf16, 16k tokens, commit b92d407,
+            dev/bwd_deterministic_cost.py): 0.26x the default's speed without a mask and 0.17x
+            causal.
         dq, dk, dv, dsinks: arrays to write the gradients into (like q, k, v, sinks), returned
             as given; nothing is written to them when the call raises.
-        kernel: None or "auto" (the sm80 family's backward, the only one built so far; it runs
-            on sm_80 and newer, sm_90 included), "sm80", or "sm90" (an error until that family
-            has a backward).
+        kernel: None or "auto" (on sm_90 the sm90 family's backward where it serves the
+            problem: head_dim up to 128, not deterministic; else the sm80 family's, which runs
+            on sm_80 and newer, sm_90 included), "sm80", or "sm90" (a ValueError that says why
+            where its backward does not serve the problem).
 
     The launches (a preprocess, the main kernel, a postprocess; each (384, 1, 1)) and the
     device workspace they share (fp32 dq accumulator, allocated stream-ordered on the call's
@@ -746,7 +749,8 @@ def attention_varlen_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_
     forward (attention_varlen(..., return_lse=True)) was given them. dq is shaped like q, dk
     and dv like k and v (summed over the q heads of a kv head); rows of keys no entry owns
     are not written. deterministic, dq=, dk=, dv=, dsinks=, stream, device and kernel as in
-    attention_backward(); offsets are checked as attention_varlen() checks them.
+    attention_backward(), except that packed batches run on the sm80 family's backward only
+    (kernel="sm90" is an error); offsets are checked as attention_varlen() checks them.
     """
     device_kind, device_index, kernel_code = _gpu_args(device, kernel, stream)
     causal = _flag("causal", causal)
