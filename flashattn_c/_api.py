@@ -496,7 +496,7 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=False, softmax_scale=N
         dq, dk, dv, dsinks: arrays to write the gradients into (like q, k, v, sinks), returned
             as given; nothing is written to them when the call raises.
         kernel: None or "auto" (on sm_90 the sm90 family's backward where it serves the
-            problem: head_dim up to 128, not deterministic; else the sm80 family's, which runs
+            problem: head_dim up to 128, uniform batches; else the sm80 family's, which runs
             on sm_80 and newer, sm_90 included), "sm80", or "sm90" (a ValueError that says why
             where its backward does not serve the problem).
 
@@ -609,7 +609,7 @@ def _call_op(c_op, roles, arrays, extra, *, framework, stream, device_kind, torc
 
 def _refuse_sm90_backward(q, k, causal, left, right, softcap, sinks, deterministic):
     """kernel='sm90' under autograd: the ValueError the backward's plan would raise (the sm90
-    backward serves head_dim up to 128, uniform batches, not deterministic), raised at the
+    backward serves head_dim up to 128 on uniform batches), raised at the
     forward, before any GPU work, rather than after it."""
     dtype = str(q.dtype).replace("torch.", "")
     if dtype not in _DTYPE_CODES or q.dim() != 4 or k.dim() != 4:

@@ -21,14 +21,12 @@ pytestmark = GPU_MARKS
 BACKWARD_FAMILIES = ["sm80", "sm90"]  # the families with a backward kernel
 
 
-def require_backward(family, head_dim, deterministic=False):
-    """require_family, and for sm90 what its backward serves (head_dim up to 128, not
-    deterministic; test_gpu_sm90_backward_refuses_what_it_lacks checks the refusals)."""
+def require_backward(family, head_dim):
+    """require_family, and for sm90 what its backward serves (head_dim up to 128;
+    test_gpu_sm90_backward_refuses_what_it_lacks checks the refusals)."""
     require_family(family)
     if family == "sm90" and head_dim > 128:
         pytest.skip("the sm90 backward takes head_dim up to 128 (256 runs on sm80's)")
-    if family == "sm90" and deterministic:
-        pytest.skip("the sm90 backward has no deterministic mode (it runs on sm80's)")
 
 
 def auto_backward_family(head_dim):
@@ -279,7 +277,7 @@ def test_gpu_backward_sdpa_layout_on_a_side_stream(family, causal):
 def test_gpu_backward_deterministic_is_bitwise_reproducible(family, causal, head_dim):
     import torch
 
-    require_backward(family, head_dim, deterministic=True)
+    require_backward(family, head_dim)
     q, k, v, dout, _ = inputs(2, 1000, 1000, 4, 2, head_dim, "bfloat16")
     first = None
     for _ in range(10):
@@ -351,9 +349,6 @@ def test_gpu_sm90_backward_refuses_what_it_lacks():
     with pytest.raises(ValueError, match="head_dim up to 128"):  # at the forward, not after it
         fa.attention(*leaves, kernel="sm90")
     q, k, v, dout, _ = inputs(1, 64, 64, 2, 2, 64, "bfloat16")
-    out, lse = fa.attention(q, k, v, return_lse=True)
-    with pytest.raises(ValueError, match="no deterministic mode"):
-        fa.attention_backward(dout, q, k, v, out, lse, kernel="sm90", deterministic=True)
     leaves = [x.detach().clone().requires_grad_(True) for x in (q, k, v)]
     cu = torch.tensor([0, 64], dtype=torch.int32, device="cuda")
     with pytest.raises(ValueError, match="packed batches"):

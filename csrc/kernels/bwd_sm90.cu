@@ -9,9 +9,10 @@
  *   consumer warpgroup, and walks every q head of its group and every query block that sees
  *   its keys (fa_block_range_cols); masks, score hook and lengths come from csrc/common/.
  *   Instantiated for head_dim_padded 64 (128-row query blocks) and 128 (64-row blocks) x
- *   {fp16, bf16}; mask kind and softcap are runtime, as in the sm80 backward. Uniform batches,
- *   not deterministic: fa_sm90_bwd_unsupported (sm90_bwd_tiles.h) names what runs on the sm80
- *   family's backward instead.
+ *   {fp16, bf16}; mask kind, softcap and determinism are runtime, as in the sm80 backward.
+ *   Uniform batches: fa_sm90_bwd_unsupported (sm90_bwd_tiles.h) names what runs on the sm80
+ *   family's backward instead. Deterministic, the dQ warp adds each query block's dQ in
+ *   key-block order (dq_turns.cuh).
  *
  * Design (FlashAttention-3's Hopper backward, in its plainest form): K and V stay in shared
  * memory and dK, dV in fp32 registers for the CTA's life; Q and dO stream through a two-slot
@@ -94,6 +95,9 @@ bool make_bwd_params(const fa_params *p, const fa_grad_params *g, const fa_bwd_w
     prm->window_right = mask.right;
     prm->score = fa_score_make(p->softmax_scale, p->softcap);
     prm->softmax_scale = p->softmax_scale;
+    prm->deterministic = g->deterministic ? 1 : 0;
+    prm->dq_lock = ws->dq_lock;
+    prm->lock_blocks = (p->seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM;
     return true;
 }
 
@@ -119,8 +123,10 @@ cudaError_t fa_sm90_bwd_launch(const fa_params *p, const fa_grad_params *g, cons
     fa_sm90::dispatch_bwd(p, g, [&](auto cfg_tag) {
         using Cfg = decltype(cfg_tag);
         // The launch config must describe this instance (backward.c and sm90_bwd_tiles.h agree).
+        // The turn counters are indexed by the kernel's own query blocks.
         if (cfg->block_n != Cfg::kBlockN || cfg->block_m != Cfg::kBlockM || cfg->head_dim_padded != Cfg::kHeadDim ||
-            cfg->smem_bytes < Cfg::kSmemBytes) {
+            cfg->smem_bytes < Cfg::kSmemBytes ||
+            (g->deterministic && (ws->dq_lock == nullptr || ws->block_m != Cfg::kBlockM))) {
             status = cudaErrorInvalidValue;
             return;
         }

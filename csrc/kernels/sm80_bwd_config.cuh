@@ -2,8 +2,7 @@
  * sm80_bwd_config.cuh -- compile-time shape of one sm80 backward instance (BwdConfig), the
  * kernel's argument block (BwdArgs), ldmatrix operand addressing, and the few PTX wrappers the
  * forward's sm80_ptx.cuh does not have (4-byte cp.async, shared loads and stores that stay in
- * place, the fp32 reductions into dq_accum, the dq turn counter's acquire load and release
- * add).
+ * place, the fp32 reductions into dq_accum).
  *
  * Warp layouts (12 warps; each GEMM of a query block is cut into whole warp tiles, and a warp
  * past a GEMM's layout sits that GEMM out):
@@ -270,20 +269,6 @@ __device__ __forceinline__ void red_add_f32x2(float *at, float a, float b)
     asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(at), "f"(a) : "memory");
     asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(at + 1), "f"(b) : "memory");
 #endif
-}
-
-/* The dq turn counter: read with acquire (what the previous key block added is visible
-   after), advanced with release. */
-__device__ __forceinline__ int ld_acquire_gpu(const int *p)
-{
-    int v;
-    asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-
-__device__ __forceinline__ void red_release_gpu_add(int *p, int v)
-{
-    asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
 }
 
 } /* namespace fa_sm80 */

@@ -16,6 +16,7 @@
 
 #include "../common/block_range.h"
 #include "../common/seqlen.h"
+#include "dq_turns.cuh"
 #include "sm80_bwd_config.cuh"
 
 namespace fa_sm80 {
@@ -49,19 +50,15 @@ __device__ __forceinline__ void dq_add(const float (&acc)[1][C::kDqNT][4], float
     }
 }
 
-/* Waits for this CTA's turn at query block m of head h (deterministic only). */
+/* Waits for this CTA's turn at query block m of head h (deterministic only; dq_turns.cuh). */
 __device__ __forceinline__ void dq_turn_wait(const BwdArgs &p, const fa_mask &mask, int batch,
                                              int h, int m, int n_block, int block_m, int block_n,
                                              int tid)
 {
     if (tid == 0) {
-        const int row0 = m * block_m;
-        const fa_block_range r =
-            fa_block_range_rows(&mask, row0, min(row0 + block_m, mask.len_q), block_n);
-        const int turn = n_block - r.n_min;
-        const int *lock =
-            p.dq_lock + (static_cast<int64_t>(batch) * p.heads_q + h) * p.lock_blocks + m;
-        while (ld_acquire_gpu(lock) != turn) {
+        const int turn = dq_turn_of(mask, m, n_block, block_m, block_n);
+        const int *lock = dq_turn_counter(p.dq_lock, batch, p.heads_q, h, p.lock_blocks, m);
+        while (ld_acquire_gpu_s32(lock) != turn) {
         }
     }
     __syncthreads();
@@ -73,8 +70,8 @@ __device__ __forceinline__ void dq_turn_pass(const BwdArgs &p, int batch, int h,
     __syncthreads(); /* every thread's adds are issued */
     if (tid == 0) {
         __threadfence();
-        red_release_gpu_add(
-            p.dq_lock + (static_cast<int64_t>(batch) * p.heads_q + h) * p.lock_blocks + m, 1);
+        red_release_gpu_add_s32(dq_turn_counter(p.dq_lock, batch, p.heads_q, h, p.lock_blocks, m),
+                                1);
     }
 }
 

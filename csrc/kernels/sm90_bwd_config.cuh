@@ -48,6 +48,9 @@ struct BwdParams {
     int window_left, window_right;  // normalised by fa_mask_make, causal folded in
     fa_score score;
     float softmax_scale;
+    int deterministic;   // dQ added in key-block order (dq_turns.cuh)
+    int *dq_lock;        // deterministic: the turn counters, lock_blocks per (batch, q head)
+    int lock_blocks;
 };
 
 // Named barrier ids (0 is __syncthreads).

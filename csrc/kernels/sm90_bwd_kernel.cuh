@@ -33,6 +33,7 @@
 #ifndef FA_SM90_BWD_KERNEL_CUH
 #define FA_SM90_BWD_KERNEL_CUH
 
+#include "dq_turns.cuh"
 #include "sm90_bwd_config.cuh"
 #include "sm90_epilogue.cuh"
 #include "sm90_pipeline.cuh"
@@ -115,14 +116,26 @@ __device__ __forceinline__ void bwd_row_stats(const BwdParams &prm, uint32_t sme
 // 32-column chunk (rows past seqlen_q and columns past head_dim clipped), then the staging is
 // handed back once the reduction has read it. Both halves start free (when there is a step);
 // the last ones are not handed back, so that every arrival on the named barriers meets a wait.
+// Deterministic: the step's reductions wait for this key block's turn at the query block and
+// complete before the turn passes on (dq_turns.cuh); the proxy fences order the TMA's global
+// accesses against the counter's acquire and release.
 template <class Cfg>
 __device__ __forceinline__ void bwd_dq_writer(const BwdParams &prm, uint32_t smem, const BwdWalk &w, int lane) {
     if (w.steps == 0) return;
     if (lane == 0) prefetch_tensormap(&prm.tmap_dq);
+    const bool det = prm.deterministic != 0;
 #pragma unroll
     for (int c = 0; c < FA_NUM_CONSUMER_WARPGROUPS; ++c) bar_arrive(kBarDqEmpty + c, kDqBarThreads);
     for (int it = 0; it < w.steps; ++it) {
-        const int h = w.head(it), row0 = w.m_block(it) * Cfg::kBlockM;
+        const int h = w.head(it), m = w.m_block(it), row0 = m * Cfg::kBlockM;
+        int *counter = nullptr;
+        if (det && lane == 0) {
+            counter = dq_turn_counter(prm.dq_lock, w.batch, prm.heads_q, h, prm.lock_blocks, m);
+            const int turn = dq_turn_of(w.mask, m, (int)blockIdx.x, Cfg::kBlockM, Cfg::kBlockN);
+            while (ld_acquire_gpu_s32(counter) != turn) {
+            }
+            fence_proxy_async();
+        }
 #pragma unroll
         for (int c = 0; c < FA_NUM_CONSUMER_WARPGROUPS; ++c) {
             bar_sync(kBarDqFull + c, kDqBarThreads);
@@ -133,10 +146,20 @@ __device__ __forceinline__ void bwd_dq_writer(const BwdParams &prm, uint32_t sme
                         &prm.tmap_dq, smem + Cfg::kOffDq + c * Cfg::kDqWgBytes + ch * Cfg::kDqChunkBytes,
                         c * Cfg::kDqCols + 32 * ch, row0, h, w.batch);
                 cp_async_bulk_commit_group();
-                cp_async_bulk_wait_group_read_0();
+                if (!det) cp_async_bulk_wait_group_read_0();
             }
             __syncwarp();
-            if (it + 1 < w.steps) bar_arrive(kBarDqEmpty + c, kDqBarThreads);
+            if (!det && it + 1 < w.steps) bar_arrive(kBarDqEmpty + c, kDqBarThreads);
+        }
+        if (det) {
+            if (lane == 0) {
+                cp_async_bulk_wait_group_0();
+                fence_proxy_async();
+                red_release_gpu_add_s32(counter, 1);
+            }
+            __syncwarp();
+            if (it + 1 < w.steps)
+                for (int c = 0; c < FA_NUM_CONSUMER_WARPGROUPS; ++c) bar_arrive(kBarDqEmpty + c, kDqBarThreads);
         }
     }
     if (lane == 0) cp_async_bulk_wait_group_0();

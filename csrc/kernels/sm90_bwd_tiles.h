@@ -53,6 +53,7 @@ FA_STATIC_ASSERT(FA_SM90_BWD_BLOCK_N == 64 * FA_NUM_CONSUMER_WARPGROUPS,
 /* Why the sm90 backward does not serve p and g, or NULL when it does (pure host). */
 static inline const char *fa_sm90_bwd_unsupported(const fa_params *p, const fa_grad_params *g)
 {
+    (void)g;
     if (p->dtype != FA_FLOAT16 && p->dtype != FA_BFLOAT16)
         return "the sm90 backward takes float16 or bfloat16";
     if (p->head_dim < 8 || p->head_dim > 128 || p->head_dim % 8 != 0)
@@ -60,9 +61,6 @@ static inline const char *fa_sm90_bwd_unsupported(const fa_params *p, const fa_g
                "on the sm80 family's backward";
     if (p->cu_seqlens_q || p->cu_seqlens_k || p->seqused_k || p->kv_batch_idx || p->block_table)
         return "the sm90 backward takes uniform batches; packed (cu_seqlens) batches run on the "
-               "sm80 family's backward";
-    if (g && g->deterministic)
-        return "the sm90 backward has no deterministic mode; deterministic=True runs on the "
                "sm80 family's backward";
     return NULL;
 }

@@ -123,6 +123,10 @@ FA_DEV void cp_async_bulk_wait_group_read_0() {
 // Waits until the committed bulk stores have completed.
 FA_DEV void cp_async_bulk_wait_group_0() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
 
+// Orders this thread's memory accesses through the generic proxy and the async proxy (TMA)
+// against each other, in every state space.
+FA_DEV void fence_proxy_async() { asm volatile("fence.proxy.async;\n" ::: "memory"); }
+
 // Orders this thread's generic-proxy shared-memory writes before later async-proxy accesses
 // (a TMA store reading them, a TMA load overwriting them).
 FA_DEV void fence_proxy_async_shared_cta() {
