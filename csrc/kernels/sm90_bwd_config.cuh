@@ -92,13 +92,13 @@ struct BwdConfig {
     static constexpr uint32_t kSmemBytes = kOffBar + FA_SM90_BARRIER_BYTES + FA_SM90_SMEM_ALIGN;
 
     // mbarrier slots (8 bytes each). A full barrier completes with the TMA bytes and the 32
-    // arrivals of the row-stats warp; an empty one with one arrival per consumer warp.
+    // arrivals of the row-stats warp; an empty one with an arrival from every consumer thread.
     static constexpr int kBarKV = 0;
     static constexpr int kBarQFull = 1, kBarQEmpty = 1 + kStages;
     static constexpr int kBarDoFull = 1 + 2 * kStages, kBarDoEmpty = 1 + 3 * kStages;
     static constexpr int kNumBars = 1 + 4 * kStages;
     static constexpr uint32_t kFullArrivals = 1 + FA_WARP_SIZE;
-    static constexpr uint32_t kEmptyArrivals = FA_NUM_CONSUMER_WARPGROUPS * FA_WARPS_PER_WARPGROUP;
+    static constexpr uint32_t kEmptyArrivals = FA_NUM_CONSUMER_WARPGROUPS * 128;
 
     // Shared addresses of ring slot `slot`'s Q, dO, base-2 lse and delta.
     static __device__ __forceinline__ uint32_t q_slot(uint32_t smem, int slot) { return smem + kOffQ + slot * kRowSlotBytes; }

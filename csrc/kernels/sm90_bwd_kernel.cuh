@@ -402,10 +402,11 @@ __device__ __forceinline__ void bwd_consumer(const BwdParams &prm, uint32_t smem
         wgmma_wait_group<0>();
         fence_operands(dk);
         fence_operands(ds);
-        if (lane == 0) {
-            mbarrier_arrive(bars + 8 * (Cfg::kBarQEmpty + pos.slot));
-            mbarrier_arrive(bars + 8 * (Cfg::kBarDoEmpty + pos.slot));
-        }
+        // Every consumer thread frees the slot after its own reads of the slot's lse and delta,
+        // which the row-stats warp refills with plain stores (freed by lane 0 alone, after a
+        // __syncwarp, racecheck reported the refill racing with those reads).
+        mbarrier_arrive(bars + 8 * (Cfg::kBarQEmpty + pos.slot));
+        mbarrier_arrive(bars + 8 * (Cfg::kBarDoEmpty + pos.slot));
         pos.advance(Cfg::kStages);
     }
     store_key_rows<Cfg>(prm.dk, prm.dk_batch_stride, prm.dk_row_stride, prm.dk_head_stride, prm, w, c, dk,
