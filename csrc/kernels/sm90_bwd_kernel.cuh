@@ -170,13 +170,8 @@ __device__ __forceinline__ void bwd_dq_writer(const BwdParams &prm, uint32_t sme
 // acc (64 keys x M) = X_c Y^T over head_dim: S^T with (K, Q), dP^T with (V, dO). Both K-major.
 template <class Cfg>
 __device__ __forceinline__ void issue_key_scores(float (&acc)[Cfg::kBlockM / 2], uint32_t key_rows, uint32_t row_slot) {
-#pragma unroll
-    for (int kk = 0; kk < Cfg::kHeadDim / 16; ++kk) {
-        const uint32_t off_x = (kk / 4) * Cfg::kKVChunkBytes + (kk % 4) * 32;
-        const uint32_t off_y = (kk / 4) * Cfg::kRowChunkBytes + (kk % 4) * 32;
-        Wgmma<Cfg::kBlockM>::template ss<Cfg::kBf16>(acc, make_smem_desc(key_rows + off_x, 16, 1024),
-                                                      make_smem_desc(row_slot + off_y, 16, 1024), kk > 0 ? 1 : 0);
-    }
+    wgmma_ss_kmajor<Cfg::kBlockM, Cfg::kHeadDim, Cfg::kBf16>(acc, key_rows, Cfg::kKVChunkBytes, row_slot,
+                                                             Cfg::kRowChunkBytes);
 }
 
 // acc (64 keys x D) += A (registers: P^T or dS^T, 64 x M) x Y (dO or Q, M x D, read MN-major).
@@ -419,7 +414,7 @@ template <class Cfg>
 __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) bwd_kernel(const __grid_constant__ BwdParams prm) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ uint8_t smem_raw[];
-    const uint32_t smem = (smem_addr(smem_raw) + (FA_SM90_SMEM_ALIGN - 1)) & ~(uint32_t)(FA_SM90_SMEM_ALIGN - 1);
+    const uint32_t smem = swizzle_aligned_smem(smem_raw);
     const uint32_t bars = smem + Cfg::kOffBar;
     const int warp = threadIdx.x / FA_WARP_SIZE;
     const int lane = threadIdx.x % FA_WARP_SIZE;

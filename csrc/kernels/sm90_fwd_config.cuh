@@ -17,6 +17,7 @@
 #include "../common/score.h"
 #include "../launch_contract.h"
 #include "kernels.h"
+#include "sm90_ptx.cuh"
 #include "sm90_scheduler.cuh"
 #include "sm90_tiles.h"
 
@@ -113,6 +114,12 @@ struct Config {
     static_assert(kKVChunkBytes < (1u << 18), "LBO fits the descriptor's 14-bit field");
     static_assert(!kOInV || 2 * kOWgBytes <= kStages * kKVSlotBytes, "O of both warpgroups fits the V ring");
 };
+
+// The dynamic shared memory's first 1024-byte boundary: 128-byte swizzled tiles must start on
+// one (descriptor base offset 0); every sm90 launch reserves FA_SM90_SMEM_ALIGN of slack.
+__device__ __forceinline__ uint32_t swizzle_aligned_smem(const void *smem_raw) {
+    return (smem_addr(smem_raw) + (FA_SM90_SMEM_ALIGN - 1)) & ~(uint32_t)(FA_SM90_SMEM_ALIGN - 1);
+}
 
 // Consumer warps that release a ring slot: every consumer warp arrives once, after its own wait.
 constexpr uint32_t kSlotReleaseArrivals = FA_NUM_CONSUMER_WARPGROUPS * FA_WARPS_PER_WARPGROUP;

@@ -237,8 +237,7 @@ template <class Cfg>
 __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_kernel(const __grid_constant__ KernelParams prm) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ uint8_t smem_raw[];
-    // 128-byte swizzled tiles must start on 1024-byte boundaries; the launch reserves the slack.
-    const uint32_t smem = (smem_addr(smem_raw) + (FA_SM90_SMEM_ALIGN - 1)) & ~(uint32_t)(FA_SM90_SMEM_ALIGN - 1);
+    const uint32_t smem = swizzle_aligned_smem(smem_raw);
     const uint32_t bars = smem + Cfg::kOffBar;
     const int warp = threadIdx.x / FA_WARP_SIZE;
     const int lane = threadIdx.x % FA_WARP_SIZE;

@@ -30,16 +30,7 @@ namespace fa_sm90 {
 // S (64 x kBlockN) = Q rows of this warpgroup x K^T; first k-step overwrites (scale-d 0).
 template <class Cfg>
 __device__ __forceinline__ void issue_qk(float (&s)[Cfg::kBlockN / 2], uint32_t q_rows, uint32_t k_slot) {
-#pragma unroll
-    for (int kk = 0; kk < Cfg::kHeadDim / 16; ++kk) {
-        // k-step kk: 16 columns = 32 bytes inside 64-column chunk kk / 4. Moving the start address
-        // inside a swizzle atom is allowed: the swizzle XOR uses address bits [7:9], unchanged.
-        const uint32_t off_q = (kk / 4) * Cfg::kQChunkBytes + (kk % 4) * 32;
-        const uint32_t off_k = (kk / 4) * Cfg::kKVChunkBytes + (kk % 4) * 32;
-        const uint64_t desc_q = make_smem_desc(q_rows + off_q, 16, 1024);
-        const uint64_t desc_k = make_smem_desc(k_slot + off_k, 16, 1024);
-        Wgmma<Cfg::kBlockN>::template ss<Cfg::kBf16>(s, desc_q, desc_k, kk > 0 ? 1 : 0);
-    }
+    wgmma_ss_kmajor<Cfg::kBlockN, Cfg::kHeadDim, Cfg::kBf16>(s, q_rows, Cfg::kQChunkBytes, k_slot, Cfg::kKVChunkBytes);
 }
 
 // O (64 x kHeadDim) += P (registers) x V; V is the MN-major B operand (transpose-B).

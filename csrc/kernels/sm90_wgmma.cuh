@@ -17,6 +17,8 @@
 
 #include <stdint.h>
 
+#include "sm90_ptx.cuh"
+
 namespace fa_sm90 {
 
 #define FA_WG_ACC_STR_1 "%0, %1, %2, %3, %4, %5, %6, %7"
@@ -131,6 +133,23 @@ FA_WG_DEFINE(256, 16, 128, 129, 130, 131, 132, 133)
 #undef FA_WG_DEFINE
 #undef FA_WG_DEFINE_TYPED
 #undef FA_WG_DEFINE_TYPED_RS
+
+// acc (64 x N) = A (64 rows from a) x B (N rows from b)^T over kDepth columns, both K-major in
+// 64-column swizzled chunks (a_chunk_bytes, b_chunk_bytes apart); the first k-step overwrites.
+// k-step kk: 16 columns = 32 bytes inside chunk kk / 4. Moving the start address inside a
+// swizzle atom is allowed: the swizzle XOR uses address bits [7:9], unchanged.
+template <int N, int kDepth, bool kBf16>
+__device__ __forceinline__ void wgmma_ss_kmajor(float (&acc)[N / 2], uint32_t a, uint32_t a_chunk_bytes, uint32_t b,
+                                                uint32_t b_chunk_bytes) {
+#pragma unroll
+    for (int kk = 0; kk < kDepth / 16; ++kk) {
+        const uint32_t off_a = (kk / 4) * a_chunk_bytes + (kk % 4) * 32;
+        const uint32_t off_b = (kk / 4) * b_chunk_bytes + (kk % 4) * 32;
+        const uint64_t desc_a = make_smem_desc(a + off_a, 16, 1024);
+        const uint64_t desc_b = make_smem_desc(b + off_b, 16, 1024);
+        Wgmma<N>::template ss<kBf16>(acc, desc_a, desc_b, kk > 0 ? 1 : 0);
+    }
+}
 
 }  // namespace fa_sm90
 
