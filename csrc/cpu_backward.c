@@ -95,7 +95,9 @@ static void key_block(const fa_params *p, const bwd_scratch *w, const fa_mask *m
         for (int i = mb * FA_CPU_BWD_BLOCK_M; i < i1; i++) {
             const double *qi = w->q + (size_t)i * D, *doi = w->dout + (size_t)i * D;
             for (int j = j0; j < j1; j++) {
-                if (masked && !fa_mask_visible(m, i, j))
+                /* The rows that see key j (mask.h's transpose, as the sm90 backward masks). */
+                const fa_key_span seen_by = fa_mask_col(m, j);
+                if (masked && (i < seen_by.lo || i > seen_by.hi))
                     continue;
                 const double *kj = w->k + (size_t)j * D, *vj = w->v + (size_t)j * D;
                 const double s = dot64(qi, kj, D);

@@ -65,7 +65,8 @@ FA_HD int fa_mask_visible(const fa_mask *m, int row, int key)
     return key >= s.lo && key <= s.hi;
 }
 
-/* The transpose of fa_mask_row, for kernels that hold keys in rows (the backward's S^T): the
+/* The transpose of fa_mask_row, for code that holds keys in rows (the sm90 backward's S^T, the
+ * host reference backward, which walks key blocks as the kernels do): the
  * query rows lo..hi (inclusive) that see key j; hi < lo: none (also for j outside [0, len_k)).
  * Row i sees j when i + d - left <= j <= i + d + right (an unbounded side drops its bound), so
  * the rows are j - d - right <= i <= j - d + left, clipped to [0, len_q). */
