@@ -65,7 +65,7 @@ template <int kHeadDim_, bool kBf16_>
 struct BwdConfig {
     static constexpr int kHeadDim = kHeadDim_;
     static constexpr bool kBf16 = kBf16_;
-    static constexpr int kBlockM = FA_SM90_BWD_BLOCK_M(kHeadDim);
+    static constexpr int kBlockM = FA_SM90_BWD_BLOCK_M;
     static constexpr int kBlockN = FA_SM90_BWD_BLOCK_N;
     static constexpr int kStages = FA_SM90_BWD_STAGES;
     static constexpr int kChunks = kHeadDim / 64;

@@ -31,15 +31,15 @@
 #include "sm90_tiles.h"
 
 #define FA_SM90_BWD_BLOCK_N 128
-#define FA_SM90_BWD_BLOCK_M(hd) 64
+#define FA_SM90_BWD_BLOCK_M 64
 #define FA_SM90_BWD_STAGES 2
 
-#define FA_SM90_BWD_SMEM_BYTES(hd)                                                             \
-    (4u * (size_t)FA_SM90_BWD_BLOCK_N * (size_t)(hd) +                                         \
-     4u * (size_t)FA_SM90_BWD_STAGES * (size_t)FA_SM90_BWD_BLOCK_M(hd) * (size_t)(hd) +        \
-     4u * (size_t)FA_SM90_BWD_BLOCK_N * (size_t)FA_SM90_BWD_BLOCK_M(hd) +                      \
-     4u * (size_t)FA_SM90_BWD_BLOCK_M(hd) * (size_t)(hd) +                                     \
-     8u * (size_t)FA_SM90_BWD_STAGES * (size_t)FA_SM90_BWD_BLOCK_M(hd) +                       \
+#define FA_SM90_BWD_SMEM_BYTES(hd)                                                  \
+    (4u * (size_t)FA_SM90_BWD_BLOCK_N * (size_t)(hd) +                              \
+     4u * (size_t)FA_SM90_BWD_STAGES * (size_t)FA_SM90_BWD_BLOCK_M * (size_t)(hd) + \
+     4u * (size_t)FA_SM90_BWD_BLOCK_N * (size_t)FA_SM90_BWD_BLOCK_M +               \
+     4u * (size_t)FA_SM90_BWD_BLOCK_M * (size_t)(hd) +                              \
+     8u * (size_t)FA_SM90_BWD_STAGES * (size_t)FA_SM90_BWD_BLOCK_M +                \
      (size_t)FA_SM90_BARRIER_BYTES + (size_t)FA_SM90_SMEM_ALIGN)
 
 FA_STATIC_ASSERT(FA_SM90_BWD_SMEM_BYTES(64) == 116992, "hd64 layout matches the table above");
@@ -73,7 +73,7 @@ static inline int fa_sm90_bwd_tile(const fa_params *p, const fa_grad_params *g, 
         return -1;
     const int hd = p->head_dim <= 64 ? 64 : 128;
     t->head_dim_padded = hd;
-    t->block_m = FA_SM90_BWD_BLOCK_M(hd);
+    t->block_m = FA_SM90_BWD_BLOCK_M;
     t->block_n = FA_SM90_BWD_BLOCK_N;
     t->stages = FA_SM90_BWD_STAGES;
     t->smem_bytes = FA_SM90_BWD_SMEM_BYTES(hd);
