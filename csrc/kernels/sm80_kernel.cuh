@@ -26,6 +26,21 @@ struct WarpPos {
     uint32_t v_lane_off;
 };
 
+/* The warp's Q fragments (its 16 rows, its head_dim columns from d_first) from the Q tile:
+   ldmatrix x4 matrices, rows 0-7 / 8-15 of the m16 tile at columns +0, then +8. */
+template <class C>
+__device__ __forceinline__ void load_q_frags(uint32_t (&q_frag)[C::kQSteps][4], uint32_t smem_base,
+                                             int row_group, int d_first, int lane)
+{
+    const int r = row_group * C::kWarpRows + (lane & 7) + ((lane >> 3) & 1) * 8;
+    const uint32_t row_addr = smem_base + C::kQOffset + r * C::kRowBytes;
+#pragma unroll
+    for (int ks = 0; ks < C::kQSteps; ++ks) {
+        const int chunk = d_first / 8 + 2 * ks + (lane >> 4);
+        ldmatrix_x4(q_frag[ks], row_addr + swizzle(r, chunk));
+    }
+}
+
 /* One key block kb (in the smem stage at `stage`): its sub-blocks through qk and attend. In
    unmasked blocks with QK_AHEAD, S of the next sub-block is computed before the softmax of
    this one, so its mmas run on the tensor cores while the warp works through the exp2s and
@@ -185,16 +200,7 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
     __syncthreads();
 
     uint32_t q_frag[C::kQSteps][4];
-    {
-        /* ldmatrix x4 matrices: rows 0-7 / 8-15 of the m16 tile at columns +0, then +8 */
-        const int r = row_group * C::kWarpRows + (lane & 7) + ((lane >> 3) & 1) * 8;
-        const uint32_t row_addr = smem_base + C::kQOffset + r * C::kRowBytes;
-#pragma unroll
-        for (int ks = 0; ks < C::kQSteps; ++ks) {
-            const int chunk = d_first / 8 + 2 * ks + (lane >> 4);
-            ldmatrix_x4(q_frag[ks], row_addr + swizzle(r, chunk));
-        }
-    }
+    load_q_frags<C>(q_frag, smem_base, row_group, d_first, lane);
     if constexpr (C::kMbar)
         __syncthreads(); /* Q is in registers: its region (the last stage) may be refilled */
 
