@@ -148,6 +148,16 @@ struct KVSource {
     int b;
 };
 
+__device__ __forceinline__ KVSource kv_source(const Args &a, const fa_seqlen &e, int b, int hk, int col0)
+{
+    KVSource src;
+    src.k = static_cast<const uint16_t *>(a.k) + hk * a.k_head_stride + col0;
+    src.v = static_cast<const uint16_t *>(a.v) + hk * a.v_head_stride + col0;
+    src.e = e;
+    src.b = b;
+    return src;
+}
+
 /* K and V rows key0 .. key0 + 15 into `slot`, by one warp. Lane = 8 * row_sub + piece_sub:
    an instruction copies 4 rows x 8 pieces (4 x 128 contiguous bytes of global memory); the
    lane's rows are row_sub + 4 k (k < 4), so it computes four key-row offsets per chunk,
@@ -196,6 +206,15 @@ template <class G>
 struct State {
     float o[G::kOTiles][4];
     float m[2], l[2];
+    /* no key seen: O = 0, m = -inf, l = 0 */
+    __device__ __forceinline__ void init()
+    {
+#pragma unroll
+        for (int t = 0; t < G::kOTiles; ++t)
+            o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
+        m[0] = m[1] = -INFINITY;
+        l[0] = l[1] = 0.f;
+    }
 };
 
 /* The mask of this lane's two rows, kept for the chunks that need it (block_range.h). */
@@ -344,6 +363,155 @@ __device__ __forceinline__ RowOf row_of(int r, int group, int hk)
     return x;
 }
 
+/* The tile's packed rows of Q into shared memory, one commit group: columns past head_dim and
+   rows past the entry read as zeros. */
+template <class G>
+__device__ __forceinline__ void load_q_tile(const Args &a, const fa_seqlen &e, int b, int hk, int r0,
+                                            int r_end, uint32_t q_smem, int tid)
+{
+    for (int it = tid; it < kRows * G::kQPieces; it += kThreads) {
+        const int rr = it / G::kQPieces, pc = it % G::kQPieces;
+        const int r = r0 + rr;
+        const bool ok = r < r_end && pc * 8 < a.head_dim;
+        const uint16_t *src = static_cast<const uint16_t *>(a.q);
+        if (ok) {
+            const RowOf x = row_of(r, a.group, hk);
+            src += fa_q_row_offset(&e, b, x.i, a.q_batch_stride, a.q_row_stride) +
+                   static_cast<int64_t>(x.h) * a.q_head_stride + pc * 8;
+        }
+        cp_async_16(q_smem + rr * G::kQRowBytes + swizzle(rr, pc), src, ok ? 16u : 0u);
+    }
+    cp_async_commit_group();
+}
+
+/* The warp's Q fragments (head_dim columns from col0) from the Q tile: x4 matrices, rows 0-7 /
+   8-15 at columns +0, then rows 0-7 / 8-15 at +8. */
+template <class G>
+__device__ __forceinline__ void load_q_frags(uint32_t (&q)[G::kQSteps][4], uint32_t q_smem, int col0, int lane)
+{
+    const int r = (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+    for (int ks = 0; ks < G::kQSteps; ++ks)
+        ldmatrix_x4(q[ks], q_smem + r * G::kQRowBytes + swizzle(r, col0 / 8 + 2 * ks + (lane >> 4)));
+}
+
+/* A streaming warp's state into the merge area: m and l per row (one lane of a quad, d_half
+   0) into stat_m, stat_l at its stream; its O into its own kRows x kWarpDim block of area. */
+template <class G>
+__device__ __forceinline__ void stash_state(const State<G> &st, float *area, float *stat_m, float *stat_l,
+                                            int stream, int d_half, int warp, int lane)
+{
+    const int g = lane >> 2;
+    if (d_half == 0 && (lane & 3) == 0) {
+        stat_m[stream * kRows + g] = st.m[0];
+        stat_m[stream * kRows + g + 8] = st.m[1];
+        stat_l[stream * kRows + g] = st.l[0];
+        stat_l[stream * kRows + g + 8] = st.l[1];
+    }
+    /* rows g and g + 8 share a swizzle; 8-float group t sits at t ^ (row & 7) */
+    float *mine = area + warp * (kRows * G::kWarpDim) + 2 * (lane & 3);
+#pragma unroll
+    for (int t = 0; t < G::kOTiles; ++t) {
+        const int off = ((t ^ (g & 7)) << 3);
+        *reinterpret_cast<float2 *>(mine + g * G::kWarpDim + off) = make_float2(st.o[t][0], st.o[t][1]);
+        *reinterpret_cast<float2 *>(mine + (g + 8) * G::kWarpDim + off) = make_float2(st.o[t][2], st.o[t][3]);
+    }
+}
+
+/* The spans of this lane's two packed rows (r0 + lane / 4 and 8 rows on) and the tile's
+   unmasked chunks. */
+__device__ __forceinline__ LaneMask lane_mask(const fa_mask &mask, const fa_block_range &range, int r0, int group,
+                                              int hk, int lane)
+{
+    LaneMask lm;
+    const RowOf lo = row_of(r0 + (lane >> 2), group, hk);
+    const RowOf hi = row_of(r0 + (lane >> 2) + 8, group, hk);
+    lm.lo = fa_mask_row(&mask, lo.i);
+    lm.hi = fa_mask_row(&mask, hi.i);
+    lm.n_full_min = range.n_full_min;
+    lm.n_full_max = range.n_full_max;
+    return lm;
+}
+
+/* The ring's first stages slots: this warp's chunks 0 .. stages - 1 (chunk k is c_first +
+   k * streams), one commit group each, empty past its my_n chunks. */
+template <class G>
+__device__ __forceinline__ void fill_ring(const Args &a, const KVSource &src, uint32_t ring, int stages, int my_n,
+                                          int c_first, int streams, int col0, int lane)
+{
+    for (int k = 0; k < stages; ++k) {
+        if (k < my_n)
+            issue_chunk<G>(a, src, ring + k * G::kSlotBytes, (c_first + k * streams) * kChunk, col0, lane);
+        cp_async_commit_group();
+    }
+}
+
+/* One warp's walk over its chunks: the ring, its depth, its chunk count my_n (chunk k is
+   c_first + k * streams) and the iterations it runs (n_iter >= my_n). */
+struct WarpWalk {
+    uint32_t ring;
+    int stages, my_n, n_iter, c_first, streams, col0;
+};
+
+/* The main loop of one warp: no CTA barrier; each warp waits on its own copies only.
+   Chunk k sits in slot k % stages. Before chunk k is read, stages + k chunk groups were
+   committed (the prologue's, then one per earlier iteration), so waiting until at most
+   stages - 1 are pending waits for chunk k and leaves chunks k + 1 .. in flight. The slot
+   is refilled with chunk k + stages as soon as every lane has read it.
+   Pairs (head_dim 256) all run n_iter iterations, one exchange barrier each, also those
+   past their last chunk and the pairs that do not stream: on the hardware a pair could
+   leave early (the barrier ids are its own), but racecheck then pairs accesses across the
+   merge's __syncthreads (as the forward's exchange_skip notes). */
+template <class G, bool BF16>
+__device__ __forceinline__ void stream_chunks(const Args &a, const KVSource &src, const WarpWalk &w, State<G> &st,
+                                              const uint32_t (&q)[G::kQSteps][4], const LaneMask &lm,
+                                              float4 *xchg, uint32_t k_lane, uint32_t v_lane, int warp, int pair,
+                                              int lane)
+{
+    int slot = 0;
+#pragma unroll 1
+    for (int k = 0; k < w.n_iter; ++k) {
+        if (k >= w.my_n) {
+            if constexpr (G::kDS == 2)
+                bar_sync(1 + pair, 2 * FA_WARP_SIZE);
+            continue;
+        }
+        cp_async_wait_pending(w.stages - 1);
+        __syncwarp(); /* the other lanes' copies of chunk k are visible */
+        const uint32_t slot_addr = w.ring + slot * G::kSlotBytes;
+        const int c = w.c_first + k * w.streams;
+        const bool masked = c >= lm.n_full_max || c < lm.n_full_min;
+        float4 *mine = xchg + (warp * 2 + (k & 1)) * 64;
+        const float4 *theirs = xchg + ((warp ^ 1) * 2 + (k & 1)) * 64;
+        attend_chunk<G, BF16>(a, st, q, slot_addr, k_lane, v_lane, c * kChunk, masked, lm, mine,
+                              theirs, pair, lane);
+        __syncwarp(); /* every lane is done reading the slot */
+        if (k + w.stages < w.my_n)
+            issue_chunk<G>(a, src, slot_addr, (c + w.stages * w.streams) * kChunk, w.col0, lane);
+        cp_async_commit_group();
+        slot = slot + 1 == w.stages ? 0 : slot + 1;
+    }
+}
+
+/* The chunks of one split. Query rows [i_first, i_end) hold the tile's packed rows [r0, r_end);
+   their visible chunks [n_min, n_max) (block_range.h) are cut into num_splits runs as even as
+   integers allow. A split, or a stream, with no chunk still merges and writes: m = -inf,
+   l = 0 make the empty row's out 0 and lse -inf (or the sink) through the same path. */
+struct SplitChunks {
+    fa_block_range range;
+    int c_begin, c_end;
+};
+__device__ __forceinline__ SplitChunks split_chunks(const Args &a, const fa_mask &mask, int r0, int r_end, int split)
+{
+    SplitChunks sc;
+    const int i_first = r0 / a.group, i_end = (r_end - 1) / a.group + 1;
+    sc.range = fa_block_range_rows(&mask, i_first, i_end, kChunk);
+    const int n_vis = sc.range.n_max - sc.range.n_min;
+    sc.c_begin = sc.range.n_min + static_cast<int>(static_cast<int64_t>(split) * n_vis / a.num_splits);
+    sc.c_end = sc.range.n_min + static_cast<int>(static_cast<int64_t>(split + 1) * n_vis / a.num_splits);
+    return sc;
+}
+
 template <int HDP, bool BF16>
 __global__ void __launch_bounds__(kThreads, 1) decode_kernel(const Args a)
 {
@@ -364,23 +532,14 @@ __global__ void __launch_bounds__(kThreads, 1) decode_kernel(const Args a)
         return; /* block-uniform: a shorter entry of a packed batch */
     const int r_end = min(r0 + kRows, rows);
 
-    /* ---- the chunks of this split ---- */
-    /* Query rows [i_first, i_end) hold the tile's packed rows; their visible chunks
-       [n_min, n_max) (block_range.h) are cut into num_splits runs as even as integers allow.
-       A split, or a stream, with no chunk still merges and writes: m = -inf, l = 0 make the
-       empty row's out 0 and lse -inf (or the sink) through the same path. */
     const fa_mask mask = fa_mask_make(e.len_q, e.len_k, a.window_left, a.window_right, a.causal);
-    const int i_first = r0 / a.group, i_end = (r_end - 1) / a.group + 1;
-    const fa_block_range range = fa_block_range_rows(&mask, i_first, i_end, kChunk);
-    const int n_vis = range.n_max - range.n_min;
-    const int c_begin = range.n_min + static_cast<int>(static_cast<int64_t>(split) * n_vis / a.num_splits);
-    const int c_end = range.n_min + static_cast<int>(static_cast<int64_t>(split + 1) * n_vis / a.num_splits);
+    const SplitChunks sc = split_chunks(a, mask, r0, r_end, split);
 
     const int streams = a.warps / G::kDS;
     const int stream = warp / G::kDS, d_half = warp % G::kDS;
     const int col0 = d_half * G::kWarpDim; /* first head_dim column of this warp */
     const bool streaming = warp < a.warps;
-    const int n_split = c_end - c_begin;
+    const int n_split = sc.c_end - sc.c_begin;
     const int my_n = streaming && n_split > stream ? (n_split - stream + streams - 1) / streams : 0;
 
     const int stages = a.stages;
@@ -388,46 +547,17 @@ __global__ void __launch_bounds__(kThreads, 1) decode_kernel(const Args a)
     const uint32_t q_smem = smem_base + a.warps * stages * G::kSlotBytes;
     const uint32_t xchg_off = a.warps * stages * G::kSlotBytes + G::kQBytes;
 
-    /* ---- Q: the tile's packed rows, columns past head_dim and rows past the entry zero ---- */
-    for (int it = tid; it < kRows * G::kQPieces; it += kThreads) {
-        const int rr = it / G::kQPieces, pc = it % G::kQPieces;
-        const int r = r0 + rr;
-        const bool ok = r < r_end && pc * 8 < a.head_dim;
-        const uint16_t *src = static_cast<const uint16_t *>(a.q);
-        if (ok) {
-            const RowOf x = row_of(r, a.group, hk);
-            src += fa_q_row_offset(&e, b, x.i, a.q_batch_stride, a.q_row_stride) +
-                   static_cast<int64_t>(x.h) * a.q_head_stride + pc * 8;
-        }
-        cp_async_16(q_smem + rr * G::kQRowBytes + swizzle(rr, pc), src, ok ? 16u : 0u);
-    }
-    cp_async_commit_group();
+    load_q_tile<G>(a, e, b, hk, r0, r_end, q_smem, tid);
 
     /* ---- ring prologue: this warp's chunks 0 .. stages - 1, one commit group each ---- */
-    KVSource src;
-    src.k = static_cast<const uint16_t *>(a.k) + hk * a.k_head_stride + col0;
-    src.v = static_cast<const uint16_t *>(a.v) + hk * a.v_head_stride + col0;
-    src.e = e;
-    src.b = b;
-    const int c_first = c_begin + stream; /* this warp's chunk k is c_first + k * streams */
-    for (int k = 0; k < stages; ++k) {
-        if (k < my_n)
-            issue_chunk<G>(a, src, ring + k * G::kSlotBytes, (c_first + k * streams) * kChunk,
-                           col0, lane);
-        cp_async_commit_group();
-    }
+    const KVSource src = kv_source(a, e, b, hk, col0);
+    const int c_first = sc.c_begin + stream; /* this warp's chunk k is c_first + k * streams */
+    fill_ring<G>(a, src, ring, stages, my_n, c_first, streams, col0, lane);
     cp_async_wait_pending(stages); /* the Q group; the prologue's may still fly */
     __syncthreads();
 
     uint32_t q[G::kQSteps][4];
-    {
-        /* x4 matrices: rows 0-7 / 8-15 at columns +0, then rows 0-7 / 8-15 at +8 */
-        const int r = (lane & 7) + ((lane >> 3) & 1) * 8;
-#pragma unroll
-        for (int ks = 0; ks < G::kQSteps; ++ks)
-            ldmatrix_x4(q[ks], q_smem + r * G::kQRowBytes +
-                                   swizzle(r, col0 / 8 + 2 * ks + (lane >> 4)));
-    }
+    load_q_frags<G>(q, q_smem, col0, lane);
 
     /* Per-lane ldmatrix offsets inside a slot (rows are keys; see sm80_ptx.cuh):
        K (B of Q K^T, plain): matrices (keys 0-7, +0), (keys 0-7, +8), (keys 8-15, +0),
@@ -441,59 +571,19 @@ __global__ void __launch_bounds__(kThreads, 1) decode_kernel(const Args a)
     const uint32_t v_lane = ((lane & 7) + ((lane >> 3) & 1) * 8) * G::kRowBytes +
                             (((lane >> 4) ^ (lane & 7)) << 4);
 
-    LaneMask lm;
-    {
-        const RowOf lo = row_of(r0 + (lane >> 2), a.group, hk);
-        const RowOf hi = row_of(r0 + (lane >> 2) + 8, a.group, hk);
-        lm.lo = fa_mask_row(&mask, lo.i);
-        lm.hi = fa_mask_row(&mask, hi.i);
-        lm.n_full_min = range.n_full_min;
-        lm.n_full_max = range.n_full_max;
-    }
+    const LaneMask lm = lane_mask(mask, sc.range, r0, a.group, hk, lane);
 
     State<G> st;
-#pragma unroll
-    for (int t = 0; t < G::kOTiles; ++t)
-        st.o[t][0] = st.o[t][1] = st.o[t][2] = st.o[t][3] = 0.f;
-    st.m[0] = st.m[1] = -INFINITY;
-    st.l[0] = st.l[1] = 0.f;
+    st.init();
 
     float4 *xchg = reinterpret_cast<float4 *>(smem + xchg_off);
     const int pair = warp >> 1;
 
     /* ---- main loop: no CTA barrier; each warp waits on its own copies only ---- */
-    /* Chunk k sits in slot k % stages. Before chunk k is read, stages + k chunk groups were
-       committed (the prologue's, then one per earlier iteration), so waiting until at most
-       stages - 1 are pending waits for chunk k and leaves chunks k + 1 .. in flight. The slot
-       is refilled with chunk k + stages as soon as every lane has read it. */
-    /* Pairs (head_dim 256) all run n_iter iterations, one exchange barrier each, also those
-       past their last chunk and the pairs that do not stream: on the hardware a pair could
-       leave early (the barrier ids are its own), but racecheck then pairs accesses across the
-       merge's __syncthreads (as the forward's exchange_skip notes). */
+    /* pairs (head_dim 256) all run as many iterations as the busiest stream (stream_chunks) */
     const int n_iter = G::kDS == 2 ? (n_split + streams - 1) / streams : my_n;
-    int slot = 0;
-#pragma unroll 1
-    for (int k = 0; k < n_iter; ++k) {
-        if (k >= my_n) {
-            if constexpr (G::kDS == 2)
-                bar_sync(1 + pair, 2 * FA_WARP_SIZE);
-            continue;
-        }
-        cp_async_wait_pending(stages - 1);
-        __syncwarp(); /* the other lanes' copies of chunk k are visible */
-        const uint32_t slot_addr = ring + slot * G::kSlotBytes;
-        const int c = c_first + k * streams;
-        const bool masked = c < lm.n_full_min || c >= lm.n_full_max;
-        float4 *mine = xchg + (warp * 2 + (k & 1)) * 64;
-        const float4 *theirs = xchg + ((warp ^ 1) * 2 + (k & 1)) * 64;
-        attend_chunk<G, BF16>(a, st, q, slot_addr, k_lane, v_lane, c * kChunk, masked, lm, mine,
-                              theirs, pair, lane);
-        __syncwarp(); /* every lane is done reading the slot */
-        if (k + stages < my_n)
-            issue_chunk<G>(a, src, slot_addr, (c + stages * streams) * kChunk, col0, lane);
-        cp_async_commit_group();
-        slot = slot + 1 == stages ? 0 : slot + 1;
-    }
+    const WarpWalk ww{ring, stages, my_n, n_iter, c_first, streams, col0};
+    stream_chunks<G, BF16>(a, src, ww, st, q, lm, xchg, k_lane, v_lane, warp, pair, lane);
     cp_async_wait_group<0>(); /* only empty groups can remain; the ring is reused below */
 
     /* ---- merge the streams ---- */
@@ -506,25 +596,8 @@ __global__ void __launch_bounds__(kThreads, 1) decode_kernel(const Args a)
     float *area = reinterpret_cast<float *>(smem);
     float *stat_m = reinterpret_cast<float *>(smem + (q_smem - smem_base));
     float *stat_l = stat_m + kWarps * kRows;
-    if (streaming) {
-        const int g = lane >> 2;
-        if (d_half == 0 && (lane & 3) == 0) {
-            stat_m[stream * kRows + g] = st.m[0];
-            stat_m[stream * kRows + g + 8] = st.m[1];
-            stat_l[stream * kRows + g] = st.l[0];
-            stat_l[stream * kRows + g + 8] = st.l[1];
-        }
-        /* rows g and g + 8 share a swizzle; 8-float group t sits at t ^ (row & 7) */
-        float *mine = area + warp * (kRows * G::kWarpDim) + 2 * (lane & 3);
-#pragma unroll
-        for (int t = 0; t < G::kOTiles; ++t) {
-            const int off = ((t ^ (g & 7)) << 3);
-            *reinterpret_cast<float2 *>(mine + g * G::kWarpDim + off) =
-                make_float2(st.o[t][0], st.o[t][1]);
-            *reinterpret_cast<float2 *>(mine + (g + 8) * G::kWarpDim + off) =
-                make_float2(st.o[t][2], st.o[t][3]);
-        }
-    }
+    if (streaming)
+        stash_state<G>(st, area, stat_m, stat_l, stream, d_half, warp, lane);
     __syncthreads();
 
     /* Item = (row, 8 columns): out = sum_s f_s O_s / L with f_s = exp2((m_s - M) scale_log2),
