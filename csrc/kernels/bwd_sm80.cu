@@ -145,7 +145,9 @@ cudaError_t fa_sm80_bwd_launch(const fa_params *p, const fa_grad_params *g,
         return cudaErrorInvalidValue;
     const dim3 grid(cfg->grid[0], cfg->grid[1], cfg->grid[2]);
     const dim3 block(cfg->block[0], cfg->block[1], cfg->block[2]);
-    kernel<<<grid, block, cfg->smem_bytes, stream>>>(fa_sm80::make_bwd_args(p, g, ws));
+    fa_sm80::BwdArgs args = fa_sm80::make_bwd_args(p, g, ws);
+    args.key_blocks = fa_key_block_order_of(g->deterministic, (int)cfg->grid[0]);
+    kernel<<<grid, block, cfg->smem_bytes, stream>>>(args);
     return cudaGetLastError();
 }
 

@@ -135,6 +135,7 @@ cudaError_t fa_sm90_bwd_launch(const fa_params *p, const fa_grad_params *g, cons
             status = cudaErrorInvalidValue;
             return;
         }
+        prm.key_blocks = fa_key_block_order_of(g->deterministic, (int)cfg->grid[0]);
         const dim3 grid(cfg->grid[0], cfg->grid[1], cfg->grid[2]);
         const dim3 block(cfg->block[0], cfg->block[1], cfg->block[2]);
         fa_sm90::bwd_kernel<Cfg><<<grid, block, cfg->smem_bytes, stream>>>(prm);

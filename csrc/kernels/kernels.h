@@ -19,9 +19,9 @@
  *                     blocks that see its keys (block_range.h), keeps dk and dv in registers
  *                     and writes them (dk scaled by softmax_scale), and adds its unscaled
  *                     dS K into dq_accum: fp32 atomics, or, when deterministic, in key-block
- *                     order through dq_lock (the CTA of key block n adds to query block m of
- *                     head h when dq_lock[b, h, m] == n - first key block of m, then
- *                     increments it)
+ *                     order, last first, through dq_lock (the CTA of key block n adds to
+ *                     query block m of head h when dq_lock[b, h, m] == last key block of m - n,
+ *                     then increments it; blockIdx.x counts key blocks from the last)
  *   3. fa_bwd_post    grid as 1: dq = softmax_scale * dq_accum in q's dtype and strides; the
  *                     CTA (0, h, 0) sums dsink_part[:, h, :] in a fixed order into dsinks[h]
  */
@@ -80,6 +80,23 @@ static inline fa_seq_layout fa_seq_layout_of(const fa_params *p)
 
 /* Query rows per CTA of the backward's preprocess and postprocess. */
 #define FA_BWD_PRE_ROWS 64
+
+/* Which key block the backward's CTA blockIdx.x owns: first + step * blockIdx.x, over a grid of
+ * key_blocks. Deterministic grids run their key blocks last first (dq_turns.cuh says why);
+ * otherwise in order, so that under a causal mask the longest walks start first. */
+typedef struct {
+    int first, step;
+} fa_key_block_order;
+
+static inline fa_key_block_order fa_key_block_order_of(int deterministic, int key_blocks)
+{
+    fa_key_block_order o = {0, 1};
+    if (deterministic) {
+        o.first = key_blocks - 1;
+        o.step = -1;
+    }
+    return o;
+}
 
 /* The backward's device workspace, carved from one allocation (backward.c). Offsets are
  * 256-byte aligned. */

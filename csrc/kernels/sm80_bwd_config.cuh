@@ -160,6 +160,7 @@ struct BwdArgs {
     int window_left, window_right;
     int lock_blocks; /* ceil(seqlen_q / BLOCK_M) */
     int deterministic;
+    fa_key_block_order key_blocks; /* CTA blockIdx.x's key block */
     fa_score score;
     float softmax_scale;
     /* Where each batch entry's rows and keys are (seqlen.h), read by the SEQ instances: packed

@@ -72,12 +72,14 @@ struct CtaWalk {
         w.mask = make_bwd_mask(p, w.len_q, w.len_k);
         return w;
     }
-    /* from blockIdx and, SEQ, the layout in global memory: before the prologue's barrier */
+    /* from blockIdx (key blocks from the last when deterministic, dq_turns.cuh) and, SEQ, the
+       layout in global memory: before the prologue's barrier */
     __device__ __forceinline__ static CtaWalk direct(const BwdArgs &p)
     {
         const fa_seq_layout layout = layout_of<SEQ>(p);
         const int batch = blockIdx.z;
-        CtaWalk w = make(p, blockIdx.x, blockIdx.y, batch, fa_seqlen_at(&layout, batch));
+        CtaWalk w = make(p, dq_turn_key_block(p.key_blocks), blockIdx.y, batch,
+                         fa_seqlen_at(&layout, batch));
         w.range = fa_block_range_cols(&w.mask, w.key0, w.key0 + C::kBN, C::kBM);
         return w;
     }

@@ -27,6 +27,7 @@
 #include "../common/score.h"
 #include "../common/seqlen.h"
 #include "../launch_contract.h"
+#include "dq_turns.cuh"
 #include "kernels.h"
 #include "sm90_bwd_tiles.h"
 #include "sm90_fwd_config.cuh"  // FA_SM90_PRODUCER_REGS, FA_SM90_CONSUMER_REGS
@@ -51,6 +52,7 @@ struct BwdParams {
     int deterministic;   // dQ added in key-block order (dq_turns.cuh)
     int *dq_lock;        // deterministic: the turn counters, lock_blocks per (batch, q head)
     int lock_blocks;
+    fa_key_block_order key_blocks;  // CTA blockIdx.x's key block
 };
 
 // Named barrier ids (0 is __syncthreads).
@@ -120,7 +122,8 @@ struct BwdConfig {
 
 // The CTA's keys [key0, key0 + N) of kv head hk in entry batch, and its walk: step it is query
 // block m_block(it) of q head head(it), over the group's q heads and the query blocks that see
-// the keys (block_range.h). Producer, row-stats warp and consumers all derive it from blockIdx.
+// the keys (block_range.h). Producer, row-stats warp and consumers all derive it from blockIdx
+// (key blocks counted from the last when deterministic, dq_turns.cuh).
 struct BwdWalk {
     int batch, hk, key0;
     int heads_per_kv, blocks, steps;
@@ -137,7 +140,7 @@ __device__ __forceinline__ BwdWalk make_walk(const BwdParams &prm) {
     BwdWalk w;
     w.batch = blockIdx.z;
     w.hk = blockIdx.y;
-    w.key0 = blockIdx.x * Cfg::kBlockN;
+    w.key0 = dq_turn_key_block(prm.key_blocks) * Cfg::kBlockN;
     w.heads_per_kv = prm.heads_per_kv;
     w.e = fa_seqlen_at(&prm.seq, w.batch);
     w.mask = fa_mask_make(w.e.len_q, w.e.len_k, prm.window_left, prm.window_right, 0);

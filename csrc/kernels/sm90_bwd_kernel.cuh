@@ -131,7 +131,7 @@ __device__ __forceinline__ void bwd_dq_writer(const BwdParams &prm, uint32_t sme
         int *counter = nullptr;
         if (det && lane == 0) {
             counter = dq_turn_counter(prm.dq_lock, w.batch, prm.heads_q, h, prm.lock_blocks, m);
-            const int turn = dq_turn_of(w.mask, m, (int)blockIdx.x, Cfg::kBlockM, Cfg::kBlockN);
+            const int turn = dq_turn_of(w.mask, m, w.key0 / Cfg::kBlockN, Cfg::kBlockM, Cfg::kBlockN);
             while (ld_acquire_gpu_s32(counter) != turn) {
             }
             fence_proxy_async();
