@@ -191,7 +191,7 @@ void fa_grad_params_init(fa_grad_params *g);
  * outputs and are read, never written. p->workspace, if set, holds the plan's workspace_bytes;
  * else the call allocates it stream-ordered (cudaMallocFromPoolAsync, from flashattn_c's pool)
  * and frees it after its last launch. Plan, launch and record work as for the forward (fa_last_plan).
- * Main kernels: FA_KERNEL_SM90 serves head_dim up to 128 on uniform batches
+ * Main kernels: FA_KERNEL_SM90 serves head_dim up to 128, uniform or packed batches
  * (FA_ERR_UNSUPPORTED otherwise, naming why); FA_KERNEL_SM80 serves every
  * problem; FA_KERNEL_AUTO takes sm90 on sm_90 where it serves, else sm80. */
 fa_status fa_backward_plan(const fa_params *p, const fa_grad_params *g, const fa_device *dev,

@@ -412,14 +412,10 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=_NO_WIND
     given_out = out
     torch = sys.modules.get("torch")
     if torch is not None and _needs_autograd(torch, (q, k, v, sinks)):
-        if out is not None:
-            raise ValueError("out= cannot receive an output that autograd records (q, k, v or "
-                             "sinks require grad): leave out=None")
-        if stream is not None:
-            raise ValueError("stream= is not taken when autograd records the call (q, k, v or "
-                             "sinks require grad): the op runs on torch's current stream")
-        if kernel_code == _C.KERNEL_SM90:
-            _refuse_sm90_backward(q, k, causal, left, right, softcap, sinks, deterministic)
+        _refuse_autograd_options(out, stream, "q, k, v or sinks")
+        if kernel_code == _C.KERNEL_SM90 and q.dim() == 4 and k.dim() == 4:
+            _refuse_sm90_backward(q, (q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2]),
+                                  False, causal, left, right, softcap, sinks, deterministic)
         from . import _torch_ops
 
         out, lse = _torch_ops.attention_fwd(q, k, v, sinks, causal, softmax_scale, left, right,
@@ -495,7 +491,7 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=False, softmax_scale=N
         dq, dk, dv, dsinks: arrays to write the gradients into (like q, k, v, sinks), returned
             as given; nothing is written to them when the call raises.
         kernel: None or "auto" (on sm_90 the sm90 family's backward where it serves the
-            problem: head_dim up to 128, uniform batches; else the sm80 family's, which runs
+            problem: head_dim up to 128; else the sm80 family's, which runs
             on sm_80 and newer, sm_90 included), "sm80", or "sm90" (a ValueError that says why
             where its backward does not serve the problem).
 
@@ -606,38 +602,36 @@ def _call_op(c_op, roles, arrays, extra, *, framework, stream, device_kind, torc
             for n, r in zip(outputs, results)}
 
 
-def _refuse_sm90_backward(q, k, causal, left, right, softcap, sinks, deterministic):
+def _refuse_sm90_backward(q, sizes, varlen, causal, left, right, softcap, sinks, deterministic):
     """kernel='sm90' under autograd: the ValueError the backward's plan would raise (the sm90
-    backward serves head_dim up to 128 on uniform batches), raised at the
-    forward, before any GPU work, rather than after it."""
+    backward serves head_dim up to 128), raised at the forward, before any GPU work, rather
+    than after it. sizes: (batch, seqlen_q, seqlen_k, heads_q, heads_kv), the maxima when
+    varlen."""
     dtype = str(q.dtype).replace("torch.", "")
-    if dtype not in _DTYPE_CODES or q.dim() != 4 or k.dim() != 4:
-        return  # the forward names what is wrong with these
+    if dtype not in _DTYPE_CODES:
+        return  # the forward names what is wrong with it
+    batch, seqlen_q, seqlen_k, heads_q, heads_kv = sizes
     try:
-        _C.launch_config(batch=q.shape[0], seqlen_q=q.shape[1], seqlen_k=k.shape[1],
-                         heads_q=q.shape[2], heads_kv=k.shape[2], head_dim=q.shape[3],
-                         seqlen_new=0, page_size=0, num_splits=0, dtype=_DTYPE_CODES[dtype],
-                         causal=causal, arch_major=9, arch_minor=0, kernel=_C.KERNEL_SM90,
-                         window_left=left, window_right=right, softcap=softcap,
-                         sinks=sinks is not None, backward=True, deterministic=deterministic,
-                         varlen=False, kvcache=False)
+        _C.launch_config(batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k, heads_q=heads_q,
+                         heads_kv=heads_kv, head_dim=q.shape[-1], seqlen_new=0, page_size=0,
+                         num_splits=0, dtype=_DTYPE_CODES[dtype], causal=causal, arch_major=9,
+                         arch_minor=0, kernel=_C.KERNEL_SM90, window_left=left,
+                         window_right=right, softcap=softcap, sinks=sinks is not None,
+                         backward=True, deterministic=deterministic, varlen=varlen,
+                         kvcache=False)
     except (RuntimeError, ValueError, TypeError) as e:
         raise ValueError(f"q, k, v or sinks require grad, and the backward of kernel='sm90' "
                          f"cannot run: {e}. Use kernel='auto' or 'sm80', or torch.no_grad()") from None
 
 
-def _refuse_autograd_options(out, stream, kernel_code, inputs):
-    """What a call that autograd records cannot take (as attention() under autograd)."""
+def _refuse_autograd_options(out, stream, inputs):
+    """What a call that autograd records cannot take."""
     if out is not None:
         raise ValueError(f"out= cannot receive an output that autograd records ({inputs} "
                          "require grad): leave out=None")
     if stream is not None:
         raise ValueError(f"stream= is not taken when autograd records the call ({inputs} "
                          "require grad): the op runs on torch's current stream")
-    if kernel_code == _C.KERNEL_SM90:
-        raise ValueError(f"kernel='sm90' has no backward for packed batches, and {inputs} "
-                         "require grad: use kernel='auto' or 'sm80' (the sm80 family's "
-                         "backward runs on sm_90 too), or torch.no_grad()")
 
 
 def _refuse_out_that_requires_grad(torch, out):
@@ -683,8 +677,8 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     Training: with torch tensors that require grad (q, k, v or sinks) in grad mode, the call
     records the torch.library op flashattn_c::attention_varlen_fwd, whose backward is
     flashattn_c::attention_varlen_bwd (attention_varlen_backward()); cu_seqlens must then be
-    torch tensors, and out= and stream= are refused as in attention(), and kernel='sm90' (its
-    backward takes uniform batches only).
+    torch tensors, and out= and stream= are refused as in attention(), and kernel='sm90' where
+    its backward does not serve the problem (head_dim above 128), at the forward.
 
     Other arguments (causal, softmax_scale, window_size, softcap, return_lse, deterministic,
     out, stream, device, kernel) and the returned types are attention()'s; kernel=None or
@@ -704,11 +698,16 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     framework = _framework(q)
     torch = sys.modules.get("torch")
     if torch is not None and _needs_autograd(torch, (q, k, v, sinks)):
-        _refuse_autograd_options(out, stream, kernel_code, "q, k, v or sinks")
+        _refuse_autograd_options(out, stream, "q, k, v or sinks")
         for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
             if not isinstance(cu, torch.Tensor):
                 raise TypeError(f"{name} must be a torch tensor when autograd records the call "
                                 f"(q, k, v or sinks require grad), got {type(cu).__name__}")
+        if (kernel_code == _C.KERNEL_SM90 and q.dim() == 3 and k.dim() == 3 and
+                cu_seqlens_q.dim() == 1 and cu_seqlens_q.numel() > 1):
+            _refuse_sm90_backward(q, (cu_seqlens_q.numel() - 1, max_seqlen_q, max_seqlen_k,
+                                      q.shape[1], k.shape[1]),
+                                  True, causal, left, right, softcap, sinks, deterministic)
         from . import _torch_ops
 
         out, lse = _torch_ops.attention_varlen_fwd(
@@ -748,8 +747,7 @@ def attention_varlen_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_
     forward (attention_varlen(..., return_lse=True)) was given them. dq is shaped like q, dk
     and dv like k and v (summed over the q heads of a kv head); rows of keys no entry owns
     are not written. deterministic, dq=, dk=, dv=, dsinks=, stream, device and kernel as in
-    attention_backward(), except that packed batches run on the sm80 family's backward only
-    (kernel="sm90" is an error); offsets are checked as attention_varlen() checks them.
+    attention_backward(); offsets are checked as attention_varlen() checks them.
     """
     device_kind, device_index, kernel_code = _gpu_args(device, kernel, stream)
     causal = _flag("causal", causal)

@@ -235,12 +235,21 @@ def test_sm90_backward_plan_tiles():
 @sm90_built
 @pytest.mark.parametrize("kw,match", [
     (dict(head_dim=256), "head_dim up to 128"),
-    (dict(varlen=True), "uniform batches"),
+    (dict(head_dim=256, varlen=True), "head_dim up to 128"),
 ])
 def test_sm90_backward_refuses_what_it_lacks_and_auto_takes_sm80(kw, match):
     with pytest.raises(ValueError, match=match):
         plan(kernel="sm90", **kw)
     assert plan(**kw)["kernel"].startswith("bwd_sm80_")  # auto: the family that serves it
+
+
+@sm90_built
+def test_sm90_backward_serves_packed_batches():
+    for kernel in ("sm90", "auto"):
+        cfg = plan(kernel=kernel, varlen=True, head_dim=128, deterministic=True)
+        main = cfg["launches"][cfg["main_launch"]]
+        assert main["kernel"] == "bwd_sm90_hd128_bf16_det"
+        assert main["grid"] == (8, 2, 2) and main["block"] == (384, 1, 1)  # maxima: 1000 keys
 
 
 def test_sm90_backward_is_refused_off_sm90():

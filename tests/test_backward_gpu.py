@@ -30,7 +30,7 @@ def require_backward(family, head_dim):
 
 
 def auto_backward_family(head_dim):
-    """The family whose backward kernel='auto' runs on this GPU, for uniform batches."""
+    """The family whose backward kernel='auto' runs on this GPU."""
     import torch
 
     sm90 = (torch.cuda.get_device_capability() == (9, 0) and fa.build_info()["families"].get("sm90"))
@@ -348,11 +348,11 @@ def test_gpu_sm90_backward_refuses_what_it_lacks():
     leaves = [x.detach().clone().requires_grad_(True) for x in (q, k, v)]
     with pytest.raises(ValueError, match="head_dim up to 128"):  # at the forward, not after it
         fa.attention(*leaves, kernel="sm90")
+    cu = torch.tensor([0, 64], dtype=torch.int32, device="cuda")
+    with pytest.raises(ValueError, match="head_dim up to 128"):  # packed: at the forward too
+        fa.attention_varlen(*(x[0] for x in leaves), cu, cu, 64, 64, kernel="sm90")
     q, k, v, dout, _ = inputs(1, 64, 64, 2, 2, 64, "bfloat16")
     leaves = [x.detach().clone().requires_grad_(True) for x in (q, k, v)]
-    cu = torch.tensor([0, 64], dtype=torch.int32, device="cuda")
-    with pytest.raises(ValueError, match="packed batches"):
-        fa.attention_varlen(*(x[0] for x in leaves), cu, cu, 64, 64, kernel="sm90")
     fa.attention(*leaves, kernel="sm90").backward(dout)  # what it serves, it runs
     torch.cuda.synchronize()
     assert all(torch.isfinite(x.grad).all() for x in leaves)

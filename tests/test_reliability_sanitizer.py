@@ -163,3 +163,45 @@ def test_backward_small_shapes(rng, family, case):
     to_fp16 = lambda x: x.astype(np.float16).astype(np.float64)
     check_grads(grads, ref, peer, slack=rounding_slack(*host[:3], host[3], to_fp16, causal,
                                                       window=window, sinks=sinks_host))
+
+
+# A packed backward: entries that end inside both families' query and key blocks, an empty
+# one between them, GQA 2:1; gradients into NaN-filled buffers, checked entry by entry.
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("family", ["sm80", "sm90"])
+def test_varlen_backward_small_shapes(rng, family, deterministic):
+    import torch
+    from reference import attention_grads_numpy, check_grads, rounding_slack
+
+    from test_cuda_attention import require_family
+
+    require_family(family)
+    lens_q, lens_k, Hq, Hkv, D = [17, 0, 70], [40, 9, 130], 2, 1, 64
+    rows = lambda lens: [slice(sum(lens[:b]), sum(lens[:b + 1])) for b in range(len(lens))]
+    host = [exact_values(rng, (sum(n), h, D), "float16")
+            for n, h in ((lens_q, Hq), (lens_k, Hkv), (lens_k, Hkv), (lens_q, Hq))]
+    q, k, v, dout = (to_device(torch, a, "float16", "compact") for a in host)
+    cu_q, cu_k = (torch.tensor(np.cumsum([0] + lens), dtype=torch.int32).cuda()
+                  for lens in (lens_q, lens_k))
+    out, lse = fa.attention_varlen(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=True,
+                                   return_lse=True)
+    nan = lambda x: torch.from_numpy(np.full(x.shape, np.nan, np.float16)).cuda()
+    grads = fa.attention_varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max(lens_q),
+                                         max(lens_k), causal=True, dq=nan(q), dk=nan(k),
+                                         dv=nan(v), deterministic=deterministic, kernel=family)
+    assert fa.last_launch()["kernel"].startswith(f"bwd_{family}_")
+    grads = [g.cpu().numpy() for g in grads] + [None]
+    ref = [np.zeros(a.shape) for a in host[:3]] + [None]
+    peer = [np.zeros(a.shape) for a in host[:3]] + [None]
+    slack = {"dq": 0.0, "dk": 0.0}
+    to_fp16 = lambda x: x.astype(np.float16).astype(np.float64)
+    for qs, ks in zip(rows(lens_q), rows(lens_k)):
+        entry = [host[0][None, qs], host[1][None, ks], host[2][None, ks], host[3][None, qs]]
+        if qs.stop == qs.start or ks.stop == ks.start:
+            continue  # no rows: nothing; no keys: dq = 0
+        for dst, dtype in ((ref, np.float64), (peer, np.float16)):
+            g = attention_grads_numpy(*(a.astype(dtype) for a in entry), True, None, dtype)
+            dst[0][qs], dst[1][ks], dst[2][ks] = g[0][0], g[1][0], g[2][0]
+        for name, value in rounding_slack(*entry, to_fp16, True).items():
+            slack[name] = max(slack[name], value)
+    check_grads(grads, ref, peer, slack=slack)

@@ -15,7 +15,8 @@ import pytest
 import flashattn_c as fa
 from conftest import FAMILIES, GPU_DTYPES, GPU_MARKS, require_family
 from reference import LSE_ATOL
-from test_backward_gpu import check, dsinks_out_rounding, naive_grads
+from test_backward_gpu import (BACKWARD_FAMILIES, check, dsinks_out_rounding, naive_grads,
+                               require_backward)
 from test_masks_gpu import torch_reference
 
 pytestmark = GPU_MARKS
@@ -219,23 +220,34 @@ def dsinks_slack(q, k, v, dout, cu_q, cu_k, causal, window, softcap, sinks):
     return slack
 
 
+@pytest.mark.parametrize("family", BACKWARD_FAMILIES)
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 @pytest.mark.parametrize("causal, window, softcap, sinks", [
     (False, (-1, -1), 0.0, False), (True, (-1, -1), 0.0, False), (True, (64, 0), 30.0, True)])
-def test_gpu_varlen_autograd(dtype, head_dim, causal, window, softcap, sinks):
-    """attention_varlen under autograd (the sm80 family's backward) against float64 gradients."""
+def test_gpu_varlen_autograd(monkeypatch, capfd, family, dtype, head_dim, causal, window, softcap,
+                             sinks):
+    """attention_varlen under autograd against float64 gradients. Entries end inside query and
+    key blocks of both families (130 and 257 rows, 5, 9 and 300 keys), and an empty one sits
+    between them."""
     import torch
 
+    require_backward(family, head_dim)
+    monkeypatch.setenv("FLASHATTN_C_LOG_LAUNCH", "1")
     lens_q, lens_k = [1, 130, 0, 257], [5, 130, 9, 300]
     q, k, v, cu_q, cu_k = packed(lens_q, lens_k, 4, 2, head_dim, dtype)
     sink = torch.randn(4, device="cuda") * 2 if sinks else None
     leaves = [x.detach().clone().requires_grad_(True) for x in (q, k, v)]
     sink_leaf = sink.clone().requires_grad_(True) if sinks else None
     out = fa.attention_varlen(*leaves, cu_q, cu_k, 257, 300, causal=causal, window_size=window,
-                              softcap=softcap, sinks=sink_leaf)
+                              softcap=softcap, sinks=sink_leaf, kernel=family)
     dout = torch.randn_like(out)
     out.backward(dout)
+    torch.cuda.synchronize()
+    # Autograd runs the backward on its own thread: the launch log, not last_launch(), sees it.
+    logged = [l.split()[1] for l in capfd.readouterr().err.splitlines()
+              if l.startswith("[flashattn_c] bwd_")]
+    assert logged[1].startswith(f"bwd_{family}_hd"), logged
     grads = [x.grad for x in leaves] + [sink_leaf.grad if sinks else None]
     ref = reference_grads(q, k, v, dout, cu_q, cu_k, causal, window, softcap, sink, True)
     peer = reference_grads(q, k, v, dout, cu_q, cu_k, causal, window, softcap, sink, False)
@@ -244,23 +256,26 @@ def test_gpu_varlen_autograd(dtype, head_dim, causal, window, softcap, sinks):
     check(grads, ref, peer, f"varlen autograd hd{head_dim}", slack)
 
 
-def test_gpu_varlen_backward_deterministic_and_buffers():
+@pytest.mark.parametrize("family", BACKWARD_FAMILIES)
+def test_gpu_varlen_backward_deterministic_and_buffers(family):
     import torch
 
+    require_backward(family, 128)
     q, k, v, cu_q, cu_k = packed([100, 3, 400], [120, 30, 400], 8, 2, 128, "bfloat16")
     out, lse = fa.attention_varlen(q, k, v, cu_q, cu_k, 400, 400, causal=True, return_lse=True)
     dout = torch.randn_like(out)
     poison = [torch.full(x.shape, float("nan"), dtype=x.dtype, device="cuda") for x in (q, k, v)]
     first = fa.attention_varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, 400, 400,
                                          causal=True, deterministic=True, dq=poison[0],
-                                         dk=poison[1], dv=poison[2])
+                                         dk=poison[1], dv=poison[2], kernel=family)
     assert all(g is p for g, p in zip(first, poison))
     first = [g.clone() for g in first]
     launch = fa.last_launch()
-    assert len(launch["launches"]) == 3 and launch["kernel"].endswith("_det")
+    assert len(launch["launches"]) == 3
+    assert launch["kernel"].startswith(f"bwd_{family}_") and launch["kernel"].endswith("_det")
     for _ in range(3):
         again = fa.attention_varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, 400, 400,
-                                             causal=True, deterministic=True)
+                                             causal=True, deterministic=True, kernel=family)
         assert all(torch.equal(a, b) for a, b in zip(first, again)), "runs differ bitwise"
     ref = reference_grads(q, k, v, dout, cu_q, cu_k, True, (-1, -1), 0.0, None, True)
     peer = reference_grads(q, k, v, dout, cu_q, cu_k, True, (-1, -1), 0.0, None, False)

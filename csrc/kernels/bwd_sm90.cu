@@ -10,9 +10,12 @@
  *   its keys (fa_block_range_cols); masks, score hook and lengths come from csrc/common/.
  *   Instantiated for head_dim_padded 64 (128-row query blocks) and 128 (64-row blocks) x
  *   {fp16, bf16}; mask kind, softcap and determinism are runtime, as in the sm80 backward.
- *   Uniform batches: fa_sm90_bwd_unsupported (sm90_bwd_tiles.h) names what runs on the sm80
- *   family's backward instead. Deterministic, the dQ warp adds each query block's dQ in
- *   key-block order (dq_turns.cuh).
+ *   Uniform and packed (cu_seqlens) batches: fa_sm90_bwd_unsupported (sm90_bwd_tiles.h)
+ *   names what runs on the sm80 family's backward instead. Packed boxes read past their
+ *   entry's rows and keys into the next entry's (finite: P = 0 there, as in the forward);
+ *   dK and dV are stored row by row below len_k, and a query block that crosses its entry's
+ *   end adds its dQ rows below len_q without TMA. Deterministic, the dQ warp adds each query
+ *   block's dQ in key-block order (dq_turns.cuh).
  *
  * Design (FlashAttention-3's Hopper backward, in its plainest form): K and V stay in shared
  * memory and dK, dV in fp32 registers for the CTA's life; Q and dO stream through a two-slot
@@ -61,20 +64,25 @@ bool make_bwd_params(const fa_params *p, const fa_grad_params *g, const fa_bwd_w
     using fa_sm90_host::encode_map;
     std::memset(prm, 0, sizeof(*prm));
     const CUtensorMapDataType dt = Cfg::kBf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+    const MapExtent qx = q_map_extent(p), kvx = kv_map_extent(p);
     const bool ok =
-        encode_map(encode, &prm->tmap_q, dt, p->q, p->head_dim, p->seqlen_q, p->heads_q, p->batch, p->q_row_stride,
+        encode_map(encode, &prm->tmap_q, dt, p->q, p->head_dim, qx.rows, p->heads_q, qx.batches, p->q_row_stride,
                    p->q_head_stride, p->q_batch_stride, Cfg::kBlockM) &&
-        encode_map(encode, &prm->tmap_do, dt, g->dout, p->head_dim, p->seqlen_q, p->heads_q, p->batch,
+        encode_map(encode, &prm->tmap_do, dt, g->dout, p->head_dim, qx.rows, p->heads_q, qx.batches,
                    g->do_row_stride, g->do_head_stride, g->do_batch_stride, Cfg::kBlockM) &&
-        encode_map(encode, &prm->tmap_k, dt, p->k, p->head_dim, p->seqlen_k, p->heads_kv, p->batch, p->k_row_stride,
+        encode_map(encode, &prm->tmap_k, dt, p->k, p->head_dim, kvx.rows, p->heads_kv, kvx.batches, p->k_row_stride,
                    p->k_head_stride, p->k_batch_stride, Cfg::kBlockN) &&
-        encode_map(encode, &prm->tmap_v, dt, p->v, p->head_dim, p->seqlen_k, p->heads_kv, p->batch, p->v_row_stride,
+        encode_map(encode, &prm->tmap_v, dt, p->v, p->head_dim, kvx.rows, p->heads_kv, kvx.batches, p->v_row_stride,
                    p->v_head_stride, p->v_batch_stride, Cfg::kBlockN) &&
-        // dq_accum: (batch, heads_q, seqlen_q, head_dim) fp32, row-major (kernels.h)
+        // dq_accum: the lse's layout times head_dim, fp32 (kernels.h)
         fa_sm90_host::encode_map_box(encode, &prm->tmap_dq, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, ws->dq_accum,
-                                     p->head_dim, p->seqlen_q, p->heads_q, p->batch, p->head_dim,
-                                     (int64_t)p->seqlen_q * p->head_dim,
-                                     (int64_t)p->heads_q * p->seqlen_q * p->head_dim, 32, Cfg::kBlockM);
+                                     p->head_dim, qx.rows, p->heads_q, qx.batches, p->head_dim,
+                                     (int64_t)qx.rows * p->head_dim,
+                                     (int64_t)p->heads_q * qx.rows * p->head_dim, 32, Cfg::kBlockM) &&
+        fa_sm90_host::encode_map_box(encode, &prm->tmap_dq_row, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, ws->dq_accum,
+                                     p->head_dim, qx.rows, p->heads_q, qx.batches, p->head_dim,
+                                     (int64_t)qx.rows * p->head_dim,
+                                     (int64_t)p->heads_q * qx.rows * p->head_dim, 32, 1);
     if (!ok) return false;
     prm->lse = p->lse;
     prm->delta = ws->delta;

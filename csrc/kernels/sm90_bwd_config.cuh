@@ -34,11 +34,12 @@
 
 namespace fa_sm90 {
 
-// Map extents (uniform batches): q, dout (head_dim, seqlen_q, heads_q, batch), box 64 x M;
-// k, v (head_dim, seqlen_k, heads_kv, batch), box 64 x N; dq_accum, fp32 (head_dim, seqlen_q,
-// heads_q, batch), box 32 x M.
+// Map extents: q, dout (head_dim, seqlen_q, heads_q, batch), box 64 x M; k, v (head_dim,
+// seqlen_k, heads_kv, batch), box 64 x N; dq_accum, fp32 (head_dim, seqlen_q, heads_q, batch),
+// box 32 x M (tmap_dq_row: 32 x 1). Packed rows: (total, 1) in place of (seqlen, batch)
+// (sm90_fwd_launch.cuh).
 struct BwdParams {
-    CUtensorMap tmap_q, tmap_k, tmap_v, tmap_do, tmap_dq;
+    CUtensorMap tmap_q, tmap_k, tmap_v, tmap_do, tmap_dq, tmap_dq_row;
     const float *lse;    // (batch, heads_q, seqlen_q), natural log, as the forward wrote it
     const float *delta;  // rowsum(dout * out), lse's layout (the preprocess)
     void *dk, *dv;

@@ -26,6 +26,8 @@
 #ifndef FA_SM90_BWD_TILES_H
 #define FA_SM90_BWD_TILES_H
 
+#include <limits.h>
+
 #include "../launch_contract.h"
 #include "kernels.h"
 #include "sm90_tiles.h"
@@ -59,9 +61,13 @@ static inline const char *fa_sm90_bwd_unsupported(const fa_params *p, const fa_g
     if (p->head_dim < 8 || p->head_dim > 128 || p->head_dim % 8 != 0)
         return "the sm90 backward has head_dim up to 128 (a multiple of 8); head_dim 256 runs "
                "on the sm80 family's backward";
-    if (p->cu_seqlens_q || p->cu_seqlens_k || p->seqused_k || p->kv_batch_idx || p->block_table)
-        return "the sm90 backward takes uniform batches; packed (cu_seqlens) batches run on the "
-               "sm80 family's backward";
+    if (p->seqused_k || p->kv_batch_idx || p->block_table)
+        return "the sm90 backward takes uniform or packed (cu_seqlens) batches";
+    /* TMA coordinates are 32-bit, and a box may start up to a block before the end. */
+    if ((p->cu_seqlens_q && p->total_q > INT_MAX - FA_SM90_BWD_BLOCK_M) ||
+        (p->cu_seqlens_k && p->total_k > INT_MAX - FA_SM90_BWD_BLOCK_N))
+        return "the sm90 backward takes packed batches of fewer than 2^31 - 128 rows; longer "
+               "ones run on the sm80 family's backward";
     return NULL;
 }
 
