@@ -485,9 +485,9 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=False, softmax_scale=N
             TMA reductions (sm90), in the order the key blocks finish, so its last bits may
             differ between runs. True: every (query block, head) sums its key blocks in a
             fixed order, bitwise reproducible, at the cost of key blocks waiting for their
-            turn. Measured on an H200 (sm90 backward, head_dim 128, bf16, 16k tokens, commit
-            3ae19bc, dev/bwd_deterministic_cost.py): 0.97x the default's speed without a mask
-            and 0.60x causal.
+            turn. Measured on an H200 (sm90 backward, bf16, 16k tokens,
+            dev/bwd_deterministic_cost.py; benches/NOTES.md, "Backward v3"): 0.93x the
+            default's speed without a mask and 0.88x causal at head_dim 128, 0.89x at 64.
         dq, dk, dv, dsinks: arrays to write the gradients into (like q, k, v, sinks), returned
             as given; nothing is written to them when the call raises.
         kernel: None or "auto" (on sm_90 the sm90 family's backward where it serves the
