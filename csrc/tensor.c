@@ -500,6 +500,105 @@ static int cai_int(PyObject *item, const char *name, const char *key, long long 
     return 0;
 }
 
+/* 'shape', a tuple of ints, into t->ndim and (when it fits) t->shape. */
+static int cai_shape(PyObject *shape, fa_tensor *t)
+{
+    if (!PyTuple_Check(shape)) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s.__cuda_array_interface__['shape'] must be a tuple, got %.100s", t->name,
+                     Py_TYPE(shape)->tp_name);
+        return -1;
+    }
+    t->ndim = (int)PyTuple_GET_SIZE(shape);
+    if (t->ndim > FA_TENSOR_MAX_DIMS)
+        return 0; /* the rank check names it */
+    for (int d = 0; d < t->ndim; d++) {
+        long long v;
+        if (cai_int(PyTuple_GET_ITEM(shape, d), t->name, "shape", &v) < 0)
+            return -1;
+        t->shape[d] = v;
+    }
+    return 0;
+}
+
+/* 'data', (pointer, read_only), into t->data and t->readonly. */
+static int cai_data(PyObject *data, fa_tensor *t)
+{
+    if (!PyTuple_Check(data) || PyTuple_GET_SIZE(data) != 2) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s.__cuda_array_interface__['data'] must be (pointer, read_only)", t->name);
+        return -1;
+    }
+    unsigned long long ptr = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(data, 0));
+    if (ptr == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError,
+                     "%s.__cuda_array_interface__['data'][0] must be a non-negative int pointer",
+                     t->name);
+        return -1;
+    }
+    int readonly = PyObject_IsTrue(PyTuple_GET_ITEM(data, 1));
+    if (readonly < 0)
+        return -1;
+    t->data = (void *)(uintptr_t)ptr;
+    t->readonly = readonly;
+    return 0;
+}
+
+/* 'strides', None (compact) or a tuple of byte strides in whole elements, into t->strides;
+ * after the shape and the typestr. */
+static int cai_strides(PyObject *strides, fa_tensor *t)
+{
+    if (t->ndim > FA_TENSOR_MAX_DIMS)
+        return 0;
+    if (!strides || strides == Py_None) {
+        set_compact_strides(t);
+        return 0;
+    }
+    if (!PyTuple_Check(strides) || PyTuple_GET_SIZE(strides) != t->ndim) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s.__cuda_array_interface__['strides'] must be None or a tuple of %d ints",
+                     t->name, t->ndim);
+        return -1;
+    }
+    for (int d = 0; d < t->ndim; d++) {
+        long long bytes;
+        if (cai_int(PyTuple_GET_ITEM(strides, d), t->name, "strides", &bytes) < 0)
+            return -1;
+        if (bytes % t->itemsize != 0) {
+            PyErr_Format(PyExc_ValueError,
+                         "%s has a stride of %lld bytes on dimension %d, not a whole number of "
+                         "%d-byte elements",
+                         t->name, bytes, d, t->itemsize);
+            return -1;
+        }
+        t->strides[d] = bytes / t->itemsize;
+    }
+    return 0;
+}
+
+/* 'stream' (v3), the stream the producer's work is on, into t->stream; 0 is disallowed as
+ * ambiguous, and the legacy default stream is its safe reading. */
+static int cai_stream(PyObject *stream, fa_tensor *t)
+{
+    if (!stream || stream == Py_None)
+        return 0;
+    long long s;
+    if (cai_int(stream, t->name, "stream", &s) < 0)
+        return -1;
+    if (s == 0)
+        s = 1;
+    if (s < 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s.__cuda_array_interface__['stream'] must be a stream handle, got %lld",
+                     t->name, s);
+        return -1;
+    }
+    t->has_stream = 1;
+    t->stream = (uintptr_t)s;
+    return 0;
+}
+
 static int import_cai(PyObject *obj, PyObject *cai, fa_tensor *t)
 {
     const char *name = t->name;
@@ -529,92 +628,18 @@ static int import_cai(PyObject *obj, PyObject *cai, fa_tensor *t)
                      version ? version : Py_None);
         return -1;
     }
-    if (!PyTuple_Check(shape)) {
-        PyErr_Format(PyExc_TypeError,
-                     "%s.__cuda_array_interface__['shape'] must be a tuple, got %.100s", name,
-                     Py_TYPE(shape)->tp_name);
+    if (cai_shape(shape, t) < 0 || parse_typestr(typestr, t) < 0 || cai_data(data, t) < 0 ||
+        cai_strides(strides, t) < 0)
         return -1;
-    }
-    t->ndim = (int)PyTuple_GET_SIZE(shape);
-    if (t->ndim <= FA_TENSOR_MAX_DIMS) {
-        for (int d = 0; d < t->ndim; d++) {
-            long long v;
-            if (cai_int(PyTuple_GET_ITEM(shape, d), name, "shape", &v) < 0)
-                return -1;
-            t->shape[d] = v;
-        }
-    }
-    if (parse_typestr(typestr, t) < 0)
-        return -1;
-
-    if (!PyTuple_Check(data) || PyTuple_GET_SIZE(data) != 2) {
-        PyErr_Format(PyExc_TypeError,
-                     "%s.__cuda_array_interface__['data'] must be (pointer, read_only)", name);
-        return -1;
-    }
-    unsigned long long ptr = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(data, 0));
-    if (ptr == (unsigned long long)-1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_TypeError,
-                     "%s.__cuda_array_interface__['data'][0] must be a non-negative int pointer",
-                     name);
-        return -1;
-    }
-    int readonly = PyObject_IsTrue(PyTuple_GET_ITEM(data, 1));
-    if (readonly < 0)
-        return -1;
-
-    if (t->ndim <= FA_TENSOR_MAX_DIMS) {
-        if (strides && strides != Py_None) {
-            if (!PyTuple_Check(strides) || PyTuple_GET_SIZE(strides) != t->ndim) {
-                PyErr_Format(PyExc_TypeError,
-                             "%s.__cuda_array_interface__['strides'] must be None or a tuple of "
-                             "%d ints",
-                             name, t->ndim);
-                return -1;
-            }
-            for (int d = 0; d < t->ndim; d++) {
-                long long bytes;
-                if (cai_int(PyTuple_GET_ITEM(strides, d), name, "strides", &bytes) < 0)
-                    return -1;
-                if (bytes % t->itemsize != 0) {
-                    PyErr_Format(PyExc_ValueError,
-                                 "%s has a stride of %lld bytes on dimension %d, not a whole "
-                                 "number of %d-byte elements",
-                                 name, bytes, d, t->itemsize);
-                    return -1;
-                }
-                t->strides[d] = bytes / t->itemsize;
-            }
-        } else {
-            set_compact_strides(t);
-        }
-    }
     if (mask && mask != Py_None) {
         PyErr_Format(PyExc_ValueError,
                      "%s.__cuda_array_interface__ has a mask: masked arrays are not supported",
                      name);
         return -1;
     }
-    if (stream && stream != Py_None) {
-        long long s;
-        if (cai_int(stream, name, "stream", &s) < 0)
-            return -1;
-        if (s == 0)
-            s = 1; /* disallowed as ambiguous; the legacy default stream is the safe reading */
-        if (s < 0) {
-            PyErr_Format(PyExc_ValueError,
-                         "%s.__cuda_array_interface__['stream'] must be a stream handle, got %lld",
-                         name, s);
-            return -1;
-        }
-        t->has_stream = 1;
-        t->stream = (uintptr_t)s;
-    }
-
+    if (cai_stream(stream, t) < 0)
+        return -1;
     t->protocol = "__cuda_array_interface__";
-    t->data = (void *)(uintptr_t)ptr;
-    t->readonly = readonly;
     t->on_device = 1;
     t->device_id = -1; /* not in the interface: the call engine asks the driver */
     Py_INCREF(obj);
