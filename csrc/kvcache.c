@@ -187,6 +187,79 @@ typedef struct {
     size_t seqused_bytes, partial_bytes;
 } kvcache_plan;
 
+/* The append (new k and v into the cache at cache_seqlens) as launch *n. */
+static fa_status plan_append(const fa_params *p, const fa_kvcache_params *c, const fa_device *dev,
+                             kvcache_plan *kp, int *n)
+{
+    if (!fa_family_built(FA_KERNEL_SM80))
+        return fa_fail(FA_ERR_NO_KERNEL_FOR_ARCH,
+                       "the KV-cache append is built with the sm80 family, absent here");
+    char name[FA_KERNEL_NAME_MAX];
+    kp->append = *n;
+    snprintf(name, sizeof name, "kvcache_append_%s", fa_dtype_short(p->dtype));
+    fa_launch *cfg = &kp->plan.launches[(*n)++];
+    fa_launch_start(cfg, name, FA_KERNEL_SM80, dev);
+    cfg->block_m = FA_APPEND_ROWS;
+    const int64_t blocks = ((int64_t)c->seqlen_new + FA_APPEND_ROWS - 1) / FA_APPEND_ROWS;
+    kp->seqused_bytes = c->cache_seqlens ? align256(sizeof(int32_t) * (size_t)p->batch) : 0;
+    return fa_launch_grid(cfg, blocks, p->heads_kv, p->batch, "(row blocks, heads_kv, batch)",
+                          dev);
+}
+
+/* The split-KV decode kernel over a, the attention the call runs (rows packed query rows per
+ * entry and kv head), as launch *n, and when it splits, the combine after it. */
+static fa_status plan_decode(const fa_params *p, const fa_kvcache_params *c, const fa_params *a,
+                             int64_t rows, const fa_device *dev, kvcache_plan *kp, int *n)
+{
+    fa_status s;
+    fa_kernel_family fam;
+    if ((s = fa_choose_family(FA_KERNEL_SM80, dev->major, dev->minor, &fam)) != FA_OK)
+        return s;
+    if (p->family == FA_KERNEL_SM90)
+        return fa_fail(FA_ERR_UNSUPPORTED,
+                       "kernel family sm90 has no split-KV decode kernel; this call (%lld "
+                       "packed query rows per entry, num_splits %d) runs the sm80 family's",
+                       (long long)rows, c->num_splits);
+    if (fa_decode_tile(a, dev->smem_optin, &kp->tile) != 0)
+        return fa_fail(FA_ERR_UNSUPPORTED, "the decode kernel has no tile for head_dim %d",
+                       p->head_dim);
+    const char *dt = fa_dtype_short(p->dtype);
+    const fa_tile *t = &kp->tile;
+    const int64_t m_tiles = rows > 0 ? (rows + t->block_m - 1) / t->block_m : 1;
+    const int64_t ctas = m_tiles * p->heads_kv * p->batch;
+    int splits = c->num_splits > 0 ? c->num_splits
+                                    : fa_kvcache_splits(ctas, a->seqlen_k, dev->sm_count);
+    const int key_blocks = (a->seqlen_k + t->block_n - 1) / t->block_n;
+    if (splits > key_blocks)
+        splits = key_blocks > 0 ? key_blocks : 1;
+    kp->num_splits = splits;
+    char name[FA_KERNEL_NAME_MAX];
+    snprintf(name, sizeof name, "decode_sm80_hd%d_%s%s%s%s", t->head_dim_padded, dt,
+             fa_mask_suffix(a), p->softcap > 0.0f ? "_softcap" : "", splits > 1 ? "_split" : "");
+    fa_launch *cfg = &kp->plan.launches[(*n)++];
+    fa_launch_start(cfg, name, FA_KERNEL_SM80, dev);
+    cfg->smem_bytes = t->smem_bytes;
+    cfg->block_m = t->block_m;
+    cfg->block_n = t->block_n;
+    cfg->stages = t->stages;
+    cfg->head_dim_padded = t->head_dim_padded;
+    if ((s = fa_launch_grid(cfg, m_tiles * splits, p->heads_kv, p->batch,
+                            "(splits x row tiles, heads_kv, batch)", dev)) != FA_OK ||
+        splits == 1)
+        return s;
+    const size_t row_count = (size_t)splits * p->batch * p->heads_q * p->seqlen_q;
+    kp->partial_bytes = align256(row_count * (size_t)p->head_dim * sizeof(float)) +
+                        align256(row_count * sizeof(float));
+    kp->combine = *n;
+    snprintf(name, sizeof name, "combine_%s%s", dt, p->sinks ? "_sinks" : "");
+    fa_launch *combine = &kp->plan.launches[(*n)++];
+    fa_launch_start(combine, name, FA_KERNEL_SM80, dev);
+    const int combine_rows = fa_combine_rows(p->head_dim, splits);
+    combine->block_m = combine_rows;
+    const int64_t row_blocks = ((int64_t)p->seqlen_q * p->heads_q + combine_rows - 1) / combine_rows;
+    return fa_launch_grid(combine, row_blocks, p->batch, 1, "(row blocks, batch)", dev);
+}
+
 /* Plans from resolved, checked params: every launch is checked against the contract here. */
 static fa_status plan_kvcache(const fa_params *p, const fa_kvcache_params *c, const fa_device *dev,
                               kvcache_plan *kp)
@@ -195,28 +268,11 @@ static fa_status plan_kvcache(const fa_params *p, const fa_kvcache_params *c, co
     memset(kp, 0, sizeof *kp);
     kp->append = kp->main = kp->combine = -1;
     const fa_params a = attention_params(p, c, NULL);
-    const int group = p->heads_q / p->heads_kv;
-    const int64_t rows = (int64_t)p->seqlen_q * group;
-    const char *dt = fa_dtype_short(p->dtype);
+    const int64_t rows = (int64_t)p->seqlen_q * (p->heads_q / p->heads_kv);
     fa_plan *plan = &kp->plan;
-    char name[FA_KERNEL_NAME_MAX];
     int n = 0;
-
-    if (c->seqlen_new > 0) {
-        if (!fa_family_built(FA_KERNEL_SM80))
-            return fa_fail(FA_ERR_NO_KERNEL_FOR_ARCH,
-                           "the KV-cache append is built with the sm80 family, absent here");
-        kp->append = n;
-        snprintf(name, sizeof name, "kvcache_append_%s", dt);
-        fa_launch_start(&plan->launches[n], name, FA_KERNEL_SM80, dev);
-        plan->launches[n].block_m = FA_APPEND_ROWS;
-        const int64_t blocks = ((int64_t)c->seqlen_new + FA_APPEND_ROWS - 1) / FA_APPEND_ROWS;
-        if ((s = fa_launch_grid(&plan->launches[n++], blocks, p->heads_kv, p->batch,
-                                "(row blocks, heads_kv, batch)", dev)) != FA_OK)
-            return s;
-        kp->seqused_bytes = c->cache_seqlens ? align256(sizeof(int32_t) * (size_t)p->batch) : 0;
-    }
-
+    if (c->seqlen_new > 0 && (s = plan_append(p, c, dev, kp, &n)) != FA_OK)
+        return s;
     if (p->seqlen_q == 0) { /* an append alone */
         plan->num_launches = n;
         plan->main_launch = 0;
@@ -226,54 +282,8 @@ static fa_status plan_kvcache(const fa_params *p, const fa_kvcache_params *c, co
     kp->decode = c->num_splits > 1 || rows <= FA_DECODE_MAX_ROWS;
     kp->main = n;
     if (kp->decode) {
-        fa_kernel_family fam;
-        if ((s = fa_choose_family(FA_KERNEL_SM80, dev->major, dev->minor, &fam)) != FA_OK)
+        if ((s = plan_decode(p, c, &a, rows, dev, kp, &n)) != FA_OK)
             return s;
-        if (p->family == FA_KERNEL_SM90)
-            return fa_fail(FA_ERR_UNSUPPORTED,
-                           "kernel family sm90 has no split-KV decode kernel; this call (%lld "
-                           "packed query rows per entry, num_splits %d) runs the sm80 family's",
-                           (long long)rows, c->num_splits);
-        if (fa_decode_tile(&a, dev->smem_optin, &kp->tile) != 0)
-            return fa_fail(FA_ERR_UNSUPPORTED, "the decode kernel has no tile for head_dim %d",
-                           p->head_dim);
-        const fa_tile *t = &kp->tile;
-        const int64_t m_tiles = rows > 0 ? (rows + t->block_m - 1) / t->block_m : 1;
-        const int64_t ctas = m_tiles * p->heads_kv * p->batch;
-        int splits = c->num_splits > 0 ? c->num_splits
-                                        : fa_kvcache_splits(ctas, a.seqlen_k, dev->sm_count);
-        const int key_blocks = (a.seqlen_k + t->block_n - 1) / t->block_n;
-        if (splits > key_blocks)
-            splits = key_blocks > 0 ? key_blocks : 1;
-        kp->num_splits = splits;
-        snprintf(name, sizeof name, "decode_sm80_hd%d_%s%s%s%s", t->head_dim_padded, dt,
-                 fa_mask_suffix(&a), p->softcap > 0.0f ? "_softcap" : "",
-                 splits > 1 ? "_split" : "");
-        fa_launch *cfg = &plan->launches[n++];
-        fa_launch_start(cfg, name, FA_KERNEL_SM80, dev);
-        cfg->smem_bytes = t->smem_bytes;
-        cfg->block_m = t->block_m;
-        cfg->block_n = t->block_n;
-        cfg->stages = t->stages;
-        cfg->head_dim_padded = t->head_dim_padded;
-        if ((s = fa_launch_grid(cfg, m_tiles * splits, p->heads_kv, p->batch,
-                                "(splits x row tiles, heads_kv, batch)", dev)) != FA_OK)
-            return s;
-        if (splits > 1) {
-            const size_t row_count = (size_t)splits * p->batch * p->heads_q * p->seqlen_q;
-            kp->partial_bytes = align256(row_count * (size_t)p->head_dim * sizeof(float)) +
-                                align256(row_count * sizeof(float));
-            kp->combine = n;
-            snprintf(name, sizeof name, "combine_%s%s", dt, p->sinks ? "_sinks" : "");
-            fa_launch_start(&plan->launches[n], name, FA_KERNEL_SM80, dev);
-            const int combine_rows = fa_combine_rows(p->head_dim, splits);
-            plan->launches[n].block_m = combine_rows;
-            const int64_t row_blocks =
-                ((int64_t)p->seqlen_q * p->heads_q + combine_rows - 1) / combine_rows;
-            if ((s = fa_launch_grid(&plan->launches[n++], row_blocks, p->batch, 1,
-                                    "(row blocks, batch)", dev)) != FA_OK)
-                return s;
-        }
     } else {
         fa_kernel_family fam;
         kp->num_splits = 1;
