@@ -138,6 +138,50 @@ __device__ __forceinline__ void store_tile(const KernelParams &prm, uint32_t sme
     store_lse(lse_entry, wg_row0 + warp_in_wg * 16 + (lane >> 2), e.len_q, lse, lane);
 }
 
+// The key blocks of this warpgroup's 64 rows from wg_row0: the tile's range, or under a causal
+// mask its lowest blocks. Derived from the warpgroup index, the range is not provably
+// warp-uniform to the compiler, which then keeps the loop bounds in vector registers (head_dim
+// 256 causal spilled); broadcast from lane 0 it is.
+template <class Cfg>
+__device__ __forceinline__ fa_block_range warpgroup_range(const fa_mask &mask, const fa_block_range &range,
+                                                          int wg_row0) {
+    fa_block_range wg_range = range;
+    if constexpr (Cfg::kWgKeyRange) {
+        wg_range = rows_block_range<Cfg>(mask, wg_row0, 64);
+        wg_range.n_max = __shfl_sync(0xffffffffu, wg_range.n_max, 0);
+        wg_range.n_full_max = __shfl_sync(0xffffffffu, wg_range.n_full_max, 0);
+    }
+    return wg_range;
+}
+
+// One tile's O (unnormalised), m and l for this warpgroup, once its Q is in: the key loop, after
+// the V rows of the first block past len_k are zeroed where memory there is not (a warpgroup
+// whose rows see no key frees Q and the V ring at once). o_store_pending: this warpgroup's
+// previous O store may still be reading the V ring (kOInV); it is released on the way.
+template <class Cfg>
+__device__ __forceinline__ void attend_tile(const KernelParams &prm, ConsumerRing<Cfg> &ring, const fa_seqlen &e,
+                                            const fa_mask &mask, const fa_block_range &wg_range, uint32_t q_rows,
+                                            int consumer_idx, int row0, bool store_thread, bool o_store_pending,
+                                            float (&o)[Cfg::kHeadDim / 2], float (&m)[2], float (&l)[2]) {
+    if (wg_range.n_max > 0) {
+        // The first block's keys from len_k on, where memory past len_k is not zero-filled by
+        // TMA: their V rows are zeroed before any P V reads them. Its V is waited for before
+        // the first Q K^T then; with O staged in the V ring, that V is loaded only once this
+        // warpgroup's previous O store has read the ring, so release that first.
+        const int v_keys = e.len_k - (wg_range.n_max - 1) * Cfg::kBlockN;
+        if (kv_tail_unbounded(prm.sched.seq) && v_keys < Cfg::kBlockN) {
+            if (o_store_pending) release_o_in_v<Cfg>(ring.bars, store_thread);
+            o_store_pending = false;
+            zero_v_tail<Cfg>(ring.wait_v(), v_keys, consumer_idx);
+        }
+        consumer_mainloop<Cfg>(ring, wg_range, mask, prm.score, q_rows, consumer_idx, row0,
+                               o_store_pending && store_thread, o, m, l);
+    } else {
+        release_q_after_last_qk<Cfg>(ring.bars, consumer_idx, ring.lane, true);  // rows that see no key never read Q
+        if (o_store_pending) release_o_in_v<Cfg>(ring.bars, store_thread);
+    }
+}
+
 template <class Cfg>
 __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem, int consumer_idx, int warp_in_wg,
                                          int lane) {
@@ -175,17 +219,8 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
         const fa_block_range range = rows_block_range<Cfg>(mask, tc.m_block * Cfg::kBlockM, Cfg::kBlockM);
         const int wg_row0 = tc.m_block * Cfg::kBlockM + consumer_idx * 64;  // first query row of this warpgroup
         const int row0 = wg_row0 + warp_in_wg * 16 + (lane >> 2);          // this thread's first row
-
         // The producer loads the tile's key blocks; this warpgroup's rows may see fewer of them.
-        fa_block_range wg_range = range;
-        if constexpr (Cfg::kWgKeyRange) {  // causal only: the warpgroup's blocks are the tile's lowest
-            wg_range = rows_block_range<Cfg>(mask, wg_row0, 64);
-            // Derived from the warpgroup index, the range is not provably warp-uniform to the
-            // compiler, which then keeps the loop bounds in vector registers (head_dim 256
-            // causal spilled); broadcast from lane 0 it is.
-            wg_range.n_max = __shfl_sync(0xffffffffu, wg_range.n_max, 0);
-            wg_range.n_full_max = __shfl_sync(0xffffffffu, wg_range.n_full_max, 0);
-        }
+        const fa_block_range wg_range = warpgroup_range<Cfg>(mask, range, wg_row0);
         if (Cfg::kOInV && o_store_pending && range.n_max > wg_range.n_max) {
             release_o_in_v<Cfg>(bars, store_thread);  // the loop below waits for V blocks
             o_store_pending = false;
@@ -202,24 +237,8 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
         float l[2] = {0.f, 0.f};
         mbarrier_wait(q_full, q_phase);
         q_phase ^= 1u;
-        if (wg_range.n_max > 0) {
-            // The first block's keys from len_k on, where memory past len_k is not zero-filled by
-            // TMA: their V rows are zeroed before any P V reads them. Its V is waited for before
-            // the first Q K^T then; with O staged in the V ring, that V is loaded only once this
-            // warpgroup's previous O store has read the ring, so release that first.
-            const int v_keys = e.len_k - (wg_range.n_max - 1) * Cfg::kBlockN;
-            if (kv_tail_unbounded(sched.seq) && v_keys < Cfg::kBlockN) {
-                if (o_store_pending) release_o_in_v<Cfg>(bars, store_thread);
-                o_store_pending = false;
-                zero_v_tail<Cfg>(ring.wait_v(), v_keys, consumer_idx);
-            }
-            consumer_mainloop<Cfg>(ring, wg_range, mask, prm.score, q_rows, consumer_idx, row0,
-                                   o_store_pending && store_thread, o, m, l);
-        } else {
-            release_q_after_last_qk<Cfg>(bars, consumer_idx, lane, true);  // rows that see no key never read Q
-            if (o_store_pending) release_o_in_v<Cfg>(bars, store_thread);
-        }
-        o_store_pending = false;
+        attend_tile<Cfg>(prm, ring, e, mask, wg_range, q_rows, consumer_idx, row0, store_thread, o_store_pending, o,
+                         m, l);
 
         float inv_l[2], lse[2];
         softmax_finalize(m, l, prm.score, fa_sink(prm.sinks, tc.head_q), inv_l, lse);

@@ -120,7 +120,94 @@ __device__ __forceinline__ void zero_v_tail(uint32_t v_slot, int from, int consu
     bar_sync(kBarEpilogueBase + consumer, 128);
 }
 
-// Runs the key blocks n_max-1 .. n_min of one tile; leaves O (unnormalised), m and l.
+// The tile's first (top) key block: S = Q K_top^T alone, its softmax and P, before O exists.
+template <class Cfg>
+__device__ __forceinline__ void first_block_probs(ConsumerRing<Cfg> &ring, const fa_block_range &range,
+                                                  const fa_mask &mask, const fa_score &score, uint32_t q_rows,
+                                                  float scale_log2, int consumer, int row0, bool release_o, int n_min,
+                                                  uint32_t &k_slot, float (&s)[Cfg::kBlockN / 2],
+                                                  uint32_t (&p)[Cfg::kBlockN / 4], float (&m)[2], float (&l)[2],
+                                                  float (&corr)[2]) {
+    const int n_top = range.n_max - 1;
+    k_slot = ring.wait_k();
+    pingpong_sync<Cfg>(consumer);
+    wgmma_fence();
+    issue_qk<Cfg>(s, q_rows, k_slot);
+    wgmma_commit_group();
+    pingpong_arrive<Cfg>(consumer);
+    release_o_in_v<Cfg>(ring.bars, release_o);
+    wgmma_wait_group<0>();
+    fence_operands(s);
+    ring.release_k();
+    release_q_after_last_qk<Cfg>(ring.bars, consumer, ring.lane, n_top == n_min);
+    score_mod<Cfg>(s, n_top, range, mask, score, row0, ring.lane);
+    online_softmax(s, m, l, scale_log2, corr);
+    pack_probs<Cfg::kBf16>(s, p);
+}
+
+// One turn of the key loop at block n: S_next = Q K_n^T and O += P_{n+1} V_{n+1} issued
+// together, the softmax of S_next under P V, then O rescaled and P packed for the next turn.
+// k_slot is block n's K slot (waited for here on the first turn, or always without
+// kSplitSoftmaxWait; else by the turn before).
+template <class Cfg>
+__device__ __forceinline__ void key_block_turn(ConsumerRing<Cfg> &ring, const fa_block_range &range,
+                                               const fa_mask &mask, const fa_score &score, float scale_log2,
+                                               uint32_t q_rows, int consumer, int row0, int n, bool first_turn,
+                                               int n_min, uint32_t &k_slot,
+                                               float (&o)[Cfg::kHeadDim / 2], float (&s)[Cfg::kBlockN / 2],
+                                               uint32_t (&p)[Cfg::kBlockN / 4], float (&m)[2], float (&l)[2],
+                                               float (&corr)[2]) {
+    if (!Cfg::kSplitSoftmaxWait || first_turn) k_slot = ring.wait_k();
+    const uint32_t v_slot = ring.wait_v();
+    pingpong_sync<Cfg>(consumer);
+    fence_operands(o);
+    fence_operands(p);
+    wgmma_fence();
+    issue_qk<Cfg>(s, q_rows, k_slot);  // S_next = Q K_n^T
+    wgmma_commit_group();
+    issue_pv<Cfg>(o, p, v_slot, false);  // O += P_{n+1} V_{n+1}
+    wgmma_commit_group();
+    pingpong_arrive<Cfg>(consumer);
+    wgmma_wait_group<1>();  // S_next is done; P V may still run
+    fence_operands(s);
+    ring.release_k();
+    release_q_after_last_qk<Cfg>(ring.bars, consumer, ring.lane, n == n_min);
+    score_mod<Cfg>(s, n, range, mask, score, row0, ring.lane);
+    const bool rescale = online_softmax_lazy(s, m, l, scale_log2, corr);
+    if constexpr (Cfg::kSplitSoftmaxWait) {
+        // ptxas hoists wgmma.wait_group 0 to the top of its basic block, which would make
+        // the softmax wait for P V. Waiting here for the next K block ends the basic block,
+        // so the exponentials stay ahead of the wait and run under P V.
+        if (n > n_min) k_slot = ring.wait_k();
+    }
+    wgmma_wait_group<0>();  // P V done: O and the P registers are free again
+    fence_operands(o);
+    fence_operands(p);
+    ring.release_v();
+    if (rescale) rescale_rows(o, corr);
+    pack_probs<Cfg::kBf16>(s, p);
+}
+
+// The last block's O += P V, which no S overlaps.
+template <class Cfg>
+__device__ __forceinline__ void last_block_pv(ConsumerRing<Cfg> &ring, int consumer, float (&o)[Cfg::kHeadDim / 2],
+                                              uint32_t (&p)[Cfg::kBlockN / 4]) {
+    const uint32_t v_slot = ring.wait_v();
+    pingpong_sync<Cfg>(consumer);
+    fence_operands(o);
+    fence_operands(p);
+    wgmma_fence();
+    issue_pv<Cfg>(o, p, v_slot, false);
+    wgmma_commit_group();
+    pingpong_arrive<Cfg>(consumer);
+    wgmma_wait_group<0>();
+    fence_operands(o);
+    ring.release_v();
+}
+
+// Runs the key blocks n_max-1 .. n_min of one tile; leaves O (unnormalised), m and l. Each
+// turn issues S_next = Q K_n^T and O += P_{n+1} V_{n+1} together; the softmax of S_next runs
+// while P V is in flight.
 template <class Cfg>
 __device__ __forceinline__ void consumer_mainloop(ConsumerRing<Cfg> &ring, const fa_block_range &range,
                                                   const fa_mask &mask, const fa_score &score, uint32_t q_rows,
@@ -130,78 +217,21 @@ __device__ __forceinline__ void consumer_mainloop(ConsumerRing<Cfg> &ring, const
     float s[kNs];
     uint32_t p[kNs / 2];
     float corr[2];
-    const int lane = ring.lane;
     const float scale_log2 = score.scale_log2;
     const int n_min = first_block<Cfg::kMask>(range);
-
-    // Each turn issues S_next = Q K_n^T and O += P_{n+1} V_{n+1} together; the softmax of
-    // S_next runs while P V is in flight.
     const int n_top = range.n_max - 1;
-    uint32_t k_slot = ring.wait_k();
-    {
-        pingpong_sync<Cfg>(consumer);
-        wgmma_fence();
-        issue_qk<Cfg>(s, q_rows, k_slot);
-        wgmma_commit_group();
-        pingpong_arrive<Cfg>(consumer);
-        release_o_in_v<Cfg>(ring.bars, release_o);
-        wgmma_wait_group<0>();
-        fence_operands(s);
-        ring.release_k();
-        release_q_after_last_qk<Cfg>(ring.bars, consumer, lane, n_top == n_min);
-        score_mod<Cfg>(s, n_top, range, mask, score, row0, lane);
-        online_softmax(s, m, l, scale_log2, corr);
-        pack_probs<Cfg::kBf16>(s, p);
-    }
+    uint32_t k_slot;
+    first_block_probs<Cfg>(ring, range, mask, score, q_rows, scale_log2, consumer, row0, release_o, n_min, k_slot, s,
+                           p, m, l, corr);
     // O starts here, not at the first P V: an accumulator that is live through the first
     // block's softmax (the wgmma operands are read-write) costs 64-128 registers there.
 #pragma unroll
     for (int i = 0; i < Cfg::kHeadDim / 2; ++i) o[i] = 0.f;
 #pragma unroll 1
-    for (int n = n_top - 1; n >= n_min; --n) {
-        if (!Cfg::kSplitSoftmaxWait || n == n_top - 1) k_slot = ring.wait_k();
-        const uint32_t v_slot = ring.wait_v();
-        pingpong_sync<Cfg>(consumer);
-        fence_operands(o);
-        fence_operands(p);
-        wgmma_fence();
-        issue_qk<Cfg>(s, q_rows, k_slot);  // S_next = Q K_n^T
-        wgmma_commit_group();
-        issue_pv<Cfg>(o, p, v_slot, false);  // O += P_{n+1} V_{n+1}
-        wgmma_commit_group();
-        pingpong_arrive<Cfg>(consumer);
-        wgmma_wait_group<1>();  // S_next is done; P V may still run
-        fence_operands(s);
-        ring.release_k();
-        release_q_after_last_qk<Cfg>(ring.bars, consumer, lane, n == n_min);
-        score_mod<Cfg>(s, n, range, mask, score, row0, lane);
-        const bool rescale = online_softmax_lazy(s, m, l, scale_log2, corr);
-        if constexpr (Cfg::kSplitSoftmaxWait) {
-            // ptxas hoists wgmma.wait_group 0 to the top of its basic block, which would make
-            // the softmax wait for P V. Waiting here for the next K block ends the basic block,
-            // so the exponentials stay ahead of the wait and run under P V.
-            if (n > n_min) k_slot = ring.wait_k();
-        }
-        wgmma_wait_group<0>();  // P V done: O and the P registers are free again
-        fence_operands(o);
-        fence_operands(p);
-        ring.release_v();
-        if (rescale) rescale_rows(o, corr);
-        pack_probs<Cfg::kBf16>(s, p);
-    }
-    {
-        const uint32_t v_slot = ring.wait_v();
-        pingpong_sync<Cfg>(consumer);
-        fence_operands(o);
-        fence_operands(p);
-        wgmma_fence();
-        issue_pv<Cfg>(o, p, v_slot, false);
-        wgmma_commit_group();
-        pingpong_arrive<Cfg>(consumer);
-        wgmma_wait_group<0>();
-        fence_operands(o);
-        ring.release_v();
-    }
+    for (int n = n_top - 1; n >= n_min; --n)
+        key_block_turn<Cfg>(ring, range, mask, score, scale_log2, q_rows, consumer, row0, n, n == n_top - 1, n_min,
+                            k_slot, o, s, p, m, l, corr);
+    last_block_pv<Cfg>(ring, consumer, o, p);
 }
 
 }  // namespace fa_sm90
