@@ -150,6 +150,113 @@ __device__ __forceinline__ void advance_warp_step(uint32_t smem_base)
     __syncwarp();
 }
 
+/* Saves the CTA's walk to shared memory for the steps (thread 0) and zeroes the warps' step
+   counters; returns the number of steps. */
+template <class C, bool SEQ>
+__device__ __forceinline__ int save_walk(const CtaWalk<C, SEQ> &w, const BwdArgs &p, unsigned char *smem,
+                                         BwdEntrySlot slot)
+{
+    const int n_iters = p.heads_per_kv * w.blocks();
+    if (threadIdx.x == 0)
+        w.save(smem, slot, n_iters);
+    if ((threadIdx.x & 31) == 0)
+        reinterpret_cast<int *>(smem + C::kIdsOffset)[kWalkInts + (threadIdx.x >> 5)] = 0;
+    return n_iters;
+}
+
+/* K and V, and the first step's Q (with lse, delta) and dO, waited for. */
+template <class C, bool SEQ>
+__device__ __forceinline__ void load_first_step(const BwdArgs &p, uint32_t smem_base)
+{
+    const CtaWalk<C, SEQ> w = CtaWalk<C, SEQ>::direct(p);
+    const int h = w.head(p, 0), row0 = w.block(0) * C::kBM;
+    load_kv<C, SEQ>(smem_base, p, w.entry, w.batch, w.hk, w.key0);
+    load_q_stats<C, SEQ>(smem_base, p, w.entry, w.batch, h, row0);
+    load_do<C, SEQ>(smem_base, p, w.entry, w.batch, h, row0);
+    cp_async_commit_group();
+    cp_async_wait_group<0>();
+    __syncthreads();
+}
+
+/* The next step's Q (with lse, delta), or dO, into the single buffers, one commit group each;
+   none after the last step. */
+template <class C, bool SEQ, bool DO>
+__device__ __forceinline__ void copy_next(const BwdArgs &p, uint32_t smem_base, BwdEntrySlot slot)
+{
+    if (warp_step<C>(smem_base) + 1 < ld_shared_s32(smem_base + C::kIdsOffset + 12)) {
+        const int it = warp_step<C>(smem_base);
+        const CtaWalk<C, SEQ> w = CtaWalk<C, SEQ>::saved(p, smem_base, slot);
+        if constexpr (DO)
+            load_do<C, SEQ>(smem_base, p, w.entry, w.batch, w.head(p, it + 1), w.block(it + 1) * C::kBM);
+        else
+            load_q_stats<C, SEQ>(smem_base, p, w.entry, w.batch, w.head(p, it + 1),
+                                 w.block(it + 1) * C::kBM);
+        cp_async_commit_group();
+    }
+}
+
+/* S, dP, then P and dS of the step, as 16-bit rows in shared memory (sdp_block). */
+template <class C, bool BF16, bool SEQ>
+__device__ __forceinline__ void step_probs(const BwdArgs &p, uint32_t smem_base, unsigned char *smem,
+                                           BwdEntrySlot slot)
+{
+    const int it = warp_step<C>(smem_base);
+    const CtaWalk<C, SEQ> w = CtaWalk<C, SEQ>::saved(p, smem_base, slot);
+    const int m = w.block(it);
+    const bool masked = fa_row_block_needs_mask(&w.range, m);
+    if (p.score.softcap_pre != 0.f)
+        sdp_block<C, BF16, true>(smem_base, smem, m * C::kBM, w.key0, w.len_q, masked, w.mask, p.score);
+    else
+        sdp_block<C, BF16, false>(smem_base, smem, m * C::kBM, w.key0, w.len_q, masked, w.mask, p.score);
+}
+
+/* dK += dS^T Q and dV += P^T dO; the next step's Q and dO are copied as soon as their buffers
+   are read (kSchedule 0: Q between the two GEMMs). */
+template <class C, bool BF16, bool SEQ>
+__device__ __forceinline__ void step_key_grads(const BwdArgs &p, uint32_t smem_base, BwdEntrySlot slot,
+                                               float (&dk)[C::kKvMT][C::kKvNT][4],
+                                               float (&dv)[C::kKvMT][C::kKvNT][4])
+{
+    if constexpr (C::kSchedule == 0) {
+        kv_gemm<C, BF16>(dk, smem_base, C::kDSOffset, C::kQOffset);
+        __syncthreads();
+        copy_next<C, SEQ, false>(p, smem_base, slot);
+        kv_gemm<C, BF16>(dv, smem_base, C::kPOffset, C::kDOOffset);
+        __syncthreads();
+        copy_next<C, SEQ, true>(p, smem_base, slot);
+    } else {
+        kv_gemm<C, BF16>(dk, smem_base, C::kDSOffset, C::kQOffset);
+        kv_gemm<C, BF16>(dv, smem_base, C::kPOffset, C::kDOOffset);
+        __syncthreads();
+        copy_next<C, SEQ, false>(p, smem_base, slot);
+        copy_next<C, SEQ, true>(p, smem_base, slot);
+    }
+}
+
+/* dQ = dS K of the step, from the warps that hold it, added into dq_accum (rows laid out like
+   the LSE, fa_lse_index, head_dim wide); in the key block's turn when deterministic. */
+template <class C, bool BF16, bool SEQ>
+__device__ __forceinline__ void step_dq(const BwdArgs &p, uint32_t smem_base, BwdEntrySlot slot)
+{
+    const int warp = reread_thread_index() >> 5;
+    float dq[1][C::kDqNT][4];
+    if (warp < C::kDqWarps)
+        dq_gemm<C, BF16>(dq, smem_base);
+    const int it = warp_step<C>(smem_base);
+    const CtaWalk<C, SEQ> w = CtaWalk<C, SEQ>::saved(p, smem_base, slot);
+    const int h = w.head(p, it), m = w.block(it);
+    const int tid = reread_thread_index();
+    if (p.deterministic)
+        dq_turn_wait(p, w.mask, w.batch, h, m, w.n_block, C::kBM, C::kBN, tid);
+    if (warp < C::kDqWarps) {
+        const fa_seq_layout layout = layout_of<SEQ>(p);
+        float *dst = p.dq_accum + fa_lse_index(&layout, &w.entry, w.batch, p.heads_q, h, m * C::kBM) * p.head_dim;
+        dq_add<C>(dq, dst, min(C::kBM, w.len_q - m * C::kBM), p.head_dim);
+    }
+    if (p.deterministic)
+        dq_turn_pass(p, w.batch, h, m, tid);
+}
+
 /* SEQ false: a uniform batch (layout_of: no layout array), the code of the uniform backward;
    SEQ true: packed cu_seqlens and seqused_k (seqlen.h), the entry kept in shared memory
    (BwdEntrySlot). The host picks by whether p has a layout array. */
@@ -167,110 +274,26 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) bwd_sm80_kernel(const
     {
         const Walk w = Walk::direct(p);
         if (w.key0 >= w.len_k)
-            return;
-        n_iters = p.heads_per_kv * w.blocks();
-        if (threadIdx.x == 0)
-            w.save(smem, slot, n_iters);
-        if ((threadIdx.x & 31) == 0)
-            reinterpret_cast<int *>(smem + C::kIdsOffset)[kWalkInts + (threadIdx.x >> 5)] = 0;
+            return; /* a key block past a shorter entry's keys: nothing to do */
+        n_iters = save_walk<C, SEQ>(w, p, smem, slot);
     }
-
     float dk[C::kKvMT][C::kKvNT][4], dv[C::kKvMT][C::kKvNT][4];
     zero_acc(dk);
     zero_acc(dv);
-
     if (n_iters > 0) {
-        {
-            const Walk w = Walk::direct(p);
-            const int h = w.head(p, 0), row0 = w.block(0) * C::kBM;
-            load_kv<C, SEQ>(smem_base, p, w.entry, w.batch, w.hk, w.key0);
-            load_q_stats<C, SEQ>(smem_base, p, w.entry, w.batch, h, row0);
-            load_do<C, SEQ>(smem_base, p, w.entry, w.batch, h, row0);
-            cp_async_commit_group();
-            cp_async_wait_group<0>();
-            __syncthreads();
-        }
-
+        load_first_step<C, SEQ>(p, smem_base);
         const uint32_t n_iters_at = smem_base + C::kIdsOffset + 12;
-        /* the next block's Q (with lse, delta) and dO, each committed as one group */
-        auto copy_next_q = [&]() {
-            if (warp_step<C>(smem_base) + 1 < ld_shared_s32(n_iters_at)) {
-                const int it = warp_step<C>(smem_base);
-                const Walk w = Walk::saved(p, smem_base, slot);
-                load_q_stats<C, SEQ>(smem_base, p, w.entry, w.batch, w.head(p, it + 1),
-                                     w.block(it + 1) * C::kBM);
-                cp_async_commit_group();
-            }
-        };
-        auto copy_next_do = [&]() {
-            if (warp_step<C>(smem_base) + 1 < ld_shared_s32(n_iters_at)) {
-                const int it = warp_step<C>(smem_base);
-                const Walk w = Walk::saved(p, smem_base, slot);
-                load_do<C, SEQ>(smem_base, p, w.entry, w.batch, w.head(p, it + 1),
-                                w.block(it + 1) * C::kBM);
-                cp_async_commit_group();
-            }
-        };
 #pragma unroll 1
         while (warp_step<C>(smem_base) < ld_shared_s32(n_iters_at)) {
-            {
-                const int it = warp_step<C>(smem_base);
-                const Walk w = Walk::saved(p, smem_base, slot);
-                const int m = w.block(it);
-                const bool masked = fa_row_block_needs_mask(&w.range, m);
-                if (p.score.softcap_pre != 0.f)
-                    sdp_block<C, BF16, true>(smem_base, smem, m * C::kBM, w.key0, w.len_q, masked,
-                                             w.mask, p.score);
-                else
-                    sdp_block<C, BF16, false>(smem_base, smem, m * C::kBM, w.key0, w.len_q,
-                                              masked, w.mask, p.score);
-            }
+            step_probs<C, BF16, SEQ>(p, smem_base, smem, slot);
             __syncthreads();
-
-            if constexpr (C::kSchedule == 0) {
-                kv_gemm<C, BF16>(dk, smem_base, C::kDSOffset, C::kQOffset);
-                __syncthreads();
-                copy_next_q();
-                kv_gemm<C, BF16>(dv, smem_base, C::kPOffset, C::kDOOffset);
-                __syncthreads();
-                copy_next_do();
-            } else {
-                kv_gemm<C, BF16>(dk, smem_base, C::kDSOffset, C::kQOffset);
-                kv_gemm<C, BF16>(dv, smem_base, C::kPOffset, C::kDOOffset);
-                __syncthreads();
-                copy_next_q();
-                copy_next_do();
-            }
-
-            {
-                const int warp = reread_thread_index() >> 5;
-                float dq[1][C::kDqNT][4];
-                if (warp < C::kDqWarps)
-                    dq_gemm<C, BF16>(dq, smem_base);
-                const int it = warp_step<C>(smem_base);
-                const Walk w = Walk::saved(p, smem_base, slot);
-                const int h = w.head(p, it), m = w.block(it);
-                const int tid = reread_thread_index();
-                if (p.deterministic)
-                    dq_turn_wait(p, w.mask, w.batch, h, m, w.n_block, C::kBM, C::kBN, tid);
-                if (warp < C::kDqWarps) {
-                    /* dq_accum rows are laid out like the LSE (fa_lse_index), head_dim wide */
-                    const fa_seq_layout layout = layout_of<SEQ>(p);
-                    float *dst = p.dq_accum + fa_lse_index(&layout, &w.entry, w.batch,
-                                                           p.heads_q, h, m * C::kBM) *
-                                                  p.head_dim;
-                    dq_add<C>(dq, dst, min(C::kBM, w.len_q - m * C::kBM), p.head_dim);
-                }
-                if (p.deterministic)
-                    dq_turn_pass(p, w.batch, h, m, tid);
-            }
-
+            step_key_grads<C, BF16, SEQ>(p, smem_base, slot, dk, dv);
+            step_dq<C, BF16, SEQ>(p, smem_base, slot);
             advance_warp_step<C>(smem_base);
             cp_async_wait_group<0>();
             __syncthreads();
         }
     }
-
     __syncthreads(); /* the saved indices are visible also where no block was walked */
     const Walk w = Walk::saved(p, smem_base, slot);
     store_dkdv<C, BF16, SEQ>(p, smem, dk, dv, w.entry, w.batch, w.hk, w.key0);
