@@ -144,6 +144,43 @@ struct ItemWalk {
     }
 };
 
+/* Zeroes the CTA's rows of dq_accum (from stat0, lse's layout times head_dim) and, when
+ * deterministic, the turn counters of the main kernel's query blocks that start in them. */
+__device__ __forceinline__ void zero_dq_rows(const Args &a, int64_t stat0, int64_t bh, int r0, int rows, int tid)
+{
+    float4 *acc = reinterpret_cast<float4 *>(a.dq_accum + stat0 * a.head_dim);
+    const int n4 = rows * (a.head_dim >> 2);
+    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int k = tid; k < n4; k += kThreads)
+        acc[k] = zero;
+    if (a.dq_lock != nullptr) {
+        const int bm = a.block_m;
+        const int m_lo = div_up(r0, bm), m_hi = div_up(r0 + rows, bm);
+        int *lock = a.dq_lock + bh * div_up(a.seqlen_q, bm);
+        for (int m = m_lo + tid; m < m_hi; m += kThreads)
+            lock[m] = 0;
+    }
+}
+
+/* -sum over the CTA's rows of exp(sink - lse) * delta (one warp; row_delta in shared memory). */
+__device__ __forceinline__ float sink_part(const Args &a, int h, int64_t stat0, int rows, const float *row_delta,
+                                           int tid)
+{
+    const float sink = fa_sink(a.sinks, h);
+    const float *lse = a.lse + stat0;
+    float s = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+        const int r = tid + k * FA_WARP_SIZE;
+        if (r < rows)
+            s -= fa_exp_below(sink, lse[r]) * row_delta[r];
+    }
+#pragma unroll
+    for (int off = FA_WARP_SIZE / 2; off > 0; off >>= 1)
+        s += __shfl_xor_sync(0xffffffffu, s, off);
+    return s;
+}
+
 template <typename T> __global__ void __launch_bounds__(kThreads) bwd_pre_kernel(const Args a)
 {
     /* +1 column: thread r reads row r's slots, 33 words apart, on distinct banks. */
@@ -187,23 +224,8 @@ template <typename T> __global__ void __launch_bounds__(kThreads) bwd_pre_kernel
             }
         }
     }
-
     /* The zeroing stores go out while the loads are pending. */
-    {
-        float4 *acc = reinterpret_cast<float4 *>(a.dq_accum + stat0 * a.head_dim);
-        const int n4 = rows * (a.head_dim >> 2);
-        const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        for (int k = tid; k < n4; k += kThreads)
-            acc[k] = zero;
-    }
-    if (a.dq_lock != nullptr) {
-        const int bm = a.block_m;
-        const int m_lo = div_up(r0, bm), m_hi = div_up(r0 + rows, bm);
-        int *lock = a.dq_lock + bh * div_up(a.seqlen_q, bm);
-        for (int m = m_lo + tid; m < m_hi; m += kThreads)
-            lock[m] = 0;
-    }
-
+    zero_dq_rows(a, stat0, bh, r0, rows, tid);
     {
         ItemWalk w(tid, nvec);
 #pragma unroll
@@ -223,20 +245,8 @@ template <typename T> __global__ void __launch_bounds__(kThreads) bwd_pre_kernel
     if (a.dsink_part == nullptr)
         return;
     __syncthreads();
-
     if (tid < FA_WARP_SIZE) {
-        const float sink = fa_sink(a.sinks, h);
-        const float *lse = a.lse + stat0;
-        float s = 0.0f;
-#pragma unroll
-        for (int k = 0; k < 2; ++k) {
-            const int r = tid + k * FA_WARP_SIZE;
-            if (r < rows)
-                s -= fa_exp_below(sink, lse[r]) * row_delta[r];
-        }
-#pragma unroll
-        for (int off = FA_WARP_SIZE / 2; off > 0; off >>= 1)
-            s += __shfl_xor_sync(0xffffffffu, s, off);
+        const float s = sink_part(a, h, stat0, rows, row_delta, tid);
         if (tid == 0)
             a.dsink_part[bh * parts + x] = s;
     }
