@@ -233,13 +233,9 @@ static fa_status check_seq_values(const fa_params *p)
     return FA_OK;
 }
 
-fa_status fa_check_params(const fa_params *caller, int gpu)
+/* Sizes, head_dim, the head ratio and the scalar arguments. */
+static fa_status check_scalars(const fa_params *p)
 {
-    fa_params resolved;
-    fa_status s = fa_params_resolve(caller, &resolved);
-    if (s != FA_OK)
-        return s;
-    const fa_params *p = &resolved;
     if (p->batch < 0 || p->seqlen_q < 0 || p->seqlen_k < 0 || p->heads_q < 0 || p->heads_kv < 0)
         return fa_fail(FA_ERR_INVALID_ARGUMENT,
                        "sizes must be >= 0, got batch %d, seqlen_q %d, seqlen_k %d, heads_q %d, "
@@ -260,7 +256,51 @@ fa_status fa_check_params(const fa_params *caller, int gpu)
     if (!isfinite(p->softcap) || p->softcap < 0.0f)
         return fa_fail(FA_ERR_INVALID_ARGUMENT, "softcap must be finite and >= 0 (0: off), got %g",
                        (double)p->softcap);
-    if ((s = check_seq_layout(p)) != FA_OK)
+    return FA_OK;
+}
+
+/* What the GPU kernels need of the arrays: 16-byte bases and strides (check_gpu_layout) over
+ * the extents the strides step over (packed rows are one batch of total rows; pages and cache
+ * entries are kv_batches entries of page_size or seqlen_k rows), 4-byte int32 and float arrays. */
+static fa_status check_gpu_arrays(const fa_params *p, int has_keys)
+{
+    fa_status s;
+    const int q_batches = p->cu_seqlens_q ? 1 : p->batch;
+    const int q_rows = p->cu_seqlens_q ? p->total_q : p->seqlen_q;
+    const int kv_batches = p->cu_seqlens_k ? 1
+                           : (p->block_table || p->kv_batch_idx) ? p->kv_batches : p->batch;
+    const int kv_rows = p->cu_seqlens_k ? p->total_k : p->block_table ? p->page_size : p->seqlen_k;
+    if ((s = check_gpu_layout("q", p->q, q_batches, p->q_batch_stride, q_rows, p->q_row_stride,
+                              p->heads_q, p->q_head_stride)) != FA_OK ||
+        (has_keys && (s = check_gpu_layout("k", p->k, kv_batches, p->k_batch_stride, kv_rows,
+                                           p->k_row_stride, p->heads_kv, p->k_head_stride)) != FA_OK) ||
+        (has_keys && (s = check_gpu_layout("v", p->v, kv_batches, p->v_batch_stride, kv_rows,
+                                           p->v_row_stride, p->heads_kv, p->v_head_stride)) != FA_OK) ||
+        (s = check_gpu_layout("out", p->out, q_batches, p->o_batch_stride, q_rows, p->o_row_stride,
+                              p->heads_q, p->o_head_stride)) != FA_OK)
+        return s;
+    const int32_t *arrays[] = {p->cu_seqlens_q, p->cu_seqlens_k, p->seqused_k, p->kv_batch_idx,
+                               p->block_table};
+    for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
+        if (((uintptr_t)arrays[i]) % 4 != 0)
+            return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                           "cu_seqlens, seqused_k, kv_batch_idx and block_table must be 4-byte "
+                           "aligned int32 arrays");
+    if (p->lse && ((uintptr_t)p->lse) % 4 != 0)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT, "lse must be 4-byte aligned");
+    if (p->sinks && ((uintptr_t)p->sinks) % 4 != 0)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT, "sinks must be 4-byte aligned");
+    return FA_OK;
+}
+
+fa_status fa_check_params(const fa_params *caller, int gpu)
+{
+    fa_params resolved;
+    fa_status s = fa_params_resolve(caller, &resolved);
+    if (s != FA_OK)
+        return s;
+    const fa_params *p = &resolved;
+    if ((s = check_scalars(p)) != FA_OK || (s = check_seq_layout(p)) != FA_OK)
         return s;
     if (p->dtype != FA_FLOAT16 && p->dtype != FA_BFLOAT16 && p->dtype != FA_FLOAT32 &&
         p->dtype != FA_FLOAT64)
@@ -277,42 +317,10 @@ fa_status fa_check_params(const fa_params *caller, int gpu)
     if (fa_params_empty(p))
         return FA_OK;
     /* An empty k/v (seqlen_k == 0) may come with NULL data: it is never read. */
-    int has_keys = p->seqlen_k > 0;
+    const int has_keys = p->seqlen_k > 0;
     if (!p->q || !p->out || (has_keys && (!p->k || !p->v)))
         return fa_fail(FA_ERR_INVALID_ARGUMENT, "q, k, v and out pointers must not be NULL");
-    if (!gpu && (s = check_seq_values(p)) != FA_OK)
-        return s;
-    if (gpu) {
-        /* The extents the strides step over: packed rows are one batch of total rows; pages
-         * and cache entries are kv_batches entries of page_size or seqlen_k rows. */
-        const int q_batches = p->cu_seqlens_q ? 1 : p->batch;
-        const int q_rows = p->cu_seqlens_q ? p->total_q : p->seqlen_q;
-        const int kv_batches = p->cu_seqlens_k ? 1
-                               : (p->block_table || p->kv_batch_idx) ? p->kv_batches : p->batch;
-        const int kv_rows = p->cu_seqlens_k ? p->total_k
-                            : p->block_table ? p->page_size : p->seqlen_k;
-        if ((s = check_gpu_layout("q", p->q, q_batches, p->q_batch_stride, q_rows,
-                                  p->q_row_stride, p->heads_q, p->q_head_stride)) != FA_OK ||
-            (has_keys && (s = check_gpu_layout("k", p->k, kv_batches, p->k_batch_stride, kv_rows,
-                                               p->k_row_stride, p->heads_kv, p->k_head_stride)) != FA_OK) ||
-            (has_keys && (s = check_gpu_layout("v", p->v, kv_batches, p->v_batch_stride, kv_rows,
-                                               p->v_row_stride, p->heads_kv, p->v_head_stride)) != FA_OK) ||
-            (s = check_gpu_layout("out", p->out, q_batches, p->o_batch_stride, q_rows,
-                                  p->o_row_stride, p->heads_q, p->o_head_stride)) != FA_OK)
-            return s;
-        const int32_t *arrays[] = {p->cu_seqlens_q, p->cu_seqlens_k, p->seqused_k,
-                                   p->kv_batch_idx, p->block_table};
-        for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
-            if (((uintptr_t)arrays[i]) % 4 != 0)
-                return fa_fail(FA_ERR_INVALID_ARGUMENT,
-                               "cu_seqlens, seqused_k, kv_batch_idx and block_table must be "
-                               "4-byte aligned int32 arrays");
-        if (p->lse && ((uintptr_t)p->lse) % 4 != 0)
-            return fa_fail(FA_ERR_INVALID_ARGUMENT, "lse must be 4-byte aligned");
-        if (p->sinks && ((uintptr_t)p->sinks) % 4 != 0)
-            return fa_fail(FA_ERR_INVALID_ARGUMENT, "sinks must be 4-byte aligned");
-    }
-    return FA_OK;
+    return gpu ? check_gpu_arrays(p, has_keys) : check_seq_values(p);
 }
 
 /* ------------------------------------------------------------------------------------------ */
