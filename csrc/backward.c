@@ -220,6 +220,58 @@ typedef struct {
     fa_tile tile;
 } backward_plan;
 
+/* Empty sizes launch nothing; counting them as 1 keeps a plan well formed for display. */
+static int64_t at_least_1(int64_t v) { return v > 0 ? v : 1; }
+
+/* The preprocess or the postprocess (kind "bwd_pre" or "bwd_post"): FA_BWD_PRE_ROWS query rows
+ * of one q head per CTA. */
+static fa_status plan_rows_launch(const fa_params *p, const char *kind, fa_kernel_family family,
+                                  const fa_device *dev, fa_launch *cfg)
+{
+    char name[FA_KERNEL_NAME_MAX];
+    snprintf(name, sizeof name, "%s_%s%s", kind, fa_dtype_short(p->dtype), p->sinks ? "_sinks" : "");
+    fa_launch_start(cfg, name, family, dev);
+    cfg->block_m = FA_BWD_PRE_ROWS;
+    const int64_t row_blocks = p->seqlen_q > 0 ? ceil_div(p->seqlen_q, FA_BWD_PRE_ROWS) : 1;
+    return fa_launch_grid(cfg, row_blocks, at_least_1(p->heads_q), at_least_1(p->batch),
+                          "(row blocks, heads_q, batch)", dev);
+}
+
+/* The main kernel of the family, tile t: one CTA per key block and kv head. */
+static fa_status plan_main_launch(const fa_params *p, const fa_grad_params *g, fa_kernel_family family,
+                                  const fa_tile *t, const fa_device *dev, fa_launch *cfg)
+{
+    char name[FA_KERNEL_NAME_MAX];
+    snprintf(name, sizeof name, "bwd_%s_hd%d_%s%s%s%s", fa_family_name(family), t->head_dim_padded,
+             fa_dtype_short(p->dtype), fa_mask_suffix(p), p->softcap > 0.0f ? "_softcap" : "",
+             g->deterministic ? "_det" : "");
+    fa_launch_start(cfg, name, family, dev);
+    cfg->smem_bytes = t->smem_bytes;
+    cfg->block_m = t->block_m;
+    cfg->block_n = t->block_n;
+    cfg->stages = t->stages;
+    cfg->head_dim_padded = t->head_dim_padded;
+    const int64_t key_blocks = p->seqlen_k > 0 ? ceil_div(p->seqlen_k, t->block_n) : 1;
+    return fa_launch_grid(cfg, key_blocks, at_least_1(p->heads_kv), at_least_1(p->batch),
+                          "(key blocks, heads_kv, batch)", dev);
+}
+
+/* The family's tile for p; -1 where it has none. */
+static int backward_tile(fa_kernel_family family, const fa_params *p, const fa_grad_params *g, fa_tile *t)
+{
+#ifdef FA_WITH_SM90
+    if (family == FA_KERNEL_SM90)
+        return fa_sm90_bwd_tile(p, g, t);
+#endif
+#ifdef FA_WITH_SM80
+    if (family == FA_KERNEL_SM80)
+        return fa_sm80_bwd_tile(p, g, t);
+#endif
+    (void)p, (void)g, (void)t;
+    return -1;
+}
+
+/* Preprocess, main kernel (none when no entry has a key), postprocess, and the workspace. */
 static fa_status plan_backward(const fa_params *p, const fa_grad_params *g, const fa_device *dev,
                                backward_plan *bp)
 {
@@ -229,63 +281,23 @@ static fa_status plan_backward(const fa_params *p, const fa_grad_params *g, cons
         return s;
     memset(bp, 0, sizeof *bp);
     bp->family = family;
-    int no_tile = 1;
-#ifdef FA_WITH_SM90
-    if (family == FA_KERNEL_SM90)
-        no_tile = fa_sm90_bwd_tile(p, g, &bp->tile);
-#endif
-#ifdef FA_WITH_SM80
-    if (family == FA_KERNEL_SM80)
-        no_tile = fa_sm80_bwd_tile(p, g, &bp->tile);
-#endif
-    if (no_tile)
+    if (backward_tile(family, p, g, &bp->tile) != 0)
         return fa_fail(FA_ERR_UNSUPPORTED, "kernel family %s has no backward tile for head_dim %d",
                        fa_family_name(family), p->head_dim);
-
-    /* Empty sizes launch nothing; counting them as 1 keeps the plan well formed for display. */
-    const int64_t heads_q = p->heads_q > 0 ? p->heads_q : 1, heads_kv = p->heads_kv > 0 ? p->heads_kv : 1;
-    const int64_t batch = p->batch > 0 ? p->batch : 1;
-    const int64_t row_blocks = p->seqlen_q > 0 ? ceil_div(p->seqlen_q, FA_BWD_PRE_ROWS) : 1;
-    const char *dt = fa_dtype_short(p->dtype);
-    const char *rows_dims = "(row blocks, heads_q, batch)";
     fa_plan *plan = &bp->plan;
-    char name[FA_KERNEL_NAME_MAX];
     int n = 0;
-
     bp->pre = n;
-    snprintf(name, sizeof name, "bwd_pre_%s%s", dt, p->sinks ? "_sinks" : "");
-    fa_launch_start(&plan->launches[n], name, family, dev);
-    plan->launches[n].block_m = FA_BWD_PRE_ROWS;
-    if ((s = fa_launch_grid(&plan->launches[n++], row_blocks, heads_q, batch, rows_dims, dev)) != FA_OK)
+    if ((s = plan_rows_launch(p, "bwd_pre", family, dev, &plan->launches[n++])) != FA_OK)
         return s;
-
     bp->main = -1;
     if (p->seqlen_k > 0 || p->batch == 0 || p->heads_q == 0) {
-        const fa_tile *t = &bp->tile;
         bp->main = n;
-        snprintf(name, sizeof name, "bwd_%s_hd%d_%s%s%s%s", fa_family_name(family),
-                 t->head_dim_padded, dt, fa_mask_suffix(p), p->softcap > 0.0f ? "_softcap" : "",
-                 g->deterministic ? "_det" : "");
-        fa_launch *cfg = &plan->launches[n++];
-        fa_launch_start(cfg, name, family, dev);
-        cfg->smem_bytes = t->smem_bytes;
-        cfg->block_m = t->block_m;
-        cfg->block_n = t->block_n;
-        cfg->stages = t->stages;
-        cfg->head_dim_padded = t->head_dim_padded;
-        const int64_t key_blocks = p->seqlen_k > 0 ? ceil_div(p->seqlen_k, t->block_n) : 1;
-        if ((s = fa_launch_grid(cfg, key_blocks, heads_kv, batch, "(key blocks, heads_kv, batch)",
-                                dev)) != FA_OK)
+        if ((s = plan_main_launch(p, g, family, &bp->tile, dev, &plan->launches[n++])) != FA_OK)
             return s;
     }
-
     bp->post = n;
-    snprintf(name, sizeof name, "bwd_post_%s%s", dt, p->sinks ? "_sinks" : "");
-    fa_launch_start(&plan->launches[n], name, family, dev);
-    plan->launches[n].block_m = FA_BWD_PRE_ROWS;
-    if ((s = fa_launch_grid(&plan->launches[n++], row_blocks, heads_q, batch, rows_dims, dev)) != FA_OK)
+    if ((s = plan_rows_launch(p, "bwd_post", family, dev, &plan->launches[n++])) != FA_OK)
         return s;
-
     plan->num_launches = n;
     plan->main_launch = bp->main >= 0 ? bp->main : bp->post;
     fa_bwd_workspace ws;
