@@ -452,55 +452,48 @@ static int order_before_consumer(fa_device_array *self, uintptr_t consumer)
     return 0;
 }
 
-static PyObject *da_dlpack(fa_device_array *self, PyObject *args, PyObject *kwargs)
+/* What a __dlpack__ request may ask of this array: no copy, its own device; *versioned when
+ * the consumer takes DLPack 1.x (max_version). */
+static int dlpack_request_ok(fa_device_array *self, PyObject *copy, PyObject *dl_device,
+                             PyObject *max_version, int *versioned)
 {
-    static char *kwlist[] = {"stream", "max_version", "dl_device", "copy", NULL};
-    PyObject *stream = Py_None, *max_version = Py_None, *dl_device = Py_None, *copy = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OOOO:__dlpack__", kwlist, &stream,
-                                     &max_version, &dl_device, &copy))
-        return NULL;
-
     if (copy != Py_None) {
         int want_copy = PyObject_IsTrue(copy);
         if (want_copy < 0)
-            return NULL;
+            return -1;
         if (want_copy) {
             PyErr_SetString(PyExc_BufferError,
                             "DeviceArray.__dlpack__: copy=True is not supported; DeviceArray "
                             "exports its own memory only");
-            return NULL;
+            return -1;
         }
     }
     if (dl_device != Py_None) {
         int dev_type, dev_id;
         if (!PyArg_ParseTuple(dl_device, "ii:__dlpack__ dl_device", &dev_type, &dev_id))
-            return NULL;
+            return -1;
         if (dev_type != FA_DL_CUDA || dev_id != self->device) {
             PyErr_Format(PyExc_BufferError,
                          "DeviceArray.__dlpack__: the array lives on cuda:%d (DLPack (2, %d)); "
                          "exporting to (%d, %d) would need a copy",
                          self->device, self->device, dev_type, dev_id);
-            return NULL;
+            return -1;
         }
     }
-    int versioned = 0;
+    *versioned = 0;
     if (max_version != Py_None) {
         unsigned int major, minor;
         if (!PyArg_ParseTuple(max_version, "II:__dlpack__ max_version", &major, &minor))
-            return NULL;
-        versioned = major >= 1;
+            return -1;
+        *versioned = major >= 1;
     }
+    return 0;
+}
 
-    uintptr_t consumer = FA_STREAM_LEGACY;
-    int no_sync = 0;
-    if (parse_consumer_stream(stream, &consumer, &no_sync) < 0)
-        return NULL;
-    if (!no_sync && self->nbytes > 0 &&
-        fa_canonical_stream(consumer) != fa_canonical_stream(self->stream)) {
-        if (order_before_consumer(self, consumer) < 0)
-            return NULL;
-    }
-
+/* The capsule that hands the array's memory to a consumer ("dltensor_versioned" or
+ * "dltensor"), which holds a reference to the array until its deleter runs. */
+static PyObject *dlpack_capsule(fa_device_array *self, int versioned)
+{
     da_export *e = (da_export *)calloc(1, sizeof *e);
     if (!e)
         return PyErr_NoMemory();
@@ -543,6 +536,28 @@ static PyObject *da_dlpack(fa_device_array *self, PyObject *args, PyObject *kwar
         return NULL;
     }
     return capsule;
+}
+
+static PyObject *da_dlpack(fa_device_array *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"stream", "max_version", "dl_device", "copy", NULL};
+    PyObject *stream = Py_None, *max_version = Py_None, *dl_device = Py_None, *copy = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OOOO:__dlpack__", kwlist, &stream,
+                                     &max_version, &dl_device, &copy))
+        return NULL;
+    int versioned;
+    if (dlpack_request_ok(self, copy, dl_device, max_version, &versioned) < 0)
+        return NULL;
+    /* The consumer's stream waits for this array's last writer unless it is the same stream. */
+    uintptr_t consumer = FA_STREAM_LEGACY;
+    int no_sync = 0;
+    if (parse_consumer_stream(stream, &consumer, &no_sync) < 0)
+        return NULL;
+    if (!no_sync && self->nbytes > 0 &&
+        fa_canonical_stream(consumer) != fa_canonical_stream(self->stream) &&
+        order_before_consumer(self, consumer) < 0)
+        return NULL;
+    return dlpack_capsule(self, versioned);
 }
 
 static PyObject *da_dlpack_device(fa_device_array *self, PyObject *unused)
