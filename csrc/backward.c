@@ -246,11 +246,7 @@ static fa_status plan_main_launch(const fa_params *p, const fa_grad_params *g, f
              fa_dtype_short(p->dtype), fa_mask_suffix(p), p->softcap > 0.0f ? "_softcap" : "",
              g->deterministic ? "_det" : "");
     fa_launch_start(cfg, name, family, dev);
-    cfg->smem_bytes = t->smem_bytes;
-    cfg->block_m = t->block_m;
-    cfg->block_n = t->block_n;
-    cfg->stages = t->stages;
-    cfg->head_dim_padded = t->head_dim_padded;
+    fa_launch_take_tile(cfg, t);
     const int64_t key_blocks = p->seqlen_k > 0 ? ceil_div(p->seqlen_k, t->block_n) : 1;
     return fa_launch_grid(cfg, key_blocks, at_least_1(p->heads_kv), at_least_1(p->batch),
                           "(key blocks, heads_kv, batch)", dev);

@@ -238,11 +238,7 @@ static fa_status plan_decode(const fa_params *p, const fa_kvcache_params *c, con
              fa_mask_suffix(a), p->softcap > 0.0f ? "_softcap" : "", splits > 1 ? "_split" : "");
     fa_launch *cfg = &kp->plan.launches[(*n)++];
     fa_launch_start(cfg, name, FA_KERNEL_SM80, dev);
-    cfg->smem_bytes = t->smem_bytes;
-    cfg->block_m = t->block_m;
-    cfg->block_n = t->block_n;
-    cfg->stages = t->stages;
-    cfg->head_dim_padded = t->head_dim_padded;
+    fa_launch_take_tile(cfg, t);
     if ((s = fa_launch_grid(cfg, m_tiles * splits, p->heads_kv, p->batch,
                             "(splits x row tiles, heads_kv, batch)", dev)) != FA_OK ||
         splits == 1)

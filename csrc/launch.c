@@ -550,6 +550,15 @@ void fa_launch_start(fa_launch *cfg, const char *kernel, fa_kernel_family family
     cfg->device = -1;
 }
 
+void fa_launch_take_tile(fa_launch *cfg, const fa_tile *t)
+{
+    cfg->smem_bytes = t->smem_bytes;
+    cfg->block_m = t->block_m;
+    cfg->block_n = t->block_n;
+    cfg->stages = t->stages;
+    cfg->head_dim_padded = t->head_dim_padded;
+}
+
 fa_status fa_launch_grid(fa_launch *cfg, int64_t x, int64_t y, int64_t z, const char *dims,
                          const fa_device *dev)
 {
@@ -601,11 +610,7 @@ fa_status fa_plan_forward_launch(const fa_params *p, const fa_device *dev,
              t.head_dim_padded, fa_dtype_short(p->dtype), fa_mask_suffix(p),
              p->softcap > 0.0f ? "_softcap" : "", p->sinks ? "_sinks" : "");
     fa_launch_start(cfg, name, family, dev);
-    cfg->smem_bytes = t.smem_bytes;
-    cfg->block_m = t.block_m;
-    cfg->block_n = t.block_n;
-    cfg->stages = t.stages;
-    cfg->head_dim_padded = t.head_dim_padded;
+    fa_launch_take_tile(cfg, &t);
 
     /* Empty problems launch nothing; keep a well-formed config for introspection. */
     int64_t m_blocks = p->seqlen_q > 0 ? ((int64_t)p->seqlen_q + t.block_m - 1) / t.block_m : 1;

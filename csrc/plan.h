@@ -3,14 +3,16 @@
  * forward's planner is in launch.c, the backward's in backward.c).
  *
  * An op's planner resolves and checks its params, chooses a family, fills one fa_launch per
- * kernel (fa_launch_start + fa_launch_grid), and validates them all (fa_plan_validate) before
- * anything runs. Its launcher then checks each kernel image and opts it into its shared
- * memory (fa_prepare_kernel), issues the launches, and records the plan (fa_plan_record).
+ * kernel (fa_launch_start, fa_launch_take_tile for a main kernel, fa_launch_grid), and
+ * validates them all (fa_plan_validate) before anything runs. Its launcher then checks each
+ * kernel image and opts it into its shared memory (fa_prepare_kernel), issues the launches, and
+ * records the plan (fa_plan_record).
  */
 #ifndef FA_PLAN_H
 #define FA_PLAN_H
 
 #include "flashattn.h"
+#include "kernels/kernels.h" /* fa_tile */
 
 /* Which family serves `requested` on a device major.minor (no CUDA call). */
 fa_status fa_choose_family(fa_kernel_family requested, int major, int minor,
@@ -20,6 +22,9 @@ int fa_family_built(fa_kernel_family family);
 /* A launch of `kernel` for `dev` with the contract's block; grid and tile fields left 0. */
 void fa_launch_start(fa_launch *cfg, const char *kernel, fa_kernel_family family,
                      const fa_device *dev);
+
+/* The main kernel's tile into its launch: shared memory, block sizes, stages, padded head_dim. */
+void fa_launch_take_tile(fa_launch *cfg, const fa_tile *t);
 
 /* Sets cfg->grid = (x, y, z), or fails naming `dims` (e.g. "(query blocks, heads_q, batch)")
  * when a dimension exceeds the device's limit. */
