@@ -22,7 +22,7 @@ import flashattn_c as fa
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "benches"))
-from bench_serving import ragged_lengths, rule  # noqa: E402
+from bench_serving import ragged_lengths, rule, time_impls  # noqa: E402
 
 H, D, TOTAL = 16, 128, 16384
 
@@ -39,20 +39,6 @@ def sdpa_grads(q, k, v, dout, cu, lens, dtype):
         for g, x in zip(grads, leaves):
             g[s:s + n] = x.grad[0].transpose(0, 1)
     return grads
-
-
-def median_ms(fn, calls, repeats):
-    fn()
-    runs = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        end.synchronize()
-        runs.append(start.elapsed_time(end) / calls)
-    return statistics.median(runs)
 
 
 def main():
@@ -97,7 +83,7 @@ def main():
             if not all(c[0] for c in checks):
                 print(f"{'':>10} {name:>12} {'FAILED':>8} {'':>8}  {errs:>26}  {kernel}")
                 continue
-            ms = median_ms(fn, args.calls, args.repeats)
+            ms = statistics.median(time_impls(torch, {name: fn}, args.repeats, args.calls)[name])
             print(f"{'':>10} {name:>12} {ms:8.3f} {flops / ms / 1e9:8.1f}  {errs:>26}  {kernel}")
 
 
