@@ -671,73 +671,91 @@ static int is_ml_dtypes_bfloat16(PyArrayObject *arr)
     return strcmp(dot ? dot + 1 : name, "bfloat16") == 0;
 }
 
-static int import_numpy(PyObject *obj, fa_tensor *t, int for_output)
+/* A new reference to obj as a NumPy array: itself, or (inputs only) a view of a buffer. */
+static PyArrayObject *numpy_array_of(PyObject *obj, const fa_tensor *t, int for_output)
 {
-    PyArrayObject *arr;
     if (PyArray_Check(obj)) {
         Py_INCREF(obj);
-        arr = (PyArrayObject *)obj;
-    } else if (for_output) {
+        return (PyArrayObject *)obj;
+    }
+    if (for_output) {
         /* Converting would write the result into a temporary the caller never sees. */
         PyErr_Format(PyExc_TypeError,
                      "%s must be an array the result can be written into (NumPy array, "
                      "__dlpack__ or __cuda_array_interface__), got %.100s",
                      t->name, Py_TYPE(obj)->tp_name);
-        return -1;
-    } else if (is_numpy_viewable(obj)) {
-        arr = (PyArrayObject *)PyArray_FromAny(obj, NULL, 0, 0, 0, NULL);
-        if (!arr)
-            return -1;
-    } else {
-        PyErr_Format(PyExc_TypeError,
-                     "%s must be an array (an object with __dlpack__ or "
-                     "__cuda_array_interface__, or a NumPy array), got %.100s",
-                     t->name, Py_TYPE(obj)->tp_name);
-        return -1;
+        return NULL;
     }
-    t->owner = (PyObject *)arr; /* released by fa_tensor_release on every path below */
-    t->protocol = "numpy";
+    if (is_numpy_viewable(obj))
+        return (PyArrayObject *)PyArray_FromAny(obj, NULL, 0, 0, 0, NULL);
+    PyErr_Format(PyExc_TypeError,
+                 "%s must be an array (an object with __dlpack__ or __cuda_array_interface__, or "
+                 "a NumPy array), got %.100s",
+                 t->name, Py_TYPE(obj)->tp_name);
+    return NULL;
+}
 
+/* The array's dtype: its name for messages, its item size, and the code of a dtype the
+ * project reads (native byte order only). */
+static int numpy_dtype(PyArrayObject *arr, fa_tensor *t)
+{
     PyObject *descr_str = PyObject_Str((PyObject *)PyArray_DESCR(arr));
     const char *dname = descr_str ? PyUnicode_AsUTF8(descr_str) : NULL;
     if (!dname) {
         Py_XDECREF(descr_str);
-        fa_tensor_release(t);
         return -1;
     }
     snprintf(t->dtype_name, sizeof t->dtype_name, "%s", dname);
     Py_DECREF(descr_str);
-
     t->itemsize = (int)PyArray_ITEMSIZE(arr);
     t->dtype = FA_DTYPE_NONE;
-    if (PyArray_ISNOTSWAPPED(arr)) {
-        if (PyArray_TYPE(arr) == NPY_HALF)
-            t->dtype = FA_FLOAT16;
-        else if (PyArray_TYPE(arr) == NPY_FLOAT)
-            t->dtype = FA_FLOAT32;
-        else if (PyArray_TYPE(arr) == NPY_DOUBLE)
-            t->dtype = FA_FLOAT64;
-        else if (is_ml_dtypes_bfloat16(arr))
-            t->dtype = FA_BFLOAT16;
-        /* By kind and size: NPY_INT32 is NPY_INT or NPY_LONG depending on the platform. */
-        else if (PyArray_ISSIGNED(arr) && PyArray_ITEMSIZE(arr) == 4)
-            t->dtype = FA_DTYPE_INT32;
-    }
+    if (!PyArray_ISNOTSWAPPED(arr))
+        return 0;
+    if (PyArray_TYPE(arr) == NPY_HALF)
+        t->dtype = FA_FLOAT16;
+    else if (PyArray_TYPE(arr) == NPY_FLOAT)
+        t->dtype = FA_FLOAT32;
+    else if (PyArray_TYPE(arr) == NPY_DOUBLE)
+        t->dtype = FA_FLOAT64;
+    else if (is_ml_dtypes_bfloat16(arr))
+        t->dtype = FA_BFLOAT16;
+    /* By kind and size: NPY_INT32 is NPY_INT or NPY_LONG depending on the platform. */
+    else if (PyArray_ISSIGNED(arr) && PyArray_ITEMSIZE(arr) == 4)
+        t->dtype = FA_DTYPE_INT32;
+    return 0;
+}
+
+/* Shape, and byte strides as whole elements (when the rank fits). */
+static int numpy_shape(PyArrayObject *arr, fa_tensor *t)
+{
     t->ndim = PyArray_NDIM(arr);
-    if (t->ndim <= FA_TENSOR_MAX_DIMS) {
-        for (int d = 0; d < t->ndim; d++) {
-            npy_intp bytes = PyArray_STRIDE(arr, d);
-            t->shape[d] = PyArray_DIM(arr, d);
-            if (t->itemsize == 0 || bytes % t->itemsize != 0) {
-                PyErr_Format(PyExc_ValueError,
-                             "%s has a stride of %lld bytes on dimension %d, not a whole number "
-                             "of %d-byte elements",
-                             t->name, (long long)bytes, d, t->itemsize);
-                fa_tensor_release(t);
-                return -1;
-            }
-            t->strides[d] = bytes / t->itemsize;
+    if (t->ndim > FA_TENSOR_MAX_DIMS)
+        return 0; /* the rank check names it */
+    for (int d = 0; d < t->ndim; d++) {
+        npy_intp bytes = PyArray_STRIDE(arr, d);
+        t->shape[d] = PyArray_DIM(arr, d);
+        if (t->itemsize == 0 || bytes % t->itemsize != 0) {
+            PyErr_Format(PyExc_ValueError,
+                         "%s has a stride of %lld bytes on dimension %d, not a whole number of "
+                         "%d-byte elements",
+                         t->name, (long long)bytes, d, t->itemsize);
+            return -1;
         }
+        t->strides[d] = bytes / t->itemsize;
+    }
+    return 0;
+}
+
+static int import_numpy(PyObject *obj, fa_tensor *t, int for_output)
+{
+    PyArrayObject *arr = numpy_array_of(obj, t, for_output);
+    if (!arr)
+        return -1;
+    t->owner = (PyObject *)arr; /* released by fa_tensor_release on every failure below */
+    t->protocol = "numpy";
+    if (numpy_dtype(arr, t) < 0 || numpy_shape(arr, t) < 0) {
+        fa_tensor_release(t);
+        return -1;
     }
     t->data = PyArray_DATA(arr);
     t->readonly = !PyArray_ISWRITEABLE(arr);
