@@ -65,6 +65,13 @@ bool make_bwd_params(const fa_params *p, const fa_grad_params *g, const fa_bwd_w
     std::memset(prm, 0, sizeof(*prm));
     const CUtensorMapDataType dt = Cfg::kBf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
     const MapExtent qx = q_map_extent(p), kvx = kv_map_extent(p);
+    // dq_accum: the lse's layout times head_dim, fp32 (kernels.h), in boxes of 32 columns.
+    auto encode_dq = [&](CUtensorMap *map, int box_rows) {
+        return fa_sm90_host::encode_map_box(encode, map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, ws->dq_accum,
+                                            p->head_dim, qx.rows, p->heads_q, qx.batches, p->head_dim,
+                                            (int64_t)qx.rows * p->head_dim,
+                                            (int64_t)p->heads_q * qx.rows * p->head_dim, 32, box_rows);
+    };
     const bool ok =
         encode_map(encode, &prm->tmap_q, dt, p->q, p->head_dim, qx.rows, p->heads_q, qx.batches, p->q_row_stride,
                    p->q_head_stride, p->q_batch_stride, Cfg::kBlockM) &&
@@ -74,15 +81,7 @@ bool make_bwd_params(const fa_params *p, const fa_grad_params *g, const fa_bwd_w
                    p->k_head_stride, p->k_batch_stride, Cfg::kBlockN) &&
         encode_map(encode, &prm->tmap_v, dt, p->v, p->head_dim, kvx.rows, p->heads_kv, kvx.batches, p->v_row_stride,
                    p->v_head_stride, p->v_batch_stride, Cfg::kBlockN) &&
-        // dq_accum: the lse's layout times head_dim, fp32 (kernels.h)
-        fa_sm90_host::encode_map_box(encode, &prm->tmap_dq, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, ws->dq_accum,
-                                     p->head_dim, qx.rows, p->heads_q, qx.batches, p->head_dim,
-                                     (int64_t)qx.rows * p->head_dim,
-                                     (int64_t)p->heads_q * qx.rows * p->head_dim, 32, Cfg::kBlockM) &&
-        fa_sm90_host::encode_map_box(encode, &prm->tmap_dq_row, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, ws->dq_accum,
-                                     p->head_dim, qx.rows, p->heads_q, qx.batches, p->head_dim,
-                                     (int64_t)qx.rows * p->head_dim,
-                                     (int64_t)p->heads_q * qx.rows * p->head_dim, 32, 1);
+        encode_dq(&prm->tmap_dq, Cfg::kBlockM) && encode_dq(&prm->tmap_dq_row, 1);
     if (!ok) return false;
     prm->lse = p->lse;
     prm->delta = ws->delta;
