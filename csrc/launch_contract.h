@@ -2,7 +2,8 @@
  * launch_contract.h -- the thread layout every flashattn_c GPU kernel is written for.
  *
  * 384 threads = 12 warps = 3 warpgroups of 4 warps. On Hopper, warpgroup 0 produces
- * (TMA loads) and warpgroups 1-2 consume (wgmma + softmax), 64 query rows each. The sm80
+ * (TMA loads) and warpgroups 1-2 consume (wgmma + softmax), 64 query rows each (the sm90
+ * forward also has a shape where all three consume, built only in dev/ so far). The sm80
  * family uses the same 384 threads as 12 mma.sync warps. The host refuses to launch any
  * other block shape (launch.c), and the smoke test reads these numbers back.
  */

@@ -322,18 +322,7 @@ static void run_case(const Case &c)
     auto launch = [&](int batch) {
         fa_params pb = p;
         pb.batch = batch;
-        fa_launch cfg;
-        memset(&cfg, 0, sizeof cfg);
-        cfg.grid[0] = (g.Sq + t.block_m - 1) / t.block_m;
-        cfg.grid[1] = Hq;
-        cfg.grid[2] = batch;
-        cfg.block[0] = 384;
-        cfg.block[1] = cfg.block[2] = 1;
-        cfg.smem_bytes = t.smem_bytes;
-        cfg.block_m = t.block_m;
-        cfg.block_n = t.block_n;
-        cfg.stages = t.stages;
-        cfg.head_dim_padded = t.head_dim_padded;
+        const fa_launch cfg = tile_launch(t, (g.Sq + t.block_m - 1) / t.block_m, Hq, batch);
         CK(cudaMemcpy(dout, out_poison.data(), q_elems * 2, cudaMemcpyHostToDevice));
         CK(cudaMemcpy(dlse, lse_poison.data(), lse_elems * 4, cudaMemcpyHostToDevice));
         if (cfg.grid[0] > 0 && batch > 0)

@@ -9,6 +9,10 @@
  *     csrc/kernels/fwd_sm90_hd128.cu csrc/kernels/fwd_sm90_hd256.cu -o fwd_sm90_seq_check
  *   ./fwd_sm90_seq_check           every case; exit status 1 when any fails, 2 on a CUDA error
  *   ./fwd_sm90_seq_check WORD      the cases whose name contains WORD
+ *   ./fwd_sm90_seq_check --consumers 3 [WORD]
+ *                                  the head_dim 64 cases on the kernel's three-consumer shape
+ *                                  (192-row tiles, consumer threads issue the loads;
+ *                                  sm90_tiles.h), instantiated here
  *
  * Layouts, each with GQA 4:1 (8 q heads, 2 kv heads), float16 and bfloat16 in turn:
  *   packed     q and k/v packed by cu_seqlens over ragged lengths (0, 1, 17, 128, 300, 1000 in
@@ -59,6 +63,7 @@
 #include "common/mask.h"
 #include "flashattn.h"
 #include "kernels/kernels.h"
+#include "kernels/sm90_fwd_launch.cuh"
 #include "kernels/sm90_tiles.h"
 #include "dev_check.h"
 
@@ -89,6 +94,31 @@ struct Case {
 };
 
 static int g_failures = 0;
+static int g_consumers = FA_NUM_CONSUMER_WARPGROUPS; /* --consumers 3 */
+
+/* Whether the shape under test runs case c: the library's runs every case, three consumers
+   the head_dim 64 ones. */
+static bool shape_serves(const Case &c)
+{
+    return g_consumers == FA_NUM_CONSUMER_WARPGROUPS || c.hd == 64;
+}
+
+/* The tile, kernel and launch of the shape under test: the library's (fa_sm90_tile,
+   fa_sm90_kernel_fn, fa_sm90_launch), or the three-consumer instances of this file. */
+static int shape_tile(const fa_params *p, fa_tile *t)
+{
+    return fa_sm90_tile_of_shape(p, g_consumers, t);
+}
+
+static const void *shape_kernel_fn(const fa_params *p, const fa_tile *t)
+{
+    return g_consumers == 3 ? fa_sm90::instance_kernel_fn<64, 3>(p) : fa_sm90_kernel_fn(p, t);
+}
+
+static cudaError_t shape_launch(const fa_params *p, const fa_launch *cfg)
+{
+    return g_consumers == 3 ? fa_sm90::instance_launch<64, 3>(p, cfg, 0) : fa_sm90_launch(p, cfg, 0);
+}
 
 /* Logical per-entry tensors and the reference. */
 struct Entry {
@@ -114,31 +144,10 @@ static void reference(const Case &c, Entry &e, int lq, int lk, float scale, int 
             const fa_key_span span = fa_mask_row(&mask, i);
             if (span.hi < span.lo)
                 continue;
-            const float *qi = &e.q[((size_t)i * kHq + h) * D];
-            float mx = -INFINITY;
-            for (int j = span.lo; j <= span.hi; ++j) {
-                const float *kj = &e.k[((size_t)j * kHk + hk) * D];
-                float s = 0.f;
-                for (int d = 0; d < D; ++d)
-                    s += qi[d] * kj[d];
-                float x = scale * s;
-                if (c.softcap > 0.f)
-                    x = c.softcap * tanhf(x / c.softcap);
-                logit[j] = x;
-                mx = std::max(mx, x);
-            }
-            float sum = 0.f;
-            float *oi = &e.out[((size_t)i * kHq + h) * D];
-            for (int j = span.lo; j <= span.hi; ++j) {
-                const float p = expf(logit[j] - mx);
-                sum += p;
-                const float *vj = &e.v[((size_t)j * kHk + hk) * D];
-                for (int d = 0; d < D; ++d)
-                    oi[d] += p * vj[d];
-            }
-            for (int d = 0; d < D; ++d)
-                oi[d] /= sum;
-            e.lse[(size_t)h * lq + i] = mx + logf(sum);
+            e.lse[(size_t)h * lq + i] =
+                reference_row(&e.q[((size_t)i * kHq + h) * D], &e.k[(size_t)hk * D], &e.v[(size_t)hk * D],
+                              (size_t)kHk * D, D, span.lo, span.hi, scale, c.softcap, logit.data(),
+                              &e.out[((size_t)i * kHq + h) * D]);
         }
     }
 }
@@ -152,22 +161,6 @@ static void *dev_copy(const void *src, size_t bytes)
     return d;
 }
 
-static fa_launch launch_config(const fa_params &p, const fa_tile &t, int sm_count)
-{
-    fa_launch cfg;
-    memset(&cfg, 0, sizeof cfg);
-    const long long tiles = (long long)((p.seqlen_q + t.block_m - 1) / t.block_m) * p.heads_q * p.batch;
-    cfg.grid[0] = (unsigned)std::max(1LL, std::min<long long>(tiles, sm_count));
-    cfg.grid[1] = cfg.grid[2] = 1;
-    cfg.block[0] = 384;
-    cfg.block[1] = cfg.block[2] = 1;
-    cfg.smem_bytes = t.smem_bytes;
-    cfg.block_m = t.block_m;
-    cfg.block_n = t.block_n;
-    cfg.stages = t.stages;
-    cfg.head_dim_padded = t.head_dim_padded;
-    return cfg;
-}
 
 static void run_case(const Case &c, int sm_count)
 {
@@ -383,13 +376,13 @@ static void run_case(const Case &c, int sm_count)
     };
     const char *why = fa_sm90_seq_unsupported(&p);
     fa_tile t;
-    if (why || fa_sm90_tile(&p, &t) != 0) {
+    if (why || shape_tile(&p, &t) != 0) {
         printf("%-44s FAIL refused: %s\n", c.name.c_str(), why ? why : "no tile");
         ++g_failures;
         release();
         return;
     }
-    const void *fn = fa_sm90_kernel_fn(&p, &t);
+    const void *fn = shape_kernel_fn(&p, &t);
     if (!fn) {
         printf("%-44s FAIL no kernel\n", c.name.c_str());
         ++g_failures;
@@ -418,8 +411,8 @@ static void run_case(const Case &c, int sm_count)
         std::vector<uint16_t> out_init(out_elems, kOutSentinel);
         CK(cudaMemcpy(dout, out_init.data(), out_elems * 2, cudaMemcpyHostToDevice));
         CK(cudaMemcpy(dlse, lse_init.data(), lse_init.size() * 4, cudaMemcpyHostToDevice));
-        const fa_launch cfg = launch_config(pp, t, sm_count);
-        const cudaError_t launched = fa_sm90_launch(&pp, &cfg, 0);
+        const fa_launch cfg = persistent_launch(pp, t, sm_count);
+        const cudaError_t launched = shape_launch(&pp, &cfg);
         if (launched != cudaSuccess) {
             printf("%-44s FAIL launch: %s\n", c.name.c_str(), cudaGetErrorString(launched));
             ++g_failures;
@@ -681,18 +674,20 @@ static std::vector<Case> cases()
 int main(int argc, char **argv)
 {
     setvbuf(stdout, nullptr, _IOLBF, 0); /* lines in order with CUDA errors on stderr */
-    const char *filter = argc > 1 ? argv[1] : nullptr;
-    int dev = 0, sm_count = 0, major = 0;
-    CK(cudaGetDevice(&dev));
-    CK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, dev));
-    CK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    if (major != 9) {
-        fprintf(stderr, "needs an sm_90 GPU (compute capability 9.x), got %d.x\n", major);
-        return 2;
+    int arg = 1;
+    if (argc > 2 && strcmp(argv[1], "--consumers") == 0) {
+        g_consumers = atoi(argv[2]);
+        arg = 3;
+        if (g_consumers != 2 && g_consumers != 3) {
+            fprintf(stderr, "--consumers takes 2 or 3\n");
+            return 2;
+        }
     }
+    const char *filter = argc > arg ? argv[arg] : nullptr;
+    const int sm_count = device_sm_count(9);
     int ran = 0;
     for (const Case &c : cases()) {
-        if (filter && !strstr(c.name.c_str(), filter))
+        if ((filter && !strstr(c.name.c_str(), filter)) || !shape_serves(c))
             continue;
         run_case(c, sm_count);
         ++ran;

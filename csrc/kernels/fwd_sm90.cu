@@ -32,6 +32,11 @@
  *     frees Q after the last Q K^T; only the next tile's first V load waits for the store to
  *     read the ring. Otherwise O is staged in the warpgroup's Q rows, freed once the store has
  *     read them.
+ * The kernel also has a second shape of the 384 threads, three consumer warpgroups of 64 rows
+ * (192-row tiles) whose own threads issue the TMA loads (sm90_fwd_kernel.cuh,
+ * sm90_pipeline.cuh): it serves head_dim 64 at 168 registers a thread without spills, and
+ * dev/fwd_sm90_consumers.cu builds, checks and times it against this shape. No instance of
+ * the library uses it (sm90_tiles.h).
  * Overlaps, chosen per head dim (the measured best, benches/NOTES.md; the variants that lost
  * were removed from this file after 170495f, and NOTES records what each measured):
  *   pingpong (head_dim 128): the consumer warpgroups take turns issuing their GEMMs (named

@@ -25,8 +25,8 @@
 #define FA_SM90_PRODUCER_REGS 24
 #define FA_SM90_CONSUMER_REGS 240
 
-static_assert(FA_THREADS_PER_BLOCK == 384 && FA_NUM_WARPGROUPS == 3, "1 producer + 2 consumer warpgroups");
-static_assert(FA_NUM_CONSUMER_WARPGROUPS == 2, "two consumer warpgroups of 64 query rows");
+static_assert(FA_THREADS_PER_BLOCK == 384 && FA_NUM_WARPGROUPS == 3, "three warpgroups of 128 threads");
+static_assert(FA_NUM_CONSUMER_WARPGROUPS == 2, "a producer beside two consumer warpgroups of 64 query rows");
 static_assert(128 * FA_SM90_PRODUCER_REGS + 256 * FA_SM90_CONSUMER_REGS <= 65536, "register file budget");
 
 namespace fa_sm90 {
@@ -56,25 +56,32 @@ enum : uint32_t {
     kBarPingpongBase = 1,  // + consumer index: "this warpgroup may issue its GEMMs"
     kBarEpilogueBase = 3,  // + consumer index: the warpgroup's own 128 threads
     kBarOInV = 5,          // both consumer warpgroups: every P V of the tile has read the V ring
+                           // (head_dim 256, two consumers: epilogue ids 3 and 4 only)
 };
 
-template <int kHeadDim_, int kBlockN_, int kMask_, bool kSoftcap_, bool kBf16_>
+// kConsumers_: FA_NUM_CONSUMER_WARPGROUPS (warpgroup 0 produces; every instance of the
+// library) or 3 (every warpgroup computes and consumer threads issue the loads:
+// sm90_fwd_kernel.cuh, sm90_pipeline.cuh; head_dim 64, built by dev/fwd_sm90_consumers.cu).
+template <int kHeadDim_, int kBlockN_, int kMask_, bool kSoftcap_, bool kBf16_,
+          int kConsumers_ = FA_NUM_CONSUMER_WARPGROUPS>
 struct Config {
+    static constexpr int kConsumers = kConsumers_;
+    static constexpr bool kProducerWarpgroup = kConsumers < FA_NUM_WARPGROUPS;
     static constexpr int kHeadDim = kHeadDim_;
     static constexpr int kBlockN = kBlockN_;
     static constexpr int kMask = kMask_;  // fa_mask_kind
     static constexpr bool kCausal = kMask == FA_MASK_CAUSAL;
     static constexpr bool kSoftcap = kSoftcap_;
     static constexpr bool kBf16 = kBf16_;
-    static constexpr int kBlockM = FA_SM90_BLOCK_M;
-    static constexpr int kStages = FA_SM90_STAGES(kHeadDim);
+    static constexpr int kBlockM = FA_SM90_BLOCK_M(kConsumers);
+    static constexpr int kStages = FA_SM90_STAGES(kHeadDim, kConsumers);
     static constexpr int kChunks = kHeadDim / 64;  // 64-column (128-byte) swizzle chunks
     static constexpr uint32_t kQChunkBytes = kBlockM * 128;
     static constexpr uint32_t kKVChunkBytes = kBlockN * 128;
     static constexpr uint32_t kQBytes = kChunks * kQChunkBytes;
     static constexpr uint32_t kKVSlotBytes = kChunks * kKVChunkBytes;
-    static constexpr uint32_t kWgRowsBytes = 64 * 128;  // offset of consumer 1's rows in a Q chunk
-    static constexpr bool kOStaging = FA_SM90_HAS_O_STAGING(kHeadDim, kBlockN, kStages);
+    static constexpr uint32_t kWgRowsBytes = 64 * 128;  // offset of consumer c + 1's rows from c's in a Q chunk
+    static constexpr bool kOStaging = FA_SM90_HAS_O_STAGING(kBlockM, kHeadDim, kBlockN, kStages);
     // No buffer of its own: O staged in the V ring (head_dim 256) or else in the Q rows.
     static constexpr bool kOInV = !kOStaging && kHeadDim == 256;
     static constexpr uint32_t kOChunkBytes = 64 * 128;         // one warpgroup's 64 rows of a chunk
@@ -83,7 +90,7 @@ struct Config {
     static constexpr uint32_t kOffK = kOffQ + kQBytes;
     static constexpr uint32_t kOffV = kOffK + kStages * kKVSlotBytes;
     static constexpr uint32_t kOffO = kOffV + kStages * kKVSlotBytes;
-    static constexpr uint32_t kOffBar = kOffO + (kOStaging ? 2 * kOWgBytes : 0);
+    static constexpr uint32_t kOffBar = kOffO + (kOStaging ? kConsumers * kOWgBytes : 0);
     static constexpr uint32_t kSmemBytes = kOffBar + FA_SM90_BARRIER_BYTES + FA_SM90_SMEM_ALIGN;
     static constexpr bool kPingpong = kHeadDim == 128;
     static constexpr bool kSplitSoftmaxWait = kHeadDim != 256;
@@ -93,23 +100,32 @@ struct Config {
     static constexpr bool kWgKeyRange = kCausal && !kPingpong && kBlockN < kBlockM;
 
     // mbarrier slots (8 bytes each). Q has one full/empty pair per consumer warpgroup (its 64 rows).
-    static constexpr int kBarQFull = 0, kBarQEmpty = 2;
-    static constexpr int kBarKFull = 4, kBarKEmpty = 4 + kStages;
-    static constexpr int kBarVFull = 4 + 2 * kStages, kBarVEmpty = 4 + 3 * kStages;
+    static constexpr int kBarQFull = 0, kBarQEmpty = kConsumers;
+    static constexpr int kBarKFull = 2 * kConsumers, kBarKEmpty = kBarKFull + kStages;
+    static constexpr int kBarVFull = kBarKFull + 2 * kStages, kBarVEmpty = kBarKFull + 3 * kStages;
     // kOInV: both warpgroups' O stores of the tile have read the V ring (one arrival each).
-    static constexpr int kBarOFree = 4 + 4 * kStages;
-    static constexpr int kNumBars = 5 + 4 * kStages;
+    static constexpr int kBarOFree = kBarKFull + 4 * kStages;
+    static constexpr int kNumBars = kBarOFree + 1;
+    // Three consumers, after the mbarriers (sm90_pipeline.cuh): per ring slot, a count of the
+    // warps that released it (4 bytes); per consumer, its tile's batch entry and kv head (8).
+    static constexpr uint32_t kOffReleaseCount = kOffBar + 8 * kNumBars;
+    static constexpr uint32_t kOffTileOfConsumer = kOffReleaseCount + 4 * kStages;
     // Arrivals that free a warpgroup's Q rows: each of its warps after its last Q K^T (O staged
     // elsewhere), or its store thread once the TMA store has read O staged in Q.
     static constexpr bool kQFreeAfterLastQk = kOStaging || kOInV;
     static constexpr uint32_t kQReleaseArrivals = kQFreeAfterLastQk ? FA_WARPS_PER_WARPGROUP : 1;
+    // Consumer warps that release a ring slot: every consumer warp arrives once, after its own wait.
+    static constexpr uint32_t kSlotReleaseArrivals = kConsumers * FA_WARPS_PER_WARPGROUP;
 
     static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "instantiated head dims");
     static_assert(kBlockN % 16 == 0 && kBlockN >= 16 && kBlockN <= 256, "block_n: 16-key steps, one TMA box");
     static_assert(kQChunkBytes % 1024 == 0 && kKVChunkBytes % 1024 == 0 && kWgRowsBytes % 1024 == 0,
                   "every swizzled tile starts on a 1024-byte boundary (descriptor base offset 0)");
-    static_assert(kNumBars * 8 <= FA_SM90_BARRIER_BYTES, "mbarriers fit their area");
-    static_assert((size_t)kSmemBytes == FA_SM90_SMEM_BYTES(kHeadDim, kBlockN, kStages),
+    static_assert(kNumBars * 8 + kStages * 4 + kConsumers * 8 <= FA_SM90_BARRIER_BYTES,
+                  "mbarriers, counters and tiles fit their area");
+    static_assert(kConsumers == 2 || (kConsumers == 3 && !kOInV && kOStaging && !kPingpong),
+                  "three consumers: O staged in its own buffer, no pingpong");
+    static_assert((size_t)kSmemBytes == FA_SM90_SMEM_BYTES(kBlockM, kHeadDim, kBlockN, kStages),
                   "kernel layout and sm90_tiles.h agree on the shared-memory size");
     static_assert(kKVChunkBytes < (1u << 18), "LBO fits the descriptor's 14-bit field");
     static_assert(!kOInV || 2 * kOWgBytes <= kStages * kKVSlotBytes, "O of both warpgroups fits the V ring");
@@ -120,9 +136,6 @@ struct Config {
 __device__ __forceinline__ uint32_t swizzle_aligned_smem(const void *smem_raw) {
     return (smem_addr(smem_raw) + (FA_SM90_SMEM_ALIGN - 1)) & ~(uint32_t)(FA_SM90_SMEM_ALIGN - 1);
 }
-
-// Consumer warps that release a ring slot: every consumer warp arrives once, after its own wait.
-constexpr uint32_t kSlotReleaseArrivals = FA_NUM_CONSUMER_WARPGROUPS * FA_WARPS_PER_WARPGROUP;
 
 }  // namespace fa_sm90
 

@@ -1,13 +1,18 @@
 /*
  * sm90_fwd_kernel.cuh -- the sm90 forward kernel: its roles and its tile loop.
  *
- * 384 threads = 3 warpgroups. Warpgroup 0 drops to FA_SM90_PRODUCER_REGS registers and one
- * of its threads issues every TMA load (producer); warpgroups 1 and 2 rise to
- * FA_SM90_CONSUMER_REGS and each computes 64 query rows of every tile (consumer: key loop in
- * sm90_fwd_mainloop.cuh, then store_tile). Both sides walk the persistent tile order of
- * sm90_scheduler.cuh and the same key blocks per tile, so they never exchange indices: each
- * reads the tile's entry (lengths, row origins: common/seqlen.h) at the tile's start and
- * derives the mask, the key-block range and the TMA coordinates from it alone.
+ * 384 threads = 3 warpgroups, in one of two shapes (Cfg::kConsumers):
+ *   two consumers: warpgroup 0 drops to FA_SM90_PRODUCER_REGS registers and one of its
+ *     threads issues every TMA load (producer); warpgroups 1 and 2 rise to
+ *     FA_SM90_CONSUMER_REGS and each computes 64 query rows of every 128-row tile;
+ *   three consumers: warpgroups 0, 1 and 2 each compute 64 rows of a 192-row tile at the
+ *     launch's 168 registers, and their threads issue the loads (load_tile_start here, the
+ *     ring's refills in sm90_pipeline.cuh).
+ * A consumer runs the key loop of sm90_fwd_mainloop.cuh, then store_tile. Loads and consumers
+ * walk the persistent tile order of sm90_scheduler.cuh and the same key blocks per tile, so
+ * they never exchange indices: each reads the tile's entry (lengths, row origins:
+ * common/seqlen.h) at the tile's start and derives the mask, the key-block range and the TMA
+ * coordinates from it alone.
  * Device-only; instantiated by fwd_sm90.cu.
  */
 #ifndef FA_SM90_FWD_KERNEL_CUH
@@ -66,6 +71,35 @@ __device__ __forceinline__ void producer(const KernelParams &prm, uint32_t smem)
         q_phase ^= 1u;
         for (int n = range.n_max - 2; n >= first_block<Cfg::kMask>(range); --n)
             producer_load_kv<Cfg>(prm, smem, kv, kv_tma_row(sched.seq, e, tc.batch, n * Cfg::kBlockN), tc.head_kv);
+    }
+}
+
+// Three consumers: the loads of this CTA's first tile at or after `tile` with rows, issued
+// before its key loop by the calling warpgroup's thread 0 -- its own 64 Q rows (nothing reads
+// them any more: the warpgroup has met after its last Q K^T), and for consumer 0 the tile's
+// first kStages key blocks from ring position kv, each once every consumer warp has released
+// its slot. The tile's later blocks are refilled from the key loop (sm90_pipeline.cuh), which
+// finds the tile in the warpgroup's TileOfConsumer, written here.
+template <class Cfg>
+__device__ __forceinline__ void load_tile_start(const KernelParams &prm, uint32_t smem, int tile, RingPos kv,
+                                                int consumer_idx) {
+    const SchedulerArgs &sched = prm.sched;
+    for (; tile < sched.num_iters; tile += gridDim.x) {
+        const TileCoord tc = decode_tile(sched, tile);
+        const fa_seqlen e = fa_seqlen_at(&sched.seq, tc.batch);
+        if (tc.m_block < 0 || tc.m_block * Cfg::kBlockM >= e.len_q) continue;
+        const uint32_t tile_of = tile_of_consumer_addr<Cfg>(smem, consumer_idx);
+        st_shared_u32(tile_of, (uint32_t)tc.batch);
+        st_shared_u32(tile_of + 4, (uint32_t)tc.head_kv);
+        load_q_rows<Cfg>(prm, smem, consumer_idx, q_tma_row(sched.seq, e, tc.batch, tc.m_block * Cfg::kBlockM),
+                         tc.head_q);
+        if (consumer_idx != 0) return;
+        const fa_block_range range =
+            rows_block_range<Cfg>(sequence_mask<Cfg>(prm, e), tc.m_block * Cfg::kBlockM, Cfg::kBlockM);
+        const int n_end = max(first_block<Cfg::kMask>(range), range.n_max - Cfg::kStages);
+        for (int n = range.n_max - 1; n >= n_end; --n)
+            producer_load_kv<Cfg>(prm, smem, kv, kv_tma_row(sched.seq, e, tc.batch, n * Cfg::kBlockN), tc.head_kv);
+        return;
     }
 }
 
@@ -200,6 +234,11 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
     ring.k = RingPos{0, 0u};
     ring.v = RingPos{0, 0u};
     ring.lane = lane;
+    ring.prm = &prm;
+    if constexpr (!Cfg::kProducerWarpgroup) {
+        if (tid_in_wg == 0) load_tile_start<Cfg>(prm, smem, blockIdx.x, ring.v, consumer_idx);
+        bar_sync(kBarEpilogueBase + consumer_idx, 128);  // the warpgroup's TileOfConsumer is written
+    }
 
     float o[Cfg::kHeadDim / 2];
     uint32_t q_phase = 0;
@@ -221,6 +260,8 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
         const int row0 = wg_row0 + warp_in_wg * 16 + (lane >> 2);          // this thread's first row
         // The producer loads the tile's key blocks; this warpgroup's rows may see fewer of them.
         const fa_block_range wg_range = warpgroup_range<Cfg>(mask, range, wg_row0);
+        if constexpr (!Cfg::kProducerWarpgroup)
+            ring.refill = TileRefill{range.n_max - 1 - Cfg::kStages, first_block<Cfg::kMask>(range)};
         if (Cfg::kOInV && o_store_pending && range.n_max > wg_range.n_max) {
             release_o_in_v<Cfg>(bars, store_thread);  // the loop below waits for V blocks
             o_store_pending = false;
@@ -239,6 +280,10 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
         q_phase ^= 1u;
         attend_tile<Cfg>(prm, ring, e, mask, wg_range, q_rows, consumer_idx, row0, store_thread, o_store_pending, o,
                          m, l);
+        if constexpr (!Cfg::kProducerWarpgroup) {
+            bar_sync(kBarEpilogueBase + consumer_idx, 128);  // every warp's last Q K^T has retired
+            if (tid_in_wg == 0) load_tile_start<Cfg>(prm, smem, tile + gridDim.x, ring.v, consumer_idx);
+        }
 
         float inv_l[2], lse[2];
         softmax_finalize(m, l, prm.score, fa_sink(prm.sinks, tc.head_q), inv_l, lse);
@@ -264,29 +309,34 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_kernel(const __gr
 
     if (threadIdx.x == 0) {
 #pragma unroll
-        for (int wg = 0; wg < FA_NUM_CONSUMER_WARPGROUPS; ++wg) {
+        for (int wg = 0; wg < Cfg::kConsumers; ++wg) {
             mbarrier_init(bars + 8 * (Cfg::kBarQFull + wg), 1);
             mbarrier_init(bars + 8 * (Cfg::kBarQEmpty + wg), Cfg::kQReleaseArrivals);
         }
 #pragma unroll
         for (int st = 0; st < Cfg::kStages; ++st) {
             mbarrier_init(bars + 8 * (Cfg::kBarKFull + st), 1);
-            mbarrier_init(bars + 8 * (Cfg::kBarKEmpty + st), kSlotReleaseArrivals);
+            mbarrier_init(bars + 8 * (Cfg::kBarKEmpty + st), Cfg::kSlotReleaseArrivals);
             mbarrier_init(bars + 8 * (Cfg::kBarVFull + st), 1);
-            mbarrier_init(bars + 8 * (Cfg::kBarVEmpty + st), kSlotReleaseArrivals);
+            mbarrier_init(bars + 8 * (Cfg::kBarVEmpty + st), Cfg::kSlotReleaseArrivals);
+            if constexpr (!Cfg::kProducerWarpgroup) st_shared_u32(smem + Cfg::kOffReleaseCount + 4 * st, 0u);
         }
         if constexpr (Cfg::kOInV) mbarrier_init(bars + 8 * Cfg::kBarOFree, FA_NUM_CONSUMER_WARPGROUPS);
         fence_mbarrier_init();
     }
     __syncthreads();
 
-    if (warpgroup == 0) {
-        setmaxnreg_dec<FA_SM90_PRODUCER_REGS>();
-        if (warp == 0 && lane == 0) producer<Cfg>(prm, smem);
-        return;
+    if constexpr (Cfg::kProducerWarpgroup) {
+        if (warpgroup == 0) {
+            setmaxnreg_dec<FA_SM90_PRODUCER_REGS>();
+            if (warp == 0 && lane == 0) producer<Cfg>(prm, smem);
+            return;
+        }
+        setmaxnreg_inc<FA_SM90_CONSUMER_REGS>();
+        consumer<Cfg>(prm, smem, warpgroup - 1, warp % FA_WARPS_PER_WARPGROUP, lane);
+    } else {
+        consumer<Cfg>(prm, smem, warpgroup, warp % FA_WARPS_PER_WARPGROUP, lane);
     }
-    setmaxnreg_inc<FA_SM90_CONSUMER_REGS>();
-    consumer<Cfg>(prm, smem, warpgroup - 1, warp % FA_WARPS_PER_WARPGROUP, lane);
 #endif
 }
 

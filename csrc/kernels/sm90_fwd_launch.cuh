@@ -37,8 +37,9 @@ constexpr bool built_for_sm90() {
 }
 
 // Calls f(Config<...>{}) for the instance of head dim kHd that serves p (mask kind, short
-// keys, softcap, dtype); false when sm90_instances.def has none.
-template <int kHd, class F>
+// keys, softcap, dtype); false when sm90_instances.def has none. The library's instances have
+// FA_NUM_CONSUMER_WARPGROUPS consumers; dev/fwd_sm90_consumers.cu instantiates three.
+template <int kHd, int kConsumers = FA_NUM_CONSUMER_WARPGROUPS, class F>
 bool dispatch_head_dim(const fa_params *p, F &&f) {
     const int mask = fa_params_mask_kind(p);
     const bool short_keys = fa_sm90_short_keys(p, kHd, mask != FA_MASK_NONE) != 0;
@@ -49,10 +50,10 @@ bool dispatch_head_dim(const fa_params *p, F &&f) {
     if constexpr (HD == kHd) {                                                             \
         if (mask == MASK && short_keys == (SHORT != 0)) {                                  \
             constexpr int kBlockN = FA_SM90_BLOCK_N(HD, MASK != FA_MASK_NONE, SHORT);      \
-            if (softcap && bf16) f(Config<HD, kBlockN, MASK, true, true>{});               \
-            if (softcap && !bf16) f(Config<HD, kBlockN, MASK, true, false>{});             \
-            if (!softcap && bf16) f(Config<HD, kBlockN, MASK, false, true>{});             \
-            if (!softcap && !bf16) f(Config<HD, kBlockN, MASK, false, false>{});           \
+            if (softcap && bf16) f(Config<HD, kBlockN, MASK, true, true, kConsumers>{});   \
+            if (softcap && !bf16) f(Config<HD, kBlockN, MASK, true, false, kConsumers>{}); \
+            if (!softcap && bf16) f(Config<HD, kBlockN, MASK, false, true, kConsumers>{}); \
+            if (!softcap && !bf16) f(Config<HD, kBlockN, MASK, false, false, kConsumers>{}); \
             return true;                                                                   \
         }                                                                                  \
     }
@@ -135,20 +136,21 @@ bool make_kernel_params(const fa_params *p, const fa_launch *cfg, fa_sm90_host::
     return true;
 }
 
-template <int kHd>
+template <int kHd, int kConsumers = FA_NUM_CONSUMER_WARPGROUPS>
 const void *instance_kernel_fn(const fa_params *p) {
     const void *fn = nullptr;
     if (built_for_sm90())
-        dispatch_head_dim<kHd>(p, [&](auto cfg) { fn = reinterpret_cast<const void *>(&fwd_kernel<decltype(cfg)>); });
+        dispatch_head_dim<kHd, kConsumers>(
+            p, [&](auto cfg) { fn = reinterpret_cast<const void *>(&fwd_kernel<decltype(cfg)>); });
     return fn;
 }
 
-template <int kHd>
+template <int kHd, int kConsumers = FA_NUM_CONSUMER_WARPGROUPS>
 cudaError_t instance_launch(const fa_params *p, const fa_launch *cfg, cudaStream_t stream) {
     fa_sm90_host::EncodeTiledFn encode = fa_sm90_host::encode_tiled_fn();
     if (!built_for_sm90() || encode == nullptr) return cudaErrorInvalidValue;
     cudaError_t status = cudaErrorInvalidValue;
-    dispatch_head_dim<kHd>(p, [&](auto cfg_tag) {
+    dispatch_head_dim<kHd, kConsumers>(p, [&](auto cfg_tag) {
         using Cfg = decltype(cfg_tag);
         // The launch config must describe this instance (launch.c and sm90_tiles.h agree).
         if (cfg->block_n != Cfg::kBlockN || cfg->block_m != Cfg::kBlockM || cfg->head_dim_padded != Cfg::kHeadDim ||

@@ -79,10 +79,10 @@ __device__ __forceinline__ void score_mod(float (&s)[Cfg::kBlockN / 2], int n, c
 // The warpgroup's Q rows are no longer read: where O is staged elsewhere (a buffer of its own
 // or the V ring), each warp frees them after the wait that retired its last Q K^T, so the
 // producer loads the next tile's rows while this tile finishes. Branch-free: it sits inside
-// the key loop.
+// the key loop. Three consumers load their own rows after the loop (load_tile_start).
 template <class Cfg>
 __device__ __forceinline__ void release_q_after_last_qk(uint32_t bars, int consumer, int lane, bool last) {
-    if constexpr (Cfg::kQFreeAfterLastQk)
+    if constexpr (Cfg::kQFreeAfterLastQk && Cfg::kProducerWarpgroup)
         mbarrier_arrive_if(bars + 8 * (Cfg::kBarQEmpty + consumer), last && lane == 0);
 }
 

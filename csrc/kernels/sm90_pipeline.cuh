@@ -1,13 +1,21 @@
 /*
- * sm90_pipeline.cuh -- the K/V ring between the producer and the consumer warpgroups.
+ * sm90_pipeline.cuh -- the K/V ring between the loads and the consumer warpgroups.
  *
  * A ring of Cfg::kStages slots per tensor (K and V), each with a full mbarrier (the TMA load
  * landed: one arrival with the byte count) and an empty one (every consumer warp is done with
- * the slot: kSlotReleaseArrivals). Producer and consumers walk the same slot sequence, each
- * with its own RingPos; the phase parity flips whenever the slot index wraps. Boxes are placed
- * by TMA (row, batch) coordinates of the sequence layout (sm90_scheduler.cuh). The loads take
- * any Cfg with the forward's layout names (kOffK, kOffV, kBarKFull, ...), so another op's
- * kernel reuses them with its own layout.
+ * the slot: kSlotReleaseArrivals). Loads and consumers walk the same slot sequence, each with
+ * its own RingPos; the phase parity flips whenever the slot index wraps. Boxes are placed by
+ * TMA (row, batch) coordinates of the sequence layout (sm90_scheduler.cuh). The loads take any
+ * Cfg with the forward's layout names (kOffK, kOffV, kBarKFull, ...), so another op's kernel
+ * reuses them with its own layout.
+ * Who loads:
+ *   two consumers: the producer thread, every block, after waiting for its slot's empty barrier;
+ *   three consumers: consumer threads. A tile's first kStages blocks are issued one tile ahead
+ *     by consumer 0's thread 0 (load_tile_start, after the empty waits); block i + kStages of
+ *     a tile goes into block i's slot, issued by the warp that releases block i's V last:
+ *     every consumer warp adds 1 to the slot's release count (atom.acq_rel), and the one that
+ *     completes a multiple of kSlotReleaseArrivals loads (ConsumerRing::release_v). Every warp
+ *     releases K before V, so K's slot is free then too. Nothing in the key loop waits to load.
  * Device-only.
  */
 #ifndef FA_SM90_PIPELINE_CUH
@@ -30,22 +38,46 @@ struct RingPos {
     }
 };
 
-// Loads the key block whose first key is at `at` (kv_tma_row) of K (kv_index 0) or V (1) into
-// the ring slot at pos.
+// The barriers, destination and map of a load of K (kv_index 0) or V (1) into ring slot `slot`.
+struct BlockLoad {
+    uint32_t full, empty, dst;
+    const CUtensorMap *tmap;
+};
+
+template <class Cfg>
+__device__ __forceinline__ BlockLoad block_load(const KernelParams &prm, uint32_t smem, int slot, int kv_index) {
+    BlockLoad b;
+    const uint32_t bars = smem + Cfg::kOffBar;
+    b.full = bars + 8 * ((kv_index ? Cfg::kBarVFull : Cfg::kBarKFull) + slot);
+    b.empty = bars + 8 * ((kv_index ? Cfg::kBarVEmpty : Cfg::kBarKEmpty) + slot);
+    b.dst = smem + (kv_index ? Cfg::kOffV : Cfg::kOffK) + slot * Cfg::kKVSlotBytes;
+    b.tmap = kv_index ? &prm.tmap_v : &prm.tmap_k;
+    return b;
+}
+
+// Loads the key block whose first key is at `at` (kv_tma_row) as b says.
+template <class Cfg>
+__device__ __forceinline__ void issue_block_load(const BlockLoad &b, TmaRow at, int head_kv) {
+    mbarrier_arrive_expect_tx(b.full, Cfg::kKVSlotBytes);
+#pragma unroll
+    for (int c = 0; c < Cfg::kChunks; ++c)
+        cp_async_bulk_tensor_4d_g2s(b.dst + c * Cfg::kKVChunkBytes, b.tmap, b.full, 64 * c, at.row, head_kv, at.batch);
+}
+
+// Into ring slot `slot`, which no consumer reads any more.
+template <class Cfg>
+__device__ __forceinline__ void load_block(const KernelParams &prm, uint32_t smem, int slot, TmaRow at, int head_kv,
+                                           int kv_index) {
+    issue_block_load<Cfg>(block_load<Cfg>(prm, smem, slot, kv_index), at, head_kv);
+}
+
+// Into the ring slot at pos, once every consumer warp has released it.
 template <class Cfg>
 __device__ __forceinline__ void producer_load_block(const KernelParams &prm, uint32_t smem, const RingPos &pos,
                                                     TmaRow at, int head_kv, int kv_index) {
-    const uint32_t bars = smem + Cfg::kOffBar;
-    const uint32_t full = bars + 8 * ((kv_index ? Cfg::kBarVFull : Cfg::kBarKFull) + pos.slot);
-    const uint32_t empty = bars + 8 * ((kv_index ? Cfg::kBarVEmpty : Cfg::kBarKEmpty) + pos.slot);
-    const uint32_t dst = smem + (kv_index ? Cfg::kOffV : Cfg::kOffK) + pos.slot * Cfg::kKVSlotBytes;
-    const CUtensorMap *tmap = kv_index ? &prm.tmap_v : &prm.tmap_k;
-
-    mbarrier_wait(empty, pos.phase ^ 1u);
-    mbarrier_arrive_expect_tx(full, Cfg::kKVSlotBytes);
-#pragma unroll
-    for (int c = 0; c < Cfg::kChunks; ++c)
-        cp_async_bulk_tensor_4d_g2s(dst + c * Cfg::kKVChunkBytes, tmap, full, 64 * c, at.row, head_kv, at.batch);
+    const BlockLoad b = block_load<Cfg>(prm, smem, pos.slot, kv_index);
+    mbarrier_wait(b.empty, pos.phase ^ 1u);
+    issue_block_load<Cfg>(b, at, head_kv);
 }
 
 template <class Cfg>
@@ -56,23 +88,47 @@ __device__ __forceinline__ void producer_load_kv(const KernelParams &prm, uint32
     pos.advance(Cfg::kStages);
 }
 
-// The tile's 128 Q rows from `at` (q_tma_row of its first row), one 64-row half per consumer
-// warpgroup. Rows past the tensor read as zeros; rows past a packed entry are the next
-// entry's, computed on and never stored (store_tile).
+// Consumer wg's 64 Q rows of the tile whose first row is at `at` (q_tma_row), once nothing
+// reads the rows there. Rows past the tensor read as zeros; rows past a packed entry are the
+// next entry's, computed on and never stored (store_tile).
+template <class Cfg>
+__device__ __forceinline__ void load_q_rows(const KernelParams &prm, uint32_t smem, int wg, TmaRow at, int head_q) {
+    const uint32_t q_full = smem + Cfg::kOffBar + 8 * (Cfg::kBarQFull + wg);
+    mbarrier_arrive_expect_tx(q_full, Cfg::kQBytes / Cfg::kConsumers);
+#pragma unroll
+    for (int c = 0; c < Cfg::kChunks; ++c)
+        cp_async_bulk_tensor_4d_g2s(smem + Cfg::kOffQ + c * Cfg::kQChunkBytes + wg * Cfg::kWgRowsBytes, &prm.tmap_q,
+                                    q_full, 64 * c, at.row + 64 * wg, head_q, at.batch);
+}
+
+// The tile's Q rows, each consumer warpgroup's once it has freed them.
 template <class Cfg>
 __device__ __forceinline__ void producer_load_q(const KernelParams &prm, uint32_t smem, uint32_t q_phase,
                                                 TmaRow at, int head_q) {
-    const uint32_t bars = smem + Cfg::kOffBar;
 #pragma unroll
-    for (int wg = 0; wg < FA_NUM_CONSUMER_WARPGROUPS; ++wg) {
-        const uint32_t q_full = bars + 8 * (Cfg::kBarQFull + wg);
-        mbarrier_wait(bars + 8 * (Cfg::kBarQEmpty + wg), q_phase ^ 1u);
-        mbarrier_arrive_expect_tx(q_full, Cfg::kQBytes / 2);
-#pragma unroll
-        for (int c = 0; c < Cfg::kChunks; ++c)
-            cp_async_bulk_tensor_4d_g2s(smem + Cfg::kOffQ + c * Cfg::kQChunkBytes + wg * Cfg::kWgRowsBytes,
-                                        &prm.tmap_q, q_full, 64 * c, at.row + 64 * wg, head_q, at.batch);
+    for (int wg = 0; wg < Cfg::kConsumers; ++wg) {
+        mbarrier_wait(smem + Cfg::kOffBar + 8 * (Cfg::kBarQEmpty + wg), q_phase ^ 1u);
+        load_q_rows<Cfg>(prm, smem, wg, at, head_q);
     }
+}
+
+// Three consumers: the blocks of the current tile that a V release refills (see above). The
+// tile's batch entry and kv head wait in shared memory (TileOfConsumer), not in registers.
+struct TileRefill {
+    int next;  // the block that the next V release of the tile loads, counting down
+    int last;  // the tile's last block (0 but under a window); none past it
+};
+
+// Three consumers: the tile a consumer warpgroup is on, for the refills its warps issue.
+// Written by its thread 0 for its next tile once all its warps have released the current
+// tile's blocks, read after the warpgroup's next named barrier.
+struct TileOfConsumer {
+    int batch, head_kv;
+};
+
+template <class Cfg>
+__device__ __forceinline__ uint32_t tile_of_consumer_addr(uint32_t smem, int consumer) {
+    return smem + Cfg::kOffTileOfConsumer + consumer * (uint32_t)sizeof(TileOfConsumer);
 }
 
 template <class Cfg>
@@ -81,6 +137,8 @@ struct ConsumerRing {
     uint32_t k_base, v_base;
     RingPos k, v;
     int lane;
+    const KernelParams *prm;  // three consumers: the refills' tensor maps and layout
+    TileRefill refill;
 
     __device__ __forceinline__ uint32_t wait_k() {
         mbarrier_wait(bars + 8 * (Cfg::kBarKFull + k.slot), k.phase);
@@ -97,7 +155,26 @@ struct ConsumerRing {
     }
     __device__ __forceinline__ void release_v() {
         if (lane == 0) mbarrier_arrive(bars + 8 * (Cfg::kBarVEmpty + v.slot));
+        if constexpr (!Cfg::kProducerWarpgroup) {
+            if (lane == 0 && refill.next >= refill.last) {
+                const uint32_t count = bars - Cfg::kOffBar + Cfg::kOffReleaseCount + 4 * v.slot;
+                if (atom_add_acq_rel_shared(count, 1) % Cfg::kSlotReleaseArrivals == Cfg::kSlotReleaseArrivals - 1)
+                    refill_slot(v.slot, refill.next);
+            }
+            --refill.next;
+        }
         v.advance(Cfg::kStages);
+    }
+    // K and V of block n of this warp's current tile into `slot`: rare (once per block and
+    // CTA), so the tile and its entry are read again here, not kept through the key loop.
+    __device__ __forceinline__ void refill_slot(int slot, int n) {
+        const uint32_t smem = bars - Cfg::kOffBar;
+        const uint32_t tile = tile_of_consumer_addr<Cfg>(smem, threadIdx.x / 128);
+        const int batch = (int)ld_shared_u32(tile), head_kv = (int)ld_shared_u32(tile + 4);
+        const fa_seqlen e = fa_seqlen_at(&prm->sched.seq, batch);
+        const TmaRow at = kv_tma_row(prm->sched.seq, e, batch, n * Cfg::kBlockN);
+        load_block<Cfg>(*prm, smem, slot, at, head_kv, 0);
+        load_block<Cfg>(*prm, smem, slot, at, head_kv, 1);
     }
 };
 

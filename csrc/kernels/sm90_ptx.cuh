@@ -1,6 +1,7 @@
 /*
  * sm90_ptx.cuh -- thin inline-PTX wrappers for the sm90 attention kernel, one per instruction,
- * each named after the PTX it emits: mbarriers, TMA (cp.async.bulk.tensor), proxy fences,
+ * each named after the PTX it emits: mbarriers, a shared-memory atomic add, TMA
+ * (cp.async.bulk.tensor), proxy fences,
  * 16-byte shared loads and stores, named barriers, setmaxnreg, stmatrix, the wgmma
  * fence/commit/wait, the wgmma shared-memory matrix descriptor, and the TMA reduction the
  * backward adds dQ with.
@@ -47,6 +48,15 @@ FA_DEV void mbarrier_arrive_if(uint32_t bar, bool pred) {
         "}\n" ::"r"(bar),
         "r"((uint32_t)pred)
         : "memory");
+}
+
+// The word's value before the addition. acq_rel: the caller's earlier reads of shared memory
+// (retired wgmma operands included) happen before it, and its later writes (a TMA load into the
+// slot the word counts) after every earlier addition.
+FA_DEV uint32_t atom_add_acq_rel_shared(uint32_t addr, uint32_t v) {
+    uint32_t old;
+    asm volatile("atom.acq_rel.cta.shared::cta.add.u32 %0, [%1], %2;\n" : "=r"(old) : "r"(addr), "r"(v) : "memory");
+    return old;
 }
 
 FA_DEV void mbarrier_arrive_expect_tx(uint32_t bar, uint32_t tx_bytes) {
@@ -146,6 +156,16 @@ FA_DEV uint4 ld_shared_v4(uint32_t addr) {
                  : "r"(addr)
                  : "memory");
     return v;
+}
+
+FA_DEV uint32_t ld_shared_u32(uint32_t addr) {
+    uint32_t v;
+    asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
+    return v;
+}
+
+FA_DEV void st_shared_u32(uint32_t addr, uint32_t v) {
+    asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
 }
 
 FA_DEV void st_shared_f32(uint32_t addr, float v) {

@@ -1,0 +1,402 @@
+/*
+ * fwd_sm90_consumers.cu -- the sm90 forward at head_dim 64 on its two shapes of 384 threads
+ * (sm90_tiles.h): the library's two consumer warpgroups beside a producer (128-row tiles), and
+ * three consumer warpgroups whose threads issue the loads (192-row tiles). Checks both
+ * against a float reference on dense inputs, then times them against each other.
+ *
+ * Build on an H100/H200 (any sm_90 GPU), from the repository root; both shapes are
+ * instantiated here from the kernel headers, nothing else of the project is linked:
+ *   nvcc -O3 -std=c++17 --use_fast_math -gencode arch=compute_90a,code=sm_90a -I csrc \
+ *     dev/fwd_sm90_consumers.cu -o fwd_sm90_consumers
+ *   ./fwd_sm90_consumers           check: every case on both shapes; exit status 1 on a failure
+ *   ./fwd_sm90_consumers --bench [REPEATS]
+ *                                  the check, then the fa suite's head_dim 64 shapes (batch x
+ *                                  seqlen = 16384, 32 heads, seqlen 512 .. 16384; full and
+ *                                  causal; bfloat16 and float16): each shape's output is first
+ *                                  compared with the other's, then both are timed in turn,
+ *                                  REPEATS (default 7) rounds of [2, 3] with CUDA events around
+ *                                  enough calls for ~2 ms; the median per shape is printed as
+ *                                  TFLOP/s (4 B H S^2 D, half that causal) with three / two.
+ * dev/fwd_sm90_seq_check.cu --consumers 3 runs the three-consumer shape on the packed, cache and
+ * paged layouts.
+ *
+ * Cases (check): GQA 8:2, random normal(0, 1) inputs rounded to the dtype, out with a padded
+ * head stride; lengths that end inside, at and past a 192-row tile and a 128-key block, cross
+ * lengths, a row with no key (window), head_dim 40 (run as 64 with zero padding), softcap and
+ * windows. Pass rule as in fwd_sm90_seq_check.cu: out within 2e-2 (bfloat16) or 1e-2
+ * (float16) of the reference, relative to its largest value; lse within 1e-2; rows that see no
+ * key exactly 0 with lse -inf.
+ */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/mask.h"
+#include "flashattn.h"
+#include "kernels/sm90_fwd_launch.cuh"
+#include "kernels/sm90_tiles.h"
+#include "dev_check.h"
+
+namespace {
+
+struct Shape {
+    int batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim;
+    bool bf16;
+    int causal, wl, wr;
+    float softcap;
+};
+
+std::string describe(const Shape &s)
+{
+    char buf[160];
+    snprintf(buf, sizeof buf, "%s B%d S%d/%d H%d/%d D%d%s", s.bf16 ? "bf16" : "fp16", s.batch, s.seqlen_q,
+             s.seqlen_k, s.heads_q, s.heads_kv, s.head_dim, s.causal ? " causal" : "");
+    std::string d = buf;
+    if (s.wl >= 0 || s.wr >= 0)
+        d += " window(" + std::to_string(s.wl) + "," + std::to_string(s.wr) + ")";
+    if (s.softcap > 0.f)
+        d += " softcap";
+    return d;
+}
+
+/* Device tensors of one shape: q, k, v dense (batch, seq, heads, head_dim); out with 8 padding
+   columns per head. */
+struct Problem {
+    Shape s;
+    std::vector<uint16_t> q, k, v;   /* as uploaded */
+    std::vector<float> qf, kf, vf;   /* the same values in float, for the reference */
+    void *dq = nullptr, *dk = nullptr, *dv = nullptr, *dout = nullptr;
+    float *dlse = nullptr;
+    size_t out_elems = 0, lse_elems = 0;
+    fa_params p;
+
+    int out_head_stride() const { return s.head_dim + 8; }
+
+    void init(const Shape &shape, uint64_t seed)
+    {
+        s = shape;
+        std::mt19937_64 rng(seed);
+        std::normal_distribution<float> nd(0.f, 1.f);
+        auto gen = [&](std::vector<uint16_t> &x, std::vector<float> &xf, size_t n) {
+            x.resize(n);
+            xf.resize(n);
+            for (size_t i = 0; i < n; ++i) {
+                x[i] = to_bits(nd(rng), s.bf16);
+                xf[i] = from_bits(x[i], s.bf16);
+            }
+        };
+        const size_t D = s.head_dim;
+        gen(q, qf, (size_t)s.batch * s.seqlen_q * s.heads_q * D);
+        gen(k, kf, (size_t)s.batch * s.seqlen_k * s.heads_kv * D);
+        gen(v, vf, (size_t)s.batch * s.seqlen_k * s.heads_kv * D);
+        out_elems = (size_t)s.batch * s.seqlen_q * s.heads_q * out_head_stride();
+        lse_elems = (size_t)s.batch * s.heads_q * s.seqlen_q;
+        auto upload = [](const std::vector<uint16_t> &h, void **d) {
+            CK(cudaMalloc(d, std::max<size_t>(h.size() * 2, 16)));
+            if (!h.empty())
+                CK(cudaMemcpy(*d, h.data(), h.size() * 2, cudaMemcpyHostToDevice));
+        };
+        upload(q, &dq);
+        upload(k, &dk);
+        upload(v, &dv);
+        CK(cudaMalloc(&dout, std::max<size_t>(out_elems * 2, 16)));
+        CK(cudaMalloc(&dlse, std::max<size_t>(lse_elems * 4, 16)));
+
+        memset(&p, 0, sizeof p);
+        p.struct_size = sizeof p;
+        p.q = dq;
+        p.k = dk;
+        p.v = dv;
+        p.out = dout;
+        p.lse = dlse;
+        p.batch = s.batch;
+        p.seqlen_q = s.seqlen_q;
+        p.seqlen_k = s.seqlen_k;
+        p.heads_q = s.heads_q;
+        p.heads_kv = s.heads_kv;
+        p.head_dim = s.head_dim;
+        p.dtype = s.bf16 ? FA_BFLOAT16 : FA_FLOAT16;
+        p.softmax_scale = 1.0f / sqrtf((float)s.head_dim);
+        p.causal = s.causal;
+        p.window_left = s.wl;
+        p.window_right = s.wr;
+        p.softcap = s.softcap;
+        p.family = FA_KERNEL_SM90;
+        p.q_row_stride = (int64_t)s.heads_q * D;
+        p.q_head_stride = D;
+        p.q_batch_stride = (int64_t)s.seqlen_q * p.q_row_stride;
+        p.k_row_stride = p.v_row_stride = (int64_t)s.heads_kv * D;
+        p.k_head_stride = p.v_head_stride = D;
+        p.k_batch_stride = p.v_batch_stride = (int64_t)s.seqlen_k * p.k_row_stride;
+        p.o_head_stride = out_head_stride();
+        p.o_row_stride = (int64_t)s.heads_q * p.o_head_stride;
+        p.o_batch_stride = (int64_t)s.seqlen_q * p.o_row_stride;
+    }
+
+    void release()
+    {
+        cudaFree(dq);
+        cudaFree(dk);
+        cudaFree(dv);
+        cudaFree(dout);
+        cudaFree(dlse);
+    }
+};
+
+/* One launch on `consumers` consumer warpgroups; false (with a message) when it cannot. */
+bool launch(const Problem &pr, int consumers, int sm_count, cudaStream_t stream)
+{
+    fa_tile t;
+    if (fa_sm90_tile_of_shape(&pr.p, consumers, &t) != 0) {
+        printf("no tile for %d consumers\n", consumers);
+        return false;
+    }
+    const void *fn = consumers == 3 ? fa_sm90::instance_kernel_fn<64, 3>(&pr.p)
+                                    : fa_sm90::instance_kernel_fn<64, FA_NUM_CONSUMER_WARPGROUPS>(&pr.p);
+    if (fn == nullptr) {
+        printf("no kernel for %d consumers\n", consumers);
+        return false;
+    }
+    CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)t.smem_bytes));
+    const fa_launch cfg = persistent_launch(pr.p, t, sm_count);
+    const cudaError_t e = consumers == 3 ? fa_sm90::instance_launch<64, 3>(&pr.p, &cfg, stream)
+                                         : fa_sm90::instance_launch<64, FA_NUM_CONSUMER_WARPGROUPS>(&pr.p, &cfg, stream);
+    if (e != cudaSuccess) {
+        printf("launch (%d consumers): %s\n", consumers, cudaGetErrorString(e));
+        return false;
+    }
+    return true;
+}
+
+/* out and lse of (batch b, q head h) in float, mask.h's rule, from the rounded inputs. */
+void reference_head(const Problem &pr, int b, int h, std::vector<float> &out, std::vector<float> &lse)
+{
+    const Shape &s = pr.s;
+    const int D = s.head_dim, hk = h / (s.heads_q / s.heads_kv);
+    const fa_mask mask = fa_mask_make(s.seqlen_q, s.seqlen_k, s.wl, s.wr, s.causal);
+    const size_t kv_row = (size_t)s.heads_kv * D;
+    const float *k = &pr.kf[(size_t)b * s.seqlen_k * kv_row + (size_t)hk * D];
+    const float *v = &pr.vf[(size_t)b * s.seqlen_k * kv_row + (size_t)hk * D];
+    std::vector<float> logit(std::max(s.seqlen_k, 1));
+    for (int i = 0; i < s.seqlen_q; ++i) {
+        const fa_key_span span = fa_mask_row(&mask, i);
+        lse[i] = reference_row(&pr.qf[(((size_t)b * s.seqlen_q + i) * s.heads_q + h) * D], k, v, kv_row, D, span.lo,
+                               span.hi, pr.p.softmax_scale, s.softcap, logit.data(), &out[(size_t)i * D]);
+    }
+}
+
+struct Result {
+    std::vector<uint16_t> out;
+    std::vector<float> lse;
+};
+
+Result fetch(const Problem &pr)
+{
+    Result r;
+    r.out.resize(pr.out_elems);
+    r.lse.resize(pr.lse_elems);
+    CK(cudaDeviceSynchronize());
+    if (pr.out_elems)
+        CK(cudaMemcpy(r.out.data(), pr.dout, pr.out_elems * 2, cudaMemcpyDeviceToHost));
+    if (pr.lse_elems)
+        CK(cudaMemcpy(r.lse.data(), pr.dlse, pr.lse_elems * 4, cudaMemcpyDeviceToHost));
+    return r;
+}
+
+/* Checks one shape on both shapes of the kernel against the reference; prints a line per shape. */
+bool check(const Shape &shape, int sm_count)
+{
+    Problem pr;
+    pr.init(shape, std::hash<std::string>()(describe(shape)));
+    const Shape &s = pr.s;
+    const int D = s.head_dim;
+    std::vector<std::vector<float>> ref_out(s.batch * s.heads_q), ref_lse(s.batch * s.heads_q);
+    {
+        std::vector<std::thread> pool;
+        const int tasks = s.batch * s.heads_q;
+        const int workers = std::max(1u, std::min(std::thread::hardware_concurrency(), (unsigned)tasks));
+        for (int w = 0; w < workers; ++w)
+            pool.emplace_back([&, w] {
+                for (int t = w; t < tasks; t += workers) {
+                    ref_out[t].assign((size_t)s.seqlen_q * D, 0.f);
+                    ref_lse[t].assign(s.seqlen_q, -INFINITY);
+                    reference_head(pr, t / s.heads_q, t % s.heads_q, ref_out[t], ref_lse[t]);
+                }
+            });
+        for (auto &th : pool)
+            th.join();
+    }
+    bool all_ok = true;
+    for (int consumers : {FA_NUM_CONSUMER_WARPGROUPS, 3}) {
+        CK(cudaMemset(pr.dout, 0xff, pr.out_elems * 2)); /* NaN everywhere a row is not written */
+        if (!launch(pr, consumers, sm_count, 0)) {
+            all_ok = false;
+            continue;
+        }
+        const Result r = fetch(pr);
+        double max_ref = 0, max_err = 0, max_lse = 0;
+        bool finite = true, empty_ok = true;
+        for (int b = 0; b < s.batch; ++b)
+            for (int h = 0; h < s.heads_q; ++h) {
+                const std::vector<float> &ro = ref_out[b * s.heads_q + h], &rl = ref_lse[b * s.heads_q + h];
+                for (int i = 0; i < s.seqlen_q; ++i) {
+                    const float lse = r.lse[((size_t)b * s.heads_q + h) * s.seqlen_q + i];
+                    const bool empty = rl[i] == -INFINITY;
+                    if (empty && lse != -INFINITY)
+                        empty_ok = false;
+                    if (!empty)
+                        max_lse = std::max(max_lse, std::isfinite(lse) ? (double)fabs(lse - rl[i]) : INFINITY);
+                    const uint16_t *o = &r.out[(((size_t)b * s.seqlen_q + i) * s.heads_q + h) * pr.out_head_stride()];
+                    for (int d = 0; d < D; ++d) {
+                        const float x = from_bits(o[d], s.bf16);
+                        finite = finite && std::isfinite(x);
+                        if (empty && x != 0.f)
+                            empty_ok = false;
+                        max_ref = std::max(max_ref, (double)fabs(ro[(size_t)i * D + d]));
+                        max_err = std::max(max_err, (double)fabs(x - ro[(size_t)i * D + d]));
+                    }
+                }
+            }
+        const double rel = max_ref > 0 ? max_err / max_ref : max_err;
+        const bool ok = finite && empty_ok && rel <= (s.bf16 ? 2e-2 : 1e-2) && max_lse <= 1e-2;
+        printf("%-56s %d consumers: %s (out %.2e rel, lse %.2e%s%s)\n", describe(s).c_str(), consumers,
+               ok ? "PASS" : "FAIL", rel, max_lse, finite ? "" : ", non-finite", empty_ok ? "" : ", empty rows");
+        all_ok = all_ok && ok;
+    }
+    pr.release();
+    return all_ok;
+}
+
+std::vector<Shape> check_shapes()
+{
+    std::vector<Shape> v;
+    int flip = 0;
+    auto add = [&](int b, int sq, int sk, int d, int causal, int wl = -1, int wr = -1, float softcap = 0.f) {
+        v.push_back(Shape{b, sq, sk, 8, 2, d, (flip++ % 2) == 0, causal, wl, wr, softcap});
+    };
+    for (int causal : {0, 1}) {
+        for (int len : {1, 17, 127, 128, 129, 191, 192, 193, 383, 384, 385, 1000})
+            add(2, len, len, 64, causal);
+        add(1, 113, 203, 64, causal);
+        add(1, 1, 239, 64, causal);
+        add(1, 239, 1, 64, causal);
+        add(1, 4224, 4224, 64, causal);
+        add(3, 700, 700, 40, causal);
+        add(1, 1000, 1000, 64, causal, -1, -1, 30.f);
+    }
+    add(2, 1000, 1000, 64, 0, 100, 0);   /* sliding window */
+    add(1, 600, 1000, 64, 0, 64, 32);
+    add(1, 300, 200, 64, 0, 0, 0);       /* rows past the keys see none */
+    add(1, 2000, 2000, 64, 1, 1024, 0);
+    return v;
+}
+
+/* The fa suite's head_dim 64 configs, timed on both shapes. */
+bool bench(int repeats, int sm_count)
+{
+    cudaStream_t stream;
+    CK(cudaStreamCreate(&stream));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    printf("\n%-40s %12s %12s %8s %10s\n", "config", "2 TFLOP/s", "3 TFLOP/s", "3 / 2", "max |3-2|");
+    std::vector<double> ratios;
+    bool ok = true;
+    for (int bf16 : {1, 0})
+        for (int causal : {0, 1})
+            for (int seqlen : {512, 1024, 2048, 4096, 8192, 16384}) {
+                const Shape s{16384 / seqlen, seqlen, seqlen, 32, 32, 64, bf16 != 0, causal, -1, -1, 0.f};
+                Problem pr;
+                pr.init(s, 1234 + seqlen);
+                /* correct first: both shapes agree before either is timed */
+                if (!launch(pr, FA_NUM_CONSUMER_WARPGROUPS, sm_count, stream)) return false;
+                const Result two = fetch(pr);
+                if (!launch(pr, 3, sm_count, stream)) return false;
+                const Result three = fetch(pr);
+                double diff = 0, peak = 0;
+                for (size_t i = 0; i < two.out.size(); ++i) {
+                    if ((int)(i % pr.out_head_stride()) >= s.head_dim) continue;
+                    const float a = from_bits(two.out[i], s.bf16), b = from_bits(three.out[i], s.bf16);
+                    diff = std::max(diff, (double)fabs(a - b));
+                    peak = std::max(peak, (double)fabs(a));
+                    if (!std::isfinite(a) || !std::isfinite(b)) diff = INFINITY;
+                }
+                if (!(diff <= (s.bf16 ? 2e-2 : 1e-2) * peak)) {
+                    printf("%-40s outputs differ by %.3e (largest %.3e): not timed\n", describe(s).c_str(), diff, peak);
+                    ok = false;
+                    pr.release();
+                    continue;
+                }
+                /* calls per timing: about 2 ms of work, from one warm call */
+                CK(cudaEventRecord(e0, stream));
+                launch(pr, FA_NUM_CONSUMER_WARPGROUPS, sm_count, stream);
+                CK(cudaEventRecord(e1, stream));
+                CK(cudaEventSynchronize(e1));
+                float one_ms = 0;
+                CK(cudaEventElapsedTime(&one_ms, e0, e1));
+                const int calls = std::max(3, (int)(2.0 / std::max(one_ms, 1e-3f)));
+                std::vector<double> t[2];
+                for (int r = 0; r < repeats; ++r)
+                    for (int which = 0; which < 2; ++which) {
+                        const int consumers = which ? 3 : FA_NUM_CONSUMER_WARPGROUPS;
+                        launch(pr, consumers, sm_count, stream); /* warm */
+                        CK(cudaEventRecord(e0, stream));
+                        for (int c = 0; c < calls; ++c)
+                            launch(pr, consumers, sm_count, stream);
+                        CK(cudaEventRecord(e1, stream));
+                        CK(cudaEventSynchronize(e1));
+                        float ms = 0;
+                        CK(cudaEventElapsedTime(&ms, e0, e1));
+                        t[which].push_back(ms / calls);
+                    }
+                const double flops = 4.0 * s.batch * s.heads_q * (double)seqlen * seqlen * s.head_dim * (causal ? 0.5 : 1.0);
+                double med[2];
+                for (int w = 0; w < 2; ++w) {
+                    std::sort(t[w].begin(), t[w].end());
+                    med[w] = t[w][t[w].size() / 2];
+                }
+                ratios.push_back(med[0] / med[1]);
+                printf("%-40s %12.1f %12.1f %8.3f %10.2e\n", describe(s).c_str(), flops / med[0] * 1e-9,
+                       flops / med[1] * 1e-9, med[0] / med[1], diff);
+                pr.release();
+            }
+    double log_sum = 0;
+    for (double r : ratios)
+        log_sum += log(r);
+    if (!ratios.empty())
+        printf("geomean three / two over %zu configs: %.4f\n", ratios.size(), exp(log_sum / ratios.size()));
+    CK(cudaStreamDestroy(stream));
+    return ok;
+}
+
+} /* namespace */
+
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, nullptr, _IOLBF, 0);
+    const int sm_count = device_sm_count(9);
+    const bool do_bench = argc > 1 && strcmp(argv[1], "--bench") == 0;
+    const int repeats = do_bench && argc > 2 ? std::max(1, atoi(argv[2])) : 7;
+    int failed = 0, ran = 0;
+    for (const Shape &s : check_shapes()) {
+        ++ran;
+        failed += check(s, sm_count) ? 0 : 1;
+    }
+    printf("%d shapes, %d failed: %s\n", ran, failed, failed ? "FAIL" : "PASS");
+    if (failed)
+        return 1;
+    if (do_bench && !bench(repeats, sm_count))
+        return 1;
+    return 0;
+}
