@@ -227,14 +227,7 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
     // same bytes stage its O rows (store_tile).
     const uint32_t q_rows = smem + Cfg::kOffQ + consumer_idx * Cfg::kWgRowsBytes;
 
-    ConsumerRing<Cfg> ring;
-    ring.bars = bars;
-    ring.k_base = smem + Cfg::kOffK;
-    ring.v_base = smem + Cfg::kOffV;
-    ring.k = RingPos{0, 0u};
-    ring.v = RingPos{0, 0u};
-    ring.lane = lane;
-    ring.prm = &prm;
+    ConsumerRing<Cfg> ring = consumer_ring<Cfg>(prm, smem, lane);
     if constexpr (!Cfg::kProducerWarpgroup) {
         if (tid_in_wg == 0) load_tile_start<Cfg>(prm, smem, blockIdx.x, ring.v, consumer_idx);
         bar_sync(kBarEpilogueBase + consumer_idx, 128);  // the warpgroup's TileOfConsumer is written

@@ -178,6 +178,20 @@ struct ConsumerRing {
     }
 };
 
+// A consumer warp's ring: both positions at the start, this lane's index, the arguments.
+template <class Cfg>
+__device__ __forceinline__ ConsumerRing<Cfg> consumer_ring(const KernelParams &prm, uint32_t smem, int lane) {
+    ConsumerRing<Cfg> ring;
+    ring.bars = smem + Cfg::kOffBar;
+    ring.k_base = smem + Cfg::kOffK;
+    ring.v_base = smem + Cfg::kOffV;
+    ring.k = RingPos{0, 0u};
+    ring.v = RingPos{0, 0u};
+    ring.lane = lane;
+    ring.prm = &prm;
+    return ring;
+}
+
 }  // namespace fa_sm90
 
 #endif /* FA_SM90_PIPELINE_CUH */
