@@ -352,6 +352,66 @@ static int consume_capsule(PyObject *capsule, fa_tensor *t, int for_output)
     return -1;
 }
 
+/* The DLPack device type obj reports through __dlpack_device__ (device_fn): CPU, CUDA host
+ * or CUDA; -1 with an exception for anything else or a malformed answer. */
+static long dlpack_device_type(PyObject *device_fn, const fa_tensor *t)
+{
+    PyObject *device = PyObject_CallNoArgs(device_fn);
+    if (!device)
+        return -1;
+    long device_type = -1;
+    if (!PyTuple_Check(device) || PyTuple_GET_SIZE(device) != 2) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s.__dlpack_device__() must return (device_type, device_id), got %.100s",
+                     t->name, Py_TYPE(device)->tp_name);
+    } else {
+        device_type = PyLong_AsLong(PyTuple_GET_ITEM(device, 0));
+        if (device_type == -1 && PyErr_Occurred()) {
+            /* not an int: the exception stands */
+        } else if (device_type != FA_DL_CPU && device_type != FA_DL_CUDA && device_type != FA_DL_CUDA_HOST) {
+            PyErr_Format(PyExc_ValueError,
+                         "%s is on DLPack device type %ld (%s): expected cpu (1) or cuda (2)", t->name,
+                         device_type, dl_device_name(device_type));
+            device_type = -1;
+        }
+    }
+    Py_DECREF(device);
+    return device_type;
+}
+
+/* obj.__dlpack__(stream=..., max_version=...) through dlpack_fn: the stream only for a CUDA
+ * array; a pre-2023 producer that rejects max_version (TypeError) is asked again without it.
+ * Returns the capsule, or NULL with an exception. */
+static PyObject *call_dlpack(PyObject *dlpack_fn, int is_cuda, uintptr_t dlpack_stream)
+{
+    PyObject *capsule = NULL, *empty = PyTuple_New(0), *kwargs = PyDict_New();
+    if (!empty || !kwargs)
+        goto done;
+    if (is_cuda) {
+        PyObject *stream = PyLong_FromUnsignedLongLong((unsigned long long)dlpack_stream);
+        int set = stream ? PyDict_SetItemString(kwargs, "stream", stream) : -1;
+        Py_XDECREF(stream);
+        if (set < 0)
+            goto done;
+    }
+    PyObject *max_version = Py_BuildValue("(ii)", FA_DLPACK_MAJOR_VERSION, FA_DLPACK_MINOR_VERSION);
+    int set = max_version ? PyDict_SetItemString(kwargs, "max_version", max_version) : -1;
+    Py_XDECREF(max_version);
+    if (set < 0)
+        goto done;
+
+    capsule = PyObject_Call(dlpack_fn, empty, kwargs);
+    if (!capsule && PyErr_ExceptionMatches(PyExc_TypeError)) {
+        PyErr_Clear();
+        if (PyDict_DelItemString(kwargs, "max_version") == 0)
+            capsule = PyObject_Call(dlpack_fn, empty, kwargs);
+    }
+done:
+    Py_XDECREF(kwargs);
+    Py_XDECREF(empty);
+    return capsule;
+}
+
 /* Returns 0 on success, -1 on error, 1 when a host NumPy array refused DLPack export
  * (BufferError: read-only or byte-swapped under an old NumPy) and the NumPy path should
  * take it instead. */
@@ -359,70 +419,21 @@ static int import_dlpack(PyObject *obj, PyObject *dlpack_fn, PyObject *device_fn
                          uintptr_t dlpack_stream, fa_tensor *t, int for_output)
 {
     int rc = -1;
-    PyObject *device = NULL, *kwargs = NULL, *capsule = NULL, *empty = NULL;
-
-    device = PyObject_CallNoArgs(device_fn);
-    if (!device)
-        goto done;
-    if (!PyTuple_Check(device) || PyTuple_GET_SIZE(device) != 2) {
-        PyErr_Format(PyExc_TypeError,
-                     "%s.__dlpack_device__() must return (device_type, device_id), got %.100s",
-                     t->name, Py_TYPE(device)->tp_name);
-        goto done;
+    const long device_type = dlpack_device_type(device_fn, t);
+    if (device_type < 0) {
+        fa_tensor_release(t);
+        return -1;
     }
-    long device_type = PyLong_AsLong(PyTuple_GET_ITEM(device, 0));
-    if (device_type == -1 && PyErr_Occurred())
-        goto done;
-    int is_cuda = device_type == FA_DL_CUDA;
-    if (!is_cuda && device_type != FA_DL_CPU && device_type != FA_DL_CUDA_HOST) {
-        PyErr_Format(PyExc_ValueError,
-                     "%s is on DLPack device type %ld (%s): expected cpu (1) or cuda (2)", t->name,
-                     device_type, dl_device_name(device_type));
-        goto done;
-    }
-
-    empty = PyTuple_New(0);
-    kwargs = PyDict_New();
-    if (!empty || !kwargs)
-        goto done;
-    if (is_cuda) {
-        PyObject *stream = PyLong_FromUnsignedLongLong((unsigned long long)dlpack_stream);
-        if (!stream || PyDict_SetItemString(kwargs, "stream", stream) < 0) {
-            Py_XDECREF(stream);
-            goto done;
-        }
-        Py_DECREF(stream);
-    }
-    PyObject *max_version = Py_BuildValue("(ii)", FA_DLPACK_MAJOR_VERSION, FA_DLPACK_MINOR_VERSION);
-    if (!max_version || PyDict_SetItemString(kwargs, "max_version", max_version) < 0) {
-        Py_XDECREF(max_version);
-        goto done;
-    }
-    Py_DECREF(max_version);
-
-    capsule = PyObject_Call(dlpack_fn, empty, kwargs);
-    if (!capsule && PyErr_ExceptionMatches(PyExc_TypeError)) {
-        /* A pre-2023 producer: no max_version keyword. */
+    const int is_cuda = device_type == FA_DL_CUDA;
+    PyObject *capsule = call_dlpack(dlpack_fn, is_cuda, dlpack_stream);
+    if (capsule) {
+        t->protocol = "__dlpack__";
+        rc = consume_capsule(capsule, t, for_output);
+        Py_DECREF(capsule); /* renamed "used_...": its destructor leaves the deleter alone */
+    } else if (!is_cuda && PyArray_Check(obj) && PyErr_ExceptionMatches(PyExc_BufferError)) {
         PyErr_Clear();
-        if (PyDict_DelItemString(kwargs, "max_version") < 0)
-            goto done;
-        capsule = PyObject_Call(dlpack_fn, empty, kwargs);
+        rc = 1;
     }
-    if (!capsule) {
-        if (!is_cuda && PyArray_Check(obj) && PyErr_ExceptionMatches(PyExc_BufferError)) {
-            PyErr_Clear();
-            rc = 1;
-        }
-        goto done;
-    }
-    t->protocol = "__dlpack__";
-    rc = consume_capsule(capsule, t, for_output);
-
-done:
-    Py_XDECREF(device);
-    Py_XDECREF(kwargs);
-    Py_XDECREF(empty);
-    Py_XDECREF(capsule); /* renamed "used_...": its destructor leaves the deleter alone */
     if (rc < 0)
         fa_tensor_release(t);
     return rc;

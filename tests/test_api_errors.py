@@ -576,6 +576,22 @@ def test_dlpack_must_return_a_capsule():
             Broken(), dev(KV_SHAPE), dev(KV_SHAPE))
 
 
+@pytest.mark.parametrize("device, error, match", [
+    ([KDL_CUDA, 0], TypeError, r"q.__dlpack_device__\(\) must return \(device_type, device_id\), got list"),
+    ((-1, 0), ValueError, r"q is on DLPack device type -1 .*: expected cpu \(1\) or cuda \(2\)"),
+    (("cuda", 0), TypeError, r"integer"),
+], ids=["list", "negative", "not-an-int"])
+def test_dlpack_device_answers_are_checked_before_any_export(device, error, match):
+    class Odd:
+        def __dlpack_device__(self):
+            return device
+
+        def __dlpack__(self, **kwargs):
+            raise AssertionError("__dlpack__ called after a bad __dlpack_device__ answer")
+
+    rejects(error, match, Odd(), dev(KV_SHAPE), dev(KV_SHAPE))
+
+
 def test_producer_exceptions_propagate():
     class Refuses:
         def __dlpack_device__(self):
