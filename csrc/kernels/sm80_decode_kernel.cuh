@@ -223,63 +223,63 @@ struct LaneMask {
     int n_full_min, n_full_max;
 };
 
-/* One chunk of 16 keys (keys key0 ..) from `slot`:
-     S = Q K^T  (pairs: half of head_dim each, then the partner's half added through xchg)
-     t = S, or tanh(S * softcap_pre); -inf where mask.h hides the key (masked chunks only)
-     m' = max(m, rowmax t); O, l *= exp2((m - m') scale_log2); P = exp2(t scale_log2 - m' scale_log2)
-     l += rowsum P (this lane's share); O += P V
-   A row that has seen no key keeps m = -inf and subtracts 0 (never -inf - -inf). */
+/* S = Q K^T of one chunk (16 rows x 16 keys) over this warp's head_dim columns, from the K
+   tile of `slot`: two accumulator sets (even and odd k16 steps) halve the dependent mma chain. */
 template <class G, bool BF16>
-__device__ __forceinline__ void attend_chunk(const Args &a, State<G> &st,
-                                             const uint32_t (&q)[G::kQSteps][4], uint32_t slot,
-                                             uint32_t k_lane, uint32_t v_lane, int key0,
-                                             bool masked, const LaneMask &lm, float4 *xchg_mine,
-                                             const float4 *xchg_theirs, int pair, int lane)
+__device__ __forceinline__ void chunk_scores(float (&s)[2][4], const uint32_t (&q)[G::kQSteps][4], uint32_t slot,
+                                             uint32_t k_lane)
 {
-    float s[2][4];
-    {
-        /* two accumulator sets (even and odd k16 steps) halve the dependent mma chain */
-        float s2[2][4];
+    float s2[2][4];
 #pragma unroll
-        for (int n = 0; n < 2; ++n)
+    for (int n = 0; n < 2; ++n)
 #pragma unroll
-            for (int e = 0; e < 4; ++e)
-                s[n][e] = s2[n][e] = 0.f;
+        for (int e = 0; e < 4; ++e)
+            s[n][e] = s2[n][e] = 0.f;
 #pragma unroll
-        for (int ks = 0; ks < G::kQSteps; ++ks) {
-            uint32_t b[4];
-            ldmatrix_x4(b, slot + (k_lane ^ ((ks & 3) << 5)) + (ks >> 2) * 128);
-            if (ks & 1) {
-                mma<BF16>(s2[0], q[ks], b[0], b[1]);
-                mma<BF16>(s2[1], q[ks], b[2], b[3]);
-            } else {
-                mma<BF16>(s[0], q[ks], b[0], b[1]);
-                mma<BF16>(s[1], q[ks], b[2], b[3]);
-            }
+    for (int ks = 0; ks < G::kQSteps; ++ks) {
+        uint32_t b[4];
+        ldmatrix_x4(b, slot + (k_lane ^ ((ks & 3) << 5)) + (ks >> 2) * 128);
+        if (ks & 1) {
+            mma<BF16>(s2[0], q[ks], b[0], b[1]);
+            mma<BF16>(s2[1], q[ks], b[2], b[3]);
+        } else {
+            mma<BF16>(s[0], q[ks], b[0], b[1]);
+            mma<BF16>(s[1], q[ks], b[2], b[3]);
         }
-#pragma unroll
-        for (int n = 0; n < 2; ++n)
-#pragma unroll
-            for (int e = 0; e < 4; ++e)
-                s[n][e] += s2[n][e];
     }
-    if constexpr (G::kDS == 2) {
-        /* Both warps of the pair add the same two halves (a + b == b + a in fp32): they hold
-           the same S and make the same softmax decisions. */
-        xchg_mine[lane] = make_float4(s[0][0], s[0][1], s[0][2], s[0][3]);
-        xchg_mine[32 + lane] = make_float4(s[1][0], s[1][1], s[1][2], s[1][3]);
-        bar_sync(1 + pair, 2 * FA_WARP_SIZE);
-        const float4 t0 = xchg_theirs[lane], t1 = xchg_theirs[32 + lane];
-        s[0][0] += t0.x;
-        s[0][1] += t0.y;
-        s[0][2] += t0.z;
-        s[0][3] += t0.w;
-        s[1][0] += t1.x;
-        s[1][1] += t1.y;
-        s[1][2] += t1.z;
-        s[1][3] += t1.w;
-    }
-    const float softcap_pre = a.score.softcap_pre;
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+            s[n][e] += s2[n][e];
+}
+
+/* Pairs (head_dim 256): the partner warp's half of S added to this warp's. Both warps of the
+   pair add the same two halves (a + b == b + a in fp32): they hold the same S and make the
+   same softmax decisions. */
+__device__ __forceinline__ void add_partner_scores(float (&s)[2][4], float4 *xchg_mine, const float4 *xchg_theirs,
+                                                   int pair, int lane)
+{
+    xchg_mine[lane] = make_float4(s[0][0], s[0][1], s[0][2], s[0][3]);
+    xchg_mine[32 + lane] = make_float4(s[1][0], s[1][1], s[1][2], s[1][3]);
+    bar_sync(1 + pair, 2 * FA_WARP_SIZE);
+    const float4 t0 = xchg_theirs[lane], t1 = xchg_theirs[32 + lane];
+    s[0][0] += t0.x;
+    s[0][1] += t0.y;
+    s[0][2] += t0.z;
+    s[0][3] += t0.w;
+    s[1][0] += t1.x;
+    s[1][1] += t1.y;
+    s[1][2] += t1.z;
+    s[1][3] += t1.w;
+}
+
+/* The score hook (tanh(S * softcap_pre) when softcap_pre != 0), then -inf where mask.h hides
+   the key (masked chunks only). s[n][0..1]: keys 8n + 2t, + 1 of row g; s[n][2..3]: the same
+   keys of row g + 8. */
+__device__ __forceinline__ void hook_and_mask(float (&s)[2][4], float softcap_pre, bool masked, const LaneMask &lm,
+                                              int key0, int lane)
+{
     if (softcap_pre != 0.f) {
 #pragma unroll
         for (int n = 0; n < 2; ++n)
@@ -288,7 +288,6 @@ __device__ __forceinline__ void attend_chunk(const Args &a, State<G> &st,
                 s[n][e] = tanh_approx_f32(s[n][e] * softcap_pre);
     }
     if (masked) {
-        /* s[n][0..1]: keys 8n + 2t, + 1 of row g; s[n][2..3]: the same keys of row g + 8 */
         const int key_t = key0 + 2 * (lane & 3);
 #pragma unroll
         for (int n = 0; n < 2; ++n)
@@ -300,8 +299,14 @@ __device__ __forceinline__ void attend_chunk(const Args &a, State<G> &st,
                     s[n][e] = -INFINITY;
             }
     }
+}
 
-    const float scale_log2 = a.score.scale_log2;
+/* The online softmax over one chunk: m' = max(m, rowmax s); O, l *= exp2((m - m') scale_log2);
+   s = P = exp2(s scale_log2 - m' scale_log2); l += rowsum P (this lane's share). A row that has
+   seen no key keeps m = -inf and subtracts 0 (never -inf - -inf). */
+template <class G>
+__device__ __forceinline__ void online_softmax_chunk(State<G> &st, float (&s)[2][4], float scale_log2)
+{
     float mx[2], base[2];
     bool moved = false;
 #pragma unroll
@@ -336,7 +341,13 @@ __device__ __forceinline__ void attend_chunk(const Args &a, State<G> &st,
             s[n][e] = exp2f(fmaf(s[n][e], scale_log2, -base[e >> 1]));
             st.l[e >> 1] += s[n][e];
         }
-    /* P as the A operand: key tiles 0 and 1 of the C layout are the two k halves of A */
+}
+
+/* O += P V over one chunk, P (the chunk's probabilities, C layout) packed to 16 bits as the A
+   operand: key tiles 0 and 1 of the C layout are the two k halves of A. */
+template <class G, bool BF16>
+__device__ __forceinline__ void accumulate_pv(State<G> &st, const float (&s)[2][4], uint32_t slot, uint32_t v_lane)
+{
     uint32_t p[4];
     p[0] = pack_pair<BF16>(s[0][0], s[0][1]);
     p[1] = pack_pair<BF16>(s[0][2], s[0][3]);
@@ -349,6 +360,28 @@ __device__ __forceinline__ void attend_chunk(const Args &a, State<G> &st,
         mma<BF16>(st.o[2 * n], p, b[0], b[1]);
         mma<BF16>(st.o[2 * n + 1], p, b[2], b[3]);
     }
+}
+
+/* One chunk of 16 keys (keys key0 ..) from `slot`:
+     S = Q K^T  (pairs: half of head_dim each, then the partner's half added through xchg)
+     t = S, or tanh(S * softcap_pre); -inf where mask.h hides the key (masked chunks only)
+     m' = max(m, rowmax t); O, l *= exp2((m - m') scale_log2); P = exp2(t scale_log2 - m' scale_log2)
+     l += rowsum P (this lane's share); O += P V
+   A row that has seen no key keeps m = -inf and subtracts 0 (never -inf - -inf). */
+template <class G, bool BF16>
+__device__ __forceinline__ void attend_chunk(const Args &a, State<G> &st,
+                                             const uint32_t (&q)[G::kQSteps][4], uint32_t slot,
+                                             uint32_t k_lane, uint32_t v_lane, int key0,
+                                             bool masked, const LaneMask &lm, float4 *xchg_mine,
+                                             const float4 *xchg_theirs, int pair, int lane)
+{
+    float s[2][4];
+    chunk_scores<G, BF16>(s, q, slot, k_lane);
+    if constexpr (G::kDS == 2)
+        add_partner_scores(s, xchg_mine, xchg_theirs, pair, lane);
+    hook_and_mask(s, a.score.softcap_pre, masked, lm, key0, lane);
+    online_softmax_chunk<G>(st, s, a.score.scale_log2);
+    accumulate_pv<G, BF16>(st, s, slot, v_lane);
 }
 
 /* Rows [r0, r_end) of the packed tile: packed row r is query row r / G of q head hk * G + r % G. */
