@@ -108,6 +108,31 @@ __device__ __forceinline__ void key_block(const Args &p, RowState<C> &st,
     }
 }
 
+/* The tile's Q rows from row0 of (entry, head) into their region, one commit group; rows
+   past len_q and columns past head_dim read as zeros (load_tile_async). */
+template <class C>
+__device__ __forceinline__ void load_q_tile(uint32_t smem_base, const Args &p, const fa_seqlen &entry, int batch,
+                                            int head, int row0, bool copy_col_ok, int tid)
+{
+    const uint16_t *q_ptr = static_cast<const uint16_t *>(p.q) +
+                            fa_q_row_offset(&entry, batch, 0, p.q_batch_stride, p.q_row_stride) +
+                            static_cast<int64_t>(head) * p.q_head_stride;
+    load_tile_async<C, C::kBlockM, kThreads>(smem_base + C::kQOffset, q_ptr, p.q_row_stride, row0, entry.len_q,
+                                             copy_col_ok, tid);
+    cp_async_commit_group();
+}
+
+/* The entry's walk into its slot (SEQ), with key 0 of the entry in k and v (unpaged; paged
+   loads address every row themselves). */
+__device__ __forceinline__ void store_entry(const EntrySlot &slot, const Args &p, const fa_seqlen &entry, int batch,
+                                            int n_max, int n_vis, int n_top, int n_bottom, int rows)
+{
+    const bool paged = p.layout.block_table != nullptr;
+    const int64_t k_off = paged ? 0 : fa_k_row_offset(&p.layout, &entry, batch, 0, p.k_batch_stride, p.k_row_stride);
+    const int64_t v_off = paged ? 0 : fa_k_row_offset(&p.layout, &entry, batch, 0, p.v_batch_stride, p.v_row_stride);
+    slot.store(entry, n_max, n_vis, n_top, n_bottom, rows, k_off, v_off);
+}
+
 /* SEQ false: a uniform batch (layout_of: no layout array), everything from the constant bank
    as before sequence layouts existed; SEQ true: any layout of seqlen.h, the entry and its walk
    kept in shared memory (EntrySlot). The host picks by whether p has a layout array. */
@@ -175,27 +200,12 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_sm80_kernel(const
     __shared__ __align__(8) uint64_t stage_bars[2 * C::kStages]; /* full[], then empty[] */
     __shared__ __align__(8) unsigned char slot_bytes[SEQ ? kSlotBytes : 8];
     const EntrySlot slot{smem_addr(slot_bytes)};
-    if (SEQ && tid == 0) { /* read after ring.init's barrier */
-        /* key 0 of the entry in k and v (unpaged; paged loads address every row themselves) */
-        const bool paged = p.layout.block_table != nullptr;
-        const int64_t k_off = paged ? 0
-                                    : fa_k_row_offset(&p.layout, &entry, batch, 0,
-                                                      p.k_batch_stride, p.k_row_stride);
-        const int64_t v_off = paged ? 0
-                                    : fa_k_row_offset(&p.layout, &entry, batch, 0,
-                                                      p.v_batch_stride, p.v_row_stride);
-        slot.store(entry, n_max, n_vis, n_top, n_bottom, row_end - row0, k_off, v_off);
-    }
+    if (SEQ && tid == 0) /* read after ring.init's barrier */
+        store_entry(slot, p, entry, batch, n_max, n_vis, n_top, n_bottom, row_end - row0);
     const KVRing<C, SEQ> ring{smem_base, smem_addr(stage_bars), p, batch_kv_head, slot,
                               entry.len_k};
     ring.init(tid);
-    const uint16_t *q_ptr =
-        static_cast<const uint16_t *>(p.q) +
-        fa_q_row_offset(&entry, batch, 0, p.q_batch_stride, p.q_row_stride) +
-        static_cast<int64_t>(head) * p.q_head_stride;
-    load_tile_async<C, C::kBlockM, kThreads>(smem_base + C::kQOffset, q_ptr, p.q_row_stride,
-                                             row0, entry.len_q, copy_col_ok, tid);
-    cp_async_commit_group();
+    load_q_tile<C>(smem_base, p, entry, batch, head, row0, copy_col_ok, tid);
     ring.prologue(n_max, n_vis, copy_col_ok, tid);
     __syncthreads();
 
