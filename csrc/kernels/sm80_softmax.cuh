@@ -97,29 +97,25 @@ __device__ __forceinline__ void exchange_skip(int row_group)
         bar_sync(1 + row_group, 2 * FA_WARP_SIZE);
 }
 
-/* Score hook, mask, online softmax and O += P V for one sub-block (see the top of the file).
-   masked: the block needs the element mask (fa_block_needs_mask) of the CTA's batch entry,
-   which `masks` (EntryMask) gives here, where it is used; row_lo: this lane's row g
-   (query row within the entry), key_lo: this lane's first key column 2t (key within the
-   entry). Rows past the entry's len_q get whatever span mask.h gives them and are never
-   stored. */
-template <class C, bool BF16, fa_mask_kind MASK, bool SOFTCAP, class Masks>
-__device__ __forceinline__ void attend(float (&s)[C::kSTiles][4], RowState<C> &st, bool masked,
-                                       const Args &p, const Masks &masks, int row_lo, int key_lo,
-                                       uint32_t v_rows, uint32_t v_lane_off)
+/* The score hook (SOFTCAP: tanh(s * softcap_pre)), then -inf where mask.h hides the key when
+   the block is masked (fa_block_needs_mask) for the CTA's batch entry, which `masks`
+   (EntryMask) gives here, where it is used; row_lo: this lane's row g (query row within the
+   entry), key_lo: this lane's first key column 2t (key within the entry). c0, c1 are keys
+   2t, 2t+1 of row g; c2, c3 the same keys of row g + 8. The spans, and the lengths they come
+   from, are computed here rather than kept across the loop (or across Q K^T): registers are
+   the scarce resource. */
+template <class C, fa_mask_kind MASK, bool SOFTCAP, class Masks>
+__device__ __forceinline__ void hook_and_mask(float (&s)[C::kSTiles][4], bool masked, const Args &p,
+                                              const Masks &masks, int row_lo, int key_lo)
 {
-    const fa_score &score = p.score;
     if constexpr (SOFTCAP) {
 #pragma unroll
         for (int t = 0; t < C::kSTiles; ++t)
 #pragma unroll
             for (int e = 0; e < 4; ++e)
-                s[t][e] = tanh_approx_f32(s[t][e] * score.softcap_pre);
+                s[t][e] = tanh_approx_f32(s[t][e] * p.score.softcap_pre);
     }
     if (masked) {
-        /* c0, c1 are keys 2t, 2t+1 of row g; c2, c3 the same keys of row g + 8. The spans, and
-           the lengths they come from, are computed here rather than kept across the loop (or
-           across Q K^T): registers are the scarce resource. */
         const fa_mask mask = masks.template get<MASK>(p);
         const fa_key_span span_lo = fa_mask_row(&mask, row_lo);
         const fa_key_span span_hi = fa_mask_row(&mask, row_lo + 8);
@@ -132,9 +128,14 @@ __device__ __forceinline__ void attend(float (&s)[C::kSTiles][4], RowState<C> &s
             if (!key_visible<MASK>(span_hi, key + 1)) s[t][3] = -INFINITY;
         }
     }
+}
 
-    const float scale_log2 = score.scale_log2;
-    /* New row max over the quad of lanes sharing a row. */
+/* The online softmax over one sub-block: the new row max over the quad of lanes sharing a
+   row, O and l rescaled when it moved, then s = P = exp2(s scale_log2 - max scale_log2) and
+   l += its row sums (this lane's share). */
+template <class C>
+__device__ __forceinline__ void online_softmax(float (&s)[C::kSTiles][4], RowState<C> &st, float scale_log2)
+{
     float mx[2], base[2];
     bool moved = false;
     mx[0] = st.m[0];
@@ -166,9 +167,6 @@ __device__ __forceinline__ void attend(float (&s)[C::kSTiles][4], RowState<C> &s
             st.o[t][3] *= corr_hi;
         }
     }
-
-    /* P as A fragments: key tiles 2k, 2k+1 of the C layout are the k16 A layout. */
-    uint32_t p_frag[C::kPSteps][4];
     st.m[0] = mx[0];
     st.m[1] = mx[1];
 #pragma unroll
@@ -180,6 +178,15 @@ __device__ __forceinline__ void attend(float (&s)[C::kSTiles][4], RowState<C> &s
         st.l[0] += s[t][0] + s[t][1];
         st.l[1] += s[t][2] + s[t][3];
     }
+}
+
+/* O += P V over this warp's head_dim columns, P packed to 16-bit A fragments (key tiles 2k,
+   2k+1 of the C layout are the k16 A layout); v_lane_off: see the kernel. */
+template <class C, bool BF16>
+__device__ __forceinline__ void accumulate_pv(const float (&s)[C::kSTiles][4], RowState<C> &st, uint32_t v_rows,
+                                              uint32_t v_lane_off)
+{
+    uint32_t p_frag[C::kPSteps][4];
 #pragma unroll
     for (int k = 0; k < C::kPSteps; ++k) {
         p_frag[k][0] = pack2<BF16>(s[2 * k][0], s[2 * k][1]);
@@ -187,8 +194,6 @@ __device__ __forceinline__ void attend(float (&s)[C::kSTiles][4], RowState<C> &s
         p_frag[k][2] = pack2<BF16>(s[2 * k + 1][0], s[2 * k + 1][1]);
         p_frag[k][3] = pack2<BF16>(s[2 * k + 1][2], s[2 * k + 1][3]);
     }
-
-    /* O += P V over this warp's head_dim columns; v_lane_off: see the kernel. */
 #pragma unroll
     for (int k = 0; k < C::kPSteps; ++k)
 #pragma unroll
@@ -199,6 +204,18 @@ __device__ __forceinline__ void attend(float (&s)[C::kSTiles][4], RowState<C> &s
             mma_m16n8k16<BF16>(st.o[2 * n], p_frag[k], b[0], b[1]);
             mma_m16n8k16<BF16>(st.o[2 * n + 1], p_frag[k], b[2], b[3]);
         }
+}
+
+/* Score hook, mask, online softmax and O += P V for one sub-block (see the top of the file).
+   Rows past the entry's len_q get whatever span mask.h gives them and are never stored. */
+template <class C, bool BF16, fa_mask_kind MASK, bool SOFTCAP, class Masks>
+__device__ __forceinline__ void attend(float (&s)[C::kSTiles][4], RowState<C> &st, bool masked,
+                                       const Args &p, const Masks &masks, int row_lo, int key_lo,
+                                       uint32_t v_rows, uint32_t v_lane_off)
+{
+    hook_and_mask<C, MASK, SOFTCAP>(s, masked, p, masks, row_lo, key_lo);
+    online_softmax<C>(s, st, p.score.scale_log2);
+    accumulate_pv<C, BF16>(s, st, v_rows, v_lane_off);
 }
 
 } /* namespace fa_sm80 */
