@@ -1,27 +1,35 @@
 /*
- * fwd_sm90_consumers.cu -- the sm90 forward at head_dim 64 on its two shapes of 384 threads
- * (sm90_tiles.h): the library's two consumer warpgroups beside a producer (128-row tiles), and
- * three consumer warpgroups whose threads issue the loads (192-row tiles). Checks both
- * against a float reference on dense inputs, then times them against each other.
+ * fwd_sm90_consumers.cu -- the sm90 forward on its two shapes of 384 threads (sm90_tiles.h):
+ * the library's two consumer warpgroups beside a producer (128-row tiles), and three consumer
+ * warpgroups whose threads issue the loads (192-row tiles). Variants under test:
+ *   hd64 3x128   head_dim 64, three consumers, 128-key blocks (every mask, softcap or not);
+ *   hd128 3x64   head_dim 128, three consumers, 64-key blocks (full and causal): with O (64
+ *   hd128 3x80   registers) beside S and P only blocks this narrow fit 168 registers a thread;
+ *                80 keys fit as well (ptxas, CUDA 13.0: 0 bytes spilled in every one).
+ * Each is checked against a float reference on dense inputs next to the library's instance,
+ * then timed against it.
  *
- * Build on an H100/H200 (any sm_90 GPU), from the repository root; both shapes are
- * instantiated here from the kernel headers, nothing else of the project is linked:
+ * Build on an H100/H200 (any sm_90 GPU), from the repository root; the three-consumer
+ * instances are built here from the kernel headers, the library's come from its own units:
  *   nvcc -O3 -std=c++17 --use_fast_math -gencode arch=compute_90a,code=sm_90a -I csrc \
- *     dev/fwd_sm90_consumers.cu -o fwd_sm90_consumers
- *   ./fwd_sm90_consumers           check: every case on both shapes; exit status 1 on a failure
+ *     dev/fwd_sm90_consumers.cu csrc/kernels/fwd_sm90.cu csrc/kernels/fwd_sm90_hd64.cu \
+ *     csrc/kernels/fwd_sm90_hd128.cu csrc/kernels/fwd_sm90_hd256.cu -o fwd_sm90_consumers
+ *   ./fwd_sm90_consumers           check: every case on the library and each variant that
+ *                                  serves it; exit status 1 on a failure
  *   ./fwd_sm90_consumers --bench [REPEATS]
- *                                  the check, then the fa suite's head_dim 64 shapes (batch x
- *                                  seqlen = 16384, 32 heads, seqlen 512 .. 16384; full and
- *                                  causal; bfloat16 and float16): each shape's output is first
- *                                  compared with the other's, then both are timed in turn,
- *                                  REPEATS (default 7) rounds of [2, 3] with CUDA events around
- *                                  enough calls for ~2 ms; the median per shape is printed as
- *                                  TFLOP/s (4 B H S^2 D, half that causal) with three / two.
- * dev/fwd_sm90_seq_check.cu --consumers 3 runs the three-consumer shape on the packed, cache and
- * paged layouts.
+ *                                  the check, then the fa suite's shapes (batch x seqlen =
+ *                                  16384, 2048 / head_dim heads, seqlen 512 .. 16384; full and
+ *                                  causal; bfloat16 and float16) at head_dim 64 and 128: each
+ *                                  variant's output is first compared with the library's, then
+ *                                  both are timed in turn, REPEATS (default 7) rounds with CUDA
+ *                                  events around enough calls for ~2 ms; the medians are
+ *                                  printed as TFLOP/s (4 B H S^2 D, half that causal) with
+ *                                  variant / library, and the geomean per variant.
+ * dev/fwd_sm90_seq_check.cu --consumers 3 runs hd64 3x128 on the packed, cache and paged
+ * layouts.
  *
  * Cases (check): GQA 8:2, random normal(0, 1) inputs rounded to the dtype, out with a padded
- * head stride; lengths that end inside, at and past a 192-row tile and a 128-key block, cross
+ * head stride; lengths that end inside, at and past a 192-row tile and a key block, cross
  * lengths, a row with no key (window), head_dim 40 (run as 64 with zero padding), softcap and
  * windows. Pass rule as in fwd_sm90_seq_check.cu: out within 2e-2 (bfloat16) or 1e-2
  * (float16) of the reference, relative to its largest value; lse within 1e-2; rows that see no
@@ -154,26 +162,96 @@ struct Problem {
     }
 };
 
-/* One launch on `consumers` consumer warpgroups; false (with a message) when it cannot. */
-bool launch(const Problem &pr, int consumers, int sm_count, cudaStream_t stream)
+/* A shape of the kernel: the library's instance (consumers 2), or three consumers with
+   block_n keys a block. */
+struct Variant {
+    const char *name;
+    int head_dim, consumers, block_n;
+};
+const Variant kLibrary = {"library", 0, FA_NUM_CONSUMER_WARPGROUPS, 0};
+const Variant kVariants[] = {{"hd64 3x128", 64, 3, 128}, {"hd128 3x64", 128, 3, 64}, {"hd128 3x80", 128, 3, 80}};
+
+/* Whether v runs shape s: the library runs all; hd128's variants full and causal only. */
+bool serves(const Variant &v, const Shape &s)
+{
+    if (v.consumers == FA_NUM_CONSUMER_WARPGROUPS)
+        return true;
+    const int padded = fa_sm90_head_dim_padded(s.head_dim);
+    if (padded != v.head_dim)
+        return false;
+    return v.head_dim == 64 || (s.wl < 0 && s.wr < 0 && s.softcap == 0.f);
+}
+
+/* Three consumers at head_dim 128, block_n keys a block, full or causal. */
+template <int kBlockN>
+cudaError_t launch_hd128_three(const fa_params *p, const fa_launch *cfg, cudaStream_t stream, const void **fn)
+{
+    using namespace fa_sm90;
+    const bool bf16 = p->dtype == FA_BFLOAT16;
+    const int mask = fa_params_mask_kind(p);
+    if (p->softcap > 0.f || (mask != FA_MASK_NONE && mask != FA_MASK_CAUSAL))
+        return cudaErrorInvalidValue;
+#define FA_DEV_THREE(MASK, BF16)                                                                   \
+    do {                                                                                           \
+        using Cfg = Config<128, kBlockN, MASK, false, BF16, 3>;                                  \
+        if (fn) {                                                                                  \
+            *fn = reinterpret_cast<const void *>(&fwd_kernel<Cfg>);                               \
+            return cudaSuccess;                                                                    \
+        }                                                                                          \
+        return launch_instance<Cfg>(p, cfg, stream);                                              \
+    } while (0)
+    if (mask == FA_MASK_NONE && bf16) FA_DEV_THREE(FA_MASK_NONE, true);
+    if (mask == FA_MASK_NONE) FA_DEV_THREE(FA_MASK_NONE, false);
+    if (bf16) FA_DEV_THREE(FA_MASK_CAUSAL, true);
+    FA_DEV_THREE(FA_MASK_CAUSAL, false);
+#undef FA_DEV_THREE
+}
+
+/* The tile of v for p, and v's kernel (for its shared-memory attribute). */
+bool variant_tile(const Variant &v, const fa_params *p, fa_tile *t, const void **fn)
+{
+    if (v.consumers == FA_NUM_CONSUMER_WARPGROUPS) {
+        *fn = fa_sm90_tile(p, t) == 0 ? fa_sm90_kernel_fn(p, t) : nullptr;
+        return *fn != nullptr;
+    }
+    if (fa_sm90_tile(p, t) != 0)
+        return false;
+    t->block_m = FA_SM90_BLOCK_M(v.consumers);
+    t->block_n = v.block_n;
+    t->stages = FA_SM90_STAGES(v.head_dim, v.consumers);
+    t->smem_bytes = FA_SM90_SMEM_BYTES(t->block_m, v.head_dim, t->block_n, t->stages);
+    *fn = nullptr;
+    if (v.head_dim == 64)
+        *fn = fa_sm90::instance_kernel_fn<64, 3>(p);
+    else if (v.block_n == 64)
+        launch_hd128_three<64>(p, nullptr, 0, fn);
+    else
+        launch_hd128_three<80>(p, nullptr, 0, fn);
+    return *fn != nullptr;
+}
+
+/* One launch of v; false (with a message) when it cannot. */
+bool launch(const Problem &pr, const Variant &v, int sm_count, cudaStream_t stream)
 {
     fa_tile t;
-    if (fa_sm90_tile_of_shape(&pr.p, consumers, &t) != 0) {
-        printf("no tile for %d consumers\n", consumers);
-        return false;
-    }
-    const void *fn = consumers == 3 ? fa_sm90::instance_kernel_fn<64, 3>(&pr.p)
-                                    : fa_sm90::instance_kernel_fn<64, FA_NUM_CONSUMER_WARPGROUPS>(&pr.p);
-    if (fn == nullptr) {
-        printf("no kernel for %d consumers\n", consumers);
+    const void *fn = nullptr;
+    if (!variant_tile(v, &pr.p, &t, &fn)) {
+        printf("%s: no tile or kernel for %s\n", v.name, describe(pr.s).c_str());
         return false;
     }
     CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)t.smem_bytes));
     const fa_launch cfg = persistent_launch(pr.p, t, sm_count);
-    const cudaError_t e = consumers == 3 ? fa_sm90::instance_launch<64, 3>(&pr.p, &cfg, stream)
-                                         : fa_sm90::instance_launch<64, FA_NUM_CONSUMER_WARPGROUPS>(&pr.p, &cfg, stream);
+    cudaError_t e;
+    if (v.consumers == FA_NUM_CONSUMER_WARPGROUPS)
+        e = fa_sm90_launch(&pr.p, &cfg, stream);
+    else if (v.head_dim == 64)
+        e = fa_sm90::instance_launch<64, 3>(&pr.p, &cfg, stream);
+    else if (v.block_n == 64)
+        e = launch_hd128_three<64>(&pr.p, &cfg, stream, nullptr);
+    else
+        e = launch_hd128_three<80>(&pr.p, &cfg, stream, nullptr);
     if (e != cudaSuccess) {
-        printf("launch (%d consumers): %s\n", consumers, cudaGetErrorString(e));
+        printf("%s: launch: %s\n", v.name, cudaGetErrorString(e));
         return false;
     }
     return true;
@@ -238,9 +316,13 @@ bool check(const Shape &shape, int sm_count)
             th.join();
     }
     bool all_ok = true;
-    for (int consumers : {FA_NUM_CONSUMER_WARPGROUPS, 3}) {
+    std::vector<Variant> variants = {kLibrary};
+    for (const Variant &v : kVariants)
+        if (serves(v, s))
+            variants.push_back(v);
+    for (const Variant &v : variants) {
         CK(cudaMemset(pr.dout, 0xff, pr.out_elems * 2)); /* NaN everywhere a row is not written */
-        if (!launch(pr, consumers, sm_count, 0)) {
+        if (!launch(pr, v, sm_count, 0)) {
             all_ok = false;
             continue;
         }
@@ -270,7 +352,7 @@ bool check(const Shape &shape, int sm_count)
             }
         const double rel = max_ref > 0 ? max_err / max_ref : max_err;
         const bool ok = finite && empty_ok && rel <= (s.bf16 ? 2e-2 : 1e-2) && max_lse <= 1e-2;
-        printf("%-56s %d consumers: %s (out %.2e rel, lse %.2e%s%s)\n", describe(s).c_str(), consumers,
+        printf("%-56s %-10s: %s (out %.2e rel, lse %.2e%s%s)\n", describe(s).c_str(), v.name,
                ok ? "PASS" : "FAIL", rel, max_lse, finite ? "" : ", non-finite", empty_ok ? "" : ", empty rows");
         all_ok = all_ok && ok;
     }
@@ -286,13 +368,17 @@ std::vector<Shape> check_shapes()
         v.push_back(Shape{b, sq, sk, 8, 2, d, (flip++ % 2) == 0, causal, wl, wr, softcap});
     };
     for (int causal : {0, 1}) {
-        for (int len : {1, 17, 127, 128, 129, 191, 192, 193, 383, 384, 385, 1000})
-            add(2, len, len, 64, causal);
-        add(1, 113, 203, 64, causal);
-        add(1, 1, 239, 64, causal);
-        add(1, 239, 1, 64, causal);
-        add(1, 4224, 4224, 64, causal);
+        for (int len : {1, 17, 63, 64, 65, 80, 127, 128, 129, 191, 192, 193, 383, 384, 385, 1000})
+            for (int d : {64, 128})
+                add(2, len, len, d, causal);
+        for (int d : {64, 128}) {
+            add(1, 113, 203, d, causal);
+            add(1, 1, 239, d, causal);
+            add(1, 239, 1, d, causal);
+            add(1, 4224, 4224, d, causal);
+        }
         add(3, 700, 700, 40, causal);
+        add(3, 700, 700, 96, causal);
         add(1, 1000, 1000, 64, causal, -1, -1, 30.f);
     }
     add(2, 1000, 1000, 64, 0, 100, 0);   /* sliding window */
@@ -302,7 +388,8 @@ std::vector<Shape> check_shapes()
     return v;
 }
 
-/* The fa suite's head_dim 64 configs, timed on both shapes. */
+/* The fa suite's configs at head_dim 64 and 128, each variant that serves them timed against
+   the library. */
 bool bench(int repeats, int sm_count)
 {
     cudaStream_t stream;
@@ -310,72 +397,83 @@ bool bench(int repeats, int sm_count)
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
-    printf("\n%-40s %12s %12s %8s %10s\n", "config", "2 TFLOP/s", "3 TFLOP/s", "3 / 2", "max |3-2|");
-    std::vector<double> ratios;
-    bool ok = true;
-    for (int bf16 : {1, 0})
-        for (int causal : {0, 1})
-            for (int seqlen : {512, 1024, 2048, 4096, 8192, 16384}) {
-                const Shape s{16384 / seqlen, seqlen, seqlen, 32, 32, 64, bf16 != 0, causal, -1, -1, 0.f};
-                Problem pr;
-                pr.init(s, 1234 + seqlen);
-                /* correct first: both shapes agree before either is timed */
-                if (!launch(pr, FA_NUM_CONSUMER_WARPGROUPS, sm_count, stream)) return false;
-                const Result two = fetch(pr);
-                if (!launch(pr, 3, sm_count, stream)) return false;
-                const Result three = fetch(pr);
-                double diff = 0, peak = 0;
-                for (size_t i = 0; i < two.out.size(); ++i) {
-                    if ((int)(i % pr.out_head_stride()) >= s.head_dim) continue;
-                    const float a = from_bits(two.out[i], s.bf16), b = from_bits(three.out[i], s.bf16);
-                    diff = std::max(diff, (double)fabs(a - b));
-                    peak = std::max(peak, (double)fabs(a));
-                    if (!std::isfinite(a) || !std::isfinite(b)) diff = INFINITY;
-                }
-                if (!(diff <= (s.bf16 ? 2e-2 : 1e-2) * peak)) {
-                    printf("%-40s outputs differ by %.3e (largest %.3e): not timed\n", describe(s).c_str(), diff, peak);
-                    ok = false;
-                    pr.release();
-                    continue;
-                }
-                /* calls per timing: about 2 ms of work, from one warm call */
+    /* median seconds per call of `v`, `repeats` rounds interleaved with the library's */
+    auto time_pair = [&](Problem &pr, const Variant &v, double med[2]) {
+        CK(cudaEventRecord(e0, stream));
+        launch(pr, kLibrary, sm_count, stream);
+        CK(cudaEventRecord(e1, stream));
+        CK(cudaEventSynchronize(e1));
+        float one_ms = 0;
+        CK(cudaEventElapsedTime(&one_ms, e0, e1));
+        const int calls = std::max(3, (int)(2.0 / std::max(one_ms, 1e-3f)));
+        std::vector<double> t[2];
+        for (int r = 0; r < repeats; ++r)
+            for (int which = 0; which < 2; ++which) {
+                const Variant &w = which ? v : kLibrary;
+                launch(pr, w, sm_count, stream); /* warm */
                 CK(cudaEventRecord(e0, stream));
-                launch(pr, FA_NUM_CONSUMER_WARPGROUPS, sm_count, stream);
+                for (int c = 0; c < calls; ++c)
+                    launch(pr, w, sm_count, stream);
                 CK(cudaEventRecord(e1, stream));
                 CK(cudaEventSynchronize(e1));
-                float one_ms = 0;
-                CK(cudaEventElapsedTime(&one_ms, e0, e1));
-                const int calls = std::max(3, (int)(2.0 / std::max(one_ms, 1e-3f)));
-                std::vector<double> t[2];
-                for (int r = 0; r < repeats; ++r)
-                    for (int which = 0; which < 2; ++which) {
-                        const int consumers = which ? 3 : FA_NUM_CONSUMER_WARPGROUPS;
-                        launch(pr, consumers, sm_count, stream); /* warm */
-                        CK(cudaEventRecord(e0, stream));
-                        for (int c = 0; c < calls; ++c)
-                            launch(pr, consumers, sm_count, stream);
-                        CK(cudaEventRecord(e1, stream));
-                        CK(cudaEventSynchronize(e1));
-                        float ms = 0;
-                        CK(cudaEventElapsedTime(&ms, e0, e1));
-                        t[which].push_back(ms / calls);
-                    }
-                const double flops = 4.0 * s.batch * s.heads_q * (double)seqlen * seqlen * s.head_dim * (causal ? 0.5 : 1.0);
-                double med[2];
-                for (int w = 0; w < 2; ++w) {
-                    std::sort(t[w].begin(), t[w].end());
-                    med[w] = t[w][t[w].size() / 2];
-                }
-                ratios.push_back(med[0] / med[1]);
-                printf("%-40s %12.1f %12.1f %8.3f %10.2e\n", describe(s).c_str(), flops / med[0] * 1e-9,
-                       flops / med[1] * 1e-9, med[0] / med[1], diff);
-                pr.release();
+                float ms = 0;
+                CK(cudaEventElapsedTime(&ms, e0, e1));
+                t[which].push_back(ms * 1e-3 / calls);
             }
-    double log_sum = 0;
-    for (double r : ratios)
-        log_sum += log(r);
-    if (!ratios.empty())
-        printf("geomean three / two over %zu configs: %.4f\n", ratios.size(), exp(log_sum / ratios.size()));
+        for (int w = 0; w < 2; ++w) {
+            std::sort(t[w].begin(), t[w].end());
+            med[w] = t[w][t[w].size() / 2];
+        }
+    };
+    printf("\n%-40s %-11s %10s %10s %7s %10s\n", "config", "variant", "library", "variant", "ratio", "max diff");
+    std::vector<std::vector<double>> ratios(sizeof kVariants / sizeof kVariants[0]);
+    bool ok = true;
+    for (int d : {64, 128})
+        for (int bf16 : {1, 0})
+            for (int causal : {0, 1})
+                for (int seqlen : {512, 1024, 2048, 4096, 8192, 16384}) {
+                    const Shape s{16384 / seqlen, seqlen, seqlen, 2048 / d, 2048 / d, d, bf16 != 0, causal, -1, -1, 0.f};
+                    Problem pr;
+                    pr.init(s, 1234 + seqlen + d);
+                    if (!launch(pr, kLibrary, sm_count, stream)) return false;
+                    const Result lib = fetch(pr);
+                    for (size_t vi = 0; vi < ratios.size(); ++vi) {
+                        const Variant &v = kVariants[vi];
+                        if (!serves(v, s)) continue;
+                        /* correct first: the variant agrees with the library before it is timed */
+                        if (!launch(pr, v, sm_count, stream)) return false;
+                        const Result mine = fetch(pr);
+                        double diff = 0, peak = 0;
+                        for (size_t i = 0; i < lib.out.size(); ++i) {
+                            if ((int)(i % pr.out_head_stride()) >= s.head_dim) continue;
+                            const float a = from_bits(lib.out[i], s.bf16), b = from_bits(mine.out[i], s.bf16);
+                            diff = std::max(diff, std::isfinite(b) ? (double)fabs(a - b) : INFINITY);
+                            peak = std::max(peak, (double)fabs(a));
+                        }
+                        if (!(diff <= (s.bf16 ? 2e-2 : 1e-2) * peak)) {
+                            printf("%-40s %-11s outputs differ from the library's by %.3e (largest %.3e): not timed\n",
+                                   describe(s).c_str(), v.name, diff, peak);
+                            ok = false;
+                            continue;
+                        }
+                        double med[2];
+                        time_pair(pr, v, med);
+                        const double flops =
+                            4.0 * s.batch * s.heads_q * (double)seqlen * seqlen * d * (causal ? 0.5 : 1.0);
+                        ratios[vi].push_back(med[0] / med[1]);
+                        printf("%-40s %-11s %10.1f %10.1f %7.3f %10.2e\n", describe(s).c_str(), v.name,
+                               flops / med[0] * 1e-12, flops / med[1] * 1e-12, med[0] / med[1], diff);
+                    }
+                    pr.release();
+                }
+    for (size_t vi = 0; vi < ratios.size(); ++vi) {
+        double log_sum = 0;
+        for (double r : ratios[vi])
+            log_sum += log(r);
+        if (!ratios[vi].empty())
+            printf("geomean %s / library over %zu configs: %.4f\n", kVariants[vi].name, ratios[vi].size(),
+                   exp(log_sum / ratios[vi].size()));
+    }
     CK(cudaStreamDestroy(stream));
     return ok;
 }

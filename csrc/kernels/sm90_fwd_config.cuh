@@ -92,7 +92,7 @@ struct Config {
     static constexpr uint32_t kOffO = kOffV + kStages * kKVSlotBytes;
     static constexpr uint32_t kOffBar = kOffO + (kOStaging ? kConsumers * kOWgBytes : 0);
     static constexpr uint32_t kSmemBytes = kOffBar + FA_SM90_BARRIER_BYTES + FA_SM90_SMEM_ALIGN;
-    static constexpr bool kPingpong = kHeadDim == 128;
+    static constexpr bool kPingpong = kHeadDim == 128 && kConsumers == 2;  // a two-consumer overlap
     static constexpr bool kSplitSoftmaxWait = kHeadDim != 256;
     // Only where a key block is narrower than the tile can a block boundary fall between the two
     // warpgroups' diagonals; elsewhere it is only more code (head_dim 64 causal, 128-key blocks,

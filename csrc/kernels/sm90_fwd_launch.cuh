@@ -145,24 +145,28 @@ const void *instance_kernel_fn(const fa_params *p) {
     return fn;
 }
 
-template <int kHd, int kConsumers = FA_NUM_CONSUMER_WARPGROUPS>
-cudaError_t instance_launch(const fa_params *p, const fa_launch *cfg, cudaStream_t stream) {
+// Launches instance Cfg for p with cfg, which must describe it (launch.c and sm90_tiles.h
+// agree; dev/ programs build their own).
+template <class Cfg>
+cudaError_t launch_instance(const fa_params *p, const fa_launch *cfg, cudaStream_t stream) {
     fa_sm90_host::EncodeTiledFn encode = fa_sm90_host::encode_tiled_fn();
     if (!built_for_sm90() || encode == nullptr) return cudaErrorInvalidValue;
+    if (cfg->block_n != Cfg::kBlockN || cfg->block_m != Cfg::kBlockM || cfg->head_dim_padded != Cfg::kHeadDim ||
+        cfg->smem_bytes < Cfg::kSmemBytes)
+        return cudaErrorInvalidValue;
+    KernelParams prm;
+    if (!make_kernel_params<Cfg>(p, cfg, encode, &prm)) return cudaErrorInvalidValue;
+    const dim3 grid(cfg->grid[0], cfg->grid[1], cfg->grid[2]);
+    const dim3 block(cfg->block[0], cfg->block[1], cfg->block[2]);
+    fwd_kernel<Cfg><<<grid, block, cfg->smem_bytes, stream>>>(prm);
+    return cudaGetLastError();
+}
+
+template <int kHd, int kConsumers = FA_NUM_CONSUMER_WARPGROUPS>
+cudaError_t instance_launch(const fa_params *p, const fa_launch *cfg, cudaStream_t stream) {
     cudaError_t status = cudaErrorInvalidValue;
-    dispatch_head_dim<kHd, kConsumers>(p, [&](auto cfg_tag) {
-        using Cfg = decltype(cfg_tag);
-        // The launch config must describe this instance (launch.c and sm90_tiles.h agree).
-        if (cfg->block_n != Cfg::kBlockN || cfg->block_m != Cfg::kBlockM || cfg->head_dim_padded != Cfg::kHeadDim ||
-            cfg->smem_bytes < Cfg::kSmemBytes)
-            return;
-        KernelParams prm;
-        if (!make_kernel_params<Cfg>(p, cfg, encode, &prm)) return;
-        const dim3 grid(cfg->grid[0], cfg->grid[1], cfg->grid[2]);
-        const dim3 block(cfg->block[0], cfg->block[1], cfg->block[2]);
-        fwd_kernel<Cfg><<<grid, block, cfg->smem_bytes, stream>>>(prm);
-        status = cudaGetLastError();
-    });
+    dispatch_head_dim<kHd, kConsumers>(
+        p, [&](auto cfg_tag) { status = launch_instance<decltype(cfg_tag)>(p, cfg, stream); });
     return status;
 }
 
