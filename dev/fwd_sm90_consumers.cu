@@ -6,25 +6,25 @@
  *   hd128 3x64   head_dim 128, three consumers, 64-key blocks (full and causal): with O (64
  *   hd128 3x80   registers) beside S and P only blocks this narrow fit 168 registers a thread;
  *                80 keys fit as well (ptxas, CUDA 13.0: 0 bytes spilled in every one).
- * Each is checked against a float reference on dense inputs next to the library's instance,
- * then timed against it.
+ * Each is checked against a float reference on dense inputs next to the two-consumer
+ * instance of the same problem (the library's tile rule for two consumers), then timed
+ * against it.
  *
- * Build on an H100/H200 (any sm_90 GPU), from the repository root; the three-consumer
- * instances are built here from the kernel headers, the library's come from its own units:
+ * Build on an H100/H200 (any sm_90 GPU), from the repository root; every instance is built
+ * here from the kernel headers, nothing of the project is linked:
  *   nvcc -O3 -std=c++17 --use_fast_math -gencode arch=compute_90a,code=sm_90a -I csrc \
- *     dev/fwd_sm90_consumers.cu csrc/kernels/fwd_sm90.cu csrc/kernels/fwd_sm90_hd64.cu \
- *     csrc/kernels/fwd_sm90_hd128.cu csrc/kernels/fwd_sm90_hd256.cu -o fwd_sm90_consumers
- *   ./fwd_sm90_consumers           check: every case on the library and each variant that
+ *     dev/fwd_sm90_consumers.cu -o fwd_sm90_consumers
+ *   ./fwd_sm90_consumers           check: every case on two consumers and each variant that
  *                                  serves it; exit status 1 on a failure
  *   ./fwd_sm90_consumers --bench [REPEATS]
  *                                  the check, then the fa suite's shapes (batch x seqlen =
  *                                  16384, 2048 / head_dim heads, seqlen 512 .. 16384; full and
  *                                  causal; bfloat16 and float16) at head_dim 64 and 128: each
- *                                  variant's output is first compared with the library's, then
+ *                                  variant's output is first compared with two consumers', then
  *                                  both are timed in turn, REPEATS (default 7) rounds with CUDA
  *                                  events around enough calls for ~2 ms; the medians are
  *                                  printed as TFLOP/s (4 B H S^2 D, half that causal) with
- *                                  variant / library, and the geomean per variant.
+ *                                  variant / two, and the geomean per variant.
  * dev/fwd_sm90_seq_check.cu --consumers 3 runs hd64 3x128 on the packed, cache and paged
  * layouts.
  *
@@ -162,16 +162,16 @@ struct Problem {
     }
 };
 
-/* A shape of the kernel: the library's instance (consumers 2), or three consumers with
-   block_n keys a block. */
+/* A shape of the kernel: two consumers with the library's key blocks (block_n 0), or three
+   consumers with block_n keys a block. */
 struct Variant {
     const char *name;
     int head_dim, consumers, block_n;
 };
-const Variant kLibrary = {"library", 0, FA_NUM_CONSUMER_WARPGROUPS, 0};
+const Variant kTwo = {"2 consumers", 0, FA_NUM_CONSUMER_WARPGROUPS, 0};
 const Variant kVariants[] = {{"hd64 3x128", 64, 3, 128}, {"hd128 3x64", 128, 3, 64}, {"hd128 3x80", 128, 3, 80}};
 
-/* Whether v runs shape s: the library runs all; hd128's variants full and causal only. */
+/* Whether v runs shape s: two consumers run all; hd128's variants full and causal only. */
 bool serves(const Variant &v, const Shape &s)
 {
     if (v.consumers == FA_NUM_CONSUMER_WARPGROUPS)
@@ -210,11 +210,15 @@ cudaError_t launch_hd128_three(const fa_params *p, const fa_launch *cfg, cudaStr
 /* The tile of v for p, and v's kernel (for its shared-memory attribute). */
 bool variant_tile(const Variant &v, const fa_params *p, fa_tile *t, const void **fn)
 {
+    const int hd = fa_sm90_head_dim_padded(p->head_dim);
     if (v.consumers == FA_NUM_CONSUMER_WARPGROUPS) {
-        *fn = fa_sm90_tile(p, t) == 0 ? fa_sm90_kernel_fn(p, t) : nullptr;
+        *fn = fa_sm90_tile_of_shape(p, v.consumers, t) != 0 ? nullptr
+              : hd == 64  ? fa_sm90::instance_kernel_fn<64, FA_NUM_CONSUMER_WARPGROUPS>(p)
+              : hd == 128 ? fa_sm90::instance_kernel_fn<128, FA_NUM_CONSUMER_WARPGROUPS>(p)
+                          : nullptr;
         return *fn != nullptr;
     }
-    if (fa_sm90_tile(p, t) != 0)
+    if (fa_sm90_tile_of_shape(p, FA_NUM_CONSUMER_WARPGROUPS, t) != 0)
         return false;
     t->block_m = FA_SM90_BLOCK_M(v.consumers);
     t->block_n = v.block_n;
@@ -243,7 +247,8 @@ bool launch(const Problem &pr, const Variant &v, int sm_count, cudaStream_t stre
     const fa_launch cfg = persistent_launch(pr.p, t, sm_count);
     cudaError_t e;
     if (v.consumers == FA_NUM_CONSUMER_WARPGROUPS)
-        e = fa_sm90_launch(&pr.p, &cfg, stream);
+        e = t.head_dim_padded == 64 ? fa_sm90::instance_launch<64, FA_NUM_CONSUMER_WARPGROUPS>(&pr.p, &cfg, stream)
+                                    : fa_sm90::instance_launch<128, FA_NUM_CONSUMER_WARPGROUPS>(&pr.p, &cfg, stream);
     else if (v.head_dim == 64)
         e = fa_sm90::instance_launch<64, 3>(&pr.p, &cfg, stream);
     else if (v.block_n == 64)
@@ -316,7 +321,7 @@ bool check(const Shape &shape, int sm_count)
             th.join();
     }
     bool all_ok = true;
-    std::vector<Variant> variants = {kLibrary};
+    std::vector<Variant> variants = {kTwo};
     for (const Variant &v : kVariants)
         if (serves(v, s))
             variants.push_back(v);
@@ -389,7 +394,7 @@ std::vector<Shape> check_shapes()
 }
 
 /* The fa suite's configs at head_dim 64 and 128, each variant that serves them timed against
-   the library. */
+   two consumers. */
 bool bench(int repeats, int sm_count)
 {
     cudaStream_t stream;
@@ -397,10 +402,10 @@ bool bench(int repeats, int sm_count)
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
-    /* median seconds per call of `v`, `repeats` rounds interleaved with the library's */
+    /* median seconds per call of two consumers (med[0]) and of `v` (med[1]), `repeats` rounds interleaved */
     auto time_pair = [&](Problem &pr, const Variant &v, double med[2]) {
         CK(cudaEventRecord(e0, stream));
-        launch(pr, kLibrary, sm_count, stream);
+        launch(pr, kTwo, sm_count, stream);
         CK(cudaEventRecord(e1, stream));
         CK(cudaEventSynchronize(e1));
         float one_ms = 0;
@@ -409,7 +414,7 @@ bool bench(int repeats, int sm_count)
         std::vector<double> t[2];
         for (int r = 0; r < repeats; ++r)
             for (int which = 0; which < 2; ++which) {
-                const Variant &w = which ? v : kLibrary;
+                const Variant &w = which ? v : kTwo;
                 launch(pr, w, sm_count, stream); /* warm */
                 CK(cudaEventRecord(e0, stream));
                 for (int c = 0; c < calls; ++c)
@@ -425,7 +430,7 @@ bool bench(int repeats, int sm_count)
             med[w] = t[w][t[w].size() / 2];
         }
     };
-    printf("\n%-40s %-11s %10s %10s %7s %10s\n", "config", "variant", "library", "variant", "ratio", "max diff");
+    printf("\n%-40s %-11s %10s %10s %7s %10s\n", "config", "variant", "2 TFLOP/s", "TFLOP/s", "ratio", "max diff");
     std::vector<std::vector<double>> ratios(sizeof kVariants / sizeof kVariants[0]);
     bool ok = true;
     for (int d : {64, 128})
@@ -435,23 +440,23 @@ bool bench(int repeats, int sm_count)
                     const Shape s{16384 / seqlen, seqlen, seqlen, 2048 / d, 2048 / d, d, bf16 != 0, causal, -1, -1, 0.f};
                     Problem pr;
                     pr.init(s, 1234 + seqlen + d);
-                    if (!launch(pr, kLibrary, sm_count, stream)) return false;
-                    const Result lib = fetch(pr);
+                    if (!launch(pr, kTwo, sm_count, stream)) return false;
+                    const Result two = fetch(pr);
                     for (size_t vi = 0; vi < ratios.size(); ++vi) {
                         const Variant &v = kVariants[vi];
                         if (!serves(v, s)) continue;
-                        /* correct first: the variant agrees with the library before it is timed */
+                        /* correct first: the variant agrees with two consumers before it is timed */
                         if (!launch(pr, v, sm_count, stream)) return false;
                         const Result mine = fetch(pr);
                         double diff = 0, peak = 0;
-                        for (size_t i = 0; i < lib.out.size(); ++i) {
+                        for (size_t i = 0; i < two.out.size(); ++i) {
                             if ((int)(i % pr.out_head_stride()) >= s.head_dim) continue;
-                            const float a = from_bits(lib.out[i], s.bf16), b = from_bits(mine.out[i], s.bf16);
+                            const float a = from_bits(two.out[i], s.bf16), b = from_bits(mine.out[i], s.bf16);
                             diff = std::max(diff, std::isfinite(b) ? (double)fabs(a - b) : INFINITY);
                             peak = std::max(peak, (double)fabs(a));
                         }
                         if (!(diff <= (s.bf16 ? 2e-2 : 1e-2) * peak)) {
-                            printf("%-40s %-11s outputs differ from the library's by %.3e (largest %.3e): not timed\n",
+                            printf("%-40s %-11s outputs differ from two consumers' by %.3e (largest %.3e): not timed\n",
                                    describe(s).c_str(), v.name, diff, peak);
                             ok = false;
                             continue;
@@ -471,7 +476,7 @@ bool bench(int repeats, int sm_count)
         for (double r : ratios[vi])
             log_sum += log(r);
         if (!ratios[vi].empty())
-            printf("geomean %s / library over %zu configs: %.4f\n", kVariants[vi].name, ratios[vi].size(),
+            printf("geomean %s / two consumers over %zu configs: %.4f\n", kVariants[vi].name, ratios[vi].size(),
                    exp(log_sum / ratios[vi].size()));
     }
     CK(cudaStreamDestroy(stream));
