@@ -375,14 +375,67 @@ __device__ __forceinline__ void hand_over_dq(uint32_t smem, int c, const float (
     bar_arrive(kBarDqFull + c, kDqBarThreads);
 }
 
+// One step's registers: S^T and dP^T (then P^T and dS^T in st and dpt), their 16-bit A
+// fragments, and the consumer's dQ half.
+template <class Cfg>
+struct StepRegs {
+    float st[Cfg::kBlockM / 2], dpt[Cfg::kBlockM / 2], dq[Cfg::kDqCols / 2];
+    uint32_t p[Cfg::kBlockM / 4], ds[Cfg::kBlockM / 4];
+};
+
+// A step from its scores in flight (issue_scores) to its GEMMs issued: P^T and dS^T, dS^T to
+// shared memory, dV += P^T dO, the meeting, the dQ half = dS K and dK += dS^T Q (three commit
+// groups: dV, dQ, dK). dS^T buffers alternate: the one written here was last read by the dQ
+// GEMMs of the step before last, which both warpgroups waited for before the previous meeting.
+template <class Cfg>
+__device__ __forceinline__ void step_gemms(const BwdParams &prm, uint32_t smem, const BwdWalk &w, int c, int it,
+                                           const RingPos &pos, int key_lo, float (&dk)[Cfg::kHeadDim / 2],
+                                           float (&dv)[Cfg::kHeadDim / 2], StepRegs<Cfg> &r, int warp_in_wg, int lane) {
+    const uint32_t ds_buf = smem + Cfg::kOffDs + (it & 1) * Cfg::kDsBytes;
+    step_probs_grads<Cfg>(prm, smem, w, pos.slot, w.m_block(it), ds_buf + c * Cfg::kWgKeyBytes, key_lo, r.st, r.dpt,
+                          r.p, r.ds, warp_in_wg, lane);
+    fence_operands(dv);
+    fence_operands(r.p);
+    wgmma_fence();
+    issue_key_grad<Cfg>(dv, r.p, Cfg::do_slot(smem, pos.slot));
+    wgmma_commit_group();
+    bar_sync(kBarDsReady, 2 * 128);
+    fence_operands(dk);
+    fence_operands(r.ds);
+    wgmma_fence();
+    issue_dq<Cfg>(r.dq, ds_buf, smem + Cfg::kOffK, c);
+    wgmma_commit_group();
+    issue_key_grad<Cfg>(dk, r.ds, Cfg::q_slot(smem, pos.slot));
+    wgmma_commit_group();
+}
+
+// A step's end: its dV and dQ retired, the dQ half staged while dK runs, then dK retired and
+// the slot freed -- by every consumer thread, after its own reads of the slot's lse and delta,
+// which the row-stats warp refills with plain stores (freed by lane 0 alone, after a
+// __syncwarp, racecheck reported the refill racing with those reads).
+template <class Cfg>
+__device__ __forceinline__ void finish_step(uint32_t smem, int c, const RingPos &pos, float (&dk)[Cfg::kHeadDim / 2],
+                                            float (&dv)[Cfg::kHeadDim / 2], StepRegs<Cfg> &r, int warp_in_wg,
+                                            int lane) {
+    wgmma_wait_group<1>();  // dV and dQ done; dK may still run
+    fence_operands(dv);
+    fence_operands(r.p);
+    fence_operands(r.dq);
+    hand_over_dq<Cfg>(smem, c, r.dq, warp_in_wg, lane);
+    wgmma_wait_group<0>();
+    fence_operands(dk);
+    fence_operands(r.ds);
+    const uint32_t bars = smem + Cfg::kOffBar;
+    mbarrier_arrive(bars + 8 * (Cfg::kBarQEmpty + pos.slot));
+    mbarrier_arrive(bars + 8 * (Cfg::kBarDoEmpty + pos.slot));
+}
+
 // The walk of consumer c. Each step's GEMMs retire inside it (wgmma groups in flight across
 // the loop's back edge made ptxas serialise them, C7515/C7517). Inside a step: dV, then the
 // meeting, dQ, and dK issued behind it, so the dQ half is staged while dK runs.
 template <class Cfg>
 __device__ __forceinline__ void bwd_consumer(const BwdParams &prm, uint32_t smem, const BwdWalk &w, int c,
                                              int warp_in_wg, int lane) {
-    constexpr int kNs = Cfg::kBlockM / 2;
-    const uint32_t bars = smem + Cfg::kOffBar;
     const uint32_t k_rows = smem + Cfg::kOffK + c * Cfg::kWgKeyBytes;
     const uint32_t v_rows = smem + Cfg::kOffV + c * Cfg::kWgKeyBytes;
     const int key_lo = w.key0 + 64 * c + 16 * warp_in_wg + (lane >> 2);  // this thread's first key
@@ -390,44 +443,14 @@ __device__ __forceinline__ void bwd_consumer(const BwdParams &prm, uint32_t smem
     float dk[Cfg::kHeadDim / 2], dv[Cfg::kHeadDim / 2];
 #pragma unroll
     for (int i = 0; i < Cfg::kHeadDim / 2; ++i) dk[i] = dv[i] = 0.f;
-    mbarrier_wait(bars + 8 * Cfg::kBarKV, 0);
+    mbarrier_wait(smem + Cfg::kOffBar + 8 * Cfg::kBarKV, 0);
     RingPos pos{0, 0u};
 #pragma unroll 1
     for (int it = 0; it < w.steps; ++it) {
-        float st[kNs], dpt[kNs], dq[Cfg::kDqCols / 2];
-        uint32_t p[kNs / 2], ds[kNs / 2];
-        issue_scores<Cfg>(smem, pos, k_rows, v_rows, st, dpt);
-        // dS^T buffers alternate: the one written here was last read by the dQ GEMMs of the
-        // step before last, which both warpgroups waited for before the previous meeting.
-        const uint32_t ds_buf = smem + Cfg::kOffDs + (it & 1) * Cfg::kDsBytes;
-        step_probs_grads<Cfg>(prm, smem, w, pos.slot, w.m_block(it), ds_buf + c * Cfg::kWgKeyBytes, key_lo, st, dpt,
-                              p, ds, warp_in_wg, lane);
-        fence_operands(dv);
-        fence_operands(p);
-        wgmma_fence();
-        issue_key_grad<Cfg>(dv, p, Cfg::do_slot(smem, pos.slot));
-        wgmma_commit_group();
-        bar_sync(kBarDsReady, 2 * 128);
-        fence_operands(dk);
-        fence_operands(ds);
-        wgmma_fence();
-        issue_dq<Cfg>(dq, ds_buf, smem + Cfg::kOffK, c);
-        wgmma_commit_group();
-        issue_key_grad<Cfg>(dk, ds, Cfg::q_slot(smem, pos.slot));
-        wgmma_commit_group();
-        wgmma_wait_group<1>();  // dV and dQ done; dK may still run
-        fence_operands(dv);
-        fence_operands(p);
-        fence_operands(dq);
-        hand_over_dq<Cfg>(smem, c, dq, warp_in_wg, lane);
-        wgmma_wait_group<0>();
-        fence_operands(dk);
-        fence_operands(ds);
-        // Every consumer thread frees the slot after its own reads of the slot's lse and delta,
-        // which the row-stats warp refills with plain stores (freed by lane 0 alone, after a
-        // __syncwarp, racecheck reported the refill racing with those reads).
-        mbarrier_arrive(bars + 8 * (Cfg::kBarQEmpty + pos.slot));
-        mbarrier_arrive(bars + 8 * (Cfg::kBarDoEmpty + pos.slot));
+        StepRegs<Cfg> r;
+        issue_scores<Cfg>(smem, pos, k_rows, v_rows, r.st, r.dpt);
+        step_gemms<Cfg>(prm, smem, w, c, it, pos, key_lo, dk, dv, r, warp_in_wg, lane);
+        finish_step<Cfg>(smem, c, pos, dk, dv, r, warp_in_wg, lane);
         pos.advance(Cfg::kStages);
     }
     store_key_rows<Cfg>(prm.dk, prm.dk_batch_stride, prm.dk_row_stride, prm.dk_head_stride, prm, w, c, dk,
