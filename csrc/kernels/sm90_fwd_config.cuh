@@ -106,10 +106,12 @@ struct Config {
     // kOInV: both warpgroups' O stores of the tile have read the V ring (one arrival each).
     static constexpr int kBarOFree = kBarKFull + 4 * kStages;
     static constexpr int kNumBars = kBarOFree + 1;
-    // Three consumers, after the mbarriers (sm90_pipeline.cuh): per ring slot, a count of the
-    // warps that released it (4 bytes); per consumer, its tile's batch entry and kv head (8).
+    // Three consumers, after the mbarriers (sm90_pipeline.cuh, sm90_fwd_kernel.cuh): per ring
+    // slot, a count of the warps that released it (4 bytes); a count of the warpgroups that
+    // reached a tile's start (4); per consumer, its tile's batch entry and kv head (8).
     static constexpr uint32_t kOffReleaseCount = kOffBar + 8 * kNumBars;
-    static constexpr uint32_t kOffTileOfConsumer = kOffReleaseCount + 4 * kStages;
+    static constexpr uint32_t kOffTileStarts = kOffReleaseCount + 4 * kStages;
+    static constexpr uint32_t kOffTileOfConsumer = kOffTileStarts + 4;
     // Arrivals that free a warpgroup's Q rows: each of its warps after its last Q K^T (O staged
     // elsewhere), or its store thread once the TMA store has read O staged in Q.
     static constexpr bool kQFreeAfterLastQk = kOStaging || kOInV;
@@ -121,7 +123,7 @@ struct Config {
     static_assert(kBlockN % 16 == 0 && kBlockN >= 16 && kBlockN <= 256, "block_n: 16-key steps, one TMA box");
     static_assert(kQChunkBytes % 1024 == 0 && kKVChunkBytes % 1024 == 0 && kWgRowsBytes % 1024 == 0,
                   "every swizzled tile starts on a 1024-byte boundary (descriptor base offset 0)");
-    static_assert(kNumBars * 8 + kStages * 4 + kConsumers * 8 <= FA_SM90_BARRIER_BYTES,
+    static_assert(kNumBars * 8 + kStages * 4 + 4 + kConsumers * 8 <= FA_SM90_BARRIER_BYTES,
                   "mbarriers, counters and tiles fit their area");
     static_assert(kConsumers == 2 || (kConsumers == 3 && !kOInV && kOStaging && !kPingpong),
                   "three consumers: O staged in its own buffer, no pingpong");

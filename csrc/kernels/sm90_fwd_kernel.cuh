@@ -76,13 +76,16 @@ __device__ __forceinline__ void producer(const KernelParams &prm, uint32_t smem)
 
 // Three consumers: the loads of this CTA's first tile at or after `tile` with rows, issued
 // before its key loop by the calling warpgroup's thread 0 -- its own 64 Q rows (nothing reads
-// them any more: the warpgroup has met after its last Q K^T), and for consumer 0 the tile's
-// first kStages key blocks from ring position kv, each once every consumer warp has released
-// its slot. The tile's later blocks are refilled from the key loop (sm90_pipeline.cuh), which
-// finds the tile in the warpgroup's TileOfConsumer, written here.
+// them any more: the warpgroup has met after its last Q K^T), and, by the last of the three
+// warpgroups to get here, the tile's first kStages key blocks from ring position kv: all
+// three have met after their last reads of the previous tile, so every slot is released and
+// nobody waits (the empty barriers are still checked). The tile's later blocks are refilled
+// from the key loop (sm90_pipeline.cuh), which finds the tile in the warpgroup's
+// TileOfConsumer, written here.
 template <class Cfg>
 __device__ __forceinline__ void load_tile_start(const KernelParams &prm, uint32_t smem, int tile, RingPos kv,
                                                 int consumer_idx) {
+    const bool last = atom_add_acq_rel_shared(smem + Cfg::kOffTileStarts, 1) % Cfg::kConsumers == Cfg::kConsumers - 1;
     const SchedulerArgs &sched = prm.sched;
     for (; tile < sched.num_iters; tile += gridDim.x) {
         const TileCoord tc = decode_tile(sched, tile);
@@ -93,7 +96,7 @@ __device__ __forceinline__ void load_tile_start(const KernelParams &prm, uint32_
         st_shared_u32(tile_of + 4, (uint32_t)tc.head_kv);
         load_q_rows<Cfg>(prm, smem, consumer_idx, q_tma_row(sched.seq, e, tc.batch, tc.m_block * Cfg::kBlockM),
                          tc.head_q);
-        if (consumer_idx != 0) return;
+        if (!last) return;
         const fa_block_range range =
             rows_block_range<Cfg>(sequence_mask<Cfg>(prm, e), tc.m_block * Cfg::kBlockM, Cfg::kBlockM);
         const int n_end = max(first_block<Cfg::kMask>(range), range.n_max - Cfg::kStages);
@@ -314,6 +317,7 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) fwd_kernel(const __gr
             mbarrier_init(bars + 8 * (Cfg::kBarVEmpty + st), Cfg::kSlotReleaseArrivals);
             if constexpr (!Cfg::kProducerWarpgroup) st_shared_u32(smem + Cfg::kOffReleaseCount + 4 * st, 0u);
         }
+        if constexpr (!Cfg::kProducerWarpgroup) st_shared_u32(smem + Cfg::kOffTileStarts, 0u);
         if constexpr (Cfg::kOInV) mbarrier_init(bars + 8 * Cfg::kBarOFree, FA_NUM_CONSUMER_WARPGROUPS);
         fence_mbarrier_init();
     }

@@ -11,7 +11,8 @@
  * Who loads:
  *   two consumers: the producer thread, every block, after waiting for its slot's empty barrier;
  *   three consumers: consumer threads. A tile's first kStages blocks are issued one tile ahead
- *     by consumer 0's thread 0 (load_tile_start, after the empty waits); block i + kStages of
+ *     by the thread 0 of the last warpgroup done with the previous tile (load_tile_start, when
+ *     every slot is released); block i + kStages of
  *     a tile goes into block i's slot, issued by the warp that releases block i's V last:
  *     every consumer warp adds 1 to the slot's release count (atom.acq_rel), and the one that
  *     completes a multiple of kSlotReleaseArrivals loads (ConsumerRing::release_v). Every warp
