@@ -17,6 +17,7 @@
  *     every consumer warp adds 1 to the slot's release count (atom.acq_rel), and the one that
  *     completes a multiple of kSlotReleaseArrivals loads (ConsumerRing::release_v). Every warp
  *     releases K before V, so K's slot is free then too. Nothing in the key loop waits to load.
+ *     dev/sm90_ring_model.py runs this protocol under random interleavings of the 12 warps.
  * Device-only.
  */
 #ifndef FA_SM90_PIPELINE_CUH
