@@ -7,7 +7,8 @@
  *   two consumers    block_m 128: warpgroup 0 produces (TMA), warpgroups 1 and 2 compute;
  *                    every instance of the library;
  *   three consumers  block_m 192: every warpgroup computes, and consumer threads issue the
- *                    TMA loads; built and measured by dev/fwd_sm90_consumers.cu only.
+ *                    TMA loads; no instance of the library, built only by the dev/ programs
+ *                    that check and time it (fwd_sm90_consumers.cu, fwd_sm90_seq_check.cu).
  * Pure C (no CUDA includes), so launch.c can compute a launch configuration without a GPU;
  * fwd_sm90.cu instantiates its kernels from the same macros.
  *
