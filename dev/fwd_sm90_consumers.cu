@@ -234,27 +234,46 @@ bool variant_tile(const Variant &v, const fa_params *p, fa_tile *t, const void *
     return *fn != nullptr;
 }
 
-/* One launch of v; false (with a message) when it cannot. */
-bool launch(const Problem &pr, const Variant &v, int sm_count, cudaStream_t stream)
+/* v's launch for a problem, set up once (tile, shared-memory attribute, grid) so that a
+   timed call does no more host work than the launch itself. */
+struct Ready {
+    Variant v;
+    fa_launch cfg;
+    bool ok;
+};
+
+Ready prepare(const Problem &pr, const Variant &v, int sm_count)
 {
+    Ready r{v, {}, false};
     fa_tile t;
     const void *fn = nullptr;
     if (!variant_tile(v, &pr.p, &t, &fn)) {
         printf("%s: no tile or kernel for %s\n", v.name, describe(pr.s).c_str());
-        return false;
+        return r;
     }
     CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)t.smem_bytes));
-    const fa_launch cfg = persistent_launch(pr.p, t, sm_count);
+    r.cfg = persistent_launch(pr.p, t, sm_count);
+    r.ok = true;
+    return r;
+}
+
+/* One launch; false (with a message) when it cannot. */
+bool launch(const Problem &pr, const Ready &r, cudaStream_t stream)
+{
+    if (!r.ok)
+        return false;
+    const Variant &v = r.v;
     cudaError_t e;
     if (v.consumers == FA_NUM_CONSUMER_WARPGROUPS)
-        e = t.head_dim_padded == 64 ? fa_sm90::instance_launch<64, FA_NUM_CONSUMER_WARPGROUPS>(&pr.p, &cfg, stream)
-                                    : fa_sm90::instance_launch<128, FA_NUM_CONSUMER_WARPGROUPS>(&pr.p, &cfg, stream);
+        e = r.cfg.head_dim_padded == 64
+                ? fa_sm90::instance_launch<64, FA_NUM_CONSUMER_WARPGROUPS>(&pr.p, &r.cfg, stream)
+                : fa_sm90::instance_launch<128, FA_NUM_CONSUMER_WARPGROUPS>(&pr.p, &r.cfg, stream);
     else if (v.head_dim == 64)
-        e = fa_sm90::instance_launch<64, 3>(&pr.p, &cfg, stream);
+        e = fa_sm90::instance_launch<64, 3>(&pr.p, &r.cfg, stream);
     else if (v.block_n == 64)
-        e = launch_hd128_three<64>(&pr.p, &cfg, stream, nullptr);
+        e = launch_hd128_three<64>(&pr.p, &r.cfg, stream, nullptr);
     else
-        e = launch_hd128_three<80>(&pr.p, &cfg, stream, nullptr);
+        e = launch_hd128_three<80>(&pr.p, &r.cfg, stream, nullptr);
     if (e != cudaSuccess) {
         printf("%s: launch: %s\n", v.name, cudaGetErrorString(e));
         return false;
@@ -327,7 +346,7 @@ bool check(const Shape &shape, int sm_count)
             variants.push_back(v);
     for (const Variant &v : variants) {
         CK(cudaMemset(pr.dout, 0xff, pr.out_elems * 2)); /* NaN everywhere a row is not written */
-        if (!launch(pr, v, sm_count, 0)) {
+        if (!launch(pr, prepare(pr, v, sm_count), 0)) {
             all_ok = false;
             continue;
         }
@@ -403,9 +422,9 @@ bool bench(int repeats, int sm_count)
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
     /* median seconds per call of two consumers (med[0]) and of `v` (med[1]), `repeats` rounds interleaved */
-    auto time_pair = [&](Problem &pr, const Variant &v, double med[2]) {
+    auto time_pair = [&](Problem &pr, const Ready &two, const Ready &mine, double med[2]) {
         CK(cudaEventRecord(e0, stream));
-        launch(pr, kTwo, sm_count, stream);
+        launch(pr, two, stream);
         CK(cudaEventRecord(e1, stream));
         CK(cudaEventSynchronize(e1));
         float one_ms = 0;
@@ -414,11 +433,11 @@ bool bench(int repeats, int sm_count)
         std::vector<double> t[2];
         for (int r = 0; r < repeats; ++r)
             for (int which = 0; which < 2; ++which) {
-                const Variant &w = which ? v : kTwo;
-                launch(pr, w, sm_count, stream); /* warm */
+                const Ready &w = which ? mine : two;
+                launch(pr, w, stream); /* warm */
                 CK(cudaEventRecord(e0, stream));
                 for (int c = 0; c < calls; ++c)
-                    launch(pr, w, sm_count, stream);
+                    launch(pr, w, stream);
                 CK(cudaEventRecord(e1, stream));
                 CK(cudaEventSynchronize(e1));
                 float ms = 0;
@@ -440,13 +459,15 @@ bool bench(int repeats, int sm_count)
                     const Shape s{16384 / seqlen, seqlen, seqlen, 2048 / d, 2048 / d, d, bf16 != 0, causal, -1, -1, 0.f};
                     Problem pr;
                     pr.init(s, 1234 + seqlen + d);
-                    if (!launch(pr, kTwo, sm_count, stream)) return false;
+                    const Ready two_ready = prepare(pr, kTwo, sm_count);
+                    if (!launch(pr, two_ready, stream)) return false;
                     const Result two = fetch(pr);
                     for (size_t vi = 0; vi < ratios.size(); ++vi) {
                         const Variant &v = kVariants[vi];
                         if (!serves(v, s)) continue;
                         /* correct first: the variant agrees with two consumers before it is timed */
-                        if (!launch(pr, v, sm_count, stream)) return false;
+                        const Ready ready = prepare(pr, v, sm_count);
+                        if (!launch(pr, ready, stream)) return false;
                         const Result mine = fetch(pr);
                         double diff = 0, peak = 0;
                         for (size_t i = 0; i < two.out.size(); ++i) {
@@ -462,7 +483,7 @@ bool bench(int repeats, int sm_count)
                             continue;
                         }
                         double med[2];
-                        time_pair(pr, v, med);
+                        time_pair(pr, two_ready, ready, med);
                         const double flops =
                             4.0 * s.batch * s.heads_q * (double)seqlen * seqlen * d * (causal ? 0.5 : 1.0);
                         ratios[vi].push_back(med[0] / med[1]);
