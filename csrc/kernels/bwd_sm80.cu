@@ -27,7 +27,7 @@
  *   128    48 x  96         94160         166 / 168                  bf16 alike)
  *   256    32 x  48         89424         160 / 166
  *
- * Measured (H200, dev/bwd_sm80_check.cu, this kernel alone, FLOPs = 10 B H Sq Sk D, halved
+ * Measured (H200, dev/bwd_check.cu, this kernel alone, FLOPs = 10 B H Sq Sk D, halved
  * causal), bf16, B=1, H=16, S=16384, head_dim 128: 174 TFLOP/s, 171 causal (FlashAttention-2's
  * backward is about 310 there, with its 144 KB tiles). The 4 compiled files build in 12 s on 2
  * cores with the project's three gencodes.

@@ -11,8 +11,12 @@
  *   Q, dO     [D/64][M rows][128 B]      a ring of S slots each (TMA)
  *   dS^T      [N keys][128 B]            two buffers, alternating by query block: written by
  *                                        both warpgroups (stmatrix), read by both dQ GEMMs
+ *   P^T       [N keys][128 B]            head_dim 256 only (kSplitRows): as dS^T, read by both
+ *                                        dV GEMMs
  *   dQ        2 x [D/64][M rows][128 B]  fp32, each consumer's half of the block's dS K, staged
- *                                        for the dQ warp's TMA reduction into dq_accum
+ *                                        for the dQ warp's TMA reduction into dq_accum; at
+ *                                        head_dim 256 in the step's Q and dO slots instead
+ *                                        (dq_staging)
  *   lse, delta  M floats per slot        written by the row-stats warp with each Q / dO slot
  * Device and host; included by bwd_sm90.cu.
  */
@@ -68,18 +72,28 @@ template <int kHeadDim_, bool kBf16_>
 struct BwdConfig {
     static constexpr int kHeadDim = kHeadDim_;
     static constexpr bool kBf16 = kBf16_;
+    // Below head_dim 256 each consumer owns 64 of the CTA's keys; at 256 both share its 64 keys
+    // and consumer c takes query rows 32c .. 32c + 31 of S^T and dP^T, then head_dim columns
+    // c D/2 .. of dK, dV and dQ (sm90_bwd_tiles.h).
+    static constexpr bool kSplitRows = FA_SM90_BWD_SPLIT_ROWS(kHeadDim);
     static constexpr int kBlockM = FA_SM90_BWD_BLOCK_M;
-    static constexpr int kBlockN = FA_SM90_BWD_BLOCK_N;
+    static constexpr int kBlockN = FA_SM90_BWD_BLOCK_N(kHeadDim);
     static constexpr int kStages = FA_SM90_BWD_STAGES;
     static constexpr int kChunks = kHeadDim / 64;
+    static constexpr int kScoreCols = kSplitRows ? kBlockM / 2 : kBlockM;  // query columns of a consumer's S^T
+    static constexpr int kKeyCols = kSplitRows ? kHeadDim / 2 : kHeadDim;  // head_dim columns of its dK, dV
     static constexpr int kDqCols = kHeadDim / 2;  // each consumer's half of the dQ columns
+    // setmaxnreg counts. At head_dim 256 the dQ warp spilled 20-36 bytes in 24 registers (its
+    // staging lies in two ring slots, in 4 chunks per half); the consumers need fewer than 232.
+    static constexpr int kProducerRegs = kSplitRows ? 32 : FA_SM90_PRODUCER_REGS;
+    static constexpr int kConsumerRegs = kSplitRows ? 232 : FA_SM90_CONSUMER_REGS;
     static constexpr uint32_t kKVChunkBytes = kBlockN * 128;
     static constexpr uint32_t kKVBytes = kChunks * kKVChunkBytes;
     static constexpr uint32_t kRowChunkBytes = kBlockM * 128;  // a 64-column chunk of Q or dO
     static constexpr uint32_t kRowSlotBytes = kChunks * kRowChunkBytes;
     static constexpr uint32_t kDsChunkBytes = kBlockN * 128;
     static constexpr uint32_t kDsBytes = kDsChunkBytes;
-    static constexpr uint32_t kWgKeyBytes = 64 * 128;  // offset of consumer 1's keys in a chunk
+    static constexpr uint32_t kWgKeyBytes = kSplitRows ? 0 : 64 * 128;  // offset of consumer 1's keys in a chunk
     static constexpr uint32_t kOffK = 0;
     static constexpr uint32_t kOffV = kOffK + kKVBytes;
     static constexpr uint32_t kOffQ = kOffV + kKVBytes;
@@ -88,20 +102,22 @@ struct BwdConfig {
     static constexpr int kDqChunks = kDqCols / 32;  // 32 fp32 columns = one 128-byte swizzled line
     static constexpr uint32_t kDqChunkBytes = 64 * 128;
     static constexpr uint32_t kDqWgBytes = kDqChunks * kDqChunkBytes;
-    static constexpr uint32_t kOffDq = kOffDs + 2 * kDsBytes;
-    static constexpr uint32_t kOffLse = kOffDq + FA_NUM_CONSUMER_WARPGROUPS * kDqWgBytes;
+    static constexpr uint32_t kOffP = kOffDs + 2 * kDsBytes;
+    static constexpr uint32_t kOffDq = kOffP + (kSplitRows ? 2 * kDsBytes : 0);
+    static constexpr uint32_t kOffLse = kOffDq + (kSplitRows ? 0 : FA_NUM_CONSUMER_WARPGROUPS * kDqWgBytes);
     static constexpr uint32_t kOffDelta = kOffLse + kStages * kBlockM * 4;
     static constexpr uint32_t kOffBar = kOffDelta + kStages * kBlockM * 4;
     static constexpr uint32_t kSmemBytes = kOffBar + FA_SM90_BARRIER_BYTES + FA_SM90_SMEM_ALIGN;
 
     // mbarrier slots (8 bytes each). A full barrier completes with the TMA bytes and the 32
-    // arrivals of the row-stats warp; an empty one with an arrival from every consumer thread.
+    // arrivals of the row-stats warp; an empty one with an arrival from every consumer thread,
+    // and at head_dim 256 the dQ warp's once it has read the dQ staged in the slot.
     static constexpr int kBarKV = 0;
     static constexpr int kBarQFull = 1, kBarQEmpty = 1 + kStages;
     static constexpr int kBarDoFull = 1 + 2 * kStages, kBarDoEmpty = 1 + 3 * kStages;
     static constexpr int kNumBars = 1 + 4 * kStages;
     static constexpr uint32_t kFullArrivals = 1 + FA_WARP_SIZE;
-    static constexpr uint32_t kEmptyArrivals = FA_NUM_CONSUMER_WARPGROUPS * 128;
+    static constexpr uint32_t kEmptyArrivals = FA_NUM_CONSUMER_WARPGROUPS * 128 + (kSplitRows ? 1 : 0);
 
     // Shared addresses of ring slot `slot`'s Q, dO, base-2 lse and delta.
     static __device__ __forceinline__ uint32_t q_slot(uint32_t smem, int slot) { return smem + kOffQ + slot * kRowSlotBytes; }
@@ -109,14 +125,45 @@ struct BwdConfig {
     static __device__ __forceinline__ uint32_t lse_slot(uint32_t smem, int slot) { return smem + kOffLse + slot * kBlockM * 4; }
     static __device__ __forceinline__ uint32_t delta_slot(uint32_t smem, int slot) { return smem + kOffDelta + slot * kBlockM * 4; }
 
-    static_assert(kHeadDim == 64 || kHeadDim == 128, "instantiated head dims (sm90_bwd_tiles.h)");
+    // Consumer c's first key in the CTA's, first query row of the block in its S^T, and first
+    // head_dim column of its dK and dV.
+    static __device__ __forceinline__ int key_offset(int c) { return kSplitRows ? 0 : 64 * c; }
+    static __device__ __forceinline__ int score_col0(int c) { return kSplitRows ? c * kScoreCols : 0; }
+    static __device__ __forceinline__ int key_col0(int c) { return kSplitRows ? c * kKeyCols : 0; }
+
+    // Consumer c's staged dQ half: 32-column fp32 chunks, each a 64-row box of the TMA reduction
+    // (8 KB); dq_staging is chunk 0's shared address, dq_chunk_offset(ch) chunk ch's offset
+    // from it. At head_dim 256: chunks 0, 1 in the consumer's two 64-column chunks of the step's
+    // dO slot (free once its dV GEMM has retired), chunks 2, 3 in its chunks of the Q slot
+    // (free once its dK GEMM has); after the meeting no other GEMM reads them (the other
+    // consumer's dV and dK read its own columns).
+    static __device__ __forceinline__ uint32_t dq_staging(uint32_t smem, int c, int slot) {
+        if constexpr (kSplitRows)
+            return do_slot(smem, slot) + 2 * c * kRowChunkBytes;
+        else
+            return smem + kOffDq + c * kDqWgBytes;
+    }
+    static __device__ __forceinline__ uint32_t dq_chunk_offset(int ch) {
+        if constexpr (kSplitRows)
+            return (ch % 2) * kRowChunkBytes - (ch / 2) * (kOffDo - kOffQ);  // mod 2^32: the Q slot lies below
+        else
+            return ch * kDqChunkBytes;
+    }
+
+    static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "instantiated head dims (sm90_bwd_tiles.h)");
     static_assert(kBlockM == 64, "a query block is one wgmma N of S^T, one 64-row dS^T chunk, the M of dQ");
-    static_assert(kBlockN == 64 * FA_NUM_CONSUMER_WARPGROUPS, "64 keys per consumer warpgroup");
+    static_assert(kBlockN == (kSplitRows ? 64 : 64 * FA_NUM_CONSUMER_WARPGROUPS),
+                  "64 keys per consumer warpgroup, or 64 shared by both");
+    static_assert(!kSplitRows || (FA_NUM_CONSUMER_WARPGROUPS == 2 && kDqChunkBytes == kRowChunkBytes &&
+                                  kDqCols == 2 * 64 && kKeyCols == kDqCols),
+                  "a consumer's dQ half fits its own two 64-column chunks of a Q and a dO slot");
     static_assert(kDqCols % 16 == 0, "a dQ half is a whole wgmma N");
     static_assert(kOffQ % 1024 == 0 && kOffDo % 1024 == 0 && kOffDs % 1024 == 0 && kRowSlotBytes % 1024 == 0 &&
                       kDsBytes % 1024 == 0,
                   "every swizzled tile starts on a 1024-byte boundary (descriptor base offset 0)");
     static_assert(kNumBars * 8 <= FA_SM90_BARRIER_BYTES, "mbarriers fit their area");
+    static_assert(128 * kProducerRegs + FA_NUM_CONSUMER_WARPGROUPS * 128 * kConsumerRegs <= 384 * 168,
+                  "the setmaxnreg counts fit what the launch allocates (168 registers per thread)");
     static_assert((size_t)kSmemBytes == FA_SM90_BWD_SMEM_BYTES(kHeadDim),
                   "kernel layout and sm90_bwd_tiles.h agree on the shared-memory size");
 };

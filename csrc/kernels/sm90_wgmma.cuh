@@ -5,6 +5,8 @@
  *   Wgmma<N>::rs<kBf16>(d, a0..a3, desc_b, scale_d)          A from registers, B MN-major (imm-trans-b 1)
  *   Wgmma<N>::ss_mn<kBf16>(d, desc_a, desc_b, scale_d)       both from shared memory, both MN-major
  *                                                             (imm-trans-a 1, imm-trans-b 1)
+ *   Wgmma<N>::ss_kmn<kBf16>(d, desc_a, desc_b, scale_d)      both from shared memory, A K-major,
+ *                                                             B MN-major (imm-trans-b 1)
  * d is the warpgroup accumulator fragment, N/2 floats per thread; scale_d == 0 computes
  * D = A*B (no accumulator read, so accumulators need no zero fill), otherwise D += A*B.
  *
@@ -99,6 +101,15 @@ struct Wgmma;
                 FA_WG_DEFINE_TYPED(N, CH, I0, I1, I2, I3, I4, I5, "bf16.bf16", "1, 1");           \
             } else {                                                                              \
                 FA_WG_DEFINE_TYPED(N, CH, I0, I1, I2, I3, I4, I5, "f16.f16", "1, 1");             \
+            }                                                                                     \
+        }                                                                                         \
+        template <bool kBf16>                                                                     \
+        static __device__ __forceinline__ void ss_kmn(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, \
+                                                      int scale_d) {                              \
+            if constexpr (kBf16) {                                                                \
+                FA_WG_DEFINE_TYPED(N, CH, I0, I1, I2, I3, I4, I5, "bf16.bf16", "0, 1");           \
+            } else {                                                                              \
+                FA_WG_DEFINE_TYPED(N, CH, I0, I1, I2, I3, I4, I5, "f16.f16", "0, 1");             \
             }                                                                                     \
         }                                                                                         \
         template <bool kBf16>                                                                     \

@@ -1,15 +1,18 @@
 /*
- * bwd_sm80_check.cu -- standalone check of the sm80 backward main kernel (bwd_sm80*.cu)
- * against a float64 CPU reference, and a timing of it.
+ * bwd_check.cu -- standalone check of a backward main kernel, the sm80 family's (bwd_sm80*.cu)
+ * or the sm90 one (bwd_sm90.cu, plus the head_dim 256 instance that the library does not take
+ * yet), against a float64 CPU reference, and a timing of it.
  *
- * Build and run (links nothing of the project but the kernel's own translation units):
- *   nvcc -O3 -std=c++17 --use_fast_math -gencode arch=compute_90,code=sm_90 -I csrc \
- *     dev/bwd_sm80_check.cu csrc/kernels/bwd_sm80.cu csrc/kernels/bwd_sm80_hd64.cu \
- *     csrc/kernels/bwd_sm80_hd128.cu csrc/kernels/bwd_sm80_hd256.cu -o bwd_sm80_check
- *   ./bwd_sm80_check            every case, then the timings
- *   ./bwd_sm80_check check      the cases only;  ./bwd_sm80_check time   the timings only
- *   ./bwd_sm80_check sanity     a few small cases, for compute-sanitizer
- *   ./bwd_sm80_check time1      head_dim 128 at 16k only
+ * Build and run (links nothing of the project but the kernels' own translation units):
+ *   nvcc -O3 -std=c++17 --use_fast_math -gencode arch=compute_90a,code=sm_90a -I csrc \
+ *     dev/bwd_check.cu csrc/kernels/bwd_sm80.cu csrc/kernels/bwd_sm80_hd64.cu \
+ *     csrc/kernels/bwd_sm80_hd128.cu csrc/kernels/bwd_sm80_hd256.cu csrc/kernels/bwd_sm90.cu \
+ *     -o bwd_check
+ *   ./bwd_check [--family sm80|sm90] [MODE]     the family under test; sm80 by default
+ *   MODE: all (every case, then the timings; the default), check (the cases only), time (the
+ *   timings only), sanity (a few small cases, for compute-sanitizer), time1 (head_dim 128 at
+ *   16k only). Cases the sm90 backward does not serve (sm90_bwd_tiles.h: seqused_k, for one)
+ *   print the reason and are skipped; every other case must pass.
  *
  * Per case: random normal q, k, v, dout quantized to the dtype (the reference reads the same
  * quantized values); the reference runs the forward (lse, out) and the backward in float64
@@ -41,7 +44,77 @@
 #include "flashattn.h"
 #include "kernels/kernels.h"
 #include "kernels/sm80_bwd_tiles.h"
+#include "kernels/sm90_bwd_launch.cuh"
+#include "kernels/sm90_bwd_tiles.h"
 #include "dev_check.h"
+
+static int g_failures = 0;
+
+/* The sm90 backward: the library's instances, and above head_dim 128 the head_dim 256 one
+ * (sm90_bwd_tiles.h), built here until the library takes it. Every other reason to decline is
+ * the library's (fa_sm90_bwd_unsupported, asked at head_dim 128). */
+static bool sm90_dev_instance(const fa_params *p, const fa_grad_params *g)
+{
+    fa_tile t;
+    if (fa_sm90_bwd_tile(p, g, &t) == 0 || p->head_dim <= 128 || p->head_dim > 256 || p->head_dim % 8 != 0)
+        return false;
+    fa_params at128 = *p;
+    at128.head_dim = 128;
+    return fa_sm90_bwd_unsupported(&at128, g) == NULL;
+}
+
+static int sm90_tile(const fa_params *p, const fa_grad_params *g, fa_tile *t)
+{
+    return sm90_dev_instance(p, g) ? fa_sm90_bwd_tile_of_head_dim(256, t) : fa_sm90_bwd_tile(p, g, t);
+}
+
+static const void *sm90_kernel_fn(const fa_params *p, const fa_grad_params *g, const fa_tile *t)
+{
+    if (!sm90_dev_instance(p, g))
+        return fa_sm90_bwd_kernel_fn(p, g, t);
+    if (p->dtype == FA_BFLOAT16)
+        return reinterpret_cast<const void *>(&fa_sm90::bwd_kernel<fa_sm90::BwdConfig<256, true>>);
+    return reinterpret_cast<const void *>(&fa_sm90::bwd_kernel<fa_sm90::BwdConfig<256, false>>);
+}
+
+static cudaError_t sm90_launch(const fa_params *p, const fa_grad_params *g, const fa_bwd_workspace *ws,
+                               const fa_launch *cfg, cudaStream_t stream)
+{
+    if (!sm90_dev_instance(p, g))
+        return fa_sm90_bwd_launch(p, g, ws, cfg, stream);
+    fa_sm90_host::EncodeTiledFn encode = fa_sm90_host::encode_tiled_fn();
+    if (encode == nullptr)
+        return cudaErrorInvalidValue;
+    if (p->dtype == FA_BFLOAT16)
+        return fa_sm90::launch_bwd<fa_sm90::BwdConfig<256, true>>(p, g, ws, cfg, encode, stream);
+    return fa_sm90::launch_bwd<fa_sm90::BwdConfig<256, false>>(p, g, ws, cfg, encode, stream);
+}
+
+/* The backward under test (--family): its tile, kernel and launch (kernels.h). */
+struct Backward {
+    fa_kernel_family family;
+    int (*tile)(const fa_params *, const fa_grad_params *, fa_tile *);
+    const void *(*kernel_fn)(const fa_params *, const fa_grad_params *, const fa_tile *);
+    cudaError_t (*launch)(const fa_params *, const fa_grad_params *, const fa_bwd_workspace *, const fa_launch *,
+                          cudaStream_t);
+};
+static Backward g_bwd = {FA_KERNEL_SM80, fa_sm80_bwd_tile, fa_sm80_bwd_kernel_fn, fa_sm80_bwd_launch};
+
+/* Fills *t for the case; false, after saying why, where the family under test declines it:
+ * a skip for the sm90 backward (it serves a subset), a failure for the sm80 one. */
+static bool tile_for(const char *name, const fa_params *p, const fa_grad_params *g, fa_tile *t)
+{
+    if (g_bwd.tile(p, g, t) == 0)
+        return true;
+    if (g_bwd.family == FA_KERNEL_SM90) {
+        const char *why = fa_sm90_bwd_unsupported(p, g);
+        printf("%-44s skipped: %s\n", name, why ? why : "no sm90 instance");
+        return false;
+    }
+    printf("%-40s no tile\n", name);
+    ++g_failures;
+    return false;
+}
 
 struct Case {
     const char *name;
@@ -73,13 +146,6 @@ static Layout make_layout(int batch, int seq, int heads, int dim, bool sdpa, int
     l.elems = (int64_t)batch * l.bs;
     return l;
 }
-
-struct Result {
-    double err_dq, err_dk, err_dv;
-    bool ok;
-};
-
-static int g_failures = 0;
 
 static void run_case(const Case &c)
 {
@@ -221,7 +287,7 @@ static void run_case(const Case &c)
     p.window_left = c.wl;
     p.window_right = c.wr;
     p.softcap = c.softcap;
-    p.family = FA_KERNEL_SM80;
+    p.family = g_bwd.family;
     p.q_batch_stride = lq.bs, p.q_row_stride = lq.rs, p.q_head_stride = lq.hs;
     p.k_batch_stride = lk.bs, p.k_row_stride = lk.rs, p.k_head_stride = lk.hs;
     p.v_batch_stride = lk.bs, p.v_row_stride = lk.rs, p.v_head_stride = lk.hs;
@@ -231,12 +297,9 @@ static void run_case(const Case &c)
     g.deterministic = c.det;
 
     fa_tile t;
-    if (fa_sm80_bwd_tile(&p, &g, &t) != 0) {
-        printf("%-40s no tile\n", c.name);
-        ++g_failures;
+    if (!tile_for(c.name, &p, &g, &t))
         return;
-    }
-    const void *fn = fa_sm80_bwd_kernel_fn(&p, &g, &t);
+    const void *fn = g_bwd.kernel_fn(&p, &g, &t);
     if (!fn) {
         printf("%-40s no kernel\n", c.name);
         ++g_failures;
@@ -299,7 +362,7 @@ static void run_case(const Case &c)
         CK(cudaMemset(dlock, 0, std::max(lock_n, 1) * 4));
         CK(cudaMemset(ddk, 0xff, lg.elems * 2));
         CK(cudaMemset(ddv, 0xff, lg.elems * 2));
-        CK(fa_sm80_bwd_launch(&p, &g, &ws, &cfg, 0));
+        CK(g_bwd.launch(&p, &g, &ws, &cfg, 0));
         CK(cudaDeviceSynchronize());
         CK(cudaMemcpy(acc.data(), dacc, acc.size() * 4, cudaMemcpyDeviceToHost));
         CK(cudaMemcpy(dk_o.data(), ddk, lg.elems * 2, cudaMemcpyDeviceToHost));
@@ -492,7 +555,7 @@ static void run_packed_case(int D, bool bf16, int causal, int det, bool used_k)
     pp.softmax_scale = scale;
     pp.causal = causal;
     pp.window_left = pp.window_right = -1;
-    pp.family = FA_KERNEL_SM80;
+    pp.family = g_bwd.family;
     pp.total_q = total_q;
     pp.total_k = total_k;
     pp.q_row_stride = qrs, pp.q_head_stride = D;
@@ -501,7 +564,8 @@ static void run_packed_case(int D, bool bf16, int causal, int det, bool used_k)
     g.dk_row_stride = g.dv_row_stride = krs, g.dk_head_stride = g.dv_head_stride = D;
     g.deterministic = det;
     fa_tile t;
-    fa_sm80_bwd_tile(&pp, &g, &t);
+    if (!tile_for(name, &pp, &g, &t))
+        return;
     auto dev_copy = [](const void *src, size_t bytes) {
         void *d;
         CK(cudaMalloc(&d, bytes));
@@ -528,7 +592,7 @@ static void run_packed_case(int D, bool bf16, int causal, int det, bool used_k)
     pp.q = d_q, pp.k = d_k, pp.v = d_v, pp.lse = d_lse;
     pp.cu_seqlens_q = d_cuq, pp.cu_seqlens_k = d_cuk, pp.seqused_k = used_k ? d_used : nullptr;
     g.dout = d_do, g.dk = d_dk, g.dv = d_dv;
-    const void *fn = fa_sm80_bwd_kernel_fn(&pp, &g, &t);
+    const void *fn = g_bwd.kernel_fn(&pp, &g, &t);
     CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)t.smem_bytes));
     fa_bwd_workspace ws;
     memset(&ws, 0, sizeof ws);
@@ -555,7 +619,7 @@ static void run_packed_case(int D, bool bf16, int causal, int det, bool used_k)
         CK(cudaMemset(d_lock, 0, std::max(lock_n, 1) * 4));
         CK(cudaMemset(d_dk, 0xff, k_b.size() * 2));
         CK(cudaMemset(d_dv, 0xff, k_b.size() * 2));
-        CK(fa_sm80_bwd_launch(&pp, &g, &ws, &cfg, 0));
+        CK(g_bwd.launch(&pp, &g, &ws, &cfg, 0));
         CK(cudaDeviceSynchronize());
         CK(cudaMemcpy(acc.data(), d_acc, acc.size() * 4, cudaMemcpyDeviceToHost));
         CK(cudaMemcpy(dk_o.data(), d_dk, dk_o.size() * 2, cudaMemcpyDeviceToHost));
@@ -674,9 +738,13 @@ static void time_case(int D, bool bf16, int B, int H, int S, int causal, int det
     g.do_row_stride = g.dk_row_stride = g.dv_row_stride = rs;
     g.do_head_stride = g.dk_head_stride = g.dv_head_stride = D;
     g.deterministic = det;
+    p.family = g_bwd.family;
     fa_tile t;
-    fa_sm80_bwd_tile(&p, &g, &t);
-    const void *fn = fa_sm80_bwd_kernel_fn(&p, &g, &t);
+    char name[96];
+    snprintf(name, sizeof name, "time hd%d S=%d", D, S);
+    if (!tile_for(name, &p, &g, &t))
+        return;
+    const void *fn = g_bwd.kernel_fn(&p, &g, &t);
     CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)t.smem_bytes));
     const size_t n = (size_t)B * bs;
     uint16_t *q, *k, *v, *dout, *dk, *dv;
@@ -728,7 +796,7 @@ static void time_case(int D, bool bf16, int B, int H, int S, int causal, int det
         if (det)
             CK(cudaMemsetAsync(lock, 0, lock_n * 4, 0));
         CK(cudaEventRecord(e0, 0));
-        CK(fa_sm80_bwd_launch(&p, &g, &ws, &cfg, 0));
+        CK(g_bwd.launch(&p, &g, &ws, &cfg, 0));
         CK(cudaEventRecord(e1, 0));
         CK(cudaEventSynchronize(e1));
         float ms;
@@ -751,10 +819,25 @@ static void time_case(int D, bool bf16, int B, int H, int S, int causal, int det
 
 int main(int argc, char **argv)
 {
-    const std::string mode = argc > 1 ? argv[1] : "all";
+    std::string mode = "all";
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        if (arg == "--family" && i + 1 < argc) {
+            const std::string fam = argv[++i];
+            if (fam == "sm90")
+                g_bwd = Backward{FA_KERNEL_SM90, sm90_tile, sm90_kernel_fn, sm90_launch};
+            else if (fam != "sm80") {
+                fprintf(stderr, "--family takes sm80 or sm90, not %s\n", fam.c_str());
+                return 2;
+            }
+        } else {
+            mode = arg;
+        }
+    }
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
-    printf("device %s, sm_%d%d, %d SMs\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount);
+    printf("device %s, sm_%d%d, %d SMs; %s backward\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount,
+           g_bwd.family == FA_KERNEL_SM90 ? "sm90" : "sm80");
     if (mode == "sanity") {
         run_case(Case{"hd128 bf16 causal 113x203 6:2", 128, 1, 1, 6, 2, 113, 203, 1, -1, -1, 0.f, 0, 0});
         run_case(Case{"hd64 fp16 win(17,0) 1x239", 64, 0, 1, 2, 2, 1, 239, 0, 17, 0, 0.f, 0, 0});
