@@ -4,12 +4,13 @@
  * dq_accum) and the dq conversion are bwd_sm80_aux.cu's; kernels.h has the contract of the
  * three launches.
  *
- *   grid = (ceil(seqlen_k / 128), heads_kv, batch), block = 384, dynamic smem from
- *   sm90_bwd_tiles.h. CTA (n, hk, b) owns keys [128 n, 128 n + 128) of kv head hk, 64 per
- *   consumer warpgroup, and walks every q head of its group and every query block that sees
- *   its keys (fa_block_range_cols); masks, score hook and lengths come from csrc/common/.
- *   Instantiated for head_dim_padded 64 (128-row query blocks) and 128 (64-row blocks) x
- *   {fp16, bf16}; mask kind, softcap and determinism are runtime, as in the sm80 backward.
+ *   grid = (ceil(seqlen_k / N), heads_kv, batch), block = 384, dynamic smem from
+ *   sm90_bwd_tiles.h. CTA (n, hk, b) owns keys [N n, N n + N) of kv head hk (N = 128, 64 per
+ *   consumer warpgroup; at head_dim 256 N = 64, shared), and walks every q head of its group
+ *   and every query block of 64 rows that sees its keys (fa_block_range_cols); masks, score
+ *   hook and lengths come from csrc/common/. Instantiated for head_dim_padded 64 and 128 x
+ *   {fp16, bf16} (the head_dim 256 instance is built only by dev/bwd_check.cu so far); mask
+ *   kind, softcap and determinism are runtime, as in the sm80 backward.
  *   Uniform and packed (cu_seqlens) batches: fa_sm90_bwd_unsupported (sm90_bwd_tiles.h)
  *   names what runs on the sm80 family's backward instead. Packed boxes read past their
  *   entry's rows and keys into the next entry's (finite: P = 0 there, as in the forward);
