@@ -5,7 +5,10 @@
  *   hd64 3x128   head_dim 64, three consumers, 128-key blocks (every mask, softcap or not);
  *   hd128 3x64   head_dim 128, three consumers, 64-key blocks (full and causal): with O (64
  *   hd128 3x80   registers) beside S and P only blocks this narrow fit 168 registers a thread;
- *                80 keys fit as well (ptxas, CUDA 13.0: 0 bytes spilled in every one).
+ *                80 keys fit as well (ptxas, CUDA 13.0: 0 bytes spilled in every one);
+ *   hd64 3x128 fma1, fma2
+ *                hd64 3x128 (full and causal) with 1/8 or 2/8 of the key loop's exponentials
+ *                on the FMA pipe (exp2_fma, sm90_softmax.cuh; issue 17's third step).
  * Each is checked against a float reference on dense inputs next to the two-consumer
  * instance of the same problem (the library's tile rule for two consumers), then timed
  * against it.
@@ -166,12 +169,18 @@ struct Problem {
    consumers with block_n keys a block. */
 struct Variant {
     const char *name;
-    int head_dim, consumers, block_n;
+    int head_dim, consumers, block_n, fma_eighths;
 };
-const Variant kTwo = {"2 consumers", 0, FA_NUM_CONSUMER_WARPGROUPS, 0};
-const Variant kVariants[] = {{"hd64 3x128", 64, 3, 128}, {"hd128 3x64", 128, 3, 64}, {"hd128 3x80", 128, 3, 80}};
+const Variant kTwo = {"2 consumers", 0, FA_NUM_CONSUMER_WARPGROUPS, 0, 0};
+const Variant kVariants[] = {{"hd64 3x128", 64, 3, 128, 0},      {"hd128 3x64", 128, 3, 64, 0},
+                             {"hd128 3x80", 128, 3, 80, 0},      {"hd64 3x128 fma1", 64, 3, 128, 1},
+                             {"hd64 3x128 fma2", 64, 3, 128, 2}};
 
-/* Whether v runs shape s: two consumers run all; hd128's variants full and causal only. */
+/* Whether v is built as the library's instances are (every mask, softcap or not). */
+bool full_set(const Variant &v) { return v.head_dim == 64 && v.fma_eighths == 0; }
+
+/* Whether v runs shape s: two consumers and hd64 3x128 run all; the others full and causal
+   only. */
 bool serves(const Variant &v, const Shape &s)
 {
     if (v.consumers == FA_NUM_CONSUMER_WARPGROUPS)
@@ -179,12 +188,13 @@ bool serves(const Variant &v, const Shape &s)
     const int padded = fa_sm90_head_dim_padded(s.head_dim);
     if (padded != v.head_dim)
         return false;
-    return v.head_dim == 64 || (s.wl < 0 && s.wr < 0 && s.softcap == 0.f);
+    return full_set(v) || (s.wl < 0 && s.wr < 0 && s.softcap == 0.f);
 }
 
-/* Three consumers at head_dim 128, block_n keys a block, full or causal. */
-template <int kBlockN>
-cudaError_t launch_hd128_three(const fa_params *p, const fa_launch *cfg, cudaStream_t stream, const void **fn)
+/* Three consumers at head_dim kHd, kBlockN keys a block, kFma eighths of the exponentials on
+   the FMA pipe; full or causal, no softcap. */
+template <int kHd, int kBlockN, int kFma>
+cudaError_t launch_three(const fa_params *p, const fa_launch *cfg, cudaStream_t stream, const void **fn)
 {
     using namespace fa_sm90;
     const bool bf16 = p->dtype == FA_BFLOAT16;
@@ -193,7 +203,7 @@ cudaError_t launch_hd128_three(const fa_params *p, const fa_launch *cfg, cudaStr
         return cudaErrorInvalidValue;
 #define FA_DEV_THREE(MASK, BF16)                                                                   \
     do {                                                                                           \
-        using Cfg = Config<128, kBlockN, MASK, false, BF16, 3>;                                  \
+        using Cfg = Config<kHd, kBlockN, MASK, false, BF16, 3, kFma>;                            \
         if (fn) {                                                                                  \
             *fn = reinterpret_cast<const void *>(&fwd_kernel<Cfg>);                               \
             return cudaSuccess;                                                                    \
@@ -205,6 +215,17 @@ cudaError_t launch_hd128_three(const fa_params *p, const fa_launch *cfg, cudaStr
     if (bf16) FA_DEV_THREE(FA_MASK_CAUSAL, true);
     FA_DEV_THREE(FA_MASK_CAUSAL, false);
 #undef FA_DEV_THREE
+}
+
+/* launch_three for the variants outside full_set (fn: as there). */
+cudaError_t launch_narrow(const Variant &v, const fa_params *p, const fa_launch *cfg, cudaStream_t stream,
+                          const void **fn)
+{
+    if (v.head_dim == 128)
+        return v.block_n == 64 ? launch_three<128, 64, 0>(p, cfg, stream, fn)
+                               : launch_three<128, 80, 0>(p, cfg, stream, fn);
+    return v.fma_eighths == 1 ? launch_three<64, 128, 1>(p, cfg, stream, fn)
+                              : launch_three<64, 128, 2>(p, cfg, stream, fn);
 }
 
 /* The tile of v for p, and v's kernel (for its shared-memory attribute). */
@@ -225,12 +246,10 @@ bool variant_tile(const Variant &v, const fa_params *p, fa_tile *t, const void *
     t->stages = FA_SM90_STAGES(v.head_dim, v.consumers);
     t->smem_bytes = FA_SM90_SMEM_BYTES(t->block_m, v.head_dim, t->block_n, t->stages);
     *fn = nullptr;
-    if (v.head_dim == 64)
+    if (full_set(v))
         *fn = fa_sm90::instance_kernel_fn<64, 3>(p);
-    else if (v.block_n == 64)
-        launch_hd128_three<64>(p, nullptr, 0, fn);
     else
-        launch_hd128_three<80>(p, nullptr, 0, fn);
+        launch_narrow(v, p, nullptr, 0, fn);
     return *fn != nullptr;
 }
 
@@ -268,12 +287,10 @@ bool launch(const Problem &pr, const Ready &r, cudaStream_t stream)
         e = r.cfg.head_dim_padded == 64
                 ? fa_sm90::instance_launch<64, FA_NUM_CONSUMER_WARPGROUPS>(&pr.p, &r.cfg, stream)
                 : fa_sm90::instance_launch<128, FA_NUM_CONSUMER_WARPGROUPS>(&pr.p, &r.cfg, stream);
-    else if (v.head_dim == 64)
+    else if (full_set(v))
         e = fa_sm90::instance_launch<64, 3>(&pr.p, &r.cfg, stream);
-    else if (v.block_n == 64)
-        e = launch_hd128_three<64>(&pr.p, &r.cfg, stream, nullptr);
     else
-        e = launch_hd128_three<80>(&pr.p, &r.cfg, stream, nullptr);
+        e = launch_narrow(v, &pr.p, &r.cfg, stream, nullptr);
     if (e != cudaSuccess) {
         printf("%s: launch: %s\n", v.name, cudaGetErrorString(e));
         return false;

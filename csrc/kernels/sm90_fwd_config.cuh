@@ -63,9 +63,10 @@ enum : uint32_t {
 // library) or 3 (every warpgroup computes and consumer threads issue the loads:
 // sm90_fwd_kernel.cuh, sm90_pipeline.cuh; head_dim 64, built by dev/fwd_sm90_consumers.cu).
 template <int kHeadDim_, int kBlockN_, int kMask_, bool kSoftcap_, bool kBf16_,
-          int kConsumers_ = FA_NUM_CONSUMER_WARPGROUPS>
+          int kConsumers_ = FA_NUM_CONSUMER_WARPGROUPS, int kFmaEighths_ = 0>
 struct Config {
     static constexpr int kConsumers = kConsumers_;
+    static constexpr int kFmaEighths = kFmaEighths_;  // of the key loop's exponentials on the FMA pipe (sm90_softmax.cuh)
     static constexpr bool kProducerWarpgroup = kConsumers < FA_NUM_WARPGROUPS;
     static constexpr int kHeadDim = kHeadDim_;
     static constexpr int kBlockN = kBlockN_;

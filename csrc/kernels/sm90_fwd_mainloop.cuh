@@ -173,7 +173,7 @@ __device__ __forceinline__ void key_block_turn(ConsumerRing<Cfg> &ring, const fa
     ring.release_k();
     release_q_after_last_qk<Cfg>(ring.bars, consumer, ring.lane, n == n_min);
     score_mod<Cfg>(s, n, range, mask, score, row0, ring.lane);
-    const bool rescale = online_softmax_lazy(s, m, l, scale_log2, corr);
+    const bool rescale = online_softmax_lazy<Cfg::kFmaEighths>(s, m, l, scale_log2, corr);
     if constexpr (Cfg::kSplitSoftmaxWait) {
         // ptxas hoists wgmma.wait_group 0 to the top of its basic block, which would make
         // the softmax wait for P V. Waiting here for the next K block ends the basic block,

@@ -17,9 +17,11 @@
  *
  * Exponentials run on MUFU.EX2 (16 lanes per clock per SM): by those rates the exponentials of
  * a head_dim 64 tile take about as long as its two GEMMs. A share of them computed on the FMA
- * pipe by a degree-3 polynomial measured slower at 1/8, 2/8 and 3/8 on an H200, as did 2 and 4
- * independent chains of the row max (benches/NOTES.md, sm90 v5 and v6; the code is in
- * 170495f).
+ * pipe by a degree-3 polynomial (exp2_fma) measured slower at 1/8, 2/8 and 3/8 on an H200 with
+ * two consumer warpgroups, as did 2 and 4 independent chains of the row max (benches/NOTES.md,
+ * sm90 v5 and v6). The library's instances take none (kFmaEighths = 0); the three-consumer
+ * variants of dev/fwd_sm90_consumers.cu try it again, where the softmax has two other
+ * warpgroups' GEMMs around it (issue 17).
  *
  * Device-only; included by fwd_sm90.cu.
  */
@@ -141,11 +143,35 @@ __device__ __forceinline__ bool outgrows(float bmax, float m, float scale_log2) 
     return !((bmax - m) * scale_log2 <= FA_SM90_LAZY_RESCALE_LOG2);
 }
 
+// 2^x on the FMA pipe, for x <= 127 (lazy rescaling keeps x <= FA_SM90_LAZY_RESCALE_LOG2):
+// 2^x = 2^n 2^f with n = round(x), f in [-1/2, 1/2], 2^f by a degree-3 polynomial (relative
+// error below 1.2e-4, under float16's rounding of P; tests/test_exp2_fma.py), n added
+// to the exponent field. x is clamped to -127 first: x = -inf (a masked score) then gives
+// f = 0, p = 1.0 and a result of exactly +0.0, as MUFU.EX2.FTZ does; x in [-127, -126.5)
+// gives p >= 1 and a denormal or 0, never a wrapped sign. A NaN x also gives 0 (not NaN, as
+// MUFU does): an instance that takes it must run the NaN-row tests before it ships.
+__device__ __forceinline__ float exp2_fma(float x) {
+    constexpr float kRoundShift = 12582912.f;  // 1.5 * 2^23: x + it holds round(x) in its low mantissa bits
+    constexpr float kC1 = 0.69328290f, kC2 = 0.24221097f, kC3 = 0.05500893f;
+    x = fmaxf(x, -127.f);
+    const float shifted = __fadd_rn(x, kRoundShift);
+    const float n = __fadd_rn(shifted, -kRoundShift);
+    const float f = __fadd_rn(x, -n);
+    float p = fmaf(kC3, f, kC2);
+    p = fmaf(p, f, kC1);
+    p = fmaf(p, f, 1.f);
+    // The shifted float's bits are 0x4B400000 + n; shifted left by 23 the constant part leaves
+    // the 32-bit word and n lands in the exponent field.
+    return __int_as_float(__float_as_int(p) + (__float_as_int(shifted) << 23));
+}
+
 // In place, max first. Returns whether any row of the warp moved its max: O must then be
-// rescaled by corr (1 for the rows that did not). Warp-uniform.
-template <int kNs>
+// rescaled by corr (1 for the rows that did not). Warp-uniform. kFmaEighths of every 8
+// eight-column groups of a row take exp2_fma instead of MUFU.
+template <int kFmaEighths = 0, int kNs>
 __device__ __forceinline__ bool online_softmax_lazy(float (&s)[kNs], float (&m)[2], float (&l)[2], float scale_log2,
                                                     float (&corr)[2]) {
+    static_assert(kFmaEighths >= 0 && kFmaEighths <= 8, "eighths of the exponentials on the FMA pipe");
     constexpr int kGroups = kNs / 4;
     float bmax[2];
     block_row_max(s, bmax);
@@ -162,7 +188,8 @@ __device__ __forceinline__ bool online_softmax_lazy(float (&s)[kNs], float (&m)[
         for (int i = 0; i < kGroups; ++i) {
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-                const float p = exp2f(fmaf(s[4 * i + 2 * r + e], scale_log2, -m_scaled));
+                const float x = fmaf(s[4 * i + 2 * r + e], scale_log2, -m_scaled);
+                const float p = (i % 8) < kFmaEighths ? exp2_fma(x) : exp2f(x);
                 s[4 * i + 2 * r + e] = p;
                 sum += p;
             }
