@@ -871,6 +871,9 @@ int main(int argc, char **argv)
         add(Case{nullptr, 72, 0, 2, 2, 1, 239, 239, 0, -1, -1, 0.f, 0, 0}, "hd72 fp16 none 2:1 239");
         add(Case{nullptr, 8, 1, 1, 2, 2, 113, 113, 1, -1, -1, 0.f, 0, 0}, "hd8 bf16 causal 113");
         add(Case{nullptr, 200, 1, 1, 2, 2, 239, 239, 0, -1, -1, 0.f, 0, 1}, "hd200 bf16 none sdpa");
+        /* head_dim 256 instances whose last 64-column chunk lies wholly past head_dim */
+        add(Case{nullptr, 160, 1, 1, 2, 2, 239, 239, 1, -1, -1, 0.f, 0, 0}, "hd160 bf16 causal 239");
+        add(Case{nullptr, 192, 0, 1, 2, 1, 113, 203, 0, -1, -1, 0.f, 0, 1}, "hd192 fp16 none 113x203 sdpa");
         /* softcap */
         add(Case{nullptr, 128, 1, 2, 6, 2, 239, 239, 0, -1, -1, 30.f, 0, 0}, "hd128 bf16 none softcap30");
         add(Case{nullptr, 64, 0, 1, 4, 2, 239, 239, 1, -1, -1, 30.f, 0, 0}, "hd64 fp16 causal softcap30");
@@ -896,6 +899,8 @@ int main(int argc, char **argv)
         add(Case{nullptr, 128, 1, 1, 4, 2, 1023, 1023, 0, -1, -1, 0.f, 1, 0}, "hd128 bf16 none 1023 det");
         add(Case{nullptr, 64, 0, 1, 6, 2, 239, 239, 0, 128, 3, 0.f, 1, 0}, "hd64 fp16 win(128,3) det");
         add(Case{nullptr, 256, 1, 1, 2, 1, 203, 113, 1, -1, -1, 30.f, 1, 1}, "hd256 bf16 causal 203x113 sc det");
+        /* many key blocks per query block: each waits its turn, while its consumers run ahead */
+        add(Case{nullptr, 256, 1, 1, 2, 1, 1023, 1023, 0, -1, -1, 0.f, 1, 0}, "hd256 bf16 none 1023 2:1 det");
         for (const Case &c : cases)
             run_case(c);
         /* packed ragged batches (cu_seqlens), one with seqused_k */

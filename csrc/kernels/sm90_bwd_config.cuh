@@ -65,6 +65,7 @@ enum : uint32_t {
     kBarDsReady = 1,    // both consumer warpgroups: their dS^T rows of the block are in shared memory
     kBarDqFull = 2,     // + consumer: its dQ half is staged (the consumer and the dQ warp)
     kBarDqEmpty = 4,    // + consumer: the reduction has read the staged half
+    kBarDqSlot = 6,     // head_dim 256: + 2 consumer + slot, in place of kBarDqFull (dq_full_bar)
 };
 constexpr uint32_t kDqBarThreads = 128 + FA_WARP_SIZE;
 
@@ -143,6 +144,19 @@ struct BwdConfig {
         else
             return smem + kOffDq + c * kDqWgBytes;
     }
+    // The named barrier on which consumer c hands its staged dQ half of a step in slot `slot` to
+    // the dQ warp. At head_dim 256 there is no kBarDqEmpty hand-back, and a consumer may finish
+    // the next step before the dQ warp has met it for this one: with one id per consumer, those
+    // arrivals would land on the same barrier (it completes at its count with nobody waiting,
+    // and the dQ warp then waits for good). One id per slot as well: a consumer arrives on a
+    // slot's id again only two steps later, once the slot has been refilled, which needs the
+    // dQ warp's arrival on its empty barriers, after its wait on this id.
+    static __device__ __forceinline__ uint32_t dq_full_bar(int c, int slot) {
+        if constexpr (kSplitRows)
+            return kBarDqSlot + c * kStages + slot;
+        else
+            return kBarDqFull + c;
+    }
     static __device__ __forceinline__ uint32_t dq_chunk_offset(int ch) {
         if constexpr (kSplitRows)
             return (ch % 2) * kRowChunkBytes - (ch / 2) * (kOffDo - kOffQ);  // mod 2^32: the Q slot lies below
@@ -162,6 +176,7 @@ struct BwdConfig {
                       kDsBytes % 1024 == 0,
                   "every swizzled tile starts on a 1024-byte boundary (descriptor base offset 0)");
     static_assert(kNumBars * 8 <= FA_SM90_BARRIER_BYTES, "mbarriers fit their area");
+    static_assert(!kSplitRows || kBarDqSlot + FA_NUM_CONSUMER_WARPGROUPS * kStages <= 16, "16 named barriers");
     static_assert(128 * kProducerRegs + FA_NUM_CONSUMER_WARPGROUPS * 128 * kConsumerRegs <= 384 * 168,
                   "the setmaxnreg counts fit what the launch allocates (168 registers per thread)");
     static_assert((size_t)kSmemBytes == FA_SM90_BWD_SMEM_BYTES(kHeadDim),

@@ -173,7 +173,7 @@ __device__ __forceinline__ void bwd_dq_writer(const BwdParams &prm, uint32_t sme
 #pragma unroll
         for (int c = 0; c < FA_NUM_CONSUMER_WARPGROUPS; ++c) {
             const uint32_t staging = Cfg::dq_staging(smem, c, slot);
-            bar_sync(kBarDqFull + c, kDqBarThreads);
+            bar_sync(Cfg::dq_full_bar(c, slot), kDqBarThreads);
             if (rows < Cfg::kBlockM) {
                 reduce_dq_rows<Cfg>(prm, staging, c, rows, at, h, lane);
             } else if (lane == 0) {
@@ -427,7 +427,7 @@ __device__ __forceinline__ void hand_over_dq(uint32_t smem, int c, int slot, con
     bar_sync(kBarDqEmpty + c, kDqBarThreads);
     stage_dq<Cfg>(smem, c, slot, dq, warp_in_wg, lane);
     fence_proxy_async_shared_cta();
-    bar_arrive(kBarDqFull + c, kDqBarThreads);
+    bar_arrive(Cfg::dq_full_bar(c, slot), kDqBarThreads);
 }
 
 // One step's registers: S^T and dP^T (then P^T and dS^T in st and dpt), their 16-bit
@@ -502,7 +502,7 @@ __device__ __forceinline__ void finish_step(uint32_t smem, int c, const RingPos 
         fence_operands(r.ds);
         stage_dq<Cfg, 2, 2>(smem, c, pos.slot, r.dq, warp_in_wg, lane);
         fence_proxy_async_shared_cta();
-        bar_arrive(kBarDqFull + c, kDqBarThreads);
+        bar_arrive(Cfg::dq_full_bar(c, pos.slot), kDqBarThreads);
     } else {
         hand_over_dq<Cfg>(smem, c, pos.slot, r.dq, warp_in_wg, lane);
         wgmma_wait_group<0>();
