@@ -7,9 +7,13 @@ of every tile in the same order, so block positions are global: position p uses 
 p % STAGES. A load may go into a slot only once all 12 warps released the slot's previous
 position (the empty barrier's phase). Loads come from two places:
   tile start  each warpgroup's thread 0, once its 4 warps met after their last reads of the
-              previous tile, counts itself in; the last of the three loads the tile's first
-              min(STAGES, n) blocks (at the kernel's start the kernel meets after these loads;
-              nothing was released yet, so the order does not matter there);
+              previous tile, adds 1 to the CTA's one count of tile starts, as the kernel does
+              (kOffTileStarts) -- only for a tile with key blocks: a warpgroup passes a tile
+              without blocks with no wait on the ring, so its count for a later tile could
+              land among the others' counts for this one; the one that completes a multiple
+              of 3 loads the tile's first min(STAGES, n) blocks (at the kernel's start the
+              kernel meets after these loads; nothing was released yet, so the order does not
+              matter there);
   refill      a warp's release of tile block i adds 1 to the slot's count when block i + STAGES
               is in the tile; the release that completes a multiple of 12 loads block i + STAGES.
 A warp consumes a position only once it is loaded (the full barrier).
@@ -18,7 +22,9 @@ Checked over random tile lists and interleavings: no position is loaded twice or
 still in use, every position is loaded, the walk never deadlocks, and the warpgroup that
 issues a tile's first blocks never waits for a slot.
 
-    python dev/sm90_ring_model.py [TRIALS]      prints "N trials: PASS" or the first failure
+    python dev/sm90_ring_model.py [TRIALS] [--count-keyless]
+        prints "N trials: PASS" or the first failure; --count-keyless counts tiles without
+        key blocks too (the rule before the fix), which fails
 """
 import random
 import sys
@@ -37,7 +43,8 @@ class Ring:
         self.loaded = [False] * self.positions
         self.released = [0] * self.positions     # warps done with the position
         self.count = [0] * STAGES                # refill counts per slot
-        self.starts = {}                         # tile -> warpgroups counted in
+        self.starts = 0                          # the CTA's count of tile starts
+        self.count_keyless = False
 
     def slot_free(self, p):
         return p < STAGES or self.released[p - STAGES] == RELEASES
@@ -49,8 +56,11 @@ class Ring:
 
     def tile_start(self, t):
         """A warpgroup's thread 0 at tile t's start: the loads it must issue."""
-        self.starts[t] = self.starts.get(t, 0) + 1
-        if t >= len(self.tiles) or self.starts[t] < WARPGROUPS:
+        if t >= len(self.tiles) or (self.tiles[t] == 0 and not self.count_keyless):
+            return []
+        c = self.starts
+        self.starts += 1
+        if c % WARPGROUPS != WARPGROUPS - 1:
             return []
         return [self.first[t] + i for i in range(min(STAGES, self.tiles[t]))]
 
@@ -65,9 +75,10 @@ class Ring:
                 self.load(p + STAGES, "refill")
 
 
-def walk(tiles, rnd):
+def walk(tiles, rnd, count_keyless=False):
     """One interleaving; returns None or a failure message."""
     ring = Ring(tiles)
+    ring.count_keyless = count_keyless
     # per warp: its warpgroup and index, the tile and block it is at, and its state
     warps = [dict(g=g, w=w, t=0, i=0, state="start") for g in range(WARPGROUPS) for w in range(WARPS)]
     arrived = {}  # (warpgroup, tile) -> its warps at the meeting before the tile
@@ -113,12 +124,14 @@ def walk(tiles, rnd):
 
 
 def main():
-    trials = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    count_keyless = "--count-keyless" in sys.argv[1:]
+    trials = int(args[0]) if args else 3000
     rnd = random.Random(1)
     for trial in range(trials):
-        tiles = [rnd.choice([0, 1, 2, 3, 4, 5, 8]) for _ in range(rnd.randint(1, 6))]
+        tiles = [rnd.choice([0, 0, 1, 2, 3, 4, 5, 8]) for _ in range(rnd.randint(1, 6))]
         try:
-            failure = walk(tiles, random.Random(trial))
+            failure = walk(tiles, random.Random(trial), count_keyless)
         except AssertionError as e:
             failure = str(e)
         if failure:

@@ -82,10 +82,14 @@ __device__ __forceinline__ void producer(const KernelParams &prm, uint32_t smem)
 // nobody waits (the empty barriers are still checked). The tile's later blocks are refilled
 // from the key loop (sm90_pipeline.cuh), which finds the tile in the warpgroup's
 // TileOfConsumer, written here.
+// "Last" is one count per CTA (kOffTileStarts), taken only at tiles with key blocks: a
+// warpgroup passes a tile without any with no wait on the ring, so its count for the next
+// tile could land among the others' counts for this one and make two "last"s. At a tile with
+// blocks nobody can count for the next one before this one's first block is loaded, which
+// the last count does (dev/sm90_ring_model.py; --count-keyless shows the double load).
 template <class Cfg>
 __device__ __forceinline__ void load_tile_start(const KernelParams &prm, uint32_t smem, int tile, RingPos kv,
                                                 int consumer_idx) {
-    const bool last = atom_add_acq_rel_shared(smem + Cfg::kOffTileStarts, 1) % Cfg::kConsumers == Cfg::kConsumers - 1;
     const SchedulerArgs &sched = prm.sched;
     for (; tile < sched.num_iters; tile += gridDim.x) {
         const TileCoord tc = decode_tile(sched, tile);
@@ -96,9 +100,11 @@ __device__ __forceinline__ void load_tile_start(const KernelParams &prm, uint32_
         st_shared_u32(tile_of + 4, (uint32_t)tc.head_kv);
         load_q_rows<Cfg>(prm, smem, consumer_idx, q_tma_row(sched.seq, e, tc.batch, tc.m_block * Cfg::kBlockM),
                          tc.head_q);
-        if (!last) return;
         const fa_block_range range =
             rows_block_range<Cfg>(sequence_mask<Cfg>(prm, e), tc.m_block * Cfg::kBlockM, Cfg::kBlockM);
+        if (range.n_max == 0) return;
+        const uint32_t starts = atom_add_acq_rel_shared(smem + Cfg::kOffTileStarts, 1);
+        if (starts % Cfg::kConsumers != Cfg::kConsumers - 1) return;
         const int n_end = max(first_block<Cfg::kMask>(range), range.n_max - Cfg::kStages);
         for (int n = range.n_max - 1; n >= n_end; --n)
             producer_load_kv<Cfg>(prm, smem, kv, kv_tma_row(sched.seq, e, tc.batch, n * Cfg::kBlockN), tc.head_kv);
