@@ -100,6 +100,24 @@ struct Backward {
 };
 static Backward g_bwd = {FA_KERNEL_SM80, fa_sm80_bwd_tile, fa_sm80_bwd_kernel_fn, fa_sm80_bwd_launch};
 
+/* The main kernel's launch for tile t: a CTA per block of keys (seqlen_k: the longest entry's),
+ * kv head and batch entry, as backward.c plans it. */
+static fa_launch launch_of(const fa_tile &t, int seqlen_k, int heads_kv, int batch)
+{
+    fa_launch cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.grid[0] = (seqlen_k + t.block_n - 1) / t.block_n;
+    cfg.grid[1] = heads_kv;
+    cfg.grid[2] = batch;
+    cfg.block[0] = 384;
+    cfg.block[1] = cfg.block[2] = 1;
+    cfg.smem_bytes = t.smem_bytes;
+    cfg.block_m = t.block_m;
+    cfg.block_n = t.block_n;
+    cfg.head_dim_padded = t.head_dim_padded;
+    return cfg;
+}
+
 /* Fills *t for the case; false, after saying why, where the family under test declines it:
  * a skip for the sm90 backward (it serves a subset), a failure for the sm80 one. */
 static bool tile_for(const char *name, const fa_params *p, const fa_grad_params *g, fa_tile *t)
@@ -341,17 +359,7 @@ static void run_case(const Case &c)
     ws.dq_lock = c.det ? dlock : nullptr;
     ws.block_m = t.block_m;
 
-    fa_launch cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.grid[0] = (Sk + t.block_n - 1) / t.block_n;
-    cfg.grid[1] = Hk;
-    cfg.grid[2] = B;
-    cfg.block[0] = 384;
-    cfg.block[1] = cfg.block[2] = 1;
-    cfg.smem_bytes = t.smem_bytes;
-    cfg.block_m = t.block_m;
-    cfg.block_n = t.block_n;
-    cfg.head_dim_padded = t.head_dim_padded;
+    const fa_launch cfg = launch_of(t, Sk, Hk, B);
 
     std::vector<float> acc(acc_elems + guard), acc_first;
     std::vector<uint16_t> dk_o(lg.elems), dv_o(lg.elems), dk_first, dv_first;
@@ -600,17 +608,7 @@ static void run_packed_case(int D, bool bf16, int causal, int det, bool used_k)
     ws.delta = d_delta;
     ws.dq_lock = det ? d_lock : nullptr;
     ws.block_m = t.block_m;
-    fa_launch cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.grid[0] = (Sk + t.block_n - 1) / t.block_n;
-    cfg.grid[1] = Hk;
-    cfg.grid[2] = B;
-    cfg.block[0] = 384;
-    cfg.block[1] = cfg.block[2] = 1;
-    cfg.smem_bytes = t.smem_bytes;
-    cfg.block_m = t.block_m;
-    cfg.block_n = t.block_n;
-    cfg.head_dim_padded = t.head_dim_padded;
+    const fa_launch cfg = launch_of(t, Sk, Hk, B);
     std::vector<float> acc(acc_elems + guard), acc_first;
     std::vector<uint16_t> dk_o(k_b.size()), dv_o(k_b.size()), dk_first, dv_first;
     bool bitwise = true;
@@ -776,17 +774,7 @@ static void time_case(int D, bool bf16, int B, int H, int S, int causal, int det
     ws.delta = delta;
     ws.dq_lock = lock;
     ws.block_m = t.block_m;
-    fa_launch cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.grid[0] = (S + t.block_n - 1) / t.block_n;
-    cfg.grid[1] = H;
-    cfg.grid[2] = B;
-    cfg.block[0] = 384;
-    cfg.block[1] = cfg.block[2] = 1;
-    cfg.smem_bytes = t.smem_bytes;
-    cfg.block_m = t.block_m;
-    cfg.block_n = t.block_n;
-    cfg.head_dim_padded = t.head_dim_padded;
+    const fa_launch cfg = launch_of(t, S, H, B);
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
