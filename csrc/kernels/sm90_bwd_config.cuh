@@ -144,6 +144,12 @@ struct BwdConfig {
         else
             return smem + kOffDq + c * kDqWgBytes;
     }
+    static __device__ __forceinline__ uint32_t dq_chunk_offset(int ch) {
+        if constexpr (kSplitRows)
+            return (ch % 2) * kRowChunkBytes - (ch / 2) * (kOffDo - kOffQ);  // mod 2^32: the Q slot lies below
+        else
+            return ch * kDqChunkBytes;
+    }
     // The named barrier on which consumer c hands its staged dQ half of a step in slot `slot` to
     // the dQ warp. At head_dim 256 there is no kBarDqEmpty hand-back, and a consumer may finish
     // the next step before the dQ warp has met it for this one: with one id per consumer, those
@@ -156,12 +162,6 @@ struct BwdConfig {
             return kBarDqSlot + c * kStages + slot;
         else
             return kBarDqFull + c;
-    }
-    static __device__ __forceinline__ uint32_t dq_chunk_offset(int ch) {
-        if constexpr (kSplitRows)
-            return (ch % 2) * kRowChunkBytes - (ch / 2) * (kOffDo - kOffQ);  // mod 2^32: the Q slot lies below
-        else
-            return ch * kDqChunkBytes;
     }
 
     static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "instantiated head dims (sm90_bwd_tiles.h)");
