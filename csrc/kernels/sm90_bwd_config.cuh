@@ -65,7 +65,7 @@ enum : uint32_t {
     kBarDsReady = 1,    // both consumer warpgroups: their dS^T rows of the block are in shared memory
     kBarDqFull = 2,     // + consumer: its dQ half is staged (the consumer and the dQ warp)
     kBarDqEmpty = 4,    // + consumer: the reduction has read the staged half
-    kBarDqSlot = 6,     // head_dim 256: + 2 consumer + slot, in place of kBarDqFull (dq_full_bar)
+    kBarDqSlot = 6,     // head_dim 256: + consumer * stages + slot, in place of kBarDqFull (dq_full_bar)
 };
 constexpr uint32_t kDqBarThreads = 128 + FA_WARP_SIZE;
 
@@ -155,8 +155,8 @@ struct BwdConfig {
     // the next step before the dQ warp has met it for this one: with one id per consumer, those
     // arrivals would land on the same barrier (it completes at its count with nobody waiting,
     // and the dQ warp then waits for good). One id per slot as well: a consumer arrives on a
-    // slot's id again only two steps later, once the slot has been refilled, which needs the
-    // dQ warp's arrival on its empty barriers, after its wait on this id.
+    // slot's id again only kStages steps later, once the slot has been refilled, which needs
+    // the dQ warp's arrival on its empty barriers, after its wait on this id.
     static __device__ __forceinline__ uint32_t dq_full_bar(int c, int slot) {
         if constexpr (kSplitRows)
             return kBarDqSlot + c * kStages + slot;
