@@ -34,7 +34,7 @@
  * Cases (check): GQA 8:2, random normal(0, 1) inputs rounded to the dtype, out with a padded
  * head stride; lengths that end inside, at and past a 192-row tile and a key block, cross
  * lengths, a row with no key (window), head_dim 40 (run as 64 with zero padding), softcap and
- * windows. Pass rule as in fwd_sm90_seq_check.cu: out within 2e-2 (bfloat16) or 1e-2
+ * windows, and CTAs whose tiles alternate between some with keys and some without. Pass rule as in fwd_sm90_seq_check.cu: out within 2e-2 (bfloat16) or 1e-2
  * (float16) of the reference, relative to its largest value; lse within 1e-2; rows that see no
  * key exactly 0 with lse -inf.
  */
@@ -426,6 +426,11 @@ std::vector<Shape> check_shapes()
     add(1, 600, 1000, 64, 0, 64, 32);
     add(1, 300, 200, 64, 0, 0, 0);       /* rows past the keys see none */
     add(1, 2000, 2000, 64, 1, 1024, 0);
+    /* More tiles than SMs, many of them with rows but no key (bottom-right causal with
+       len_q - len_k >= 192; a one-key window): CTAs walk keyless tiles between tiles with keys,
+       which the three consumers' tile-start count must not count (load_tile_start). */
+    add(8, 2048, 256, 64, 1);
+    add(8, 2000, 600, 64, 0, 0, 0);
     return v;
 }
 
