@@ -100,6 +100,32 @@ struct Backward {
 };
 static Backward g_bwd = {FA_KERNEL_SM80, fa_sm80_bwd_tile, fa_sm80_bwd_kernel_fn, fa_sm80_bwd_launch};
 
+/* The shape of a problem for the family under test: sizes, dtype, scale 1/sqrt(D), mask (mask.h's
+ * window, causal folded in by the kernels) and softcap, deterministic mode; strides and
+ * pointers are the caller's. */
+static void problem_params(int B, int Sq, int Sk, int Hq, int Hk, int D, bool bf16, int causal, int wl, int wr,
+                           float softcap, int det, fa_params *p, fa_grad_params *g)
+{
+    memset(p, 0, sizeof *p);
+    p->struct_size = sizeof *p;
+    memset(g, 0, sizeof *g);
+    g->struct_size = sizeof *g;
+    p->batch = B;
+    p->seqlen_q = Sq;
+    p->seqlen_k = Sk;
+    p->heads_q = Hq;
+    p->heads_kv = Hk;
+    p->head_dim = D;
+    p->dtype = bf16 ? FA_BFLOAT16 : FA_FLOAT16;
+    p->softmax_scale = 1.0f / sqrtf((float)D);
+    p->causal = causal;
+    p->window_left = wl;
+    p->window_right = wr;
+    p->softcap = softcap;
+    p->family = g_bwd.family;
+    g->deterministic = det;
+}
+
 /* The main kernel's launch for tile t: a CTA per block of keys (seqlen_k: the longest entry's),
  * kv head and batch entry, as backward.c plans it. */
 static fa_launch launch_of(const fa_tile &t, int seqlen_k, int heads_kv, int batch)
@@ -288,31 +314,14 @@ static void run_case(const Case &c)
 
     /* ---- device ---- */
     fa_params p;
-    memset(&p, 0, sizeof p);
-    p.struct_size = sizeof p;
     fa_grad_params g;
-    memset(&g, 0, sizeof g);
-    g.struct_size = sizeof g;
-    p.batch = B;
-    p.seqlen_q = Sq;
-    p.seqlen_k = Sk;
-    p.heads_q = Hq;
-    p.heads_kv = Hk;
-    p.head_dim = D;
-    p.dtype = bf16 ? FA_BFLOAT16 : FA_FLOAT16;
-    p.softmax_scale = scale;
-    p.causal = c.causal;
-    p.window_left = c.wl;
-    p.window_right = c.wr;
-    p.softcap = c.softcap;
-    p.family = g_bwd.family;
+    problem_params(B, Sq, Sk, Hq, Hk, D, bf16, c.causal, c.wl, c.wr, c.softcap, c.det, &p, &g);
     p.q_batch_stride = lq.bs, p.q_row_stride = lq.rs, p.q_head_stride = lq.hs;
     p.k_batch_stride = lk.bs, p.k_row_stride = lk.rs, p.k_head_stride = lk.hs;
     p.v_batch_stride = lk.bs, p.v_row_stride = lk.rs, p.v_head_stride = lk.hs;
     g.do_batch_stride = lq.bs, g.do_row_stride = lq.rs, g.do_head_stride = lq.hs;
     g.dk_batch_stride = lg.bs, g.dk_row_stride = lg.rs, g.dk_head_stride = lg.hs;
     g.dv_batch_stride = lg.bs, g.dv_row_stride = lg.rs, g.dv_head_stride = lg.hs;
-    g.deterministic = c.det;
 
     fa_tile t;
     if (!tile_for(c.name, &p, &g, &t))
@@ -548,29 +557,14 @@ static void run_packed_case(int D, bool bf16, int causal, int det, bool used_k)
 
     /* ---- device ---- */
     fa_params pp;
-    memset(&pp, 0, sizeof pp);
-    pp.struct_size = sizeof pp;
     fa_grad_params g;
-    memset(&g, 0, sizeof g);
-    g.struct_size = sizeof g;
-    pp.batch = B;
-    pp.seqlen_q = Sq;
-    pp.seqlen_k = Sk;
-    pp.heads_q = Hq;
-    pp.heads_kv = Hk;
-    pp.head_dim = D;
-    pp.dtype = bf16 ? FA_BFLOAT16 : FA_FLOAT16;
-    pp.softmax_scale = scale;
-    pp.causal = causal;
-    pp.window_left = pp.window_right = -1;
-    pp.family = g_bwd.family;
+    problem_params(B, Sq, Sk, Hq, Hk, D, bf16, causal, -1, -1, 0.f, det, &pp, &g);
     pp.total_q = total_q;
     pp.total_k = total_k;
     pp.q_row_stride = qrs, pp.q_head_stride = D;
     pp.k_row_stride = pp.v_row_stride = krs, pp.k_head_stride = pp.v_head_stride = D;
     g.do_row_stride = qrs, g.do_head_stride = D;
     g.dk_row_stride = g.dv_row_stride = krs, g.dk_head_stride = g.dv_head_stride = D;
-    g.deterministic = det;
     fa_tile t;
     if (!tile_for(name, &pp, &g, &t))
         return;
@@ -714,20 +708,8 @@ __global__ void fill_value(float *x, size_t n, float v)
 static void time_case(int D, bool bf16, int B, int H, int S, int causal, int det, float softcap)
 {
     fa_params p;
-    memset(&p, 0, sizeof p);
-    p.struct_size = sizeof p;
     fa_grad_params g;
-    memset(&g, 0, sizeof g);
-    g.struct_size = sizeof g;
-    p.batch = B;
-    p.seqlen_q = p.seqlen_k = S;
-    p.heads_q = p.heads_kv = H;
-    p.head_dim = D;
-    p.dtype = bf16 ? FA_BFLOAT16 : FA_FLOAT16;
-    p.softmax_scale = 1.0f / sqrtf((float)D);
-    p.causal = causal;
-    p.window_left = p.window_right = -1;
-    p.softcap = softcap;
+    problem_params(B, S, S, H, H, D, bf16, causal, -1, -1, softcap, det, &p, &g);
     const int64_t rs = (int64_t)H * D, bs = (int64_t)S * rs;
     p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = bs;
     p.q_row_stride = p.k_row_stride = p.v_row_stride = rs;
@@ -735,8 +717,6 @@ static void time_case(int D, bool bf16, int B, int H, int S, int causal, int det
     g.do_batch_stride = g.dk_batch_stride = g.dv_batch_stride = bs;
     g.do_row_stride = g.dk_row_stride = g.dv_row_stride = rs;
     g.do_head_stride = g.dk_head_stride = g.dv_head_stride = D;
-    g.deterministic = det;
-    p.family = g_bwd.family;
     fa_tile t;
     char name[96];
     snprintf(name, sizeof name, "time hd%d S=%d", D, S);
