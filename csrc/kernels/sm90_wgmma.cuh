@@ -82,36 +82,25 @@ struct Wgmma;
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc_b), "r"(scale_d)                           \
         : "memory")
 
+// One shared-memory form of Wgmma<N>: NAME<kBf16>(d, desc_a, desc_b, scale_d), operand majors
+// TRANS (imm-trans-a, imm-trans-b).
+#define FA_WG_DEFINE_SS(NAME, N, CH, I0, I1, I2, I3, I4, I5, TRANS)                                \
+    template <bool kBf16>                                                                         \
+    static __device__ __forceinline__ void NAME(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, \
+                                                int scale_d) {                                    \
+        if constexpr (kBf16) {                                                                    \
+            FA_WG_DEFINE_TYPED(N, CH, I0, I1, I2, I3, I4, I5, "bf16.bf16", TRANS);                \
+        } else {                                                                                  \
+            FA_WG_DEFINE_TYPED(N, CH, I0, I1, I2, I3, I4, I5, "f16.f16", TRANS);                  \
+        }                                                                                         \
+    }
+
 #define FA_WG_DEFINE(N, CH, I0, I1, I2, I3, I4, I5)                                                \
     template <>                                                                                   \
     struct Wgmma<N> {                                                                             \
-        template <bool kBf16>                                                                     \
-        static __device__ __forceinline__ void ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, \
-                                                  int scale_d) {                                  \
-            if constexpr (kBf16) {                                                                \
-                FA_WG_DEFINE_TYPED(N, CH, I0, I1, I2, I3, I4, I5, "bf16.bf16", "0, 0");           \
-            } else {                                                                              \
-                FA_WG_DEFINE_TYPED(N, CH, I0, I1, I2, I3, I4, I5, "f16.f16", "0, 0");             \
-            }                                                                                     \
-        }                                                                                         \
-        template <bool kBf16>                                                                     \
-        static __device__ __forceinline__ void ss_mn(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, \
-                                                     int scale_d) {                               \
-            if constexpr (kBf16) {                                                                \
-                FA_WG_DEFINE_TYPED(N, CH, I0, I1, I2, I3, I4, I5, "bf16.bf16", "1, 1");           \
-            } else {                                                                              \
-                FA_WG_DEFINE_TYPED(N, CH, I0, I1, I2, I3, I4, I5, "f16.f16", "1, 1");             \
-            }                                                                                     \
-        }                                                                                         \
-        template <bool kBf16>                                                                     \
-        static __device__ __forceinline__ void ss_kmn(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, \
-                                                      int scale_d) {                              \
-            if constexpr (kBf16) {                                                                \
-                FA_WG_DEFINE_TYPED(N, CH, I0, I1, I2, I3, I4, I5, "bf16.bf16", "0, 1");           \
-            } else {                                                                              \
-                FA_WG_DEFINE_TYPED(N, CH, I0, I1, I2, I3, I4, I5, "f16.f16", "0, 1");             \
-            }                                                                                     \
-        }                                                                                         \
+        FA_WG_DEFINE_SS(ss, N, CH, I0, I1, I2, I3, I4, I5, "0, 0")                                \
+        FA_WG_DEFINE_SS(ss_mn, N, CH, I0, I1, I2, I3, I4, I5, "1, 1")                             \
+        FA_WG_DEFINE_SS(ss_kmn, N, CH, I0, I1, I2, I3, I4, I5, "0, 1")                            \
         template <bool kBf16>                                                                     \
         static __device__ __forceinline__ void rs(float (&d)[N / 2], uint32_t a0, uint32_t a1,    \
                                                   uint32_t a2, uint32_t a3, uint64_t desc_b,      \
@@ -142,6 +131,7 @@ FA_WG_DEFINE(240, 15, 120, 121, 122, 123, 124, 125)
 FA_WG_DEFINE(256, 16, 128, 129, 130, 131, 132, 133)
 
 #undef FA_WG_DEFINE
+#undef FA_WG_DEFINE_SS
 #undef FA_WG_DEFINE_TYPED
 #undef FA_WG_DEFINE_TYPED_RS
 
