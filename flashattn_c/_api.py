@@ -74,6 +74,8 @@ def _flag(name, value):
 
 def _parse_window(window_size):
     """(left, right) ints >= -1 from window_size; -1 means unbounded on that side."""
+    if window_size is _NO_WINDOW:
+        return _NO_WINDOW
     if not isinstance(window_size, (tuple, list)) or len(window_size) != 2:
         raise TypeError("window_size must be a pair (left, right) of ints >= -1 (-1: unbounded), "
                         f"got {window_size!r}")
@@ -395,21 +397,14 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=_NO_WIND
         RuntimeError when this build has no kernel for the GPU or a launch would break the
             launch contract (384 threads per block, shared memory and grid limits).
     """
-    device_kind, device_index = _parse_device(device)
-    kernel_code = _parse_kernel(kernel)
+    gpu = _gpu_args(device, kernel, stream)
+    device_kind, device_index, kernel_code = gpu
     causal = causal if causal is True or causal is False else _flag("causal", causal)
     return_lse = (return_lse if return_lse is True or return_lse is False
                   else _flag("return_lse", return_lse))
-    left, right = (-1, -1) if window_size is _NO_WINDOW else _parse_window(window_size)
-    if device_kind == _C.DEVICE_CPU:
-        if kernel is not None:
-            raise ValueError(f"kernel={kernel!r} selects a GPU kernel family; device='cpu' runs "
-                             "the host reference")
-        if stream is not None:
-            raise ValueError("stream= orders GPU work; device='cpu' runs the host reference")
+    left, right = _parse_window(window_size)
     deterministic = _flag("deterministic", deterministic)
     framework = _framework(q)
-    given_out = out
     torch = sys.modules.get("torch")
     if torch is not None and _needs_autograd(torch, (q, k, v, sinks)):
         _refuse_autograd_options(out, stream, "q, k, v or sinks")
@@ -422,42 +417,21 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=_NO_WIND
                                             float(softcap), kernel_code, device_kind,
                                             device_index, deterministic)
         return (out, lse) if return_lse else out
-    if (torch is not None and isinstance(out, torch.Tensor) and out.requires_grad and
-            torch.is_grad_enabled()):
-        raise ValueError("out requires grad: writing into it would bypass autograd. Pass "
-                         "out.detach(), or call under torch.no_grad()")
-    if torch is not None and isinstance(q, torch.Tensor):
-        # Grad mode off: tensors that require grad are read as detached.
-        q, k, v, out, sinks = (x.detach() if isinstance(x, torch.Tensor) else x
-                               for x in (q, k, v, out, sinks))
-    extra = dict(causal=causal, softmax_scale=softmax_scale, return_lse=return_lse,
-                 device_kind=device_kind, device_index=device_index, kernel=kernel_code,
-                 window_left=left, window_right=right, softcap=softcap)
-    if framework == "torch" and stream is None and device_kind != _C.DEVICE_CPU and q.dim() == 4:
+    _refuse_out_that_requires_grad(torch, out)
+    # Grad mode off: tensors that require grad are read as detached.
+    arrays = _detached(torch, dict(q=q, k=k, v=v, out=out, sinks=sinks))
+    extra = _op_keywords(gpu, causal=causal, softmax_scale=softmax_scale, window=(left, right),
+                         softcap=softcap, return_lse=return_lse)
+    torch_outputs = None
+    if framework == "torch" and q.dim() == 4:
         # q's shape is read only once it is 4-D; other shapes take the general path's message.
-        new_outputs = {"out": (q.shape, q.dtype)}
+        torch_outputs = {"out": (q.shape, q.dtype)}
         if return_lse:
-            new_outputs["lse"] = ((q.shape[0], q.shape[2], q.shape[1]), torch.float32)
-        fast = _torch_call(_C.forward, _C.forward_roles,
-                           dict(q=q, k=k, v=v, out=out, sinks=sinks), new_outputs, extra)
-        if fast is not None:
-            _written_in_place(torch, (given_out,))
-            result = given_out if given_out is not None else fast["out"]
-            return (result, fast["lse"]) if return_lse else result
-    if stream is None:
-        handle, owner = _current_stream(q, framework) if device_kind != _C.DEVICE_CPU else (0, None)
-    else:
-        handle, owner = _stream_handle(stream)
-
-    result, lse = _C.forward(q, k, v, out, sinks=sinks, stream=handle, stream_owner=owner, **extra)
-    if given_out is not None:
-        _written_in_place(torch, (given_out,))
-        result = given_out
-    else:
-        result = _as_framework(result, framework)
-    if return_lse:
-        return result, _as_framework(lse, framework)
-    return result
+            torch_outputs["lse"] = ((q.shape[0], q.shape[2], q.shape[1]), torch.float32)
+    got = _call_op(_C.forward, _C.forward_roles, arrays, extra, framework=framework,
+                   stream=stream, torch_outputs=torch_outputs)
+    result = out if out is not None else got["out"]
+    return (result, got["lse"]) if return_lse else result
 
 
 def attention_backward(dout, q, k, v, out, lse, *, causal=False, softmax_scale=None,
@@ -499,49 +473,16 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=False, softmax_scale=N
     device workspace they share (fp32 dq accumulator, allocated stream-ordered on the call's
     stream) are reported by last_launch() and planned by launch_config(backward=True).
     """
-    device_kind, device_index = _parse_device(device)
-    kernel_code = _parse_kernel(kernel)
+    gpu = _gpu_args(device, kernel, stream)
     causal = _flag("causal", causal)
     deterministic = _flag("deterministic", deterministic)
-    left, right = (-1, -1) if window_size is _NO_WINDOW else _parse_window(window_size)
-    if device_kind == _C.DEVICE_CPU:
-        if kernel is not None:
-            raise ValueError(f"kernel={kernel!r} selects a GPU kernel family; device='cpu' runs "
-                             "the host reference")
-        if stream is not None:
-            raise ValueError("stream= orders GPU work; device='cpu' runs the host reference")
-    framework = _framework(q)
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        # Gradients are computed, never recorded: the inputs are read as detached.
-        dout, q, k, v, out, lse, sinks = (
-            x.detach() if isinstance(x, torch.Tensor) else x
-            for x in (dout, q, k, v, out, lse, sinks))
-    extra = dict(causal=causal, softmax_scale=softmax_scale, device_kind=device_kind,
-                 device_index=device_index, kernel=kernel_code, window_left=left,
-                 window_right=right, softcap=softcap, deterministic=deterministic)
+    left, right = _parse_window(window_size)
     given = dict(dq=dq, dk=dk, dv=dv, dsinks=dsinks)
-    arrays = dict(dout=dout, q=q, k=k, v=v, out=out, lse=lse, sinks=sinks, **given)
-    with_sinks = sinks is not None
-    if (framework == "torch" and stream is None and device_kind != _C.DEVICE_CPU and
-            q.dim() == 4 and k.dim() == 4):
-        new_outputs = {"dq": (q.shape, q.dtype), "dk": (k.shape, k.dtype),
-                       "dv": (v.shape, v.dtype)}
-        if with_sinks:
-            new_outputs["dsinks"] = ((q.shape[2],), torch.float32)
-        fast = _torch_call(_C.backward, _C.backward_roles, arrays, new_outputs, extra)
-        if fast is not None:
-            grads = tuple(given[n] if given[n] is not None else fast[n]
-                          for n in ("dq", "dk", "dv", "dsinks"))
-            return grads if with_sinks else grads[:3]
-    if stream is None:
-        handle, owner = _current_stream(q, framework) if device_kind != _C.DEVICE_CPU else (0, None)
-    else:
-        handle, owner = _stream_handle(stream)
-    results = _C.backward(**arrays, stream=handle, stream_owner=owner, **extra)
-    grads = tuple(given[n] if given[n] is not None else _as_framework(r, framework)
-                  for n, r in zip(("dq", "dk", "dv", "dsinks"), results))
-    return grads if with_sinks else grads[:3]
+    extra = _op_keywords(gpu, causal=causal, softmax_scale=softmax_scale, window=(left, right),
+                         softcap=softcap, deterministic=deterministic)
+    return _gradients(_C.backward, _C.backward_roles, dict(dout=dout, q=q, k=k, v=v, out=out,
+                                                          lse=lse, sinks=sinks),
+                      given, extra, ndim=4, stream=stream)
 
 
 def _gpu_args(device, kernel, stream):
@@ -556,6 +497,15 @@ def _gpu_args(device, kernel, stream):
         if stream is not None:
             raise ValueError("stream= orders GPU work; device='cpu' runs the host reference")
     return device_kind, device_index, kernel_code
+
+
+def _op_keywords(gpu, *, causal, softmax_scale, window, softcap, **own):
+    """The keywords of an op of _C other than its arrays, stream and layouts: those every op
+    takes (gpu: what _gpu_args returned; window: (left, right)), then the op's own."""
+    device_kind, device_index, kernel_code = gpu
+    return dict(causal=causal, softmax_scale=softmax_scale, device_kind=device_kind,
+                device_index=device_index, kernel=kernel_code, window_left=window[0],
+                window_right=window[1], softcap=softcap, **own)
 
 
 def _int_arg(name, value):
@@ -573,17 +523,27 @@ def _detached(torch, arrays):
     same memory, so an array the op writes in place is still written."""
     if torch is None:
         return arrays
-    return {n: x.detach() if isinstance(x, torch.Tensor) and x.requires_grad else x
-            for n, x in arrays.items()}
+    Tensor = torch.Tensor
+    for x in arrays.values():
+        if isinstance(x, Tensor) and x.requires_grad:
+            return {n: x.detach() if isinstance(x, Tensor) and x.requires_grad else x
+                    for n, x in arrays.items()}
+    return arrays  # the common case, on every call: nothing to detach
 
 
-def _call_op(c_op, roles, arrays, extra, *, framework, stream, device_kind, torch_outputs):
+_OUTPUT_ROLES = {}  # an op's roles (a tuple of _C) -> the names of its outputs
+
+
+def _call_op(c_op, roles, arrays, extra, *, framework, stream, torch_outputs):
     """c_op (an op of _C) on arrays (role name -> array or None), extra its other keywords:
     through torch's fast path when torch_outputs (role name -> (shape, dtype) of each new output
     to allocate) is given and no stream is, else through the general path. Returns role name ->
     output in the caller's array type for every output role of roles: a given one as it was
     passed here, None for an optional one not asked for."""
-    outputs = [name for name, is_output, _ in roles if is_output]
+    outputs = _OUTPUT_ROLES.get(roles)
+    if outputs is None:
+        outputs = _OUTPUT_ROLES[roles] = tuple(name for name, is_output, _ in roles if is_output)
+    device_kind = extra["device_kind"]
     given = [arrays[n] for n in outputs if arrays.get(n) is not None]
     if torch_outputs is not None and stream is None and device_kind != _C.DEVICE_CPU:
         fast = _torch_call(c_op, roles, arrays, torch_outputs, extra)
@@ -600,6 +560,28 @@ def _call_op(c_op, roles, arrays, extra, *, framework, stream, device_kind, torc
     _written_in_place(sys.modules.get("torch"), given)
     return {n: arrays[n] if arrays.get(n) is not None else _as_framework(r, framework)
             for n, r in zip(outputs, results)}
+
+
+def _gradients(c_op, roles, inputs, given, extra, *, ndim, stream):
+    """A backward op of _C (c_op, its roles) on inputs (role name -> array or None) into the
+    caller's dq, dk, dv and dsinks where given (else new arrays of the caller's type): (dq, dk,
+    dv), plus dsinks when inputs has sinks. ndim: q's rank in the op's layout (the torch fast
+    path's new gradients are allocated only when q and k have it)."""
+    q, k, v, sinks = inputs["q"], inputs["k"], inputs["v"], inputs["sinks"]
+    framework = _framework(q)
+    torch = sys.modules.get("torch")
+    torch_outputs = None
+    if framework == "torch" and q.dim() == ndim and k.dim() == ndim:
+        torch_outputs = {"dq": (q.shape, q.dtype), "dk": (k.shape, k.dtype),
+                         "dv": (v.shape, v.dtype)}
+        if sinks is not None:
+            torch_outputs["dsinks"] = ((q.shape[-2],), torch.float32)
+    # Gradients are computed, never recorded: the inputs are read as detached.
+    arrays = _detached(torch, {**inputs, **given})
+    got = _call_op(c_op, roles, arrays, extra, framework=framework, stream=stream,
+                   torch_outputs=torch_outputs)
+    names = ("dq", "dk", "dv", "dsinks") if sinks is not None else ("dq", "dk", "dv")
+    return tuple(given[n] if given[n] is not None else got[n] for n in names)
 
 
 def _refuse_sm90_backward(q, sizes, varlen, causal, left, right, softcap, sinks, deterministic):
@@ -688,11 +670,12 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     Raises TypeError / ValueError naming the argument before any GPU work (cu_seqlens_q must
     be int32, lengths that differ, ...), and otherwise what attention() raises.
     """
-    device_kind, device_index, kernel_code = _gpu_args(device, kernel, stream)
+    gpu = _gpu_args(device, kernel, stream)
+    device_kind, device_index, kernel_code = gpu
     causal = _flag("causal", causal)
     return_lse = _flag("return_lse", return_lse)
     deterministic = _flag("deterministic", deterministic)
-    left, right = (-1, -1) if window_size is _NO_WINDOW else _parse_window(window_size)
+    left, right = _parse_window(window_size)
     max_seqlen_q = _int_arg("max_seqlen_q", max_seqlen_q)
     max_seqlen_k = _int_arg("max_seqlen_k", max_seqlen_k)
     framework = _framework(q)
@@ -718,18 +701,16 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     _refuse_out_that_requires_grad(torch, out)
     arrays = _detached(torch, dict(q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q,
                                    cu_seqlens_k=cu_seqlens_k, out=out, sinks=sinks))
-    extra = dict(max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, causal=causal,
-                 softmax_scale=softmax_scale, return_lse=return_lse, device_kind=device_kind,
-                 device_index=device_index, kernel=kernel_code, window_left=left,
-                 window_right=right, softcap=softcap)
+    extra = _op_keywords(gpu, causal=causal, softmax_scale=softmax_scale, window=(left, right),
+                         softcap=softcap, return_lse=return_lse, max_seqlen_q=max_seqlen_q,
+                         max_seqlen_k=max_seqlen_k)
     torch_outputs = None
     if framework == "torch" and q.dim() == 3:
         torch_outputs = {"out": (q.shape, q.dtype)}
         if return_lse:
             torch_outputs["lse"] = ((q.shape[1], q.shape[0]), torch.float32)
     got = _call_op(_C.varlen_forward, _C.varlen_forward_roles, arrays, extra,
-                   framework=framework, stream=stream, device_kind=device_kind,
-                   torch_outputs=torch_outputs)
+                   framework=framework, stream=stream, torch_outputs=torch_outputs)
     result = out if out is not None else got["out"]
     return (result, got["lse"]) if return_lse else result
 
@@ -749,35 +730,19 @@ def attention_varlen_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_
     are not written. deterministic, dq=, dk=, dv=, dsinks=, stream, device and kernel as in
     attention_backward(); offsets are checked as attention_varlen() checks them.
     """
-    device_kind, device_index, kernel_code = _gpu_args(device, kernel, stream)
+    gpu = _gpu_args(device, kernel, stream)
     causal = _flag("causal", causal)
     deterministic = _flag("deterministic", deterministic)
-    left, right = (-1, -1) if window_size is _NO_WINDOW else _parse_window(window_size)
-    max_seqlen_q = _int_arg("max_seqlen_q", max_seqlen_q)
-    max_seqlen_k = _int_arg("max_seqlen_k", max_seqlen_k)
-    framework = _framework(q)
-    torch = sys.modules.get("torch")
+    left, right = _parse_window(window_size)
     given = dict(dq=dq, dk=dk, dv=dv, dsinks=dsinks)
-    # Gradients are computed, never recorded: the inputs are read as detached.
-    arrays = _detached(torch, dict(dout=dout, q=q, k=k, v=v, out=out, lse=lse,
-                                   cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
-                                   sinks=sinks, **given))
-    extra = dict(max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, causal=causal,
-                 softmax_scale=softmax_scale, device_kind=device_kind,
-                 device_index=device_index, kernel=kernel_code, window_left=left,
-                 window_right=right, softcap=softcap, deterministic=deterministic)
-    torch_outputs = None
-    if framework == "torch" and q.dim() == 3 and k.dim() == 3:
-        torch_outputs = {"dq": (q.shape, q.dtype), "dk": (k.shape, k.dtype),
-                         "dv": (v.shape, v.dtype)}
-        if sinks is not None:
-            torch_outputs["dsinks"] = ((q.shape[1],), torch.float32)
-    got = _call_op(_C.varlen_backward, _C.varlen_backward_roles, arrays, extra,
-                   framework=framework, stream=stream, device_kind=device_kind,
-                   torch_outputs=torch_outputs)
-    grads = tuple(given[n] if given[n] is not None else got[n]
-                  for n in ("dq", "dk", "dv", "dsinks"))
-    return grads if sinks is not None else grads[:3]
+    extra = _op_keywords(gpu, causal=causal, softmax_scale=softmax_scale, window=(left, right),
+                         softcap=softcap, deterministic=deterministic,
+                         max_seqlen_q=_int_arg("max_seqlen_q", max_seqlen_q),
+                         max_seqlen_k=_int_arg("max_seqlen_k", max_seqlen_k))
+    return _gradients(_C.varlen_backward, _C.varlen_backward_roles,
+                      dict(dout=dout, q=q, k=k, v=v, out=out, lse=lse, cu_seqlens_q=cu_seqlens_q,
+                           cu_seqlens_k=cu_seqlens_k, sinks=sinks),
+                      given, extra, ndim=3, stream=stream)
 
 
 def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens,
@@ -845,10 +810,10 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens
     the attention kernel ("decode_sm80_hd<D>_<dtype>..." or the forward family's), and the
     split-KV combine ("combine_<dtype>", when the keys were split).
     """
-    device_kind, device_index, kernel_code = _gpu_args(device, kernel, stream)
+    gpu = _gpu_args(device, kernel, stream)
     causal = _flag("causal", causal)
     return_lse = _flag("return_lse", return_lse)
-    left, right = (-1, -1) if window_size is _NO_WINDOW else _parse_window(window_size)
+    left, right = _parse_window(window_size)
     num_splits = _int_arg("num_splits", num_splits)
     cache_seqlen = 0
     if _is_int(cache_seqlens):
@@ -869,17 +834,16 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens
                              f"and {name} requires grad: call it under torch.no_grad() or "
                              f"pass {name}.detach()")
         arrays = _detached(torch, arrays)
-    extra = dict(cache_seqlen=cache_seqlen, num_splits=num_splits, causal=causal,
-                 softmax_scale=softmax_scale, return_lse=return_lse, device_kind=device_kind,
-                 device_index=device_index, kernel=kernel_code, window_left=left,
-                 window_right=right, softcap=softcap)
+    extra = _op_keywords(gpu, causal=causal, softmax_scale=softmax_scale, window=(left, right),
+                         softcap=softcap, return_lse=return_lse, cache_seqlen=cache_seqlen,
+                         num_splits=num_splits)
     torch_outputs = None
     if framework == "torch" and q.dim() == 4:
         torch_outputs = {"out": (q.shape, q.dtype)}
         if return_lse:
             torch_outputs["lse"] = ((q.shape[0], q.shape[2], q.shape[1]), torch.float32)
     got = _call_op(_C.kvcache, _C.kvcache_roles, arrays, extra, framework=framework,
-                   stream=stream, device_kind=device_kind, torch_outputs=torch_outputs)
+                   stream=stream, torch_outputs=torch_outputs)
     if k is not None:
         _written_in_place(torch, (k_cache, v_cache))
     result = out if out is not None else got["out"]
@@ -964,7 +928,7 @@ def launch_config(*, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dty
             raise ValueError(f"arch must be None or (major, minor), got {arch!r}") from None
         if major < 0 or minor < 0:
             raise ValueError(f"arch must be None or (major, minor), got {arch!r}")
-    left, right = (-1, -1) if window_size is _NO_WINDOW else _parse_window(window_size)
+    left, right = _parse_window(window_size)
     return _C.launch_config(**sizes, dtype=_DTYPE_CODES[name], causal=_flag("causal", causal),
                             arch_major=major, arch_minor=minor, kernel=_parse_kernel(kernel),
                             window_left=left, window_right=right, softcap=softcap,
