@@ -75,30 +75,50 @@ def attention_numpy(q, k, v, causal=False, softmax_scale=None, dtype=np.float64,
     return out, lse
 
 
+def as_float64(*xs):
+    """xs (None stays None) in float64 where they can be compared: torch tensors on their own
+    device when all of them are torch tensors (the GPU tests check on the GPU), else NumPy
+    arrays. So the rule below is written once for both."""
+    if all(x is None or hasattr(x, "detach") for x in xs):
+        return [None if x is None else x.detach().double() for x in xs]
+    return [None if x is None else
+            x.detach().double().cpu().numpy() if hasattr(x, "detach") else
+            np.asarray(x, dtype=np.float64) for x in xs]
+
+
+def _max_abs(x):
+    size = x.numel() if hasattr(x, "numel") else x.size
+    return float(abs(x).max()) if size else 0.0
+
+
 def tolerance(ref, peer):
     """The FA3 bound on max|ours - ref| given the float64 reference and the low-precision peer."""
-    ref = np.asarray(ref, dtype=np.float64)
-    peer_err = float(np.max(np.abs(np.asarray(peer, dtype=np.float64) - ref))) if ref.size else 0.0
-    ref32 = ref.astype(np.float32)
-    noise = float(np.max(np.abs((ref32 + np.float32(0.3) - np.float32(0.3)) - ref32))) if ref.size else 0.0
-    return 2.0 * peer_err + 2.0 * noise
+    ref, peer = as_float64(ref, peer)
+    if hasattr(ref, "float"):
+        ref32, c = ref.float(), 0.3  # a Python float keeps a float32 tensor float32
+    else:
+        ref32, c = ref.astype(np.float32), np.float32(0.3)
+    return 2.0 * _max_abs(peer - ref) + 2.0 * _max_abs((ref32 + c - c) - ref32)
 
 
-def check_against_reference(out, lse, ref_out, ref_lse, peer_out):
-    """Asserts the DESIGN.md 6 rule; returns (max error, tolerance) for reporting."""
-    out = np.asarray(out, dtype=np.float64)
-    assert not np.isnan(out).any(), "output has NaN"
-    err = float(np.max(np.abs(out - ref_out))) if out.size else 0.0
+def check_against_reference(out, lse, ref_out, ref_lse, peer_out, label=""):
+    """Asserts the DESIGN.md 6 rule (on arrays or torch tensors; lse None: out alone); returns
+    (max error, tolerance) for reporting. label: what ran, for the messages."""
+    at = f" ({label})" if label else ""
+    out, ref_out, peer_out = as_float64(out, ref_out, peer_out)
+    assert not (out != out).any(), f"output has NaN (unwritten or computed){at}"
+    err = _max_abs(out - ref_out)
     tol = tolerance(ref_out, peer_out)
-    assert err <= tol, f"max |ours - ref| = {err:.3e} exceeds the FA3 tolerance {tol:.3e}"
+    assert err <= tol, f"max |ours - ref| = {err:.3e} exceeds the FA3 tolerance {tol:.3e}{at}"
     if lse is not None:
-        lse = np.asarray(lse, dtype=np.float64)
-        ref_inf = np.isneginf(ref_lse)
-        assert np.array_equal(np.isneginf(lse), ref_inf), "lse is -inf on different rows than the reference"
-        assert not np.isnan(lse).any(), "lse has NaN"
+        lse, ref_lse = as_float64(lse, ref_lse)
+        ref_inf = ref_lse == -np.inf
+        assert bool(((lse == -np.inf) == ref_inf).all()), \
+            f"lse is -inf on different rows than the reference{at}"
+        assert not (lse != lse).any(), f"lse has NaN{at}"
         if (~ref_inf).any():
-            lse_err = float(np.max(np.abs(lse[~ref_inf] - ref_lse[~ref_inf])))
-            assert lse_err <= LSE_ATOL, f"max |lse - ref| = {lse_err:.3e} > {LSE_ATOL}"
+            lse_err = _max_abs(lse[~ref_inf] - ref_lse[~ref_inf])
+            assert lse_err <= LSE_ATOL, f"max |lse - ref| = {lse_err:.3e} > {LSE_ATOL}{at}"
     return err, tol
 
 
@@ -281,19 +301,21 @@ def rounding_slack(q, k, v, dout, to_input, causal=False, softmax_scale=None, *,
 GRAD_ATOL = 1e-5
 
 
-def check_grads(grads, ref, peer, names=("dq", "dk", "dv", "dsinks"), slack=None):
-    """The FA3 rule on each gradient against the float64 reference and the low-precision peer,
-    plus GRAD_ATOL and slack.get(name) (rounding_slack, for a kernel); returns
-    {name: (error, tolerance)}."""
+def check_grads(grads, ref, peer, names=("dq", "dk", "dv", "dsinks"), slack=None, label=""):
+    """The FA3 rule on each gradient (arrays or torch tensors) against the float64 reference
+    and the low-precision peer, plus GRAD_ATOL and slack.get(name) (rounding_slack, for a
+    kernel); returns {name: (error, tolerance)}. label: what ran, for the messages."""
+    at = f" ({label})" if label else ""
     report = {}
     for name, ours, r, pe in zip(names, grads, ref, peer):
         if r is None:
             continue
-        ours = np.asarray(ours, np.float64)
-        assert not np.isnan(ours).any(), f"{name} has NaN"
-        err = float(np.max(np.abs(ours - r))) if ours.size else 0.0
+        ours, r, pe = as_float64(ours, r, pe)
+        assert not (ours != ours).any(), f"{name} has NaN{at}"
+        err = _max_abs(ours - r)
         tol = tolerance(r, pe) + GRAD_ATOL + (slack or {}).get(name, 0.0)
-        assert err <= tol, f"{name}: max |ours - ref| = {err:.3e} exceeds the FA3 tolerance {tol:.3e}"
+        assert err <= tol, \
+            f"{name}: max |ours - ref| = {err:.3e} exceeds the FA3 tolerance {tol:.3e}{at}"
         report[name] = (err, tol)
     return report
 

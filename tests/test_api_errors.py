@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import flashattn_c as fa
-from test_interop import (DL_BFLOAT16, DL_FLOAT16, DL_FLOAT32, FAKE_DEVICE_PTR, IS_COPIED,
+from test_interop import (DL_BFLOAT16, DL_FLOAT32, FAKE_DEVICE_PTR, IS_COPIED,
                           KDL_CUDA, READ_ONLY, FakeCAI, FakeDLPack, gpu_present, host_dlpack)
 
 B, SQ, SK, HQ, HKV, D = 2, 16, 24, 4, 2, 64

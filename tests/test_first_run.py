@@ -6,7 +6,6 @@ the pure-Python package into a temporary folder to play an unbuilt checkout, and
 with a stand-in module that refuses to import.
 """
 import ctypes
-import math
 import os
 import re
 import shutil

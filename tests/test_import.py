@@ -36,7 +36,7 @@ def test_public_api_is_complete():
 
 
 def test_device_none_with_host_arrays_and_no_gpu_is_a_clear_error():
-    np = pytest.importorskip("numpy")
+    pytest.importorskip("numpy")
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     code = (
         "import numpy as np, flashattn_c as fa\n"
