@@ -52,37 +52,38 @@ int attention_same_shape(const fa_tensor *a, const fa_tensor *b, const char *wha
     return 0;
 }
 
-/* The forward's rules between q, k, v and sinks, then: dout and out have q's shape, lse is
- * the forward's (batch, heads_q, seqlen_q). */
-static int backward_check_shapes(fa_tensor *const *views, const void *args)
+int backward_check_forward_results(const fa_tensor *dout, const fa_tensor *out,
+                                   const fa_tensor *q, const fa_tensor *lse, const int64_t *want,
+                                   const char *lse_dims)
 {
-    fa_tensor *fwd[ATTN_NUM_ROLES] = {
-        [ATTN_Q] = views[BWD_Q], [ATTN_K] = views[BWD_K], [ATTN_V] = views[BWD_V],
-        [ATTN_SINKS] = views[BWD_SINKS]};
-    if (fa_attention_op.check_shapes(fwd, &((const backward_scalars *)args)->fwd) < 0 ||
-        attention_same_shape(views[BWD_DOUT], views[BWD_Q], "dout must have q's shape") < 0 ||
-        attention_same_shape(views[BWD_OUT], views[BWD_Q],
-                             "out must be the forward's output, of q's shape") < 0)
+    if (attention_same_shape(dout, q, "dout must have q's shape") < 0 ||
+        attention_same_shape(out, q, "out must be the forward's output, of q's shape") < 0)
         return -1;
-    const fa_tensor *q = views[BWD_Q], *lse = views[BWD_LSE];
-    const int64_t want[3] = {q->shape[0], q->shape[2], q->shape[1]};
-    if (lse->shape[0] != want[0] || lse->shape[1] != want[1] || lse->shape[2] != want[2]) {
+    for (int d = 0; d < lse->ndim; d++) {
+        if (lse->shape[d] == want[d])
+            continue;
         char got[96], exp[96];
-        fa_format_shape(3, lse->shape, got, sizeof got);
-        fa_format_shape(3, want, exp, sizeof exp);
-        PyErr_Format(PyExc_ValueError,
-                     "lse must be the forward's, (batch, heads_q, seqlen_q) = %s, got %s", exp,
-                     got);
+        fa_format_shape(lse->ndim, lse->shape, got, sizeof got);
+        fa_format_shape(lse->ndim, want, exp, sizeof exp);
+        PyErr_Format(PyExc_ValueError, "lse must be the forward's, %s = %s, got %s", lse_dims,
+                     exp, got);
         return -1;
     }
     return 0;
 }
 
-static void backward_output_shape(fa_tensor *const *views, int role, int64_t *shape)
+/* The forward's rules between q, k, v and sinks, then the forward's results. */
+static int backward_check_shapes(fa_tensor *const *views, const void *args)
 {
-    (void)views;
-    (void)role;
-    (void)shape; /* every output has a `like` role */
+    fa_tensor *fwd[ATTN_NUM_ROLES] = {
+        [ATTN_Q] = views[BWD_Q], [ATTN_K] = views[BWD_K], [ATTN_V] = views[BWD_V],
+        [ATTN_SINKS] = views[BWD_SINKS]};
+    if (fa_attention_op.check_shapes(fwd, &((const backward_scalars *)args)->fwd) < 0)
+        return -1;
+    const fa_tensor *q = views[BWD_Q];
+    const int64_t want[3] = {q->shape[0], q->shape[2], q->shape[1]};
+    return backward_check_forward_results(views[BWD_DOUT], views[BWD_OUT], q, views[BWD_LSE],
+                                          want, "(batch, heads_q, seqlen_q)");
 }
 
 void backward_build_grads(fa_grad_params *g, const fa_binding *b, const backward_grad_roles *r,
@@ -143,7 +144,6 @@ const fa_op fa_attention_backward_op = {
     .num_roles = BWD_NUM_ROLES,
     .roles = backward_roles,
     .check_shapes = backward_check_shapes,
-    .output_shape = backward_output_shape,
     .build = backward_build,
     .empty = backward_empty,
     .check = backward_check,

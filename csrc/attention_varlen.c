@@ -196,32 +196,15 @@ const fa_op fa_attention_varlen_op = {
 /* ------------------------------------------------------------------------------------------ */
 /* The backward                                                                                */
 
-/* The forward's rules, then: dout and out have q's shape, lse is the forward's. */
+/* The forward's rules, then the forward's results. */
 static int varlen_backward_check_shapes(fa_tensor *const *views, const void *args)
 {
-    if (varlen_check_forward_shapes(views, &backward_map, (const varlen_scalars *)args) < 0 ||
-        attention_same_shape(views[VLB_DOUT], views[VLB_Q], "dout must have q's shape") < 0 ||
-        attention_same_shape(views[VLB_OUT], views[VLB_Q],
-                             "out must be the forward's output, of q's shape") < 0)
+    if (varlen_check_forward_shapes(views, &backward_map, (const varlen_scalars *)args) < 0)
         return -1;
-    const fa_tensor *q = views[VLB_Q], *lse = views[VLB_LSE];
-    if (lse->shape[0] != q->shape[1] || lse->shape[1] != q->shape[0]) {
-        const int64_t want[2] = {q->shape[1], q->shape[0]};
-        char got[64], exp[64];
-        fa_format_shape(2, lse->shape, got, sizeof got);
-        fa_format_shape(2, want, exp, sizeof exp);
-        PyErr_Format(PyExc_ValueError,
-                     "lse must be the forward's, (heads_q, total_q) = %s, got %s", exp, got);
-        return -1;
-    }
-    return 0;
-}
-
-static void varlen_backward_output_shape(fa_tensor *const *views, int role, int64_t *shape)
-{
-    (void)views;
-    (void)role;
-    (void)shape; /* every output has a `like` role */
+    const fa_tensor *q = views[VLB_Q];
+    const int64_t want[2] = {q->shape[1], q->shape[0]};
+    return backward_check_forward_results(views[VLB_DOUT], views[VLB_OUT], q, views[VLB_LSE],
+                                          want, "(heads_q, total_q)");
 }
 
 static const backward_grad_roles varlen_grad_roles = {VLB_DOUT, VLB_DQ, VLB_DK, VLB_DV,
@@ -239,7 +222,6 @@ const fa_op fa_attention_varlen_backward_op = {
     .num_roles = VLB_NUM_ROLES,
     .roles = varlen_backward_roles,
     .check_shapes = varlen_backward_check_shapes,
-    .output_shape = varlen_backward_output_shape,
     .build = varlen_backward_build,
     .empty = backward_empty,
     .check = backward_check,

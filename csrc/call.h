@@ -88,7 +88,8 @@ typedef struct {
      * layout. Returns 0, or -1 with a Python exception set. views[r] is NULL for an absent
      * role or an output the call allocates. */
     int (*check_shapes)(fa_tensor *const *views, const void *args);
-    /* The shape of output role `role` (ndim from its fa_role) when it has no `like`. */
+    /* The shape of output role `role` (ndim from its fa_role) when it has no `like`; NULL
+     * when every output role has one. */
     void (*output_shape)(fa_tensor *const *views, int role, int64_t *shape);
     /* Fills a (its structs already initialised) from the bindings and the op's scalars. No
      * Python: called again with the GIL released once real buffers replace the placeholders. */

@@ -128,6 +128,11 @@ typedef struct {
 void backward_build_grads(fa_grad_params *g, const fa_binding *b, const backward_grad_roles *r,
                           attention_stride_fn strides, int deterministic);
 int backward_empty(const fa_op_params *a);
+/* dout and out have q's shape, and lse the forward's: want, its dims named by lse_dims
+ * ("(batch, heads_q, seqlen_q)"). Returns 0, or -1 with a ValueError set. */
+int backward_check_forward_results(const fa_tensor *dout, const fa_tensor *out,
+                                   const fa_tensor *q, const fa_tensor *lse, const int64_t *want,
+                                   const char *lse_dims);
 fa_status backward_check(const fa_op_params *a, int gpu);
 fa_status backward_run_gpu(const fa_op_params *a, cudaStream_t stream);
 fa_status backward_run_cpu(const fa_op_params *a);
