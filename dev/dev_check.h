@@ -10,7 +10,10 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -28,6 +31,33 @@
             exit(2);                                                                           \
         }                                                                                      \
     } while (0)
+
+/* Waits for all of the device's work, for at most `seconds`. A kernel that never finishes (a
+   barrier nobody completes) is reported with `what` and the program exits, which ends the
+   kernel: a hang costs seconds of a device session, not the caller's whole time limit. */
+static inline void finish_or_exit(const char *what, double seconds = 20.0)
+{
+    cudaEvent_t done;
+    CK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+    CK(cudaEventRecord(done, 0));
+    const auto start = std::chrono::steady_clock::now();
+    for (;;) {
+        const cudaError_t e = cudaEventQuery(done);
+        if (e == cudaSuccess)
+            break;
+        if (e != cudaErrorNotReady)
+            CK(e);
+        const std::chrono::duration<double> waited = std::chrono::steady_clock::now() - start;
+        if (waited.count() > seconds) {
+            printf("HANG: %s has not finished after %.0f s; exiting\n", what, seconds);
+            fflush(stdout);
+            _exit(3);
+        }
+        usleep(200);
+    }
+    CK(cudaEventDestroy(done));
+    CK(cudaDeviceSynchronize()); /* work on other streams, and any error of the kernel */
+}
 
 /* x rounded to the nearest bf16 or fp16, as bits */
 static inline uint16_t to_bits(float x, bool bf16)

@@ -320,12 +320,12 @@ struct Result {
     std::vector<float> lse;
 };
 
-Result fetch(const Problem &pr)
+Result fetch(const Problem &pr, const std::string &what)
 {
     Result r;
     r.out.resize(pr.out_elems);
     r.lse.resize(pr.lse_elems);
-    CK(cudaDeviceSynchronize());
+    finish_or_exit(what.c_str());
     if (pr.out_elems)
         CK(cudaMemcpy(r.out.data(), pr.dout, pr.out_elems * 2, cudaMemcpyDeviceToHost));
     if (pr.lse_elems)
@@ -367,7 +367,7 @@ bool check(const Shape &shape, int sm_count)
             all_ok = false;
             continue;
         }
-        const Result r = fetch(pr);
+        const Result r = fetch(pr, describe(s) + " " + v.name);
         double max_ref = 0, max_err = 0, max_lse = 0;
         bool finite = true, empty_ok = true;
         for (int b = 0; b < s.batch; ++b)
@@ -483,14 +483,14 @@ bool bench(int repeats, int sm_count)
                     pr.init(s, 1234 + seqlen + d);
                     const Ready two_ready = prepare(pr, kTwo, sm_count);
                     if (!launch(pr, two_ready, stream)) return false;
-                    const Result two = fetch(pr);
+                    const Result two = fetch(pr, describe(s) + " " + kTwo.name);
                     for (size_t vi = 0; vi < ratios.size(); ++vi) {
                         const Variant &v = kVariants[vi];
                         if (!serves(v, s)) continue;
                         /* correct first: the variant agrees with two consumers before it is timed */
                         const Ready ready = prepare(pr, v, sm_count);
                         if (!launch(pr, ready, stream)) return false;
-                        const Result mine = fetch(pr);
+                        const Result mine = fetch(pr, describe(s) + " " + v.name);
                         double diff = 0, peak = 0;
                         for (size_t i = 0; i < two.out.size(); ++i) {
                             if ((int)(i % pr.out_head_stride()) >= s.head_dim) continue;
