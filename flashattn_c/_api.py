@@ -562,6 +562,26 @@ def _call_op(c_op, roles, arrays, extra, *, framework, stream, torch_outputs):
             for n, r in zip(outputs, results)}
 
 
+def _forward_result(c_op, roles, arrays, extra, out, *, ndim, lse_dims, framework, stream):
+    """A forward op of _C (c_op, its roles) on arrays: out (the caller's out= as given, else a
+    new array), or (out, lse) when extra asks for lse. On the torch fast path a new out is
+    allocated like q and lse as float32 of q's dims lse_dims (the op's lse layout), when q
+    has the op's rank ndim (q's shape is read only then; another rank takes the general
+    path, which names what is wrong)."""
+    q = arrays["q"]
+    return_lse = extra["return_lse"]
+    torch_outputs = None
+    if framework == "torch" and q.dim() == ndim:
+        torch_outputs = {"out": (q.shape, q.dtype)}
+        if return_lse:
+            torch_outputs["lse"] = (tuple(q.shape[d] for d in lse_dims),
+                                    sys.modules["torch"].float32)
+    got = _call_op(c_op, roles, arrays, extra, framework=framework, stream=stream,
+                   torch_outputs=torch_outputs)
+    result = out if out is not None else got["out"]
+    return (result, got["lse"]) if return_lse else result
+
+
 def _gradients(c_op, roles, inputs, given, extra, *, ndim, stream):
     """A backward op of _C (c_op, its roles) on inputs (role name -> array or None) into the
     caller's dq, dk, dv and dsinks where given (else new arrays of the caller's type): (dq, dk,
@@ -704,15 +724,8 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     extra = _op_keywords(gpu, causal=causal, softmax_scale=softmax_scale, window=(left, right),
                          softcap=softcap, return_lse=return_lse, max_seqlen_q=max_seqlen_q,
                          max_seqlen_k=max_seqlen_k)
-    torch_outputs = None
-    if framework == "torch" and q.dim() == 3:
-        torch_outputs = {"out": (q.shape, q.dtype)}
-        if return_lse:
-            torch_outputs["lse"] = ((q.shape[1], q.shape[0]), torch.float32)
-    got = _call_op(_C.varlen_forward, _C.varlen_forward_roles, arrays, extra,
-                   framework=framework, stream=stream, torch_outputs=torch_outputs)
-    result = out if out is not None else got["out"]
-    return (result, got["lse"]) if return_lse else result
+    return _forward_result(_C.varlen_forward, _C.varlen_forward_roles, arrays, extra, out, ndim=3,
+                           lse_dims=(1, 0), framework=framework, stream=stream)
 
 
 def attention_varlen_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,

@@ -119,15 +119,20 @@ def test_varlen_ops_ask_for_packed_outputs(recorder):
     assert len(grads) == 4
 
 
-def test_kvcache_asks_for_out_only(recorder):
+def test_kvcache_asks_for_out_and_lse_as_attention_does(recorder):
     q = dense(B, 1, HQ, D)
     cache = dense(B, 32, HKV, D)
     out = fa.attention_with_kvcache(q, cache, cache.clone(), cache_seqlens=20, num_splits=2)
-    (call,) = recorder.calls
-    assert call["op"] is fa._C.kvcache
-    assert shapes(call["allocated"]) == {"out": ((B, 1, HQ, D), torch.bfloat16)}
-    assert out is call["allocated"]["out"]
-    assert (call["extra"]["cache_seqlen"], call["extra"]["num_splits"]) == (20, 2)
+    out2, lse = fa.attention_with_kvcache(q, cache, cache.clone(), cache_seqlens=20,
+                                          return_lse=True)
+    first, second = recorder.calls
+    assert first["op"] is fa._C.kvcache
+    assert shapes(first["allocated"]) == {"out": ((B, 1, HQ, D), torch.bfloat16)}
+    assert out is first["allocated"]["out"]
+    assert (first["extra"]["cache_seqlen"], first["extra"]["num_splits"]) == (20, 2)
+    assert shapes(second["allocated"]) == {"out": ((B, 1, HQ, D), torch.bfloat16),
+                                           "lse": ((B, HQ, 1), torch.float32)}
+    assert out2 is second["allocated"]["out"] and lse is second["allocated"]["lse"]
 
 
 def test_a_given_stream_keeps_the_call_off_the_fast_path(recorder):
