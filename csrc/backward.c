@@ -45,13 +45,11 @@ fa_status fa_grad_params_resolve(const fa_params *p, const fa_grad_params *in,
 {
     if (!in)
         return fa_fail(FA_ERR_INVALID_ARGUMENT, "grad params must not be NULL");
-    if (in->struct_size < FA_GRAD_PARAMS_MIN_SIZE || in->struct_size > sizeof *in)
-        return fa_fail(FA_ERR_INVALID_ARGUMENT,
-                       "grad.struct_size is %zu; set it with fa_grad_params_init (this library "
-                       "reads %zu to %zu bytes)",
-                       in->struct_size, (size_t)FA_GRAD_PARAMS_MIN_SIZE, sizeof *in);
     fa_grad_params_init(out);
-    memcpy(out, in, in->struct_size);
+    const fa_status s = fa_resolve_sized(out, in, in->struct_size, FA_GRAD_PARAMS_MIN_SIZE,
+                                         sizeof *in, "grad", "fa_grad_params_init");
+    if (s != FA_OK)
+        return s;
     /* Packed rows are addressed from the entry's first row alone (common/seqlen.h). */
     if (p->cu_seqlens_q)
         out->do_batch_stride = out->dq_batch_stride = 0;

@@ -25,6 +25,14 @@ fa_status fa_fail_cuda(cudaError_t err, const char *what, const char *file, int 
             return fa_fail_cuda(fa_err_, #call, __FILE__, __LINE__);       \
     } while (0)
 
+/* The rule of every sized struct of the C API (its first field struct_size): a caller's struct
+ * `in` of in_size bytes, in [min_size, full_size], copied over *out, which already holds every
+ * field's default, so a caller built against an older, shorter layout gets the defaults of
+ * the fields it does not know. `what` names the struct in the error ("params"), `init` its
+ * initialiser. */
+fa_status fa_resolve_sized(void *out, const void *in, size_t in_size, size_t min_size,
+                           size_t full_size, const char *what, const char *init);
+
 /* Copies the caller's params into *out, reading only the caller's struct_size bytes and giving
  * every later field its default (fa_params_init). Every public entry point starts here. */
 fa_status fa_params_resolve(const fa_params *in, fa_params *out);

@@ -50,14 +50,9 @@ static fa_status resolve_cache(const fa_kvcache_params *in, fa_kvcache_params *o
 {
     if (!in)
         return fa_fail(FA_ERR_INVALID_ARGUMENT, "kvcache params must not be NULL");
-    if (in->struct_size < FA_KVCACHE_PARAMS_MIN_SIZE || in->struct_size > sizeof *in)
-        return fa_fail(FA_ERR_INVALID_ARGUMENT,
-                       "kvcache.struct_size is %zu; set it with fa_kvcache_params_init (this "
-                       "library reads %zu to %zu bytes)",
-                       in->struct_size, (size_t)FA_KVCACHE_PARAMS_MIN_SIZE, sizeof *in);
     fa_kvcache_params_init(out);
-    memcpy(out, in, in->struct_size);
-    return FA_OK;
+    return fa_resolve_sized(out, in, in->struct_size, FA_KVCACHE_PARAMS_MIN_SIZE, sizeof *in,
+                            "kvcache", "fa_kvcache_params_init");
 }
 
 static int compare_int64(const void *x, const void *y)

@@ -107,17 +107,27 @@ void fa_params_init(fa_params *p)
  * many bytes and gets every later field's default. */
 #define FA_PARAMS_MIN_SIZE offsetof(fa_params, window_left)
 
+fa_status fa_resolve_sized(void *out, const void *in, size_t in_size, size_t min_size,
+                           size_t full_size, const char *what, const char *init)
+{
+    if (in_size < min_size || in_size > full_size)
+        return fa_fail(FA_ERR_INVALID_ARGUMENT,
+                       "%s.struct_size is %zu; set it with %s (this library reads %zu to %zu "
+                       "bytes)",
+                       what, in_size, init, min_size, full_size);
+    memcpy(out, in, in_size);
+    return FA_OK;
+}
+
 fa_status fa_params_resolve(const fa_params *in, fa_params *out)
 {
     if (!in)
         return fa_fail(FA_ERR_INVALID_ARGUMENT, "params must not be NULL");
-    if (in->struct_size < FA_PARAMS_MIN_SIZE || in->struct_size > sizeof *in)
-        return fa_fail(FA_ERR_INVALID_ARGUMENT,
-                       "params.struct_size is %zu; set it with fa_params_init (this library "
-                       "reads %zu to %zu bytes)",
-                       in->struct_size, (size_t)FA_PARAMS_MIN_SIZE, sizeof *in);
     fa_params_init(out);
-    memcpy(out, in, in->struct_size);
+    const fa_status s = fa_resolve_sized(out, in, in->struct_size, FA_PARAMS_MIN_SIZE, sizeof *in,
+                                         "params", "fa_params_init");
+    if (s != FA_OK)
+        return s;
     /* Packed rows are addressed from the entry's first row alone (common/seqlen.h). */
     if (out->cu_seqlens_q)
         out->q_batch_stride = out->o_batch_stride = 0;

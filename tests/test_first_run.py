@@ -535,6 +535,23 @@ def test_fa_selftest_without_gpu_names_the_reason(tmp_path):
                        "loaded)"
 
 
+@pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc")
+def test_c_callers_of_an_older_fa_params_keep_working(tmp_path):
+    """tools/fa_api_host_check, a plain C program on the host path: a caller built against the
+    first fa_params (before the window) is served and the bytes past its struct_size are never
+    read; sizes outside the accepted range and NULL structs are refused, naming the field and
+    its initialiser, for fa_params, fa_grad_params and fa_kvcache_params."""
+    if not selftest_objects():
+        pytest.skip("no build objects under build/ (python setup.py build_ext --inplace "
+                    "--build-temp build/obj makes them)")
+    build = run(["bash", os.path.join(REPO_ROOT, "tools", "build_selftest.sh"), str(tmp_path)],
+                cwd=REPO_ROOT)
+    assert build.returncode == 0, build.stderr
+    proc = run([str(tmp_path / "fa_api_host_check")], cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.fullmatch(r"\d+ passed, 0 failed", proc.stdout.strip().splitlines()[-1]), proc.stdout
+
+
 # ================================================================================================
 # 14. The README says which rule holds where, and where the GPU tests are
 
