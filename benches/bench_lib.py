@@ -882,6 +882,78 @@ def _mem(row):
     return "%.0f" % value if value is not None else "-"
 
 
+def _suite_title(mode, suite, pass_, present):
+    unit = "us per call, Python wall clock" if mode == "latency" else "TFLOP/s"
+    if pass_ != "fwd" and mode != "latency":
+        unit += " at %gx the forward's FLOPs" % pass_flops_factor(pass_)
+    what = "%s, %s" % (suite, mode)
+    if pass_ != "fwd":
+        what += ", " + PASS_TITLES.get(pass_, pass_)
+    if any(i == FLEX or is_plain(i) for i in present):
+        return ("== suite %s (%s, visible pairs for a window; speedup = baseline time / ours; "
+                "/plain = our TFLOP/s / plain's) ==" % (what, unit))
+    return "== suite %s (%s; speedup = SDPA time / ours) ==" % (what, unit)
+
+
+def _ratio_columns(present):
+    """(column name, row field) of our speedups: against SDPA where the suite has SDPA rows,
+    FlexAttention and plain where it has those."""
+    columns = []
+    if any(i in BASELINES for i in present) or not any(
+            i == FLEX or is_plain(i) for i in present):
+        columns += [("default", "speedup_vs_sdpa_default"), ("flash", "speedup_vs_sdpa_flash")]
+    if FLEX in present:
+        columns.append(("flex", "speedup_vs_flex"))
+    if any(is_plain(i) for i in present):
+        columns.append(("plain", "tflops_ratio_vs_plain"))
+    return columns
+
+
+def _suite_table(groups, keys, present, mode):
+    """The table of one suite: a row per config, a column per impl, our speedups, and each
+    impl's peak memory where the rows have it."""
+    ours = [i for i in present if is_ours(i)]
+    ratio_cols = _ratio_columns(present)
+    mem_impls = [i for i in present if any((groups[k].get(i) or {}).get("peak_mem_mb")
+                                           is not None for k in keys)]
+    header = ["config"] + present
+    for o in ours:
+        header += ["%s/%s" % (o[5:], name) for name, _ in ratio_cols]
+    header += ["MB %s" % (i[5:] if is_ours(i) else i) for i in mem_impls]
+    body = []
+    for k in keys:
+        impls = groups[k]
+        line = [row_label(next(iter(impls.values())))] + [_cell(impls.get(i), mode)
+                                                          for i in present]
+        for o in ours:
+            r = impls.get(o) or {}
+            line += [_x(r.get(field)) for _, field in ratio_cols]
+        line += [_mem(impls.get(i)) for i in mem_impls]
+        body.append(line)
+    lines = _table(header, body)
+    if mem_impls:
+        lines.append("(MB: peak device memory of one call above what was allocated before it)")
+    return lines
+
+
+def _geomean_line(prefix, impl, s):
+    """One of our impls over a suite: its geomean speedups and its worst config."""
+    worst = ("worst %s (%s vs sdpa_default)" % (s["worst_label"], _x(s["worst_speedup"]))
+             if s["worst_label"] else "worst: -")
+    extra = ""
+    if s.get("n_vs_flex"):
+        extra += "; geomean %s vs flex (%d configs)" % (_x(s["geomean_vs_flex"]), s["n_vs_flex"])
+    if s.get("n_vs_plain"):
+        extra += "; TFLOP/s geomean %s of plain (%d configs)" % (_x(s["geomean_vs_plain"]),
+                                                                 s["n_vs_plain"])
+    skipped = " (%d skipped)" % s["skipped"] if s.get("skipped") else ""
+    return ("%s %s: geomean %s vs sdpa_default (%d configs), %s vs sdpa_flash (%d configs); "
+            "%d/%d ok%s; %s%s"
+            % (prefix, impl, _x(s["geomean_vs_sdpa_default"]), s["n_vs_sdpa_default"],
+               _x(s["geomean_vs_sdpa_flash"]), s["n_vs_sdpa_flash"], s["ok"], s["total"],
+               skipped, worst, extra))
+
+
 def format_summary(rows):
     """The printed report: per (mode, suite) and pass a table (TFLOP/s or latency per impl, our
     speedups, and each impl's peak memory where the rows have it), then one line per our impl
@@ -902,69 +974,13 @@ def format_summary(rows):
         keys = [k for k in groups if skey_of[k] == skey]
         present = [i for i in impl_order if any(i in groups[k] for k in keys)]
         present += sorted({i for k in keys for i in groups[k]} - set(present))
-        ours = [i for i in present if is_ours(i)]
-        unit = "us per call, Python wall clock" if mode == "latency" else "TFLOP/s"
-        if pass_ != "fwd" and mode != "latency":
-            unit += " at %gx the forward's FLOPs" % pass_flops_factor(pass_)
-        what = "%s, %s" % (suite, mode)
-        if pass_ != "fwd":
-            what += ", " + PASS_TITLES.get(pass_, pass_)
-        lines.append("")
-        if any(i == FLEX or is_plain(i) for i in present):
-            lines.append("== suite %s (%s, visible pairs for a window; speedup = baseline "
-                         "time / ours; /plain = our TFLOP/s / plain's) ==" % (what, unit))
-        else:
-            lines.append("== suite %s (%s; speedup = SDPA time / ours) ==" % (what, unit))
-        # SDPA columns where the suite has SDPA rows; FlexAttention and plain where it has those.
-        ratio_cols = []
-        if any(i in BASELINES for i in present) or not any(
-                i == FLEX or is_plain(i) for i in present):
-            ratio_cols += [("default", "speedup_vs_sdpa_default"),
-                           ("flash", "speedup_vs_sdpa_flash")]
-        if FLEX in present:
-            ratio_cols.append(("flex", "speedup_vs_flex"))
-        if any(is_plain(i) for i in present):
-            ratio_cols.append(("plain", "tflops_ratio_vs_plain"))
-        mem_impls = [i for i in present if any((groups[k].get(i) or {}).get("peak_mem_mb")
-                                               is not None for k in keys)]
-        header = ["config"] + present
-        for o in ours:
-            header += ["%s/%s" % (o[5:], name) for name, _ in ratio_cols]
-        header += ["MB %s" % (i[5:] if is_ours(i) else i) for i in mem_impls]
-        body = []
-        for k in keys:
-            impls = groups[k]
-            any_row = next(iter(impls.values()))
-            line = [row_label(any_row)] + [_cell(impls.get(i), mode) for i in present]
-            for o in ours:
-                r = impls.get(o) or {}
-                line += [_x(r.get(field)) for _, field in ratio_cols]
-            line += [_mem(impls.get(i)) for i in mem_impls]
-            body.append(line)
-        lines += _table(header, body)
-        if mem_impls:
-            lines.append("(MB: peak device memory of one call above what was allocated before "
-                         "it)")
+        lines += ["", _suite_title(mode, suite, pass_, present)]
+        lines += _suite_table(groups, keys, present, mode)
         prefix = "%s %s" % (suite, mode) + ("" if pass_ == "fwd" else " " + pass_)
-        for o in ours:
+        for o in present:
             s = summary.get(skey, {}).get(o)
-            if s is None:
-                continue
-            worst = ("worst %s (%s vs sdpa_default)" % (s["worst_label"], _x(s["worst_speedup"]))
-                     if s["worst_label"] else "worst: -")
-            extra = ""
-            if s.get("n_vs_flex"):
-                extra += "; geomean %s vs flex (%d configs)" % (_x(s["geomean_vs_flex"]),
-                                                               s["n_vs_flex"])
-            if s.get("n_vs_plain"):
-                extra += "; TFLOP/s geomean %s of plain (%d configs)" % (
-                    _x(s["geomean_vs_plain"]), s["n_vs_plain"])
-            skipped = " (%d skipped)" % s["skipped"] if s.get("skipped") else ""
-            lines.append("%s %s: geomean %s vs sdpa_default (%d configs), %s vs sdpa_flash "
-                         "(%d configs); %d/%d ok%s; %s%s"
-                         % (prefix, o, _x(s["geomean_vs_sdpa_default"]),
-                            s["n_vs_sdpa_default"], _x(s["geomean_vs_sdpa_flash"]),
-                            s["n_vs_sdpa_flash"], s["ok"], s["total"], skipped, worst, extra))
+            if is_ours(o) and s is not None:
+                lines.append(_geomean_line(prefix, o, s))
     return "\n".join(lines)
 
 
