@@ -162,47 +162,48 @@ def time_ms(torch, fn, iters):
     return statistics.median(times)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--floor", type=float, default=0.5,
-                    help="minimum speed ratio vs SDPA's flash backend (default 0.5)")
-    ap.add_argument("--kernel", choices=["sm80", "sm90"], default=None,
-                    help="force a kernel family (default: what attention() picks)")
-    args = ap.parse_args()
-
+def load_package():
+    """The import check: (flashattn_c, its build_info()), or None when it fails."""
     prefer_installed_package()
     try:
         import flashattn_c as fa
         info = fa.build_info()
     except Exception as exc:  # a broken build is the finding here
         report("import", False, f"{type(exc).__name__}: {exc}")
-        return 1
+        return None
     report("import", True, f"flashattn_c {fa.__version__} from {os.path.dirname(fa.__file__)}, "
                            f"families {info['families']}")
+    return fa, info
 
-    # The GPU first: on a machine without one, that is the reason to give, not a missing torch.
+
+def torch_on_a_gpu(fa):
+    """torch, when there is a GPU that both flashattn_c and torch can use; else None after
+    saying which is missing. The GPU first: on a machine without one, that is the reason to
+    give, not a missing torch."""
     try:
         fa.launch_config(batch=1, seqlen_q=1, seqlen_k=1, heads_q=1, heads_kv=1, head_dim=64,
                          dtype="float16")
     except fa.CudaError as exc:
         reason = str(exc).split("; pass arch=")[0]  # the hint is launch_config's, not ours
         print(f"FAIL  no CUDA GPU: the smoke test checks GPU kernels and needs one ({reason})")
-        return 2
-    except Exception:  # a GPU this build has no kernel for: the config check below says so
+        return None
+    except Exception:  # a GPU this build has no kernel for: the config check says so
         pass
     try:
         import torch
     except ImportError:
         print("FAIL  no PyTorch: the smoke test needs torch for references and the SDPA baseline "
               "(pip install -e \".[test]\" installs it)")
-        return 2
+        return None
     if not torch.cuda.is_available():
         print(f"FAIL  no CUDA GPU for PyTorch {torch.__version__}: flashattn_c sees a GPU but "
               "this torch build cannot use it (a CPU-only torch, or one built for a newer driver)")
-        return 2
-    cc = torch.cuda.get_device_capability()
-    family = expected_family(fa, cc, args.kernel)
+        return None
+    return torch
 
+
+def check_config(info, torch, family):
+    cc = torch.cuda.get_device_capability()
     contract = (info["threads_per_block"], info["warps_per_block"], info["warpgroups"])
     archs = info["families"].get(family) or []
     runs_here = bool(archs) and (cc == (9, 0) if family == "sm90" else cc[0] >= 8)
@@ -210,14 +211,18 @@ def main():
            f"threads/warps/warpgroups {contract}, family {family} built for {archs}, "
            f"GPU {torch.cuda.get_device_name()} sm_{cc[0]}{cc[1]}")
 
+
+def check_launch(fa, torch, kernel, family):
+    """One call with the launch log on: one line, block=(384,1,1), the expected family, and the
+    kernel last_launch() names. False when the call itself raised."""
     q = torch.randn(2, 512, 8, 128, device="cuda", dtype=torch.bfloat16)
     os.environ["FLASHATTN_C_LOG_LAUNCH"] = "1"
     try:
-        _, log = capture_stderr(lambda: (fa.attention(q, q, q, kernel=args.kernel),
+        _, log = capture_stderr(lambda: (fa.attention(q, q, q, kernel=kernel),
                                          torch.cuda.synchronize()))
     except Exception as exc:
         report("launch", False, f"{type(exc).__name__}: {exc}")
-        return 1
+        return False
     finally:
         os.environ.pop("FLASHATTN_C_LOG_LAUNCH", None)
     last = fa.last_launch() or {}
@@ -225,11 +230,11 @@ def main():
     ok = (last.get("block") == (384, 1, 1) and last.get("family") == family and len(lines) == 1
           and "block=(384,1,1)" in lines[0] and last.get("kernel", "?") in lines[0])
     report("launch", ok, lines[0] if lines else f"no launch log line; last_launch={last}")
+    return True
 
-    check_correct(fa, torch, args.kernel, (1, 77, 2, 64), causal=True)
-    check_correct(fa, torch, args.kernel, (2, 1024, 8, 128), causal=False)
-    check_backward(fa, torch)
 
+def check_speed(fa, torch, kernel, floor):
+    """Ours against SDPA's flash backend on one medium shape, interleaved, median of 5."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     import torch.nn.functional as F
 
@@ -239,7 +244,7 @@ def main():
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
 
     def ours():
-        fa.attention(q, k, v, kernel=args.kernel)
+        fa.attention(q, k, v, kernel=kernel)
 
     def flash():
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
@@ -256,11 +261,36 @@ def main():
     timed = (fa.last_launch() or {}).get("kernel", "?")
     flops = 4 * batch * heads * seqlen * seqlen * head_dim
     ratio = ms_flash / ms_ours
-    report("speed", ratio >= args.floor,
+    report("speed", ratio >= floor,
            f"B={batch} S={seqlen} H={heads} D={head_dim} bf16: ours {ms_ours:.3f} ms "
            f"({flops / ms_ours / 1e9:.0f} TFLOP/s, {timed}), "
            f"SDPA flash {ms_flash:.3f} ms ({flops / ms_flash / 1e9:.0f} TFLOP/s): "
-           f"{ratio:.2f}x (floor {args.floor}x)")
+           f"{ratio:.2f}x (floor {floor}x)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--floor", type=float, default=0.5,
+                    help="minimum speed ratio vs SDPA's flash backend (default 0.5)")
+    ap.add_argument("--kernel", choices=["sm80", "sm90"], default=None,
+                    help="force a kernel family (default: what attention() picks)")
+    args = ap.parse_args()
+
+    loaded = load_package()
+    if loaded is None:
+        return 1
+    fa, info = loaded
+    torch = torch_on_a_gpu(fa)
+    if torch is None:
+        return 2
+    family = expected_family(fa, torch.cuda.get_device_capability(), args.kernel)
+    check_config(info, torch, family)
+    if not check_launch(fa, torch, args.kernel, family):
+        return 1
+    check_correct(fa, torch, args.kernel, (1, 77, 2, 64), causal=True)
+    check_correct(fa, torch, args.kernel, (2, 1024, 8, 128), causal=False)
+    check_backward(fa, torch)
+    check_speed(fa, torch, args.kernel, args.floor)
     failed = RESULTS.count(False)
     print(f"smoke test: {len(RESULTS) - failed} passed, {failed} failed")
     return 1 if failed else 0
