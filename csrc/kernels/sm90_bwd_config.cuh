@@ -66,6 +66,8 @@ enum : uint32_t {
     kBarDqFull = 2,     // + consumer: its dQ half is staged (the consumer and the dQ warp)
     kBarDqEmpty = 4,    // + consumer: the reduction has read the staged half
     kBarDqSlot = 6,     // head_dim 256: + consumer * stages + slot, in place of kBarDqFull (dq_full_bar)
+    kBarWgReads = 2,    // head_dim 256: + consumer: its four warps' GEMMs have read what dQ is
+                        // staged over (the ids of kBarDqFull, which head_dim 256 does not use)
 };
 constexpr uint32_t kDqBarThreads = 128 + FA_WARP_SIZE;
 

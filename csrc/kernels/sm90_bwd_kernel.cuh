@@ -486,7 +486,9 @@ __device__ __forceinline__ void step_gemms(const BwdParams &prm, uint32_t smem, 
 // __syncwarp, racecheck reported the refill racing with those reads). At head_dim 256 the
 // half goes into the slot itself: its first two chunks into the consumer's dO columns while
 // dK runs, the other two into its Q columns once dK has retired (Cfg::dq_staging); the dQ
-// warp's arrival completes the slot's release.
+// warp's arrival completes the slot's release. Those columns are the B operand of all four
+// warps' dV (dK) GEMM, and a warp's wait_group speaks for its own groups only: the warpgroup
+// meets before each half is written over them.
 template <class Cfg>
 __device__ __forceinline__ void finish_step(uint32_t smem, int c, const RingPos &pos, float (&dk)[Cfg::kKeyCols / 2],
                                             float (&dv)[Cfg::kKeyCols / 2], StepRegs<Cfg> &r, int warp_in_wg,
@@ -496,10 +498,12 @@ __device__ __forceinline__ void finish_step(uint32_t smem, int c, const RingPos 
     fence_operands(r.p);
     fence_operands(r.dq);
     if constexpr (Cfg::kSplitRows) {
+        bar_sync(kBarWgReads + c, 128);
         stage_dq<Cfg, 0, 2>(smem, c, pos.slot, r.dq, warp_in_wg, lane);
         wgmma_wait_group<0>();
         fence_operands(dk);
         fence_operands(r.ds);
+        bar_sync(kBarWgReads + c, 128);
         stage_dq<Cfg, 2, 2>(smem, c, pos.slot, r.dq, warp_in_wg, lane);
         fence_proxy_async_shared_cta();
         bar_arrive(Cfg::dq_full_bar(c, pos.slot), kDqBarThreads);
