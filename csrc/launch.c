@@ -765,12 +765,17 @@ static int log_launches(void)
 
 static void log_launch(const fa_launch *cfg, const fa_params *p)
 {
+    /* The tile (query rows x keys per block), where the kernel has one: instances of one name
+     * differ in it (head_dim 128's key blocks by seqlen_k, for one). */
+    char tile[32] = "";
+    if (cfg->block_m > 0)
+        snprintf(tile, sizeof tile, " tile=%dx%d", cfg->block_m, cfg->block_n);
     fprintf(stderr,
-            "[flashattn_c] %s grid=(%u,%u,%u) block=(%u,%u,%u) smem=%zu regs=%d sm_%d%d "
+            "[flashattn_c] %s grid=(%u,%u,%u) block=(%u,%u,%u)%s smem=%zu regs=%d sm_%d%d "
             "stream=0x%llx B=%d Sq=%d Sk=%d Hq=%d Hkv=%d D=%d %s window=(%d,%d) softcap=%g sinks=%d "
             "layout=%s\n",
             cfg->kernel, cfg->grid[0], cfg->grid[1], cfg->grid[2], cfg->block[0], cfg->block[1],
-            cfg->block[2], cfg->smem_bytes, cfg->regs, cfg->arch_major, cfg->arch_minor,
+            cfg->block[2], tile, cfg->smem_bytes, cfg->regs, cfg->arch_major, cfg->arch_minor,
             (unsigned long long)cfg->stream, p->batch, p->seqlen_q, p->seqlen_k, p->heads_q,
             p->heads_kv, p->head_dim, dtype_name(p->dtype), p->window_left,
             p->causal ? 0 : p->window_right, (double)p->softcap, p->sinks != NULL,

@@ -305,12 +305,14 @@ def test_auto_dispatch_uses_the_hopper_kernel_on_sm90():
     assert fa.last_launch()["family"] == expected
 
 
-def test_launch_log_line_names_kernel_and_block():
+def test_launch_log_line_names_kernel_block_and_tile():
     code = (
         "import torch, flashattn_c as fa\n"
         "q = torch.randn(1, 256, 2, 128, device='cuda', dtype=torch.bfloat16)\n"
         "fa.attention(q, q, q, causal=True)\n"
         "torch.cuda.synchronize()\n"
+        "l = fa.last_launch()\n"
+        "print(f\"tile={l['block_m']}x{l['block_n']}\")\n"
     )
     env = dict(os.environ, FLASHATTN_C_LOG_LAUNCH="1")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
@@ -318,3 +320,5 @@ def test_launch_log_line_names_kernel_and_block():
     lines = [l for l in proc.stderr.splitlines() if l.startswith("[flashattn_c] fwd_")]
     assert len(lines) == 1, proc.stderr
     assert "block=(384,1,1)" in lines[0] and "_hd128_bf16_causal" in lines[0]
+    tile = proc.stdout.strip()
+    assert tile.startswith("tile=") and f" {tile} " in lines[0], (tile, lines[0])
