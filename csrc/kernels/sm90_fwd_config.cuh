@@ -128,6 +128,8 @@ struct Config {
                   "mbarriers, counters and tiles fit their area");
     static_assert(kConsumers == 2 || (kConsumers == 3 && !kOInV && kOStaging && !kPingpong),
                   "three consumers: O staged in its own buffer, no pingpong");
+    static_assert(kConsumers == 2 || kStages >= 3,
+                  "three consumers: a warp waits for K(t + 1) holding V(t - 1) (sm90_pipeline.cuh)");
     static_assert((size_t)kSmemBytes == FA_SM90_SMEM_BYTES(kBlockM, kHeadDim, kBlockN, kStages),
                   "kernel layout and sm90_tiles.h agree on the shared-memory size");
     static_assert(kKVChunkBytes < (1u << 18), "LBO fits the descriptor's 14-bit field");

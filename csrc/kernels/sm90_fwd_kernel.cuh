@@ -103,8 +103,7 @@ __device__ __forceinline__ void load_tile_start(const KernelParams &prm, uint32_
         const fa_block_range range =
             rows_block_range<Cfg>(sequence_mask<Cfg>(prm, e), tc.m_block * Cfg::kBlockM, Cfg::kBlockM);
         if (range.n_max == 0) return;
-        const uint32_t starts = atom_add_acq_rel_shared(smem + Cfg::kOffTileStarts, 1);
-        if (starts % Cfg::kConsumers != Cfg::kConsumers - 1) return;
+        if (atom_inc_acq_rel_shared(smem + Cfg::kOffTileStarts, Cfg::kConsumers - 1) != Cfg::kConsumers - 1) return;
         const int n_end = max(first_block<Cfg::kMask>(range), range.n_max - Cfg::kStages);
         for (int n = range.n_max - 1; n >= n_end; --n)
             producer_load_kv<Cfg>(prm, smem, kv, kv_tma_row(sched.seq, e, tc.batch, n * Cfg::kBlockN), tc.head_kv);

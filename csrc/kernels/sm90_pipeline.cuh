@@ -14,10 +14,12 @@
  *     by the thread 0 of the last warpgroup done with the previous tile (load_tile_start, when
  *     every slot is released); block i + kStages of
  *     a tile goes into block i's slot, issued by the warp that releases block i's V last:
- *     every consumer warp adds 1 to the slot's release count (atom.acq_rel), and the one that
- *     completes a multiple of kSlotReleaseArrivals loads (ConsumerRing::release_v). Every warp
- *     releases K before V, so K's slot is free then too. Nothing in the key loop waits to load.
- *     dev/sm90_ring_model.py runs this protocol under random interleavings of the 12 warps.
+ *     every consumer warp counts on the slot's release count modulo kSlotReleaseArrivals
+ *     (atom.inc, acq_rel), and the one that completes the count loads (ConsumerRing::release_v).
+ *     Every warp releases K before V, so K's slot is free then too. Nothing in the key loop
+ *     waits to load. dev/sm90_ring_model.py runs this protocol under random interleavings of
+ *     the 12 warps. The ring needs 3 slots: a warp waits for K(t + 1) while it still holds
+ *     V(t - 1), and with 2 slots only the last release of V(t - 1) would load K(t + 1).
  * Device-only.
  */
 #ifndef FA_SM90_PIPELINE_CUH
@@ -160,7 +162,7 @@ struct ConsumerRing {
         if constexpr (!Cfg::kProducerWarpgroup) {
             if (lane == 0 && refill.next >= refill.last) {
                 const uint32_t count = bars - Cfg::kOffBar + Cfg::kOffReleaseCount + 4 * v.slot;
-                if (atom_add_acq_rel_shared(count, 1) % Cfg::kSlotReleaseArrivals == Cfg::kSlotReleaseArrivals - 1)
+                if (atom_inc_acq_rel_shared(count, Cfg::kSlotReleaseArrivals - 1) == Cfg::kSlotReleaseArrivals - 1)
                     refill_slot(v.slot, refill.next);
             }
             --refill.next;

@@ -1,6 +1,6 @@
 /*
  * sm90_ptx.cuh -- thin inline-PTX wrappers for the sm90 attention kernel, one per instruction,
- * each named after the PTX it emits: mbarriers, a shared-memory atomic add, TMA
+ * each named after the PTX it emits: mbarriers, a shared-memory atomic increment, TMA
  * (cp.async.bulk.tensor), proxy fences,
  * 16-byte shared loads and stores, named barriers, setmaxnreg, stmatrix, the wgmma
  * fence/commit/wait, the wgmma shared-memory matrix descriptor, and the TMA reduction the
@@ -50,12 +50,14 @@ FA_DEV void mbarrier_arrive_if(uint32_t bar, bool pred) {
         : "memory");
 }
 
-// The word's value before the addition. acq_rel: the caller's earlier reads of shared memory
-// (retired wgmma operands included) happen before it, and its later writes (a TMA load into the
-// slot the word counts) after every earlier addition.
-FA_DEV uint32_t atom_add_acq_rel_shared(uint32_t addr, uint32_t v) {
+// A counter modulo bound + 1: the word's value before, the word then 0 where it was bound and
+// one more otherwise, so it never wraps (a plain add counted modulo 12 would: 2^32 is not a
+// multiple of 12). acq_rel: the caller's earlier reads of shared memory (retired wgmma operands
+// included) happen before it, and its later writes (a TMA load into the slot the word counts)
+// after every earlier count.
+FA_DEV uint32_t atom_inc_acq_rel_shared(uint32_t addr, uint32_t bound) {
     uint32_t old;
-    asm volatile("atom.acq_rel.cta.shared::cta.add.u32 %0, [%1], %2;\n" : "=r"(old) : "r"(addr), "r"(v) : "memory");
+    asm volatile("atom.acq_rel.cta.shared::cta.inc.u32 %0, [%1], %2;\n" : "=r"(old) : "r"(addr), "r"(bound) : "memory");
     return old;
 }
 

@@ -161,8 +161,8 @@ __device__ __forceinline__ float exp2_fma(float x) {
     p = fmaf(p, f, kC1);
     p = fmaf(p, f, 1.f);
     // The shifted float's bits are 0x4B400000 + n; shifted left by 23 the constant part leaves
-    // the 32-bit word and n lands in the exponent field.
-    return __int_as_float(__float_as_int(p) + (__float_as_int(shifted) << 23));
+    // the 32-bit word and n lands in the exponent field (unsigned: the shift drops those bits).
+    return __uint_as_float(__float_as_uint(p) + (__float_as_uint(shifted) << 23));
 }
 
 // In place, max first. Returns whether any row of the warp moved its max: O must then be

@@ -138,8 +138,9 @@ FA_STATIC_ASSERT(FA_SM90_SMEM_BYTES(192, 64, FA_SM90_BLOCK_N_HD64, FA_SM90_STAGE
                  "head_dim 64 three-consumer tile fits the 227 KB opt-in shared memory");
 FA_STATIC_ASSERT(FA_SM90_STAGES_HD64 >= 2 && FA_SM90_STAGES_HD64 <= 4 && FA_SM90_STAGES_HD128 >= 2 &&
                  FA_SM90_STAGES_HD128 <= 4 && FA_SM90_STAGES_HD256 >= 2 && FA_SM90_STAGES_HD256 <= 4 &&
-                 FA_SM90_STAGES_3WG >= 2 && FA_SM90_STAGES_3WG <= 4,
-                 "2 to 4 K/V stages (the mbarrier area holds 7 + 4 * 4 barriers and 4 counters)");
+                 FA_SM90_STAGES_3WG >= 3 && FA_SM90_STAGES_3WG <= 4,
+                 "2 to 4 K/V stages, 3 or 4 with three consumers (the mbarrier area holds 7 + 4 * 4 "
+                 "barriers and 4 counters)");
 FA_STATIC_ASSERT(FA_SM90_BLOCK_N_HD64 % 16 == 0 && FA_SM90_BLOCK_N_HD64_CAUSAL % 16 == 0 &&
                  FA_SM90_BLOCK_N_HD128 % 16 == 0 && FA_SM90_BLOCK_N_HD128_CAUSAL % 16 == 0 &&
                  FA_SM90_BLOCK_N_HD128_SHORT % 16 == 0 && FA_SM90_BLOCK_N_HD256_CAUSAL_SHORT % 16 == 0 &&
