@@ -1,6 +1,6 @@
 """The library's machine code, read with cuobjdump from the kernel objects the build left in
-build/obj (the CUDA toolkit's cuobjdump and nvdisasm, or those the test extra installs from
-PyPI), so a change that moves the math off the tensor cores, spills, or drops an architecture
+build/obj (the CUDA toolkit's cuobjdump and nvdisasm, or those of the sass extra's wheels, which
+CI installs), so a change that moves the math off the tensor cores, spills, or drops an architecture
 fails here, on any machine, GPU or not (tools/gpu_check.sh's sass step prints the same counts):
   - no kernel spills: no LDL or STL anywhere;
   - every sm90 attention kernel (forward and backward) does its matrix products with HGMMA
@@ -72,8 +72,8 @@ def count(lines, opcode):
 
 pytestmark = [
     pytest.mark.skipif(CUOBJDUMP is None or NVDISASM is None,
-                       reason="no cuobjdump and nvdisasm (pip install -e \".[test]\" installs "
-                              "nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm)"),
+                       reason="no cuobjdump and nvdisasm (the CUDA toolkit's, or pip install -e "
+                              "\".[sass]\")"),
     pytest.mark.skipif(not OBJECTS, reason="no kernel objects under build/obj (python setup.py "
                                            "build_ext --inplace --build-temp build/obj)"),
 ]
