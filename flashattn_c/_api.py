@@ -417,21 +417,14 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=_NO_WIND
                                             float(softcap), kernel_code, device_kind,
                                             device_index, deterministic)
         return (out, lse) if return_lse else out
-    _refuse_out_that_requires_grad(torch, out)
+    if out is not None:
+        _refuse_outputs_that_require_grad(torch, {"out": out})
     # Grad mode off: tensors that require grad are read as detached.
     arrays = _detached(torch, dict(q=q, k=k, v=v, out=out, sinks=sinks))
     extra = _op_keywords(gpu, causal=causal, softmax_scale=softmax_scale, window=(left, right),
                          softcap=softcap, return_lse=return_lse)
-    torch_outputs = None
-    if framework == "torch" and q.dim() == 4:
-        # q's shape is read only once it is 4-D; other shapes take the general path's message.
-        torch_outputs = {"out": (q.shape, q.dtype)}
-        if return_lse:
-            torch_outputs["lse"] = ((q.shape[0], q.shape[2], q.shape[1]), torch.float32)
-    got = _call_op(_C.forward, _C.forward_roles, arrays, extra, framework=framework,
-                   stream=stream, torch_outputs=torch_outputs)
-    result = out if out is not None else got["out"]
-    return (result, got["lse"]) if return_lse else result
+    return _forward_result(_C.forward, _C.forward_roles, arrays, extra, out, ndim=4,
+                           lse_dims=(0, 2, 1), framework=framework, stream=stream)
 
 
 def attention_backward(dout, q, k, v, out, lse, *, causal=False, softmax_scale=None,
@@ -550,9 +543,9 @@ def _call_op(c_op, roles, arrays, extra, *, framework, stream, torch_outputs):
         if fast is not None:
             _written_in_place(sys.modules["torch"], given)
             return {n: fast.get(n) for n in outputs}
-    first = arrays[roles[0][0]]
     if stream is None:
-        handle, owner = (_current_stream(first, framework) if device_kind != _C.DEVICE_CPU
+        # framework is q's (every op has q); the first role may be another array (dout).
+        handle, owner = (_current_stream(arrays["q"], framework) if device_kind != _C.DEVICE_CPU
                          else (0, None))
     else:
         handle, owner = _stream_handle(stream)
@@ -590,6 +583,7 @@ def _gradients(c_op, roles, inputs, given, extra, *, ndim, stream):
     q, k, v, sinks = inputs["q"], inputs["k"], inputs["v"], inputs["sinks"]
     framework = _framework(q)
     torch = sys.modules.get("torch")
+    _refuse_outputs_that_require_grad(torch, given)
     torch_outputs = None
     if framework == "torch" and q.dim() == ndim and k.dim() == ndim:
         torch_outputs = {"dq": (q.shape, q.dtype), "dk": (k.shape, k.dtype),
@@ -636,11 +630,15 @@ def _refuse_autograd_options(out, stream, inputs):
                          "require grad): the op runs on torch's current stream")
 
 
-def _refuse_out_that_requires_grad(torch, out):
-    if (torch is not None and isinstance(out, torch.Tensor) and out.requires_grad and
-            torch.is_grad_enabled()):
-        raise ValueError("out requires grad: writing into it would bypass autograd. Pass "
-                         "out.detach(), or call under torch.no_grad()")
+def _refuse_outputs_that_require_grad(torch, outputs):
+    """outputs: name -> the caller's array or None. Writing into a tensor that requires grad,
+    in grad mode, would bypass autograd."""
+    if torch is None:
+        return
+    for name, x in outputs.items():
+        if isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled():
+            raise ValueError(f"{name} requires grad: writing into it would bypass autograd. "
+                             f"Pass {name}.detach(), or call under torch.no_grad()")
 
 
 def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
@@ -718,7 +716,8 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
             softmax_scale, left, right, float(softcap), kernel_code, device_kind, device_index,
             deterministic)
         return (out, lse) if return_lse else out
-    _refuse_out_that_requires_grad(torch, out)
+    if out is not None:
+        _refuse_outputs_that_require_grad(torch, {"out": out})
     arrays = _detached(torch, dict(q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q,
                                    cu_seqlens_k=cu_seqlens_k, out=out, sinks=sinks))
     extra = _op_keywords(gpu, causal=causal, softmax_scale=softmax_scale, window=(left, right),
@@ -850,17 +849,11 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens
     extra = _op_keywords(gpu, causal=causal, softmax_scale=softmax_scale, window=(left, right),
                          softcap=softcap, return_lse=return_lse, cache_seqlen=cache_seqlen,
                          num_splits=num_splits)
-    torch_outputs = None
-    if framework == "torch" and q.dim() == 4:
-        torch_outputs = {"out": (q.shape, q.dtype)}
-        if return_lse:
-            torch_outputs["lse"] = ((q.shape[0], q.shape[2], q.shape[1]), torch.float32)
-    got = _call_op(_C.kvcache, _C.kvcache_roles, arrays, extra, framework=framework,
-                   stream=stream, torch_outputs=torch_outputs)
+    result = _forward_result(_C.kvcache, _C.kvcache_roles, arrays, extra, out, ndim=4,
+                             lse_dims=(0, 2, 1), framework=framework, stream=stream)
     if k is not None:
         _written_in_place(torch, (k_cache, v_cache))
-    result = out if out is not None else got["out"]
-    return (result, got["lse"]) if return_lse else result
+    return result
 
 
 def _written_in_place(torch, arrays):

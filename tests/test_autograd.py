@@ -75,6 +75,33 @@ def test_gradients_are_refused_where_they_cannot_be_recorded(rng):
         fa.attention(q, k, v, stream=0)
 
 
+@pytest.mark.parametrize("op", ["attention_backward", "attention_varlen_backward"])
+def test_gradient_buffers_that_require_grad_are_refused_in_grad_mode(rng, op):
+    """Writing the gradients into a given dq (dk, dv, dsinks) that requires grad would bypass
+    autograd, as out= would for the forward: refused by name in grad mode, written (in place,
+    as given) under torch.no_grad()."""
+    q, k, v, _ = leaves(rng, 1, 6, 6, 2, 2, 16)
+    q, k, v = q.detach(), k.detach(), v.detach()
+    out, lse = fa.attention(q, k, v, return_lse=True, device="cpu")
+    dk = torch.zeros_like(k, requires_grad=True)
+    if op == "attention_backward":
+        call = lambda: fa.attention_backward(torch.ones_like(q), q, k, v, out, lse, dk=dk,
+                                             device="cpu")
+    else:
+        cu = torch.tensor([0, 6], dtype=torch.int32)
+        call = lambda: fa.attention_varlen_backward(torch.ones_like(q[0]), q[0], k[0], v[0],
+                                                    out[0], lse[0], cu, cu, 6, 6, dk=dk[0],
+                                                    device="cpu")
+    with pytest.raises(ValueError, match="dk requires grad"):
+        call()
+    assert dk.abs().sum() == 0
+    with torch.no_grad():
+        grads = call()
+    assert dk.abs().sum() > 0
+    if op == "attention_backward":
+        assert grads[1] is dk
+
+
 def test_no_grad_reads_inputs_as_detached(rng):
     q, k, v, _ = leaves(rng, 1, 8, 8, 2, 2, 8)
     with torch.no_grad():

@@ -135,6 +135,26 @@ def test_kvcache_asks_for_out_and_lse_as_attention_does(recorder):
     assert out2 is second["allocated"]["out"] and lse is second["allocated"]["lse"]
 
 
+def test_the_general_path_takes_the_stream_of_q_framework(monkeypatch):
+    """A backward op's first array is dout, which may come from another framework than q:
+    the current stream is q's (it was dout's, which a NumPy dout does not have)."""
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def current_stream(x, framework):
+        seen.append((x, framework))
+        raise Stop
+
+    monkeypatch.setattr(_api, "_current_stream", current_stream)
+    q, k, v = dense(B, SQ, HQ, D), dense(B, SK, HKV, D), dense(B, SK, HKV, D)
+    dout = dense(B, SQ, HQ, D).float().numpy()
+    with pytest.raises(Stop):
+        fa.attention_backward(dout, q, k, v, dense(B, SQ, HQ, D), torch.zeros(B, HQ, SQ))
+    assert len(seen) == 1 and seen[0][0] is q and seen[0][1] == "torch"
+
+
 def test_a_given_stream_keeps_the_call_off_the_fast_path(recorder):
     q, k, v = dense(B, SQ, HQ, D), dense(B, SK, HKV, D), dense(B, SK, HKV, D)
     try:
