@@ -112,6 +112,8 @@ def check_against_reference(out, lse, ref_out, ref_lse, peer_out, label=""):
     assert err <= tol, f"max |ours - ref| = {err:.3e} exceeds the FA3 tolerance {tol:.3e}{at}"
     if lse is not None:
         lse, ref_lse = as_float64(lse, ref_lse)
+        assert tuple(lse.shape) == tuple(ref_lse.shape), \
+            f"lse has shape {tuple(lse.shape)}, the reference {tuple(ref_lse.shape)}{at}"
         ref_inf = ref_lse == -np.inf
         assert bool(((lse == -np.inf) == ref_inf).all()), \
             f"lse is -inf on different rows than the reference{at}"

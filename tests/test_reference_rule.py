@@ -69,6 +69,15 @@ def test_each_broken_rule_fails_with_its_message(rng, kind, fault, message):
         check_against_reference(*convert(kind, out, lse, ref, ref_lse, peer), label="kernel_x")
 
 
+def test_an_lse_of_another_shape_fails_even_where_every_row_is_empty(rng, kind):
+    """-inf everywhere in both would compare equal under broadcasting; the shapes must agree."""
+    ref, peer, _, _ = problem(rng)
+    ref_lse = np.full((2, 1, 9), -np.inf)  # (batch, heads_q, seqlen_q) of one head
+    lse = np.full((2, 9, 1), -np.inf)      # (batch, seqlen_q, heads_q): the wrong layout
+    with pytest.raises(AssertionError, match=r"lse has shape \(2, 9, 1\), the reference \(2, 1, 9\)"):
+        check_against_reference(*convert(kind, ref, lse, ref, ref_lse, peer))
+
+
 def test_out_alone_is_checked_without_lse(rng, kind):
     ref, peer, _, tol = problem(rng)
     check_against_reference(*convert(kind, ref, None, ref, None, peer))
