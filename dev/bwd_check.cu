@@ -46,6 +46,7 @@
 #include "kernels/sm80_bwd_tiles.h"
 #include "kernels/sm90_bwd_launch.cuh"
 #include "kernels/sm90_bwd_tiles.h"
+#include "bwd_reference.h"
 #include "dev_check.h"
 
 static int g_failures = 0;
@@ -236,60 +237,15 @@ static void run_case(const Case &c)
         std::vector<double> &dkp = dk_part[t], &dvp = dv_part[t];
         dkp.assign((size_t)Sk * D, 0.0);
         dvp.assign((size_t)Sk * D, 0.0);
-        std::vector<double> logit(Sk), tt(Sk), p(Sk), o(D), dpv(Sk);
+        RowScratch scratch(Sk, D);
+        const double *k_rows = &k[((size_t)b * Sk * Hk + hkv) * D], *v_rows = &v[((size_t)b * Sk * Hk + hkv) * D];
         for (int i = ch * row_chunk; i < std::min(Sq, (ch + 1) * row_chunk); ++i) {
-            const double *qi = &q[(((size_t)b * Sq + i) * Hq + h) * D];
-            const double *doi = &dout[(((size_t)b * Sq + i) * Hq + h) * D];
-            const fa_key_span span = fa_mask_row(&mask, i);
-            double mx = -INFINITY;
-            for (int j = span.lo; j <= span.hi; ++j) {
-                const double *kj = &k[(((size_t)b * Sk + j) * Hk + hkv) * D];
-                double s = 0;
-                for (int d = 0; d < D; ++d)
-                    s += qi[d] * kj[d];
-                double l = scale * s;
-                if (c.softcap > 0) {
-                    tt[j] = tanh(l / c.softcap);
-                    l = c.softcap * tt[j];
-                }
-                logit[j] = l;
-                mx = std::max(mx, l);
-            }
-            double sum = 0;
-            for (int j = span.lo; j <= span.hi; ++j)
-                sum += exp(logit[j] - mx);
-            const double lse = span.hi >= span.lo ? mx + log(sum) : -INFINITY;
-            std::fill(o.begin(), o.end(), 0.0);
-            for (int j = span.lo; j <= span.hi; ++j) {
-                p[j] = exp(logit[j] - lse);
-                const double *vj = &v[(((size_t)b * Sk + j) * Hk + hkv) * D];
-                for (int d = 0; d < D; ++d)
-                    o[d] += p[j] * vj[d];
-            }
-            double delta_exact = 0, delta_q = 0;
-            for (int d = 0; d < D; ++d) {
-                delta_exact += doi[d] * o[d];
-                delta_q += (double)from_bits(to_bits((float)doi[d], bf16), bf16) *
-                           from_bits(to_bits((float)o[d], bf16), bf16);
-            }
-            lse_in[((size_t)b * Hq + h) * Sq + i] = (float)lse;
-            delta_in[((size_t)b * Hq + h) * Sq + i] = (float)delta_q;
-            double *dqi = &dq_ref[(((size_t)b * Sq + i) * Hq + h) * D];
-            for (int j = span.lo; j <= span.hi; ++j) {
-                const double *vj = &v[(((size_t)b * Sk + j) * Hk + hkv) * D];
-                const double *kj = &k[(((size_t)b * Sk + j) * Hk + hkv) * D];
-                double dp = 0;
-                for (int d = 0; d < D; ++d)
-                    dp += doi[d] * vj[d];
-                double ds = p[j] * (dp - delta_exact);
-                if (c.softcap > 0)
-                    ds *= 1.0 - tt[j] * tt[j];
-                for (int d = 0; d < D; ++d) {
-                    dqi[d] += scale * ds * kj[d];
-                    dkp[(size_t)j * D + d] += scale * ds * qi[d];
-                    dvp[(size_t)j * D + d] += p[j] * doi[d];
-                }
-            }
+            const size_t row = ((size_t)b * Sq + i) * Hq + h;
+            const RowStats r = reference_row_backward(&q[row * D], &dout[row * D], k_rows, v_rows, (size_t)Hk * D,
+                                                      fa_mask_row(&mask, i), D, scale, c.softcap, bf16,
+                                                      &dq_ref[row * D], dkp.data(), dvp.data(), D, scratch);
+            lse_in[((size_t)b * Hq + h) * Sq + i] = (float)r.lse;
+            delta_in[((size_t)b * Hq + h) * Sq + i] = (float)r.delta;
         }
     };
     {
@@ -334,16 +290,8 @@ static void run_case(const Case &c)
     }
     CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)t.smem_bytes));
 
-    auto dev_copy = [](const void *src, size_t bytes) {
-        void *d;
-        CK(cudaMalloc(&d, bytes));
-        CK(cudaMemcpy(d, src, bytes, cudaMemcpyHostToDevice));
-        return d;
-    };
-    void *dq_ = dev_copy(q_b.data(), q_b.size() * 2), *dk_in = dev_copy(k_b.data(), k_b.size() * 2),
-         *dv_in = dev_copy(v_b.data(), v_b.size() * 2), *ddo = dev_copy(do_b.data(), do_b.size() * 2);
-    float *dlse = (float *)dev_copy(lse_in.data(), lse_in.size() * 4);
-    float *ddelta = (float *)dev_copy(delta_in.data(), delta_in.size() * 4);
+    void *dq_ = dev_upload(q_b), *dk_in = dev_upload(k_b), *dv_in = dev_upload(v_b), *ddo = dev_upload(do_b);
+    float *dlse = dev_upload(lse_in), *ddelta = dev_upload(delta_in);
     const size_t acc_elems = (size_t)B * Hq * Sq * D, guard = 4096;
     float *dacc;
     CK(cudaMalloc(&dacc, (acc_elems + guard) * 4));
@@ -505,54 +453,19 @@ static void run_packed_case(int D, bool bf16, int causal, int det, bool used_k)
     std::vector<float> lse_in((size_t)Hq * total_q, 0.f), delta_in((size_t)Hq * total_q, 0.f);
     for (int b = 0; b < B; ++b) {
         const fa_mask mask = fa_mask_make(lq[b], lk[b], -1, -1, causal);
-        std::vector<double> logit(std::max(1, lk[b])), p(std::max(1, lk[b])), o(D);
-        for (int h = 0; h < Hq; ++h)
+        RowScratch scratch(lk[b], D);
+        for (int h = 0; h < Hq; ++h) {
+            const size_t kv_col = (size_t)cu_k[b] * krs + (size_t)(h / G) * D;
             for (int i = 0; i < lq[b]; ++i) {
-                const int64_t qr = cu_q[b] + i;
-                const double *qi = &q[qr * qrs + h * D], *doi = &dout[qr * qrs + h * D];
+                const size_t qr = (size_t)(cu_q[b] + i) * qrs + (size_t)h * D;
                 const fa_key_span span = lk[b] > 0 ? fa_mask_row(&mask, i) : fa_key_span{0, -1};
-                double mx = -INFINITY;
-                for (int j = span.lo; j <= span.hi; ++j) {
-                    const double *kj = &k[(cu_k[b] + j) * krs + (h / G) * D];
-                    double sdot = 0;
-                    for (int d = 0; d < D; ++d)
-                        sdot += qi[d] * kj[d];
-                    logit[j] = scale * sdot;
-                    mx = std::max(mx, logit[j]);
-                }
-                double sum = 0;
-                for (int j = span.lo; j <= span.hi; ++j)
-                    sum += exp(logit[j] - mx);
-                const double lse = span.hi >= span.lo ? mx + log(sum) : -INFINITY;
-                std::fill(o.begin(), o.end(), 0.0);
-                for (int j = span.lo; j <= span.hi; ++j) {
-                    p[j] = exp(logit[j] - lse);
-                    const double *vj = &v[(cu_k[b] + j) * krs + (h / G) * D];
-                    for (int d = 0; d < D; ++d)
-                        o[d] += p[j] * vj[d];
-                }
-                double delta_exact = 0, delta_q = 0;
-                for (int d = 0; d < D; ++d) {
-                    delta_exact += doi[d] * o[d];
-                    delta_q += (double)from_bits(to_bits((float)doi[d], bf16), bf16) *
-                               from_bits(to_bits((float)o[d], bf16), bf16);
-                }
-                lse_in[(size_t)h * total_q + qr] = (float)lse;
-                delta_in[(size_t)h * total_q + qr] = (float)delta_q;
-                for (int j = span.lo; j <= span.hi; ++j) {
-                    const int64_t kr = cu_k[b] + j;
-                    const double *vj = &v[kr * krs + (h / G) * D], *kj = &k[kr * krs + (h / G) * D];
-                    double dp = 0;
-                    for (int d = 0; d < D; ++d)
-                        dp += doi[d] * vj[d];
-                    const double ds = p[j] * (dp - delta_exact);
-                    for (int d = 0; d < D; ++d) {
-                        dq_ref[qr * qrs + h * D + d] += scale * ds * kj[d];
-                        dk_ref[kr * krs + (h / G) * D + d] += scale * ds * qi[d];
-                        dv_ref[kr * krs + (h / G) * D + d] += p[j] * doi[d];
-                    }
-                }
+                const RowStats r = reference_row_backward(&q[qr], &dout[qr], &k[kv_col], &v[kv_col], krs, span, D,
+                                                          scale, 0.0, bf16, &dq_ref[qr], &dk_ref[kv_col],
+                                                          &dv_ref[kv_col], krs, scratch);
+                lse_in[(size_t)h * total_q + cu_q[b] + i] = (float)r.lse;
+                delta_in[(size_t)h * total_q + cu_q[b] + i] = (float)r.delta;
             }
+        }
     }
 
     /* ---- device ---- */
@@ -568,20 +481,9 @@ static void run_packed_case(int D, bool bf16, int causal, int det, bool used_k)
     fa_tile t;
     if (!tile_for(name, &pp, &g, &t))
         return;
-    auto dev_copy = [](const void *src, size_t bytes) {
-        void *d;
-        CK(cudaMalloc(&d, bytes));
-        CK(cudaMemcpy(d, src, bytes, cudaMemcpyHostToDevice));
-        return d;
-    };
-    void *d_q = dev_copy(q_b.data(), q_b.size() * 2), *d_k = dev_copy(k_b.data(), k_b.size() * 2);
-    void *d_v = dev_copy(v_b.data(), v_b.size() * 2);
-    void *d_do = dev_copy(do_b.data(), do_b.size() * 2);
-    float *d_lse = (float *)dev_copy(lse_in.data(), lse_in.size() * 4);
-    float *d_delta = (float *)dev_copy(delta_in.data(), delta_in.size() * 4);
-    int32_t *d_cuq = (int32_t *)dev_copy(cu_q.data(), cu_q.size() * 4);
-    int32_t *d_cuk = (int32_t *)dev_copy(cu_k.data(), cu_k.size() * 4);
-    int32_t *d_used = (int32_t *)dev_copy(used.data(), used.size() * 4);
+    void *d_q = dev_upload(q_b), *d_k = dev_upload(k_b), *d_v = dev_upload(v_b), *d_do = dev_upload(do_b);
+    float *d_lse = dev_upload(lse_in), *d_delta = dev_upload(delta_in);
+    int32_t *d_cuq = dev_upload(cu_q), *d_cuk = dev_upload(cu_k), *d_used = dev_upload(used);
     const size_t acc_elems = (size_t)Hq * total_q * D, guard = 4096;
     float *d_acc;
     CK(cudaMalloc(&d_acc, (acc_elems + guard) * 4));

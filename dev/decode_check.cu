@@ -123,15 +123,6 @@ static fa_launch combine_cfg(int rows, int batch, int head_dim, int num_splits)
     return cfg;
 }
 
-template <class T> static T *dev_upload(const std::vector<T> &h)
-{
-    T *d = nullptr;
-    CK(cudaMalloc(&d, std::max<size_t>(h.size(), 1) * sizeof(T)));
-    if (!h.empty())
-        CK(cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
-    return d;
-}
-
 template <class T> static std::vector<T> dev_download(const T *d, size_t n)
 {
     std::vector<T> h(n);

@@ -19,8 +19,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "flashattn.h"
+#include "kernels/kernels.h"
 #include "launch_contract.h"
 
 #define CK(call)                                                                               \
@@ -57,6 +59,16 @@ static inline void finish_or_exit(const char *what, double seconds = 20.0)
     }
     CK(cudaEventDestroy(done));
     CK(cudaDeviceSynchronize()); /* work on other streams, and any error of the kernel */
+}
+
+/* A device copy of h (at least one element is allocated, so an empty h still gives a pointer). */
+template <class T> static T *dev_upload(const std::vector<T> &h)
+{
+    T *d = nullptr;
+    CK(cudaMalloc(&d, std::max<size_t>(h.size(), 1) * sizeof(T)));
+    if (!h.empty())
+        CK(cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+    return d;
 }
 
 /* x rounded to the nearest bf16 or fp16, as bits */
