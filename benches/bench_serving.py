@@ -155,6 +155,39 @@ def launched_kernels(fa):
     return "+".join(l["kernel"] for l in last.get("launches") or [last])
 
 
+def check_impls(torch, fa, impls, peer, ref, to_ref_layout=lambda name, out: out):
+    """Calls each impl once and judges it by the rule: ({name: (passed, err, tol)},
+    {name: kernels column}). An impl that raises (a baseline may refuse a shape) is removed
+    from impls and recorded with passed None and the error as its kernels column, so the row
+    says why it has no time."""
+    checked, kernels = {}, {}
+    for name in list(impls):
+        try:
+            checked[name] = rule(torch, to_ref_layout(name, impls[name]()), peer, ref)
+            kernels[name] = launched_kernels(fa) if name.startswith("ours") else ""
+        except Exception as exc:  # noqa: BLE001 -- recorded in the row, never dropped
+            checked[name] = (None, float("nan"), float("nan"))
+            kernels[name] = "%s: %s" % (type(exc).__name__, str(exc)[:120])
+            del impls[name]
+    return checked, kernels
+
+
+def judged_row(row, verdict, samples, rate):
+    """row with its verdict: status error or failed-correctness (no time: a wrong kernel is
+    never timed), or ok with the median, its 95% interval and rate(median_us), a dict of the
+    suite's throughput columns. True when ok."""
+    passed, err, tol = verdict
+    row.update(max_abs_err=err, tol=tol)
+    if passed is None:
+        row["status"] = "error"
+    elif not passed:
+        row["status"] = "failed-correctness"
+    else:
+        med, lo, hi = summarize(samples)
+        row.update(status="ok", median_us=med, ci95_lo_us=lo, ci95_hi_us=hi, **rate(med))
+    return bool(passed)
+
+
 # --------------------------------------------------------------------------------------------
 # decode
 # --------------------------------------------------------------------------------------------
@@ -220,36 +253,21 @@ def run_decode(torch, fa, args, env, writer, rows):
             impls[name] = sdpa(backend)
         ref = decode_reference(F, torch, qt, kt, vt)
         peer = impls["sdpa_default"]().transpose(1, 2)
-        checked, kernels = {}, {}
-        for name in list(impls):
-            try:
-                out = impls[name]()
-                out = out if name.startswith("ours") else out.transpose(1, 2)
-                checked[name] = rule(torch, out, peer, ref)
-                kernels[name] = launched_kernels(fa) if name.startswith("ours") else ""
-            except Exception as exc:  # a baseline may refuse a shape
-                checked[name] = (None, float("nan"), float("nan"))
-                kernels[name] = "%s: %s" % (type(exc).__name__, str(exc)[:120])
-                del impls[name]
+        checked, kernels = check_impls(
+            torch, fa, impls, peer, ref,
+            lambda name, out: out if name.startswith("ours") else out.transpose(1, 2))
         timed = {n: f for n, f in impls.items() if checked[n][0]}
         samples = time_impls(torch, timed, args.repeats, args.calls) if timed else {}
         graphed = {n: graph_times(torch, f, args.repeats, args.calls) for n, f in timed.items()}
-        for name, (passed, err, tol) in checked.items():
+        for name, verdict in checked.items():
             row = dict(env, suite="decode", impl=name, dtype=dtype_name, B=B, Hq=Hq, Hkv=Hkv,
                        Sq=1, Sk=S, D=D, layout="paged" if name == "ours_paged" else "dense",
                        page_size=page if name == "ours_paged" else "", lengths="uniform",
-                       max_abs_err=err, tol=tol, kernels=kernels[name])
-            if passed is None:
-                row["status"] = "error"
-            elif not passed:
-                row["status"] = "failed-correctness"
-            else:
-                med, lo, hi = summarize(samples[name])
-                row.update(status="ok", median_us=med, ci95_lo_us=lo, ci95_hi_us=hi,
-                           gbs=kv_bytes / (med * 1e-6) / 1e9)
-                if graphed[name]:
-                    g_us = 1e3 * bl.median(graphed[name])
-                    row.update(graph_us=g_us, graph_gbs=kv_bytes / (g_us * 1e-6) / 1e9)
+                       kernels=kernels[name])
+            gbs = lambda us: {"gbs": kv_bytes / us / 1e3}  # noqa: E731
+            if judged_row(row, verdict, samples.get(name), gbs) and graphed[name]:
+                g_us = 1e3 * bl.median(graphed[name])
+                row.update(graph_us=g_us, graph_gbs=gbs(g_us)["gbs"])
             rows.append(row)
             writer(row)
         del kc, vc, kp, vp
@@ -319,39 +337,21 @@ def run_varlen(torch, fa, args, env, writer, rows):
             ref[s:s + l] = F.scaled_dot_product_attention(
                 *[x.float() for x in sl], is_causal=True)[0].transpose(0, 1)
             peer[s:s + l] = F.scaled_dot_product_attention(*sl, is_causal=True)[0].transpose(0, 1)
-        checked, kernels = {}, {}
-        for name in list(impls):
-            try:
-                out = impls[name]()
-                if name == "sdpa_padded":
-                    out = out.transpose(1, 2)[valid]
-                elif name == "sdpa_nested":
-                    out = out.transpose(1, 2).values()
-                elif name == "ours_dense":
-                    out = out.reshape(T, H, D)
-                checked[name] = rule(torch, out, peer, ref)
-                kernels[name] = launched_kernels(fa) if name.startswith("ours") else ""
-            except Exception as exc:
-                checked[name] = (None, float("nan"), float("nan"))
-                kernels[name] = "%s: %s" % (type(exc).__name__, str(exc)[:120])
-                del impls[name]
+        as_packed = {"sdpa_padded": lambda out: out.transpose(1, 2)[valid],
+                     "sdpa_nested": lambda out: out.transpose(1, 2).values(),
+                     "ours_dense": lambda out: out.reshape(T, H, D)}
+        checked, kernels = check_impls(
+            torch, fa, impls, peer, ref,
+            lambda name, out: as_packed.get(name, lambda o: o)(out))
         timed = {n: f for n, f in impls.items() if checked[n][0]}
         samples = time_impls(torch, timed, args.repeats, max(1, args.calls // 4)) if timed else {}
-        for name, (passed, err, tol) in checked.items():
+        for name, verdict in checked.items():
             row = dict(env, suite="varlen", impl=name, dtype=dtype_name, B=B, Hq=H, Hkv=H, Sq=L,
                        Sk=L, D=D, layout=tag, lengths=" ".join(str(l) for l in lens)[:400],
-                       max_abs_err=err, tol=tol, kernels=kernels[name])
-            if passed is None:
-                row["status"] = "error"
-            elif not passed:
-                row["status"] = "failed-correctness"
-            else:
-                med, lo, hi = summarize(samples[name])
-                row.update(status="ok", median_us=med, ci95_lo_us=lo, ci95_hi_us=hi,
-                           tflops=useful / (med * 1e-6) / 1e12)
+                       kernels=kernels[name])
+            judged_row(row, verdict, samples.get(name), lambda us: {"tflops": useful / us / 1e6})
             rows.append(row)
             writer(row)
-
 
 # --------------------------------------------------------------------------------------------
 # chunked prefill
@@ -384,23 +384,16 @@ def run_chunked(torch, fa, args, env, writer, rows):
                 peer = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=visible,
                                                       enable_gqa=True).transpose(1, 2)
                 pairs = int(visible.sum())
-                checked, kernels = {}, {}
-                for name in list(impls):
-                    checked[name] = rule(torch, impls[name](), peer, ref)
-                    kernels[name] = launched_kernels(fa)
+                checked, kernels = check_impls(torch, fa, impls, peer, ref)
                 timed = {n: f for n, f in impls.items() if checked[n][0]}
                 samples = time_impls(torch, timed, args.repeats, args.calls) if timed else {}
-                for name, (passed, err, tol) in checked.items():
+                flops = 4.0 * B * Hq * D * pairs
+                for name, verdict in checked.items():
                     row = dict(env, suite="chunked", impl=name, dtype=dtype_name, B=B, Hq=Hq,
                                Hkv=Hkv, Sq=chunk, Sk=S, D=D, layout="dense", page_size="",
-                               lengths="uniform", max_abs_err=err, tol=tol,
-                               kernels=kernels[name])
-                    if not passed:
-                        row["status"] = "failed-correctness"
-                    else:
-                        med, lo, hi = summarize(samples[name])
-                        row.update(status="ok", median_us=med, ci95_lo_us=lo, ci95_hi_us=hi,
-                                   tflops=4.0 * B * Hq * D * pairs / (med * 1e-6) / 1e12)
+                               lengths="uniform", kernels=kernels[name])
+                    judged_row(row, verdict, samples.get(name),
+                               lambda us: {"tflops": flops / us / 1e6})
                     rows.append(row)
                     writer(row)
                 del kc, vc, kn, vn

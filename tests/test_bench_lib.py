@@ -958,3 +958,44 @@ def test_serving_decode_suite_is_the_issues_product():
     assert list(bs.decode_configs(narrow)) == [("fp16", 128, 1, 8, 1, 4096)]
     with pytest.raises(SystemExit):
         bs.parse_args(["--dtype", "bf16,fp32"])
+
+
+def test_serving_rows_never_time_a_wrong_or_failed_impl():
+    """check_impls drops an impl that raises and records why; judged_row gives a time only to
+    an impl that passed the rule."""
+    torch = pytest.importorskip("torch")
+    import bench_serving as bs
+
+    class NoLaunches:
+        @staticmethod
+        def last_launch():
+            return None
+
+    ref = torch.zeros(4)
+    peer = ref + 1e-3
+
+    def refuses():
+        raise RuntimeError("shape not supported")
+
+    impls = {"ours_good": lambda: ref + 1e-3, "ours_wrong": lambda: ref + 1.0,
+             "sdpa_refuses": refuses}
+    checked, kernels = bs.check_impls(torch, NoLaunches, impls, peer, ref)
+    assert set(impls) == {"ours_good", "ours_wrong"}
+    assert checked["ours_good"][0] and not checked["ours_wrong"][0]
+    assert checked["sdpa_refuses"][0] is None
+    assert kernels["sdpa_refuses"] == "RuntimeError: shape not supported"
+
+    samples = [0.010, 0.011, 0.012]  # ms per call
+    rate = lambda us: {"tflops": 2.0 / us}  # noqa: E731
+    rows = {}
+    for name, verdict in checked.items():
+        rows[name] = {}
+        ok = bs.judged_row(rows[name], verdict, samples if verdict[0] else None, rate)
+        assert ok == bool(verdict[0])
+    assert rows["ours_good"]["status"] == "ok"
+    assert rows["ours_good"]["median_us"] == pytest.approx(11.0)
+    assert rows["ours_good"]["tflops"] == pytest.approx(2.0 / 11.0)
+    assert rows["ours_wrong"]["status"] == "failed-correctness"
+    assert rows["sdpa_refuses"]["status"] == "error"
+    for name in ("ours_wrong", "sdpa_refuses"):
+        assert "median_us" not in rows[name] and "tflops" not in rows[name]
