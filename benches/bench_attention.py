@@ -1256,17 +1256,7 @@ class Bench:
         dout = torch.randn_like(q)
         impls = self.make_grad_impls(cfg, pass_, q, k, v, dout, families)
         self.check_grads(cfg, q, k, v, dout, impls)
-        self.measure_peaks(impls)
-        gc.collect()
-        gc.disable()
-        try:
-            if mode == "latency":
-                self.time_latency(impls)
-            else:
-                self.time_throughput(impls)
-        finally:
-            gc.enable()
-        return self.rows(mode, cfg, impls, pass_)
+        return self.measure(mode, cfg, impls, pass_)
 
     # ---- peak memory ------------------------------------------------------------------------
 
@@ -1415,6 +1405,11 @@ class Bench:
             else:
                 self.first_call_sdpa(im)
         self.check(cfg, q, k, v, impls)
+        return self.measure(mode, cfg, impls)
+
+    def measure(self, mode, cfg, impls, pass_="fwd"):
+        """The rows of a checked config: peak memory, then the timings (the collector off, so
+        that no collection lands inside a timed window) of each impl still running."""
         self.measure_peaks(impls)
         gc.collect()
         gc.disable()
@@ -1425,7 +1420,7 @@ class Bench:
                 self.time_throughput(impls)
         finally:
             gc.enable()
-        return self.rows(mode, cfg, impls)
+        return self.rows(mode, cfg, impls, pass_)
 
     def rows(self, mode, cfg, impls, pass_="fwd"):
         rows = []
