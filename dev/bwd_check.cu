@@ -478,12 +478,14 @@ static void run_packed_case(int D, bool bf16, int causal, int det, bool used_k)
     pp.k_row_stride = pp.v_row_stride = krs, pp.k_head_stride = pp.v_head_stride = D;
     g.do_row_stride = qrs, g.do_head_stride = D;
     g.dk_row_stride = g.dv_row_stride = krs, g.dk_head_stride = g.dv_head_stride = D;
+    /* the layout before the tile: a family may decline it (the sm90 one takes no seqused_k) */
+    int32_t *d_cuq = dev_upload(cu_q), *d_cuk = dev_upload(cu_k), *d_used = dev_upload(used);
+    pp.cu_seqlens_q = d_cuq, pp.cu_seqlens_k = d_cuk, pp.seqused_k = used_k ? d_used : nullptr;
     fa_tile t;
     if (!tile_for(name, &pp, &g, &t))
         return;
     void *d_q = dev_upload(q_b), *d_k = dev_upload(k_b), *d_v = dev_upload(v_b), *d_do = dev_upload(do_b);
     float *d_lse = dev_upload(lse_in), *d_delta = dev_upload(delta_in);
-    int32_t *d_cuq = dev_upload(cu_q), *d_cuk = dev_upload(cu_k), *d_used = dev_upload(used);
     const size_t acc_elems = (size_t)Hq * total_q * D, guard = 4096;
     float *d_acc;
     CK(cudaMalloc(&d_acc, (acc_elems + guard) * 4));
@@ -494,7 +496,6 @@ static void run_packed_case(int D, bool bf16, int causal, int det, bool used_k)
     CK(cudaMalloc(&d_dk, k_b.size() * 2));
     CK(cudaMalloc(&d_dv, k_b.size() * 2));
     pp.q = d_q, pp.k = d_k, pp.v = d_v, pp.lse = d_lse;
-    pp.cu_seqlens_q = d_cuq, pp.cu_seqlens_k = d_cuk, pp.seqused_k = used_k ? d_used : nullptr;
     g.dout = d_do, g.dk = d_dk, g.dv = d_dv;
     const void *fn = g_bwd.kernel_fn(&pp, &g, &t);
     CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)t.smem_bytes));
