@@ -1,7 +1,6 @@
 /*
  * bwd_check.cu -- standalone check of a backward main kernel, the sm80 family's (bwd_sm80*.cu)
- * or the sm90 one (bwd_sm90.cu, plus the head_dim 256 instance that the library does not take
- * yet), against a float64 CPU reference, and a timing of it.
+ * or the sm90 one (bwd_sm90.cu), against a float64 CPU reference, and a timing of it.
  *
  * Build and run (links nothing of the project but the kernels' own translation units):
  *   nvcc -O3 -std=c++17 --use_fast_math -gencode arch=compute_90a,code=sm_90a -I csrc \
@@ -44,52 +43,11 @@
 #include "flashattn.h"
 #include "kernels/kernels.h"
 #include "kernels/sm80_bwd_tiles.h"
-#include "kernels/sm90_bwd_launch.cuh"
 #include "kernels/sm90_bwd_tiles.h"
 #include "bwd_reference.h"
 #include "dev_check.h"
 
 static int g_failures = 0;
-
-/* The sm90 backward: the library's instances, and above head_dim 128 the head_dim 256 one
- * (sm90_bwd_tiles.h), built here until the library takes it. Every other reason to decline is
- * the library's (fa_sm90_bwd_unsupported, asked at head_dim 128). */
-static bool sm90_dev_instance(const fa_params *p, const fa_grad_params *g)
-{
-    fa_tile t;
-    if (fa_sm90_bwd_tile(p, g, &t) == 0 || p->head_dim <= 128 || p->head_dim > 256 || p->head_dim % 8 != 0)
-        return false;
-    fa_params at128 = *p;
-    at128.head_dim = 128;
-    return fa_sm90_bwd_unsupported(&at128, g) == NULL;
-}
-
-static int sm90_tile(const fa_params *p, const fa_grad_params *g, fa_tile *t)
-{
-    return sm90_dev_instance(p, g) ? fa_sm90_bwd_tile_of_head_dim(256, t) : fa_sm90_bwd_tile(p, g, t);
-}
-
-static const void *sm90_kernel_fn(const fa_params *p, const fa_grad_params *g, const fa_tile *t)
-{
-    if (!sm90_dev_instance(p, g))
-        return fa_sm90_bwd_kernel_fn(p, g, t);
-    if (p->dtype == FA_BFLOAT16)
-        return reinterpret_cast<const void *>(&fa_sm90::bwd_kernel<fa_sm90::BwdConfig<256, true>>);
-    return reinterpret_cast<const void *>(&fa_sm90::bwd_kernel<fa_sm90::BwdConfig<256, false>>);
-}
-
-static cudaError_t sm90_launch(const fa_params *p, const fa_grad_params *g, const fa_bwd_workspace *ws,
-                               const fa_launch *cfg, cudaStream_t stream)
-{
-    if (!sm90_dev_instance(p, g))
-        return fa_sm90_bwd_launch(p, g, ws, cfg, stream);
-    fa_sm90_host::EncodeTiledFn encode = fa_sm90_host::encode_tiled_fn();
-    if (encode == nullptr)
-        return cudaErrorInvalidValue;
-    if (p->dtype == FA_BFLOAT16)
-        return fa_sm90::launch_bwd<fa_sm90::BwdConfig<256, true>>(p, g, ws, cfg, encode, stream);
-    return fa_sm90::launch_bwd<fa_sm90::BwdConfig<256, false>>(p, g, ws, cfg, encode, stream);
-}
 
 /* The backward under test (--family): its tile, kernel and launch (kernels.h). */
 struct Backward {
@@ -698,7 +656,7 @@ int main(int argc, char **argv)
         if (arg == "--family" && i + 1 < argc) {
             const std::string fam = argv[++i];
             if (fam == "sm90")
-                g_bwd = Backward{FA_KERNEL_SM90, sm90_tile, sm90_kernel_fn, sm90_launch};
+                g_bwd = Backward{FA_KERNEL_SM90, fa_sm90_bwd_tile, fa_sm90_bwd_kernel_fn, fa_sm90_bwd_launch};
             else if (fam != "sm80") {
                 fprintf(stderr, "--family takes sm80 or sm90, not %s\n", fam.c_str());
                 return 2;

@@ -458,7 +458,7 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=False, softmax_scale=N
         dq, dk, dv, dsinks: arrays to write the gradients into (like q, k, v, sinks), returned
             as given; nothing is written to them when the call raises.
         kernel: None or "auto" (on sm_90 the sm90 family's backward where it serves the
-            problem: head_dim up to 128; else the sm80 family's, which runs
+            problem: head_dim up to 256; else the sm80 family's, which runs
             on sm_80 and newer, sm_90 included), "sm80", or "sm90" (a ValueError that says why
             where its backward does not serve the problem).
 
@@ -600,7 +600,7 @@ def _gradients(c_op, roles, inputs, given, extra, *, ndim, stream):
 
 def _refuse_sm90_backward(q, sizes, varlen, causal, left, right, softcap, sinks, deterministic):
     """kernel='sm90' under autograd: the ValueError the backward's plan would raise (the sm90
-    backward serves head_dim up to 128), raised at the forward, before any GPU work, rather
+    backward serves head_dim up to 256), raised at the forward, before any GPU work, rather
     than after it. sizes: (batch, seqlen_q, seqlen_k, heads_q, heads_kv), the maxima when
     varlen."""
     dtype = str(q.dtype).replace("torch.", "")
@@ -678,7 +678,7 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     records the torch.library op flashattn_c::attention_varlen_fwd, whose backward is
     flashattn_c::attention_varlen_bwd (attention_varlen_backward()); cu_seqlens must then be
     torch tensors, and out= and stream= are refused as in attention(), and kernel='sm90' where
-    its backward does not serve the problem (head_dim above 128), at the forward.
+    its backward does not serve the problem, at the forward.
 
     Other arguments (causal, softmax_scale, window_size, softcap, return_lse, deterministic,
     out, stream, device, kernel) and the returned types are attention()'s; kernel=None or

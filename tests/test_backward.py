@@ -224,23 +224,21 @@ def test_backward_plan_names_what_it_adds():
 
 @sm90_built
 def test_sm90_backward_plan_tiles():
-    for head_dim, padded, smem in ((64, 64, 116992), (72, 128, 198912), (128, 128, 198912)):
+    for head_dim, padded, block_n, smem in ((64, 64, 128, 116992), (72, 128, 128, 198912),
+                                            (128, 128, 128, 198912), (200, 256, 64, 231680),
+                                            (256, 256, 64, 231680)):
         cfg = plan(kernel="sm90", head_dim=head_dim, causal=True)
         main = cfg["launches"][cfg["main_launch"]]
         assert main["kernel"] == f"bwd_sm90_hd{padded}_bf16_causal"
-        assert (main["block_m"], main["block_n"], main["smem_bytes"]) == (64, 128, smem)
-        assert main["grid"] == (8, 2, 2) and main["block"] == (384, 1, 1)  # 128-key blocks
+        assert (main["block_m"], main["block_n"], main["smem_bytes"]) == (64, block_n, smem)
+        assert main["grid"] == ((1000 + block_n - 1) // block_n, 2, 2) and main["block"] == (384, 1, 1)
 
 
 @sm90_built
-@pytest.mark.parametrize("kw,match", [
-    (dict(head_dim=256), "head_dim up to 128"),
-    (dict(head_dim=256, varlen=True), "head_dim up to 128"),
-])
-def test_sm90_backward_refuses_what_it_lacks_and_auto_takes_sm80(kw, match):
-    with pytest.raises(ValueError, match=match):
-        plan(kernel="sm90", **kw)
-    assert plan(**kw)["kernel"].startswith("bwd_sm80_")  # auto: the family that serves it
+@pytest.mark.parametrize("varlen", [False, True])
+def test_sm90_backward_serves_head_dim_256_and_auto_takes_it(varlen):
+    for kernel in ("sm90", "auto"):
+        assert plan(kernel=kernel, head_dim=256, varlen=varlen)["kernel"] == "bwd_sm90_hd256_bf16"
 
 
 @sm90_built

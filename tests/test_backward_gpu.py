@@ -22,11 +22,9 @@ BACKWARD_FAMILIES = ["sm80", "sm90"]  # the families with a backward kernel
 
 
 def require_backward(family, head_dim):
-    """require_family, and for sm90 what its backward serves (head_dim up to 128;
-    test_gpu_sm90_backward_refuses_what_it_lacks checks the refusals)."""
+    """require_family: both families' backwards serve every head_dim up to 256."""
+    del head_dim
     require_family(family)
-    if family == "sm90" and head_dim > 128:
-        pytest.skip("the sm90 backward takes head_dim up to 128 (256 runs on sm80's)")
 
 
 def auto_backward_family(head_dim):
@@ -34,7 +32,8 @@ def auto_backward_family(head_dim):
     import torch
 
     sm90 = (torch.cuda.get_device_capability() == (9, 0) and fa.build_info()["families"].get("sm90"))
-    return "sm90" if sm90 and head_dim <= 128 else "sm80"
+    del head_dim  # the sm90 backward serves every head_dim up to 256
+    return "sm90" if sm90 else "sm80"
 
 
 def inputs(batch, sq, sk, hq, hk, d, dtype, scale=1.0, sdpa_layout=False, sinks=False):
@@ -325,22 +324,21 @@ def test_gpu_torch_compile_fullgraph():
         assert (a.grad.double() - b.grad.double()).abs().max().item() < 5e-2
 
 
-def test_gpu_sm90_backward_refuses_what_it_lacks():
+def test_gpu_sm90_backward_serves_head_dim_256_on_every_path():
     import torch
 
     require_family("sm90")
     q, k, v, dout, _ = inputs(1, 64, 64, 2, 2, 256, "bfloat16")
     out, lse = fa.attention(q, k, v, return_lse=True)
-    with pytest.raises(ValueError, match="head_dim up to 128"):
-        fa.attention_backward(dout, q, k, v, out, lse, kernel="sm90")
+    direct = fa.attention_backward(dout, q, k, v, out, lse, kernel="sm90")
+    assert fa.last_launch()["kernel"] == "bwd_sm90_hd256_bf16"
     leaves = [x.detach().clone().requires_grad_(True) for x in (q, k, v)]
-    with pytest.raises(ValueError, match="head_dim up to 128"):  # at the forward, not after it
-        fa.attention(*leaves, kernel="sm90")
+    fa.attention(*leaves, kernel="sm90").backward(dout)  # autograd
+    packed = [x[0].detach().clone().requires_grad_(True) for x in (q, k, v)]
     cu = torch.tensor([0, 64], dtype=torch.int32, device="cuda")
-    with pytest.raises(ValueError, match="head_dim up to 128"):  # packed: at the forward too
-        fa.attention_varlen(*(x[0] for x in leaves), cu, cu, 64, 64, kernel="sm90")
-    q, k, v, dout, _ = inputs(1, 64, 64, 2, 2, 64, "bfloat16")
-    leaves = [x.detach().clone().requires_grad_(True) for x in (q, k, v)]
-    fa.attention(*leaves, kernel="sm90").backward(dout)  # what it serves, it runs
+    fa.attention_varlen(*packed, cu, cu, 64, 64, kernel="sm90").backward(dout[0])
     torch.cuda.synchronize()
-    assert all(torch.isfinite(x.grad).all() for x in leaves)
+    for d, a, p in zip(direct, leaves, packed):
+        assert torch.isfinite(d).all()
+        assert (a.grad.double() - d.double()).abs().max().item() < 5e-2
+        assert (p.grad.double() - d[0].double()).abs().max().item() < 5e-2

@@ -8,9 +8,8 @@
  *   sm90_bwd_tiles.h. CTA (n, hk, b) owns keys [N n, N n + N) of kv head hk (N = 128, 64 per
  *   consumer warpgroup; at head_dim 256 N = 64, shared), and walks every q head of its group
  *   and every query block of 64 rows that sees its keys (fa_block_range_cols); masks, score
- *   hook and lengths come from csrc/common/. Instantiated for head_dim_padded 64 and 128 x
- *   {fp16, bf16} (the head_dim 256 instance is built only by dev/bwd_check.cu so far); mask
- *   kind, softcap and determinism are runtime, as in the sm80 backward.
+ *   hook and lengths come from csrc/common/. Instantiated for head_dim_padded 64, 128 and 256
+ *   x {fp16, bf16}; mask kind, softcap and determinism are runtime, as in the sm80 backward.
  *   Uniform and packed (cu_seqlens) batches: fa_sm90_bwd_unsupported (sm90_bwd_tiles.h)
  *   names what runs on the sm80 family's backward instead. Packed boxes read past their
  *   entry's rows and keys into the next entry's (finite: P = 0 there, as in the forward);
@@ -49,9 +48,12 @@ bool dispatch_bwd(const fa_params *p, const fa_grad_params *g, F &&f) {
     if (t.head_dim_padded == 64) {
         if (bf16) f(BwdConfig<64, true>{});
         else f(BwdConfig<64, false>{});
-    } else {
+    } else if (t.head_dim_padded == 128) {
         if (bf16) f(BwdConfig<128, true>{});
         else f(BwdConfig<128, false>{});
+    } else {
+        if (bf16) f(BwdConfig<256, true>{});
+        else f(BwdConfig<256, false>{});
     }
     return true;
 }

@@ -2,7 +2,7 @@
  * sm90_bwd_launch.cuh -- the host side of one sm90 backward instance: its kernel arguments
  * (the TMA maps over q, k, v, dout and dq_accum; the walk's mask, score hook and lengths) and
  * its launch, checked against the launch config the plan recorded. bwd_sm90.cu dispatches to
- * it; dev/ programs that build an instance the library does not take launch it here too.
+ * it.
  */
 #ifndef FA_SM90_BWD_LAUNCH_CUH
 #define FA_SM90_BWD_LAUNCH_CUH

@@ -72,9 +72,8 @@ static inline const char *fa_sm90_bwd_unsupported(const fa_params *p, const fa_g
     (void)g;
     if (p->dtype != FA_FLOAT16 && p->dtype != FA_BFLOAT16)
         return "the sm90 backward takes float16 or bfloat16";
-    if (p->head_dim < 8 || p->head_dim > 128 || p->head_dim % 8 != 0)
-        return "the sm90 backward has head_dim up to 128 (a multiple of 8); head_dim 256 runs "
-               "on the sm80 family's backward";
+    if (p->head_dim < 8 || p->head_dim > 256 || p->head_dim % 8 != 0)
+        return "the sm90 backward has head_dim up to 256 (a multiple of 8)";
     if (p->seqused_k || p->kv_batch_idx || p->block_table)
         return "the sm90 backward takes uniform or packed (cu_seqlens) batches";
     /* TMA coordinates are 32-bit, and a box may start up to a block before the end. */
@@ -106,7 +105,7 @@ static inline int fa_sm90_bwd_tile(const fa_params *p, const fa_grad_params *g, 
 {
     if (p == NULL || t == NULL || fa_sm90_bwd_unsupported(p, g) != NULL)
         return -1;
-    return fa_sm90_bwd_tile_of_head_dim(p->head_dim <= 64 ? 64 : 128, t);
+    return fa_sm90_bwd_tile_of_head_dim(p->head_dim <= 64 ? 64 : p->head_dim <= 128 ? 128 : 256, t);
 }
 
 #endif /* FA_SM90_BWD_TILES_H */
