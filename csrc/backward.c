@@ -11,10 +11,10 @@
  * dq_accum (fp32, batch * heads_q * seqlen_q * head_dim), delta, the sink partials and, when
  * deterministic, one turn counter per (batch, head, query block) of the main kernel.
  *
- * Main kernels: the sm90 family's (bwd_sm90.cu: head_dim up to 128) and the
- * sm80 family's (everything else; it runs on sm_90 too). auto takes the sm90 one on sm_90
- * where it serves the problem (choose_backward_family). The preprocess and postprocess are
- * built with the sm80 family, which every backward needs.
+ * Main kernels: the sm90 family's (bwd_sm90.cu: head_dim up to 256, uniform and packed
+ * batches) and the sm80 family's (everything else; it runs on sm_90 too). auto takes the sm90
+ * one on sm_90 where it serves the problem (choose_backward_family). The preprocess and
+ * postprocess are built with the sm80 family, which every backward needs.
  */
 #include <stdio.h>
 #include <string.h>
