@@ -373,15 +373,9 @@ Args make_args(const fa_params *p, const fa_grad_params *g, const fa_bwd_workspa
     a.dsinks = g->dsinks;
     a.dq_lock = ws->dq_lock;
     a.layout = fa_seq_layout_of(p);
-    a.o_batch_stride = p->o_batch_stride;
-    a.o_row_stride = p->o_row_stride;
-    a.o_head_stride = p->o_head_stride;
-    a.do_batch_stride = g->do_batch_stride;
-    a.do_row_stride = g->do_row_stride;
-    a.do_head_stride = g->do_head_stride;
-    a.dq_batch_stride = g->dq_batch_stride;
-    a.dq_row_stride = g->dq_row_stride;
-    a.dq_head_stride = g->dq_head_stride;
+    FA_COPY_STRIDES(a, p, o);
+    FA_COPY_STRIDES(a, g, do);
+    FA_COPY_STRIDES(a, g, dq);
     a.batch = p->batch;
     a.seqlen_q = p->seqlen_q;
     a.seqlen_k = p->seqlen_k;

@@ -310,18 +310,10 @@ cudaError_t fa_append_launch(const fa_params *p, const fa_kvcache_params *c, int
     a.v = const_cast<void *>(p->v);
     a.cache_seqlens = c->cache_seqlens;
     a.seqused = seqused;
-    a.kn_batch_stride = c->kn_batch_stride;
-    a.kn_row_stride = c->kn_row_stride;
-    a.kn_head_stride = c->kn_head_stride;
-    a.vn_batch_stride = c->vn_batch_stride;
-    a.vn_row_stride = c->vn_row_stride;
-    a.vn_head_stride = c->vn_head_stride;
-    a.k_batch_stride = p->k_batch_stride;
-    a.k_row_stride = p->k_row_stride;
-    a.k_head_stride = p->k_head_stride;
-    a.v_batch_stride = p->v_batch_stride;
-    a.v_row_stride = p->v_row_stride;
-    a.v_head_stride = p->v_head_stride;
+    FA_COPY_STRIDES(a, c, kn);
+    FA_COPY_STRIDES(a, c, vn);
+    FA_COPY_STRIDES(a, p, k);
+    FA_COPY_STRIDES(a, p, v);
     a.seq = fa_seq_layout_of(p);
     a.seq.seqused_k = NULL; /* the lengths are what this launch writes; it needs none */
     a.seqlen_new = c->seqlen_new;
@@ -358,9 +350,7 @@ cudaError_t fa_combine_launch(const fa_params *p, const fa_split_workspace *ws,
     a.out = p->out;
     a.lse = p->lse;
     a.sinks = p->sinks;
-    a.o_batch_stride = p->o_batch_stride;
-    a.o_row_stride = p->o_row_stride;
-    a.o_head_stride = p->o_head_stride;
+    FA_COPY_STRIDES(a, p, o);
     a.seq = fa_seq_layout_of(p);
     a.num_splits = ws->num_splits;
     a.batch = p->batch;

@@ -78,6 +78,13 @@ static inline fa_seq_layout fa_seq_layout_of(const fa_params *p)
     return s;
 }
 
+/* Copies tensor t's three strides from the public params src (fa_params, fa_grad_params,
+ * fa_kvcache_params) into a kernel's argument block dst, whose fields carry the public names:
+ * FA_COPY_STRIDES(a, p, q) sets a.q_batch_stride, a.q_row_stride and a.q_head_stride. */
+#define FA_COPY_STRIDES(dst, src, t)                                                           \
+    ((dst).t##_batch_stride = (src)->t##_batch_stride,                                         \
+     (dst).t##_row_stride = (src)->t##_row_stride, (dst).t##_head_stride = (src)->t##_head_stride)
+
 /* Query rows per CTA of the backward's preprocess and postprocess. */
 #define FA_BWD_PRE_ROWS 64
 

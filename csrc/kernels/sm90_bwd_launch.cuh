@@ -47,12 +47,8 @@ bool make_bwd_params(const fa_params *p, const fa_grad_params *g, const fa_bwd_w
     prm->delta = ws->delta;
     prm->dk = g->dk;
     prm->dv = g->dv;
-    prm->dk_batch_stride = g->dk_batch_stride;
-    prm->dk_row_stride = g->dk_row_stride;
-    prm->dk_head_stride = g->dk_head_stride;
-    prm->dv_batch_stride = g->dv_batch_stride;
-    prm->dv_row_stride = g->dv_row_stride;
-    prm->dv_head_stride = g->dv_head_stride;
+    FA_COPY_STRIDES(*prm, g, dk);
+    FA_COPY_STRIDES(*prm, g, dv);
     prm->seq = fa_seq_layout_of(p);
     prm->heads_q = p->heads_q;
     prm->heads_per_kv = p->heads_q / p->heads_kv;

@@ -108,9 +108,7 @@ bool make_kernel_params(const fa_params *p, const fa_launch *cfg, fa_sm90_host::
     if (!ok) return false;
     prm->lse = p->lse;
     prm->out = p->out;
-    prm->o_batch_stride = p->o_batch_stride;
-    prm->o_row_stride = p->o_row_stride;
-    prm->o_head_stride = p->o_head_stride;
+    FA_COPY_STRIDES(*prm, p, o);
     prm->head_dim = p->head_dim;
     prm->score = fa_score_make(p->softmax_scale, p->softcap);
     prm->window_left = p->window_left;
