@@ -28,6 +28,9 @@
  *                                  events around enough calls for ~2 ms; the medians are
  *                                  printed as TFLOP/s (4 B H S^2 D, half that causal) with
  *                                  variant / two, and the geomean per variant.
+ *   ./fwd_sm90_consumers --profile
+ *                                  one launch each of two consumers and hd64 3x128 (bfloat16,
+ *                                  full 16k and causal 2k), outputs compared, for ncu
  * dev/fwd_sm90_seq_check.cu --consumers 3 runs hd64 3x128 on the packed, cache and paged
  * layouts.
  *
@@ -434,6 +437,26 @@ std::vector<Shape> check_shapes()
     return v;
 }
 
+/* Whether a variant's output `mine` is within 2e-2 (bfloat16) or 1e-2 (float16) of two
+   consumers' `two`, relative to two's largest value; says so when not. *diff: the largest
+   difference. */
+bool agrees(const Problem &pr, const Shape &s, const Result &two, const Result &mine, const Variant &v, double *diff)
+{
+    double peak = 0;
+    *diff = 0;
+    for (size_t i = 0; i < two.out.size(); ++i) {
+        if ((int)(i % pr.out_head_stride()) >= s.head_dim) continue;
+        const float a = from_bits(two.out[i], s.bf16), b = from_bits(mine.out[i], s.bf16);
+        *diff = std::max(*diff, std::isfinite(b) ? (double)fabs(a - b) : INFINITY);
+        peak = std::max(peak, (double)fabs(a));
+    }
+    if (*diff <= (s.bf16 ? 2e-2 : 1e-2) * peak)
+        return true;
+    printf("%-40s %-11s outputs differ from two consumers' by %.3e (largest %.3e)\n", describe(s).c_str(),
+           v.name, *diff, peak);
+    return false;
+}
+
 /* The fa suite's configs at head_dim 64 and 128, each variant that serves them timed against
    two consumers. */
 bool bench(int repeats, int sm_count)
@@ -491,16 +514,8 @@ bool bench(int repeats, int sm_count)
                         const Ready ready = prepare(pr, v, sm_count);
                         if (!launch(pr, ready, stream)) return false;
                         const Result mine = fetch(pr, describe(s) + " " + v.name);
-                        double diff = 0, peak = 0;
-                        for (size_t i = 0; i < two.out.size(); ++i) {
-                            if ((int)(i % pr.out_head_stride()) >= s.head_dim) continue;
-                            const float a = from_bits(two.out[i], s.bf16), b = from_bits(mine.out[i], s.bf16);
-                            diff = std::max(diff, std::isfinite(b) ? (double)fabs(a - b) : INFINITY);
-                            peak = std::max(peak, (double)fabs(a));
-                        }
-                        if (!(diff <= (s.bf16 ? 2e-2 : 1e-2) * peak)) {
-                            printf("%-40s %-11s outputs differ from two consumers' by %.3e (largest %.3e): not timed\n",
-                                   describe(s).c_str(), v.name, diff, peak);
+                        double diff;
+                        if (!agrees(pr, s, two, mine, v, &diff)) {
                             ok = false;
                             continue;
                         }
@@ -526,12 +541,41 @@ bool bench(int repeats, int sm_count)
     return ok;
 }
 
+/* One launch each of two consumers and of hd64 3x128 at bfloat16 head_dim 64, full 16k keys
+   and causal 2k (the shapes where three consumers lost least and most per tile), for a
+   profiler's stall reasons: `ncu -k regex:fa_sm90 ./fwd_sm90_consumers --profile`. The outputs
+   are compared as --bench does. */
+bool profile(int sm_count)
+{
+    cudaStream_t stream;
+    CK(cudaStreamCreate(&stream));
+    bool ok = true;
+    for (const Shape &s : {Shape{1, 16384, 16384, 32, 32, 64, true, 0, -1, -1, 0.f},
+                           Shape{8, 2048, 2048, 32, 32, 64, true, 1, -1, -1, 0.f}}) {
+        Problem pr;
+        pr.init(s, 1234);
+        const Variant &three = kVariants[0];
+        if (!launch(pr, prepare(pr, kTwo, sm_count), stream)) return false;
+        const Result two = fetch(pr, describe(s) + " " + kTwo.name);
+        if (!launch(pr, prepare(pr, three, sm_count), stream)) return false;
+        const Result mine = fetch(pr, describe(s) + " " + three.name);
+        double diff;
+        ok = agrees(pr, s, two, mine, three, &diff) && ok;
+        printf("%-40s profiled: %s then %s (max diff %.2e)\n", describe(s).c_str(), kTwo.name, three.name, diff);
+        pr.release();
+    }
+    CK(cudaStreamDestroy(stream));
+    return ok;
+}
+
 } /* namespace */
 
 int main(int argc, char **argv)
 {
     setvbuf(stdout, nullptr, _IOLBF, 0);
     const int sm_count = device_sm_count(9);
+    if (argc > 1 && strcmp(argv[1], "--profile") == 0)
+        return profile(sm_count) ? 0 : 1;
     const bool do_bench = argc > 1 && strcmp(argv[1], "--bench") == 0;
     const int repeats = do_bench && argc > 2 ? std::max(1, atoi(argv[2])) : 7;
     int failed = 0, ran = 0;
