@@ -3,11 +3,13 @@ that are not the library's) and the CUDA probes in tools/ run only on a GPU, so 
 notices when a change to the kernel headers breaks one of them. Each must still compile
 against the current headers, for the target its own build line names: front end and NVVM
 only (PTX, no ptxas, device code at -O0), so a program costs seconds, not its full build.
+The profiler summary that tools/stall_reasons.sh prints is checked on a made-up report.
 """
 import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -40,3 +42,39 @@ def test_dev_program_compiles_against_the_current_headers(path, tmp_path):
            "-I", os.path.join(REPO_ROOT, "csrc"), os.path.join(REPO_ROOT, path), "-o", str(tmp_path / "x.o")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}{proc.stderr}"
+
+
+NCU_RAW_CSV = """\
+"==PROF== Disconnected from process 1"
+"ID","Kernel Name","Grid Size","gpu__time_duration.sum",\
+"smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio",\
+"smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio",\
+"smsp__average_warps_issue_stalled_math_pipe_throttle_per_issue_active.ratio",\
+"sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active",\
+"sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active"
+"","","","usecond","ratio","ratio","ratio","%","%"
+"0","fwd_kernel<two>","(132, 1, 1)","4,512.5","0.40","1.25","0.01","71.2","35.5"
+"""
+
+
+def test_ncu_summary_ranks_stall_reasons_and_pipes(tmp_path):
+    """tools/stall_reasons.sh prints what tools/ncu_summary.py reads off ncu's raw CSV: stalls
+    largest first, negligible ones (< 0.05 warps per issue) left out, pipes by % of peak."""
+    csv_path = tmp_path / "r.csv"
+    csv_path.write_text(NCU_RAW_CSV)
+    proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "ncu_summary.py"), str(csv_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].endswith("1 launches")
+    assert "fwd_kernel<two>" in lines[1] and "(132, 1, 1)" in lines[1] and "4512.5 usecond" in lines[1]
+    assert lines[2].endswith("stalls (warps per issue): long_scoreboard 1.25, barrier 0.40")
+    assert lines[3].endswith("pipe_tensor_op_gmma_cycles_active 71.2, inst_executed_pipe_xu 35.5")
+
+
+def test_ncu_summary_refuses_a_file_that_is_not_a_raw_csv(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "ncu_summary.py"), str(bad)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "no 'ID' header row" in proc.stderr
