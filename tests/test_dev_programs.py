@@ -78,3 +78,13 @@ def test_ncu_summary_refuses_a_file_that_is_not_a_raw_csv(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "ncu_summary.py"), str(bad)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "no 'ID' header row" in proc.stderr
+
+
+def test_ncu_summary_falls_back_to_any_stall_metric(tmp_path):
+    """Where ncu names its stall metrics otherwise, they are still printed, not dropped."""
+    csv_path = tmp_path / "r.csv"
+    csv_path.write_text('"ID","Kernel Name","smsp__pcsamp_warps_issue_stalled_barrier"\n"","",""\n"0","k","17"\n')
+    proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "ncu_summary.py"), str(csv_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "stall metrics: smsp__pcsamp_warps_issue_stalled_barrier 17.00" in proc.stdout

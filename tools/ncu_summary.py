@@ -49,7 +49,11 @@ def summarise(path):
               f"  time {value(time_col)} {units[col[time_col]] if time_col in col else ''}")
         stalls = sorted(((value(n) or 0.0, n[len(STALL_PREFIX):-len(STALL_SUFFIX)]) for n in header
                          if n.startswith(STALL_PREFIX) and n.endswith(STALL_SUFFIX)), reverse=True)
-        print("   stalls (warps per issue): " + ", ".join(f"{n} {v:.2f}" for v, n in stalls if v >= 0.05))
+        if stalls:
+            print("   stalls (warps per issue): " + ", ".join(f"{n} {v:.2f}" for v, n in stalls if v >= 0.05))
+        else:  # another ncu version's names: whatever it reports on stalls, largest first
+            other = sorted(((value(n) or 0.0, n) for n in header if "stalled" in n), reverse=True)
+            print("   stall metrics: " + ", ".join(f"{n} {v:.2f}" for v, n in other[:12]))
         pipes = sorted(((value(n) or 0.0, n[4:-len(PIPE_SUFFIX)]) for n in header
                         if n.startswith("sm__") and "pipe" in n and n.endswith(PIPE_SUFFIX)), reverse=True)
         print("   pipes (% of peak, active): " + ", ".join(f"{n} {v:.1f}" for v, n in pipes[:10] if v >= 1.0))
