@@ -408,14 +408,15 @@ def attention(q, k, v, *, causal=False, softmax_scale=None, window_size=_NO_WIND
     torch = sys.modules.get("torch")
     if torch is not None and _needs_autograd(torch, (q, k, v, sinks)):
         _refuse_autograd_options(out, stream, "q, k, v or sinks")
+        softmax_scale, softcap = _scale_and_softcap(softmax_scale, softcap)
         if kernel_code == _C.KERNEL_SM90 and q.dim() == 4 and k.dim() == 4:
             _refuse_sm90_backward(q, (q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2]),
                                   False, causal, left, right, softcap, sinks, deterministic)
         from . import _torch_ops
 
         out, lse = _torch_ops.attention_fwd(q, k, v, sinks, causal, softmax_scale, left, right,
-                                            float(softcap), kernel_code, device_kind,
-                                            device_index, deterministic)
+                                            softcap, kernel_code, device_kind, device_index,
+                                            deterministic)
         return (out, lse) if return_lse else out
     if out is not None:
         _refuse_outputs_that_require_grad(torch, {"out": out})
@@ -620,6 +621,29 @@ def _refuse_sm90_backward(q, sizes, varlen, causal, left, right, softcap, sinks,
                          f"cannot run: {e}. Use kernel='auto' or 'sm80', or torch.no_grad()") from None
 
 
+def _real(name, value):
+    """softmax_scale or softcap as a float for the autograd path's torch.library ops, whose
+    float parameters would take a bool as 1.0 and refuse a str without naming it. The C ops'
+    type rule (fa_parse_real: an int, a float or a real NumPy scalar, not a bool), written in
+    Python so that torch.compile traces it; its range rule (finite, >= 0, at most the largest
+    float32) runs in C on every path, this one included."""
+    real_numpy = (type(value).__module__ == "numpy" and getattr(value, "ndim", 1) == 0 and
+                  getattr(getattr(value, "dtype", None), "kind", "") in "iuf")
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) or real_numpy):
+        raise TypeError(f"{name} must be a real number (int or float), got {type(value).__name__}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be at most the largest float32, got an int beyond float "
+                         "range") from None
+
+
+def _scale_and_softcap(softmax_scale, softcap):
+    """softmax_scale (None: 1/sqrt(head_dim)) and softcap for the autograd path (_real)."""
+    return (None if softmax_scale is None else _real("softmax_scale", softmax_scale),
+            _real("softcap", softcap))
+
+
 def _refuse_autograd_options(out, stream, inputs):
     """What a call that autograd records cannot take."""
     if out is not None:
@@ -700,6 +724,7 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     torch = sys.modules.get("torch")
     if torch is not None and _needs_autograd(torch, (q, k, v, sinks)):
         _refuse_autograd_options(out, stream, "q, k, v or sinks")
+        softmax_scale, softcap = _scale_and_softcap(softmax_scale, softcap)
         for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
             if not isinstance(cu, torch.Tensor):
                 raise TypeError(f"{name} must be a torch tensor when autograd records the call "
@@ -713,7 +738,7 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
 
         out, lse = _torch_ops.attention_varlen_fwd(
             q, k, v, cu_seqlens_q, cu_seqlens_k, sinks, max_seqlen_q, max_seqlen_k, causal,
-            softmax_scale, left, right, float(softcap), kernel_code, device_kind, device_index,
+            softmax_scale, left, right, softcap, kernel_code, device_kind, device_index,
             deterministic)
         return (out, lse) if return_lse else out
     if out is not None:
