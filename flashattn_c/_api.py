@@ -953,12 +953,11 @@ def launch_config(*, batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dty
     if arch is None:
         major, minor = -1, 0
     else:
-        try:
-            major, minor = (int(x) for x in arch)
-        except (TypeError, ValueError):
-            raise ValueError(f"arch must be None or (major, minor), got {arch!r}") from None
-        if major < 0 or minor < 0:
-            raise ValueError(f"arch must be None or (major, minor), got {arch!r}")
+        # Two ints, not any pair int() accepts: "90" would read as (9, 0), (9.7, 0) as (9, 0).
+        if not (isinstance(arch, (tuple, list)) and len(arch) == 2 and all(_is_int(x) for x in arch)
+                and arch[0] >= 0 and arch[1] >= 0):
+            raise ValueError(f"arch must be None or (major, minor), two ints >= 0, got {arch!r}")
+        major, minor = int(arch[0]), int(arch[1])
     left, right = _parse_window(window_size)
     return _C.launch_config(**sizes, dtype=_DTYPE_CODES[name], causal=_flag("causal", causal),
                             arch_major=major, arch_minor=minor, kernel=_parse_kernel(kernel),

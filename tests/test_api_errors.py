@@ -657,8 +657,11 @@ def test_launch_config_arguments():
         fa.launch_config(dtype="int32", arch=(9, 0), **base)
     with pytest.raises(TypeError, match=r"float32"):
         fa.launch_config(dtype=np.float32, arch=(9, 0), **base)
-    with pytest.raises(ValueError, match=r"arch must be None or \(major, minor\), got 90"):
-        fa.launch_config(dtype="float16", arch=90, **base)
+    for arch in (90, "90", (9.7, 0), (9, 0, 0), (9, -1), (True, 0)):
+        with pytest.raises(ValueError, match=r"arch must be None or \(major, minor\), two ints >= 0, "
+                                             r"got " + re.escape(repr(arch))):
+            fa.launch_config(dtype="float16", arch=arch, **base)
+    assert fa.launch_config(dtype="float16", arch=[np.int64(9), 0], **base)["arch"] == (9, 0)
     with pytest.raises(ValueError, match=r"no nominal device for sm_75"):
         fa.launch_config(dtype="float16", arch=(7, 5), **base)
     with pytest.raises(ValueError, match=r"heads_q \(2\) must be a multiple of heads_kv \(3\)"):
