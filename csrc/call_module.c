@@ -580,10 +580,11 @@ static int tensor_dense(const fa_tensor *t, uintptr_t lo, uintptr_t hi)
 }
 
 /* The kernels read the inputs while they write an output (or an input written in place): a
- * shared byte would be read after it was overwritten. Refused where both views are dense and
- * their spans meet (then they certainly share bytes, e.g. out=q). Views with gaps, e.g.
- * interleaved halves of one packed buffer, may meet without sharing a byte; as with torch's
- * out= checks, they are not judged. */
+ * shared byte would be read after it was overwritten. Two given outputs that share a byte
+ * (dk=buf, dv=buf) would leave one result written over the other. Refused where both views
+ * are dense and their spans meet (then they certainly share bytes, e.g. out=q). Views with
+ * gaps, e.g. interleaved halves of one packed buffer, may meet without sharing a byte; as
+ * with torch's out= checks, they are not judged. */
 static int check_overlap(const job *j, const fa_tensor *out)
 {
     uintptr_t out_lo, out_hi;
@@ -591,18 +592,24 @@ static int check_overlap(const job *j, const fa_tensor *out)
     if (out_lo == out_hi || !tensor_dense(out, out_lo, out_hi))
         return 0;
     for (int r = 0; r < j->op->num_roles; r++) {
-        const fa_tensor *in = j->views[r];
-        if (!in || in == out || is_output(j, r))
+        const fa_tensor *other = j->views[r];
+        if (!other || other == out)
             continue;
         uintptr_t lo, hi;
-        tensor_span(in, &lo, &hi);
-        if (lo < out_hi && out_lo < hi && tensor_dense(in, lo, hi)) {
+        tensor_span(other, &lo, &hi);
+        if (!(lo < out_hi && out_lo < hi && tensor_dense(other, lo, hi)))
+            continue;
+        if (is_output(j, r))
+            PyErr_Format(PyExc_ValueError,
+                         "%s overlaps %s in memory: %s writes both, so one result would "
+                         "overwrite the other",
+                         out->name, other->name, j->op->name);
+        else
             PyErr_Format(PyExc_ValueError,
                          "%s overlaps %s in memory: %s cannot write its result over an input it "
                          "is still reading",
-                         out->name, in->name, j->op->name);
-            return -1;
-        }
+                         out->name, other->name, j->op->name);
+        return -1;
     }
     return 0;
 }

@@ -442,6 +442,34 @@ def test_out_over_an_input_is_refused_before_any_work(host_qkv, device):
         assert np.array_equal(got, expected)
 
 
+@pytest.mark.parametrize("op", ["attention_backward", "attention_varlen_backward"])
+def test_two_gradients_into_one_buffer_are_refused_before_any_work(rng, op):
+    """dk=buf, dv=buf would leave one gradient written over the other: refused by name, the
+    buffer untouched. dk and dv in disjoint halves of one buffer are written as given."""
+    make = lambda *s: rng.standard_normal(s).astype(np.float32)
+    q, k, v = make(1, 5, 2, 8), make(1, 5, 1, 8), make(1, 5, 1, 8)
+    out, lse = fa.attention(q, k, v, return_lse=True, device="cpu")
+    dout = np.ones_like(q)
+    if op == "attention_backward":
+        call = lambda **g: fa.attention_backward(dout, q, k, v, out, lse, device="cpu", **g)
+        kv_shape = k.shape
+    else:
+        cu = np.array([0, 5], np.int32)
+        call = lambda **g: fa.attention_varlen_backward(dout[0], q[0], k[0], v[0], out[0], lse[0],
+                                                        cu, cu, 5, 5, device="cpu", **g)
+        kv_shape = k.shape[1:]
+    expected = call()
+    buf = np.full(kv_shape, 7.0, np.float32)
+    with pytest.raises(ValueError, match=r"^d[kv] overlaps d[kv] in memory: \w+ writes both, so one "
+                                         r"result would overwrite the other$"):
+        call(dk=buf, dv=buf)
+    assert np.all(buf == 7.0)
+    halves = np.zeros((2,) + kv_shape, np.float32)
+    got = call(dk=halves[0], dv=halves[1])
+    assert np.array_equal(halves[0], expected[1]) and np.array_equal(halves[1], expected[2])
+    assert got[1] is halves[0] or np.shares_memory(got[1], halves[0])
+
+
 def test_out_over_a_device_input_is_refused():
     q = FakeCAI(Q_SHAPE, ptr=FAKE_DEVICE_PTR)
     k = FakeCAI(KV_SHAPE, ptr=FAKE_DEVICE_PTR + 2 ** 20)
