@@ -226,7 +226,8 @@ static fa_status check_seq_values(const fa_params *p)
                            p->seqused_k[b], p->seqlen_k);
         if (p->kv_batch_idx && (p->kv_batch_idx[b] < 0 || p->kv_batch_idx[b] >= p->kv_batches))
             return fa_fail(FA_ERR_INVALID_ARGUMENT,
-                           "kv_batch_idx[%d] = %d is outside the %d cache entries", b,
+                           "cache_batch_idx[%d] = %d (fa_params.kv_batch_idx) is outside the "
+                           "%d cache entries", b,
                            p->kv_batch_idx[b], p->kv_batches);
         if (p->block_table) {
             const fa_seq_layout layout = fa_seq_layout_of(p);

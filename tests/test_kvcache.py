@@ -340,7 +340,7 @@ def test_overlapping_appends_are_refused(rng, device):
     (dict(cache_batch_idx=np.array([0, 1], np.int32)), ValueError,
      r"cache_batch_idx must have batch \(q's\) entries = 3, got 2"),
     (dict(cache_batch_idx=np.array([0, 1, 3], np.int32)), ValueError,
-     r"kv_batch_idx\[2\] = 3 is outside the 3 cache entries"),
+     r"cache_batch_idx\[2\] = 3 \(fa_params.kv_batch_idx\) is outside the 3 cache entries"),
 ])
 def test_bad_dense_arguments(rng, kw, error, match):
     rejected(Cache(rng, new=1), error, match, **kw)
