@@ -151,7 +151,7 @@ def parse_args(argv=None):
         description="flashattn_c attention forward vs PyTorch SDPA (default dispatch and "
                     "each backend): correctness gate, interleaved timing, CSV, summary, plot.")
     p.add_argument("--suite", default=None,
-                   help="seed | fa | llm | all, or a comma list (default: all; seed in "
+                   help="seed | fa | llm | masks | all, or a comma list (default: all; seed in "
                         "latency mode)")
     p.add_argument("--dtype", default="both", help="bf16 | fp16 | both (default both)")
     p.add_argument("--causal", default="both", help="0 | 1 | both (default both)")

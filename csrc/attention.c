@@ -2,12 +2,12 @@
  * attention.c -- the attention forward as an op of the call engine: its arrays, their shape
  * rules, its params builder, and the logic behind forward() and launch_config().
  *
- *   q     (batch, seqlen_q, heads_q, head_dim)     input, float16 / bfloat16 (float32 on cpu)
+ *   q     (batch, seqlen_q, heads_q, head_dim)     input, fp16 / bf16 (also fp32, fp64 on cpu)
  *   k, v  (batch, seqlen_k, heads_kv, head_dim)    inputs, q's dtype
  *   out   q's shape and dtype                      output, given (out=) or new
  *   lse   float32 (batch, heads_q, seqlen_q)       output when return_lse, compact
  *   sinks float32 (heads_q,)                       optional input where q lives, compact
- * Everything else (import, devices, streams, staging, outputs, GIL) is call.c's.
+ * Everything else (import, devices, streams, staging, outputs, GIL) is call_module.c's.
  *
  * Part of the flashattn_c._C extension (built by setup.py with the other C sources in csrc/).
  */

@@ -49,8 +49,9 @@ extern "C" {
 
 /* Element types of q, k, v, out (and the gradients). The GPU kernels take float16 and bfloat16;
  * float32 and float64 run only on the host references (fa_forward_cpu, fa_backward_cpu), float64
- * computing in float64 throughout so that finite differences of out can check gradients. lse
- * and sinks are float32 whatever the dtype. */
+ * computing in float64 throughout so that finite differences of out can check gradients (the
+ * softmax_scale and softcap fields are float32, so a value float32 does not hold exactly is
+ * rounded before it is used). lse and sinks are float32 whatever the dtype. */
 typedef enum { FA_FLOAT16 = 0, FA_BFLOAT16 = 1, FA_FLOAT32 = 2, FA_FLOAT64 = 3 } fa_dtype;
 
 /* Which kernel family runs a GPU call. AUTO picks the fastest family built for the device. */
@@ -92,8 +93,8 @@ typedef struct {
     int window_left, window_right;
     float softcap;                       /* > 0: c * tanh(x / c) on the scaled scores; 0: off */
     const float *sinks;                  /* NULL, or heads_q float32 logits where q lives */
-    /* Device scratch of fa_forward_plan's workspace_bytes; NULL: allocated stream-ordered
-     * inside the call when the plan needs any. */
+    /* Device scratch of fa_forward_plan's workspace_bytes, 256-byte aligned (as cudaMalloc's
+     * are); NULL: allocated stream-ordered inside the call when the plan needs any. */
     void *workspace;
     size_t workspace_bytes;
     /* Host path only: called between chunks of work (with no lock held); nonzero stops the
@@ -191,7 +192,7 @@ void fa_grad_params_init(fa_grad_params *g);
  * outputs and are read, never written. p->workspace, if set, holds the plan's workspace_bytes;
  * else the call allocates it stream-ordered (cudaMallocFromPoolAsync, from flashattn_c's pool)
  * and frees it after its last launch. Plan, launch and record work as for the forward (fa_last_plan).
- * Main kernels: FA_KERNEL_SM90 serves head_dim up to 128, uniform or packed batches
+ * Main kernels: FA_KERNEL_SM90 serves head_dim up to 256, uniform or packed batches
  * (FA_ERR_UNSUPPORTED otherwise, naming why); FA_KERNEL_SM80 serves every
  * problem; FA_KERNEL_AUTO takes sm90 on sm_90 where it serves, else sm80. */
 fa_status fa_backward_plan(const fa_params *p, const fa_grad_params *g, const fa_device *dev,
@@ -239,8 +240,9 @@ typedef struct {
     int64_t vn_batch_stride, vn_row_stride, vn_head_stride;
     const int32_t *cache_seqlens;   /* (batch,) int32 where q lives; NULL: cache_seqlen for all */
     int cache_seqlen;
-    /* Key splits of the split-KV decode kernel: 0 picks them (fa_kvcache_plan documents the
-     * rule), 1 runs without a split, n > 1 asks for n (fewer when there are fewer key blocks). */
+    /* Key splits of the split-KV decode kernel: 0 picks them (kvcache.c's opening comment has
+     * the rule), 1 runs without a split, n > 1 asks for n (fewer when there are fewer key
+     * blocks) and so runs the decode kernel however long the query chunk. */
     int num_splits;
 } fa_kvcache_params;
 
@@ -248,8 +250,9 @@ void fa_kvcache_params_init(fa_kvcache_params *c);
 
 /* Plan (pure host), run, and the host reference of the KV-cache op. The plan is up to three
  * launches: the append (when k_new is given; it also writes each entry's key count into the
- * workspace), the attention kernel (the split-KV decode kernel, or the forward family's
- * kernel for long query chunks), and the combine of the splits (when there are several). */
+ * workspace), the attention kernel (the split-KV decode kernel when an entry has at most 128
+ * packed rows, seqlen_q * heads_q / heads_kv, or num_splits > 1; else the forward family's
+ * kernel, unsplit), and the combine of the splits (when there are several). */
 fa_status fa_kvcache_plan(const fa_params *p, const fa_kvcache_params *c, const fa_device *dev,
                           fa_plan *plan);
 fa_status fa_kvcache(const fa_params *p, const fa_kvcache_params *c, cudaStream_t stream);

@@ -463,7 +463,8 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=False, softmax_scale=N
             on sm_80 and newer, sm_90 included), "sm80", or "sm90" (a ValueError that says why
             where its backward does not serve the problem).
 
-    The launches (a preprocess, the main kernel, a postprocess; each (384, 1, 1)) and the
+    The launches (a preprocess, the main kernel, a postprocess; each (384, 1, 1); with
+    seqlen_k == 0 no main kernel, and last_launch() then describes the postprocess) and the
     device workspace they share (fp32 dq accumulator, allocated stream-ordered on the call's
     stream) are reported by last_launch() and planned by launch_config(backward=True).
     """
@@ -808,7 +809,8 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens
                           neither (None: nothing is appended, the caches are only read)
         cache_seqlens     an int (every entry's cached keys) or int32 (batch,) where q lives
         cache_batch_idx   None or int32 (batch,): entry b uses dense cache entry
-                          cache_batch_idx[b] (the indices must differ when k and v are given)
+                          cache_batch_idx[b] (with k and v, no two entries may append into
+                          the same cache rows)
         block_table       None or int32 (batch, max_pages), unit stride on max_pages: entry b's
                           key j lives in row j % page_size of page block_table[b, j // page_size];
                           each entry holds up to max_pages * page_size keys, and every page
@@ -828,12 +830,14 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens
         num_splits: an int >= 0. The decode kernel may split each entry's keys into num_splits
             parts that run in parallel, then merge them by their lse (launch "combine_..."):
             0 lets the plan choose from the grid size and the GPU, 1 runs without a split, n
-            asks for n (fewer when the cache has fewer key blocks). Long query chunks (many
-            query rows per kv head) run on the forward kernel family instead, without a split.
+            asks for n (fewer when the cache has fewer key blocks). With 0 or 1, long query
+            chunks (more than 128 query rows x q heads per kv head) run on the forward kernel
+            family instead, without a split; n > 1 keeps the split decode kernel.
         kernel: None or "auto" (the decode kernel and the append are the sm80 family's, the
-            forward family the fastest that runs the layout: paged caches with page_size
-            below 128 take sm80), "sm80", or "sm90" (an error where the sm90 family cannot run
-            the call: the decode path, or a paged cache it cannot read).
+            forward family the fastest that runs the layout: a paged cache whose page_size is
+            not a multiple of one of the sm90 key blocks of its head dim, as the error of
+            kernel="sm90" names them, takes sm80), "sm80", or "sm90" (an error where the sm90
+            family cannot run the call: the decode path, or a paged cache it cannot read).
 
     No autograd: an inference op. A torch input that requires grad in grad mode raises
     ValueError; under torch.no_grad() the inputs are read as detached (the caches' memory is
@@ -973,7 +977,7 @@ def last_launch():
     launches (every launch of the op's plan in the order they ran, each a dict of the same
     keys), main_launch (the main one's index there) and workspace_bytes (the device scratch the
     plan used). The forward is one launch with no workspace; the backward three (preprocess,
-    main, postprocess) with an fp32 workspace."""
+    main, postprocess; no main kernel when seqlen_k == 0) with an fp32 workspace."""
     return _C.last_launch()
 
 

@@ -301,6 +301,24 @@ def test_kvcache_long_chunks_run_the_forward_family():
                                         ("fwd_sm90_hd128_bf16_causal", (132, 1, 1))]
     assert kvcache_plan(**chunk, page_size=128)[0][1][0] == "fwd_sm90_hd128_bf16_causal"
     assert kvcache_plan(**chunk, page_size=64)[0][1][0] == "fwd_sm80_hd128_bf16_causal"
+    # num_splits > 1 keeps the split decode kernel however long the chunk
+    assert kvcache_plan(**chunk, num_splits=4)[0][1][0] == "decode_sm80_hd128_bf16_causal_split"
+
+
+@needs_sm90
+@pytest.mark.parametrize("head_dim, causal, page_size, blocks", [
+    (128, False, 160, "176 or 128"), (128, True, 100, "128"), (64, False, 100, "128"),
+    (256, True, 100, "80 or 64")])
+def test_kvcache_sm90_refusal_names_every_key_block_a_page_may_hold(head_dim, causal, page_size,
+                                                                    blocks):
+    """Full attention at head_dim 128 has a 176- and a 128-key instance, and a page size that
+    either divides runs on sm90 (fa_sm90_short_keys), so the refusal names both."""
+    chunk = dict(batch=2, seqlen_q=512, head_dim=head_dim, causal=causal, page_size=page_size)
+    with pytest.raises(ValueError, match=f"^kernel family sm90: paged k/v needs page_size a "
+                                         f"multiple of {blocks} on sm90 \\(got {page_size}\\)$"):
+        kvcache_plan(**chunk, kernel="sm90")
+    assert kvcache_plan(**dict(chunk, page_size=256 if head_dim != 256 else 320),
+                        kernel="sm90")[0][0][0].startswith("fwd_sm90_")
 
 
 @pytest.mark.parametrize("kw, error, match", [

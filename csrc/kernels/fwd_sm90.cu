@@ -126,8 +126,15 @@ extern "C" const char *fa_sm90_seq_unsupported(const fa_params *p) {
     if (p == nullptr) return nullptr;
     fa_tile t;
     if (p->block_table && fa_sm90_tile(p, &t) == 0 && (p->page_size <= 0 || p->page_size % t.block_n != 0)) {
-        std::snprintf(why, sizeof why, "paged k/v needs page_size a multiple of %d on sm90 (got %d)", t.block_n,
-                      p->page_size);
+        // Neither of the head dim's instances divides page_size (fa_sm90_short_keys): name both.
+        const int hd = t.head_dim_padded, masked = fa_params_mask_kind(p) != FA_MASK_NONE;
+        const int n0 = FA_SM90_BLOCK_N(hd, masked, 0), n1 = FA_SM90_BLOCK_N(hd, masked, 1);
+        if (n0 != n1)
+            std::snprintf(why, sizeof why, "paged k/v needs page_size a multiple of %d or %d on sm90 (got %d)", n0,
+                          n1, p->page_size);
+        else
+            std::snprintf(why, sizeof why, "paged k/v needs page_size a multiple of %d on sm90 (got %d)", n0,
+                          p->page_size);
         return why;
     }
     if (p->cu_seqlens_q && p->total_q > INT_MAX - 64) {
