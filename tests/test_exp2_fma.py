@@ -1,7 +1,10 @@
 """exp2_fma (csrc/kernels/sm90_softmax.cuh), the exponential on the FMA pipe that sm90 forward
-variants may take for part of a row, emulated here in float32 with the header's own
-coefficients: its accuracy against 2^x, and the edge values the softmax relies on (a masked
-score, -inf, is exactly +0.0; a lazily rescaled probability reaches 2^8 exactly). Host-only.
+variants may take for part of a row, emulated here in float32 with the header's own constants
+(the clamp, the rounding shift and the coefficients, read from its source, so a change to any
+of them is tested): its accuracy against 2^x, and the edge values the softmax relies on (a
+masked score, -inf, is exactly +0.0; a lazily rescaled probability reaches 2^8 exactly).
+Host-only: the order of the operations is the emulation's, kept in step with the header's by
+hand; the device function itself runs only in the dev/ variants that take it.
 
 The emulation rounds each float32 add as the device's __fadd_rn does, and each fmaf through
 float64 (the product of two float32 values is exact there; the sum rounds twice, which moves a
@@ -18,11 +21,17 @@ from conftest import REPO_ROOT
 HEADER = os.path.join(REPO_ROOT, "csrc", "kernels", "sm90_softmax.cuh")
 
 
-def coefficients():
+NAMES = ("kRoundShift", "kLowest", "kC1", "kC2", "kC3")
+
+
+def constants():
+    """exp2_fma's named constants, as float32, in the order of NAMES."""
     with open(HEADER) as f:
-        found = dict(re.findall(r"(kC[123]) = ([0-9.]+)f", f.read()))
-    assert set(found) == {"kC1", "kC2", "kC3"}, "exp2_fma's coefficients are not where expected"
-    return tuple(np.float32(found[k]) for k in ("kC1", "kC2", "kC3"))
+        body = f.read().split("float exp2_fma(float x)", 1)[1].split("\n}\n", 1)[0]
+    found = dict(re.findall(r"(k\w+) = (-?[0-9.]+)f", body))
+    assert set(found) == set(NAMES), f"exp2_fma's constants are not where expected: {sorted(found)}"
+    assert "fmaxf(x, kLowest)" in body, "exp2_fma no longer clamps x at kLowest"
+    return tuple(np.float32(found[k]) for k in NAMES)
 
 
 def fmaf(a, b, c):
@@ -30,9 +39,8 @@ def fmaf(a, b, c):
 
 
 def exp2_fma(x):
-    c1, c2, c3 = coefficients()
-    shift = np.float32(12582912.0)
-    x = np.maximum(np.asarray(x, dtype=np.float32), np.float32(-127.0))
+    shift, lowest, c1, c2, c3 = constants()
+    x = np.maximum(np.asarray(x, dtype=np.float32), lowest)
     shifted = x + shift
     f = x - (shifted - shift)
     p = fmaf(fmaf(fmaf(np.full_like(f, c3), f, c2), f, c1), f, 1.0)

@@ -153,7 +153,8 @@ __device__ __forceinline__ bool outgrows(float bmax, float m, float scale_log2) 
 __device__ __forceinline__ float exp2_fma(float x) {
     constexpr float kRoundShift = 12582912.f;  // 1.5 * 2^23: x + it holds round(x) in its low mantissa bits
     constexpr float kC1 = 0.69328290f, kC2 = 0.24221097f, kC3 = 0.05500893f;
-    x = fmaxf(x, -127.f);
+    constexpr float kLowest = -127.f;
+    x = fmaxf(x, kLowest);
     const float shifted = __fadd_rn(x, kRoundShift);
     const float n = __fadd_rn(shifted, -kRoundShift);
     const float f = __fadd_rn(x, -n);
