@@ -597,7 +597,8 @@ static int check_overlap(const job *j, const fa_tensor *out)
             continue;
         uintptr_t lo, hi;
         tensor_span(other, &lo, &hi);
-        if (!(lo < out_hi && out_lo < hi && tensor_dense(other, lo, hi)))
+        /* An empty view shares no byte, wherever its pointer lies. */
+        if (lo == hi || !(lo < out_hi && out_lo < hi && tensor_dense(other, lo, hi)))
             continue;
         if (is_output(j, r))
             PyErr_Format(PyExc_ValueError,

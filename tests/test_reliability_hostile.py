@@ -470,6 +470,25 @@ def test_two_gradients_into_one_buffer_are_refused_before_any_work(rng, op):
     assert got[1] is halves[0] or np.shares_memory(got[1], halves[0])
 
 
+def test_an_empty_view_inside_another_buffer_is_not_an_overlap(rng):
+    """seqlen_k == 0: k (forward) and dk (backward) have no element, so where their pointers lie
+    (here inside out's and dq's buffer) shares no byte with anything."""
+    from numpy.lib.stride_tricks import as_strided
+
+    q = rng.standard_normal((1, 5, 2, 8)).astype(np.float32)
+    none = np.zeros((1, 0, 1, 8), np.float32)
+    buf = np.full(q.size + 8, 7.0, np.float32)
+    inside = as_strided(buf[4:], shape=none.shape, strides=(32, 32, 32, 4))  # no element, pointer in buf
+    assert inside.__array_interface__["data"][0] > buf.__array_interface__["data"][0]
+    first = buf[:q.size].reshape(q.shape)
+    assert np.all(fa.attention(q, inside, none, out=first, device="cpu") == 0)
+    out, lse = fa.attention(q, none, none, return_lse=True, device="cpu")
+    first[...] = 7.0
+    grads = fa.attention_backward(np.ones_like(q), q, none, none, out, lse, dq=first, dk=inside,
+                                  device="cpu")
+    assert np.all(first == 0) and grads[1].shape == none.shape
+
+
 def test_out_over_a_device_input_is_refused():
     q = FakeCAI(Q_SHAPE, ptr=FAKE_DEVICE_PTR)
     k = FakeCAI(KV_SHAPE, ptr=FAKE_DEVICE_PTR + 2 ** 20)
