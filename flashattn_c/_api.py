@@ -628,15 +628,22 @@ def _real(name, value):
     type rule (fa_parse_real: an int, a float or a real NumPy scalar, not a bool), written in
     Python so that torch.compile traces it; its range rule (finite, >= 0, at most the largest
     float32) runs in C on every path, this one included."""
-    real_numpy = (type(value).__module__ == "numpy" and getattr(value, "ndim", 1) == 0 and
-                  getattr(getattr(value, "dtype", None), "kind", "") in "iuf")
-    if isinstance(value, bool) or not (isinstance(value, (int, float)) or real_numpy):
+    real = isinstance(value, (int, float)) or _real_numpy_scalar(value)
+    if isinstance(value, bool) or not real:
         raise TypeError(f"{name} must be a real number (int or float), got {type(value).__name__}")
     try:
         return float(value)
     except OverflowError:
         raise ValueError(f"{name} must be at most the largest float32, got an int beyond float "
                          "range") from None
+
+
+def _real_numpy_scalar(value):
+    """A NumPy integer or floating scalar (not a 0-d array, not a bool), as C's
+    PyArray_IsScalar(obj, Number) takes."""
+    t = type(value)
+    return (t.__module__ == "numpy" and t.__name__ != "ndarray" and
+            getattr(getattr(value, "dtype", None), "kind", None) in ("i", "u", "f"))
 
 
 def _scale_and_softcap(softmax_scale, softcap):

@@ -106,8 +106,10 @@ def test_gradient_buffers_that_require_grad_are_refused_in_grad_mode(rng, op):
 @pytest.mark.parametrize("name,value,error", [
     ("softcap", "1", TypeError), ("softcap", True, TypeError), ("softcap", None, TypeError),
     ("softcap", -1.0, ValueError), ("softmax_scale", True, TypeError),
-    ("softmax_scale", "0.5", TypeError), ("softmax_scale", float("nan"), ValueError)])
-def test_scalars_are_checked_as_strictly_when_autograd_records_the_call(rng, op, name, value, error):
+    ("softmax_scale", "0.5", TypeError), ("softmax_scale", float("nan"), ValueError),
+    ("softcap", np.array(1.0), TypeError), ("softcap", np.bool_(True), TypeError)])
+def test_scalars_are_checked_as_strictly_when_autograd_records_the_call(rng, op, name, value,
+                                                                        error):
     """The autograd path hands softmax_scale and softcap to torch.library ops, whose float
     parameters would take a bool as 1.0; they are refused by name there as under no_grad."""
     q, k, v, _ = leaves(rng, 1, 8, 8, 2, 2, 8)
@@ -115,7 +117,8 @@ def test_scalars_are_checked_as_strictly_when_autograd_records_the_call(rng, op,
         call = lambda: fa.attention(q, k, v, device="cpu", **{name: value})
     else:
         cu = torch.tensor([0, 8], dtype=torch.int32)
-        call = lambda: fa.attention_varlen(q[0], k[0], v[0], cu, cu, 8, 8, device="cpu", **{name: value})
+        call = lambda: fa.attention_varlen(q[0], k[0], v[0], cu, cu, 8, 8, device="cpu",
+                                           **{name: value})
     for mode in (torch.enable_grad, torch.no_grad):
         with mode(), pytest.raises(error, match=f"^{name} must be"):
             call()

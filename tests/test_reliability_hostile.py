@@ -460,8 +460,8 @@ def test_two_gradients_into_one_buffer_are_refused_before_any_work(rng, op):
         kv_shape = k.shape[1:]
     expected = call()
     buf = np.full(kv_shape, 7.0, np.float32)
-    with pytest.raises(ValueError, match=r"^d[kv] overlaps d[kv] in memory: \w+ writes both, so one "
-                                         r"result would overwrite the other$"):
+    with pytest.raises(ValueError, match=r"^d[kv] overlaps d[kv] in memory: \w+ writes both, "
+                                         r"so one result would overwrite the other$"):
         call(dk=buf, dv=buf)
     assert np.all(buf == 7.0)
     halves = np.zeros((2,) + kv_shape, np.float32)
@@ -478,7 +478,8 @@ def test_an_empty_view_inside_another_buffer_is_not_an_overlap(rng):
     q = rng.standard_normal((1, 5, 2, 8)).astype(np.float32)
     none = np.zeros((1, 0, 1, 8), np.float32)
     buf = np.full(q.size + 8, 7.0, np.float32)
-    inside = as_strided(buf[4:], shape=none.shape, strides=(32, 32, 32, 4))  # no element, pointer in buf
+    # no element, its pointer inside buf
+    inside = as_strided(buf[4:], shape=none.shape, strides=(32, 32, 32, 4))
     assert inside.__array_interface__["data"][0] > buf.__array_interface__["data"][0]
     first = buf[:q.size].reshape(q.shape)
     assert np.all(fa.attention(q, inside, none, out=first, device="cpu") == 0)
