@@ -105,7 +105,7 @@ static inline int fa_sm90_bwd_tile(const fa_params *p, const fa_grad_params *g, 
 {
     if (p == NULL || t == NULL || fa_sm90_bwd_unsupported(p, g) != NULL)
         return -1;
-    return fa_sm90_bwd_tile_of_head_dim(p->head_dim <= 64 ? 64 : p->head_dim <= 128 ? 128 : 256, t);
+    return fa_sm90_bwd_tile_of_head_dim(fa_sm90_head_dim_padded(p->head_dim), t);
 }
 
 #endif /* FA_SM90_BWD_TILES_H */
