@@ -51,21 +51,25 @@
 namespace fa_sm80 {
 
 template <int HDP> struct BwdTileOf;
-/* BM, BN from sm80_bwd_tiles.h; warp layouts (rows x columns of warps) per GEMM; DP_TILES
-   and SCHEDULE as above (hd 64 and 256 were measured with schedule 0 only) */
+/* BM, BN from sm80_bwd_tiles.h; warp layouts (rows x columns of warps) per GEMM, and the m16
+   tiles a warp's S/dP and dQ tiles are tall (sdp_mt, dq_mt); DP_TILES and SCHEDULE as above
+   (hd 64 and 256 were measured with schedule 0 only) */
 template <> struct BwdTileOf<64> {
     static constexpr int bm = FA_SM80_BWD_HD64_BLOCK_M, bn = FA_SM80_BWD_HD64_BLOCK_N;
     static constexpr int sdp_wm = 3, sdp_wn = 4, kv_wn = 6, kv_wd = 2, dq_wm = 3, dq_wd = 4;
+    static constexpr int sdp_mt = 1, dq_mt = 1;
     static constexpr int dp_tiles = 2, schedule = 0;
 };
 template <> struct BwdTileOf<128> {
     static constexpr int bm = FA_SM80_BWD_HD128_BLOCK_M, bn = FA_SM80_BWD_HD128_BLOCK_N;
     static constexpr int sdp_wm = 3, sdp_wn = 4, kv_wn = 3, kv_wd = 4, dq_wm = 3, dq_wd = 4;
+    static constexpr int sdp_mt = 1, dq_mt = 1;
     static constexpr int dp_tiles = 3, schedule = 1;
 };
 template <> struct BwdTileOf<256> {
     static constexpr int bm = FA_SM80_BWD_HD256_BLOCK_M, bn = FA_SM80_BWD_HD256_BLOCK_N;
     static constexpr int sdp_wm = 2, sdp_wn = 6, kv_wn = 3, kv_wd = 4, dq_wm = 2, dq_wd = 4;
+    static constexpr int sdp_mt = 1, dq_mt = 1;
     static constexpr int dp_tiles = 1, schedule = 0;
 };
 
@@ -91,8 +95,11 @@ struct BwdConfig {
     static constexpr int kChunksPerRow = HDP / 8;
     static constexpr int kRowsPerPass = kThreads / kChunksPerRow;
 
-    /* S and dP: warp (wm, wn) owns rows 16 wm .. + 15 and keys kSdpN wn .. + kSdpN - 1 */
+    /* S and dP: warp (wm, wn) owns rows kSdpM wm .. + kSdpM - 1 and keys kSdpN wn .. +
+       kSdpN - 1 */
     static constexpr int kSdpWM = T::sdp_wm, kSdpWN = T::sdp_wn;
+    static constexpr int kSdpMT = T::sdp_mt;
+    static constexpr int kSdpM = 16 * kSdpMT;
     static constexpr int kSdpN = kBN / kSdpWN;
     static constexpr int kSdpNT = kSdpN / 8;
     static constexpr int kSdpKS = HDP / 16;
@@ -106,23 +113,25 @@ struct BwdConfig {
     static constexpr int kKvD = HDP / kKvWD;
     static constexpr int kKvNT = kKvD / 8;
     static constexpr int kKvKS = kBM / 16;
-    /* dQ: warp (wm, wd) owns rows 16 wm .. and head_dim columns kDqD wd ..; warps from
+    /* dQ: warp (wm, wd) owns rows kDqM wm .. and head_dim columns kDqD wd ..; warps from
        kDqWarps on sit it out */
     static constexpr int kDqWM = T::dq_wm, kDqWD = T::dq_wd;
+    static constexpr int kDqMT = T::dq_mt;
+    static constexpr int kDqM = 16 * kDqMT;
     static constexpr int kDqWarps = kDqWM * kDqWD;
     static constexpr int kDqD = HDP / kDqWD;
     static constexpr int kDqNT = kDqD / 8;
     static constexpr int kDqKS = kBN / 16;
 
     static_assert(kThreads == 384 && kWarps == 12, "the layout is written for 12 warps");
-    static_assert(kSdpWM * 16 == kBM && kSdpWM * kSdpWN == kWarps, "S/dP: whole warp tiles");
+    static_assert(kSdpWM * kSdpM == kBM && kSdpWM * kSdpWN == kWarps, "S/dP: whole warp tiles");
     static_assert(kSdpN % 8 == 0 && kBN % kSdpWN == 0, "S/dP: whole n8 tiles");
     static_assert(kSdpNT % 2 == 0 || kSdpKS % 2 == 0, "a lone n8 tile loads two k16 steps");
     static_assert(kSdpNT % kSdpDpTiles == 0, "dP passes cover the tile");
     static_assert(kKvWN * kKvWD == kWarps && kKvM % 16 == 0 && kBN % kKvWN == 0,
                   "dK/dV: whole warp tiles");
     static_assert(kKvNT % 2 == 0 && HDP % kKvWD == 0, "dK/dV: pairs of n8 tiles");
-    static_assert(kDqWM * 16 == kBM && kDqWarps <= kWarps, "dQ: whole warp tiles");
+    static_assert(kDqWM * kDqM == kBM && kDqWarps <= kWarps, "dQ: whole warp tiles");
     static_assert(kDqNT % 2 == 0 && HDP % kDqWD == 0, "dQ: pairs of n8 tiles");
     /* a warp's head_dim slice starts on a multiple of its width (in chunks), so the swizzle's
        XOR terms of slice, lane and step never share a bit (SmemOperand) */

@@ -26,25 +26,28 @@ namespace fa_sm80 {
    four (lane pairs swapping halves through a shuffle) ran 2% slower at head_dim 128 on an
    H200, the adds costing 16% of the kernel's time either way. */
 template <class C>
-__device__ __forceinline__ void dq_add(const float (&acc)[1][C::kDqNT][4], float *dst,
+__device__ __forceinline__ void dq_add(const float (&acc)[C::kDqMT][C::kDqNT][4], float *dst,
                                        int rows_valid, int head_dim)
 {
     const int tid = reread_thread_index();
     const int lane = tid & 31, warp = tid >> 5;
     const int wm = warp / C::kDqWD, wd = warp % C::kDqWD;
-    const int r_lo = wm * 16 + (lane >> 2);
+    const int r_lo = wm * C::kDqM + (lane >> 2);
     const int col0 = wd * C::kDqD + 2 * (lane & 3);
 #pragma unroll
-    for (int nt = 0; nt < C::kDqNT; ++nt) {
-        /* head_dim is a multiple of 8: an n8 tile is wholly inside or wholly past it */
-        if (wd * C::kDqD + nt * 8 >= head_dim)
-            continue;
+    for (int mt = 0; mt < C::kDqMT; ++mt) {
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int r = r_lo + 8 * h;
-            if (r < rows_valid) {
-                float *at = dst + static_cast<int64_t>(r) * head_dim + col0 + nt * 8;
-                red_add_f32x2(at, acc[0][nt][2 * h], acc[0][nt][2 * h + 1]);
+        for (int nt = 0; nt < C::kDqNT; ++nt) {
+            /* head_dim is a multiple of 8: an n8 tile is wholly inside or wholly past it */
+            if (wd * C::kDqD + nt * 8 >= head_dim)
+                continue;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int r = r_lo + 16 * mt + 8 * h;
+                if (r < rows_valid) {
+                    float *at = dst + static_cast<int64_t>(r) * head_dim + col0 + nt * 8;
+                    red_add_f32x2(at, acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
+                }
             }
         }
     }

@@ -239,7 +239,7 @@ template <class C, bool BF16, bool SEQ>
 __device__ __forceinline__ void step_dq(const BwdArgs &p, uint32_t smem_base, BwdEntrySlot slot)
 {
     const int warp = reread_thread_index() >> 5;
-    float dq[1][C::kDqNT][4];
+    float dq[C::kDqMT][C::kDqNT][4];
     if (warp < C::kDqWarps)
         dq_gemm<C, BF16>(dq, smem_base);
     const int it = warp_step<C>(smem_base);

@@ -89,24 +89,24 @@ __device__ __forceinline__ void zero_acc(float (&acc)[MT][NT][4])
             acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.f;
 }
 
-/* acc = X Y^T for NT n8 tiles of the warp's S/dP tile from its tile nt0 on: X (Q or dO) at
-   x_off, Y (K or V) at y_off. */
+/* acc = X Y^T for NT n8 tiles of the warp's S/dP tile from its tile nt0 on, all kSdpMT m16
+   tiles: X (Q or dO) at x_off, Y (K or V) at y_off. */
 template <class C, bool BF16, int NT>
-__device__ __forceinline__ void sdp_gemm(float (&acc)[1][NT][4], uint32_t smem_base, int x_off,
-                                         int y_off, int nt0)
+__device__ __forceinline__ void sdp_gemm(float (&acc)[C::kSdpMT][NT][4], uint32_t smem_base,
+                                         int x_off, int y_off, int nt0)
 {
     constexpr int RB = C::kRowBytes;
     const int tid = reread_thread_index();
     const int lane = tid & 31, wm = (tid >> 5) / C::kSdpWN, wn = (tid >> 5) % C::kSdpWN;
     const int key = wn * C::kSdpN + nt0 * 8;
-    const auto x = make_operand<true, RB>(smem_base + x_off, wm * 16, 0, lane_row_x(lane),
+    const auto x = make_operand<true, RB>(smem_base + x_off, wm * C::kSdpM, 0, lane_row_x(lane),
                                           lane_chunk_x(lane));
     const auto y =
         make_operand<true, RB>(smem_base + y_off, key, 0, lane_row_y(lane), lane_chunk_y(lane));
     const auto yz =
         make_operand<true, RB>(smem_base + y_off, key, 0, lane_row_z(lane), lane_chunk_z(lane));
     zero_acc(acc);
-    warp_gemm<BF16, 1, NT, C::kSdpKS, false, false>(acc, x, y, yz);
+    warp_gemm<BF16, C::kSdpMT, NT, C::kSdpKS, false, false>(acc, x, y, yz);
 }
 
 /* Both keys of a fragment pair against one row's span (mask.h). */
@@ -151,60 +151,78 @@ __device__ __forceinline__ void ds_tile(const float (&s)[4], const float (&dp)[4
 /* S, P, dP and dS of the warp's tile of one query block; P and dS are stored to shared memory.
    row0: the block's first query row, key0: the CTA's first key (absolute); masked: the block
    needs the element mask (block_range.h). S is held whole while dP runs in passes of
-   kSdpDpTiles n8 tiles, each giving its dS: a whole dP beside S did not fit next to dK and dV
-   at head_dim 64. (dP first, then S in passes, with the wait for Q between them, so that Q's
-   copy could overlap the dP GEMM, measured 5% slower at head_dim 128 and spilled.) */
+   kSdpDpTiles n8 tiles (of every m16 tile), each giving its dS: a whole dP beside S did not
+   fit next to dK and dV at head_dim 64. (dP first, then S in passes, with the wait for Q
+   between them, so that Q's copy could overlap the dP GEMM, measured 5% slower at head_dim 128
+   and spilled.) */
 template <class C, bool BF16, bool SOFTCAP>
 __device__ __forceinline__ void sdp_block(uint32_t smem_base, unsigned char *smem, int row0,
                                           int key0, int len_q, bool masked, const fa_mask &mask,
                                           const fa_score &score)
 {
+    constexpr int MT = C::kSdpMT;
     constexpr int NT = C::kSdpNT;
     constexpr int DT = C::kSdpDpTiles;
     const int tid = reread_thread_index();
     const int lane = tid & 31, warp = tid >> 5;
     const int wm = warp / C::kSdpWN, wn = warp % C::kSdpWN;
     const int g = lane >> 2, t4 = lane & 3;
-    const int r_lo = wm * 16 + g; /* block rows r_lo and r_lo + 8 */
+    const int r_lo = wm * C::kSdpM + g; /* block rows r_lo + 16 mt and r_lo + 16 mt + 8 */
     const int col0 = wn * C::kSdpN + 2 * t4;
     unsigned char *p_lo = smem + C::kPOffset + r_lo * C::kPSRowBytes + col0 * 2;
     unsigned char *ds_lo = smem + C::kDSOffset + r_lo * C::kPSRowBytes + col0 * 2;
+    constexpr int kMtBytes = 16 * C::kPSRowBytes; /* from one m16 tile's rows to the next's */
 
-    float s[1][NT][4];
+    float s[MT][NT][4];
     sdp_gemm<C, BF16, NT>(s, smem_base, C::kQOffset, C::kKOffset, 0);
 
     /* what the elementwise pass needs of the rows: lse (base 2, +inf where P must be 0),
        delta, and the spans in masked blocks */
     const float *lse_s = reinterpret_cast<const float *>(smem + C::kLseOffset);
     const float *delta_s = reinterpret_cast<const float *>(smem + C::kDeltaOffset);
-    float lse2[2];
+    float lse2[MT][2], d[MT][2];
+    fa_key_span span[MT][2];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const int r = r_lo + 8 * h;
-        const float l = lse_s[r];
-        lse2[h] = (row0 + r < len_q && l != -INFINITY) ? l * FA_LOG2E : INFINITY;
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int r = r_lo + 16 * mt + 8 * h;
+            const float l = lse_s[r];
+            lse2[mt][h] = (row0 + r < len_q && l != -INFINITY) ? l * FA_LOG2E : INFINITY;
+        }
     }
-    const float d_lo = delta_s[r_lo], d_hi = delta_s[r_lo + 8];
-    fa_key_span span[2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        d[mt][0] = delta_s[r_lo + 16 * mt];
+        d[mt][1] = delta_s[r_lo + 16 * mt + 8];
+    }
     if (masked) {
-        span[0] = fa_mask_row(&mask, row0 + r_lo);
-        span[1] = fa_mask_row(&mask, row0 + r_lo + 8);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+            span[mt][0] = fa_mask_row(&mask, row0 + r_lo + 16 * mt);
+            span[mt][1] = fa_mask_row(&mask, row0 + r_lo + 16 * mt + 8);
+        }
     }
 
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-        p_tile<C, BF16, SOFTCAP>(s[0][nt], p_lo + nt * 16, lse2, masked, span,
-                                 key0 + col0 + nt * 8, score);
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+            p_tile<C, BF16, SOFTCAP>(s[mt][nt], p_lo + mt * kMtBytes + nt * 16, lse2[mt], masked,
+                                     span[mt], key0 + col0 + nt * 8, score);
     /* keeps dP's fragment loads from being hoisted into the exp2/tanh pass above, where they
        spilled on sm_90 */
     __syncwarp();
 #pragma unroll
     for (int c0 = 0; c0 < NT; c0 += DT) {
-        float dp[1][DT][4];
+        float dp[MT][DT][4];
         sdp_gemm<C, BF16, DT>(dp, smem_base, C::kDOOffset, C::kVOffset, c0);
 #pragma unroll
-        for (int j = 0; j < DT; ++j)
-            ds_tile<C, BF16>(s[0][c0 + j], dp[0][j], ds_lo + (c0 + j) * 16, d_lo, d_hi);
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int j = 0; j < DT; ++j)
+                ds_tile<C, BF16>(s[mt][c0 + j], dp[mt][j], ds_lo + mt * kMtBytes + (c0 + j) * 16,
+                                 d[mt][0], d[mt][1]);
     }
 }
 
@@ -225,17 +243,17 @@ __device__ __forceinline__ void kv_gemm(float (&acc)[C::kKvMT][C::kKvNT][4], uin
 
 /* dQ = dS K for the warp's dQ tile (warp < kDqWarps). */
 template <class C, bool BF16>
-__device__ __forceinline__ void dq_gemm(float (&acc)[1][C::kDqNT][4], uint32_t smem_base)
+__device__ __forceinline__ void dq_gemm(float (&acc)[C::kDqMT][C::kDqNT][4], uint32_t smem_base)
 {
     const int tid = reread_thread_index();
     const int lane = tid & 31, warp = tid >> 5;
     const int wm = warp / C::kDqWD, wd = warp % C::kDqWD;
-    const auto a = make_operand<false, C::kPSRowBytes>(smem_base + C::kDSOffset, wm * 16, 0,
+    const auto a = make_operand<false, C::kPSRowBytes>(smem_base + C::kDSOffset, wm * C::kDqM, 0,
                                                        lane_row_x(lane), lane_chunk_x(lane));
     const auto b = make_operand<true, C::kRowBytes>(smem_base + C::kKOffset, 0, wd * C::kDqD / 8,
                                                     lane_row_x(lane), lane_chunk_x(lane));
     zero_acc(acc);
-    warp_gemm<BF16, 1, C::kDqNT, C::kDqKS, false, true>(acc, a, b, b);
+    warp_gemm<BF16, C::kDqMT, C::kDqNT, C::kDqKS, false, true>(acc, a, b, b);
 }
 
 } /* namespace fa_sm80 */
