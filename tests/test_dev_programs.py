@@ -88,3 +88,53 @@ def test_ncu_summary_falls_back_to_any_stall_metric(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "stall metrics: smsp__pcsamp_warps_issue_stalled_barrier 17.00" in proc.stdout
+
+
+def load_step_count():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "bwd_sm80_step_count", os.path.join(REPO_ROOT, "dev", "bwd_sm80_step_count.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(REPO_ROOT, "dev")), reason="no dev/ here (an sdist ships none)")
+def test_step_count_still_finds_the_kernels_runtime_branches(tmp_path):
+    """dev/bwd_sm80_step_count.py counts the sm80 backward's common path by replacing its
+    runtime branch conditions with constants; each must still be in the kernel, once."""
+    step_count = load_step_count()
+    csrc = step_count.common_path_sources(REPO_ROOT, str(tmp_path))
+    with open(os.path.join(csrc, "kernels", "sm80_bwd_kernel.cuh")) as f:
+        src = f.read()
+    assert "p.score.softcap_pre != 0.f" not in src and "p.deterministic" not in src
+    assert "const bool masked = false;" in src
+
+
+def test_step_count_refuses_a_kernel_it_does_not_recognise(tmp_path):
+    step_count = load_step_count()
+    tree = tmp_path / "tree"
+    (tree / "csrc" / "kernels").mkdir(parents=True)
+    (tree / "csrc" / "kernels" / "sm80_bwd_kernel.cuh").write_text("if (p.score.softcap_pre != 0.f)\n" * 2)
+    with pytest.raises(SystemExit, match="found 2 times, not once"):
+        step_count.common_path_sources(str(tree), str(tmp_path / "scratch"))
+
+
+def test_step_count_finds_the_widest_loop():
+    step_count = load_step_count()
+    listing = """\
+.text.k:
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+.L_x_0:
+        /*0010*/                   HMMA.16816.F32.BF16 R4, R8, R12, R4 ;
+.L_x_1:
+        /*0020*/                   IMAD R2, R3, 0x4, RZ ;
+        /*0030*/               @P0 BRA `(.L_x_1) ;
+        /*0040*/                   LDSM.16.M88.4 R8, [R2] ;
+        /*0050*/               @P1 BRA `(.L_x_0) ;
+        /*0060*/                   EXIT ;
+"""
+    ins, labels = step_count.kernels(listing)["k"]
+    loop = step_count.main_loop(ins, labels)
+    assert [step_count.kind(s) for s, _ in loop] == [
+        "mma", "int/pred/move", "branch/barrier", "ldmatrix", "branch/barrier"]

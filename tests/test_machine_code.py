@@ -13,13 +13,16 @@ The scalar path this project replaced would fail the second and third checks.
 import glob
 import os
 import re
-import shutil
 import subprocess
+import sys
 
 import pytest
 
 import flashattn_c as fa
 from conftest import REPO_ROOT
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+from cuda_tools import find_tool  # noqa: E402
 
 OBJ_DIR = os.path.join(REPO_ROOT, "build", "obj", "csrc", "kernels")
 OBJECTS = sorted(glob.glob(os.path.join(OBJ_DIR, "*.cu.o")))
@@ -27,22 +30,6 @@ OBJECTS = sorted(glob.glob(os.path.join(OBJ_DIR, "*.cu.o")))
 SM90_ATTENTION = re.compile(r"fa_sm90.*(fwd_kernel|bwd_kernel)")
 SM80_ATTENTION = re.compile(r"fwd_sm80_kernel|bwd_sm80_kernel|fa_decode.*decode_kernel")
 SPILL = re.compile(r"\b(LDL|STL)\b")
-
-
-def find_tool(name):
-    """The CUDA toolkit's `name` on PATH, else the one of the nvidia-cuda-<name> wheel."""
-    path = shutil.which(name)
-    if path:
-        return path
-    try:
-        import nvidia  # the wheels' namespace package
-    except ImportError:
-        return None
-    for base in getattr(nvidia, "__path__", []):
-        for candidate in sorted(glob.glob(os.path.join(base, "*", "bin", name))):
-            if os.access(candidate, os.X_OK):
-                return candidate
-    return None
 
 
 CUOBJDUMP, NVDISASM = find_tool("cuobjdump"), find_tool("nvdisasm")  # cuobjdump runs nvdisasm
