@@ -138,3 +138,33 @@ def test_step_count_finds_the_widest_loop():
     loop = step_count.main_loop(ins, labels)
     assert [step_count.kind(s) for s, _ in loop] == [
         "mma", "int/pred/move", "branch/barrier", "ldmatrix", "branch/barrier"]
+
+
+PATCH_DIR = os.path.join(REPO_ROOT, "dev", "patches")
+PATCHES = sorted(f for f in os.listdir(PATCH_DIR) if f.endswith(".patch")) if os.path.isdir(PATCH_DIR) else []
+
+
+def patch_series(name):
+    """The patches its header's Apply: line names, in order, ending with this one."""
+    with open(os.path.join(PATCH_DIR, name)) as f:
+        header = f.read().split("\ndiff --git", 1)[0]
+    m = re.search(r"Apply:(.*)", " ".join(header.split()))
+    assert m, f"{name}: no 'Apply:' line in its header"
+    series = re.findall(r"dev/patches/([\w.-]+\.patch)", m.group(1))
+    assert series and series[-1] == name, f"{name}: its Apply: line must end with itself: {series}"
+    return series
+
+
+@pytest.mark.skipif(not PATCHES, reason="no dev/patches here (an sdist ships none)")
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not on PATH")
+@pytest.mark.parametrize("name", PATCHES)
+def test_pending_patch_still_applies_at_head(name, tmp_path):
+    """A patch in dev/patches waits for a GPU to measure it; a commit that touches the lines it
+    changes must rebase it (or drop it, saying why in benches/NOTES.md), not leave it to fail
+    on the device. Applied in a copy of the sources, after the patches its header names first."""
+    tree = tmp_path / "tree"
+    shutil.copytree(REPO_ROOT, tree, ignore=shutil.ignore_patterns(".git", "build", ".devrun", "*.so", "__pycache__"))
+    for patch in patch_series(name):
+        proc = subprocess.run(["git", "apply", os.path.join(PATCH_DIR, patch)], cwd=tree,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, f"{patch} (for {name}) does not apply at HEAD:\n{proc.stderr}"
