@@ -251,7 +251,7 @@ static fa_status check_scalars(const fa_params *p)
         return fa_fail(FA_ERR_INVALID_ARGUMENT,
                        "sizes must be >= 0, got batch %d, seqlen_q %d, seqlen_k %d, heads_q %d, "
                        "heads_kv %d", p->batch, p->seqlen_q, p->seqlen_k, p->heads_q, p->heads_kv);
-    if (p->head_dim < 8 || p->head_dim > 256 || p->head_dim % 8 != 0)
+    if (fa_head_dim_padded(p->head_dim) == 0)
         return fa_fail(FA_ERR_UNSUPPORTED,
                        "head_dim must be a multiple of 8 in [8, 256], got %d", p->head_dim);
     if (p->heads_q > 0 && (p->heads_kv == 0 || p->heads_q % p->heads_kv != 0))

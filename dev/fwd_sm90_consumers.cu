@@ -188,7 +188,7 @@ bool serves(const Variant &v, const Shape &s)
 {
     if (v.consumers == FA_NUM_CONSUMER_WARPGROUPS)
         return true;
-    const int padded = fa_sm90_head_dim_padded(s.head_dim);
+    const int padded = fa_head_dim_padded(s.head_dim);
     if (padded != v.head_dim)
         return false;
     return full_set(v) || (s.wl < 0 && s.wr < 0 && s.softcap == 0.f);
@@ -234,7 +234,7 @@ cudaError_t launch_narrow(const Variant &v, const fa_params *p, const fa_launch 
 /* The tile of v for p, and v's kernel (for its shared-memory attribute). */
 bool variant_tile(const Variant &v, const fa_params *p, fa_tile *t, const void **fn)
 {
-    const int hd = fa_sm90_head_dim_padded(p->head_dim);
+    const int hd = fa_head_dim_padded(p->head_dim);
     if (v.consumers == FA_NUM_CONSUMER_WARPGROUPS) {
         *fn = fa_sm90_tile_of_shape(p, v.consumers, t) != 0 ? nullptr
               : hd == 64  ? fa_sm90::instance_kernel_fn<64, FA_NUM_CONSUMER_WARPGROUPS>(p)

@@ -352,7 +352,7 @@ bool args_ok(const fa_params *p, const fa_grad_params *g, const fa_bwd_workspace
     if (p == nullptr || g == nullptr || ws == nullptr || ws->dq_accum == nullptr ||
         ws->delta == nullptr)
         return false;
-    if (p->head_dim < 8 || p->head_dim > kMaxHeadDim || p->head_dim % 8 != 0)
+    if (fa_head_dim_padded(p->head_dim) == 0)
         return false;
     if (p->batch < 0 || p->heads_q < 0 || p->seqlen_q < 0)
         return false;

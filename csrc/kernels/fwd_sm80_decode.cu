@@ -136,13 +136,6 @@ static Layout decode_layout(int hdp, int smem_optin)
     return l;
 }
 
-static int head_dim_padded_of(int head_dim)
-{
-    if (head_dim < 8 || head_dim > 256 || head_dim % 8 != 0)
-        return 0;
-    return head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : 256;
-}
-
 typedef void (*decode_kernel_t)(const Args);
 
 static decode_kernel_t select_kernel(fa_dtype dtype, int hdp)
@@ -198,7 +191,7 @@ int fa_decode_tile(const fa_params *p, int smem_optin, fa_tile *t)
 {
     if (p == NULL || t == NULL)
         return -1;
-    const int hdp = fa_decode::head_dim_padded_of(p->head_dim);
+    const int hdp = fa_head_dim_padded(p->head_dim);
     if (hdp == 0)
         return -1;
     const fa_decode::Layout l = fa_decode::decode_layout(hdp, smem_optin);
@@ -225,8 +218,8 @@ cudaError_t fa_decode_launch(const fa_params *p, const fa_split_workspace *ws,
 {
     using namespace fa_decode;
     if (p == NULL || ws == NULL || cfg == NULL || ws->num_splits < 1 || p->heads_kv <= 0 ||
-        p->heads_q % p->heads_kv != 0 || head_dim_padded_of(p->head_dim) == 0 ||
-        head_dim_padded_of(p->head_dim) > cfg->head_dim_padded)
+        p->heads_q % p->heads_kv != 0 || fa_head_dim_padded(p->head_dim) == 0 ||
+        fa_head_dim_padded(p->head_dim) > cfg->head_dim_padded)
         return cudaErrorInvalidValue;
     if (ws->num_splits > 1 && (ws->o_partial == NULL || ws->lse_partial == NULL))
         return cudaErrorInvalidValue;

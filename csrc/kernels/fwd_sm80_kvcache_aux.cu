@@ -275,7 +275,6 @@ static combine_kernel_t combine_of(fa_dtype dtype)
     }
 }
 
-static bool head_dim_ok(int head_dim) { return head_dim >= 8 && head_dim <= kMaxHeadDim && head_dim % 8 == 0; }
 
 static bool block_ok(const fa_launch *cfg)
 {
@@ -299,7 +298,7 @@ cudaError_t fa_append_launch(const fa_params *p, const fa_kvcache_params *c, int
 {
     using namespace fa_kvcache_aux;
     if (p == NULL || c == NULL || cfg == NULL || c->k_new == NULL || c->v_new == NULL ||
-        !head_dim_ok(p->head_dim) || fa_append_kernel_fn(p) == NULL)
+        fa_head_dim_padded(p->head_dim) == 0 || fa_append_kernel_fn(p) == NULL)
         return cudaErrorInvalidValue;
     if (!block_ok(cfg))
         return cudaErrorInvalidConfiguration;
@@ -337,7 +336,7 @@ cudaError_t fa_combine_launch(const fa_params *p, const fa_split_workspace *ws,
 {
     using namespace fa_kvcache_aux;
     if (p == NULL || ws == NULL || cfg == NULL || ws->o_partial == NULL ||
-        ws->lse_partial == NULL || ws->num_splits < 1 || !head_dim_ok(p->head_dim))
+        ws->lse_partial == NULL || ws->num_splits < 1 || fa_head_dim_padded(p->head_dim) == 0)
         return cudaErrorInvalidValue;
     const combine_kernel_t kernel = combine_of(p->dtype);
     if (kernel == nullptr)

@@ -84,7 +84,7 @@ FA_SM90_HEAD_DIM_ENTRIES(256)
 
 extern "C" const void *fa_sm90_kernel_fn(const fa_params *p, const fa_tile *t) {
     (void)t;
-    switch (p ? fa_sm90_head_dim_padded(p->head_dim) : 0) {
+    switch (p ? fa_head_dim_padded(p->head_dim) : 0) {
     case 64: return fa_sm90_hd64_kernel_fn(p);
     case 128: return fa_sm90_hd128_kernel_fn(p);
     case 256: return fa_sm90_hd256_kernel_fn(p);
@@ -94,7 +94,7 @@ extern "C" const void *fa_sm90_kernel_fn(const fa_params *p, const fa_tile *t) {
 
 extern "C" cudaError_t fa_sm90_launch(const fa_params *p, const fa_launch *cfg, cudaStream_t stream) {
     if (cfg == nullptr) return cudaErrorInvalidValue;
-    switch (p ? fa_sm90_head_dim_padded(p->head_dim) : 0) {
+    switch (p ? fa_head_dim_padded(p->head_dim) : 0) {
     case 64: return fa_sm90_hd64_launch(p, cfg, stream);
     case 128: return fa_sm90_hd128_launch(p, cfg, stream);
     case 256: return fa_sm90_hd256_launch(p, cfg, stream);

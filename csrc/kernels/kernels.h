@@ -47,6 +47,16 @@ typedef struct {
     int persistent;       /* 1: grid = min(tiles, SMs), the kernel loops over tiles */
 } fa_tile;
 
+/* head_dim rounded up to the size every family instantiates (64, 128, 256): the missing columns
+ * are zero-filled on load and never stored. 0 when head_dim is not a multiple of 8 in [8, 256]
+ * (16-byte rows: 8 16-bit elements). */
+static inline int fa_head_dim_padded(int head_dim)
+{
+    if (head_dim < 8 || head_dim > 256 || head_dim % 8 != 0)
+        return 0;
+    return head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : 256;
+}
+
 /* The mask an instance is built for. A window that hides nothing for the problem's lengths
  * (mask.h normalises it) runs the full or causal instance; anything else, the local one. */
 typedef enum { FA_MASK_NONE = 0, FA_MASK_CAUSAL = 1, FA_MASK_LOCAL = 2 } fa_mask_kind;

@@ -113,16 +113,16 @@ static inline int fa_sm80_tile(const fa_params *p, fa_tile *t)
 {
     if (p == NULL || t == NULL)
         return -1;
-    const int head_dim = p->head_dim;
-    if (head_dim < 8 || head_dim > 256 || head_dim % 8 != 0)
+    const int hdp = fa_head_dim_padded(p->head_dim);
+    if (hdp == 0)
         return -1;
-    if (head_dim <= 64) {
+    if (hdp == 64) {
         t->head_dim_padded = 64;
         t->block_m = FA_SM80_BLOCK_M_OF(64);
         t->block_n = FA_SM80_HD64_BLOCK_N;
         t->stages = FA_SM80_HD64_STAGES;
         t->smem_bytes = (size_t)FA_SM80_SMEM_BYTES_OF(64);
-    } else if (head_dim <= 128) {
+    } else if (hdp == 128) {
         t->head_dim_padded = 128;
         t->block_m = FA_SM80_BLOCK_M_OF(128);
         t->block_n = FA_SM80_HD128_BLOCK_N;

@@ -72,7 +72,7 @@ static inline const char *fa_sm90_bwd_unsupported(const fa_params *p, const fa_g
     (void)g;
     if (p->dtype != FA_FLOAT16 && p->dtype != FA_BFLOAT16)
         return "the sm90 backward takes float16 or bfloat16";
-    if (p->head_dim < 8 || p->head_dim > 256 || p->head_dim % 8 != 0)
+    if (fa_head_dim_padded(p->head_dim) == 0)
         return "the sm90 backward has head_dim up to 256 (a multiple of 8)";
     if (p->seqused_k || p->kv_batch_idx || p->block_table)
         return "the sm90 backward takes uniform or packed (cu_seqlens) batches";
@@ -105,7 +105,7 @@ static inline int fa_sm90_bwd_tile(const fa_params *p, const fa_grad_params *g, 
 {
     if (p == NULL || t == NULL || fa_sm90_bwd_unsupported(p, g) != NULL)
         return -1;
-    return fa_sm90_bwd_tile_of_head_dim(fa_sm90_head_dim_padded(p->head_dim), t);
+    return fa_sm90_bwd_tile_of_head_dim(fa_head_dim_padded(p->head_dim), t);
 }
 
 #endif /* FA_SM90_BWD_TILES_H */

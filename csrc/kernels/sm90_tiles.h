@@ -147,12 +147,6 @@ FA_STATIC_ASSERT(FA_SM90_BLOCK_N_HD64 % 16 == 0 && FA_SM90_BLOCK_N_HD64_CAUSAL %
                  FA_SM90_BLOCK_N_HD256 % 16 == 0 && FA_SM90_BLOCK_N_HD256_CAUSAL % 16 == 0,
                  "block_n is a whole number of 16-key wgmma k-steps");
 
-/* head_dim rounded up to the instantiated size; 0 when head_dim is not a multiple of 8 in [8, 256]. */
-static inline int fa_sm90_head_dim_padded(int head_dim) {
-    if (head_dim < 8 || head_dim > 256 || head_dim % 8 != 0) return 0;
-    return head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : 256;
-}
-
 /* The short-keys choice for p (hd = its padded head dim, masked = its mask kind is not
  * FA_MASK_NONE): by seqlen_k (the longest entry's keys), except for paged k/v, which the kernel
  * runs only with a key block that divides page_size (a block then lies inside one page, one TMA
@@ -173,7 +167,7 @@ static inline int fa_sm90_short_keys(const fa_params *p, int hd, int masked) {
  * not a 16-bit type, or the shape has no instance there. */
 static inline int fa_sm90_tile_of_shape(const fa_params *p, int consumers, fa_tile *t) {
     if (p == NULL || t == NULL) return -1;
-    int hd = fa_sm90_head_dim_padded(p->head_dim);
+    int hd = fa_head_dim_padded(p->head_dim);
     if (hd == 0 || (p->dtype != FA_FLOAT16 && p->dtype != FA_BFLOAT16)) return -1;
     if (consumers != FA_NUM_CONSUMER_WARPGROUPS && !(consumers == FA_NUM_WARPGROUPS && hd == 64)) return -1;
     t->block_m = FA_SM90_BLOCK_M(consumers);
