@@ -218,8 +218,10 @@ cudaError_t fa_decode_launch(const fa_params *p, const fa_split_workspace *ws,
 {
     using namespace fa_decode;
     if (p == NULL || ws == NULL || cfg == NULL || ws->num_splits < 1 || p->heads_kv <= 0 ||
-        p->heads_q % p->heads_kv != 0 || fa_head_dim_padded(p->head_dim) == 0 ||
-        fa_head_dim_padded(p->head_dim) > cfg->head_dim_padded)
+        p->heads_q % p->heads_kv != 0)
+        return cudaErrorInvalidValue;
+    const int hdp_needed = fa_head_dim_padded(p->head_dim); /* 0: no instance serves head_dim */
+    if (hdp_needed == 0 || hdp_needed > cfg->head_dim_padded)
         return cudaErrorInvalidValue;
     if (ws->num_splits > 1 && (ws->o_partial == NULL || ws->lse_partial == NULL))
         return cudaErrorInvalidValue;

@@ -275,7 +275,6 @@ static combine_kernel_t combine_of(fa_dtype dtype)
     }
 }
 
-
 static bool block_ok(const fa_launch *cfg)
 {
     /* the item walks stride by 384 threads */
