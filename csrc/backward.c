@@ -250,8 +250,9 @@ static fa_status plan_main_launch(const fa_params *p, const fa_grad_params *g, f
                           "(key blocks, heads_kv, batch)", dev);
 }
 
-/* The family's tile for p; -1 where it has none. */
-static int backward_tile(fa_kernel_family family, const fa_params *p, const fa_grad_params *g, fa_tile *t)
+/* The family's tile for p on dev; -1 where it has none. */
+static int backward_tile(fa_kernel_family family, const fa_params *p, const fa_grad_params *g,
+                         const fa_device *dev, fa_tile *t)
 {
 #ifdef FA_WITH_SM90
     if (family == FA_KERNEL_SM90)
@@ -259,9 +260,9 @@ static int backward_tile(fa_kernel_family family, const fa_params *p, const fa_g
 #endif
 #ifdef FA_WITH_SM80
     if (family == FA_KERNEL_SM80)
-        return fa_sm80_bwd_tile(p, g, t);
+        return fa_sm80_bwd_tile(p, g, dev->smem_optin, t);
 #endif
-    (void)p, (void)g, (void)t;
+    (void)p, (void)g, (void)dev, (void)t;
     return -1;
 }
 
@@ -275,7 +276,7 @@ static fa_status plan_backward(const fa_params *p, const fa_grad_params *g, cons
         return s;
     memset(bp, 0, sizeof *bp);
     bp->family = family;
-    if (backward_tile(family, p, g, &bp->tile) != 0)
+    if (backward_tile(family, p, g, dev, &bp->tile) != 0)
         return fa_fail(FA_ERR_UNSUPPORTED, "kernel family %s has no backward tile for head_dim %d",
                        fa_family_name(family), p->head_dim);
     fa_plan *plan = &bp->plan;

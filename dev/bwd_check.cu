@@ -7,7 +7,10 @@
  *     dev/bwd_check.cu csrc/kernels/bwd_sm80.cu csrc/kernels/bwd_sm80_hd64.cu \
  *     csrc/kernels/bwd_sm80_hd128.cu csrc/kernels/bwd_sm80_hd256.cu csrc/kernels/bwd_sm90.cu \
  *     -o bwd_check
- *   ./bwd_check [--family sm80|sm90] [MODE]     the family under test; sm80 by default
+ *   ./bwd_check [--family sm80|sm90] [--smem-optin BYTES] [MODE]
+ *   --family: the family under test; sm80 by default. --smem-optin: the opt-in shared memory
+ *   the sm80 tile table plans for (sm80_bwd_tiles.h picks its tier by it); the device's own by
+ *   default, 101376 (sm_86/sm_89's 99 KB) runs the narrow tier on an sm_80 or sm_90 part.
  *   MODE: all (every case, then the timings; the default), check (the cases only), time (the
  *   timings only), sanity (a few small cases, for compute-sanitizer), time1 (head_dim 128 at
  *   16k only). Cases the sm90 backward does not serve (sm90_bwd_tiles.h: seqused_k, for one)
@@ -49,15 +52,24 @@
 
 static int g_failures = 0;
 
+/* The sm90 tile takes no tier. */
+static int sm90_tile(const fa_params *p, const fa_grad_params *g, int smem_optin, fa_tile *t)
+{
+    (void)smem_optin;
+    return fa_sm90_bwd_tile(p, g, t);
+}
+
 /* The backward under test (--family): its tile, kernel and launch (kernels.h). */
 struct Backward {
     fa_kernel_family family;
-    int (*tile)(const fa_params *, const fa_grad_params *, fa_tile *);
+    int (*tile)(const fa_params *, const fa_grad_params *, int smem_optin, fa_tile *);
     const void *(*kernel_fn)(const fa_params *, const fa_grad_params *, const fa_tile *);
     cudaError_t (*launch)(const fa_params *, const fa_grad_params *, const fa_bwd_workspace *, const fa_launch *,
                           cudaStream_t);
 };
 static Backward g_bwd = {FA_KERNEL_SM80, fa_sm80_bwd_tile, fa_sm80_bwd_kernel_fn, fa_sm80_bwd_launch};
+/* what the tile is planned for (--smem-optin, else the device's) */
+static int g_smem_optin = 0;
 
 /* The shape of a problem for the family under test: sizes, dtype, scale 1/sqrt(D), mask (mask.h's
  * window, causal folded in by the kernels) and softcap, deterministic mode; strides and
@@ -107,7 +119,7 @@ static fa_launch launch_of(const fa_tile &t, int seqlen_k, int heads_kv, int bat
  * a skip for the sm90 backward (it serves a subset), a failure for the sm80 one. */
 static bool tile_for(const char *name, const fa_params *p, const fa_grad_params *g, fa_tile *t)
 {
-    if (g_bwd.tile(p, g, t) == 0)
+    if (g_bwd.tile(p, g, g_smem_optin, t) == 0)
         return true;
     if (g_bwd.family == FA_KERNEL_SM90) {
         const char *why = fa_sm90_bwd_unsupported(p, g);
@@ -656,19 +668,24 @@ int main(int argc, char **argv)
         if (arg == "--family" && i + 1 < argc) {
             const std::string fam = argv[++i];
             if (fam == "sm90")
-                g_bwd = Backward{FA_KERNEL_SM90, fa_sm90_bwd_tile, fa_sm90_bwd_kernel_fn, fa_sm90_bwd_launch};
+                g_bwd = Backward{FA_KERNEL_SM90, sm90_tile, fa_sm90_bwd_kernel_fn, fa_sm90_bwd_launch};
             else if (fam != "sm80") {
                 fprintf(stderr, "--family takes sm80 or sm90, not %s\n", fam.c_str());
                 return 2;
             }
+        } else if (arg == "--smem-optin" && i + 1 < argc) {
+            g_smem_optin = atoi(argv[++i]);
         } else {
             mode = arg;
         }
     }
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
-    printf("device %s, sm_%d%d, %d SMs; %s backward\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount,
-           g_bwd.family == FA_KERNEL_SM90 ? "sm90" : "sm80");
+    if (g_smem_optin <= 0 || g_smem_optin > (int)prop.sharedMemPerBlockOptin)
+        g_smem_optin = (int)prop.sharedMemPerBlockOptin;
+    printf("device %s, sm_%d%d, %d SMs; %s backward, tiles planned for %d bytes of shared memory\n",
+           prop.name, prop.major, prop.minor, prop.multiProcessorCount,
+           g_bwd.family == FA_KERNEL_SM90 ? "sm90" : "sm80", g_smem_optin);
     if (mode == "sanity") {
         run_case(Case{"hd128 bf16 causal 113x203 6:2", 128, 1, 1, 6, 2, 113, 203, 1, -1, -1, 0.f, 0, 0});
         run_case(Case{"hd64 fp16 win(17,0) 1x239", 64, 0, 1, 2, 2, 1, 239, 0, 17, 0, 0.f, 0, 0});

@@ -222,6 +222,37 @@ def test_backward_plan_names_what_it_adds():
     assert plan(deterministic=True)["workspace_bytes"] > base
 
 
+@sm80_built
+def test_sm80_backward_tile_tier_follows_the_device_shared_memory():
+    # (block_m, block_n, stages, smem_bytes): the wide tier where the part's opt-in shared memory
+    # takes it (A100 163 KB, H100/H200 227 KB), the narrow one on 99 KB parts
+    narrow = {64: (48, 192, 1, 100384), 128: (48, 96, 1, 94240), 256: (32, 48, 1, 89504)}
+    wide = {64: (64, 192, 2, 134352), 128: (64, 96, 2, 142544), 256: (64, 48, 1, 129696)}
+    for arch, tiles in (((8, 0), wide), ((9, 0), wide), ((8, 6), narrow), ((8, 9), narrow),
+                        ((12, 0), narrow)):
+        for head_dim, padded in ((40, 64), (64, 64), (72, 128), (128, 128), (200, 256), (256, 256)):
+            cfg = plan(kernel="sm80", arch=arch, head_dim=head_dim, causal=True)
+            main = cfg["launches"][cfg["main_launch"]]
+            assert main["kernel"] == f"bwd_sm80_hd{padded}_bf16_causal"
+            got = (main["block_m"], main["block_n"], main["stages"], main["smem_bytes"])
+            assert got == tiles[padded], (arch, head_dim)
+            block_n = tiles[padded][1]
+            assert main["grid"] == ((1000 + block_n - 1) // block_n, 2, 2) and main["block"] == (384, 1, 1)
+
+
+@sm80_built
+def test_sm80_deterministic_turn_counters_follow_the_tile():
+    # one int per (batch, q head, query block of the planned tile): 48-row blocks on an L4,
+    # 64-row ones on an A100, so the A100's workspace holds fewer counters
+    base_l4, base_a100 = (plan(kernel="sm80", arch=a)["workspace_bytes"] for a in ((8, 9), (8, 0)))
+    assert base_l4 == base_a100
+    det_l4 = plan(kernel="sm80", arch=(8, 9), deterministic=True)["workspace_bytes"]
+    det_a100 = plan(kernel="sm80", arch=(8, 0), deterministic=True)["workspace_bytes"]
+    assert det_l4 - base_l4 >= 2 * 8 * ((1000 + 47) // 48) * 4
+    assert det_a100 - base_a100 >= 2 * 8 * ((1000 + 63) // 64) * 4
+    assert det_a100 - base_a100 < det_l4 - base_l4
+
+
 @sm90_built
 def test_sm90_backward_plan_tiles():
     for head_dim, padded, block_n, smem in ((64, 64, 128, 116992), (72, 128, 128, 198912),

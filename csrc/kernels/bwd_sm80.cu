@@ -8,29 +8,35 @@
  *   sm80_bwd_tiles.h. CTA (n, hk, b) owns keys [n BLOCK_N, (n + 1) BLOCK_N) of kv head hk and
  *   walks every q head of its group and every query block that sees its keys
  *   (fa_block_range_cols); masks, score hook and lengths come from csrc/common/. Instantiated
- *   for head_dim_padded 64, 128, 256 x {fp16, bf16}; mask kind, softcap and determinism are
- *   runtime (see sm80_bwd_kernel.cuh for why and what it costs).
+ *   for head_dim_padded 64, 128, 256 x {fp16, bf16} x {narrow, wide} tiles; mask kind, softcap
+ *   and determinism are runtime (see sm80_bwd_kernel.cuh for why and what it costs).
  *
- * Design (FlashAttention-2's Ampere backward, cut for 12 warps and 99 KB): K and V stay in
- * shared memory for the CTA's life, dK and dV in fp32 registers. Per query block, Q, dO, lse
- * and delta arrive by cp.async into single buffers; warps tile S = Q K^T and dP = dO V^T,
- * form P and dS in registers and store them as 16-bit rows; then warps re-tile for
- * dK += dS^T Q and dV += P^T dO (A operands through ldmatrix.trans) and dQ = dS K, which is
- * added to the fp32 dq_accum with fp32 reductions (red.global.add, two floats per instruction
- * on sm_90), in key-block order when deterministic. The next block's Q and dO are copied
- * while the current block's later GEMMs run. Tile sizes and the shared-memory map:
- * sm80_bwd_tiles.h; warp layouts, registers and the per-head-dim schedule:
- * sm80_bwd_config.cuh.
+ * Design (FlashAttention-2's Ampere backward, cut for 12 warps): K and V stay in shared memory
+ * for the CTA's life, dK and dV in fp32 registers. Per query block, Q, dO, lse and delta arrive
+ * by cp.async into one stage of buffers (of two in the wide tier at head_dim 64 and 128); warps
+ * tile S = Q K^T and dP = dO V^T, form P and dS in registers and store them as 16-bit rows;
+ * then warps re-tile for dK += dS^T Q and dV += P^T dO (A operands through ldmatrix.trans) and
+ * dQ = dS K, which is added to the fp32 dq_accum with fp32 reductions (red.global.add, two
+ * floats per instruction on sm_90), in key-block order when deterministic. The next block's Q
+ * and dO are copied while the current block's later GEMMs run (with two stages, while all of it
+ * runs). Tile sizes and the shared-memory map: sm80_bwd_tiles.h; warp layouts, registers and
+ * the per-head-dim schedule: sm80_bwd_config.cuh.
  *
- *   hd   BLOCK_M x BLOCK_N  smem (bytes)  registers sm_80 / sm_90  (ptxas, CUDA 13.0; no spills,
- *   64     48 x 192        100304         168 / 168                  no stack frame, fp16 and
- *   128    48 x  96         94160         166 / 168                  bf16 alike)
- *   256    32 x  48         89424         160 / 166
+ *   tier    hd   BLOCK_M x BLOCK_N  smem (bytes)  registers sm_80 / sm_90  (ptxas, CUDA 13.0; no
+ *   narrow  64     48 x 192        100384         168 / 168                  spills, no stack
+ *   narrow  128    48 x  96         94240         165-166 / 168              frame, fp16 and bf16
+ *   narrow  256    32 x  48         89504         161-163 / 166              alike)
+ *   wide    64     64 x 192        134352         168 / 168
+ *   wide    128    64 x  96        142544         167-168 / 168
+ *   wide    256    64 x  48        129696         166 / 168
+ * The tier follows the device's opt-in shared memory (sm80_bwd_tiles.h): wide on sm_80 and
+ * sm_90, narrow on the 99 KB parts.
  *
  * Measured (H200, dev/bwd_check.cu, this kernel alone, FLOPs = 10 B H Sq Sk D, halved
- * causal), bf16, B=1, H=16, S=16384, head_dim 128: 174 TFLOP/s, 171 causal (FlashAttention-2's
- * backward is about 310 there, with its 144 KB tiles). The 4 compiled files build in 12 s on 2
- * cores with the project's three gencodes.
+ * causal), bf16, B=1, H=16, S=16384, head_dim 128, narrow tier: 174 TFLOP/s, 171 causal
+ * (FlashAttention-2's backward is about 310 there, with its 144 KB tiles). The wide tier has
+ * not run on a GPU. The 4 compiled files build in 12 s on 2 cores with the project's three
+ * gencodes.
  *
  * Build (as the project does):
  *   nvcc -c -O3 -std=c++17 --use_fast_math -Xptxas -v -lineinfo -Xcompiler -fPIC \
@@ -53,21 +59,22 @@
 #include "sm80_bwd_tiles.h"
 
 /* One per head dim, defined in bwd_sm80_hd<D>.cu (sm80_bwd_kernel.cuh). */
-extern "C" const void *fa_sm80_bwd_hd64_kernel(const fa_params *p);
-extern "C" const void *fa_sm80_bwd_hd128_kernel(const fa_params *p);
-extern "C" const void *fa_sm80_bwd_hd256_kernel(const fa_params *p);
+extern "C" const void *fa_sm80_bwd_hd64_kernel(const fa_params *p, const fa_tile *t);
+extern "C" const void *fa_sm80_bwd_hd128_kernel(const fa_params *p, const fa_tile *t);
+extern "C" const void *fa_sm80_bwd_hd256_kernel(const fa_params *p, const fa_tile *t);
 
 namespace fa_sm80 {
 
 typedef void (*bwd_kernel_t)(const BwdArgs);
 
-static bwd_kernel_t select_bwd_kernel(const fa_params *p, int head_dim_padded)
+/* The instance of tile t (its head dim and tier) for p, or nullptr. */
+static bwd_kernel_t select_bwd_kernel(const fa_params *p, const fa_tile *t)
 {
     const void *fn = nullptr;
-    switch (head_dim_padded) {
-    case 64: fn = fa_sm80_bwd_hd64_kernel(p); break;
-    case 128: fn = fa_sm80_bwd_hd128_kernel(p); break;
-    case 256: fn = fa_sm80_bwd_hd256_kernel(p); break;
+    switch (t->head_dim_padded) {
+    case 64: fn = fa_sm80_bwd_hd64_kernel(p, t); break;
+    case 128: fn = fa_sm80_bwd_hd128_kernel(p, t); break;
+    case 256: fn = fa_sm80_bwd_hd256_kernel(p, t); break;
     }
     return reinterpret_cast<bwd_kernel_t>(const_cast<void *>(fn));
 }
@@ -118,14 +125,18 @@ const void *fa_sm80_bwd_kernel_fn(const fa_params *p, const fa_grad_params *g, c
     (void)g;
     if (p == NULL || t == NULL)
         return NULL;
-    return reinterpret_cast<const void *>(fa_sm80::select_bwd_kernel(p, t->head_dim_padded));
+    return reinterpret_cast<const void *>(fa_sm80::select_bwd_kernel(p, t));
 }
 
 cudaError_t fa_sm80_bwd_launch(const fa_params *p, const fa_grad_params *g,
                                const fa_bwd_workspace *ws, const fa_launch *cfg,
                                cudaStream_t stream)
 {
-    const fa_sm80::bwd_kernel_t kernel = fa_sm80::select_bwd_kernel(p, cfg->head_dim_padded);
+    fa_tile t = {};
+    t.head_dim_padded = cfg->head_dim_padded;
+    t.block_m = cfg->block_m;
+    t.block_n = cfg->block_n;
+    const fa_sm80::bwd_kernel_t kernel = fa_sm80::select_bwd_kernel(p, &t);
     if (kernel == nullptr)
         return cudaErrorInvalidDeviceFunction;
     /* the turn counters are indexed by the kernel's own query blocks */

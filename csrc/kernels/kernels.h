@@ -135,8 +135,9 @@ int fa_sm90_archs(int *archs, int max);
 /* NULL when the sm90 forward runs p's sequence layout, else why not (pure host). */
 const char *fa_sm90_seq_unsupported(const fa_params *p);
 
-/* Backward (bwd_sm80*.cu, bwd_sm90.cu). The tile, fa_sm80_bwd_tile(p, g, &t), is pure host and static
- * inline in sm80_bwd_tiles.h (as fa_sm80_tile is in sm80_tiles.h). */
+/* Backward (bwd_sm80*.cu, bwd_sm90.cu). The tile, fa_sm80_bwd_tile(p, g, smem_optin, &t), is pure
+ * host and static inline in sm80_bwd_tiles.h (as fa_sm80_tile is in sm80_tiles.h); the kernel
+ * is the instance of t's block sizes (NULL for sizes no instance has). */
 const void *fa_sm80_bwd_kernel_fn(const fa_params *p, const fa_grad_params *g, const fa_tile *t);
 cudaError_t fa_sm80_bwd_launch(const fa_params *p, const fa_grad_params *g,
                                const fa_bwd_workspace *ws, const fa_launch *cfg,

@@ -6,21 +6,33 @@
  *
  * Warp layouts (12 warps; each GEMM of a query block is cut into whole warp tiles, and a warp
  * past a GEMM's layout sits that GEMM out):
- *   hd   S, dP (BM x BN)        dK, dV (BN x hd)        dQ (BM x hd)
- *        warps   tile           warps   tile            warps   tile
- *   64   3 x 4   16 x 48        6 x 2   32 x 32         3 x 4   16 x 16
- *   128  3 x 4   16 x 24        3 x 4   32 x 32         3 x 4   16 x 32
- *   256  2 x 6   16 x 8         3 x 4   16 x 64         2 x 4   16 x 64  (8 warps)
+ *   tier    hd   S, dP (BM x BN)        dK, dV (BN x hd)        dQ (BM x hd)
+ *                warps   tile           warps   tile            warps   tile
+ *   narrow  64   3 x 4   16 x 48        6 x 2   32 x 32         3 x 4   16 x 16
+ *   narrow  128  3 x 4   16 x 24        3 x 4   32 x 32         3 x 4   16 x 32
+ *   narrow  256  2 x 6   16 x 8         3 x 4   16 x 64         2 x 4   16 x 64  (8 warps)
+ *   wide    64   4 x 3   16 x 64        6 x 2   32 x 32         4 x 2   16 x 32  (8 warps)
+ *   wide    128  4 x 3   16 x 32        3 x 4   32 x 32         2 x 4   32 x 32  (8 warps)
+ *   wide    256  4 x 3   16 x 16        3 x 4   16 x 64         2 x 4   32 x 32  (8 warps,
+ *                                                                     two passes over hd)
  * Registers per thread (fp32): dK + dV accumulators 64, kept across the whole CTA; S held
- * whole while dP runs in passes of DP_TILES n8 tiles (hd 64: 24 + 8, hd 128: 12 + 12,
- * hd 256: 4 + 4); the dQ accumulator (hd 64: 8, 128: 16, 256: 32) once S and dP are gone;
- * ldmatrix fragments of up to kGemmStepsInFlight k16 steps (sm80_bwd_math.cuh). ptxas fills
- * the rest with fragments loaded ahead: 160 to 168 of 168, no spills (bwd_sm80.cu has the
- * report). The block walk lives in shared memory, not registers (sm80_bwd_kernel.cuh).
+ * whole while dP runs in passes of DP_TILES n8 tiles (narrow hd 64: 24 + 8, hd 128: 12 + 12,
+ * hd 256: 4 + 4; wide hd 64: 32 + 16, hd 128: 16 + 8, hd 256: 8 + 8); the dQ accumulator
+ * (narrow hd 64: 8, 128: 16, 256: 32; wide hd 64: 16, 128: 32, 256: 32 a pass) once S and dP
+ * are gone; ldmatrix fragments of up
+ * to kGemmStepsInFlight k16 steps (sm80_bwd_math.cuh). ptxas fills the rest with fragments
+ * loaded ahead: 160 to 168 of 168, no spills (bwd_sm80.cu has the report). The block walk
+ * lives in shared memory, not registers (sm80_bwd_kernel.cuh). Layouts tried for the wide
+ * tier and dropped because ptxas spilled (4 to 96 bytes, sm_80 or sm_90): 96 x 96 at hd 128
+ * with 32 x 24 S/dP tiles; 32 x 16 S/dP tiles with dP in passes of 2 at 64 x 96; 32 x 32
+ * S/dP tiles at hd 64 (64 x 192); a 64-row dQ at hd 256 in one pass (64 x 48; 8 warps of
+ * 32 x 64 or 16 x 128).
  *
- * SCHEDULE, the order of a query block's GEMMs, copies and barriers (sm80_bwd_kernel.cuh):
+ * SCHEDULE, the order of a query block's GEMMs, copies and barriers with one Q/dO stage
+ * (sm80_bwd_kernel.cuh; two stages, the wide tier at head_dim 64 and 128, ignore it):
  *   0  dK | copy Q' | dV | copy dO' | dQ        4 barriers; Q' overlaps dV and dQ, dO' dQ
  *   1  dK, dV | copy Q', dO' | dQ               3 barriers; both copies overlap dQ only
+ *   two stages: copy Q', dO' | S, dP | dK, dV, dQ  2 barriers; the copies overlap the step
  * At head_dim 128 (H200, bf16, 16k tokens) 1 ran at 174 TFLOP/s against 170 for 0; dP before
  * S with the wait for Q' between them (5 barriers, Q' overlapping dQ and dP) ran at 162.
  *
@@ -50,47 +62,105 @@
 
 namespace fa_sm80 {
 
-template <int HDP> struct BwdTileOf;
-/* BM, BN from sm80_bwd_tiles.h; warp layouts (rows x columns of warps) per GEMM, and the m16
-   tiles a warp's S/dP and dQ tiles are tall (sdp_mt, dq_mt); DP_TILES and SCHEDULE as above
-   (hd 64 and 256 were measured with schedule 0 only) */
-template <> struct BwdTileOf<64> {
+/* k16 steps between two __syncwarp in warp_gemm (its STEPS). ptxas hoists ldmatrix as far up
+   as registers allow: over the 8 to 16 steps of S and dP it took every register not held by
+   dK/dV and spilled the loop's own state. Shared-memory loads do not cross a __syncwarp, which
+   caps the fragments in flight at STEPS steps. At head_dim 128, 8 ran 2% faster than 4 and 2
+   1.5% slower (H200); 4 is the value every narrow instance was checked with. The wide head_dim
+   64 tile runs S and dP with 3 (sdp_steps): with 4 ptxas spilled on sm_90, with 2 (and two
+   Q/dO stages) in the packed instances on sm_80. */
+constexpr int kGemmStepsInFlight = 4;
+
+/* The tile of head_dim_padded HDP in the wide tier (WIDE) or the narrow one: BM, BN from
+   sm80_bwd_tiles.h; warp layouts (rows x columns of warps) per GEMM, the m16 tiles a warp's
+   S/dP and dQ tiles are tall (sdp_mt, dq_mt) and the STEPS of S and dP (sdp_steps); DP_TILES
+   and SCHEDULE as above (narrow hd 64 and 256 were measured with schedule 0 only; the wide
+   tier has not been measured); the Q/dO stages (stages); dQ's passes over head_dim
+   (dq_passes). */
+template <int HDP, bool WIDE> struct BwdTileOf;
+template <> struct BwdTileOf<64, false> {
     static constexpr int bm = FA_SM80_BWD_HD64_BLOCK_M, bn = FA_SM80_BWD_HD64_BLOCK_N;
     static constexpr int sdp_wm = 3, sdp_wn = 4, kv_wn = 6, kv_wd = 2, dq_wm = 3, dq_wd = 4;
-    static constexpr int sdp_mt = 1, dq_mt = 1;
+    static constexpr int sdp_mt = 1, dq_mt = 1, sdp_steps = kGemmStepsInFlight;
+    static constexpr int stages = FA_SM80_BWD_NARROW_STAGES;
+    static constexpr int dq_passes = 1;
     static constexpr int dp_tiles = 2, schedule = 0;
 };
-template <> struct BwdTileOf<128> {
+template <> struct BwdTileOf<128, false> {
     static constexpr int bm = FA_SM80_BWD_HD128_BLOCK_M, bn = FA_SM80_BWD_HD128_BLOCK_N;
     static constexpr int sdp_wm = 3, sdp_wn = 4, kv_wn = 3, kv_wd = 4, dq_wm = 3, dq_wd = 4;
-    static constexpr int sdp_mt = 1, dq_mt = 1;
+    static constexpr int sdp_mt = 1, dq_mt = 1, sdp_steps = kGemmStepsInFlight;
+    static constexpr int stages = FA_SM80_BWD_NARROW_STAGES;
+    static constexpr int dq_passes = 1;
     static constexpr int dp_tiles = 3, schedule = 1;
 };
-template <> struct BwdTileOf<256> {
+template <> struct BwdTileOf<256, false> {
     static constexpr int bm = FA_SM80_BWD_HD256_BLOCK_M, bn = FA_SM80_BWD_HD256_BLOCK_N;
     static constexpr int sdp_wm = 2, sdp_wn = 6, kv_wn = 3, kv_wd = 4, dq_wm = 2, dq_wd = 4;
-    static constexpr int sdp_mt = 1, dq_mt = 1;
+    static constexpr int sdp_mt = 1, dq_mt = 1, sdp_steps = kGemmStepsInFlight;
+    static constexpr int stages = FA_SM80_BWD_NARROW_STAGES;
+    static constexpr int dq_passes = 1;
     static constexpr int dp_tiles = 1, schedule = 0;
 };
+template <> struct BwdTileOf<64, true> {
+    static constexpr int bm = FA_SM80_BWD_WIDE_HD64_BLOCK_M, bn = FA_SM80_BWD_WIDE_HD64_BLOCK_N;
+    static constexpr int sdp_wm = 4, sdp_wn = 3, kv_wn = 6, kv_wd = 2, dq_wm = 4, dq_wd = 2;
+    static constexpr int sdp_mt = 1, dq_mt = 1, sdp_steps = 3;
+    static constexpr int stages = FA_SM80_BWD_WIDE_HD64_STAGES;
+    static constexpr int dq_passes = 1;
+    static constexpr int dp_tiles = 4, schedule = 0;
+};
+template <> struct BwdTileOf<128, true> {
+    static constexpr int bm = FA_SM80_BWD_WIDE_HD128_BLOCK_M, bn = FA_SM80_BWD_WIDE_HD128_BLOCK_N;
+    static constexpr int sdp_wm = 4, sdp_wn = 3, kv_wn = 3, kv_wd = 4, dq_wm = 2, dq_wd = 4;
+    static constexpr int sdp_mt = 1, dq_mt = 2, sdp_steps = kGemmStepsInFlight;
+    static constexpr int stages = FA_SM80_BWD_WIDE_HD128_STAGES;
+    static constexpr int dq_passes = 1;
+    static constexpr int dp_tiles = 2, schedule = 1;
+};
+template <> struct BwdTileOf<256, true> {
+    static constexpr int bm = FA_SM80_BWD_WIDE_HD256_BLOCK_M, bn = FA_SM80_BWD_WIDE_HD256_BLOCK_N;
+    static constexpr int sdp_wm = 4, sdp_wn = 3, kv_wn = 3, kv_wd = 4, dq_wm = 2, dq_wd = 4;
+    static constexpr int sdp_mt = 1, dq_mt = 2, sdp_steps = kGemmStepsInFlight;
+    static constexpr int stages = FA_SM80_BWD_WIDE_HD256_STAGES;
+    static constexpr int dq_passes = 2;
+    static constexpr int dp_tiles = 2, schedule = 0;
+};
 
-template <int HDP>
+template <int HDP, bool WIDE>
 struct BwdConfig {
-    using T = BwdTileOf<HDP>;
+    using T = BwdTileOf<HDP, WIDE>;
     static constexpr int kHeadDim = HDP;
+    static constexpr bool kWide = WIDE;
     static constexpr int kBM = T::bm;
     static constexpr int kBN = T::bn;
     static constexpr int kRowBytes = FA_SM80_BWD_ROW_BYTES(HDP);
     static constexpr int kPSRowBytes = FA_SM80_BWD_PS_ROW_BYTES(kBN);
+    /* Q, dO, lse and delta: kStages buffers, the step's stage s at offset + s * stage bytes
+       (q_at, do_at, lse_at, delta_at); 2 in the wide tier at head_dim 64 and 128, where the
+       next step's are copied while this one runs */
+    static constexpr int kStages = T::stages;
+    static constexpr int kQdoStageBytes = FA_SM80_BWD_QDO_STAGE_BYTES(HDP, kBM);
+    static constexpr int kStatsStageBytes = FA_SM80_BWD_STATS_STAGE_BYTES(kBM);
     static constexpr int kKOffset = FA_SM80_BWD_K_OFFSET(HDP, kBM, kBN);
     static constexpr int kVOffset = FA_SM80_BWD_V_OFFSET(HDP, kBM, kBN);
     static constexpr int kQOffset = FA_SM80_BWD_Q_OFFSET(HDP, kBM, kBN);
     static constexpr int kDOOffset = FA_SM80_BWD_DO_OFFSET(HDP, kBM, kBN);
-    static constexpr int kPOffset = FA_SM80_BWD_P_OFFSET(HDP, kBM, kBN);
-    static constexpr int kDSOffset = FA_SM80_BWD_DS_OFFSET(HDP, kBM, kBN);
-    static constexpr int kLseOffset = FA_SM80_BWD_LSE_OFFSET(HDP, kBM, kBN);
-    static constexpr int kDeltaOffset = FA_SM80_BWD_DELTA_OFFSET(HDP, kBM, kBN);
-    static constexpr int kIdsOffset = FA_SM80_BWD_IDS_OFFSET(HDP, kBM, kBN);
-    static constexpr int kSmemBytes = FA_SM80_BWD_SMEM_BYTES(HDP, kBM, kBN);
+    static constexpr int kPOffset = FA_SM80_BWD_P_OFFSET(HDP, kBM, kBN, kStages);
+    static constexpr int kDSOffset = FA_SM80_BWD_DS_OFFSET(HDP, kBM, kBN, kStages);
+    static constexpr int kLseOffset = FA_SM80_BWD_LSE_OFFSET(HDP, kBM, kBN, kStages);
+    static constexpr int kDeltaOffset = FA_SM80_BWD_DELTA_OFFSET(HDP, kBM, kBN, kStages);
+    static constexpr int kIdsOffset = FA_SM80_BWD_IDS_OFFSET(HDP, kBM, kBN, kStages);
+    /* ints per warp after the walk: its step (h, m), and its stage where there are two */
+    static constexpr int kWarpPosInts = kStages == 1 ? 2 : 3;
+    /* the batch entry of a packed batch's CTA (BwdEntrySlot), after the warps' steps */
+    static constexpr int kEntryOffset = kIdsOffset + FA_SM80_BWD_ENTRY_AT(kStages);
+    static constexpr int kSmemBytes = FA_SM80_BWD_SMEM_BYTES(HDP, kBM, kBN, kStages);
+    /* stage s's Q, dO, lse and delta (s is 0 where there is one stage) */
+    __device__ __forceinline__ static uint32_t q_at(int s) { return kQOffset + s * kQdoStageBytes; }
+    __device__ __forceinline__ static uint32_t do_at(int s) { return kDOOffset + s * kQdoStageBytes; }
+    __device__ __forceinline__ static uint32_t lse_at(int s) { return kLseOffset + s * kStatsStageBytes; }
+    __device__ __forceinline__ static uint32_t delta_at(int s) { return kDeltaOffset + s * kStatsStageBytes; }
     /* what load_tile_async (sm80_load.cuh) reads of a config */
     static constexpr int kChunksPerRow = HDP / 8;
     static constexpr int kRowsPerPass = kThreads / kChunksPerRow;
@@ -104,6 +174,7 @@ struct BwdConfig {
     static constexpr int kSdpNT = kSdpN / 8;
     static constexpr int kSdpKS = HDP / 16;
     static constexpr int kSdpDpTiles = T::dp_tiles; /* n8 tiles per pass (sdp_block) */
+    static constexpr int kSdpSteps = T::sdp_steps; /* warp_gemm's STEPS for S and dP */
     /* the order of a query block's GEMMs and copies (sm80_bwd_kernel.cuh) */
     static constexpr int kSchedule = T::schedule;
     /* dK and dV: warp (wn, wd) owns keys kKvM wn .. and head_dim columns kKvD wd .. */
@@ -113,13 +184,16 @@ struct BwdConfig {
     static constexpr int kKvD = HDP / kKvWD;
     static constexpr int kKvNT = kKvD / 8;
     static constexpr int kKvKS = kBM / 16;
-    /* dQ: warp (wm, wd) owns rows kDqM wm .. and head_dim columns kDqD wd ..; warps from
-       kDqWarps on sit it out */
+    /* dQ, in kDqPasses passes over head_dim (each kDqPassCols wide, its accumulator live for
+       that pass only): warp (wm, wd) owns rows kDqM wm .. and, in pass c, head_dim columns
+       c kDqPassCols + kDqD wd ..; warps from kDqWarps on sit it out */
     static constexpr int kDqWM = T::dq_wm, kDqWD = T::dq_wd;
     static constexpr int kDqMT = T::dq_mt;
     static constexpr int kDqM = 16 * kDqMT;
     static constexpr int kDqWarps = kDqWM * kDqWD;
-    static constexpr int kDqD = HDP / kDqWD;
+    static constexpr int kDqPasses = T::dq_passes;
+    static constexpr int kDqPassCols = HDP / kDqPasses;
+    static constexpr int kDqD = kDqPassCols / kDqWD;
     static constexpr int kDqNT = kDqD / 8;
     static constexpr int kDqKS = kBN / 16;
 
@@ -132,7 +206,8 @@ struct BwdConfig {
                   "dK/dV: whole warp tiles");
     static_assert(kKvNT % 2 == 0 && HDP % kKvWD == 0, "dK/dV: pairs of n8 tiles");
     static_assert(kDqWM * kDqM == kBM && kDqWarps <= kWarps, "dQ: whole warp tiles");
-    static_assert(kDqNT % 2 == 0 && HDP % kDqWD == 0, "dQ: pairs of n8 tiles");
+    static_assert(kDqNT % 2 == 0 && HDP % (kDqWD * kDqPasses) == 0, "dQ: pairs of n8 tiles");
+    static_assert(kDqPasses == 1 || kDqPasses == 2, "dQ in one or two passes");
     /* a warp's head_dim slice starts on a multiple of its width (in chunks), so the swizzle's
        XOR terms of slice, lane and step never share a bit (SmemOperand) */
     static_assert((kKvD / 8 & (kKvD / 8 - 1)) == 0 && (kDqD / 8 & (kDqD / 8 - 1)) == 0,
@@ -140,11 +215,17 @@ struct BwdConfig {
     static_assert(kRowBytes % 128 == 0, "swizzled rows span whole 128-byte groups");
     static_assert(kThreads % kChunksPerRow == 0, "a load pass covers whole rows");
     static_assert(2 * kBM <= kThreads, "one thread per row copies lse, one delta");
-    static_assert(FA_SM80_BWD_IDS_BYTES >= 32 + 4 * kWarps, "the walk and a step per warp");
-    static_assert(kSmemBytes <= FA_SM80_SMEM_LIMIT, "fits 99 KB of shared memory");
+    static_assert(FA_SM80_BWD_IDS_BYTES(kStages) >= 32 + 4 * kWarpPosInts * kWarps,
+                  "the walk and a step per warp");
+    static_assert(kStages == 1 || kStages == 2, "Q/dO single or double buffered");
+    static_assert(FA_SM80_BWD_ENTRY_AT(kStages) >= 32 + 4 * kWarpPosInts * kWarps &&
+                      FA_SM80_BWD_IDS_BYTES(kStages) >= FA_SM80_BWD_ENTRY_AT(kStages) + 20,
+                  "the entry's 5 ints after the warps' steps");
+    static_assert(kSmemBytes <= (WIDE ? FA_SM80_BWD_WIDE_SMEM_LIMIT : FA_SM80_SMEM_LIMIT),
+                  "narrow fits 99 KB of shared memory, wide sm_80's 163 KB");
     static_assert(kKOffset % 128 == 0 && kVOffset % 128 == 0 && kQOffset % 128 == 0 &&
                       kDOOffset % 128 == 0 && kPOffset % 16 == 0 && kDSOffset % 16 == 0 &&
-                      kLseOffset % 16 == 0 && kIdsOffset % 16 == 0,
+                      kLseOffset % 16 == 0 && kIdsOffset % 16 == 0 && kQdoStageBytes % 128 == 0,
                   "regions keep the alignment of their accesses");
 };
 
@@ -179,7 +260,9 @@ struct BwdArgs {
     fa_seq_layout layout;
 };
 
-/* SEQ instances: the CTA's batch entry (fa_seqlen_at) in static shared memory, 5 ints at `at`:
+/* SEQ instances: the CTA's batch entry (fa_seqlen_at) in shared memory, 5 ints at `at`
+   (kEntryOffset: in the dynamic region, as the walk is; in a static array ptxas kept its
+   address in a register across the main loop and spilled it in the wide packed instances):
    len_q, len_k, q_row0, k_row0, kv_batch; thread 0 stores it with the walk (CtaWalk::save)
    and every later use reads it back (CtaWalk::saved), as the walk itself is. */
 struct BwdEntrySlot {
@@ -204,7 +287,6 @@ struct BwdEntrySlot {
         return e;
     }
 };
-constexpr int kBwdEntryInts = 5;
 
 __device__ __forceinline__ fa_mask make_bwd_mask(const BwdArgs &a, int len_q, int len_k)
 {

@@ -21,11 +21,13 @@
 
 namespace fa_sm80 {
 
-/* dst[row, col] += the warp's dQ tile; dst is row 0 of the query block in dq_accum (rows of
+/* dst[row, col] += the warp's dQ tile of pass PASS; dst is row 0 of the query block in dq_accum (rows of
    head_dim floats), rows_valid the block's rows inside seqlen_q. Two floats per reduction:
    four (lane pairs swapping halves through a shuffle) ran 2% slower at head_dim 128 on an
-   H200, the adds costing 16% of the kernel's time either way. */
-template <class C>
+   H200, the adds costing 16% of the kernel's time either way. Each row's address is formed
+   once and the n8 tiles' columns are constant offsets from it (formed per reduction, the
+   64-bit address arithmetic took 14 instructions a reduction). */
+template <class C, int PASS>
 __device__ __forceinline__ void dq_add(const float (&acc)[C::kDqMT][C::kDqNT][4], float *dst,
                                        int rows_valid, int head_dim)
 {
@@ -33,22 +35,22 @@ __device__ __forceinline__ void dq_add(const float (&acc)[C::kDqMT][C::kDqNT][4]
     const int lane = tid & 31, warp = tid >> 5;
     const int wm = warp / C::kDqWD, wd = warp % C::kDqWD;
     const int r_lo = wm * C::kDqM + (lane >> 2);
-    const int col0 = wd * C::kDqD + 2 * (lane & 3);
+    const int col0 = PASS * C::kDqPassCols + wd * C::kDqD; /* the warp's first column */
+    /* head_dim is a multiple of 8: an n8 tile is wholly inside or wholly past it */
+    const int tiles_in = (head_dim - col0) >> 3;
+    float *const lane_dst = dst + static_cast<int64_t>(r_lo) * head_dim + col0 + 2 * (lane & 3);
 #pragma unroll
     for (int mt = 0; mt < C::kDqMT; ++mt) {
 #pragma unroll
-        for (int nt = 0; nt < C::kDqNT; ++nt) {
-            /* head_dim is a multiple of 8: an n8 tile is wholly inside or wholly past it */
-            if (wd * C::kDqD + nt * 8 >= head_dim)
+        for (int h = 0; h < 2; ++h) {
+            const int dr = 16 * mt + 8 * h;
+            if (r_lo + dr >= rows_valid)
                 continue;
+            float *const row = lane_dst + static_cast<int64_t>(dr) * head_dim;
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int r = r_lo + 16 * mt + 8 * h;
-                if (r < rows_valid) {
-                    float *at = dst + static_cast<int64_t>(r) * head_dim + col0 + nt * 8;
-                    red_add_f32x2(at, acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
-                }
-            }
+            for (int nt = 0; nt < C::kDqNT; ++nt)
+                if (nt < tiles_in)
+                    red_add_f32x2(row + nt * 8, acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
         }
     }
 }

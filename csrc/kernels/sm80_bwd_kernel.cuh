@@ -5,7 +5,7 @@
  * table (dtype per head dim), expanded per head dim in bwd_sm80_hd<D>.cu. bwd_sm80.cu's top
  * comment has the design.
  *
- * One query block (h, m), with the block-wide barriers that order the single Q/dO buffers
+ * One query block (h, m), with the block-wide barriers that order a single Q/dO stage
  * (schedule 0; config SCHEDULE):
  *   S, P, dP, dS (P and dS to smem)                        reads Q, dO, K, V, lse, delta
  *   __syncthreads                                           P, dS visible; Q/dO/lse/delta
@@ -18,6 +18,9 @@
  *   wait for the copies, __syncthreads                      next block visible; P, dS free
  * Q's copy overlaps dV and dQ, dO's overlaps dQ. Schedule 1 (head_dim 128) runs dK and dV
  * back to back and copies both after one barrier: a barrier fewer, both copies over dQ only.
+ * With two stages (the wide tier) the step starts by copying the next block's Q, lse, delta
+ * and dO into the other stage, which the previous step was done with at its last barrier,
+ * and has only the two barriers that order P and dS.
  * Where the time goes at head_dim 128 (H200, 16k tokens, schedule 0 at 170 TFLOP/s; each
  * variant left one part out): S/dP/P/dS 34%, dQ GEMM and adds 25% (of which the fp32 adds
  * 16%), dK and dV GEMMs 14%, waiting for the Q/dO copies 11%, the two mid-block barriers 4%.
@@ -40,15 +43,17 @@
 
 namespace fa_sm80 {
 
-/* The CTA's place and its walk: query blocks m_min <= m < m_max of each q head of the group
-   (block_range.h), step it = (h - first head) * (m_max - m_min) + (m - m_min). Thread 0
-   stores the block indices, the trip count and the range in shared memory before the
-   prologue's barrier, and every later use reads them back there, as it reads its warp's step
-   counter (advanced by lane 0): ptxas treats %ctaid as one value however often it is read,
-   kept these scalars live across the main loop and spilled them, the GEMMs' fragments taking
-   every other register; recomputing the range at each use cost 4 x ~100 instructions a step.
-   Layout (ints): n_block, hk, batch, n_iters, m_min, m_max, m_full_min, m_full_max, then one
-   step per warp. */
+/* The CTA's place and its walk: query blocks m_min <= m < m_max of each q head h of the group
+   (block_range.h), in the order (h, m), m fastest. Thread 0 stores the block indices, the end
+   of the walk and the range in shared memory before the prologue's barrier, and every later
+   use reads them back there, as it reads its warp's position (h, m) (advanced by lane 0, m
+   then h, with no division): ptxas treats %ctaid as one value however often it is read, kept
+   these scalars live across the main loop and spilled them, the GEMMs' fragments taking every
+   other register; recomputing the range at each use cost 4 x ~100 instructions a step, and
+   deriving (h, m) from a step count (a division and a remainder by the range's length, 5 a
+   step) 109 of the 840 instructions of a step at head_dim 128.
+   Layout (ints): n_block, hk, batch, h_end (the group's last q head + 1), m_min, m_max,
+   m_full_min, m_full_max, then per warp (h, m) and, with two stages, the step's stage. */
 constexpr int kWalkInts = 8;
 
 template <class C, bool SEQ>
@@ -84,13 +89,13 @@ struct CtaWalk {
         return w;
     }
     /* thread 0, before the prologue's barrier */
-    __device__ __forceinline__ void save(unsigned char *smem, BwdEntrySlot slot, int n_iters) const
+    __device__ __forceinline__ void save(unsigned char *smem, BwdEntrySlot slot, int h_end) const
     {
         int *ids = reinterpret_cast<int *>(smem + C::kIdsOffset);
         ids[0] = n_block;
         ids[1] = hk;
         ids[2] = batch;
-        ids[3] = n_iters;
+        ids[3] = h_end;
         ids[4] = range.m_min;
         ids[5] = range.m_max;
         ids[6] = range.m_full_min;
@@ -119,78 +124,117 @@ struct CtaWalk {
         return w;
     }
     __device__ __forceinline__ int blocks() const { return range.m_max - range.m_min; }
-    __device__ __forceinline__ int head(const BwdArgs &p, int it) const
-    {
-        return hk * p.heads_per_kv + it / blocks();
-    }
-    __device__ __forceinline__ int block(int it) const { return range.m_min + it % blocks(); }
+    __device__ __forceinline__ int first_head(const BwdArgs &p) const { return hk * p.heads_per_kv; }
 };
 
-/* This warp's step counter in shared memory: read by every lane at each use; advanced by lane 0
-   once the warp's lanes are past their last read of the step. */
+/* A step's place in the walk: q head h, query block m. */
+struct WarpPos {
+    int h, m;
+};
+
+/* This warp's (h, m) in shared memory: read by every lane at each use; advanced by lane 0 once
+   the warp's lanes are past their last read of the step. */
 template <class C>
-__device__ __forceinline__ uint32_t warp_step_addr(uint32_t smem_base)
+__device__ __forceinline__ uint32_t warp_pos_addr(uint32_t smem_base)
 {
-    return smem_base + C::kIdsOffset + 4 * kWalkInts + (reread_thread_index() >> 5) * 4;
+    return smem_base + C::kIdsOffset + 4 * kWalkInts + (reread_thread_index() >> 5) * 4 * C::kWarpPosInts;
+}
+
+/* The stage whose Q, dO, lse and delta the warp's step reads (0 with one stage). */
+template <class C>
+__device__ __forceinline__ int warp_stage(uint32_t smem_base)
+{
+    if constexpr (C::kStages == 1)
+        return 0;
+    else
+        return ld_shared_s32(warp_pos_addr<C>(smem_base) + 8);
 }
 
 template <class C>
-__device__ __forceinline__ int warp_step(uint32_t smem_base)
+__device__ __forceinline__ WarpPos warp_pos(uint32_t smem_base)
 {
-    return ld_shared_s32(warp_step_addr<C>(smem_base));
+    const uint32_t at = warp_pos_addr<C>(smem_base);
+    return WarpPos{ld_shared_s32(at), ld_shared_s32(at + 4)};
+}
+
+/* The walk's end and the range's bounds, read back from shared memory. */
+template <class C>
+__device__ __forceinline__ int walk_h_end(uint32_t smem_base)
+{
+    return ld_shared_s32(smem_base + C::kIdsOffset + 12);
+}
+
+/* The step after pos: the next query block of the head, or the next head's first. */
+template <class C>
+__device__ __forceinline__ WarpPos next_pos(uint32_t smem_base, WarpPos pos)
+{
+    const int m_min = ld_shared_s32(smem_base + C::kIdsOffset + 16);
+    const int m_max = ld_shared_s32(smem_base + C::kIdsOffset + 20);
+    return pos.m + 1 < m_max ? WarpPos{pos.h, pos.m + 1} : WarpPos{pos.h + 1, m_min};
 }
 
 template <class C>
-__device__ __forceinline__ void advance_warp_step(uint32_t smem_base)
+__device__ __forceinline__ void advance_warp_pos(uint32_t smem_base)
 {
-    const uint32_t at = warp_step_addr<C>(smem_base);
     __syncwarp();
-    if ((reread_thread_index() & 31) == 0)
-        st_shared_s32(at, ld_shared_s32(at) + 1);
+    if ((reread_thread_index() & 31) == 0) {
+        const WarpPos next = next_pos<C>(smem_base, warp_pos<C>(smem_base));
+        const uint32_t at = warp_pos_addr<C>(smem_base);
+        st_shared_s32(at, next.h);
+        st_shared_s32(at + 4, next.m);
+        if constexpr (C::kStages == 2)
+            st_shared_s32(at + 8, ld_shared_s32(at + 8) ^ 1);
+    }
     __syncwarp();
 }
 
-/* Saves the CTA's walk to shared memory for the steps (thread 0) and zeroes the warps' step
-   counters; returns the number of steps. */
+/* Saves the CTA's walk to shared memory for the steps (thread 0) and sets each warp's position
+   to the first step; returns the number of steps. */
 template <class C, bool SEQ>
 __device__ __forceinline__ int save_walk(const CtaWalk<C, SEQ> &w, const BwdArgs &p, unsigned char *smem,
                                          BwdEntrySlot slot)
 {
     const int n_iters = p.heads_per_kv * w.blocks();
     if (threadIdx.x == 0)
-        w.save(smem, slot, n_iters);
-    if ((threadIdx.x & 31) == 0)
-        reinterpret_cast<int *>(smem + C::kIdsOffset)[kWalkInts + (threadIdx.x >> 5)] = 0;
+        w.save(smem, slot, w.first_head(p) + p.heads_per_kv);
+    if ((threadIdx.x & 31) == 0) {
+        int *pos = reinterpret_cast<int *>(smem + C::kIdsOffset) + kWalkInts + (threadIdx.x >> 5) * C::kWarpPosInts;
+        pos[0] = w.first_head(p);
+        pos[1] = w.range.m_min;
+        if constexpr (C::kStages == 2)
+            pos[2] = 0;
+    }
     return n_iters;
 }
 
-/* K and V, and the first step's Q (with lse, delta) and dO, waited for. */
+/* K and V, and the first step's Q (with lse, delta) and dO (stage 0), waited for. */
 template <class C, bool SEQ>
 __device__ __forceinline__ void load_first_step(const BwdArgs &p, uint32_t smem_base)
 {
     const CtaWalk<C, SEQ> w = CtaWalk<C, SEQ>::direct(p);
-    const int h = w.head(p, 0), row0 = w.block(0) * C::kBM;
+    const int h = w.first_head(p), row0 = w.range.m_min * C::kBM;
     load_kv<C, SEQ>(smem_base, p, w.entry, w.batch, w.hk, w.key0);
-    load_q_stats<C, SEQ>(smem_base, p, w.entry, w.batch, h, row0);
-    load_do<C, SEQ>(smem_base, p, w.entry, w.batch, h, row0);
+    load_q_stats<C, SEQ>(smem_base, p, w.entry, w.batch, h, row0, 0);
+    load_do<C, SEQ>(smem_base, p, w.entry, w.batch, h, row0, 0);
     cp_async_commit_group();
     cp_async_wait_group<0>();
     __syncthreads();
 }
 
-/* The next step's Q (with lse, delta), or dO, into the single buffers, one commit group each;
-   none after the last step. */
-template <class C, bool SEQ, bool DO>
+/* The next step's Q (with lse, delta) and/or dO, one commit group; none after the last step.
+   One stage: into the buffers the step has just finished reading. Two: into the other stage,
+   which the previous step was done with at its last barrier. */
+template <class C, bool SEQ, bool Q, bool DO>
 __device__ __forceinline__ void copy_next(const BwdArgs &p, uint32_t smem_base, BwdEntrySlot slot)
 {
-    if (warp_step<C>(smem_base) + 1 < ld_shared_s32(smem_base + C::kIdsOffset + 12)) {
-        const int it = warp_step<C>(smem_base);
+    const WarpPos next = next_pos<C>(smem_base, warp_pos<C>(smem_base));
+    if (next.h < walk_h_end<C>(smem_base)) {
+        const int stage = C::kStages == 1 ? 0 : warp_stage<C>(smem_base) ^ 1;
         const CtaWalk<C, SEQ> w = CtaWalk<C, SEQ>::saved(p, smem_base, slot);
+        if constexpr (Q)
+            load_q_stats<C, SEQ>(smem_base, p, w.entry, w.batch, next.h, next.m * C::kBM, stage);
         if constexpr (DO)
-            load_do<C, SEQ>(smem_base, p, w.entry, w.batch, w.head(p, it + 1), w.block(it + 1) * C::kBM);
-        else
-            load_q_stats<C, SEQ>(smem_base, p, w.entry, w.batch, w.head(p, it + 1),
-                                 w.block(it + 1) * C::kBM);
+            load_do<C, SEQ>(smem_base, p, w.entry, w.batch, next.h, next.m * C::kBM, stage);
         cp_async_commit_group();
     }
 }
@@ -200,75 +244,84 @@ template <class C, bool BF16, bool SEQ>
 __device__ __forceinline__ void step_probs(const BwdArgs &p, uint32_t smem_base, unsigned char *smem,
                                            BwdEntrySlot slot)
 {
-    const int it = warp_step<C>(smem_base);
+    const int m = warp_pos<C>(smem_base).m;
+    const int stage = warp_stage<C>(smem_base);
     const CtaWalk<C, SEQ> w = CtaWalk<C, SEQ>::saved(p, smem_base, slot);
-    const int m = w.block(it);
     const bool masked = fa_row_block_needs_mask(&w.range, m);
     if (p.score.softcap_pre != 0.f)
-        sdp_block<C, BF16, true>(smem_base, smem, m * C::kBM, w.key0, w.len_q, masked, w.mask, p.score);
+        sdp_block<C, BF16, true>(smem_base, smem, stage, m * C::kBM, w.key0, w.len_q, masked, w.mask, p.score);
     else
-        sdp_block<C, BF16, false>(smem_base, smem, m * C::kBM, w.key0, w.len_q, masked, w.mask, p.score);
+        sdp_block<C, BF16, false>(smem_base, smem, stage, m * C::kBM, w.key0, w.len_q, masked, w.mask, p.score);
 }
 
-/* dK += dS^T Q and dV += P^T dO; the next step's Q and dO are copied as soon as their buffers
-   are read (kSchedule 0: Q between the two GEMMs). */
+/* dK += dS^T Q and dV += P^T dO. With one stage, the next step's Q and dO are copied as soon
+   as their buffers are read (kSchedule 0: Q between the two GEMMs); with two, the copies were
+   issued at the step's start and the GEMMs run with no barrier between them. */
 template <class C, bool BF16, bool SEQ>
 __device__ __forceinline__ void step_key_grads(const BwdArgs &p, uint32_t smem_base, BwdEntrySlot slot,
                                                float (&dk)[C::kKvMT][C::kKvNT][4],
                                                float (&dv)[C::kKvMT][C::kKvNT][4])
 {
-    if constexpr (C::kSchedule == 0) {
+    if constexpr (C::kStages == 2) {
+        kv_gemm<C, BF16>(dk, smem_base, C::kDSOffset, C::q_at(warp_stage<C>(smem_base)));
+        kv_gemm<C, BF16>(dv, smem_base, C::kPOffset, C::do_at(warp_stage<C>(smem_base)));
+    } else if constexpr (C::kSchedule == 0) {
         kv_gemm<C, BF16>(dk, smem_base, C::kDSOffset, C::kQOffset);
         __syncthreads();
-        copy_next<C, SEQ, false>(p, smem_base, slot);
+        copy_next<C, SEQ, true, false>(p, smem_base, slot);
         kv_gemm<C, BF16>(dv, smem_base, C::kPOffset, C::kDOOffset);
         __syncthreads();
-        copy_next<C, SEQ, true>(p, smem_base, slot);
+        copy_next<C, SEQ, false, true>(p, smem_base, slot);
     } else {
         kv_gemm<C, BF16>(dk, smem_base, C::kDSOffset, C::kQOffset);
         kv_gemm<C, BF16>(dv, smem_base, C::kPOffset, C::kDOOffset);
         __syncthreads();
-        copy_next<C, SEQ, false>(p, smem_base, slot);
-        copy_next<C, SEQ, true>(p, smem_base, slot);
+        copy_next<C, SEQ, true, false>(p, smem_base, slot);
+        copy_next<C, SEQ, false, true>(p, smem_base, slot);
     }
 }
 
 /* dQ = dS K of the step, from the warps that hold it, added into dq_accum (rows laid out like
-   the LSE, fa_lse_index, head_dim wide); in the key block's turn when deterministic. */
+   the LSE, fa_lse_index, head_dim wide); in the key block's turn when deterministic. With two
+   passes (config kDqPasses) the second half of head_dim follows the first's adds. */
 template <class C, bool BF16, bool SEQ>
 __device__ __forceinline__ void step_dq(const BwdArgs &p, uint32_t smem_base, BwdEntrySlot slot)
 {
     const int warp = reread_thread_index() >> 5;
     float dq[C::kDqMT][C::kDqNT][4];
     if (warp < C::kDqWarps)
-        dq_gemm<C, BF16>(dq, smem_base);
-    const int it = warp_step<C>(smem_base);
+        dq_gemm<C, BF16, 0>(dq, smem_base);
+    const WarpPos pos = warp_pos<C>(smem_base);
     const CtaWalk<C, SEQ> w = CtaWalk<C, SEQ>::saved(p, smem_base, slot);
-    const int h = w.head(p, it), m = w.block(it);
+    const int h = pos.h, m = pos.m;
     const int tid = reread_thread_index();
     if (p.deterministic)
         dq_turn_wait(p, w.mask, w.batch, h, m, w.n_block, C::kBM, C::kBN, tid);
     if (warp < C::kDqWarps) {
         const fa_seq_layout layout = layout_of<SEQ>(p);
         float *dst = p.dq_accum + fa_lse_index(&layout, &w.entry, w.batch, p.heads_q, h, m * C::kBM) * p.head_dim;
-        dq_add<C>(dq, dst, min(C::kBM, w.len_q - m * C::kBM), p.head_dim);
+        dq_add<C, 0>(dq, dst, min(C::kBM, w.len_q - m * C::kBM), p.head_dim);
+        if constexpr (C::kDqPasses == 2) {
+            dq_gemm<C, BF16, 1>(dq, smem_base);
+            dq_add<C, 1>(dq, dst, min(C::kBM, w.len_q - m * C::kBM), p.head_dim);
+        }
     }
     if (p.deterministic)
         dq_turn_pass(p, w.batch, h, m, tid);
 }
 
-/* SEQ false: a uniform batch (layout_of: no layout array), the code of the uniform backward;
-   SEQ true: packed cu_seqlens and seqused_k (seqlen.h), the entry kept in shared memory
-   (BwdEntrySlot). The host picks by whether p has a layout array. */
-template <int HDP, bool BF16, bool SEQ>
+/* WIDE: the wide tier's tile (sm80_bwd_tiles.h), else the narrow one. SEQ false: a uniform
+   batch (layout_of: no layout array), the code of the uniform backward; SEQ true: packed
+   cu_seqlens and seqused_k (seqlen.h), the entry kept in shared memory (BwdEntrySlot). The
+   host picks by the planned tile and by whether p has a layout array. */
+template <int HDP, bool WIDE, bool BF16, bool SEQ>
 __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) bwd_sm80_kernel(const BwdArgs p)
 {
-    using C = BwdConfig<HDP>;
+    using C = BwdConfig<HDP, WIDE>;
     using Walk = CtaWalk<C, SEQ>;
     extern __shared__ __align__(128) unsigned char smem[];
     const uint32_t smem_base = smem_addr(smem);
-    __shared__ __align__(4) int entry_ints[SEQ ? kBwdEntryInts : 1];
-    const BwdEntrySlot slot{smem_addr(entry_ints)};
+    const BwdEntrySlot slot{smem_base + C::kEntryOffset};
 
     int n_iters;
     {
@@ -282,14 +335,15 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) bwd_sm80_kernel(const
     zero_acc(dv);
     if (n_iters > 0) {
         load_first_step<C, SEQ>(p, smem_base);
-        const uint32_t n_iters_at = smem_base + C::kIdsOffset + 12;
 #pragma unroll 1
-        while (warp_step<C>(smem_base) < ld_shared_s32(n_iters_at)) {
+        while (warp_pos<C>(smem_base).h < walk_h_end<C>(smem_base)) {
+            if constexpr (C::kStages == 2)
+                copy_next<C, SEQ, true, true>(p, smem_base, slot);
             step_probs<C, BF16, SEQ>(p, smem_base, smem, slot);
             __syncthreads();
             step_key_grads<C, BF16, SEQ>(p, smem_base, slot, dk, dv);
             step_dq<C, BF16, SEQ>(p, smem_base, slot);
-            advance_warp_step<C>(smem_base);
+            advance_warp_pos<C>(smem_base);
             cp_async_wait_group<0>();
             __syncthreads();
         }
@@ -301,33 +355,51 @@ __global__ void __launch_bounds__(FA_THREADS_PER_BLOCK, 1) bwd_sm80_kernel(const
 
 typedef void (*bwd_kernel_t)(const BwdArgs);
 
-template <int HDP, bool SEQ>
+template <int HDP, bool WIDE, bool SEQ>
 bwd_kernel_t pick_bwd_dtype(fa_dtype dtype)
 {
     switch (dtype) {
-    case FA_FLOAT16: return bwd_sm80_kernel<HDP, false, SEQ>;
-    case FA_BFLOAT16: return bwd_sm80_kernel<HDP, true, SEQ>;
+    case FA_FLOAT16: return bwd_sm80_kernel<HDP, WIDE, false, SEQ>;
+    case FA_BFLOAT16: return bwd_sm80_kernel<HDP, WIDE, true, SEQ>;
     default: return nullptr;
     }
 }
 
 /* The SEQ instances serve p's layout arrays (packed cu_seqlens, seqused_k); without one, the
    uniform instances run, the code of the uniform batch alone (as the forward's). */
-template <int HDP>
+template <int HDP, bool WIDE>
 bwd_kernel_t pick_bwd_layout(const fa_params *p)
 {
     const bool seq = p->cu_seqlens_q != NULL || p->cu_seqlens_k != NULL ||
                      p->seqused_k != NULL || p->kv_batch_idx != NULL || p->block_table != NULL;
-    return seq ? pick_bwd_dtype<HDP, true>(p->dtype) : pick_bwd_dtype<HDP, false>(p->dtype);
+    return seq ? pick_bwd_dtype<HDP, WIDE, true>(p->dtype) : pick_bwd_dtype<HDP, WIDE, false>(p->dtype);
+}
+
+/* Whether t has the block sizes of the tier's tile (fa_sm80_bwd_tile planned it). */
+template <int HDP, bool WIDE>
+bool is_tile_of(const fa_tile *t)
+{
+    return t->block_m == BwdTileOf<HDP, WIDE>::bm && t->block_n == BwdTileOf<HDP, WIDE>::bn;
+}
+
+/* The instance of t's tier for p, or nullptr for block sizes of neither tier. */
+template <int HDP>
+bwd_kernel_t pick_bwd_tier(const fa_params *p, const fa_tile *t)
+{
+    if (is_tile_of<HDP, false>(t))
+        return pick_bwd_layout<HDP, false>(p);
+    if (is_tile_of<HDP, true>(t))
+        return pick_bwd_layout<HDP, true>(p);
+    return nullptr;
 }
 
 } /* namespace fa_sm80 */
 
-/* The backward kernel of head dim HD that serves p, or NULL. */
+/* The backward kernel of head dim HD and tile t that serves p, or NULL. */
 #define FA_SM80_BWD_DEFINE_HEAD_DIM(HD)                                                          \
-    extern "C" const void *fa_sm80_bwd_hd##HD##_kernel(const fa_params *p)                      \
+    extern "C" const void *fa_sm80_bwd_hd##HD##_kernel(const fa_params *p, const fa_tile *t)    \
     {                                                                                            \
-        return reinterpret_cast<const void *>(fa_sm80::pick_bwd_layout<HD>(p));                \
+        return reinterpret_cast<const void *>(fa_sm80::pick_bwd_tier<HD>(p, t));               \
     }
 
 #endif /* FA_SM80_BWD_KERNEL_CUH */

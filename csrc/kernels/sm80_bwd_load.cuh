@@ -66,16 +66,18 @@ __device__ __forceinline__ void load_kv(uint32_t smem_base, const BwdArgs &p, co
 }
 
 /* Q rows [row0, row0 + BM) of entry e and q head h, and their lse and delta (fa_lse_index:
-   (batch, heads_q, seqlen_q), or (heads_q, total_q) packed); rows past e.len_q zero-filled. */
+   (batch, heads_q, seqlen_q), or (heads_q, total_q) packed), into stage `stage`; rows past
+   e.len_q zero-filled. */
 template <class C, bool SEQ>
 __device__ __forceinline__ void load_q_stats(uint32_t smem_base, const BwdArgs &p,
-                                             const fa_seqlen &e, int batch, int h, int row0)
+                                             const fa_seqlen &e, int batch, int h, int row0,
+                                             int stage)
 {
     bool col_ok;
     const int tid = copy_thread<C>(p, col_ok);
     const fa_seq_layout layout = layout_of<SEQ>(p);
     load_tile_async<C, C::kBM, kThreads>(
-        smem_base + C::kQOffset,
+        smem_base + C::q_at(stage),
         head_slice(p.q, fa_q_row_offset(&e, batch, 0, p.q_batch_stride, p.q_row_stride),
                    p.q_head_stride, h),
         p.q_row_stride, row0, e.len_q, col_ok, tid);
@@ -85,20 +87,21 @@ __device__ __forceinline__ void load_q_stats(uint32_t smem_base, const BwdArgs &
         const float *rows = (is_delta ? p.delta : p.lse) +
                             fa_lse_index(&layout, &e, batch, p.heads_q, h, 0);
         const bool ok = row0 + r < e.len_q;
-        cp_async_4(smem_base + (is_delta ? C::kDeltaOffset : C::kLseOffset) + r * 4,
+        cp_async_4(smem_base + (is_delta ? C::delta_at(stage) : C::lse_at(stage)) + r * 4,
                    ok ? rows + row0 + r : rows, ok ? 4u : 0u);
     }
 }
 
-/* dO rows [row0, row0 + BM) of entry e and q head h (q's row addressing, dout's strides). */
+/* dO rows [row0, row0 + BM) of entry e and q head h (q's row addressing, dout's strides), into
+   stage `stage`. */
 template <class C, bool SEQ>
 __device__ __forceinline__ void load_do(uint32_t smem_base, const BwdArgs &p, const fa_seqlen &e,
-                                        int batch, int h, int row0)
+                                        int batch, int h, int row0, int stage)
 {
     bool col_ok;
     const int tid = copy_thread<C>(p, col_ok);
     load_tile_async<C, C::kBM, kThreads>(
-        smem_base + C::kDOOffset,
+        smem_base + C::do_at(stage),
         head_slice(p.dout, fa_q_row_offset(&e, batch, 0, p.do_batch_stride, p.do_row_stride),
                    p.do_head_stride, h),
         p.do_row_stride, row0, e.len_q, col_ok, tid);

@@ -23,13 +23,6 @@
 
 namespace fa_sm80 {
 
-/* k16 steps between two __syncwarp in warp_gemm (its STEPS). ptxas hoists ldmatrix as far up
-   as registers allow: over the 8 to 16 steps of S and dP it took every register not held by
-   dK/dV and spilled the loop's own state. Shared-memory loads do not cross a __syncwarp, which
-   caps the fragments in flight at STEPS steps. At head_dim 128, 8 ran 2% faster than 4 and 2
-   1.5% slower (H200); 4 is the value every instance was checked with. */
-constexpr int kGemmStepsInFlight = 4;
-
 /* acc[MT][NT] += A B over KS k16 steps, MT m16 tiles by NT n8 tiles.
    A_KM false: A stored m x k, read plain (pattern X); at(16 mt, 2 ks).
    A_KM true:  A stored k x m, read .trans (pattern Y); at(16 ks, 2 mt).
@@ -93,7 +86,7 @@ __device__ __forceinline__ void zero_acc(float (&acc)[MT][NT][4])
    tiles: X (Q or dO) at x_off, Y (K or V) at y_off. */
 template <class C, bool BF16, int NT>
 __device__ __forceinline__ void sdp_gemm(float (&acc)[C::kSdpMT][NT][4], uint32_t smem_base,
-                                         int x_off, int y_off, int nt0)
+                                         uint32_t x_off, int y_off, int nt0)
 {
     constexpr int RB = C::kRowBytes;
     const int tid = reread_thread_index();
@@ -106,7 +99,7 @@ __device__ __forceinline__ void sdp_gemm(float (&acc)[C::kSdpMT][NT][4], uint32_
     const auto yz =
         make_operand<true, RB>(smem_base + y_off, key, 0, lane_row_z(lane), lane_chunk_z(lane));
     zero_acc(acc);
-    warp_gemm<BF16, C::kSdpMT, NT, C::kSdpKS, false, false>(acc, x, y, yz);
+    warp_gemm<BF16, C::kSdpMT, NT, C::kSdpKS, false, false, C::kSdpSteps>(acc, x, y, yz);
 }
 
 /* Both keys of a fragment pair against one row's span (mask.h). */
@@ -149,14 +142,14 @@ __device__ __forceinline__ void ds_tile(const float (&s)[4], const float (&dp)[4
 }
 
 /* S, P, dP and dS of the warp's tile of one query block; P and dS are stored to shared memory.
-   row0: the block's first query row, key0: the CTA's first key (absolute); masked: the block
+   stage: the Q, dO, lse and delta buffers of the block; row0: the block's first query row, key0: the CTA's first key (absolute); masked: the block
    needs the element mask (block_range.h). S is held whole while dP runs in passes of
    kSdpDpTiles n8 tiles (of every m16 tile), each giving its dS: a whole dP beside S did not
    fit next to dK and dV at head_dim 64. (dP first, then S in passes, with the wait for Q
    between them, so that Q's copy could overlap the dP GEMM, measured 5% slower at head_dim 128
    and spilled.) */
 template <class C, bool BF16, bool SOFTCAP>
-__device__ __forceinline__ void sdp_block(uint32_t smem_base, unsigned char *smem, int row0,
+__device__ __forceinline__ void sdp_block(uint32_t smem_base, unsigned char *smem, int stage, int row0,
                                           int key0, int len_q, bool masked, const fa_mask &mask,
                                           const fa_score &score)
 {
@@ -174,12 +167,12 @@ __device__ __forceinline__ void sdp_block(uint32_t smem_base, unsigned char *sme
     constexpr int kMtBytes = 16 * C::kPSRowBytes; /* from one m16 tile's rows to the next's */
 
     float s[MT][NT][4];
-    sdp_gemm<C, BF16, NT>(s, smem_base, C::kQOffset, C::kKOffset, 0);
+    sdp_gemm<C, BF16, NT>(s, smem_base, C::q_at(stage), C::kKOffset, 0);
 
     /* what the elementwise pass needs of the rows: lse (base 2, +inf where P must be 0),
        delta, and the spans in masked blocks */
-    const float *lse_s = reinterpret_cast<const float *>(smem + C::kLseOffset);
-    const float *delta_s = reinterpret_cast<const float *>(smem + C::kDeltaOffset);
+    const float *lse_s = reinterpret_cast<const float *>(smem + C::lse_at(stage));
+    const float *delta_s = reinterpret_cast<const float *>(smem + C::delta_at(stage));
     float lse2[MT][2], d[MT][2];
     fa_key_span span[MT][2];
 #pragma unroll
@@ -216,7 +209,7 @@ __device__ __forceinline__ void sdp_block(uint32_t smem_base, unsigned char *sme
 #pragma unroll
     for (int c0 = 0; c0 < NT; c0 += DT) {
         float dp[MT][DT][4];
-        sdp_gemm<C, BF16, DT>(dp, smem_base, C::kDOOffset, C::kVOffset, c0);
+        sdp_gemm<C, BF16, DT>(dp, smem_base, C::do_at(stage), C::kVOffset, c0);
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -229,7 +222,7 @@ __device__ __forceinline__ void sdp_block(uint32_t smem_base, unsigned char *sme
 /* acc += A^T B for the warp's dK/dV tile: A (P or dS, BM x BN) at a_off, B (dO or Q) at b_off. */
 template <class C, bool BF16>
 __device__ __forceinline__ void kv_gemm(float (&acc)[C::kKvMT][C::kKvNT][4], uint32_t smem_base,
-                                        int a_off, int b_off)
+                                        int a_off, uint32_t b_off)
 {
     const int tid = reread_thread_index();
     const int lane = tid & 31, warp = tid >> 5;
@@ -241,8 +234,8 @@ __device__ __forceinline__ void kv_gemm(float (&acc)[C::kKvMT][C::kKvNT][4], uin
     warp_gemm<BF16, C::kKvMT, C::kKvNT, C::kKvKS, true, true>(acc, a, b, b);
 }
 
-/* dQ = dS K for the warp's dQ tile (warp < kDqWarps). */
-template <class C, bool BF16>
+/* dQ = dS K for the warp's dQ tile in pass PASS (warp < kDqWarps). */
+template <class C, bool BF16, int PASS>
 __device__ __forceinline__ void dq_gemm(float (&acc)[C::kDqMT][C::kDqNT][4], uint32_t smem_base)
 {
     const int tid = reread_thread_index();
@@ -250,7 +243,8 @@ __device__ __forceinline__ void dq_gemm(float (&acc)[C::kDqMT][C::kDqNT][4], uin
     const int wm = warp / C::kDqWD, wd = warp % C::kDqWD;
     const auto a = make_operand<false, C::kPSRowBytes>(smem_base + C::kDSOffset, wm * C::kDqM, 0,
                                                        lane_row_x(lane), lane_chunk_x(lane));
-    const auto b = make_operand<true, C::kRowBytes>(smem_base + C::kKOffset, 0, wd * C::kDqD / 8,
+    const auto b = make_operand<true, C::kRowBytes>(smem_base + C::kKOffset, 0,
+                                                    (PASS * C::kDqPassCols + wd * C::kDqD) / 8,
                                                     lane_row_x(lane), lane_chunk_x(lane));
     zero_acc(acc);
     warp_gemm<BF16, C::kDqMT, C::kDqNT, C::kDqKS, false, true>(acc, a, b, b);
