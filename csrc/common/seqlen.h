@@ -72,6 +72,15 @@ FA_HD int64_t fa_k_row_offset(const fa_seq_layout *s, const fa_seqlen *e, int b,
     return (int64_t)e->kv_batch * batch_stride + (e->k_row0 + j) * row_stride;
 }
 
+/* Whether each aligned run of n keys (first key a multiple of n) lies in one page, so that its
+ * keys follow one another at row_stride from the run's first: always unpaged, and paged when
+ * page_size is a multiple of n. A kernel that copies keys in such runs then looks one page up
+ * per run instead of one per key. */
+FA_HD int fa_key_runs_share_page(const fa_seq_layout *s, int n)
+{
+    return !s->block_table || s->page_size % n == 0;
+}
+
 /* Index of row i of (entry b, q head h) in the LSE (and in any per-row fp32 array laid out
  * like it: the backward's delta). */
 FA_HD int64_t fa_lse_index(const fa_seq_layout *s, const fa_seqlen *e, int b, int heads_q, int h,

@@ -27,9 +27,10 @@
  * and each warp's O go to shared memory, and the 384 threads combine them per (row, 8
  * columns) and store out/lse (num_splits == 1, sinks included) or the fp32 partials.
  *
- * The copies: a warp instruction copies 4 key rows x 128 contiguous bytes; every key row is
- * addressed through fa_k_row_offset (dense, kv_batch_idx, or paged with any page size, one
- * block-table lookup per row), keys past len_k and columns past head_dim are zero-filled.
+ * The copies: a warp instruction copies 4 key rows x 128 contiguous bytes; the chunk's rows
+ * are addressed through fa_k_row_offset (dense, kv_batch_idx, or paged with any page size:
+ * one block-table lookup per chunk when page_size is a multiple of 16, else one per row),
+ * keys past len_k and columns past head_dim are zero-filled.
  *
  * Shared memory (dynamic; W streaming warps, STAGES slots each; bytes):
  *   ring   W * STAGES * SLOT     SLOT = 2 (K, V) * 16 keys * WARP_DIM * 2 = 4096 (hd 64),

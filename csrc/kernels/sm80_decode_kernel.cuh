@@ -160,27 +160,38 @@ __device__ __forceinline__ KVSource kv_source(const Args &a, const fa_seqlen &e,
 
 /* K and V rows key0 .. key0 + 15 into `slot`, by one warp. Lane = 8 * row_sub + piece_sub:
    an instruction copies 4 rows x 8 pieces (4 x 128 contiguous bytes of global memory); the
-   lane's rows are row_sub + 4 k (k < 4), so it computes four key-row offsets per chunk,
-   through fa_k_row_offset (dense, kv_batch_idx or paged with any page size). Keys at or past
-   len_k and columns past head_dim are zero-filled (src-size 0, nothing read): P is 0 there,
-   and 0 * garbage could be NaN. The offsets of K and V are computed before the first copy so
-   that the compiler shares the block-table load and division between them (a cp.async is a
-   memory clobber). */
+   lane's rows are row_sub + 4 k (k < 4). Dense caches, and pages of a multiple of 16 keys,
+   hold the chunk (key0 is a multiple of 16) in one run of rows: the warp looks key0 up once
+   (one block-table load, the same address in every lane) and steps row_stride from it.
+   Other page sizes look each of the lane's four rows up. Keys at or past len_k and columns
+   past head_dim are zero-filled (src-size 0, nothing read): P is 0 there, and 0 * garbage
+   could be NaN. The offsets of K and V are computed before the first copy so that the
+   compiler shares the block-table load and division between them (a cp.async is a memory
+   clobber). */
 template <class G>
 __device__ __forceinline__ void issue_chunk(const Args &a, const KVSource &src, uint32_t slot,
                                             int key0, int col0, int lane)
 {
     const int row_sub = lane >> 3, piece_sub = lane & 7;
     const int len_k = src.e.len_k;
+    const bool one_run = fa_key_runs_share_page(&a.seq, kChunk);
+    int64_t k_run = 0, v_run = 0;
+    if (one_run && key0 < len_k) {
+        k_run = fa_k_row_offset(&a.seq, &src.e, src.b, key0, a.k_batch_stride, a.k_row_stride);
+        v_run = fa_k_row_offset(&a.seq, &src.e, src.b, key0, a.v_batch_stride, a.v_row_stride);
+    }
     int64_t koff[4], voff[4];
     bool row_ok[4];
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-        const int j = key0 + row_sub + 4 * k;
+        const int r = row_sub + 4 * k, j = key0 + r;
         row_ok[k] = j < len_k;
         koff[k] = 0;
         voff[k] = 0;
-        if (row_ok[k]) {
+        if (row_ok[k] && one_run) {
+            koff[k] = k_run + r * a.k_row_stride;
+            voff[k] = v_run + r * a.v_row_stride;
+        } else if (row_ok[k]) {
             koff[k] = fa_k_row_offset(&a.seq, &src.e, src.b, j, a.k_batch_stride, a.k_row_stride);
             voff[k] = fa_k_row_offset(&a.seq, &src.e, src.b, j, a.v_batch_stride, a.v_row_stride);
         }

@@ -78,11 +78,12 @@ __device__ __forceinline__ void load_tile_async(uint32_t dst, const uint16_t *ba
 }
 
 /* Paged K and V (seqlen.h): key j of the entry lives in row j % page_size of page
-   block_table[batch][j / page_size], and a block of BLOCK_N keys may span several pages (any
-   page_size from 1 up), so every row is addressed on its own through fa_k_row_offset; K and
-   V share the row's page lookup. Same copy pattern and zero-fill as load_tile_async; a row
-   past len_k copies zeros from the slice's start (page 0, which exists when k/v does). The
-   batch entry is read afresh from %ctaid.z. */
+   block_table[batch][j / page_size]. When page_size is a multiple of BLOCK_N the block (key0
+   a multiple of BLOCK_N) is one run of rows of one page, looked up once; otherwise it may
+   span several pages (any page_size from 1 up) and every row is addressed on its own through
+   fa_k_row_offset, K and V sharing the row's page lookup. Same copy pattern and zero-fill as
+   load_tile_async; a row past len_k copies zeros from the slice's start (page 0, which exists
+   when k/v does). The batch entry is read afresh from %ctaid.z. */
 template <class C>
 __device__ __forceinline__ void load_kv_paged(uint32_t dst, const Args &p, const uint16_t *k_base,
                                               const uint16_t *v_base, int key0, int len_k,
@@ -95,6 +96,12 @@ __device__ __forceinline__ void load_kv_paged(uint32_t dst, const Args &p, const
     const int r_first = t / C::kChunksPerRow;
     const int col = col_ok ? chunk * 8 : 0;
     const fa_seqlen unused = {}; /* paged rows need only the layout and the batch entry */
+    const bool one_run = fa_key_runs_share_page(&p.layout, C::kBlockN);
+    int64_t k_run = 0, v_run = 0;
+    if (one_run && key0 < len_k) {
+        k_run = fa_k_row_offset(&p.layout, &unused, batch, key0, p.k_batch_stride, p.k_row_stride);
+        v_run = fa_k_row_offset(&p.layout, &unused, batch, key0, p.v_batch_stride, p.v_row_stride);
+    }
 #pragma unroll 2
     for (int i = 0; i < kPasses; ++i) {
         const int r = r_first + i * kRowsPerPass;
@@ -102,7 +109,10 @@ __device__ __forceinline__ void load_kv_paged(uint32_t dst, const Args &p, const
             const int key = key0 + r;
             const bool ok = col_ok && key < len_k;
             int64_t k_off = 0, v_off = 0;
-            if (ok) {
+            if (ok && one_run) {
+                k_off = k_run + r * p.k_row_stride;
+                v_off = v_run + r * p.v_row_stride;
+            } else if (ok) {
                 k_off = fa_k_row_offset(&p.layout, &unused, batch, key, p.k_batch_stride,
                                         p.k_row_stride);
                 v_off = fa_k_row_offset(&p.layout, &unused, batch, key, p.v_batch_stride,
