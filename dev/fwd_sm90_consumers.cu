@@ -8,7 +8,12 @@
  *                80 keys fit as well (ptxas, CUDA 13.0: 0 bytes spilled in every one);
  *   hd64 3x128 fma1, fma2
  *                hd64 3x128 (full and causal) with 1/8 or 2/8 of the key loop's exponentials
- *                on the FMA pipe (exp2_fma, sm90_softmax.cuh; issue 17's third step).
+ *                on the FMA pipe (exp2_fma, sm90_softmax.cuh; issue 17's third step);
+ *   hd64 sc fma2..4, hd128 sc fma1..3
+ *                the library's two consumers with softcap (causal; full too at head_dim 64)
+ *                and that many eighths of the exponentials on the FMA pipe: softcap's tanh runs
+ *                on MUFU beside the exponentials, which Nsight Compute found the busiest pipe
+ *                there (issue 13's softcap target); measured no faster (benches/NOTES.md).
  * Each is checked against a float reference on dense inputs next to the two-consumer
  * instance of the same problem (the library's tile rule for two consumers), then timed
  * against it.
@@ -28,6 +33,10 @@
  *                                  events around enough calls for ~2 ms; the medians are
  *                                  printed as TFLOP/s (4 B H S^2 D, half that causal) with
  *                                  variant / two, and the geomean per variant.
+ *   ./fwd_sm90_consumers --bench-softcap [REPEATS]
+ *                                  the check, then the same shapes in bfloat16 with softcap 30,
+ *                                  the softcap variants timed against two consumers, head_dim
+ *                                  128 first
  *   ./fwd_sm90_consumers --profile
  *                                  one launch each of two consumers and hd64 3x128 (bfloat16,
  *                                  full 16k and causal 2k), outputs compared, for ncu
@@ -54,6 +63,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "common/mask.h"
@@ -169,61 +179,127 @@ struct Problem {
 };
 
 /* A shape of the kernel: two consumers with the library's key blocks (block_n 0), or three
-   consumers with block_n keys a block. */
+   consumers with block_n keys a block; fma_eighths of the key loop's exponentials on the FMA
+   pipe. Two consumers with fma_eighths > 0 run softcap only, where MUFU computes tanh as well
+   as the exponentials. */
 struct Variant {
     const char *name;
     int head_dim, consumers, block_n, fma_eighths;
 };
 const Variant kTwo = {"2 consumers", 0, FA_NUM_CONSUMER_WARPGROUPS, 0, 0};
-const Variant kVariants[] = {{"hd64 3x128", 64, 3, 128, 0},      {"hd128 3x64", 128, 3, 64, 0},
-                             {"hd128 3x80", 128, 3, 80, 0},      {"hd64 3x128 fma1", 64, 3, 128, 1},
-                             {"hd64 3x128 fma2", 64, 3, 128, 2}};
+const Variant kVariants[] = {
+    {"hd64 3x128", 64, 3, 128, 0},      {"hd128 3x64", 128, 3, 64, 0},      {"hd128 3x80", 128, 3, 80, 0},
+    {"hd64 3x128 fma1", 64, 3, 128, 1}, {"hd64 3x128 fma2", 64, 3, 128, 2},
+    {"hd64 sc fma2", 64, FA_NUM_CONSUMER_WARPGROUPS, 0, 2},
+    {"hd64 sc fma3", 64, FA_NUM_CONSUMER_WARPGROUPS, 0, 3},
+    {"hd64 sc fma4", 64, FA_NUM_CONSUMER_WARPGROUPS, 0, 4},
+    {"hd128 sc fma1", 128, FA_NUM_CONSUMER_WARPGROUPS, 0, 1},
+    {"hd128 sc fma2", 128, FA_NUM_CONSUMER_WARPGROUPS, 0, 2},
+    {"hd128 sc fma3", 128, FA_NUM_CONSUMER_WARPGROUPS, 0, 3}};
+
+bool is_library(const Variant &v) { return v.consumers == FA_NUM_CONSUMER_WARPGROUPS && v.fma_eighths == 0; }
 
 /* Whether v is built as the library's instances are (every mask, softcap or not). */
-bool full_set(const Variant &v) { return v.head_dim == 64 && v.fma_eighths == 0; }
+bool full_set(const Variant &v) { return v.consumers == 3 && v.head_dim == 64 && v.fma_eighths == 0; }
 
-/* Whether v runs shape s: two consumers and hd64 3x128 run all; the others full and causal
-   only. */
-bool serves(const Variant &v, const Shape &s)
+/* Whether v runs problem pr: two consumers and hd64 3x128 run all; the other three-consumer
+   variants full and causal without softcap; the softcap ones causal (and full at head_dim 64)
+   with it, on the library's long-key blocks. */
+bool serves(const Variant &v, const Problem &pr)
 {
-    if (v.consumers == FA_NUM_CONSUMER_WARPGROUPS)
+    const Shape &s = pr.s;
+    if (is_library(v))
         return true;
-    const int padded = fa_head_dim_padded(s.head_dim);
-    if (padded != v.head_dim)
+    if (fa_head_dim_padded(s.head_dim) != v.head_dim)
         return false;
-    return full_set(v) || (s.wl < 0 && s.wr < 0 && s.softcap == 0.f);
+    if (full_set(v))
+        return true;
+    if (s.wl >= 0 || s.wr >= 0)
+        return false;
+    if (v.consumers == 3)
+        return s.softcap == 0.f;
+    return s.softcap > 0.f && (s.causal || v.head_dim == 64) && !fa_sm90_short_keys(&pr.p, v.head_dim, s.causal);
+}
+
+/* Instance Cfg's kernel (into *fn, when fn is given) or its launch. */
+template <class Cfg>
+cudaError_t kernel_or_launch(const fa_params *p, const fa_launch *cfg, cudaStream_t stream, const void **fn)
+{
+    if (fn) {
+        *fn = reinterpret_cast<const void *>(&fa_sm90::fwd_kernel<Cfg>);
+        return cudaSuccess;
+    }
+    return fa_sm90::launch_instance<Cfg>(p, cfg, stream);
+}
+
+/* f(mask, bf16) with p's mask kind (full or causal) and dtype as compile-time constants;
+   cudaErrorInvalidValue for any other mask. */
+template <class F>
+cudaError_t with_full_or_causal(const fa_params *p, F &&f)
+{
+    using Full = std::integral_constant<int, FA_MASK_NONE>;
+    using Causal = std::integral_constant<int, FA_MASK_CAUSAL>;
+    const bool bf16 = p->dtype == FA_BFLOAT16;
+    switch (fa_params_mask_kind(p)) {
+    case FA_MASK_NONE:
+        return bf16 ? f(Full{}, std::true_type{}) : f(Full{}, std::false_type{});
+    case FA_MASK_CAUSAL:
+        return bf16 ? f(Causal{}, std::true_type{}) : f(Causal{}, std::false_type{});
+    default:
+        return cudaErrorInvalidValue;
+    }
 }
 
 /* Three consumers at head_dim kHd, kBlockN keys a block, kFma eighths of the exponentials on
-   the FMA pipe; full or causal, no softcap. */
+   the FMA pipe; full or causal, no softcap. fn: as kernel_or_launch. */
 template <int kHd, int kBlockN, int kFma>
 cudaError_t launch_three(const fa_params *p, const fa_launch *cfg, cudaStream_t stream, const void **fn)
 {
-    using namespace fa_sm90;
-    const bool bf16 = p->dtype == FA_BFLOAT16;
-    const int mask = fa_params_mask_kind(p);
-    if (p->softcap > 0.f || (mask != FA_MASK_NONE && mask != FA_MASK_CAUSAL))
+    if (p->softcap > 0.f)
         return cudaErrorInvalidValue;
-#define FA_DEV_THREE(MASK, BF16)                                                                   \
-    do {                                                                                           \
-        using Cfg = Config<kHd, kBlockN, MASK, false, BF16, 3, kFma>;                            \
-        if (fn) {                                                                                  \
-            *fn = reinterpret_cast<const void *>(&fwd_kernel<Cfg>);                               \
-            return cudaSuccess;                                                                    \
-        }                                                                                          \
-        return launch_instance<Cfg>(p, cfg, stream);                                              \
-    } while (0)
-    if (mask == FA_MASK_NONE && bf16) FA_DEV_THREE(FA_MASK_NONE, true);
-    if (mask == FA_MASK_NONE) FA_DEV_THREE(FA_MASK_NONE, false);
-    if (bf16) FA_DEV_THREE(FA_MASK_CAUSAL, true);
-    FA_DEV_THREE(FA_MASK_CAUSAL, false);
-#undef FA_DEV_THREE
+    return with_full_or_causal(p, [&](auto mask, auto bf16) {
+        using Cfg = fa_sm90::Config<kHd, kBlockN, decltype(mask)::value, false, decltype(bf16)::value, 3, kFma>;
+        return kernel_or_launch<Cfg>(p, cfg, stream, fn);
+    });
 }
 
-/* launch_three for the variants outside full_set (fn: as there). */
+/* Whether the softcap variants of head_dim kHd run full attention too: at head_dim 128 its
+   176-key blocks spill with the polynomial's registers (ptxas, CUDA 13.0), so causal only. */
+template <int kHd>
+constexpr bool kSoftcapFmaFull = kHd == 64;
+
+/* Two consumers with softcap at head_dim kHd, the library's key blocks for long keys, kFma
+   eighths of the exponentials on the FMA pipe; causal, and full where kSoftcapFmaFull. fn: as
+   kernel_or_launch. */
+template <int kHd, int kFma>
+cudaError_t launch_softcap(const fa_params *p, const fa_launch *cfg, cudaStream_t stream, const void **fn)
+{
+    if (p->softcap <= 0.f)
+        return cudaErrorInvalidValue;
+    return with_full_or_causal(p, [&](auto mask, auto bf16) {
+        constexpr int kMask = decltype(mask)::value;
+        using Cfg = fa_sm90::Config<kHd, FA_SM90_BLOCK_N(kHd, kMask != FA_MASK_NONE, 0), kMask, true,
+                                    decltype(bf16)::value, FA_NUM_CONSUMER_WARPGROUPS, kFma>;
+        if constexpr (kMask == FA_MASK_NONE && !kSoftcapFmaFull<kHd>)
+            return cudaErrorInvalidValue;
+        else
+            return kernel_or_launch<Cfg>(p, cfg, stream, fn);
+    });
+}
+
+/* The variants outside the library and full_set (fn: as kernel_or_launch). */
 cudaError_t launch_narrow(const Variant &v, const fa_params *p, const fa_launch *cfg, cudaStream_t stream,
                           const void **fn)
 {
+    if (v.consumers == FA_NUM_CONSUMER_WARPGROUPS) {
+        if (v.head_dim == 64)
+            return v.fma_eighths == 2   ? launch_softcap<64, 2>(p, cfg, stream, fn)
+                   : v.fma_eighths == 3 ? launch_softcap<64, 3>(p, cfg, stream, fn)
+                                        : launch_softcap<64, 4>(p, cfg, stream, fn);
+        return v.fma_eighths == 1   ? launch_softcap<128, 1>(p, cfg, stream, fn)
+               : v.fma_eighths == 2 ? launch_softcap<128, 2>(p, cfg, stream, fn)
+                                    : launch_softcap<128, 3>(p, cfg, stream, fn);
+    }
     if (v.head_dim == 128)
         return v.block_n == 64 ? launch_three<128, 64, 0>(p, cfg, stream, fn)
                                : launch_three<128, 80, 0>(p, cfg, stream, fn);
@@ -235,20 +311,21 @@ cudaError_t launch_narrow(const Variant &v, const fa_params *p, const fa_launch 
 bool variant_tile(const Variant &v, const fa_params *p, fa_tile *t, const void **fn)
 {
     const int hd = fa_head_dim_padded(p->head_dim);
-    if (v.consumers == FA_NUM_CONSUMER_WARPGROUPS) {
-        *fn = fa_sm90_tile_of_shape(p, v.consumers, t) != 0 ? nullptr
-              : hd == 64  ? fa_sm90::instance_kernel_fn<64, FA_NUM_CONSUMER_WARPGROUPS>(p)
+    if (fa_sm90_tile_of_shape(p, FA_NUM_CONSUMER_WARPGROUPS, t) != 0)
+        return false;
+    *fn = nullptr;
+    if (is_library(v)) {
+        *fn = hd == 64    ? fa_sm90::instance_kernel_fn<64, FA_NUM_CONSUMER_WARPGROUPS>(p)
               : hd == 128 ? fa_sm90::instance_kernel_fn<128, FA_NUM_CONSUMER_WARPGROUPS>(p)
                           : nullptr;
         return *fn != nullptr;
     }
-    if (fa_sm90_tile_of_shape(p, FA_NUM_CONSUMER_WARPGROUPS, t) != 0)
-        return false;
-    t->block_m = FA_SM90_BLOCK_M(v.consumers);
-    t->block_n = v.block_n;
-    t->stages = FA_SM90_STAGES(v.head_dim, v.consumers);
-    t->smem_bytes = FA_SM90_SMEM_BYTES(t->block_m, v.head_dim, t->block_n, t->stages);
-    *fn = nullptr;
+    if (v.consumers == 3) {
+        t->block_m = FA_SM90_BLOCK_M(v.consumers);
+        t->block_n = v.block_n;
+        t->stages = FA_SM90_STAGES(v.head_dim, v.consumers);
+        t->smem_bytes = FA_SM90_SMEM_BYTES(t->block_m, v.head_dim, t->block_n, t->stages);
+    }
     if (full_set(v))
         *fn = fa_sm90::instance_kernel_fn<64, 3>(p);
     else
@@ -286,7 +363,7 @@ bool launch(const Problem &pr, const Ready &r, cudaStream_t stream)
         return false;
     const Variant &v = r.v;
     cudaError_t e;
-    if (v.consumers == FA_NUM_CONSUMER_WARPGROUPS)
+    if (is_library(v))
         e = r.cfg.head_dim_padded == 64
                 ? fa_sm90::instance_launch<64, FA_NUM_CONSUMER_WARPGROUPS>(&pr.p, &r.cfg, stream)
                 : fa_sm90::instance_launch<128, FA_NUM_CONSUMER_WARPGROUPS>(&pr.p, &r.cfg, stream);
@@ -362,7 +439,7 @@ bool check(const Shape &shape, int sm_count)
     bool all_ok = true;
     std::vector<Variant> variants = {kTwo};
     for (const Variant &v : kVariants)
-        if (serves(v, s))
+        if (serves(v, pr))
             variants.push_back(v);
     for (const Variant &v : variants) {
         CK(cudaMemset(pr.dout, 0xff, pr.out_elems * 2)); /* NaN everywhere a row is not written */
@@ -424,6 +501,10 @@ std::vector<Shape> check_shapes()
         add(3, 700, 700, 40, causal);
         add(3, 700, 700, 96, causal);
         add(1, 1000, 1000, 64, causal, -1, -1, 30.f);
+        for (int d : {64, 128}) {
+            add(2, 1500, 1500, d, causal, -1, -1, 30.f);
+            add(1, 777, 2100, d, causal, -1, -1, 5.f);
+        }
     }
     add(2, 1000, 1000, 64, 0, 100, 0);   /* sliding window */
     add(1, 600, 1000, 64, 0, 64, 32);
@@ -458,8 +539,9 @@ bool agrees(const Problem &pr, const Shape &s, const Result &two, const Result &
 }
 
 /* The fa suite's configs at head_dim 64 and 128, each variant that serves them timed against
-   two consumers. */
-bool bench(int repeats, int sm_count)
+   two consumers. With softcap > 0: bfloat16 only, every config with that softcap, and only the
+   two-consumer variants (the three-consumer ones are settled, benches/NOTES.md). */
+bool bench(int repeats, int sm_count, float softcap)
 {
     cudaStream_t stream;
     CK(cudaStreamCreate(&stream));
@@ -497,11 +579,13 @@ bool bench(int repeats, int sm_count)
     printf("\n%-40s %-11s %10s %10s %7s %10s\n", "config", "variant", "2 TFLOP/s", "TFLOP/s", "ratio", "max diff");
     std::vector<std::vector<double>> ratios(sizeof kVariants / sizeof kVariants[0]);
     bool ok = true;
-    for (int d : {64, 128})
+    /* with softcap, head_dim 128 (issue 13's softcap target) first */
+    for (int d : softcap > 0.f ? std::vector<int>{128, 64} : std::vector<int>{64, 128})
         for (int bf16 : {1, 0})
             for (int causal : {0, 1})
                 for (int seqlen : {512, 1024, 2048, 4096, 8192, 16384}) {
-                    const Shape s{16384 / seqlen, seqlen, seqlen, 2048 / d, 2048 / d, d, bf16 != 0, causal, -1, -1, 0.f};
+                    if (softcap > 0.f && !bf16) continue;
+                    const Shape s{16384 / seqlen, seqlen, seqlen, 2048 / d, 2048 / d, d, bf16 != 0, causal, -1, -1, softcap};
                     Problem pr;
                     pr.init(s, 1234 + seqlen + d);
                     const Ready two_ready = prepare(pr, kTwo, sm_count);
@@ -509,7 +593,7 @@ bool bench(int repeats, int sm_count)
                     const Result two = fetch(pr, describe(s) + " " + kTwo.name);
                     for (size_t vi = 0; vi < ratios.size(); ++vi) {
                         const Variant &v = kVariants[vi];
-                        if (!serves(v, s)) continue;
+                        if (!serves(v, pr) || (softcap > 0.f && v.consumers != FA_NUM_CONSUMER_WARPGROUPS)) continue;
                         /* correct first: the variant agrees with two consumers before it is timed */
                         const Ready ready = prepare(pr, v, sm_count);
                         if (!launch(pr, ready, stream)) return false;
@@ -576,7 +660,8 @@ int main(int argc, char **argv)
     const int sm_count = device_sm_count(9);
     if (argc > 1 && strcmp(argv[1], "--profile") == 0)
         return profile(sm_count) ? 0 : 1;
-    const bool do_bench = argc > 1 && strcmp(argv[1], "--bench") == 0;
+    const bool softcap_bench = argc > 1 && strcmp(argv[1], "--bench-softcap") == 0;
+    const bool do_bench = softcap_bench || (argc > 1 && strcmp(argv[1], "--bench") == 0);
     const int repeats = do_bench && argc > 2 ? std::max(1, atoi(argv[2])) : 7;
     int failed = 0, ran = 0;
     for (const Shape &s : check_shapes()) {
@@ -586,7 +671,7 @@ int main(int argc, char **argv)
     printf("%d shapes, %d failed: %s\n", ran, failed, failed ? "FAIL" : "PASS");
     if (failed)
         return 1;
-    if (do_bench && !bench(repeats, sm_count))
+    if (do_bench && !bench(repeats, sm_count, softcap_bench ? 30.f : 0.f))
         return 1;
     return 0;
 }

@@ -167,6 +167,29 @@ def test_gpu_softcap(family, dtype, head_dim, window, causal, softcap):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_gpu_softcap_nan_key_reaches_exactly_the_rows_that_see_it(family, head_dim, causal):
+    """NaN in k[0, j, 0, :] makes out NaN in every row of q heads 0-1 that sees key j, and
+    nothing else changes, with softcap on: tanh and the softmax must keep a NaN score NaN.
+    Keys 5 and 133 sit in the first eight columns of their key block, the columns that take
+    exp2_fma in the dev/ variants with exponentials on the FMA pipe (sm90_softmax.cuh)."""
+    import torch
+
+    require_family(family)
+    q, k, v = gpu_inputs(1, 700, 700, 4, 2, head_dim, "bfloat16", q_scale=5.0, k_scale=5.0)
+    clean = fa.attention(q, k, v, causal=causal, softcap=30.0, kernel=family)
+    for j in (5, 133):
+        bad_k = k.clone()
+        bad_k[0, j, 0, :] = float("nan")
+        bad = fa.attention(q, bad_k, v, causal=causal, softcap=30.0, kernel=family)
+        reached = torch.zeros(bad.shape[:3], dtype=torch.bool, device="cuda")
+        reached[0, j if causal else 0:, :2] = True
+        assert torch.isnan(bad[reached]).all(), f"a row that sees NaN key {j} is not NaN"
+        assert torch.equal(bad[~reached], clean[~reached]), f"NaN key {j} reached other rows"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("window, causal", [((-1, -1), False), ((-1, -1), True),

@@ -6,6 +6,8 @@
  * fence/commit/wait, the wgmma shared-memory matrix descriptor, and the TMA reduction the
  * backward adds dQ with.
  *
+ * Also two float operations whose NaN behaviour the compiler must keep (max.NaN, fma.rn).
+ *
  * Device-only; needs the sm_90a target (-gencode arch=compute_90a,code=sm_90a).
  * Shared-memory operands are 32-bit shared-window addresses (smem_addr()).
  */
@@ -20,6 +22,23 @@ namespace fa_sm90 {
 
 FA_DEV uint32_t smem_addr(const void *p) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// ---------------------------------------------------------------- float arithmetic kept as written
+
+// max that returns NaN when either operand is NaN (fmaxf returns the other operand).
+FA_DEV float max_nan_f32(float a, float b) {
+    float d;
+    asm("max.NaN.f32 %0, %1, %2;\n" : "=f"(d) : "f"(a), "f"(b));
+    return d;
+}
+
+// a * b + c, rounded once; in PTX so that no fast-math rewrite drops a product with 0 (which
+// must stay NaN for a NaN a).
+FA_DEV float fma_rn_f32(float a, float b, float c) {
+    float d;
+    asm("fma.rn.f32 %0, %1, %2, %3;\n" : "=f"(d) : "f"(a), "f"(b), "f"(c));
+    return d;
 }
 
 // ---------------------------------------------------------------- mbarrier

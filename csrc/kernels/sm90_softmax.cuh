@@ -19,9 +19,10 @@
  * a head_dim 64 tile take about as long as its two GEMMs. A share of them computed on the FMA
  * pipe by a degree-3 polynomial (exp2_fma) measured slower at 1/8, 2/8 and 3/8 on an H200 with
  * two consumer warpgroups, as did 2 and 4 independent chains of the row max (benches/NOTES.md,
- * sm90 v5 and v6). The library's instances take none (kFmaEighths = 0); the three-consumer
- * variants of dev/fwd_sm90_consumers.cu try it again, where the softmax has two other
- * warpgroups' GEMMs around it (issue 17).
+ * sm90 v5 and v6), and three consumer warpgroups with it (issue 17). With softcap, where MUFU
+ * computes tanh as well, it gained nothing worth a second kind of instance (H100: 1/8-3/8 at
+ * head_dim 128 causal 0.97-1.00x, 2/8-3/8 at head_dim 64 0.99-1.02x, 4/8 0.92-0.96x;
+ * dev/fwd_sm90_consumers.cu --bench-softcap). The library's instances take none (kFmaEighths = 0).
  *
  * Device-only; included by fwd_sm90.cu.
  */
@@ -31,6 +32,7 @@
 #include <stdint.h>
 
 #include "../common/score.h"
+#include "sm90_ptx.cuh"
 
 namespace fa_sm90 {
 
@@ -148,13 +150,14 @@ __device__ __forceinline__ bool outgrows(float bmax, float m, float scale_log2) 
 // error below 1.2e-4, under float16's rounding of P; tests/test_exp2_fma.py), n added
 // to the exponent field. x is clamped to -127 first: x = -inf (a masked score) then gives
 // f = 0, p = 1.0 and a result of exactly +0.0, as MUFU.EX2.FTZ does; x in [-127, -126.5)
-// gives p >= 1 and a denormal or 0, never a wrapped sign. A NaN x also gives 0 (not NaN, as
-// MUFU does): an instance that takes it must run the NaN-row tests before it ships.
+// gives p >= 1 and a denormal or 0, never a wrapped sign. A NaN x passes the clamp (max.NaN)
+// and the last step adds 0 * x, so the result is NaN, as MUFU's is: the integer add alone
+// would turn NaN's bits into a finite number.
 __device__ __forceinline__ float exp2_fma(float x) {
     constexpr float kRoundShift = 12582912.f;  // 1.5 * 2^23: x + it holds round(x) in its low mantissa bits
     constexpr float kC1 = 0.69328290f, kC2 = 0.24221097f, kC3 = 0.05500893f;
     constexpr float kLowest = -127.f;
-    x = fmaxf(x, kLowest);
+    x = max_nan_f32(x, kLowest);
     const float shifted = __fadd_rn(x, kRoundShift);
     const float n = __fadd_rn(shifted, -kRoundShift);
     const float f = __fadd_rn(x, -n);
@@ -163,7 +166,8 @@ __device__ __forceinline__ float exp2_fma(float x) {
     p = fmaf(p, f, 1.f);
     // The shifted float's bits are 0x4B400000 + n; shifted left by 23 the constant part leaves
     // the 32-bit word and n lands in the exponent field (unsigned: the shift drops those bits).
-    return __uint_as_float(__float_as_uint(p) + (__float_as_uint(shifted) << 23));
+    const float r = __uint_as_float(__float_as_uint(p) + (__float_as_uint(shifted) << 23));
+    return fma_rn_f32(x, 0.f, r);
 }
 
 // In place, max first. Returns whether any row of the warp moved its max: O must then be
