@@ -139,6 +139,14 @@ static inline void fa_sm80_bwd_fill_tile(fa_tile *t, int hdp, int block_m, int b
     t->persistent = 0;
 }
 
+/* *t for head dim HD: its wide tier where smem_optin bytes hold it, else its narrow one. */
+#define FA_SM80_BWD_FILL_TIER(t, HD, smem_optin)                                                      \
+    ((smem_optin) >= FA_SM80_BWD_WIDE_SMEM_BYTES_OF(HD)                                               \
+         ? fa_sm80_bwd_fill_tile(t, HD, FA_SM80_BWD_WIDE_HD##HD##_BLOCK_M,                            \
+                                 FA_SM80_BWD_WIDE_HD##HD##_BLOCK_N, FA_SM80_BWD_WIDE_HD##HD##_STAGES) \
+         : fa_sm80_bwd_fill_tile(t, HD, FA_SM80_BWD_HD##HD##_BLOCK_M, FA_SM80_BWD_HD##HD##_BLOCK_N,   \
+                                 FA_SM80_BWD_NARROW_STAGES))
+
 /* Fills *t for p's head_dim on a device with smem_optin bytes of opt-in shared memory per
    block (nothing else of p or g changes it); returns 0, or -1 if head_dim is not a multiple
    of 8 in [8, 256]. stages: the Q/dO buffers (see above). Pure arithmetic: the
@@ -152,28 +160,12 @@ static inline int fa_sm80_bwd_tile(const fa_params *p, const fa_grad_params *g, 
     const int hdp = fa_head_dim_padded(p->head_dim);
     if (hdp == 0)
         return -1;
-    if (hdp == 64) {
-        if (smem_optin >= FA_SM80_BWD_WIDE_SMEM_BYTES_OF(64))
-            fa_sm80_bwd_fill_tile(t, 64, FA_SM80_BWD_WIDE_HD64_BLOCK_M, FA_SM80_BWD_WIDE_HD64_BLOCK_N,
-                                  FA_SM80_BWD_WIDE_HD64_STAGES);
-        else
-            fa_sm80_bwd_fill_tile(t, 64, FA_SM80_BWD_HD64_BLOCK_M, FA_SM80_BWD_HD64_BLOCK_N,
-                                  FA_SM80_BWD_NARROW_STAGES);
-    } else if (hdp == 128) {
-        if (smem_optin >= FA_SM80_BWD_WIDE_SMEM_BYTES_OF(128))
-            fa_sm80_bwd_fill_tile(t, 128, FA_SM80_BWD_WIDE_HD128_BLOCK_M, FA_SM80_BWD_WIDE_HD128_BLOCK_N,
-                                  FA_SM80_BWD_WIDE_HD128_STAGES);
-        else
-            fa_sm80_bwd_fill_tile(t, 128, FA_SM80_BWD_HD128_BLOCK_M, FA_SM80_BWD_HD128_BLOCK_N,
-                                  FA_SM80_BWD_NARROW_STAGES);
-    } else {
-        if (smem_optin >= FA_SM80_BWD_WIDE_SMEM_BYTES_OF(256))
-            fa_sm80_bwd_fill_tile(t, 256, FA_SM80_BWD_WIDE_HD256_BLOCK_M, FA_SM80_BWD_WIDE_HD256_BLOCK_N,
-                                  FA_SM80_BWD_WIDE_HD256_STAGES);
-        else
-            fa_sm80_bwd_fill_tile(t, 256, FA_SM80_BWD_HD256_BLOCK_M, FA_SM80_BWD_HD256_BLOCK_N,
-                                  FA_SM80_BWD_NARROW_STAGES);
-    }
+    if (hdp == 64)
+        FA_SM80_BWD_FILL_TIER(t, 64, smem_optin);
+    else if (hdp == 128)
+        FA_SM80_BWD_FILL_TIER(t, 128, smem_optin);
+    else
+        FA_SM80_BWD_FILL_TIER(t, 256, smem_optin);
     return 0;
 }
 
