@@ -151,13 +151,11 @@ const fa_op fa_attention_backward_op = {
     .run_cpu = backward_run_cpu,
 };
 
-PyObject *attention_backward_impl(PyObject *module, PyObject *const *arrays, PyObject *layouts,
-                                  const backward_scalars *s, uintptr_t stream,
-                                  PyObject *stream_owner, int device_kind, int device_index)
+PyObject *attention_backward_impl(PyObject *module, PyObject *const *arrays,
+                                  const attention_site *site, const backward_scalars *s)
 {
     const int sinks = arrays[BWD_SINKS] && arrays[BWD_SINKS] != Py_None;
-    const attention_call_args c = {arrays, layouts, &s->fwd, s, sinks ? BWD_DSINKS : -1,
-                                   stream, stream_owner, device_kind, device_index};
+    const attention_call_args c = {arrays, site, &s->fwd, s, sinks ? BWD_DSINKS : -1};
     return attention_call(module, &fa_attention_backward_op, &c);
 }
 

@@ -334,9 +334,8 @@ const fa_op fa_attention_kvcache_op = {
     .run_cpu = kvcache_run_cpu,
 };
 
-PyObject *attention_kvcache_impl(PyObject *module, PyObject *const *arrays, PyObject *layouts,
-                                 const kvcache_scalars *s, uintptr_t stream,
-                                 PyObject *stream_owner, int device_kind, int device_index)
+PyObject *attention_kvcache_impl(PyObject *module, PyObject *const *arrays,
+                                 const attention_site *site, const kvcache_scalars *s)
 {
     if (s->cache_seqlen < 0 || s->num_splits < 0) {
         PyErr_Format(PyExc_ValueError,
@@ -344,8 +343,6 @@ PyObject *attention_kvcache_impl(PyObject *module, PyObject *const *arrays, PyOb
                      s->cache_seqlen, s->num_splits);
         return NULL;
     }
-    const attention_call_args c = {arrays, layouts, &s->fwd, s,
-                                   s->fwd.return_lse ? KVC_LSE : -1, stream, stream_owner,
-                                   device_kind, device_index};
+    const attention_call_args c = {arrays, site, &s->fwd, s, s->fwd.return_lse ? KVC_LSE : -1};
     return attention_call(module, &fa_attention_kvcache_op, &c);
 }

@@ -244,26 +244,21 @@ static int check_max_seqlens(const varlen_scalars *s)
     return 0;
 }
 
-PyObject *attention_varlen_impl(PyObject *module, PyObject *const *arrays, PyObject *layouts,
-                                const varlen_scalars *s, uintptr_t stream,
-                                PyObject *stream_owner, int device_kind, int device_index)
+PyObject *attention_varlen_impl(PyObject *module, PyObject *const *arrays,
+                                const attention_site *site, const varlen_scalars *s)
 {
     if (check_max_seqlens(s) < 0)
         return NULL;
-    const attention_call_args c = {arrays, layouts, &s->fwd, s, s->fwd.return_lse ? VL_LSE : -1,
-                                   stream, stream_owner, device_kind, device_index};
+    const attention_call_args c = {arrays, site, &s->fwd, s, s->fwd.return_lse ? VL_LSE : -1};
     return attention_call(module, &fa_attention_varlen_op, &c);
 }
 
 PyObject *attention_varlen_backward_impl(PyObject *module, PyObject *const *arrays,
-                                         PyObject *layouts, const varlen_scalars *s,
-                                         uintptr_t stream, PyObject *stream_owner,
-                                         int device_kind, int device_index)
+                                         const attention_site *site, const varlen_scalars *s)
 {
     if (check_max_seqlens(s) < 0)
         return NULL;
     const int sinks = arrays[VLB_SINKS] && arrays[VLB_SINKS] != Py_None;
-    const attention_call_args c = {arrays, layouts, &s->fwd, s, sinks ? VLB_DSINKS : -1,
-                                   stream, stream_owner, device_kind, device_index};
+    const attention_call_args c = {arrays, site, &s->fwd, s, sinks ? VLB_DSINKS : -1};
     return attention_call(module, &fa_attention_varlen_backward_op, &c);
 }

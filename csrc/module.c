@@ -1,15 +1,15 @@
 /*
  * module.c -- flashattn_c._C: the PEP 489 module, its method table and thin parsers.
  *
- *   forward(q, k, v, out=None, *, causal, softmax_scale, return_lse, stream, device_kind,
- *           device_index, kernel, stream_owner, layouts, lse, window_left, window_right,
- *           softcap, sinks) -> (out, lse or None)
- *   backward(dout, q, k, v, out, lse, *, dq, dk, dv, dsinks, <forward's scalars>,
- *            deterministic) -> (dq, dk, dv, dsinks or None)
+ *   forward(q, k, v, out=None, *, return_lse, lse, sinks, <common>) -> (out, lse or None)
+ *   backward(dout, q, k, v, out, lse, *, dq, dk, dv, dsinks, deterministic, sinks, <common>)
+ *            -> (dq, dk, dv, dsinks or None)
  *   launch_config(...), last_launch(), build_info()   introspection of the launch contract
  *   varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, ...),
  *   varlen_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, ...)   packed batches
  *   kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens, ...)   over a KV cache
+ *   <common>: causal, softmax_scale, stream, device_kind, device_index, kernel, stream_owner,
+ *             layouts, window_left, window_right, softcap (COMMON_KWLIST: every op takes them)
  *   forward_roles, backward_roles, varlen_forward_roles, varlen_backward_roles, kvcache_roles
  *                     each op's arrays in order: (name, is_output, fixed dtype or None)
  *
@@ -58,117 +58,118 @@ static int parse_softcap(PyObject *obj, double *softcap)
     return fa_parse_real(obj, "softcap", softcap);
 }
 
-/* The scalar arguments every attention op shares, converted in place: the flags, the scale,
- * the softcap and the stream. return_lse_obj NULL: the op has no such flag. */
-static int parse_attention_scalars(PyObject *causal_obj, PyObject *return_lse_obj,
-                                   PyObject *scale_obj, PyObject *softcap_obj,
-                                   PyObject *stream_obj, attention_scalars *s, uintptr_t *stream)
+/* The keywords every attention op takes after its own. Each parser's kwlist, format and
+ * arguments end with COMMON_KWLIST, COMMON_FORMAT and COMMON_ARGS(k), in this order, and
+ * finish_common converts what they read. layouts (internal, from flashattn_c._api): per role a
+ * layout tuple read off a torch tensor, or None for the generic import; the stream is then
+ * torch's current one on the tensors' device. */
+typedef struct {
+    PyObject *causal, *softmax_scale, *stream, *stream_owner, *layouts, *softcap;
+    int device_kind, device_index, kernel, window_left, window_right;
+} common_kwargs;
+
+#define COMMON_KWARGS_INIT                                                                     \
+    {.causal = Py_False, .softmax_scale = Py_None, .stream = Py_None, .stream_owner = Py_None, \
+     .layouts = Py_None, .softcap = NULL, .device_kind = FA_DEVICE_AUTO, .device_index = -1,   \
+     .kernel = FA_KERNEL_AUTO, .window_left = -1, .window_right = -1}
+#define COMMON_KWLIST                                                                         \
+    "causal", "softmax_scale", "stream", "device_kind", "device_index", "kernel",             \
+        "stream_owner", "layouts", "window_left", "window_right", "softcap"
+#define COMMON_FORMAT "OOOiiiOOiiO"
+#define COMMON_ARGS(k)                                                                         \
+    &(k).causal, &(k).softmax_scale, &(k).stream, &(k).device_kind, &(k).device_index,         \
+        &(k).kernel, &(k).stream_owner, &(k).layouts, &(k).window_left, &(k).window_right,     \
+        &(k).softcap
+
+/* The common keywords as the forward's scalars and the call's site; return_lse_obj NULL: the
+ * op has no such flag. */
+static int finish_common(const common_kwargs *k, PyObject *return_lse_obj, attention_scalars *s,
+                         attention_site *site)
 {
-    if (fa_parse_flag(causal_obj, "causal", &s->causal) < 0 ||
+    s->kernel = k->kernel;
+    s->window_left = k->window_left;
+    s->window_right = k->window_right;
+    site->layouts = k->layouts;
+    site->stream_owner = k->stream_owner;
+    site->device_kind = k->device_kind;
+    site->device_index = k->device_index;
+    if (fa_parse_flag(k->causal, "causal", &s->causal) < 0 ||
         (return_lse_obj && fa_parse_flag(return_lse_obj, "return_lse", &s->return_lse) < 0) ||
-        fa_parse_stream(stream_obj, stream) < 0 || parse_scale(scale_obj, &s->softmax_scale) < 0 ||
-        parse_softcap(softcap_obj, &s->softcap) < 0)
+        fa_parse_stream(k->stream, &site->stream) < 0 ||
+        parse_scale(k->softmax_scale, &s->softmax_scale) < 0 ||
+        parse_softcap(k->softcap, &s->softcap) < 0)
         return -1;
     return 0;
 }
 
-/* layouts (internal, from flashattn_c._api): per role a layout tuple read off a torch tensor,
- * or None for the generic import; the stream is then torch's current one on the tensors'
- * device. lse (internal): a caller-owned float32 output, as out= is for out. */
+/* lse (internal): a caller-owned float32 output, as out= is for out. */
 static PyObject *py_forward(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"q",      "k",           "v",            "out",
-                             "causal", "softmax_scale", "return_lse", "stream",
-                             "device_kind", "device_index", "kernel",  "stream_owner",
-                             "layouts", "lse", "window_left", "window_right",
-                             "softcap", "sinks", NULL};
+    static char *kwlist[] = {"q", "k", "v", "out", "return_lse", "lse", "sinks", COMMON_KWLIST,
+                             NULL};
     PyObject *arrays[ATTN_NUM_ROLES] = {NULL};
-    PyObject *scale_obj = Py_None, *stream_obj = Py_None, *stream_owner = Py_None;
-    PyObject *layouts = Py_None, *causal_obj = Py_False, *return_lse_obj = Py_False;
-    PyObject *softcap_obj = NULL;
-    attention_scalars s = {.kernel = FA_KERNEL_AUTO, .window_left = -1, .window_right = -1};
-    int device_kind = FA_DEVICE_AUTO, device_index = -1;
-    uintptr_t stream = 0;
+    PyObject *return_lse_obj = Py_False;
+    common_kwargs k = COMMON_KWARGS_INIT;
+    attention_scalars s = {0};
+    attention_site site;
     arrays[ATTN_OUT] = arrays[ATTN_LSE] = arrays[ATTN_SINKS] = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOO|O$OOOOiiiOOOiiOO:forward", kwlist, &arrays[ATTN_Q],
-            &arrays[ATTN_K], &arrays[ATTN_V], &arrays[ATTN_OUT], &causal_obj, &scale_obj,
-            &return_lse_obj, &stream_obj, &device_kind, &device_index, &s.kernel, &stream_owner,
-            &layouts, &arrays[ATTN_LSE], &s.window_left, &s.window_right, &softcap_obj,
-            &arrays[ATTN_SINKS]))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|O$OOO" COMMON_FORMAT ":forward", kwlist,
+                                     &arrays[ATTN_Q], &arrays[ATTN_K], &arrays[ATTN_V],
+                                     &arrays[ATTN_OUT], &return_lse_obj, &arrays[ATTN_LSE],
+                                     &arrays[ATTN_SINKS], COMMON_ARGS(k)) ||
+        finish_common(&k, return_lse_obj, &s, &site) < 0)
         return NULL;
-    if (parse_attention_scalars(causal_obj, return_lse_obj, scale_obj, softcap_obj, stream_obj, &s,
-                                &stream) < 0)
-        return NULL;
-    return attention_forward_impl(module, arrays, layouts, &s, stream, stream_owner, device_kind,
-                                  device_index);
+    return attention_forward_impl(module, arrays, &site, &s);
 }
 
-/* dq, dk, dv, dsinks: caller-owned outputs, as out= is for the forward; layouts as for
- * forward, per role of backward_roles. */
+/* dq, dk, dv, dsinks: caller-owned outputs, as out= is for the forward; layouts per role of
+ * backward_roles. */
 static PyObject *py_backward(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"dout", "q", "k", "v", "out", "lse", "dq", "dk", "dv", "dsinks",
-                             "causal", "softmax_scale", "stream", "device_kind",
-                             "device_index", "kernel", "stream_owner", "layouts",
-                             "window_left", "window_right", "softcap", "sinks",
-                             "deterministic", NULL};
+    static char *kwlist[] = {"dout", "q",  "k",      "v",     "out",           "lse",
+                             "dq",   "dk", "dv",     "dsinks", "deterministic", "sinks",
+                             COMMON_KWLIST, NULL};
     PyObject *arrays[BWD_NUM_ROLES] = {NULL};
-    PyObject *scale_obj = Py_None, *stream_obj = Py_None, *stream_owner = Py_None;
-    PyObject *layouts = Py_None, *causal_obj = Py_False, *det_obj = Py_False;
-    PyObject *softcap_obj = NULL;
-    backward_scalars s = {.fwd = {.kernel = FA_KERNEL_AUTO, .window_left = -1, .window_right = -1}};
-    int device_kind = FA_DEVICE_AUTO, device_index = -1;
-    uintptr_t stream = 0;
+    PyObject *det_obj = Py_False;
+    common_kwargs k = COMMON_KWARGS_INIT;
+    backward_scalars s = {0};
+    attention_site site;
     arrays[BWD_DQ] = arrays[BWD_DK] = arrays[BWD_DV] = arrays[BWD_DSINKS] = Py_None;
     arrays[BWD_SINKS] = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOOOO|$OOOOOOOiiiOOiiOOO:backward", kwlist, &arrays[BWD_DOUT],
-            &arrays[BWD_Q], &arrays[BWD_K], &arrays[BWD_V], &arrays[BWD_OUT], &arrays[BWD_LSE],
-            &arrays[BWD_DQ], &arrays[BWD_DK], &arrays[BWD_DV], &arrays[BWD_DSINKS], &causal_obj,
-            &scale_obj, &stream_obj, &device_kind, &device_index, &s.fwd.kernel, &stream_owner,
-            &layouts, &s.fwd.window_left, &s.fwd.window_right, &softcap_obj, &arrays[BWD_SINKS],
-            &det_obj))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO|$OOOOOO" COMMON_FORMAT ":backward",
+                                     kwlist, &arrays[BWD_DOUT], &arrays[BWD_Q], &arrays[BWD_K],
+                                     &arrays[BWD_V], &arrays[BWD_OUT], &arrays[BWD_LSE],
+                                     &arrays[BWD_DQ], &arrays[BWD_DK], &arrays[BWD_DV],
+                                     &arrays[BWD_DSINKS], &det_obj, &arrays[BWD_SINKS],
+                                     COMMON_ARGS(k)) ||
+        fa_parse_flag(det_obj, "deterministic", &s.deterministic) < 0 ||
+        finish_common(&k, NULL, &s.fwd, &site) < 0)
         return NULL;
-    if (fa_parse_flag(det_obj, "deterministic", &s.deterministic) < 0 ||
-        parse_attention_scalars(causal_obj, NULL, scale_obj, softcap_obj, stream_obj, &s.fwd,
-                                &stream) < 0)
-        return NULL;
-    return attention_backward_impl(module, arrays, layouts, &s, stream, stream_owner,
-                                   device_kind, device_index);
+    return attention_backward_impl(module, arrays, &site, &s);
 }
 
 /* Packed batches: arrays and keywords as forward's, plus the int32 offsets and the longest
  * entry of each side; lse is (heads_q, total_q). */
 static PyObject *py_varlen_forward(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"q",           "k",           "v",             "cu_seqlens_q",
+    static char *kwlist[] = {"q",           "k",           "v",          "cu_seqlens_q",
                              "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k", "out",
-                             "causal",      "softmax_scale", "return_lse",  "stream",
-                             "device_kind", "device_index", "kernel",       "stream_owner",
-                             "layouts",     "lse",         "window_left",   "window_right",
-                             "softcap",     "sinks",       NULL};
+                             "return_lse",  "lse",         "sinks",      COMMON_KWLIST,
+                             NULL};
     PyObject *arrays[VL_NUM_ROLES] = {NULL};
-    PyObject *scale_obj = Py_None, *stream_obj = Py_None, *stream_owner = Py_None;
-    PyObject *layouts = Py_None, *causal_obj = Py_False, *return_lse_obj = Py_False;
-    PyObject *softcap_obj = NULL;
-    varlen_scalars s = {.fwd = {.kernel = FA_KERNEL_AUTO, .window_left = -1, .window_right = -1}};
-    int device_kind = FA_DEVICE_AUTO, device_index = -1;
-    uintptr_t stream = 0;
+    PyObject *return_lse_obj = Py_False;
+    common_kwargs k = COMMON_KWARGS_INIT;
+    varlen_scalars s = {0};
+    attention_site site;
     arrays[VL_OUT] = arrays[VL_LSE] = arrays[VL_SINKS] = Py_None;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOOOii|O$OOOOiiiOOOiiOO:varlen_forward", kwlist, &arrays[VL_Q],
+            args, kwargs, "OOOOOii|O$OOO" COMMON_FORMAT ":varlen_forward", kwlist, &arrays[VL_Q],
             &arrays[VL_K], &arrays[VL_V], &arrays[VL_CU_Q], &arrays[VL_CU_K], &s.max_seqlen_q,
-            &s.max_seqlen_k, &arrays[VL_OUT], &causal_obj, &scale_obj, &return_lse_obj,
-            &stream_obj, &device_kind, &device_index, &s.fwd.kernel, &stream_owner, &layouts,
-            &arrays[VL_LSE], &s.fwd.window_left, &s.fwd.window_right, &softcap_obj,
-            &arrays[VL_SINKS]))
+            &s.max_seqlen_k, &arrays[VL_OUT], &return_lse_obj, &arrays[VL_LSE],
+            &arrays[VL_SINKS], COMMON_ARGS(k)) ||
+        finish_common(&k, return_lse_obj, &s.fwd, &site) < 0)
         return NULL;
-    if (parse_attention_scalars(causal_obj, return_lse_obj, scale_obj, softcap_obj, stream_obj,
-                                &s.fwd, &stream) < 0)
-        return NULL;
-    return attention_varlen_impl(module, arrays, layouts, &s, stream, stream_owner, device_kind,
-                                 device_index);
+    return attention_varlen_impl(module, arrays, &site, &s);
 }
 
 /* The backward of varlen_forward: arrays and keywords as backward's, plus the offsets and the
@@ -178,34 +179,25 @@ static PyObject *py_varlen_backward(PyObject *module, PyObject *args, PyObject *
     static char *kwlist[] = {"dout",         "q",            "k",            "v",
                              "out",          "lse",          "cu_seqlens_q", "cu_seqlens_k",
                              "max_seqlen_q", "max_seqlen_k", "dq",           "dk",
-                             "dv",           "dsinks",       "causal",       "softmax_scale",
-                             "stream",       "device_kind",  "device_index", "kernel",
-                             "stream_owner", "layouts",      "window_left",  "window_right",
-                             "softcap",      "sinks",        "deterministic", NULL};
+                             "dv",           "dsinks",       "deterministic", "sinks",
+                             COMMON_KWLIST,  NULL};
     PyObject *arrays[VLB_NUM_ROLES] = {NULL};
-    PyObject *scale_obj = Py_None, *stream_obj = Py_None, *stream_owner = Py_None;
-    PyObject *layouts = Py_None, *causal_obj = Py_False, *det_obj = Py_False;
-    PyObject *softcap_obj = NULL;
-    varlen_scalars s = {.fwd = {.kernel = FA_KERNEL_AUTO, .window_left = -1, .window_right = -1}};
-    int device_kind = FA_DEVICE_AUTO, device_index = -1;
-    uintptr_t stream = 0;
+    PyObject *det_obj = Py_False;
+    common_kwargs k = COMMON_KWARGS_INIT;
+    varlen_scalars s = {0};
+    attention_site site;
     arrays[VLB_DQ] = arrays[VLB_DK] = arrays[VLB_DV] = arrays[VLB_DSINKS] = Py_None;
     arrays[VLB_SINKS] = Py_None;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOOOOOOii|$OOOOOOOiiiOOiiOOO:varlen_backward", kwlist,
+            args, kwargs, "OOOOOOOOii|$OOOOOO" COMMON_FORMAT ":varlen_backward", kwlist,
             &arrays[VLB_DOUT], &arrays[VLB_Q], &arrays[VLB_K], &arrays[VLB_V], &arrays[VLB_OUT],
             &arrays[VLB_LSE], &arrays[VLB_CU_Q], &arrays[VLB_CU_K], &s.max_seqlen_q,
             &s.max_seqlen_k, &arrays[VLB_DQ], &arrays[VLB_DK], &arrays[VLB_DV],
-            &arrays[VLB_DSINKS], &causal_obj, &scale_obj, &stream_obj, &device_kind,
-            &device_index, &s.fwd.kernel, &stream_owner, &layouts, &s.fwd.window_left,
-            &s.fwd.window_right, &softcap_obj, &arrays[VLB_SINKS], &det_obj))
+            &arrays[VLB_DSINKS], &det_obj, &arrays[VLB_SINKS], COMMON_ARGS(k)) ||
+        fa_parse_flag(det_obj, "deterministic", &s.deterministic) < 0 ||
+        finish_common(&k, NULL, &s.fwd, &site) < 0)
         return NULL;
-    if (fa_parse_flag(det_obj, "deterministic", &s.deterministic) < 0 ||
-        parse_attention_scalars(causal_obj, NULL, scale_obj, softcap_obj, stream_obj, &s.fwd,
-                                &stream) < 0)
-        return NULL;
-    return attention_varlen_backward_impl(module, arrays, layouts, &s, stream, stream_owner,
-                                          device_kind, device_index);
+    return attention_varlen_backward_impl(module, arrays, &site, &s);
 }
 
 /* The KV-cache op: q, the caches (written in place when k and v are given), the optional new
@@ -213,36 +205,26 @@ static PyObject *py_varlen_backward(PyObject *module, PyObject *args, PyObject *
  * cache_seqlens (the array) is None. */
 static PyObject *py_kvcache(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"q",            "k_cache",       "v_cache",     "k",
-                             "v",            "cache_seqlens", "cache_batch_idx", "block_table",
-                             "sinks",        "out",           "lse",         "cache_seqlen",
-                             "num_splits",   "causal",        "softmax_scale", "return_lse",
-                             "stream",       "device_kind",   "device_index", "kernel",
-                             "stream_owner", "layouts",       "window_left", "window_right",
-                             "softcap",      NULL};
+    static char *kwlist[] = {"q",          "k_cache",     "v_cache",       "k",
+                             "v",          "cache_seqlens", "cache_batch_idx", "block_table",
+                             "sinks",      "out",         "lse",           "cache_seqlen",
+                             "num_splits", "return_lse",  COMMON_KWLIST,   NULL};
     PyObject *arrays[KVC_NUM_ROLES] = {NULL};
-    PyObject *scale_obj = Py_None, *stream_obj = Py_None, *stream_owner = Py_None;
-    PyObject *layouts = Py_None, *causal_obj = Py_False, *return_lse_obj = Py_False;
-    PyObject *softcap_obj = NULL;
-    kvcache_scalars s = {.fwd = {.kernel = FA_KERNEL_AUTO, .window_left = -1, .window_right = -1}};
-    int device_kind = FA_DEVICE_AUTO, device_index = -1;
-    uintptr_t stream = 0;
+    PyObject *return_lse_obj = Py_False;
+    common_kwargs k = COMMON_KWARGS_INIT;
+    kvcache_scalars s = {0};
+    attention_site site;
     for (int r = KVC_K; r < KVC_NUM_ROLES; r++)
         arrays[r] = Py_None;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOO|OO$OOOOOOiiOOOOiiiOOiiO:kvcache", kwlist, &arrays[KVC_Q],
+            args, kwargs, "OOO|OO$OOOOOOiiO" COMMON_FORMAT ":kvcache", kwlist, &arrays[KVC_Q],
             &arrays[KVC_K_CACHE], &arrays[KVC_V_CACHE], &arrays[KVC_K], &arrays[KVC_V],
             &arrays[KVC_CACHE_SEQLENS], &arrays[KVC_CACHE_BATCH_IDX], &arrays[KVC_BLOCK_TABLE],
             &arrays[KVC_SINKS], &arrays[KVC_OUT], &arrays[KVC_LSE], &s.cache_seqlen,
-            &s.num_splits, &causal_obj, &scale_obj, &return_lse_obj, &stream_obj, &device_kind,
-            &device_index, &s.fwd.kernel, &stream_owner, &layouts, &s.fwd.window_left,
-            &s.fwd.window_right, &softcap_obj))
+            &s.num_splits, &return_lse_obj, COMMON_ARGS(k)) ||
+        finish_common(&k, return_lse_obj, &s.fwd, &site) < 0)
         return NULL;
-    if (parse_attention_scalars(causal_obj, return_lse_obj, scale_obj, softcap_obj, stream_obj,
-                                &s.fwd, &stream) < 0)
-        return NULL;
-    return attention_kvcache_impl(module, arrays, layouts, &s, stream, stream_owner, device_kind,
-                                  device_index);
+    return attention_kvcache_impl(module, arrays, &site, &s);
 }
 
 /* ------------------------------------------------------------------------------------------ */
