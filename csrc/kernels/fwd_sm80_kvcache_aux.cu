@@ -31,9 +31,12 @@
  *             at head_dim 256).
  *             Nothing is staged in shared memory. out in q's dtype and strides (8-byte stores),
  *             and the row's lse (batch, heads_q, seqlen_q) from the item of its first 4
- *             columns when p->lse is set. On sm_90 the kernel starts as a programmatic
+ *             columns when p->lse is set. Where this build carries SASS of sm_90 or later
+ *             for the GPU (fa_sass_has_griddepcontrol), the kernel starts as a programmatic
  *             dependent of the decode launch and waits for its memory (griddepcontrol.wait)
- *             before the first load; elsewhere it starts after the decode launch as usual.
+ *             before the first load; elsewhere (older GPUs, and a newer one running the
+ *             JIT-compiled PTX, which has no griddepcontrol) it starts after the decode
+ *             launch as usual.
  *
  * Element offsets are int64 throughout (strides may pass 2^31).
  */
@@ -364,11 +367,11 @@ cudaError_t fa_combine_launch(const fa_params *p, const fa_split_workspace *ws,
     launch.blockDim = dim3(cfg->block[0], cfg->block[1], cfg->block[2]);
     launch.dynamicSmemBytes = cfg->smem_bytes;
     launch.stream = stream;
-    /* sm_90: scheduled while the decode grid drains; the kernel waits for its memory. */
+    /* Scheduled while the decode grid drains, where the kernel can wait for its memory. */
     cudaLaunchAttribute dependent;
     dependent.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     dependent.val.programmaticStreamSerializationAllowed = 1;
-    if (cfg->arch_major >= 9) {
+    if (fa_sass_has_griddepcontrol(cfg->arch_major, cfg->arch_minor)) {
         launch.attrs = &dependent;
         launch.numAttrs = 1;
     }

@@ -47,6 +47,29 @@ typedef struct {
     int persistent;       /* 1: grid = min(tiles, SMs), the kernel loops over tiles */
 } fa_tile;
 
+#ifdef __CUDACC__
+/* Whether the kernels of the including translation unit run on a GPU of compute capability
+ * major.minor as code nvcc generated for that very architecture, at sm_90 or later: the only
+ * code in which griddepcontrol.wait exists. A GPU the build has no code of its own for runs
+ * the lowest target's PTX, JIT-compiled, where every griddepcontrol wrapper is empty; a kernel
+ * launched there as a programmatic dependent would read what the grid before it may not have
+ * made visible yet. (__CUDA_ARCH_LIST__: the virtual architectures nvcc compiles this file
+ * for, 10x the capability.) */
+static inline bool fa_sass_has_griddepcontrol(int major, int minor)
+{
+#ifdef __CUDA_ARCH_LIST__
+    const int archs[] = {__CUDA_ARCH_LIST__};
+    const int arch = 100 * major + 10 * minor;
+    for (int a : archs)
+        if (a == arch)
+            return a >= 900;
+#endif
+    (void)major;
+    (void)minor;
+    return false;
+}
+#endif
+
 /* head_dim rounded up to the size every family instantiates (64, 128, 256): the missing columns
  * are zero-filled on load and never stored. 0 when head_dim is not a multiple of 8 in [8, 256]
  * (16-byte rows: 8 16-bit elements). */
@@ -173,10 +196,11 @@ cudaError_t fa_bwd_post_launch(const fa_params *p, const fa_grad_params *g,
  *                   split with no visible key writing lse -inf and o 0.
  *   3. fa_combine   (num_splits > 1) grid (ceil(seqlen_q * heads_q / fa_combine_rows(head_dim,
  *                   num_splits)), batch): lse = log(sum_s exp(lse_s) + exp(sink)), out = sum_s exp(lse_s -
- *                   lse) o_s, out 0 and lse -inf (sink with sinks) for a row no split saw. On
- *                   sm_90 it is launched as a programmatic dependent of the decode launch
- *                   (fa_combine_launch), so it is scheduled while the decode grid drains and
- *                   waits for its results in the kernel (griddepcontrol.wait). */
+ *                   lse) o_s, out 0 and lse -inf (sink with sinks) for a row no split saw.
+ *                   Where the build has sm_90-or-later SASS for the GPU, it is launched as a
+ *                   programmatic dependent of the decode launch (fa_combine_launch), so it is
+ *                   scheduled while the decode grid drains and waits for its results in the
+ *                   kernel (griddepcontrol.wait). */
 #define FA_APPEND_ROWS 64
 
 #define FA_SPLIT_MIN_KEYS 64     /* fewest keys a split is planned for */
