@@ -368,9 +368,18 @@ def test_rss_reader_sees_an_allocation():
         import pytest
 
         pytest.skip("no /proc/self/statm on this platform")
-    block = np.ones(64 * 1024 * 1024 // 8)  # touched: resident
-    grown = rss_bytes() - before
-    del block
+    # A fresh anonymous mapping, every page touched: the heap may hand a large array memory an
+    # earlier test freed and left resident, which the reader rightly does not count as growth.
+    import mmap
+
+    size = 64 * 1024 * 1024
+    block = mmap.mmap(-1, size)
+    try:
+        for offset in range(0, size, mmap.PAGESIZE):
+            block[offset] = 1
+        grown = rss_bytes() - before
+    finally:
+        block.close()
     assert grown >= 32 * 1024 * 1024
 
 
