@@ -24,7 +24,10 @@ chunked  chunked prefill: attention_with_kvcache appending a chunk of 512 or 204
          the same queries and the full keys (what the call attends to), GQA 32:8, head_dim 128,
          batch 1; and the same call without the append (ours_kvcache_read: the keys already in
          the cache), which splits the gap between the append and the attention over a cache.
-         Reported: microseconds and TFLOP/s of the visible (bottom-right causal) pairs.
+         Reported: microseconds and TFLOP/s of the visible (bottom-right causal) pairs, eager,
+         and microseconds replayed from a CUDA graph (graph_us: GPU time with no host in it;
+         an eager sample also holds time outside the kernels, 5-6 us a call for attention()
+         at --calls 10 on an H100, benches/NOTES.md).
 
 Correctness comes first: every config's output is checked against a float32 reference by the
 project's rule (max|ours - ref| <= 2 max|peer - ref| + 2 max|(ref + 0.3 - 0.3) - ref|, peer =
@@ -391,13 +394,15 @@ def run_chunked(torch, fa, args, env, writer, rows):
                 checked, kernels = check_impls(torch, fa, impls, peer, ref)
                 timed = {n: f for n, f in impls.items() if checked[n][0]}
                 samples = time_impls(torch, timed, args.repeats, args.calls) if timed else {}
+                graphed = {n: graph_times(torch, f, args.repeats, args.calls) for n, f in timed.items()}
                 flops = 4.0 * B * Hq * D * pairs
                 for name, verdict in checked.items():
                     row = dict(env, suite="chunked", impl=name, dtype=dtype_name, B=B, Hq=Hq,
                                Hkv=Hkv, Sq=chunk, Sk=S, D=D, layout="dense", page_size="",
                                lengths="uniform", kernels=kernels[name])
-                    judged_row(row, verdict, samples.get(name),
-                               lambda us: {"tflops": flops / us / 1e6})
+                    if (judged_row(row, verdict, samples.get(name),
+                                   lambda us: {"tflops": flops / us / 1e6}) and graphed[name]):
+                        row.update(graph_us=1e3 * bl.median(graphed[name]))
                     rows.append(row)
                     writer(row)
                 del kc, vc, kn, vn
