@@ -31,10 +31,10 @@
  *             at head_dim 256).
  *             Nothing is staged in shared memory. out in q's dtype and strides (8-byte stores),
  *             and the row's lse (batch, heads_q, seqlen_q) from the item of its first 4
- *             columns when p->lse is set. Where this build carries SASS of sm_90 or later
- *             for the GPU (fa_sass_has_griddepcontrol), the kernel starts as a programmatic
- *             dependent of the decode launch and waits for its memory (griddepcontrol.wait)
- *             before the first load; elsewhere (older GPUs, and a newer one running the
+ *             columns when p->lse is set. Where this build carries code for the GPU's own
+ *             architecture, sm_90 or later (fa_sass_has_griddepcontrol), the kernel starts
+ *             as a programmatic dependent of the decode launch and waits for its memory
+ *             (griddepcontrol.wait) before the first load; elsewhere (older GPUs, and a newer one running the
  *             JIT-compiled PTX, which has no griddepcontrol) it starts after the decode
  *             launch as usual.
  *

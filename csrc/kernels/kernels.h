@@ -197,10 +197,10 @@ cudaError_t fa_bwd_post_launch(const fa_params *p, const fa_grad_params *g,
  *   3. fa_combine   (num_splits > 1) grid (ceil(seqlen_q * heads_q / fa_combine_rows(head_dim,
  *                   num_splits)), batch): lse = log(sum_s exp(lse_s) + exp(sink)), out = sum_s exp(lse_s -
  *                   lse) o_s, out 0 and lse -inf (sink with sinks) for a row no split saw.
- *                   Where the build has sm_90-or-later SASS for the GPU, it is launched as a
- *                   programmatic dependent of the decode launch (fa_combine_launch), so it is
- *                   scheduled while the decode grid drains and waits for its results in the
- *                   kernel (griddepcontrol.wait). */
+ *                   Where the build has code for the GPU's own architecture, sm_90 or later,
+ *                   it is launched as a programmatic dependent of the decode launch
+ *                   (fa_combine_launch), so it is scheduled while the decode grid drains and
+ *                   waits for its results in the kernel (griddepcontrol.wait). */
 #define FA_APPEND_ROWS 64
 
 #define FA_SPLIT_MIN_KEYS 64     /* fewest keys a split is planned for */
