@@ -175,8 +175,7 @@ int attention_check_device(int device_kind, int device_index)
 PyObject *attention_call(PyObject *module, const fa_op *op, const attention_call_args *c)
 {
     const attention_scalars *s = c->fwd;
-    const attention_site *site = c->site;
-    if (attention_check_device(site->device_kind, site->device_index) < 0 ||
+    if (attention_check_device(c->site->device_kind, c->site->device_index) < 0 ||
         attention_check_kernel(s->kernel) < 0 ||
         attention_check_window(s->window_left, s->window_right) < 0)
         return NULL;
@@ -186,17 +185,13 @@ PyObject *attention_call(PyObject *module, const fa_op *op, const attention_call
         call.objs[r] = c->arrays[r];
     if (c->want_role >= 0)
         call.want[c->want_role] = 1;
-    call.layouts = site->layouts;
-    call.stream = site->stream;
-    call.stream_owner = site->stream_owner;
-    call.device_kind = site->device_kind;
-    call.device_index = site->device_index;
+    call.site = *c->site;
     call.args = c->args;
     return fa_call_run(module, op, &call);
 }
 
 PyObject *attention_forward_impl(PyObject *module, PyObject *const *arrays,
-                                 const attention_site *site, const attention_scalars *s)
+                                 const fa_call_site *site, const attention_scalars *s)
 {
     const attention_call_args c = {arrays, site, s, s, s->return_lse ? ATTN_LSE : -1};
     return attention_call(module, &fa_attention_op, &c);

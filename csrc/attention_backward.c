@@ -152,7 +152,7 @@ const fa_op fa_attention_backward_op = {
 };
 
 PyObject *attention_backward_impl(PyObject *module, PyObject *const *arrays,
-                                  const attention_site *site, const backward_scalars *s)
+                                  const fa_call_site *site, const backward_scalars *s)
 {
     const int sinks = arrays[BWD_SINKS] && arrays[BWD_SINKS] != Py_None;
     const attention_call_args c = {arrays, site, &s->fwd, s, sinks ? BWD_DSINKS : -1};

@@ -335,7 +335,7 @@ const fa_op fa_attention_kvcache_op = {
 };
 
 PyObject *attention_kvcache_impl(PyObject *module, PyObject *const *arrays,
-                                 const attention_site *site, const kvcache_scalars *s)
+                                 const fa_call_site *site, const kvcache_scalars *s)
 {
     if (s->cache_seqlen < 0 || s->num_splits < 0) {
         PyErr_Format(PyExc_ValueError,

@@ -245,7 +245,7 @@ static int check_max_seqlens(const varlen_scalars *s)
 }
 
 PyObject *attention_varlen_impl(PyObject *module, PyObject *const *arrays,
-                                const attention_site *site, const varlen_scalars *s)
+                                const fa_call_site *site, const varlen_scalars *s)
 {
     if (check_max_seqlens(s) < 0)
         return NULL;
@@ -254,7 +254,7 @@ PyObject *attention_varlen_impl(PyObject *module, PyObject *const *arrays,
 }
 
 PyObject *attention_varlen_backward_impl(PyObject *module, PyObject *const *arrays,
-                                         const attention_site *site, const varlen_scalars *s)
+                                         const fa_call_site *site, const varlen_scalars *s)
 {
     if (check_max_seqlens(s) < 0)
         return NULL;

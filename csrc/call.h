@@ -108,14 +108,19 @@ typedef struct {
 /* device_kind of a call: where it runs. */
 enum { FA_DEVICE_AUTO = 0, FA_DEVICE_CPU = 1, FA_DEVICE_CUDA = 2 };
 
+/* Where a call runs, as its parser read it. */
+typedef struct {
+    PyObject *layouts;      /* None, or per role a torch layout tuple or None */
+    uintptr_t stream;       /* 0: legacy default */
+    PyObject *stream_owner; /* kept alive by new DeviceArrays; may be None */
+    int device_kind, device_index;
+} fa_call_site;
+
 /* One call as its parser read it. */
 typedef struct {
     PyObject *objs[FA_MAX_ROLES]; /* by role; NULL or None: absent (an output then allocated) */
     int want[FA_MAX_ROLES];       /* optional outputs: 1 to produce it (a given one always is) */
-    PyObject *layouts;            /* None, or per role a torch layout tuple or None */
-    uintptr_t stream;             /* 0: legacy default */
-    PyObject *stream_owner;       /* kept alive by new DeviceArrays; may be None */
-    int device_kind, device_index;
+    fa_call_site site;
     const void *args; /* the op's scalars, for build */
 } fa_call;
 

@@ -422,7 +422,7 @@ static int check_placement(const job *j)
                          first->name, p1, t->name, p2);
         return -1;
     }
-    if (j->call->device_kind == FA_DEVICE_CPU && first->on_device) {
+    if (j->call->site.device_kind == FA_DEVICE_CPU && first->on_device) {
         format_place(first, p1, sizeof p1);
         PyErr_Format(PyExc_ValueError,
                      "device='cpu' runs the host reference on host arrays, got %s on %s",
@@ -453,7 +453,7 @@ static int check_devices(job *j)
     if (!known)
         return 0;
     j->known_device = known->device_id;
-    const int asked = j->call->device_index;
+    const int asked = j->call->site.device_index;
     if (asked >= 0 && asked != known->device_id) {
         PyErr_Format(PyExc_ValueError, "%s is on cuda:%d but device='cuda:%d' was given",
                      known->name, known->device_id, asked);
@@ -466,7 +466,7 @@ static int check_devices(job *j)
  * float32 and float64 are the host reference's alone: the GPU kernels have no such instance. */
 static int check_op_dtype(const job *j)
 {
-    const int gpu = j->call->device_kind != FA_DEVICE_CPU;
+    const int gpu = j->call->site.device_kind != FA_DEVICE_CPU;
     const fa_tensor *first = j->views[0], *odd = NULL;
     char names[128] = "";
     int count = 0;
@@ -766,10 +766,10 @@ static void bind_for_check(job *j)
  * Returns 0, or -1 with j->err set: "stream belongs to cuda:X but <who><relation> cuda:Y". */
 static int check_stream_device(job *j, int target, const char *who, const char *relation)
 {
-    if (j->call->stream <= 2 || j->stream_on_inputs_device)
+    if (j->call->site.stream <= 2 || j->stream_on_inputs_device)
         return 0;
     int stream_device = -1;
-    CUDA_OR_FAIL(&j->err, cudaStreamGetDevice((cudaStream_t)j->call->stream, &stream_device));
+    CUDA_OR_FAIL(&j->err, cudaStreamGetDevice((cudaStream_t)j->call->site.stream, &stream_device));
     if (j->err.kind)
         return -1;
     if (stream_device != target) {
@@ -850,7 +850,7 @@ static int device_target(job *j, int current)
             return -1;
         }
     }
-    const int asked = j->call->device_index;
+    const int asked = j->call->site.device_index;
     const char *who = src ? src->name : j->op->roles[0].name;
     if (target < 0)
         target = asked >= 0 ? asked : current;
@@ -883,11 +883,11 @@ static void run_device_inputs(job *j)
             return;
     }
 
-    cudaStream_t stream = (cudaStream_t)j->call->stream;
+    cudaStream_t stream = (cudaStream_t)j->call->site.stream;
     for (int r = 0; r < j->op->num_roles && !j->err.kind; r++) {
         const fa_tensor *t = j->views[r];
         if (t && t->has_stream &&
-            fa_canonical_stream(t->stream) != fa_canonical_stream(j->call->stream))
+            fa_canonical_stream(t->stream) != fa_canonical_stream(j->call->site.stream))
             wait_for_stream(j, stream, t->stream);
     }
     for (int r = 0; r < j->op->num_roles && !j->err.kind; r++) {
@@ -961,8 +961,8 @@ static void stage_out(job *j, void *const *dev, void **staging, cudaStream_t str
 static void run_host_on_gpu(job *j)
 {
     void *dev[FA_MAX_ROLES] = {NULL}, *staging[FA_MAX_ROLES] = {NULL};
-    const int n = j->op->num_roles, asked = j->call->device_index;
-    cudaStream_t stream = (cudaStream_t)j->call->stream;
+    const int n = j->op->num_roles, asked = j->call->site.device_index;
+    cudaStream_t stream = (cudaStream_t)j->call->site.stream;
     int previous = -1;
     CUDA_OR_FAIL(&j->err, cudaGetDevice(&previous));
     if (j->err.kind)
@@ -1105,14 +1105,14 @@ static int allocate_outputs(PyObject *module, job *j)
     fa_module_state *st = (fa_module_state *)PyModule_GetState(module);
     const fa_call *c = j->call;
     /* The inputs' device is settled in run_device_inputs when only the driver knows it. */
-    const int device = j->known_device >= 0 ? j->known_device
-                                            : (c->device_index >= 0 ? c->device_index : 0);
+    const int asked = c->site.device_index;
+    const int device = j->known_device >= 0 ? j->known_device : (asked >= 0 ? asked : 0);
     for (int r = 0; r < j->op->num_roles; r++) {
         if (!is_output(j, r) || !j->present[r] || j->views[r])
             continue;
         if (j->path == PATH_DEVICE) {
             j->da[r] = fa_device_array_new(st->DeviceArray, j->ndim[r], j->shape[r], j->dtype[r],
-                                           device, c->stream, c->stream_owner);
+                                           device, c->site.stream, c->site.stream_owner);
             if (!j->da[r])
                 return -1;
             continue;
@@ -1179,14 +1179,14 @@ static int execute(PyObject *module, job *j)
 /* Imports every given array into views[r] (a torch layout tuple where layouts has one). */
 static int import_all(const fa_op *op, const fa_call *c, fa_tensor *views, job *j)
 {
-    if (c->layouts != Py_None &&
-        (!PyTuple_Check(c->layouts) || PyTuple_GET_SIZE(c->layouts) != op->num_roles)) {
+    if (c->site.layouts != Py_None &&
+        (!PyTuple_Check(c->site.layouts) || PyTuple_GET_SIZE(c->site.layouts) != op->num_roles)) {
         PyErr_Format(PyExc_TypeError, "layouts must be None or a %d-tuple, one item per role",
                      op->num_roles);
         return -1;
     }
     /* DLPack has no 0: the legacy default stream is spelled 1 there. */
-    const uintptr_t dlpack_stream = c->stream == 0 ? FA_STREAM_LEGACY : c->stream;
+    const uintptr_t dlpack_stream = c->site.stream == 0 ? FA_STREAM_LEGACY : c->site.stream;
     for (int r = 0; r < op->num_roles; r++) {
         PyObject *obj = c->objs[r];
         const int out = (op->roles[r].flags & FA_ROLE_OUT) != 0;
@@ -1197,7 +1197,8 @@ static int import_all(const fa_op *op, const fa_call *c, fa_tensor *views, job *
             continue;
         }
         j->present[r] = 1;
-        PyObject *layout = c->layouts != Py_None ? PyTuple_GET_ITEM(c->layouts, r) : Py_None;
+        PyObject *layout =
+            c->site.layouts != Py_None ? PyTuple_GET_ITEM(c->site.layouts, r) : Py_None;
         const char *name = op->roles[r].name;
         /* An array the op writes must be the caller's memory, not a copy of it. */
         const int receives = out || written_input(&op->roles[r], c->objs);
@@ -1256,7 +1257,7 @@ static int prepare(PyObject *module, job *j)
         return -1;
     const fa_call *c = j->call;
     j->path = j->views[0]->on_device ? PATH_DEVICE
-              : c->device_kind == FA_DEVICE_CPU ? PATH_HOST_CPU : PATH_HOST_GPU;
+              : c->site.device_kind == FA_DEVICE_CPU ? PATH_HOST_CPU : PATH_HOST_GPU;
     bind_for_check(j);
     fa_params_init(&j->a.p);
     fa_grad_params_init(&j->a.g);
@@ -1271,7 +1272,7 @@ static int prepare(PyObject *module, job *j)
         return -1;
     if (j->path == PATH_HOST_CPU && j->op->check_values && j->op->check_values(&j->a) < 0)
         return -1;
-    j->stream_on_inputs_device = c->layouts != Py_None;
+    j->stream_on_inputs_device = c->site.layouts != Py_None;
     j->exact_alloc = fa_exact_alloc_requested();
     return allocate_outputs(module, j);
 }

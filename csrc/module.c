@@ -84,7 +84,7 @@ typedef struct {
 /* The common keywords as the forward's scalars and the call's site; return_lse_obj NULL: the
  * op has no such flag. */
 static int finish_common(const common_kwargs *k, PyObject *return_lse_obj, attention_scalars *s,
-                         attention_site *site)
+                         fa_call_site *site)
 {
     s->kernel = k->kernel;
     s->window_left = k->window_left;
@@ -111,7 +111,7 @@ static PyObject *py_forward(PyObject *module, PyObject *args, PyObject *kwargs)
     PyObject *return_lse_obj = Py_False;
     common_kwargs k = COMMON_KWARGS_INIT;
     attention_scalars s = {0};
-    attention_site site;
+    fa_call_site site;
     arrays[ATTN_OUT] = arrays[ATTN_LSE] = arrays[ATTN_SINKS] = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|O$OOO" COMMON_FORMAT ":forward", kwlist,
                                      &arrays[ATTN_Q], &arrays[ATTN_K], &arrays[ATTN_V],
@@ -133,7 +133,7 @@ static PyObject *py_backward(PyObject *module, PyObject *args, PyObject *kwargs)
     PyObject *det_obj = Py_False;
     common_kwargs k = COMMON_KWARGS_INIT;
     backward_scalars s = {0};
-    attention_site site;
+    fa_call_site site;
     arrays[BWD_DQ] = arrays[BWD_DK] = arrays[BWD_DV] = arrays[BWD_DSINKS] = Py_None;
     arrays[BWD_SINKS] = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO|$OOOOOO" COMMON_FORMAT ":backward",
@@ -160,7 +160,7 @@ static PyObject *py_varlen_forward(PyObject *module, PyObject *args, PyObject *k
     PyObject *return_lse_obj = Py_False;
     common_kwargs k = COMMON_KWARGS_INIT;
     varlen_scalars s = {0};
-    attention_site site;
+    fa_call_site site;
     arrays[VL_OUT] = arrays[VL_LSE] = arrays[VL_SINKS] = Py_None;
     if (!PyArg_ParseTupleAndKeywords(
             args, kwargs, "OOOOOii|O$OOO" COMMON_FORMAT ":varlen_forward", kwlist, &arrays[VL_Q],
@@ -185,7 +185,7 @@ static PyObject *py_varlen_backward(PyObject *module, PyObject *args, PyObject *
     PyObject *det_obj = Py_False;
     common_kwargs k = COMMON_KWARGS_INIT;
     varlen_scalars s = {0};
-    attention_site site;
+    fa_call_site site;
     arrays[VLB_DQ] = arrays[VLB_DK] = arrays[VLB_DV] = arrays[VLB_DSINKS] = Py_None;
     arrays[VLB_SINKS] = Py_None;
     if (!PyArg_ParseTupleAndKeywords(
@@ -213,7 +213,7 @@ static PyObject *py_kvcache(PyObject *module, PyObject *args, PyObject *kwargs)
     PyObject *return_lse_obj = Py_False;
     common_kwargs k = COMMON_KWARGS_INIT;
     kvcache_scalars s = {0};
-    attention_site site;
+    fa_call_site site;
     for (int r = KVC_K; r < KVC_NUM_ROLES; r++)
         arrays[r] = Py_None;
     if (!PyArg_ParseTupleAndKeywords(

@@ -35,17 +35,9 @@ typedef struct {
     int kernel; /* fa_kernel_family code */
 } attention_scalars;
 
-/* Where a call runs, as every op's parser read it. */
-typedef struct {
-    PyObject *layouts;       /* None, or per role a torch layout tuple or None */
-    uintptr_t stream;        /* 0: legacy default */
-    PyObject *stream_owner;  /* kept alive by new DeviceArrays; may be None */
-    int device_kind, device_index;
-} attention_site;
-
 /* forward(): `arrays` by role (NULL or None: absent). Returns (out, lse or None). */
 PyObject *attention_forward_impl(PyObject *module, PyObject *const *arrays,
-                                 const attention_site *site, const attention_scalars *s);
+                                 const fa_call_site *site, const attention_scalars *s);
 
 /* launch_config(): the plan of a forward of these sizes, for a nominal GPU (arch_major >= 0)
  * or the GPU `device` (-1: current). Returns 0, or -1 with an exception set. */
@@ -77,7 +69,7 @@ fa_status attention_run_cpu(const fa_op_params *a);
 /* What an attention op's _impl hands the call engine. */
 typedef struct {
     PyObject *const *arrays;       /* by role; NULL or None: absent */
-    const attention_site *site;
+    const fa_call_site *site;
     const attention_scalars *fwd;  /* the forward's scalars, checked here (kernel, window) */
     const void *args;              /* the op's scalars, for its build */
     int want_role;                 /* an optional output to produce; -1: none */
@@ -143,7 +135,7 @@ fa_status backward_run_cpu(const fa_op_params *a);
 
 /* backward(): `arrays` by role. Returns (dq, dk, dv, dsinks or None). */
 PyObject *attention_backward_impl(PyObject *module, PyObject *const *arrays,
-                                  const attention_site *site, const backward_scalars *s);
+                                  const fa_call_site *site, const backward_scalars *s);
 
 /* backward_plan(): the plan of a backward of these sizes (as attention_plan_impl). */
 int attention_backward_plan_impl(PyObject *module, const attention_sizes *z,
@@ -195,9 +187,9 @@ typedef struct {
 /* varlen_forward(): returns (out, lse or None); varlen_backward(): (dq, dk, dv, dsinks or
  * None). `arrays` by role. */
 PyObject *attention_varlen_impl(PyObject *module, PyObject *const *arrays,
-                                const attention_site *site, const varlen_scalars *s);
+                                const fa_call_site *site, const varlen_scalars *s);
 PyObject *attention_varlen_backward_impl(PyObject *module, PyObject *const *arrays,
-                                         const attention_site *site, const varlen_scalars *s);
+                                         const fa_call_site *site, const varlen_scalars *s);
 
 /* attention_kvcache.c: attention over a KV cache, new keys and values appended in place. Roles,
  * in the order of kvcache()'s arrays. */
@@ -233,6 +225,6 @@ int attention_kvcache_plan_impl(PyObject *module, const attention_sizes *z,
 
 /* kvcache(): returns (out, lse or None); k_cache and v_cache are written in place. */
 PyObject *attention_kvcache_impl(PyObject *module, PyObject *const *arrays,
-                                 const attention_site *site, const kvcache_scalars *s);
+                                 const fa_call_site *site, const kvcache_scalars *s);
 
 #endif /* FA_OPS_H */
