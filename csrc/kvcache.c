@@ -8,7 +8,10 @@
  *   main        attention of q over each entry's first cache_seqlens[b] + seqlen_new keys:
  *               the split-KV decode kernel when the packed rows of an entry (seqlen_q * G,
  *               the q heads of a kv head sharing each K/V byte) are few or splits were asked
- *               for, else the forward family's kernel with the cache as its k/v
+ *               for, else the forward family's kernel with the cache as its k/v. Where that
+ *               family's kernel appends (sm90) and the cache is dense, it reads the new keys
+ *               from k_new and v_new and copies them into the cache itself, and there is no
+ *               fa_append: the chunked-prefill call is one launch (appends_in_main)
  *   fa_combine  (num_splits > 1) the splits' partial outputs merged by their LSE
  *
  * The split count (num_splits == 0; kernels.h's fa_kvcache_splits) follows the wave rule of
@@ -177,6 +180,7 @@ typedef struct {
     fa_plan plan;
     int append, main, combine; /* indices into plan.launches; -1: absent */
     int decode;                /* 1: main is the decode kernel; 0: the forward family's */
+    int appending;             /* 1: main appends k_new and v_new itself; no append launch */
     int num_splits;
     fa_tile tile;
     size_t seqused_bytes, partial_bytes;
@@ -199,6 +203,36 @@ static fa_status plan_append(const fa_params *p, const fa_kvcache_params *c, con
     kp->seqused_bytes = c->cache_seqlens ? align256(sizeof(int32_t) * (size_t)p->batch) : 0;
     return fa_launch_grid(cfg, blocks, p->heads_kv, p->batch, "(row blocks, heads_kv, batch)",
                           dev);
+}
+
+/* Whether the main launch, the forward family's kernel, appends the new keys itself
+ * (fa_family_appends) rather than after an append launch. Dense caches only: the kernel reads
+ * the appended keys in key blocks of their own, which start where the cached keys end, and a
+ * cached block would then straddle pages. Its copy counts the new rows (batch x seqlen_new)
+ * in an int with room for a grid's stride, and its key numbering reaches up to a block past
+ * seqlen_k. */
+static int appends_in_main(const fa_params *p, const fa_kvcache_params *c, fa_kernel_family fam)
+{
+    return c->seqlen_new > 0 && !p->block_table && fa_family_appends(fam) &&
+           (int64_t)p->batch * c->seqlen_new <= INT32_MAX / 2 && p->seqlen_k <= INT32_MAX - 256;
+}
+
+/* The attention of an appending main launch (fa_sm90_launch_appending's p): each entry's
+ * cached keys in k and v, seqused_k = cache_seqlens, and the seqlen_new more that the kernel
+ * reads itself; or, with one length for all, seqlen_k = all the keys, as attention_params.
+ * Only the window instances read appended keys (sm90_fwd_config.cuh, kAppends), so a call
+ * without a window gets one that hides nothing: a left bound of seqlen_k - 1 keys, which no
+ * row's span reaches past (mask.h: row i's keys start at i + len_k - len_q - left <= 0). */
+static fa_params appending_params(const fa_params *p, const fa_kvcache_params *c)
+{
+    fa_params a = *p;
+    if (c->cache_seqlens)
+        a.seqused_k = c->cache_seqlens;
+    else
+        a.seqlen_k = c->cache_seqlen + c->seqlen_new;
+    if (fa_params_mask_kind(&a) != FA_MASK_LOCAL)
+        a.window_left = a.seqlen_k - 1;
+    return a;
 }
 
 /* The split-KV decode kernel over a, the attention the call runs (rows packed query rows per
@@ -261,8 +295,13 @@ static fa_status plan_kvcache(const fa_params *p, const fa_kvcache_params *c, co
     const fa_params a = attention_params(p, c, NULL);
     const int64_t rows = (int64_t)p->seqlen_q * (p->heads_q / p->heads_kv);
     fa_plan *plan = &kp->plan;
+    fa_kernel_family fam = FA_KERNEL_AUTO;
+    kp->decode = c->num_splits > 1 || rows <= FA_DECODE_MAX_ROWS;
+    if (!kp->decode && (s = fa_forward_family(&a, dev, &fam)) != FA_OK)
+        return s;
+    kp->appending = !kp->decode && appends_in_main(p, c, fam);
     int n = 0;
-    if (c->seqlen_new > 0 && (s = plan_append(p, c, dev, kp, &n)) != FA_OK)
+    if (c->seqlen_new > 0 && !kp->appending && (s = plan_append(p, c, dev, kp, &n)) != FA_OK)
         return s;
     if (p->seqlen_q == 0) { /* an append alone */
         plan->num_launches = n;
@@ -270,17 +309,19 @@ static fa_status plan_kvcache(const fa_params *p, const fa_kvcache_params *c, co
         plan->workspace_bytes = kp->seqused_bytes;
         return fa_plan_validate(plan, dev);
     }
-    kp->decode = c->num_splits > 1 || rows <= FA_DECODE_MAX_ROWS;
     kp->main = n;
     if (kp->decode) {
         if ((s = plan_decode(p, c, &a, rows, dev, kp, &n)) != FA_OK)
             return s;
     } else {
-        fa_kernel_family fam;
         kp->num_splits = 1;
-        if ((s = fa_forward_family(&a, dev, &fam)) != FA_OK ||
-            (s = fa_plan_forward_launch(&a, dev, fam, &plan->launches[n++])) != FA_OK)
+        const fa_params m = kp->appending ? appending_params(p, c) : a;
+        fa_launch *main = &plan->launches[n++];
+        if ((s = fa_plan_forward_launch(&m, dev, fam, main)) != FA_OK)
             return s;
+        const size_t named = strlen(main->kernel);
+        if (kp->appending)
+            snprintf(main->kernel + named, sizeof main->kernel - named, "_append");
     }
     plan->num_launches = n;
     plan->main_launch = kp->main;
@@ -359,8 +400,10 @@ static fa_status issue(const fa_params *p, const fa_kvcache_params *c, kvcache_p
         return fa_fail_cuda(err, l[kp->append].kernel, __FILE__, __LINE__);
     if (kp->main < 0)
         return FA_OK;
-    if (!kp->decode)
-        return fa_run_forward_launch(&a, &l[kp->main], device, dev, stream);
+    if (!kp->decode) {
+        const fa_params m = kp->appending ? appending_params(p, c) : a;
+        return fa_run_forward_launch(&m, kp->appending ? c : NULL, &l[kp->main], device, dev, stream);
+    }
     if ((err = fa_decode_launch(&a, &ws, &l[kp->main], stream)) != cudaSuccess)
         return fa_fail_cuda(err, l[kp->main].kernel, __FILE__, __LINE__);
     if (kp->combine >= 0 && (err = fa_combine_launch(&a, &ws, &l[kp->combine], stream)) != cudaSuccess)

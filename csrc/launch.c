@@ -424,17 +424,22 @@ typedef struct {
     int (*tile)(const fa_params *p, fa_tile *t);
     const void *(*kernel_fn)(const fa_params *p, const fa_tile *t);
     cudaError_t (*launch)(const fa_params *p, const fa_launch *cfg, cudaStream_t stream);
+    /* The same kernel reading the KV-cache op's new keys and copying them into the cache;
+       NULL: the family's forward cannot (the op then plans the append kernel before it). */
+    cudaError_t (*launch_appending)(const fa_params *p, const fa_kvcache_params *c,
+                                    const fa_launch *cfg, cudaStream_t stream);
     int (*archs)(int *archs, int max);
 } family_ops;
 
 static const family_ops built_families[] = {
 #ifdef FA_WITH_SM80
-    {FA_KERNEL_SM80, fa_sm80_tile, fa_sm80_kernel_fn, fa_sm80_launch, fa_sm80_archs},
+    {FA_KERNEL_SM80, fa_sm80_tile, fa_sm80_kernel_fn, fa_sm80_launch, NULL, fa_sm80_archs},
 #endif
 #ifdef FA_WITH_SM90
-    {FA_KERNEL_SM90, fa_sm90_tile, fa_sm90_kernel_fn, fa_sm90_launch, fa_sm90_archs},
+    {FA_KERNEL_SM90, fa_sm90_tile, fa_sm90_kernel_fn, fa_sm90_launch, fa_sm90_launch_appending,
+     fa_sm90_archs},
 #endif
-    {FA_KERNEL_AUTO, NULL, NULL, NULL, NULL}, /* end; also keeps the array non-empty */
+    {FA_KERNEL_AUTO, NULL, NULL, NULL, NULL, NULL}, /* end; also keeps the array non-empty */
 };
 
 /* The built family's operations, or NULL when `family` is not in this build. */
@@ -447,6 +452,12 @@ static const family_ops *find_family(fa_kernel_family family)
 }
 
 int fa_family_built(fa_kernel_family family) { return find_family(family) != NULL; }
+
+int fa_family_appends(fa_kernel_family family)
+{
+    const family_ops *f = find_family(family);
+    return f && f->launch_appending;
+}
 
 int fa_family_archs(fa_kernel_family family, int *archs, int max)
 {
@@ -858,14 +869,14 @@ fa_status fa_forward(const fa_params *caller, cudaStream_t stream)
         return s;
 
     /* The forward is one launch with no workspace. */
-    if ((s = fa_run_forward_launch(&p, &plan.launches[0], device, &dev, stream)) != FA_OK)
+    if ((s = fa_run_forward_launch(&p, NULL, &plan.launches[0], device, &dev, stream)) != FA_OK)
         return s;
     fa_plan_record(&plan, &p);
     return FA_OK;
 }
 
-fa_status fa_run_forward_launch(const fa_params *p, fa_launch *cfg, int device,
-                                const fa_device *dev, cudaStream_t stream)
+fa_status fa_run_forward_launch(const fa_params *p, const fa_kvcache_params *append, fa_launch *cfg,
+                                int device, const fa_device *dev, cudaStream_t stream)
 {
     const family_ops *ops = find_family(cfg->family); /* the planner chose a built one */
     fa_tile t;
@@ -877,7 +888,10 @@ fa_status fa_run_forward_launch(const fa_params *p, fa_launch *cfg, int device,
     fa_status s = fa_prepare_kernel(fn, device, dev, cfg, stream);
     if (s != FA_OK)
         return s;
-    cudaError_t err = ops->launch(p, cfg, stream);
+    if (append && !ops->launch_appending)
+        return fa_fail(FA_ERR_UNSUPPORTED, "%s: kernel family %s does not append keys",
+                       cfg->kernel, fa_family_name(cfg->family));
+    cudaError_t err = append ? ops->launch_appending(p, append, cfg, stream) : ops->launch(p, cfg, stream);
     if (err != cudaSuccess)
         return fa_fail_cuda(err, cfg->kernel, __FILE__, __LINE__);
     return FA_OK;

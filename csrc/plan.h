@@ -18,6 +18,9 @@
 fa_status fa_choose_family(fa_kernel_family requested, int major, int minor,
                            fa_kernel_family *chosen);
 int fa_family_built(fa_kernel_family family);
+/* Whether the family's forward kernel can append the KV-cache op's new keys itself
+   (fa_run_forward_launch's append). */
+int fa_family_appends(fa_kernel_family family);
 
 /* A launch of `kernel` for `dev` with the contract's block; grid and tile fields left 0. */
 void fa_launch_start(fa_launch *cfg, const char *kernel, fa_kernel_family family,
@@ -50,11 +53,13 @@ const char *fa_mask_suffix(const fa_params *p);
  * layout the sm90 kernel lacks (fa_sm90_seq_unsupported). */
 fa_status fa_forward_family(const fa_params *p, const fa_device *dev, fa_kernel_family *family);
 /* The forward kernel's launch for resolved, checked p (also the KV-cache op's main launch
- * for long query chunks), and running it: its kernel image prepared, then launched. */
+ * for long query chunks), and running it: its kernel image prepared, then launched. append
+ * (NULL but for the KV-cache op, on a family that appends): p's k and v hold each entry's
+ * cached keys, and the kernel reads append's new ones where they are and copies them after. */
 fa_status fa_plan_forward_launch(const fa_params *p, const fa_device *dev,
                                  fa_kernel_family family, fa_launch *cfg);
-fa_status fa_run_forward_launch(const fa_params *p, fa_launch *cfg, int device,
-                                const fa_device *dev, cudaStream_t stream);
+fa_status fa_run_forward_launch(const fa_params *p, const fa_kvcache_params *append, fa_launch *cfg,
+                                int device, const fa_device *dev, cudaStream_t stream);
 
 /* A plan's device workspace: p->workspace when the caller gave one (checked against `need`;
  * `planner` names the query that sizes it), else a stream-ordered allocation on `stream`

@@ -67,13 +67,15 @@ class GpuCache:
         entry = b if self.cache_batch_idx is None else int(self.cache_batch_idx[b])
         return entry, j
 
-    def call(self, family=None, num_splits=0, **kw):
+    def call(self, family=None, num_splits=0, uniform=False, **kw):
+        """uniform: cache_seqlens as one int (every entry's length must be the same)."""
         import torch
 
         self.before = (self.k_cache.clone(), self.v_cache.clone(), self.lens.clone())
         out = torch.full(self.q.shape, float("nan"), dtype=self.q.dtype, device="cuda")
+        lens = int(self.lens[0]) if uniform else self.lens
         got, lse = fa.attention_with_kvcache(
-            self.q, self.k_cache, self.v_cache, self.k, self.v, cache_seqlens=self.lens,
+            self.q, self.k_cache, self.v_cache, self.k, self.v, cache_seqlens=lens,
             cache_batch_idx=self.cache_batch_idx, block_table=self.block_table,
             num_splits=num_splits, return_lse=True, out=out, kernel=family, **kw)
         assert got is out
@@ -107,10 +109,10 @@ class GpuCache:
         return ref, ref_lse, peer, kc, vc
 
     def check(self, family=None, num_splits=0, causal=False, window=(-1, -1), softcap=0.0,
-              sinks=None):
+              sinks=None, uniform=False):
         import torch
 
-        out, lse = self.call(family, num_splits, causal=causal, window_size=window,
+        out, lse = self.call(family, num_splits, uniform, causal=causal, window_size=window,
                              softcap=softcap, sinks=sinks)
         launch = fa.last_launch()
         assert all(l["block"] == (384, 1, 1) for l in launch["launches"])
@@ -208,8 +210,59 @@ def test_gpu_chunk(family, dtype, head_dim, layout):
     c = GpuCache(seqlen_q=256, new=256, head_dim=head_dim, dtype=dtype, lens=(700, 0, 1500),
                  page_size=page_size)
     launch = c.check(family, causal=True)
-    assert names(launch)[0] == f"kvcache_append_{SHORT[dtype]}"
-    assert launch["kernel"].startswith(f"fwd_{family}_hd{head_dim}_{SHORT[dtype]}")
+    main = launch["kernel"]
+    assert main.startswith(f"fwd_{family}_hd{head_dim}_{SHORT[dtype]}")
+    if family == "sm90" and layout == "dense":  # the kernel appends the new keys itself
+        assert names(launch) == [main] and main.endswith("_append")
+    else:
+        assert names(launch) == [f"kvcache_append_{SHORT[dtype]}", main]
+
+
+# The sm90 kernel that appends: its key blocks start where each entry's cached keys end, so
+# the lengths below put that end at a block boundary (0, 128, 256), one past it and one short
+# of it, and leave the cache full after the append (2048 - new).
+APPEND_LENS = (0, 128, 129, 383, 2048 - 300, 256)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("seqlen_q, new", [(256, 256), (200, 300), (300, 64), (129, 1)])
+def test_gpu_chunk_appends_in_the_main_launch(head_dim, seqlen_q, new):
+    """More new keys than query rows, fewer (rows that see only cached keys), one."""
+    require_family("sm90")
+    lens = tuple(min(n, 2048 - new) for n in APPEND_LENS)
+    c = GpuCache(batch=len(lens), seqlen_q=seqlen_q, new=new, head_dim=head_dim, lens=lens,
+                 heads_q=8, heads_kv=2)
+    assert names(c.check("sm90", causal=True))[-1].endswith("_append")
+
+
+@pytest.mark.parametrize("window, causal, softcap, sinks", [
+    ((-1, -1), False, 0.0, False), ((100, 0), True, 0.0, False), ((300, 40), False, 0.0, False),
+    ((-1, -1), True, 30.0, True), ((-1, -1), False, 30.0, False)])
+@pytest.mark.parametrize("heads", [(8, 8), (8, 1)])
+def test_gpu_chunk_appending_masks(window, causal, softcap, sinks, heads):
+    import torch
+
+    require_family("sm90")
+    c = GpuCache(batch=len(APPEND_LENS), seqlen_q=256, new=300, heads_q=heads[0],
+                 heads_kv=heads[1], lens=APPEND_LENS, dtype="float16")
+    launch = c.check("sm90", causal=causal, window=window, softcap=softcap,
+                     sinks=torch.randn(heads[0], device="cuda") * 2 if sinks else None)
+    assert names(launch)[-1].endswith("_append")
+
+
+@pytest.mark.parametrize("cached", [0, 300, 512])
+def test_gpu_chunk_appending_one_length_for_all(cached):
+    """cache_seqlens as an int: the cache's key count is one number, not a device array."""
+    require_family("sm90")
+    c = GpuCache(batch=2, seqlen_q=256, new=256, lens=(cached, cached))
+    assert names(c.check("sm90", causal=True, uniform=True))[-1].endswith("_append")
+
+
+def test_gpu_chunk_appending_cache_batch_idx():
+    require_family("sm90")
+    c = GpuCache(batch=3, batch_cache=6, cache_batch_idx=[5, 0, 3], seqlen_q=256, new=256,
+                 lens=(100, 1024, 7))
+    assert names(c.check("sm90", causal=True))[-1].endswith("_append")
 
 
 def test_gpu_chunk_small_pages_take_sm80():
@@ -260,15 +313,17 @@ def test_gpu_launch_log_names_each_launch(monkeypatch, capfd):
     assert logged[2].startswith("combine_bf16") and len(logged) == 3
 
 
-@pytest.mark.parametrize("num_splits", [1, 3])
-@pytest.mark.parametrize("layout", ["dense", "paged16"])
-def test_gpu_cuda_graph_capture_and_replay(num_splits, layout):
+@pytest.mark.parametrize("num_splits, seqlen_q, layout", [
+    (1, 1, "dense"), (3, 1, "dense"), (1, 1, "paged16"), (3, 1, "paged16"), (0, 256, "dense")])
+def test_gpu_cuda_graph_capture_and_replay(num_splits, seqlen_q, layout):
     """Captured once, replayed with new q, new cache contents and new lengths written into the
-    captured tensors: each replay computes on what the tensors hold then."""
+    captured tensors: each replay computes on what the tensors hold then. seqlen_q 256: the
+    forward family's kernel (on sm90 with a dense cache, appending itself)."""
     import torch
 
     require_family("sm80")
-    c = GpuCache(page_size=16 if layout == "paged16" else None, lens=(700, 0, 1500))
+    c = GpuCache(page_size=16 if layout == "paged16" else None, lens=(700, 0, 1500),
+                 seqlen_q=seqlen_q, new=seqlen_q)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up off the capture, as torch's docs ask
@@ -279,8 +334,9 @@ def test_gpu_cuda_graph_capture_and_replay(num_splits, layout):
         out = fa.attention_with_kvcache(c.q, c.k_cache, c.v_cache, c.k, c.v,
                                         cache_seqlens=c.lens, block_table=c.block_table,
                                         num_splits=num_splits, causal=True)
-    for step, lens in enumerate([(1, 64, 2000), (1023, 5, 0)]):
-        fresh = GpuCache(page_size=16 if layout == "paged16" else None, lens=lens)
+    for step, lens in enumerate([(1, 64, 2048 - seqlen_q), (1023, 5, 0)]):
+        fresh = GpuCache(page_size=16 if layout == "paged16" else None, lens=lens,
+                         seqlen_q=seqlen_q, new=seqlen_q)
         if c.block_table is not None:
             fresh.block_table = c.block_table  # the captured table; remap fresh's pages to it
             fresh.k_cache.fill_(float("nan"))

@@ -295,11 +295,16 @@ def test_kvcache_combine_covers_every_row_at_any_split_count(head_dim, splits, c
 def test_kvcache_long_chunks_run_the_forward_family():
     """512 new queries per entry (x 4 q heads per kv head) are past the decode kernel's 128
     packed rows: the forward family runs over the cache; paged caches whose page size the sm90
-    family cannot read (not a multiple of its 128-key blocks) run the sm80 family's."""
+    family cannot read (not a multiple of its 128-key blocks) run the sm80 family's. Over a
+    dense cache the sm90 kernel appends the new keys itself (one launch, no workspace); over
+    pages the append kernel runs first. The appending kernel is the window instance (its lower
+    key edge hides the rows below the cache's first key), with a window that hides nothing."""
     chunk = dict(batch=2, seqlen_q=512, seqlen_new=512, causal=True)
-    assert kvcache_plan(**chunk)[0] == [("kvcache_append_bf16", (8, 8, 2)),
-                                        ("fwd_sm90_hd128_bf16_causal", (132, 1, 1))]
-    assert kvcache_plan(**chunk, page_size=128)[0][1][0] == "fwd_sm90_hd128_bf16_causal"
+    assert kvcache_plan(**chunk) == ([("fwd_sm90_hd128_bf16_window_append", (132, 1, 1))], 0)
+    assert kvcache_plan(**chunk, kernel="sm80")[0] == [("kvcache_append_bf16", (8, 8, 2)),
+                                                       ("fwd_sm80_hd128_bf16_causal", (3, 32, 2))]
+    assert kvcache_plan(**chunk, page_size=128)[0] == [("kvcache_append_bf16", (8, 8, 2)),
+                                                       ("fwd_sm90_hd128_bf16_causal", (132, 1, 1))]
     assert kvcache_plan(**chunk, page_size=64)[0][1][0] == "fwd_sm80_hd128_bf16_causal"
     # num_splits > 1 keeps the split decode kernel however long the chunk
     assert kvcache_plan(**chunk, num_splits=4)[0][1][0] == "decode_sm80_hd128_bf16_causal_split"

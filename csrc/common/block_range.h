@@ -69,9 +69,12 @@ FA_HD fa_row_block_range fa_block_range_cols(const fa_mask *m, int key_begin, in
                                              int block_m)
 {
     fa_row_block_range r = {0, 0, 0, 0};
-    const int partial = key_end > m->len_k;
-    if (partial)
+    /* A block reaching past len_k or below first_key holds hidden keys: never unmasked. */
+    const int partial = key_end > m->len_k || key_begin < m->first_key;
+    if (key_end > m->len_k)
         key_end = m->len_k;
+    if (key_begin < m->first_key)
+        key_begin = m->first_key;
     if (key_end <= key_begin || m->len_q <= 0)
         return r;
     const long long d = (long long)m->len_k - m->len_q;
@@ -94,7 +97,6 @@ FA_HD fa_row_block_range fa_block_range_cols(const fa_mask *m, int key_begin, in
         full_first = 0;
     if (full_last > m->len_q - 1)
         full_last = m->len_q - 1;
-    /* A partial key block (past len_k) is never unmasked. */
     if (partial || full_last < full_first) {
         r.m_full_min = r.m_full_max = r.m_min;
         return r;

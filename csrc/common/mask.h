@@ -15,6 +15,11 @@
  * more, or a right bound of len_q or more, hides nothing and becomes -1, so a kernel that
  * was built without a window serves it. The spans are computed without overflow for every
  * length up to INT32_MAX.
+ *
+ * first_key (0 from fa_mask_make) hides the keys below it too. A kernel that numbers its keys
+ * from a shifted origin sets it: the sm90 forward with appended keys counts key blocks from
+ * first_key keys below the sequence's first key (sm90_fwd_mainloop.cuh), with len_k grown by
+ * the same, so that its block boundaries fall where the cached keys end.
  */
 #ifndef FA_COMMON_MASK_H
 #define FA_COMMON_MASK_H
@@ -24,6 +29,7 @@
 typedef struct {
     int len_q, len_k;
     int left, right; /* -1: unbounded; else 0 <= left < len_k, 0 <= right < len_q */
+    int first_key;   /* 0 <= first_key < len_k; keys below it are hidden */
 } fa_mask;
 
 /* Keys lo..hi (inclusive) of one row; hi < lo: the row sees none. */
@@ -40,11 +46,15 @@ FA_HD fa_mask fa_mask_make(int len_q, int len_k, int window_left, int window_rig
         window_right = 0;
     m.left = (window_left < 0 || window_left >= len_k) ? -1 : window_left;
     m.right = (window_right < 0 || window_right >= len_q) ? -1 : window_right;
+    m.first_key = 0;
     return m;
 }
 
 /* True when the mask hides nothing but keys past len_k. */
-FA_HD int fa_mask_is_full(const fa_mask *m) { return m->left < 0 && m->right < 0; }
+FA_HD int fa_mask_is_full(const fa_mask *m)
+{
+    return m->left < 0 && m->right < 0 && m->first_key == 0;
+}
 
 /* 0 <= row < len_q. */
 FA_HD fa_key_span fa_mask_row(const fa_mask *m, int row)
@@ -52,6 +62,8 @@ FA_HD fa_key_span fa_mask_row(const fa_mask *m, int row)
     const int diag = row + (m->len_k - m->len_q); /* in [-len_q, len_k) */
     fa_key_span s;
     s.lo = (m->left >= 0 && diag > m->left) ? diag - m->left : 0;
+    if (s.lo < m->first_key)
+        s.lo = m->first_key;
     if (m->right < 0 || diag >= m->len_k - 1 - m->right)
         s.hi = m->len_k - 1;
     else
@@ -73,7 +85,7 @@ FA_HD int fa_mask_visible(const fa_mask *m, int row, int key)
 FA_HD fa_key_span fa_mask_col(const fa_mask *m, int key)
 {
     fa_key_span s = {0, -1};
-    if (key < 0 || key >= m->len_k)
+    if (key < m->first_key || key >= m->len_k)
         return s;
     const long long d = (long long)m->len_k - m->len_q;
     const long long lo = m->right < 0 ? 0 : (long long)key - d - m->right;

@@ -11,7 +11,11 @@
  *   paged     block_table (batch, block_table_stride) int32: k and v are pages of page_size keys,
  *             (num_pages, page_size, heads_kv, head_dim), and key j of entry b lives in row
  *             j % page_size of page block_table[b][j / page_size]; k's batch stride is the
- *             page stride.
+ *             page stride;
+ *   appended  seqlen_new > 0 (the KV-cache op's new keys, read where they arrive): entry b
+ *             attends to its len_k keys of k and v (seqused_k[b] or seqlen_k; all that
+ *             fa_seqlen_at counts) and then seqlen_new more from separate (batch, seqlen_new,
+ *             heads_kv, head_dim) tensors. Only kernels that take those tensors set it.
  * The softmax LSE is (batch, heads_q, seqlen_q) for unpacked rows and (heads_q, total_q) for
  * packed ones (FlashAttention's varlen layout).
  */
@@ -32,6 +36,7 @@ typedef struct {
     const int32_t *block_table;                 /* NULL: k/v are not paged */
     int64_t block_table_stride;
     int page_size;
+    int seqlen_new; /* appended keys per entry; 0: none */
 } fa_seq_layout;
 
 /* One batch entry: its lengths and where its rows start. */

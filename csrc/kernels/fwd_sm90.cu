@@ -75,8 +75,8 @@
 // One pair per head dim, defined in fwd_sm90_hd<D>.cu (sm90_fwd_launch.cuh).
 #define FA_SM90_HEAD_DIM_ENTRIES(HD)                                                        \
     extern "C" const void *fa_sm90_hd##HD##_kernel_fn(const fa_params *p);                  \
-    extern "C" cudaError_t fa_sm90_hd##HD##_launch(const fa_params *p, const fa_launch *cfg, \
-                                                   cudaStream_t stream);
+    extern "C" cudaError_t fa_sm90_hd##HD##_launch(const fa_params *p, const fa_kvcache_params *append, \
+                                                   const fa_launch *cfg, cudaStream_t stream);
 FA_SM90_HEAD_DIM_ENTRIES(64)
 FA_SM90_HEAD_DIM_ENTRIES(128)
 FA_SM90_HEAD_DIM_ENTRIES(256)
@@ -92,14 +92,19 @@ extern "C" const void *fa_sm90_kernel_fn(const fa_params *p, const fa_tile *t) {
     return nullptr;
 }
 
-extern "C" cudaError_t fa_sm90_launch(const fa_params *p, const fa_launch *cfg, cudaStream_t stream) {
+extern "C" cudaError_t fa_sm90_launch_appending(const fa_params *p, const fa_kvcache_params *append,
+                                                const fa_launch *cfg, cudaStream_t stream) {
     if (cfg == nullptr) return cudaErrorInvalidValue;
     switch (p ? fa_head_dim_padded(p->head_dim) : 0) {
-    case 64: return fa_sm90_hd64_launch(p, cfg, stream);
-    case 128: return fa_sm90_hd128_launch(p, cfg, stream);
-    case 256: return fa_sm90_hd256_launch(p, cfg, stream);
+    case 64: return fa_sm90_hd64_launch(p, append, cfg, stream);
+    case 128: return fa_sm90_hd128_launch(p, append, cfg, stream);
+    case 256: return fa_sm90_hd256_launch(p, append, cfg, stream);
     }
     return cudaErrorInvalidValue;
+}
+
+extern "C" cudaError_t fa_sm90_launch(const fa_params *p, const fa_launch *cfg, cudaStream_t stream) {
+    return fa_sm90_launch_appending(p, nullptr, cfg, stream);
 }
 
 extern "C" int fa_sm90_archs(int *archs, int max) {

@@ -108,6 +108,7 @@ static inline fa_seq_layout fa_seq_layout_of(const fa_params *p)
     s.block_table = p->block_table;
     s.block_table_stride = p->block_table_stride;
     s.page_size = p->page_size;
+    s.seqlen_new = 0;
     return s;
 }
 
@@ -154,6 +155,13 @@ int fa_sm80_archs(int *archs, int max);
 
 const void *fa_sm90_kernel_fn(const fa_params *p, const fa_tile *t);
 cudaError_t fa_sm90_launch(const fa_params *p, const fa_launch *cfg, cudaStream_t stream);
+/* The KV-cache op's main launch with its append fused (kvcache.c): fa_sm90_launch over the
+ * dense caches p->k, p->v holding each entry's cached keys (p->seqused_k[b], or with no
+ * seqused_k p->seqlen_k - c->seqlen_new for every entry), plus c's seqlen_new new keys and
+ * values, which the kernel reads from c->k_new and c->v_new and copies into the caches after
+ * them (sm90_fwd_kernel.cuh). The kernel is fa_sm90_kernel_fn's. */
+cudaError_t fa_sm90_launch_appending(const fa_params *p, const fa_kvcache_params *c,
+                                     const fa_launch *cfg, cudaStream_t stream);
 int fa_sm90_archs(int *archs, int max);
 /* NULL when the sm90 forward runs p's sequence layout, else why not (pure host). */
 const char *fa_sm90_seq_unsupported(const fa_params *p);
@@ -182,7 +190,8 @@ cudaError_t fa_bwd_post_launch(const fa_params *p, const fa_grad_params *g,
                                cudaStream_t stream);
 
 /* The KV-cache op (kvcache.c plans it): up to three launches, each (384, 1, 1).
- *   1. fa_append    (when k_new is given) grid (ceil(seqlen_new / FA_APPEND_ROWS), heads_kv,
+ *   1. fa_append    (when k_new is given and the main launch does not copy it itself:
+ *                   fa_sm90_launch_appending) grid (ceil(seqlen_new / FA_APPEND_ROWS), heads_kv,
  *                   batch): copies k_new/v_new rows i to cache key cache_seqlens[b] + i of entry
  *                   b (dense or paged, common/seqlen.h); with cache_seqlens, CTA (0, 0, b) also
  *                   writes seqused[b] = cache_seqlens[b] + seqlen_new.

@@ -295,6 +295,7 @@ __device__ __forceinline__ fa_mask make_bwd_mask(const BwdArgs &a, int len_q, in
     m.len_k = len_k;
     m.left = a.window_left;
     m.right = a.window_right;
+    m.first_key = 0;
     return m;
 }
 

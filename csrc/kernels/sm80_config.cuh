@@ -146,6 +146,7 @@ __device__ __forceinline__ fa_mask make_mask(const Args &a, int len_q, int len_k
     m.len_k = len_k;
     m.left = MASK == FA_MASK_LOCAL ? a.window_left : -1;
     m.right = MASK == FA_MASK_LOCAL ? a.window_right : MASK == FA_MASK_CAUSAL ? 0 : -1;
+    m.first_key = 0;
     return m;
 }
 
@@ -196,6 +197,7 @@ __device__ __forceinline__ fa_seq_layout layout_of(const A &a)
     l.block_table = nullptr;
     l.block_table_stride = 0;
     l.page_size = 1;
+    l.seqlen_new = 0;
     return l;
 }
 

@@ -35,11 +35,27 @@ namespace fa_sm90 {
 //   q, out  (head_dim, seqlen_q, heads_q, batch), or (head_dim, total_q, heads_q, 1) packed
 //   k, v    (head_dim, seqlen_k, heads_kv, batch or kv_batches with kv_batch_idx),
 //           (head_dim, total_k, heads_kv, 1) packed, (head_dim, page_size, heads_kv, kv_batches) paged
+//   appended k, v  (head_dim, seqlen_new, heads_kv, batch)
+// The KV-cache op's appended keys and values (sched.seq.seqlen_new > 0), (batch, seqlen_new,
+// heads_kv, head_dim), and the caches they are copied into (copy_appended_keys). Index 0: keys,
+// 1: values; strides in elements, (batch, row, head).
+struct CacheCopy {
+    const uint16_t *src[2];
+    uint16_t *dst[2];
+    int64_t src_stride[2][3], dst_stride[2][3];
+    int rows;                                    // batch * seqlen_new
+    int pieces;                                  // 16-byte pieces of a row: head_dim / 8 <= 32
+    int heads_per_pass;                          // heads a warp copies at once: 32 / pieces
+};
+
 struct KernelParams {  // CUtensorMap carries its own 128-byte alignment
-    CUtensorMap tmap_q;  // box 64 x 64 (one warpgroup's rows)
-    CUtensorMap tmap_k;  // box 64 x block_n
-    CUtensorMap tmap_v;  // as k
-    CUtensorMap tmap_o;  // box 64 x 64 (one warpgroup's rows)
+    CUtensorMap tmap_q;      // box 64 x 64 (one warpgroup's rows)
+    CUtensorMap tmap_k;      // box 64 x block_n
+    CUtensorMap tmap_v;      // as k
+    CUtensorMap tmap_o;      // box 64 x 64 (one warpgroup's rows)
+    CUtensorMap tmap_k_new;  // sched.seq.seqlen_new > 0: the appended keys, box as k
+    CUtensorMap tmap_v_new;  // and values
+    CacheCopy append;        // sched.seq.seqlen_new > 0
     float *lse;          // NULL: not written
     // out as a pointer too, for the rows a TMA store would write past their packed entry.
     void *out;
@@ -72,6 +88,10 @@ struct Config {
     static constexpr int kBlockN = kBlockN_;
     static constexpr int kMask = kMask_;  // fa_mask_kind
     static constexpr bool kCausal = kMask == FA_MASK_CAUSAL;
+    // Reads the KV-cache op's appended keys (sm90_scheduler.cuh's key_origin_shift): the window
+    // instances, whose lower key edge hides the keys below the shifted origin at no extra cost;
+    // the causal and full instances are left without the code.
+    static constexpr bool kAppends = kMask == FA_MASK_LOCAL;
     static constexpr bool kSoftcap = kSoftcap_;
     static constexpr bool kBf16 = kBf16_;
     static constexpr int kBlockM = FA_SM90_BLOCK_M(kConsumers);

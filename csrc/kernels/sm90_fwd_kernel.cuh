@@ -13,6 +13,12 @@
  * they never exchange indices: each reads the tile's entry (lengths, row origins:
  * common/seqlen.h) at the tile's start and derives the mask, the key-block range and the TMA
  * coordinates from it alone.
+ * The KV-cache op's appended keys (seq.seqlen_new > 0; instances with Cfg::kAppends, the
+ * window ones) are read from maps of their own, in key blocks that start where the cached keys
+ * end (sm90_scheduler.cuh), and the consumer warps copy them into the cache before their first
+ * tile (copy_appended_keys): the op's chunked prefill is this one launch. Producer registers
+ * (24) leave no room for the copy: any code beside the producer's in warpgroup 0 made ptxas
+ * spill the producer loop.
  * Device-only; instantiated by fwd_sm90.cu.
  */
 #ifndef FA_SM90_FWD_KERNEL_CUH
@@ -37,6 +43,10 @@ __device__ __forceinline__ void producer(const KernelParams &prm, uint32_t smem)
     prefetch_tensormap(&prm.tmap_k);
     prefetch_tensormap(&prm.tmap_v);
     prefetch_tensormap(&prm.tmap_o);
+    if (Cfg::kAppends && sched.seq.seqlen_new > 0) {
+        prefetch_tensormap(&prm.tmap_k_new);
+        prefetch_tensormap(&prm.tmap_v_new);
+    }
     RingPos kv{0, 0u};
     uint32_t q_phase = 0;
     uint32_t o_free_phase = 0;
@@ -48,8 +58,8 @@ __device__ __forceinline__ void producer(const KernelParams &prm, uint32_t smem)
             rows_block_range<Cfg>(sequence_mask<Cfg>(prm, e), tc.m_block * Cfg::kBlockM, Cfg::kBlockM);
         const TmaRow q_at = q_tma_row(sched.seq, e, tc.batch, tc.m_block * Cfg::kBlockM);
         // Key blocks are looked up only inside the visited range (paged: an entry's pages end there).
-        const TmaRow top = range.n_max > 0 ? kv_tma_row(sched.seq, e, tc.batch, (range.n_max - 1) * Cfg::kBlockN)
-                                           : TmaRow{0, 0};
+        const KeyBlockAt top =
+            range.n_max > 0 ? key_block_at<Cfg>(sched.seq, e, tc.batch, range.n_max - 1) : KeyBlockAt{};
         if constexpr (Cfg::kOInV) {
             // K and Q of the tile go out while the previous tile's O may still sit in the V ring;
             // the first V waits for both of its stores to have read it (once per tile, so the
@@ -70,8 +80,60 @@ __device__ __forceinline__ void producer(const KernelParams &prm, uint32_t smem)
         }
         q_phase ^= 1u;
         for (int n = range.n_max - 2; n >= first_block<Cfg::kMask>(range); --n)
-            producer_load_kv<Cfg>(prm, smem, kv, kv_tma_row(sched.seq, e, tc.batch, n * Cfg::kBlockN), tc.head_kv);
+            producer_load_kv<Cfg>(prm, smem, kv, key_block_at<Cfg>(sched.seq, e, tc.batch, n), tc.head_kv);
     }
+}
+
+// When keys are appended, each consumer warp copies its share of them and of their values
+// into the cache (rows len_k .. of each entry, after its cached keys) before its first tile, while the
+// tile's first loads are on their way. The grid's consumer warps take the (entry, key) rows in
+// turn, keys before values; a warp copies all kv heads of its row, 16 bytes per lane, up to
+// kInFlight of them loaded before any is stored. Nothing in this launch reads those rows of
+// the cache (the key loop reads appended keys from their own maps), so the copy is ordered
+// against nothing in it; the stream's next launch sees it whole.
+template <int kTensor>
+__device__ __forceinline__ void copy_appended_rows(const KernelParams &prm, int first_row, int row_step, int col,
+                                                   int head0) {
+    constexpr int kInFlight = 4;
+    const fa_seq_layout &seq = prm.sched.seq;
+    const CacheCopy &c = prm.append;
+    const int heads_kv = prm.sched.heads_kv, step = c.heads_per_pass;
+    int b = 0, b_row0 = 0;  // the entry of row r, and its first row (no division in the loop)
+#pragma unroll 1
+    for (int r = first_row; r < c.rows; r += row_step) {
+        while (r >= b_row0 + seq.seqlen_new) {
+            ++b;
+            b_row0 += seq.seqlen_new;
+        }
+        const int i = r - b_row0;
+        const fa_seqlen e = fa_seqlen_at(&seq, b);
+        const int key = e.len_k + i;  // after the entry's cached keys
+        const uint16_t *src = c.src[kTensor] + b * c.src_stride[kTensor][0] + i * c.src_stride[kTensor][1] + col;
+        uint16_t *dst = c.dst[kTensor] + e.kv_batch * c.dst_stride[kTensor][0] + key * c.dst_stride[kTensor][1] + col;
+#pragma unroll 1
+        for (int h0 = head0; h0 < heads_kv; h0 += kInFlight * step) {
+            uint4 piece[kInFlight];
+#pragma unroll
+            for (int u = 0; u < kInFlight; ++u)
+                if (h0 + u * step < heads_kv)
+                    piece[u] = *reinterpret_cast<const uint4 *>(src + (h0 + u * step) * c.src_stride[kTensor][2]);
+#pragma unroll
+            for (int u = 0; u < kInFlight; ++u)
+                if (h0 + u * step < heads_kv)
+                    *reinterpret_cast<uint4 *>(dst + (h0 + u * step) * c.dst_stride[kTensor][2]) = piece[u];
+        }
+    }
+}
+
+template <class Cfg>
+__device__ __forceinline__ void copy_appended_keys(const KernelParams &prm, int consumer_idx, int warp_in_wg,
+                                                   int lane) {
+    constexpr int kCopyWarps = Cfg::kConsumers * FA_WARPS_PER_WARPGROUP;
+    const int pieces = prm.append.pieces, head0 = lane / pieces;
+    if (head0 >= prm.append.heads_per_pass) return;
+    const int first_row = blockIdx.x * kCopyWarps + consumer_idx * FA_WARPS_PER_WARPGROUP + warp_in_wg;
+    copy_appended_rows<0>(prm, first_row, gridDim.x * kCopyWarps, 8 * (lane % pieces), head0);
+    copy_appended_rows<1>(prm, first_row, gridDim.x * kCopyWarps, 8 * (lane % pieces), head0);
 }
 
 // Three consumers: the loads of this CTA's first tile at or after `tile` with rows, issued
@@ -106,7 +168,7 @@ __device__ __forceinline__ void load_tile_start(const KernelParams &prm, uint32_
         if (atom_inc_acq_rel_shared(smem + Cfg::kOffTileStarts, Cfg::kConsumers - 1) != Cfg::kConsumers - 1) return;
         const int n_end = max(first_block<Cfg::kMask>(range), range.n_max - Cfg::kStages);
         for (int n = range.n_max - 1; n >= n_end; --n)
-            producer_load_kv<Cfg>(prm, smem, kv, kv_tma_row(sched.seq, e, tc.batch, n * Cfg::kBlockN), tc.head_kv);
+            producer_load_kv<Cfg>(prm, smem, kv, key_block_at<Cfg>(sched.seq, e, tc.batch, n), tc.head_kv);
         return;
     }
 }
@@ -201,8 +263,8 @@ __device__ __forceinline__ fa_block_range warpgroup_range(const fa_mask &mask, c
 // whose rows see no key frees Q and the V ring at once). o_store_pending: this warpgroup's
 // previous O store may still be reading the V ring (kOInV); it is released on the way.
 template <class Cfg>
-__device__ __forceinline__ void attend_tile(const KernelParams &prm, ConsumerRing<Cfg> &ring, const fa_seqlen &e,
-                                            const fa_mask &mask, const fa_block_range &wg_range, uint32_t q_rows,
+__device__ __forceinline__ void attend_tile(const KernelParams &prm, ConsumerRing<Cfg> &ring, const fa_mask &mask,
+                                            const fa_block_range &wg_range, uint32_t q_rows,
                                             int consumer_idx, int row0, bool store_thread, bool o_store_pending,
                                             float (&o)[Cfg::kHeadDim / 2], float (&m)[2], float (&l)[2]) {
     if (wg_range.n_max > 0) {
@@ -210,8 +272,10 @@ __device__ __forceinline__ void attend_tile(const KernelParams &prm, ConsumerRin
         // TMA: their V rows are zeroed before any P V reads them. Its V is waited for before
         // the first Q K^T then; with O staged in the V ring, that V is loaded only once this
         // warpgroup's previous O store has read the ring, so release that first.
-        const int v_keys = e.len_k - (wg_range.n_max - 1) * Cfg::kBlockN;
-        if (kv_tail_unbounded(prm.sched.seq) && v_keys < Cfg::kBlockN) {
+        // Counted from the blocks' origin. Appended keys end the keys, and their maps with them.
+        const int v_keys = mask.len_k - (wg_range.n_max - 1) * Cfg::kBlockN;
+        const bool appended = Cfg::kAppends && prm.sched.seq.seqlen_new > 0;
+        if (kv_tail_unbounded(prm.sched.seq) && !appended && v_keys < Cfg::kBlockN) {
             if (o_store_pending) release_o_in_v<Cfg>(ring.bars, store_thread);
             o_store_pending = false;
             zero_v_tail<Cfg>(ring.wait_v(), v_keys, consumer_idx);
@@ -236,6 +300,7 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
     const uint32_t q_rows = smem + Cfg::kOffQ + consumer_idx * Cfg::kWgRowsBytes;
 
     ConsumerRing<Cfg> ring = consumer_ring<Cfg>(prm, smem, lane);
+    if (Cfg::kAppends && sched.seq.seqlen_new > 0) copy_appended_keys<Cfg>(prm, consumer_idx, warp_in_wg, lane);
     if constexpr (!Cfg::kProducerWarpgroup) {
         if (tid_in_wg == 0) load_tile_start<Cfg>(prm, smem, blockIdx.x, ring.v, consumer_idx);
         bar_sync(kBarEpilogueBase + consumer_idx, 128);  // the warpgroup's TileOfConsumer is written
@@ -279,7 +344,7 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
         float l[2] = {0.f, 0.f};
         mbarrier_wait(q_full, q_phase);
         q_phase ^= 1u;
-        attend_tile<Cfg>(prm, ring, e, mask, wg_range, q_rows, consumer_idx, row0, store_thread, o_store_pending, o,
+        attend_tile<Cfg>(prm, ring, mask, wg_range, q_rows, consumer_idx, row0, store_thread, o_store_pending, o,
                          m, l);
         if constexpr (!Cfg::kProducerWarpgroup) {
             bar_sync(kBarEpilogueBase + consumer_idx, 128);  // every warp's last Q K^T has retired

@@ -1,7 +1,8 @@
 /*
  * sm90_fwd_launch.cuh -- host side of one head dim's sm90 forward instances: find the
  * instance of sm90_instances.def that serves a problem, fill its KernelParams (tensor maps over
- * the sequence layout's extents, score hook, window, sinks, scheduler) and launch it.
+ * the sequence layout's extents, score hook, window, sinks, scheduler; the KV-cache op's
+ * appended keys) and launch it.
  *
  * fwd_sm90_hd<D>.cu expands FA_SM90_DEFINE_HEAD_DIM(D) into its two C entry points;
  * fwd_sm90.cu routes the family's calls (kernels.h) to them by head dim. launch.c has checked
@@ -78,10 +79,47 @@ inline MapExtent kv_map_extent(const fa_params *p) {
     return MapExtent{p->seqlen_k, p->kv_batch_idx ? p->kv_batches : p->batch};
 }
 
-// The kernel's arguments for p; false when a tensor map cannot be encoded.
+// The appended keys' maps and copy (append: the KV-cache op's new keys, with p's k and v the
+// dense caches, kernels.h's fa_sm90_launch_appending); false when a map cannot be encoded, or
+// when the instance or the layout cannot take them (kvcache.c plans neither).
 template <class Cfg>
-bool make_kernel_params(const fa_params *p, const fa_launch *cfg, fa_sm90_host::EncodeTiledFn encode,
-                        KernelParams *prm) {
+bool set_appended_keys(const fa_params *p, const fa_kvcache_params *append, fa_sm90_host::EncodeTiledFn encode,
+                       CUtensorMapDataType dt, KernelParams *prm) {
+    using fa_sm90_host::encode_map;
+    const fa_kvcache_params *c = append;
+    if (!Cfg::kAppends || p->block_table || p->cu_seqlens_k || c->seqlen_new <= 0) return false;
+    fa_seq_layout &seq = prm->sched.seq;
+    seq.seqlen_new = c->seqlen_new;
+    if (!seq.seqused_k) seq.seqlen_k = p->seqlen_k - c->seqlen_new;  // the cached keys (common/seqlen.h)
+    CacheCopy &copy = prm->append;
+    const void *src[2] = {c->k_new, c->v_new};
+    const void *dst[2] = {p->k, p->v};
+    const int64_t src_stride[2][3] = {{c->kn_batch_stride, c->kn_row_stride, c->kn_head_stride},
+                                      {c->vn_batch_stride, c->vn_row_stride, c->vn_head_stride}};
+    const int64_t dst_stride[2][3] = {{p->k_batch_stride, p->k_row_stride, p->k_head_stride},
+                                      {p->v_batch_stride, p->v_row_stride, p->v_head_stride}};
+    for (int t = 0; t < 2; ++t) {
+        copy.src[t] = static_cast<const uint16_t *>(src[t]);
+        copy.dst[t] = static_cast<uint16_t *>(const_cast<void *>(dst[t]));
+        for (int d = 0; d < 3; ++d) {
+            copy.src_stride[t][d] = src_stride[t][d];
+            copy.dst_stride[t][d] = dst_stride[t][d];
+        }
+    }
+    copy.rows = p->batch * c->seqlen_new;  // within an int (kvcache.c)
+    copy.pieces = p->head_dim / 8;
+    copy.heads_per_pass = FA_WARP_SIZE / copy.pieces;
+    return encode_map(encode, &prm->tmap_k_new, dt, c->k_new, p->head_dim, c->seqlen_new, p->heads_kv, p->batch,
+                      c->kn_row_stride, c->kn_head_stride, c->kn_batch_stride, Cfg::kBlockN) &&
+           encode_map(encode, &prm->tmap_v_new, dt, c->v_new, p->head_dim, c->seqlen_new, p->heads_kv, p->batch,
+                      c->vn_row_stride, c->vn_head_stride, c->vn_batch_stride, Cfg::kBlockN);
+}
+
+// The kernel's arguments for p (and append, NULL but for the KV-cache op's fused append:
+// set_appended_keys); false when a tensor map cannot be encoded.
+template <class Cfg>
+bool make_kernel_params(const fa_params *p, const fa_kvcache_params *append, const fa_launch *cfg,
+                        fa_sm90_host::EncodeTiledFn encode, KernelParams *prm) {
     using fa_sm90_host::encode_map;
     std::memset(prm, 0, sizeof(*prm));
     const CUtensorMapDataType dt = Cfg::kBf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
@@ -130,8 +168,7 @@ bool make_kernel_params(const fa_params *p, const fa_launch *cfg, fa_sm90_host::
     s.pair_tiles = Cfg::kCausal && num_tiles >= 2 * grid_x &&
                    pair_iters <= (int64_t)INT32_MAX - grid_x;
     s.num_iters = s.pair_tiles ? (int)pair_iters : num_tiles;
-
-    return true;
+    return append == nullptr || set_appended_keys<Cfg>(p, append, encode, dt, prm);
 }
 
 template <int kHd, int kConsumers = FA_NUM_CONSUMER_WARPGROUPS>
@@ -143,17 +180,18 @@ const void *instance_kernel_fn(const fa_params *p) {
     return fn;
 }
 
-// Launches instance Cfg for p with cfg, which must describe it (launch.c and sm90_tiles.h
-// agree; dev/ programs build their own).
+// Launches instance Cfg for p (and append: make_kernel_params) with cfg, which must describe it
+// (launch.c and sm90_tiles.h agree; dev/ programs build their own).
 template <class Cfg>
-cudaError_t launch_instance(const fa_params *p, const fa_launch *cfg, cudaStream_t stream) {
+cudaError_t launch_instance(const fa_params *p, const fa_launch *cfg, cudaStream_t stream,
+                            const fa_kvcache_params *append = nullptr) {
     fa_sm90_host::EncodeTiledFn encode = fa_sm90_host::encode_tiled_fn();
     if (!built_for_sm90() || encode == nullptr) return cudaErrorInvalidValue;
     if (cfg->block_n != Cfg::kBlockN || cfg->block_m != Cfg::kBlockM || cfg->head_dim_padded != Cfg::kHeadDim ||
         cfg->smem_bytes < Cfg::kSmemBytes)
         return cudaErrorInvalidValue;
     KernelParams prm;
-    if (!make_kernel_params<Cfg>(p, cfg, encode, &prm)) return cudaErrorInvalidValue;
+    if (!make_kernel_params<Cfg>(p, append, cfg, encode, &prm)) return cudaErrorInvalidValue;
     const dim3 grid(cfg->grid[0], cfg->grid[1], cfg->grid[2]);
     const dim3 block(cfg->block[0], cfg->block[1], cfg->block[2]);
     fwd_kernel<Cfg><<<grid, block, cfg->smem_bytes, stream>>>(prm);
@@ -161,10 +199,11 @@ cudaError_t launch_instance(const fa_params *p, const fa_launch *cfg, cudaStream
 }
 
 template <int kHd, int kConsumers = FA_NUM_CONSUMER_WARPGROUPS>
-cudaError_t instance_launch(const fa_params *p, const fa_launch *cfg, cudaStream_t stream) {
+cudaError_t instance_launch(const fa_params *p, const fa_launch *cfg, cudaStream_t stream,
+                            const fa_kvcache_params *append = nullptr) {
     cudaError_t status = cudaErrorInvalidValue;
     dispatch_head_dim<kHd, kConsumers>(
-        p, [&](auto cfg_tag) { status = launch_instance<decltype(cfg_tag)>(p, cfg, stream); });
+        p, [&](auto cfg_tag) { status = launch_instance<decltype(cfg_tag)>(p, cfg, stream, append); });
     return status;
 }
 
@@ -175,8 +214,9 @@ cudaError_t instance_launch(const fa_params *p, const fa_launch *cfg, cudaStream
     extern "C" const void *fa_sm90_hd##HD##_kernel_fn(const fa_params *p) {                              \
         return fa_sm90::instance_kernel_fn<HD>(p);                                                       \
     }                                                                                                     \
-    extern "C" cudaError_t fa_sm90_hd##HD##_launch(const fa_params *p, const fa_launch *cfg, cudaStream_t s) { \
-        return fa_sm90::instance_launch<HD>(p, cfg, s);                                                  \
+    extern "C" cudaError_t fa_sm90_hd##HD##_launch(const fa_params *p, const fa_kvcache_params *append,    \
+                                                   const fa_launch *cfg, cudaStream_t s) {                \
+        return fa_sm90::instance_launch<HD>(p, cfg, s, append);                                          \
     }
 
 #endif /* FA_SM90_FWD_LAUNCH_CUH */

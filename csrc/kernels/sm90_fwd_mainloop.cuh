@@ -63,8 +63,17 @@ __device__ __forceinline__ fa_block_range rows_block_range(const fa_mask &mask, 
     return fa_block_range_rows(&mask, row_begin, min(row_begin + rows, mask.len_q), Cfg::kBlockN);
 }
 
+// The entry's mask in the key numbering of its blocks: from key_origin_shift keys below key 0
+// where keys are appended (sm90_scheduler.cuh), else from key 0.
 template <class Cfg>
 __device__ __forceinline__ fa_mask sequence_mask(const KernelParams &prm, const fa_seqlen &len) {
+    if constexpr (Cfg::kAppends) {
+        const int shift = key_origin_shift<Cfg>(prm.sched.seq, len);
+        const int keys = len.len_k + prm.sched.seq.seqlen_new + shift;
+        fa_mask m = make_mask<Cfg::kMask>(len.len_q, keys, prm.window_left, prm.window_right);
+        m.first_key = shift;
+        return m;
+    }
     return make_mask<Cfg::kMask>(len.len_q, len.len_k, prm.window_left, prm.window_right);
 }
 

@@ -5,7 +5,9 @@
  * Key blocks are visited in descending order, n_max - 1 down to n_min, so the blocks at the
  * causal or right-window edge (and the ragged end of the keys) come first and those at the
  * left-window edge last; only blocks outside [n_full_min, n_full_max) are masked. Instances
- * without a window know n_min = n_full_min = 0 at compile time.
+ * without a window know n_min = n_full_min = 0 at compile time. The window instances also
+ * serve appended keys, whose block 0 may hold keys below mask.first_key (sm90_scheduler.cuh's
+ * key_origin_shift): their lower edge is a window's.
  *
  * Scores live in the wgmma accumulator fragment of one warpgroup (64 rows x BN columns):
  * thread (warp w, lane L) holds rows 16w + L/4 and 16w + L/4 + 8, and in every 8-column
@@ -32,6 +34,7 @@ __device__ __forceinline__ fa_mask make_mask(int len_q, int len_k, int window_le
     m.len_k = len_k;
     m.left = -1;
     m.right = kMask == FA_MASK_CAUSAL ? 0 : -1;
+    m.first_key = 0;
     return m;
 }
 

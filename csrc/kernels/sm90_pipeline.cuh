@@ -49,17 +49,18 @@ struct BlockLoad {
 };
 
 template <class Cfg>
-__device__ __forceinline__ BlockLoad block_load(const KernelParams &prm, uint32_t smem, int slot, int kv_index) {
+__device__ __forceinline__ BlockLoad block_load(const KernelParams &prm, uint32_t smem, int slot, int kv_index,
+                                                bool appended) {
     BlockLoad b;
     const uint32_t bars = smem + Cfg::kOffBar;
     b.full = bars + 8 * ((kv_index ? Cfg::kBarVFull : Cfg::kBarKFull) + slot);
     b.empty = bars + 8 * ((kv_index ? Cfg::kBarVEmpty : Cfg::kBarKEmpty) + slot);
     b.dst = smem + (kv_index ? Cfg::kOffV : Cfg::kOffK) + slot * Cfg::kKVSlotBytes;
-    b.tmap = kv_index ? &prm.tmap_v : &prm.tmap_k;
+    b.tmap = appended ? (kv_index ? &prm.tmap_v_new : &prm.tmap_k_new) : (kv_index ? &prm.tmap_v : &prm.tmap_k);
     return b;
 }
 
-// Loads the key block whose first key is at `at` (kv_tma_row) as b says.
+// Loads the key block whose first key is at `at` (key_block_at) as b says.
 template <class Cfg>
 __device__ __forceinline__ void issue_block_load(const BlockLoad &b, TmaRow at, int head_kv) {
     mbarrier_arrive_expect_tx(b.full, Cfg::kKVSlotBytes);
@@ -70,23 +71,23 @@ __device__ __forceinline__ void issue_block_load(const BlockLoad &b, TmaRow at, 
 
 // Into ring slot `slot`, which no consumer reads any more.
 template <class Cfg>
-__device__ __forceinline__ void load_block(const KernelParams &prm, uint32_t smem, int slot, TmaRow at, int head_kv,
-                                           int kv_index) {
-    issue_block_load<Cfg>(block_load<Cfg>(prm, smem, slot, kv_index), at, head_kv);
+__device__ __forceinline__ void load_block(const KernelParams &prm, uint32_t smem, int slot, KeyBlockAt at,
+                                           int head_kv, int kv_index) {
+    issue_block_load<Cfg>(block_load<Cfg>(prm, smem, slot, kv_index, at.appended), at.at, head_kv);
 }
 
 // Into the ring slot at pos, once every consumer warp has released it.
 template <class Cfg>
 __device__ __forceinline__ void producer_load_block(const KernelParams &prm, uint32_t smem, const RingPos &pos,
-                                                    TmaRow at, int head_kv, int kv_index) {
-    const BlockLoad b = block_load<Cfg>(prm, smem, pos.slot, kv_index);
+                                                    KeyBlockAt at, int head_kv, int kv_index) {
+    const BlockLoad b = block_load<Cfg>(prm, smem, pos.slot, kv_index, at.appended);
     mbarrier_wait(b.empty, pos.phase ^ 1u);
-    issue_block_load<Cfg>(b, at, head_kv);
+    issue_block_load<Cfg>(b, at.at, head_kv);
 }
 
 template <class Cfg>
-__device__ __forceinline__ void producer_load_kv(const KernelParams &prm, uint32_t smem, RingPos &pos, TmaRow at,
-                                                 int head_kv) {
+__device__ __forceinline__ void producer_load_kv(const KernelParams &prm, uint32_t smem, RingPos &pos,
+                                                 KeyBlockAt at, int head_kv) {
     producer_load_block<Cfg>(prm, smem, pos, at, head_kv, 0);
     producer_load_block<Cfg>(prm, smem, pos, at, head_kv, 1);
     pos.advance(Cfg::kStages);
@@ -176,7 +177,7 @@ struct ConsumerRing {
         const uint32_t tile = tile_of_consumer_addr<Cfg>(smem, threadIdx.x / 128);
         const int batch = (int)ld_shared_u32(tile), head_kv = (int)ld_shared_u32(tile + 4);
         const fa_seqlen e = fa_seqlen_at(&prm->sched.seq, batch);
-        const TmaRow at = kv_tma_row(prm->sched.seq, e, batch, n * Cfg::kBlockN);
+        const KeyBlockAt at = key_block_at<Cfg>(prm->sched.seq, e, batch, n);
         load_block<Cfg>(*prm, smem, slot, at, head_kv, 0);
         load_block<Cfg>(*prm, smem, slot, at, head_kv, 1);
     }

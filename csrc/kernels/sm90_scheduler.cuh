@@ -86,6 +86,35 @@ __device__ __forceinline__ bool kv_tail_unbounded(const fa_seq_layout &s) {
     return s.seqused_k != nullptr || s.block_table != nullptr;
 }
 
+// Appended keys (s.seqlen_new > 0, dense caches: the KV-cache op's new keys, read from maps of
+// their own because the cache gets them only during this launch) must not share a key block
+// with cached ones, the entry's e.len_k keys (common/seqlen.h). So key blocks are counted from
+// an origin `shift` keys below the entry's key 0, which puts a block boundary where the cached
+// keys end: block n holds keys [n * kBlockN - shift, (n + 1) * kBlockN - shift), cached ones
+// below e.len_k, appended ones from there. The mask takes the same origin (e.len_k +
+// seqlen_new + shift keys, first_key = shift); the rows of k below key 0 lie outside its map,
+// which TMA fills with zeros. Only the instances that read appended keys (Cfg::kAppends)
+// number keys so; the others from key 0.
+template <class Cfg>
+__device__ __forceinline__ int key_origin_shift(const fa_seq_layout &s, const fa_seqlen &e) {
+    if (!Cfg::kAppends || s.seqlen_new == 0) return 0;
+    return (Cfg::kBlockN - e.len_k % Cfg::kBlockN) % Cfg::kBlockN;
+}
+
+// Key block n of entry b: its coordinates, and whether they are in the appended keys' maps.
+struct KeyBlockAt {
+    TmaRow at;
+    bool appended;
+};
+
+template <class Cfg>
+__device__ __forceinline__ KeyBlockAt key_block_at(const fa_seq_layout &s, const fa_seqlen &e, int b, int n) {
+    if (!Cfg::kAppends || s.seqlen_new == 0) return KeyBlockAt{kv_tma_row(s, e, b, n * Cfg::kBlockN), false};
+    const int key = n * Cfg::kBlockN - key_origin_shift<Cfg>(s, e);
+    if (key >= e.len_k) return KeyBlockAt{TmaRow{key - e.len_k, b}, true};
+    return KeyBlockAt{TmaRow{key, e.kv_batch}, false};  // may start below row 0
+}
+
 __device__ __forceinline__ TileCoord decode_tile(const SchedulerArgs &s, int tile) {
     const int heads_batches = s.heads_q * s.batch;
     int hb, m_block;
