@@ -224,10 +224,11 @@ def test_gpu_chunk(family, dtype, head_dim, layout):
 APPEND_LENS = (0, 128, 129, 383, 2048 - 300, 256)
 
 
-@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("head_dim", [64, 128, 256, 80])
 @pytest.mark.parametrize("seqlen_q, new", [(256, 256), (200, 300), (300, 64), (129, 1)])
 def test_gpu_chunk_appends_in_the_main_launch(head_dim, seqlen_q, new):
-    """More new keys than query rows, fewer (rows that see only cached keys), one."""
+    """More new keys than query rows, fewer (rows that see only cached keys), one. head_dim 80:
+    a padded head (10 pieces of 16 bytes a row, so each copy warp's 32 lanes take 3 heads)."""
     require_family("sm90")
     lens = tuple(min(n, 2048 - new) for n in APPEND_LENS)
     c = GpuCache(batch=len(lens), seqlen_q=seqlen_q, new=new, head_dim=head_dim, lens=lens,
