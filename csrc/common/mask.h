@@ -50,12 +50,6 @@ FA_HD fa_mask fa_mask_make(int len_q, int len_k, int window_left, int window_rig
     return m;
 }
 
-/* True when the mask hides nothing but keys past len_k. */
-FA_HD int fa_mask_is_full(const fa_mask *m)
-{
-    return m->left < 0 && m->right < 0 && m->first_key == 0;
-}
-
 /* 0 <= row < len_q. */
 FA_HD fa_key_span fa_mask_row(const fa_mask *m, int row)
 {
