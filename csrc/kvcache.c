@@ -235,6 +235,13 @@ static fa_params appending_params(const fa_params *p, const fa_kvcache_params *c
     return a;
 }
 
+/* The params of the plan's forward-family main launch, a being attention_params'. */
+static fa_params forward_main_params(const kvcache_plan *kp, const fa_params *p,
+                                     const fa_kvcache_params *c, const fa_params *a)
+{
+    return kp->appending ? appending_params(p, c) : *a;
+}
+
 /* The split-KV decode kernel over a, the attention the call runs (rows packed query rows per
  * entry and kv head), as launch *n, and when it splits, the combine after it. */
 static fa_status plan_decode(const fa_params *p, const fa_kvcache_params *c, const fa_params *a,
@@ -315,7 +322,7 @@ static fa_status plan_kvcache(const fa_params *p, const fa_kvcache_params *c, co
             return s;
     } else {
         kp->num_splits = 1;
-        const fa_params m = kp->appending ? appending_params(p, c) : a;
+        const fa_params m = forward_main_params(kp, p, c, &a);
         fa_launch *main = &plan->launches[n++];
         if ((s = fa_plan_forward_launch(&m, dev, fam, main)) != FA_OK)
             return s;
@@ -401,7 +408,7 @@ static fa_status issue(const fa_params *p, const fa_kvcache_params *c, kvcache_p
     if (kp->main < 0)
         return FA_OK;
     if (!kp->decode) {
-        const fa_params m = kp->appending ? appending_params(p, c) : a;
+        const fa_params m = forward_main_params(kp, p, c, &a);
         return fa_run_forward_launch(&m, kp->appending ? c : NULL, &l[kp->main], device, dev, stream);
     }
     if ((err = fa_decode_launch(&a, &ws, &l[kp->main], stream)) != cudaSuccess)
