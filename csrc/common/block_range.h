@@ -15,6 +15,8 @@
  * Because a row's span only slides right as the row grows, the union of the spans is
  * [span(row_begin).lo, span(row_end - 1).hi] and the keys all rows share are
  * [span(row_end - 1).lo, span(row_begin).hi].
+ * Across query blocks, the same growth gives each block's count of key blocks its shape
+ * (fa_block_range_plateau), which orders a persistent kernel's tiles (tile_order.h).
  */
 #ifndef FA_COMMON_BLOCK_RANGE_H
 #define FA_COMMON_BLOCK_RANGE_H
@@ -48,6 +50,64 @@ FA_HD fa_block_range fa_block_range_rows(const fa_mask *m, int row_begin, int ro
 FA_HD int fa_block_needs_mask(const fa_block_range *r, int n)
 {
     return n < r->n_full_min || n >= r->n_full_max;
+}
+
+/* The key blocks query block mb visits: rows [mb * block_m, (mb + 1) * block_m), the last
+ * block cut at len_q. */
+FA_HD fa_block_range fa_block_range_of_query_block(const fa_mask *m, int mb, int block_m, int block_n)
+{
+    return fa_block_range_rows(m, mb * block_m, fa_imin((mb + 1) * block_m, m->len_q), block_n);
+}
+
+/* How the key blocks a query block visits change with its index mb (num_m_blocks blocks of
+ * block_m rows). Both ends of the visited range only grow with mb, so the count
+ *   rises      on [0, begin)        the bottom end held at key block 0, the top end growing
+ *   is largest on [begin, end)      both ends moving together (a window inside the keys), or
+ *                                   both held (every key block)
+ *   falls      on [end, num_m_blocks)   the top end held at the last block, the bottom growing
+ * with begin < end, and rising_only when no query block's range leaves key block 0 and the
+ * right edge is the diagonal: the count grows with mb to the last block, as under causal.
+ * The ends are found by bisection, O(log num_m_blocks) ranges (host, once per launch). */
+typedef struct {
+    int begin, end;
+    int rising_only;
+} fa_block_plateau;
+
+FA_HD fa_block_plateau fa_block_range_plateau(const fa_mask *m, int num_m_blocks, int block_m, int block_n)
+{
+    fa_block_plateau p = {0, num_m_blocks > 0 ? num_m_blocks : 1, 0};
+    if (num_m_blocks <= 1)
+        return p;
+    const int n_top = fa_block_range_of_query_block(m, num_m_blocks - 1, block_m, block_n).n_max;
+    int lo = 0, hi = num_m_blocks; /* the first block whose range starts above key block 0 */
+    while (lo < hi) {
+        const int mid = lo + (hi - lo) / 2;
+        if (fa_block_range_of_query_block(m, mid, block_m, block_n).n_min > 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    const int bottom_moves = lo;
+    lo = 0;
+    hi = num_m_blocks - 1; /* the first block whose range reaches the last key block */
+    while (lo < hi) {
+        const int mid = lo + (hi - lo) / 2;
+        if (fa_block_range_of_query_block(m, mid, block_m, block_n).n_max >= n_top)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    const int top_held = lo;
+    p.begin = fa_imin(bottom_moves, top_held);
+    p.end = fa_imax(bottom_moves, top_held);
+    if (p.begin == p.end) {
+        if (p.end < num_m_blocks)
+            p.end++;
+        else
+            p.begin--;
+    }
+    p.rising_only = m->right == 0 && bottom_moves == num_m_blocks;
+    return p;
 }
 
 /* The transpose, for kernels that own keys (the backward): keys [key_begin, key_end) of one

@@ -50,7 +50,7 @@ __device__ __forceinline__ void producer(const KernelParams &prm, uint32_t smem)
     RingPos kv{0, 0u};
     uint32_t q_phase = 0;
     uint32_t o_free_phase = 0;
-    for (int tile = blockIdx.x; tile < sched.num_iters; tile += gridDim.x) {
+    for (int tile = blockIdx.x; tile < sched.order.num_iters; tile += gridDim.x) {
         const TileCoord tc = decode_tile(sched, tile);
         const fa_seqlen e = fa_seqlen_at(&sched.seq, tc.batch);
         if (tc.m_block < 0 || tc.m_block * Cfg::kBlockM >= e.len_q) continue;
@@ -153,7 +153,7 @@ template <class Cfg>
 __device__ __forceinline__ void load_tile_start(const KernelParams &prm, uint32_t smem, int tile, RingPos kv,
                                                 int consumer_idx) {
     const SchedulerArgs &sched = prm.sched;
-    for (; tile < sched.num_iters; tile += gridDim.x) {
+    for (; tile < sched.order.num_iters; tile += gridDim.x) {
         const TileCoord tc = decode_tile(sched, tile);
         const fa_seqlen e = fa_seqlen_at(&sched.seq, tc.batch);
         if (tc.m_block < 0 || tc.m_block * Cfg::kBlockM >= e.len_q) continue;
@@ -316,7 +316,7 @@ __device__ __forceinline__ void consumer(const KernelParams &prm, uint32_t smem,
     if (Cfg::kPingpong && consumer_idx == 1) bar_arrive(kBarPingpongBase + 0, 2 * 128);
 
 #pragma unroll 1
-    for (int tile = blockIdx.x; tile < sched.num_iters; tile += gridDim.x) {
+    for (int tile = blockIdx.x; tile < sched.order.num_iters; tile += gridDim.x) {
         const TileCoord tc = decode_tile(sched, tile);
         const fa_seqlen e = fa_seqlen_at(&sched.seq, tc.batch);
         if (tc.m_block < 0 || tc.m_block * Cfg::kBlockM >= e.len_q) continue;

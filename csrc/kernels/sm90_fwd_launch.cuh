@@ -157,17 +157,12 @@ bool make_kernel_params(const fa_params *p, const fa_kvcache_params *append, con
     s.heads_q = p->heads_q;
     s.heads_kv = p->heads_kv;
     s.seq = fa_seq_layout_of(p);
-    s.num_m_blocks = (p->seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM;
-    const int num_tiles = s.num_m_blocks * p->heads_q * p->batch;  // <= INT32_MAX - grid (launch.c)
-    s.causal = Cfg::kCausal ? 1 : 0;
-    // Pairs need up to 2 * grid more loop indices than tiles; past 32 bits (launch.c keeps
-    // num_tiles + grid within them) the tiles go one by one instead.
-    const int64_t grid_x = cfg->grid[0];
-    const int64_t pairs = (int64_t)((s.num_m_blocks + 1) / 2) * p->heads_q * p->batch;
-    const int64_t pair_iters = 2 * grid_x * ((pairs + grid_x - 1) / grid_x);
-    s.pair_tiles = Cfg::kCausal && num_tiles >= 2 * grid_x &&
-                   pair_iters <= (int64_t)INT32_MAX - grid_x;
-    s.num_iters = s.pair_tiles ? (int)pair_iters : num_tiles;
+    // Tiles by their work (common/tile_order.h), sized by the longest entry.
+    const int num_m_blocks = (p->seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM;  // tiles fit 32 bits (launch.c)
+    const fa_mask longest = fa_mask_make(p->seqlen_q, p->seqlen_k, p->window_left, p->window_right, p->causal);
+    s.order = fa_tile_order_make(p->heads_q * p->batch, num_m_blocks,
+                                 fa_block_range_plateau(&longest, num_m_blocks, Cfg::kBlockM, Cfg::kBlockN),
+                                 cfg->grid[0]);
     return append == nullptr || set_appended_keys<Cfg>(p, append, encode, dt, prm);
 }
 

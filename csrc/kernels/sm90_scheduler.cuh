@@ -3,22 +3,13 @@
  * keeps its rows.
  *
  * A tile is (batch, head_q, m_block): 128 query rows of one head. num_tiles =
- * ceil(max_seqlen_q / 128) * heads_q * batch; CTA c handles indices c, c + gridDim.x, ... below
- * num_iters in a fixed order, so the result never depends on timing (no atomics, deterministic).
- *   full:   (batch, head) outer, m_block inner, so CTAs running at the same time share one
- *           head's K/V in L2.
- *   causal, at least two tiles per CTA (pair_tiles): a tile's work grows with m_block, so the
- *           tiles of a head go out in pairs (longest with shortest, second longest with second
- *           shortest, ...) of about equal work, (batch, head) outer as for full attention;
- *           each CTA runs whole pairs, long tile first. Taken one by one in the fixed order used
- *           before (longest first inside L2 sections of heads), the busiest CTA had 1.34x the
- *           mean work (a tile's cost taken as its key blocks + 1; head_dim 256, 1024 keys, 7.75
- *           tiles per CTA); in pairs it has at most one pair more than the mean.
- *   causal, fewer tiles: m_block descending outer, (batch, head) inner: the tiles with the
- *           most key blocks run first (longest-processing-time first).
- * The tile count is sized by the longest entry; a tile whose m_block starts at or past its own
- * entry's len_q (a shorter packed entry) is skipped by producer and consumers alike, before
- * any barrier, at the cost of reading the entry's lengths.
+ * ceil(max_seqlen_q / 128) * heads_q * batch; CTA c handles loop indices c, c + gridDim.x, ...
+ * below num_iters in the fixed order of common/tile_order.h (longest-processing-time first:
+ * full attention (batch, head) outer and m_block inner, causal in pairs or m_block descending,
+ * windows their inner query blocks first), so the result never depends on timing (no atomics,
+ * deterministic). The host sizes the order by the longest entry; a tile whose m_block starts
+ * at or past its own entry's len_q (a shorter packed entry) is skipped by producer and
+ * consumers alike, before any barrier, at the cost of reading the entry's lengths.
  *
  * Rows. An entry's lengths and row origins come from common/seqlen.h (fa_seqlen_at) and
  * nowhere else. The TMA maps (sm90_fwd_launch.cuh) are (head_dim, rows, heads, batches); a
@@ -38,16 +29,14 @@
 #include <stdint.h>
 
 #include "../common/seqlen.h"
+#include "../common/tile_order.h"
 
 namespace fa_sm90 {
 
 struct SchedulerArgs {
     int batch, heads_q, heads_kv;
     fa_seq_layout seq;                 // lengths (the maxima when packed) and row layout
-    int num_m_blocks;                  // ceil(seq.seqlen_q / 128)
-    int causal;
-    int pair_tiles;                    // causal with at least two tiles per CTA: see above
-    int num_iters;                     // loop bound of the persistent loop (>= the tile count)
+    fa_tile_order order;               // (batch, head) x ceil(seq.seqlen_q / 128) tiles
 };
 
 struct TileCoord {
@@ -116,30 +105,8 @@ __device__ __forceinline__ KeyBlockAt key_block_at(const fa_seq_layout &s, const
 }
 
 __device__ __forceinline__ TileCoord decode_tile(const SchedulerArgs &s, int tile) {
-    const int heads_batches = s.heads_q * s.batch;
-    int hb, m_block;
-    if (s.pair_tiles) {
-        // CTA c takes, round after round, the two tiles of pair c, c + gridDim.x, ...: the
-        // longest query block of a head with its shortest, the second longest with the second
-        // shortest..., whose key blocks add up to about the same, so every CTA gets the same work.
-        const int round = tile / (int)gridDim.x;
-        const int pair = tile - round * (int)gridDim.x + (round >> 1) * (int)gridDim.x;
-        const int pairs_per_hb = (s.num_m_blocks + 1) >> 1;
-        hb = pair / pairs_per_hb;
-        const int k = pair - hb * pairs_per_hb;
-        m_block = (round & 1) ? k : s.num_m_blocks - 1 - k;
-        // Past the last pair, or the middle block of an odd count (a pair of one tile).
-        if (hb >= heads_batches || ((round & 1) && 2 * k + 1 == s.num_m_blocks)) {
-            hb = 0;
-            m_block = -1;
-        }
-    } else if (s.causal) {
-        m_block = s.num_m_blocks - 1 - tile / heads_batches;
-        hb = tile % heads_batches;
-    } else {
-        hb = tile / s.num_m_blocks;
-        m_block = tile % s.num_m_blocks;
-    }
+    int hb;
+    const int m_block = fa_tile_at(&s.order, tile, (int)gridDim.x, &hb);
     TileCoord t;
     t.batch = hb / s.heads_q;
     t.head_q = hb % s.heads_q;
