@@ -45,21 +45,24 @@ def load(tag):
         for r in csv.DictReader(open(path)):
             if r["status"] != "ok" or not r["impl"].startswith("ours"):
                 continue
-            key = (r["impl"], r["dtype"], r["D"], r["causal"], r["B"], r["Hq"], r["Sq"], r["Sk"])
+            # The mask columns too: the masks suite runs several variants at one shape.
+            mask = "".join("%s=%s " % (c, r[c]) for c in ("window_left", "window_right", "softcap", "sinks")
+                           if r.get(c) not in (None, "", "0", "-1"))
+            key = (r["impl"], r["dtype"], r["D"], r["causal"], r["B"], r["Hq"], r["Sq"], r["Sk"], mask.strip())
             rows[key] = (float(r["median_ms"]), float(r["tflops"]))
     return rows
 runs = {t: load(t) for t in ("new1", "base1", "base2", "new2")}
 keys = sorted(set(runs["new1"]) & set(runs["base1"]) & set(runs["base2"]) & set(runs["new2"]),
               key=lambda k: (k[0], k[1], int(k[2]), k[3], int(k[6])))
-print("| impl | dtype | D | causal | Sq | Sk | base TFLOP/s | new TFLOP/s | new/base rep1 | rep2 |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| impl | dtype | D | causal | Sq | Sk | mask | base TFLOP/s | new TFLOP/s | new/base rep1 | rep2 |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 geo = {}
 for k in keys:
     r1 = runs["base1"][k][0] / runs["new1"][k][0]
     r2 = runs["base2"][k][0] / runs["new2"][k][0]
     geo.setdefault(k[0], []).extend([r1, r2])
-    print("| %s | %s | %s | %s | %s | %s | %.0f | %.0f | %.3f | %.3f |" % (
-        k[0], k[1], k[2], k[3], k[6], k[7], runs["base1"][k][1], runs["new1"][k][1], r1, r2))
+    print("| %s | %s | %s | %s | %s | %s | %s | %.0f | %.0f | %.3f | %.3f |" % (
+        k[0], k[1], k[2], k[3], k[6], k[7], k[8], runs["base1"][k][1], runs["new1"][k][1], r1, r2))
 for impl, rs in sorted(geo.items()):
     print("%s: geomean new/base %.4f, min %.3f over %d ratios" % (
         impl, math.exp(sum(map(math.log, rs)) / len(rs)), min(rs), len(rs)))
