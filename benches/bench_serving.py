@@ -217,66 +217,69 @@ def decode_reference(F, torch, qt, kt, vt):
 
 
 def run_decode(torch, fa, args, env, writer, rows):
+    for config in decode_configs(args):
+        run_decode_config(torch, fa, args, env, writer, rows, *config)
+        torch.cuda.empty_cache()  # the config's tensors went with its call
+
+
+def run_decode_config(torch, fa, args, env, writer, rows, dtype_name, D, B, Hq, Hkv, S):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     import torch.nn.functional as F
     page = args.page_size
     backends = {"sdpa_default": None, "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION,
                 "sdpa_flash": SDPBackend.FLASH_ATTENTION}
-    for dtype_name, D, B, Hq, Hkv, S in decode_configs(args):
-        dt = getattr(torch, bl.DTYPE_NAMES[dtype_name])
-        kv_bytes = 2 * B * S * Hkv * D * 2
-        if kv_bytes > args.max_cache_gb * 1e9:
-            continue
-        g = torch.Generator(device="cuda").manual_seed(args.seed)
-        q = torch.randn(B, 1, Hq, D, device="cuda", dtype=dt, generator=g)
-        kc = torch.randn(B, S, Hkv, D, device="cuda", dtype=dt, generator=g)
-        vc = torch.randn(B, S, Hkv, D, device="cuda", dtype=dt, generator=g)
-        lens = torch.full((B,), S, device="cuda", dtype=torch.int32)
-        pages_per = S // page
-        perm = torch.randperm(B * pages_per, device="cuda", generator=g).to(torch.int32)
-        block_table = perm.view(B, pages_per)
-        kp = torch.empty(B * pages_per, page, Hkv, D, device="cuda", dtype=dt)
-        vp = torch.empty_like(kp)
-        kp[block_table.flatten().long()] = kc.reshape(B * pages_per, page, Hkv, D)
-        vp[block_table.flatten().long()] = vc.reshape(B * pages_per, page, Hkv, D)
-        qt, kt, vt = q.transpose(1, 2), kc.transpose(1, 2), vc.transpose(1, 2)
+    dt = getattr(torch, bl.DTYPE_NAMES[dtype_name])
+    kv_bytes = 2 * B * S * Hkv * D * 2
+    if kv_bytes > args.max_cache_gb * 1e9:
+        return
+    g = torch.Generator(device="cuda").manual_seed(args.seed)
+    q = torch.randn(B, 1, Hq, D, device="cuda", dtype=dt, generator=g)
+    kc = torch.randn(B, S, Hkv, D, device="cuda", dtype=dt, generator=g)
+    vc = torch.randn(B, S, Hkv, D, device="cuda", dtype=dt, generator=g)
+    lens = torch.full((B,), S, device="cuda", dtype=torch.int32)
+    pages_per = S // page
+    perm = torch.randperm(B * pages_per, device="cuda", generator=g).to(torch.int32)
+    block_table = perm.view(B, pages_per)
+    kp = torch.empty(B * pages_per, page, Hkv, D, device="cuda", dtype=dt)
+    vp = torch.empty_like(kp)
+    kp[block_table.flatten().long()] = kc.reshape(B * pages_per, page, Hkv, D)
+    vp[block_table.flatten().long()] = vc.reshape(B * pages_per, page, Hkv, D)
+    qt, kt, vt = q.transpose(1, 2), kc.transpose(1, 2), vc.transpose(1, 2)
 
-        def sdpa(backend):
-            if backend is None:
-                return lambda: F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True)
-            def call():
-                with sdpa_kernel(backend):
-                    return F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True)
-            return call
+    def sdpa(backend):
+        if backend is None:
+            return lambda: F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True)
+        def call():
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True)
+        return call
 
-        impls = {
-            "ours_dense": lambda: fa.attention_with_kvcache(q, kc, vc, cache_seqlens=lens),
-            "ours_paged": lambda: fa.attention_with_kvcache(q, kp, vp, cache_seqlens=lens,
-                                                            block_table=block_table),
-        }
-        for name, backend in backends.items():
-            impls[name] = sdpa(backend)
-        ref = decode_reference(F, torch, qt, kt, vt)
-        peer = impls["sdpa_default"]().transpose(1, 2)
-        checked, kernels = check_impls(
-            torch, fa, impls, peer, ref,
-            lambda name, out: out if name.startswith("ours") else out.transpose(1, 2))
-        timed = {n: f for n, f in impls.items() if checked[n][0]}
-        samples = time_impls(torch, timed, args.repeats, args.calls) if timed else {}
-        graphed = {n: graph_times(torch, f, args.repeats, args.calls) for n, f in timed.items()}
-        for name, verdict in checked.items():
-            row = dict(env, suite="decode", impl=name, dtype=dtype_name, B=B, Hq=Hq, Hkv=Hkv,
-                       Sq=1, Sk=S, D=D, layout="paged" if name == "ours_paged" else "dense",
-                       page_size=page if name == "ours_paged" else "", lengths="uniform",
-                       kernels=kernels[name])
-            gbs = lambda us: {"gbs": kv_bytes / us / 1e3}  # noqa: E731
-            if judged_row(row, verdict, samples.get(name), gbs) and graphed[name]:
-                g_us = 1e3 * bl.median(graphed[name])
-                row.update(graph_us=g_us, graph_gbs=gbs(g_us)["gbs"])
-            rows.append(row)
-            writer(row)
-        del kc, vc, kp, vp
-        torch.cuda.empty_cache()
+    impls = {
+        "ours_dense": lambda: fa.attention_with_kvcache(q, kc, vc, cache_seqlens=lens),
+        "ours_paged": lambda: fa.attention_with_kvcache(q, kp, vp, cache_seqlens=lens,
+                                                        block_table=block_table),
+    }
+    for name, backend in backends.items():
+        impls[name] = sdpa(backend)
+    ref = decode_reference(F, torch, qt, kt, vt)
+    peer = impls["sdpa_default"]().transpose(1, 2)
+    checked, kernels = check_impls(
+        torch, fa, impls, peer, ref,
+        lambda name, out: out if name.startswith("ours") else out.transpose(1, 2))
+    timed = {n: f for n, f in impls.items() if checked[n][0]}
+    samples = time_impls(torch, timed, args.repeats, args.calls) if timed else {}
+    graphed = {n: graph_times(torch, f, args.repeats, args.calls) for n, f in timed.items()}
+    for name, verdict in checked.items():
+        row = dict(env, suite="decode", impl=name, dtype=dtype_name, B=B, Hq=Hq, Hkv=Hkv,
+                   Sq=1, Sk=S, D=D, layout="paged" if name == "ours_paged" else "dense",
+                   page_size=page if name == "ours_paged" else "", lengths="uniform",
+                   kernels=kernels[name])
+        gbs = lambda us: {"gbs": kv_bytes / us / 1e3}  # noqa: E731
+        if judged_row(row, verdict, samples.get(name), gbs) and graphed[name]:
+            g_us = 1e3 * bl.median(graphed[name])
+            row.update(graph_us=g_us, graph_gbs=gbs(g_us)["gbs"])
+        rows.append(row)
+        writer(row)
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,50 +366,53 @@ def run_varlen(torch, fa, args, env, writer, rows):
 # --------------------------------------------------------------------------------------------
 
 def run_chunked(torch, fa, args, env, writer, rows):
-    import torch.nn.functional as F
-    B, Hq, Hkv, D = 1, 32, 8, 128
     for dtype_name in args.dtypes:
-        dt = getattr(torch, bl.DTYPE_NAMES[dtype_name])
         for S in (8192, 32768):
             for chunk in (512, 2048):
-                g = torch.Generator(device="cuda").manual_seed(args.seed)
-                q = torch.randn(B, chunk, Hq, D, device="cuda", dtype=dt, generator=g)
-                kc = torch.randn(B, S, Hkv, D, device="cuda", dtype=dt, generator=g)
-                vc = torch.randn(B, S, Hkv, D, device="cuda", dtype=dt, generator=g)
-                # the chunk's own keys: appended where they already are, so every call is alike
-                kn, vn = kc[:, S - chunk:].clone(), vc[:, S - chunk:].clone()
-                impls = {
-                    "ours_kvcache": lambda: fa.attention_with_kvcache(
-                        q, kc, vc, kn, vn, cache_seqlens=S - chunk, causal=True),
-                    "ours_kvcache_read": lambda: fa.attention_with_kvcache(
-                        q, kc, vc, cache_seqlens=S, causal=True),
-                    "ours_attention": lambda: fa.attention(q, kc, vc, causal=True),
-                }
-                rows_i = torch.arange(chunk, device="cuda")[:, None]
-                visible = torch.arange(S, device="cuda")[None] <= rows_i + (S - chunk)
-                qt, kt, vt = q.transpose(1, 2), kc.transpose(1, 2), vc.transpose(1, 2)
-                ref = F.scaled_dot_product_attention(qt.float(), kt.float(), vt.float(),
-                                                     attn_mask=visible,
-                                                     enable_gqa=True).transpose(1, 2)
-                peer = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=visible,
-                                                      enable_gqa=True).transpose(1, 2)
-                pairs = int(visible.sum())
-                checked, kernels = check_impls(torch, fa, impls, peer, ref)
-                timed = {n: f for n, f in impls.items() if checked[n][0]}
-                samples = time_impls(torch, timed, args.repeats, args.calls) if timed else {}
-                graphed = {n: graph_times(torch, f, args.repeats, args.calls) for n, f in timed.items()}
-                flops = 4.0 * B * Hq * D * pairs
-                for name, verdict in checked.items():
-                    row = dict(env, suite="chunked", impl=name, dtype=dtype_name, B=B, Hq=Hq,
-                               Hkv=Hkv, Sq=chunk, Sk=S, D=D, layout="dense", page_size="",
-                               lengths="uniform", kernels=kernels[name])
-                    if (judged_row(row, verdict, samples.get(name),
-                                   lambda us: {"tflops": flops / us / 1e6}) and graphed[name]):
-                        row.update(graph_us=1e3 * bl.median(graphed[name]))
-                    rows.append(row)
-                    writer(row)
-                del kc, vc, kn, vn
-                torch.cuda.empty_cache()
+                run_chunked_config(torch, fa, args, env, writer, rows, dtype_name, S, chunk)
+                torch.cuda.empty_cache()  # the config's tensors went with its call
+
+
+def run_chunked_config(torch, fa, args, env, writer, rows, dtype_name, S, chunk):
+    import torch.nn.functional as F
+    B, Hq, Hkv, D = 1, 32, 8, 128
+    dt = getattr(torch, bl.DTYPE_NAMES[dtype_name])
+    g = torch.Generator(device="cuda").manual_seed(args.seed)
+    q = torch.randn(B, chunk, Hq, D, device="cuda", dtype=dt, generator=g)
+    kc = torch.randn(B, S, Hkv, D, device="cuda", dtype=dt, generator=g)
+    vc = torch.randn(B, S, Hkv, D, device="cuda", dtype=dt, generator=g)
+    # the chunk's own keys: appended where they already are, so every call is alike
+    kn, vn = kc[:, S - chunk:].clone(), vc[:, S - chunk:].clone()
+    impls = {
+        "ours_kvcache": lambda: fa.attention_with_kvcache(
+            q, kc, vc, kn, vn, cache_seqlens=S - chunk, causal=True),
+        "ours_kvcache_read": lambda: fa.attention_with_kvcache(
+            q, kc, vc, cache_seqlens=S, causal=True),
+        "ours_attention": lambda: fa.attention(q, kc, vc, causal=True),
+    }
+    rows_i = torch.arange(chunk, device="cuda")[:, None]
+    visible = torch.arange(S, device="cuda")[None] <= rows_i + (S - chunk)
+    qt, kt, vt = q.transpose(1, 2), kc.transpose(1, 2), vc.transpose(1, 2)
+    ref = F.scaled_dot_product_attention(qt.float(), kt.float(), vt.float(),
+                                         attn_mask=visible,
+                                         enable_gqa=True).transpose(1, 2)
+    peer = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=visible,
+                                          enable_gqa=True).transpose(1, 2)
+    pairs = int(visible.sum())
+    checked, kernels = check_impls(torch, fa, impls, peer, ref)
+    timed = {n: f for n, f in impls.items() if checked[n][0]}
+    samples = time_impls(torch, timed, args.repeats, args.calls) if timed else {}
+    graphed = {n: graph_times(torch, f, args.repeats, args.calls) for n, f in timed.items()}
+    flops = 4.0 * B * Hq * D * pairs
+    for name, verdict in checked.items():
+        row = dict(env, suite="chunked", impl=name, dtype=dtype_name, B=B, Hq=Hq,
+                   Hkv=Hkv, Sq=chunk, Sk=S, D=D, layout="dense", page_size="",
+                   lengths="uniform", kernels=kernels[name])
+        if (judged_row(row, verdict, samples.get(name),
+                       lambda us: {"tflops": flops / us / 1e6}) and graphed[name]):
+            row.update(graph_us=1e3 * bl.median(graphed[name]))
+        rows.append(row)
+        writer(row)
 
 
 def itertools_accumulate(values):
