@@ -1,4 +1,5 @@
-"""Shared fixtures: a seeded RNG per test and the GPU-availability gate for GPU tests.
+"""Shared fixtures: a seeded RNG per test (numpy's rng fixture; torch's default generators for
+GPU tests) and the GPU-availability gate for GPU tests.
 
 The gate: GPU tests skip, with the reason, where there is no usable GPU (no driver, an old
 driver, no device: flashattn_c's own probe says which). Where there is one but a dependency the
@@ -126,6 +127,12 @@ def pytest_runtest_setup(item):
     verdict, reason = _gate()
     if verdict == "fail":
         pytest.fail(reason, pytrace=False)
+    if verdict == "run":
+        # As the rng fixture: every GPU test draws the same inputs in every run (and on any
+        # xdist worker), so a failure reproduces; torch's default generators, CPU and CUDA.
+        import torch
+
+        torch.manual_seed(zlib.crc32(item.nodeid.encode()))
 
 
 _skips = collections.Counter()
