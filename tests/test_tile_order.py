@@ -30,7 +30,7 @@ int main(int argc, char **argv) {
     printf("%d %d %d %d %d %d %d\n", work.begin, work.end, o.plateau_begin, o.plateau_end, work.rising_only,
            o.pair_tiles, o.num_iters);
     for (int mb = 0; mb < num_m_blocks; ++mb) {
-        const fa_block_range r = fa_block_range_of_query_block(&m, mb, a[6], a[7]);
+        const fa_block_range r = fa_block_range_span(&m, mb * a[6], a[6], a[7]);
         printf("%d%c", r.n_max - r.n_min, mb + 1 < num_m_blocks ? ' ' : '\n');
     }
     for (int t = 0; t < o.num_iters; ++t) {

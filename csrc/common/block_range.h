@@ -52,11 +52,11 @@ FA_HD int fa_block_needs_mask(const fa_block_range *r, int n)
     return n < r->n_full_min || n >= r->n_full_max;
 }
 
-/* The key blocks query block mb visits: rows [mb * block_m, (mb + 1) * block_m), the last
- * block cut at len_q. */
-FA_HD fa_block_range fa_block_range_of_query_block(const fa_mask *m, int mb, int block_m, int block_n)
+/* The key blocks of `rows` rows from row_begin, cut at len_q (a tile's rows, or a warpgroup's:
+ * the last ones of a sequence may stop short). */
+FA_HD fa_block_range fa_block_range_span(const fa_mask *m, int row_begin, int rows, int block_n)
 {
-    return fa_block_range_rows(m, mb * block_m, fa_imin((mb + 1) * block_m, m->len_q), block_n);
+    return fa_block_range_rows(m, row_begin, fa_imin(row_begin + rows, m->len_q), block_n);
 }
 
 /* How the key blocks a query block visits change with its index mb (num_m_blocks blocks of
@@ -78,11 +78,11 @@ FA_HD fa_block_plateau fa_block_range_plateau(const fa_mask *m, int num_m_blocks
     fa_block_plateau p = {0, num_m_blocks > 0 ? num_m_blocks : 1, 0};
     if (num_m_blocks <= 1)
         return p;
-    const int n_top = fa_block_range_of_query_block(m, num_m_blocks - 1, block_m, block_n).n_max;
+    const int n_top = fa_block_range_span(m, (num_m_blocks - 1) * block_m, block_m, block_n).n_max;
     int lo = 0, hi = num_m_blocks; /* the first block whose range starts above key block 0 */
     while (lo < hi) {
         const int mid = lo + (hi - lo) / 2;
-        if (fa_block_range_of_query_block(m, mid, block_m, block_n).n_min > 0)
+        if (fa_block_range_span(m, mid * block_m, block_m, block_n).n_min > 0)
             hi = mid;
         else
             lo = mid + 1;
@@ -92,7 +92,7 @@ FA_HD fa_block_plateau fa_block_range_plateau(const fa_mask *m, int num_m_blocks
     hi = num_m_blocks - 1; /* the first block whose range reaches the last key block */
     while (lo < hi) {
         const int mid = lo + (hi - lo) / 2;
-        if (fa_block_range_of_query_block(m, mid, block_m, block_n).n_max >= n_top)
+        if (fa_block_range_span(m, mid * block_m, block_m, block_n).n_max >= n_top)
             hi = mid;
         else
             lo = mid + 1;

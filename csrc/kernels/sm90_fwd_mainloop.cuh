@@ -60,7 +60,7 @@ __device__ __forceinline__ void pingpong_arrive(int consumer) {
 // The key blocks that rows [row_begin, row_begin + rows) of a sequence visit (common/block_range.h).
 template <class Cfg>
 __device__ __forceinline__ fa_block_range rows_block_range(const fa_mask &mask, int row_begin, int rows) {
-    return fa_block_range_rows(&mask, row_begin, min(row_begin + rows, mask.len_q), Cfg::kBlockN);
+    return fa_block_range_span(&mask, row_begin, rows, Cfg::kBlockN);
 }
 
 // The entry's mask in the key numbering of its blocks: from key_origin_shift keys below key 0
